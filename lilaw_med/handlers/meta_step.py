@@ -1,0 +1,262 @@
+"""LiLAWHandler: the meta step on alpha, beta, delta after every training iteration."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+
+from lilaw_med.losses import LiLAWLoss
+
+if TYPE_CHECKING:
+    from monai.engines import SupervisedTrainer
+
+__all__ = ["LiLAWHandler"]
+
+logger = logging.getLogger(__name__)
+
+
+class LiLAWHandler:
+    """Takes ONE gradient step on alpha, beta, delta on a validation mini-batch after every
+    training iteration (once warm-up has ended), then applies the clamps.
+
+    The gradient of the validation loss w.r.t. the three scalars needs the network's outputs
+    only, so the validation batch is forwarded once without gradient tracking and the backward
+    runs through the weight formula alone: network parameters, their ``.grad`` and the optimizer
+    state are never touched (nor, with ``val_mode="eval"``, the batch-norm statistics). The update
+    is exactly ``theta <- theta - lr * (dL_val/dtheta + weight_decay * theta)``.
+
+    Under ``torch.distributed`` every rank takes its own validation batch and the three gradients
+    (and the loss) are averaged across ranks before the step, so all ranks hold identical scalars:
+    with equal per-rank batches this is the meta step on the union of the ranks' batches.
+
+    The validation loader is cycled; on every new pass its sampler's ``set_epoch(pass_index)``
+    is called when it has one (a ``DistributedSampler`` or a seeded resumable sampler), so each
+    pass is reshuffled reproducibly. The position (pass, batch) is part of :meth:`state_dict`.
+
+    After every meta step, ``engine.state.metrics`` holds ``{prefix}alpha``, ``{prefix}beta``,
+    ``{prefix}delta``, ``{prefix}val_loss`` and the training batch's ``{prefix}weight_mean``,
+    ``{prefix}weight_min``, ``{prefix}weight_max``; ``last_values`` holds the same as a dict.
+
+    Args:
+        val_loader: an iterable of validation batches that ``engine.prepare_batch`` accepts. It
+            may be as noisy as the training data.
+        loss: the :class:`LiLAWLoss` the trainer uses (its scalars are the ones updated).
+        lr: the meta step's learning rate (spec: 0.01).
+        weight_decay: the meta step's weight decay (spec: 0.01).
+        val_mode: run the network in ``"eval"`` mode for the validation forward (batch-norm running
+            statistics and dropout left alone) or ``"train"`` mode (the paper prototype's; updates
+            batch-norm running statistics with validation data).
+        distributed: average the meta gradient across ranks; ``None`` decides from whether a
+            process group of more than one rank is initialised.
+        metrics_prefix: prefix of the keys written to ``engine.state.metrics``.
+
+    Raises:
+        TypeError: when ``loss`` is not a :class:`LiLAWLoss`.
+        ValueError: on a non-positive ``lr``, negative ``weight_decay`` or unknown ``val_mode``.
+    """
+
+    def __init__(
+        self,
+        val_loader: Iterable,
+        loss: LiLAWLoss,
+        lr: float = 0.01,
+        weight_decay: float = 0.01,
+        val_mode: Literal["eval", "train"] = "eval",
+        distributed: bool | None = None,
+        metrics_prefix: str = "lilaw_",
+    ) -> None:
+        if not isinstance(loss, LiLAWLoss):
+            raise TypeError(f"loss must be a LiLAWLoss but is {type(loss).__name__}.")
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"lr must be a positive finite number but is {lr}.")
+        if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+            raise ValueError(f"weight_decay must be >= 0 but is {weight_decay}.")
+        if val_mode not in ("eval", "train"):
+            raise ValueError(f"val_mode must be 'eval' or 'train' but is {val_mode!r}.")
+        self.val_loader = val_loader
+        self.loss = loss
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.val_mode = val_mode
+        self.distributed = distributed
+        self.metrics_prefix = metrics_prefix
+        self.steps = 0
+        self.skipped_steps = 0
+        self.last_values: dict[str, float] = {}
+        self._val_pass = 0  # passes over the validation loader started so far, minus one
+        self._val_cursor = 0  # batches taken in the current pass
+        self._skip_on_start = 0
+        self._val_iter: Iterator | None = None
+        self.last_val_batch: Any = None  # raw batch of the last meta step (ids for the dynamics recorder)
+
+    # ---------------------------------------------------------------- ignite wiring
+    def attach(self, engine: Engine) -> None:
+        """Registers the warm-up bookkeeping on ``EPOCH_STARTED`` and the meta step on
+        ``ITERATION_COMPLETED``.
+
+        Args:
+            engine: a MONAI ``SupervisedTrainer`` (or an engine with the same attributes:
+                ``network``, ``prepare_batch``, ``inferer``, ``non_blocking``, ``amp``).
+        """
+        if not engine.has_event_handler(self._epoch_started, Events.EPOCH_STARTED):
+            engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def _epoch_started(self, engine: Engine) -> None:
+        self.loss.set_epoch(engine.state.epoch)
+
+    def __call__(self, engine: SupervisedTrainer) -> None:
+        """Runs the meta step when warm-up has ended.
+
+        Args:
+            engine: the trainer the handler is attached to.
+        """
+        if self.loss.is_active:
+            self.step(engine)
+
+    # ---------------------------------------------------------------- the meta step
+    def _is_distributed(self) -> bool:
+        if self.distributed is not None:
+            return self.distributed
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    def _start_pass(self) -> None:
+        sampler = getattr(self.val_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self._val_pass)
+        self._val_iter = iter(self.val_loader)
+        for _ in range(self._skip_on_start):  # resume inside a pass: replay the cursor
+            next(self._val_iter)
+        self._skip_on_start = 0
+
+    def next_val_batch(self) -> Any:
+        """Returns the next validation batch, cycling (and reshuffling) the loader.
+
+        Raises:
+            ValueError: when the validation loader yields no batch at all.
+        """
+        if self._val_iter is None:
+            self._start_pass()
+        try:
+            batch = next(self._val_iter)
+        except StopIteration:
+            self._val_pass += 1
+            self._val_cursor = 0
+            self._start_pass()
+            try:
+                batch = next(self._val_iter)
+            except StopIteration:
+                raise ValueError("the LiLAW validation loader yields no batches: the validation split is empty.") from None
+        self._val_cursor += 1
+        self.last_val_batch = batch
+        return batch
+
+    def _forward(self, engine: SupervisedTrainer, batchdata: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = engine.prepare_batch(
+            batchdata, engine.state.device, engine.non_blocking, **getattr(engine, "to_kwargs", {})
+        )
+        inputs, targets = batch[0], batch[1]
+        args, kwargs = (batch[2], batch[3]) if len(batch) == 4 else ((), {})
+        network = engine.network
+        was_training = network.training
+        network.train(self.val_mode == "train")
+        autocast: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if getattr(engine, "amp", False):
+            autocast = torch.autocast(inputs.device.type, **(getattr(engine, "amp_kwargs", None) or {}))
+        try:
+            with torch.no_grad(), autocast:
+                pred = engine.inferer(inputs, network, *args, **kwargs)
+        finally:
+            network.train(was_training)
+        return pred.float(), targets
+
+    def step(self, engine: SupervisedTrainer) -> bool:
+        """One meta step: forward a validation batch without gradients, one update of alpha,
+        beta, delta, then the clamps.
+
+        Args:
+            engine: the trainer whose network, prepare_batch, inferer and AMP settings are used.
+
+        Returns:
+            ``True`` when the step was taken, ``False`` when it was skipped for a non-finite loss.
+        """
+        pred, targets = self._forward(engine, self.next_val_batch())
+        weighting = self.loss.weighting
+        params = [weighting.alpha, weighting.beta, weighting.delta]
+        for p in params:
+            p.grad = None  # whatever else left there must not leak into the update
+        with torch.enable_grad():
+            meta = self.loss.meta_loss(pred, targets)
+            grads = torch.autograd.grad(meta, params)
+        packed = torch.stack([meta.detach(), *grads]).float()
+        if self._is_distributed():
+            dist.all_reduce(packed)  # every rank then takes the same step
+            packed /= dist.get_world_size()
+        train_w = (self.loss.last_stats.weight if self.loss.last_stats is not None else packed.new_ones(1)).float()
+        summary = torch.cat([packed, torch.stack([train_w.min(), train_w.mean(), train_w.max()])]).tolist()
+        val_loss = summary[0]  # one device sync per step, above
+        if not all(math.isfinite(v) for v in summary[:4]):
+            self.skipped_steps += 1
+            logger.warning(
+                "LiLAW meta step skipped at iteration %s: non-finite validation loss or gradient "
+                "(loss=%s); alpha, beta, delta unchanged (%d skipped so far).",
+                engine.state.iteration, val_loss, self.skipped_steps,
+            )
+            return False
+        with torch.no_grad():
+            for p, g in zip(params, packed[1:4], strict=True):
+                p.sub_(self.lr * (g.to(p.dtype) + self.weight_decay * p))
+            weighting.clamp_()
+        self.steps += 1
+        values = weighting.as_dict()
+        values.update(val_loss=val_loss, weight_min=summary[4], weight_mean=summary[5], weight_max=summary[6])
+        self.last_values = values
+        engine.state.metrics.update({f"{self.metrics_prefix}{k}": v for k, v in values.items()})
+        return True
+
+    # ---------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """The scalars and the handler's position, for MONAI's CheckpointSaver.
+
+        Returns:
+            ``{"weighting": ..., "val_pass": int, "val_cursor": int, "steps": int, "skipped_steps": int,
+            "epoch": int}``.
+        """
+        return {
+            "weighting": {k: v.detach().clone() for k, v in self.loss.weighting.state_dict().items()},
+            "val_pass": self._val_pass,
+            "val_cursor": self._val_cursor,
+            "steps": self.steps,
+            "skipped_steps": self.skipped_steps,
+            "epoch": self.loss.epoch,
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restores what :meth:`state_dict` saved; the next validation batch is the one that would
+        have come next (the pass is replayed up to the saved cursor).
+
+        Args:
+            state_dict: a dict from :meth:`state_dict`.
+
+        Raises:
+            KeyError: when a key is missing.
+        """
+        missing = {"weighting", "val_pass", "val_cursor"} - set(state_dict)
+        if missing:
+            raise KeyError(f"LiLAWHandler state_dict is missing {sorted(missing)}.")
+        self.loss.weighting.load_state_dict(state_dict["weighting"])
+        self._val_pass = int(state_dict["val_pass"])
+        self._val_cursor = int(state_dict["val_cursor"])
+        self._skip_on_start = self._val_cursor
+        self._val_iter = None
+        self.steps = int(state_dict.get("steps", 0))
+        self.skipped_steps = int(state_dict.get("skipped_steps", 0))
+        self.loss.set_epoch(int(state_dict.get("epoch", self.loss.epoch)))

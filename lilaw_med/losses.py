@@ -1,0 +1,240 @@
+"""LiLAWLoss, the wrapper that weights any per-sample loss, and the robust losses compared against it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import torch
+from torch import nn
+
+from lilaw_med.weighting import LiLAWTerms, LiLAWWeighting, label_agreement
+
+__all__ = ["GCELoss", "LiLAWLoss", "LiLAWStats", "SCELoss"]
+
+logger = logging.getLogger(__name__)
+
+LiLAWStats = LiLAWTerms
+"""Per-sample statistics kept by :class:`LiLAWLoss`: the weight terms plus ``loss`` (see below)."""
+
+
+class LiLAWLoss(nn.Module):
+    """Weights a per-sample loss by the LiLAW weight of each sample: ``mean_i(w_i * L_i)``.
+
+    In the model step (this module's ``forward``), alpha, beta and delta are held constant.
+    Until warm-up ends (``epoch <= warmup_epochs``) every weight is 1. The meta step
+    (:class:`lilaw_med.handlers.LiLAWHandler`) calls :meth:`meta_loss` instead, which lets
+    gradients reach the three scalars only.
+
+    The statistics of the last TRAINING batch are kept in ``last_stats`` (and its per-sample
+    base loss in ``last_loss``); the meta step's are kept apart in ``last_val_stats`` /
+    ``last_val_loss`` and never overwrite them.
+
+    Args:
+        base_loss: a loss that returns unreduced values, e.g. ``nn.CrossEntropyLoss(reduction="none")``,
+            ``nn.BCEWithLogitsLoss(reduction="none")`` or MONAI's ``FocalLoss(reduction="none")``.
+        weighting: the three scalars; a fresh :class:`LiLAWWeighting` (spec defaults) when ``None``.
+        warmup_epochs: epochs trained unweighted first (the weighting starts at ``epoch > warmup_epochs``).
+        reduce_classes: how a base loss that returns several values per sample ((N, C), as MONAI's
+            FocalLoss or BCE over one-hot targets do) is reduced to one value per sample: ``"sum"``
+            (the loss of the sample over its classes; for a softmax focal loss with one-hot
+            targets only the labelled class is non-zero, so this is its value) or ``"mean"``.
+            Required for such losses, ignored when the base loss already gives one value per sample.
+        multi_label: outputs are independent labels (N, L) with 0/1 targets (N, L); the base loss
+            must return (N, L) and the weight applies per (sample, label), with ``s = (1 - p, p)``
+            per label.
+        detach_weights: treat ``w`` as a constant in the model step (a pure reweighting). ``False``
+            (the paper prototype's behaviour) lets the model gradient also flow through ``w``.
+
+    Raises:
+        TypeError: when ``base_loss`` is not callable.
+        ValueError: on an unknown ``reduce_classes`` or a negative ``warmup_epochs``.
+    """
+
+    def __init__(
+        self,
+        base_loss: nn.Module,
+        weighting: LiLAWWeighting | None = None,
+        warmup_epochs: int = 0,
+        reduce_classes: Literal["sum", "mean"] | None = None,
+        multi_label: bool = False,
+        detach_weights: bool = False,
+    ):
+        super().__init__()
+        if not callable(base_loss):
+            raise TypeError(f"base_loss must be callable but is {type(base_loss).__name__}.")
+        if reduce_classes not in (None, "sum", "mean"):
+            raise ValueError(f"reduce_classes must be 'sum', 'mean' or None but is {reduce_classes!r}.")
+        if int(warmup_epochs) < 0:
+            raise ValueError(f"warmup_epochs must be >= 0 but is {warmup_epochs}.")
+        self.base_loss = base_loss
+        self.weighting = weighting if weighting is not None else LiLAWWeighting()
+        self.warmup_epochs = int(warmup_epochs)
+        self.reduce_classes = reduce_classes
+        self.multi_label = bool(multi_label)
+        self.detach_weights = bool(detach_weights)
+        self.epoch = 1
+        self.last_stats: LiLAWStats | None = None
+        self.last_loss: torch.Tensor | None = None
+        self.last_val_stats: LiLAWStats | None = None
+        self.last_val_loss: torch.Tensor | None = None
+
+    @property
+    def is_active(self) -> bool:
+        """Whether the weighting applies now (``epoch > warmup_epochs``)."""
+        return self.epoch > self.warmup_epochs
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tells the loss the current (1-based) epoch, for warm-up. The handler calls it."""
+        self.epoch = int(epoch)
+
+    def per_sample_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Calls the base loss and reduces its output to one value per sample (or per label).
+
+        Args:
+            pred: logits (N, C) or (N, 1).
+            target: the labels the base loss expects.
+
+        Returns:
+            (N,) values, or (N, L) with ``multi_label``.
+
+        Raises:
+            ValueError: when the base loss reduces to a scalar, or returns several values per
+                sample and ``reduce_classes`` is not set, or its batch size does not match.
+        """
+        values = self.base_loss(pred, target)
+        if not isinstance(values, torch.Tensor) or values.ndim == 0:
+            raise ValueError(
+                f"base_loss {type(self.base_loss).__name__} returned a scalar; LiLAWLoss needs one value "
+                "per sample: construct it with reduction='none'."
+            )
+        n = pred.shape[0]
+        if values.shape[0] != n:
+            raise ValueError(
+                f"base_loss returned shape {tuple(values.shape)} for a batch of {n}: the first dimension "
+                "must be the batch."
+            )
+        if self.multi_label:
+            if values.shape != pred.shape:
+                raise ValueError(
+                    f"multi_label needs a base loss that returns (N, L)={tuple(pred.shape)} "
+                    f"but it returned {tuple(values.shape)}."
+                )
+            return values
+        if values.ndim == 1:
+            return values
+        per_sample = values.reshape(n, -1)
+        if per_sample.shape[1] == 1:
+            return per_sample[:, 0]
+        if self.reduce_classes is None:
+            raise ValueError(
+                f"base_loss {type(self.base_loss).__name__} returned {tuple(values.shape)}, several values "
+                "per sample: pass reduce_classes='sum' or 'mean' to say how they make one per-sample loss."
+            )
+        return per_sample.sum(dim=1) if self.reduce_classes == "sum" else per_sample.mean(dim=1)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The model step's loss: ``mean(w * L)`` with alpha, beta, delta held constant.
+
+        Args:
+            pred: logits (N, C), (N, 1) or (N, L) with ``multi_label``.
+            target: the labels the base loss expects (integer, one-hot or 0/1).
+
+        Returns:
+            The scalar weighted mean. Before warm-up ends, the plain mean of ``L``.
+        """
+        losses = self.per_sample_loss(pred, target)
+        if self.is_active:
+            terms = self.weighting(pred, target, multi_label=self.multi_label, detach_params=True)
+            w = terms.weight.detach() if self.detach_weights else terms.weight
+            loss = (w.to(losses.dtype) * losses).mean()
+        else:
+            with torch.no_grad():
+                terms = self.weighting(pred.detach(), target, multi_label=self.multi_label, detach_params=True)
+            loss = losses.mean()
+        self.last_stats = terms.detach()
+        self.last_loss = losses.detach()
+        return loss
+
+    def meta_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The meta step's loss: ``mean(w * L)`` with the network's outputs held constant.
+
+        Gradients reach alpha, beta and delta only. Its statistics go to ``last_val_stats``.
+
+        Args:
+            pred: logits of a validation batch (detached here).
+            target: its labels.
+
+        Returns:
+            The scalar weighted mean, differentiable w.r.t. the three scalars.
+        """
+        pred = pred.detach()
+        with torch.no_grad():
+            losses = self.per_sample_loss(pred, target).float()
+        terms = self.weighting(pred, target, multi_label=self.multi_label)
+        self.last_val_stats = terms.detach()
+        self.last_val_loss = losses
+        return (terms.weight * losses).mean()
+
+
+def _per_class_reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return values
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    raise ValueError(f"reduction must be 'none', 'mean' or 'sum' but is {reduction!r}.")
+
+
+class GCELoss(nn.Module):
+    """Generalized cross-entropy (Zhang and Sabuncu, NeurIPS 2018): ``L = (1 - s[y]^q) / q``.
+
+    Args:
+        q: the exponent in (0, 1]; 0.7 is the published default (q -> 0 gives CE, q = 1 MAE).
+        reduction: ``"none"`` (per sample, for LiLAWLoss), ``"mean"`` or ``"sum"``.
+
+    Raises:
+        ValueError: when ``q`` is outside (0, 1].
+    """
+
+    def __init__(self, q: float = 0.7, reduction: str = "mean"):
+        super().__init__()
+        if not 0 < q <= 1:
+            raise ValueError(f"q must lie in (0, 1] but is {q}.")
+        self.q = float(q)
+        self.reduction = reduction
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Args: pred: logits (N, C) or one binary logit (N, 1); target: labels (N,), (N, 1) or one-hot."""
+        x, _, _ = label_agreement(pred, target)
+        return _per_class_reduce((1 - x.clamp_min(1e-7) ** self.q) / self.q, self.reduction)
+
+
+class SCELoss(nn.Module):
+    """Symmetric cross-entropy (Wang et al., ICCV 2019): ``alpha * CE + beta * RCE``.
+
+    RCE is the reverse cross-entropy ``-sum_k s_k log y_k`` with ``log 0`` clipped to ``A = -4``,
+    which for a hard label is ``-A * (1 - s[y])``.
+
+    Args:
+        alpha: weight of CE (published default 0.1).
+        beta: weight of RCE (published default 1.0).
+        log_zero: the clipped value ``A`` of ``log 0`` (published: -4).
+        reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+    """
+
+    def __init__(self, alpha: float = 0.1, beta: float = 1.0, log_zero: float = -4.0, reduction: str = "mean"):
+        super().__init__()
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.log_zero = float(log_zero)
+        self.reduction = reduction
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Args: pred: logits (N, C) or one binary logit (N, 1); target: labels (N,), (N, 1) or one-hot."""
+        x, _, _ = label_agreement(pred, target)
+        ce = -torch.log(x.clamp_min(1e-7))
+        rce = -self.log_zero * (1 - x)
+        return _per_class_reduce(self.alpha * ce + self.beta * rce, self.reduction)
+

@@ -1,0 +1,77 @@
+"""Small shared helpers: atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["atomic_save_torch", "atomic_write"]
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str, encoding: str = "utf-8") -> Path:
+    """Writes ``data`` to ``path`` atomically: a temporary file in the same folder, fsync, rename.
+
+    A reader sees either the old file or the new one, never a partial write; a crash leaves at
+    most a stray ``.tmp`` file beside it.
+
+    Args:
+        path: the destination; its folder is created when missing.
+        data: the content (``str`` is encoded with ``encoding``).
+        encoding: text encoding for ``str`` data.
+
+    Returns:
+        The destination path.
+
+    Raises:
+        OSError: when the folder cannot be created or written (disk full, no permission); the
+            destination is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode(encoding) if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_save_torch(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` with the atomicity of :func:`atomic_write`.
+
+    Args:
+        obj: what to save (tensors, dicts of tensors and plain Python values, so that
+            ``torch.load(..., weights_only=True)`` can read it back).
+        path: the destination.
+
+    Returns:
+        The destination path.
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write(path, buffer.getvalue())
+
+
+def _fsync_dir(folder: Path) -> None:
+    # makes the rename itself durable; not supported on every platform/filesystem
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+

@@ -1,0 +1,27 @@
+"""Shared fixtures: determinism, CPU threads, and the real MedMNIST data (skipped when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("LILAW_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+torch.set_num_threads(1)  # CI has 2 cores; small models run fastest single-threaded and deterministic
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The folder of real MedMNIST npz files; skips the test with a clear message when absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real MedMNIST data not found at {SHARED_DATA} (set LILAW_SHARED_DATA to its folder)")
+    return SHARED_DATA
