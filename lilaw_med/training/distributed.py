@@ -1,0 +1,530 @@
+"""Distributed data-parallel training: process-group set-up from torchrun's environment and the
+collectives the rest of the toolkit needs (rank helpers, barrier, metric reduction, gathering the
+audit's per-item dynamics).
+
+``torchrun --nproc_per_node N -m lilaw_med train --config ...`` starts N processes with ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set; :func:`init_distributed`
+reads them and initialises the default process group (``nccl`` on CUDA, ``gloo`` on CPU). Without
+those variables (a plain ``lilaw-med train``) it returns a single-process context and no collective
+is ever called, so every helper here is safe to call unconditionally.
+
+What the pieces add up to (see docs/distributed.md): every rank trains on its own shard of each
+epoch's permutation (``ResumableSampler``/``DistributedSampler``: rank ``r`` takes positions
+``r, r + N, ...``); DDP averages the gradients of the per-rank mean losses; the LiLAW handler
+averages the meta gradient of alpha/beta/delta. With equal per-rank batches ``B`` this is the
+single-process run with batch ``N * B`` on the union of the ranks' batches.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+__all__ = [
+    "DistributedContext",
+    "all_gather_object",
+    "all_gather_tensor",
+    "barrier",
+    "broadcast_object",
+    "cleanup_distributed",
+    "convert_sync_batchnorm",
+    "gather_item_table",
+    "get_rank",
+    "get_world_size",
+    "init_distributed",
+    "is_distributed",
+    "is_rank0",
+    "merge_item_tables",
+    "reduce_metrics",
+    "scale_learning_rate",
+    "torchrun_env_present",
+    "unwrap_network",
+    "wrap_ddp",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process stands in a (possibly single-process) run.
+
+    Attributes:
+        rank: global rank in ``[0, world_size)``.
+        local_rank: rank on this node (selects the GPU).
+        world_size: number of processes in the run (1 when not distributed).
+        device: the device this process trains on (``cuda:<local_rank>`` with CUDA).
+        backend: the process group's backend (``"nccl"``/``"gloo"``), ``None`` when not distributed.
+        initialized_here: whether :func:`init_distributed` created the process group (and
+            :func:`cleanup_distributed` should destroy it).
+    """
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+    initialized_here: bool = False
+
+    @property
+    def is_distributed(self) -> bool:
+        """Whether more than one process takes part."""
+        return self.world_size > 1
+
+    @property
+    def is_rank0(self) -> bool:
+        """Whether this process is the one that writes the run folder."""
+        return self.rank == 0
+
+
+# ------------------------------------------------------------------------------------ set-up
+def torchrun_env_present(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the process was started by torchrun (or another launcher setting the same variables)
+    with more than one process.
+
+    Args:
+        environ: the environment to read (``os.environ`` when ``None``).
+
+    Returns:
+        ``True`` when ``WORLD_SIZE`` is set and greater than 1.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        return int(env.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def _env_int(env: Mapping[str, str], name: str) -> int:
+    value = env.get(name)
+    if value is None:
+        raise RuntimeError(
+            f"environment variable {name} is not set; launch distributed training with torchrun "
+            f"(it sets {', '.join(_TORCHRUN_VARS)})."
+        )
+    try:
+        return int(value)
+    except ValueError:
+        raise RuntimeError(f"environment variable {name} must be an integer but is {value!r}.") from None
+
+
+def _resolve_device(device: str | torch.device | None, local_rank: int) -> torch.device:
+    name = "auto" if device is None else str(device)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} was requested but CUDA is not available; use device 'cpu'.")
+        count = torch.cuda.device_count()
+        index = local_rank if dev.index is None else dev.index
+        if index >= count:
+            raise ValueError(
+                f"LOCAL_RANK {local_rank} needs GPU cuda:{index} but this node has {count} GPU(s); "
+                f"start at most {count} processes per node (torchrun --nproc_per_node {count})."
+            )
+        dev = torch.device("cuda", index)
+    elif dev.type != "cpu":
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]' but is {name!r}.")
+    return dev
+
+
+def init_distributed(
+    device: str | torch.device | None = "auto",
+    backend: str | None = None,
+    timeout_s: float = 1800.0,
+    environ: Mapping[str, str] | None = None,
+) -> DistributedContext:
+    """Initialises the default process group from torchrun's environment variables.
+
+    Without ``WORLD_SIZE > 1`` in the environment this returns a single-process context and
+    initialises nothing. When a process group already exists (e.g. a test set it up), it is reused.
+
+    Args:
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` (each process takes
+            ``cuda:<LOCAL_RANK>``) or an explicit device.
+        backend: the collective backend; ``None`` picks ``nccl`` for CUDA and ``gloo`` for CPU.
+        timeout_s: how long a collective may wait for the other ranks before failing.
+        environ: the environment to read (``os.environ`` when ``None``).
+
+    Returns:
+        The :class:`DistributedContext` of this process.
+
+    Raises:
+        RuntimeError: when torchrun's variables are incomplete or malformed, or ``torch.distributed``
+            is not available in this build of PyTorch.
+        ValueError: on an unknown device, CUDA requested without CUDA, or more processes on a node
+            than it has GPUs.
+    """
+    env = os.environ if environ is None else environ
+    if dist.is_available() and dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        local_rank = int(env.get("LOCAL_RANK", rank))
+        dev = _resolve_device(device, local_rank)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        return DistributedContext(rank, local_rank, world_size, dev, dist.get_backend(), False)
+    if not torchrun_env_present(env):
+        return DistributedContext(device=_resolve_device(device, 0))
+    if not dist.is_available():
+        raise RuntimeError(
+            "WORLD_SIZE > 1 asks for distributed training but torch.distributed is not available."
+        )
+    rank, world_size, local_rank = (_env_int(env, k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if "MASTER_ADDR" not in env:
+        raise RuntimeError(
+            "environment variable MASTER_ADDR is not set; launch distributed training with torchrun."
+        )
+    _env_int(env, "MASTER_PORT")
+    if not 0 <= rank < world_size:
+        raise RuntimeError(f"RANK must lie in [0, {world_size}) but is {rank}.")
+    dev = _resolve_device(device, local_rank)
+    if backend is None:
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)  # NCCL collectives (and all_gather_object) use the current device
+    kwargs: dict[str, Any] = {}
+    if dev.type == "cuda":
+        kwargs["device_id"] = dev  # binds the communicator eagerly; avoids a guessed device
+    if environ is not None:  # an explicit environment (tests): hand its rendezvous to the store
+        os.environ.update({k: str(env[k]) for k in ("MASTER_ADDR", "MASTER_PORT")})
+    dist.init_process_group(
+        backend=backend,
+        init_method="env://",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        **kwargs,
+    )
+    logger.info(
+        "distributed: rank %d/%d (local rank %d) on %s, backend %s",
+        rank,
+        world_size,
+        local_rank,
+        dev,
+        backend,
+    )
+    return DistributedContext(rank, local_rank, world_size, dev, backend, True)
+
+
+def cleanup_distributed(context: DistributedContext | None = None) -> None:
+    """Destroys the default process group when :func:`init_distributed` created it.
+
+    Args:
+        context: the context :func:`init_distributed` returned; ``None`` destroys any initialised group.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if context is None or context.initialized_here:
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------ rank helpers
+def is_distributed() -> bool:
+    """Whether a process group of more than one rank is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    """This process's global rank (0 when not distributed)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    """The number of processes (1 when not distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_rank0() -> bool:
+    """Whether this process writes files (rank 0, or the only process)."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    """Waits until every rank arrives here; a no-op when not distributed."""
+    if is_distributed():
+        dist.barrier()
+
+
+def _collective_device() -> torch.device:
+    # NCCL only moves CUDA tensors; gloo only CPU ones
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+# ------------------------------------------------------------------------------------ networks
+def convert_sync_batchnorm(network: nn.Module, device: torch.device | str) -> nn.Module:
+    """Replaces every batch-norm layer by :class:`torch.nn.SyncBatchNorm` (statistics over the
+    union of the ranks' batches).
+
+    Args:
+        network: the network (not yet DDP-wrapped).
+        device: the device it trains on.
+
+    Returns:
+        The converted network.
+
+    Raises:
+        ValueError: on a non-CUDA device: SyncBatchNorm is implemented for CUDA (NCCL) only.
+    """
+    if torch.device(device).type != "cuda":
+        raise ValueError(
+            f"SyncBatchNorm runs on CUDA devices only but the device is {str(device)!r}; "
+            "set train.sync_batchnorm: false for CPU training (each rank then keeps its own batch statistics)."
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(network)
+
+
+def wrap_ddp(
+    network: nn.Module,
+    context: DistributedContext,
+    sync_batchnorm: bool = False,
+    find_unused_parameters: bool = False,
+) -> nn.Module:
+    """Wraps the network in :class:`DistributedDataParallel` when the run is distributed.
+
+    DDP broadcasts rank 0's parameters and buffers at construction, so every rank starts from the
+    same network whatever its seed.
+
+    Args:
+        network: the network, already on ``context.device``.
+        context: from :func:`init_distributed`.
+        sync_batchnorm: convert batch norm to SyncBatchNorm first (CUDA only).
+        find_unused_parameters: DDP's option for networks whose forward skips parameters.
+
+    Returns:
+        The DDP-wrapped network, or ``network`` itself when not distributed (``sync_batchnorm`` is
+        then ignored: a single process has nothing to synchronise).
+
+    Raises:
+        ValueError: ``sync_batchnorm`` on a CPU device.
+    """
+    if not context.is_distributed:
+        return network
+    if sync_batchnorm:
+        network = convert_sync_batchnorm(network, context.device)
+    if context.device.type == "cuda":
+        return DistributedDataParallel(
+            network,
+            device_ids=[context.device.index],
+            output_device=context.device.index,
+            find_unused_parameters=find_unused_parameters,
+        )
+    return DistributedDataParallel(network, find_unused_parameters=find_unused_parameters)
+
+
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """The plain network inside a DDP wrapper (for saving, exporting and rank-local inference).
+
+    Args:
+        network: a network, DDP-wrapped or not.
+
+    Returns:
+        ``network.module`` for a DDP wrapper, else ``network``.
+    """
+    return network.module if isinstance(network, DistributedDataParallel) else network
+
+
+def scale_learning_rate(lr: float, world_size: int, rule: str = "none") -> float:
+    """The learning rate for ``world_size`` ranks, given the single-process one.
+
+    With the per-rank batch kept, the effective batch grows ``world_size`` times. ``"none"`` keeps
+    ``lr`` (exactly the single-process run with batch ``world_size * B``); ``"linear"`` multiplies it
+    by ``world_size`` (Goyal et al. 2017, for SGD); ``"sqrt"`` by ``sqrt(world_size)`` (often used with Adam).
+
+    Args:
+        lr: the single-process learning rate.
+        world_size: the number of ranks.
+        rule: ``"none"``, ``"linear"`` or ``"sqrt"``.
+
+    Returns:
+        The scaled learning rate.
+
+    Raises:
+        ValueError: on an unknown rule or a world size below 1.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1 but is {world_size}.")
+    if rule == "none":
+        return float(lr)
+    if rule == "linear":
+        return float(lr) * world_size
+    if rule == "sqrt":
+        return float(lr) * float(np.sqrt(world_size))
+    raise ValueError(f"rule must be 'none', 'linear' or 'sqrt' but is {rule!r}.")
+
+
+# ------------------------------------------------------------------------------------ collectives
+def all_gather_object(obj: T) -> list[T]:
+    """Gathers a picklable object from every rank, in rank order.
+
+    Args:
+        obj: this rank's object.
+
+    Returns:
+        ``[obj_rank0, obj_rank1, ...]`` on every rank; ``[obj]`` when not distributed.
+    """
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """Sends rank ``src``'s object to every rank (e.g. the run folder rank 0 chose).
+
+    Args:
+        obj: the object (only rank ``src``'s is used).
+        src: the sending rank.
+
+    Returns:
+        Rank ``src``'s object on every rank; ``obj`` when not distributed.
+    """
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenates along dim 0 the tensors of every rank, in rank order; the ranks' first
+    dimensions may differ (the rest must agree).
+
+    Args:
+        tensor: this rank's tensor, shape (N_r, ...).
+
+    Returns:
+        Shape (sum_r N_r, ...), on ``tensor``'s device, on every rank; ``tensor`` when not distributed.
+    """
+    if not is_distributed():
+        return tensor
+    device = _collective_device()
+    local = tensor.detach().to(device)
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([local.shape[0]], dtype=torch.long, device=device))
+    counts = [int(s.item()) for s in sizes]
+    padded = local.new_zeros((max(counts), *local.shape[1:]))
+    padded[: local.shape[0]] = local
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)]).to(tensor.device)
+
+
+def reduce_metrics(metrics: Mapping[str, float], weight: float = 1.0) -> dict[str, float]:
+    """Averages scalar metrics across ranks, weighted (e.g. by each rank's number of samples).
+
+    Every rank must pass the same keys. Non-finite values propagate (a NaN on one rank is a NaN).
+
+    Args:
+        metrics: this rank's ``{name: value}``.
+        weight: this rank's weight (> 0), e.g. the samples its values were averaged over.
+
+    Returns:
+        ``{name: sum_r(w_r * v_r) / sum_r(w_r)}`` on every rank; ``metrics`` as floats when not distributed.
+
+    Raises:
+        ValueError: when ``weight`` is not positive, or the ranks' keys differ.
+    """
+    if not weight > 0:
+        raise ValueError(f"weight must be > 0 but is {weight}.")
+    names = sorted(metrics)
+    if not is_distributed():
+        return {k: float(metrics[k]) for k in names}
+    key_lists = all_gather_object(names)
+    if any(keys != names for keys in key_lists):
+        raise ValueError(f"every rank must reduce the same metrics; ranks passed {key_lists}.")
+    device = _collective_device()
+    packed = torch.tensor(
+        [weight * float(metrics[k]) for k in names] + [weight], dtype=torch.float64, device=device
+    )
+    dist.all_reduce(packed)
+    total = packed[-1]
+    return dict(zip(names, (packed[:-1] / total).tolist(), strict=True))
+
+
+# ------------------------------------------------------------------------------------ per-item tables
+def merge_item_tables(
+    tables: Sequence[np.ndarray], seen: Sequence[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merges per-rank item tables so that each item holds exactly one rank's row.
+
+    Each rank records only the items its sampler gave it; a distributed sampler pads the last
+    positions of an epoch with repeated items, so a few items are seen by two ranks. The row of the
+    lowest rank that saw an item is kept.
+
+    Args:
+        tables: one table per rank, each of shape (num_items, ...) with the same shape and dtype.
+        seen: one boolean mask of shape (num_items,) per rank: which rows that rank filled.
+
+    Returns:
+        ``(table, seen_any)``: the merged (num_items, ...) table (rows no rank saw are those of
+        ``tables[0]``) and the (num_items,) mask of items seen by some rank.
+
+    Raises:
+        ValueError: when the ranks' shapes disagree or no table is given.
+    """
+    if len(tables) == 0 or len(tables) != len(seen):
+        raise ValueError(f"one table and one mask per rank are needed but got {len(tables)} and {len(seen)}.")
+    shape = tables[0].shape
+    for r, (t, s) in enumerate(zip(tables, seen, strict=True)):
+        if t.shape != shape or s.shape != (shape[0],):
+            raise ValueError(
+                f"rank {r}: table {t.shape} / mask {s.shape} do not match rank 0's table {shape} / mask {(shape[0],)}."
+            )
+    merged = np.array(tables[0], copy=True)
+    taken = np.asarray(seen[0], dtype=bool).copy()
+    for t, s in zip(tables[1:], seen[1:], strict=True):
+        new = np.asarray(s, dtype=bool) & ~taken
+        merged[new] = t[new]
+        taken |= new
+    return merged, taken
+
+
+def gather_item_table(
+    table: np.ndarray, seen: np.ndarray, dst: int | None = 0
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Gathers every rank's per-item table and merges them (:func:`merge_item_tables`): each item is
+    recorded exactly once.
+
+    Only the rows a rank saw travel (a table of every item on every rank would not).
+
+    Args:
+        table: this rank's table, shape (num_items, ...).
+        seen: (num_items,) boolean mask of the rows this rank filled.
+        dst: the rank that receives the merged table (the writer); ``None`` gives it to every rank.
+
+    Returns:
+        ``(table, seen_any)`` on ``dst`` (every rank when ``dst`` is ``None``), ``None`` elsewhere;
+        ``(table, seen)`` unchanged when not distributed.
+    """
+    seen = np.asarray(seen, dtype=bool)
+    if not is_distributed():
+        return table, seen
+    rows = np.flatnonzero(seen)
+    parts = all_gather_object((rows, table[rows]))
+    if dst is not None and get_rank() != dst:
+        return None
+    merged = np.array(table, copy=True)
+    taken = np.zeros(seen.shape[0], dtype=bool)
+    for r_rows, r_values in parts:  # rank order: the lowest rank that saw an item wins
+        new = ~taken[r_rows]
+        merged[r_rows[new]] = r_values[new]
+        taken[r_rows] = True
+    return merged, taken

@@ -1,0 +1,342 @@
+"""Evaluation: metrics over logits, calibration (temperature, binary threshold), inference.
+
+Pure functions over arrays (cleanlab/sklearn style) plus :func:`run_inference`, which runs a MONAI
+``SupervisedEvaluator`` over a loader and returns the logits, labels and ids.
+
+Tasks:
+    * single-label with C >= 2 outputs: softmax probabilities (N, C);
+    * binary with one logit (N, 1): ``p = sigmoid(z)``, probabilities ``(1 - p, p)``;
+    * multi-label (N, L) logits with 0/1 labels (N, L): one sigmoid per label.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Events
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+from torch import nn
+
+from lilaw_med.weighting import class_probabilities
+
+__all__ = [
+    "LOWER_IS_BETTER",
+    "apply_calibration",
+    "choose_threshold",
+    "classification_metrics",
+    "expected_calibration_error",
+    "fit_temperature",
+    "is_better",
+    "probabilities",
+    "run_inference",
+]
+
+logger = logging.getLogger(__name__)
+
+LOWER_IS_BETTER = frozenset({"loss", "ece"})
+
+
+def is_better(metric: str, new: float, best: float | None) -> bool:
+    """Whether ``new`` improves on ``best`` for ``metric`` (``loss``/``ece`` lower, others higher; NaN never)."""
+    if new is None or not math.isfinite(new):
+        return False
+    if best is None or not math.isfinite(best):
+        return True
+    return new < best if metric in LOWER_IS_BETTER else new > best
+
+
+def probabilities(logits: torch.Tensor | np.ndarray, temperature: float = 1.0, multi_label: bool = False) -> np.ndarray:
+    """Class probabilities from logits, after dividing by ``temperature``.
+
+    Args:
+        logits: (N, C) with C >= 2, (N, 1) single binary logit, or (N, L) with ``multi_label``.
+        temperature: positive scale of the logits.
+        multi_label: independent sigmoids.
+
+    Returns:
+        float64 array (N, C) (C = 2 for a single logit) or, with ``multi_label``, (N, L) of P(label = 1).
+    """
+    z = torch.as_tensor(logits, dtype=torch.float64) / float(temperature)
+    s = class_probabilities(z, multi_label=multi_label)
+    return (s[..., 1] if multi_label else s).numpy()
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label expected calibration error with equal-width confidence bins.
+
+    ``ECE = sum_b |B_b|/N * |acc(B_b) - conf(B_b)|`` over bins of the top-class confidence.
+
+    Args:
+        probs: (N, C) class probabilities.
+        labels: (N,) integer labels.
+        n_bins: number of bins on [0, 1].
+
+    Returns:
+        The ECE in [0, 1]; NaN for an empty input.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) == 0:
+        return float("nan")
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    # bin b holds conf in (b/n, (b+1)/n]; conf == 0 goes to the first bin
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
+    return float(ece)
+
+
+def fit_temperature(logits: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, multi_label: bool = False) -> float:
+    """Fits the temperature ``T`` minimising the negative log-likelihood of ``labels`` (Guo et al. 2017).
+
+    Optimised over ``log T`` with L-BFGS, so ``T`` stays positive.
+
+    Args:
+        logits: (N, C), (N, 1) or (N, L) with ``multi_label``.
+        labels: (N,) integer labels, or (N, L) 0/1 for ``multi_label``.
+        multi_label: independent sigmoids.
+
+    Returns:
+        The temperature (1.0 when the input is empty or the fit is not finite).
+    """
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels))
+    if z.shape[0] == 0:
+        return 1.0
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100, line_search_fn="strong_wolfe")
+
+    def nll() -> torch.Tensor:
+        opt.zero_grad()
+        zt = z / log_t.exp()
+        if multi_label or zt.shape[1] == 1:
+            target = y.to(torch.float64).reshape(zt.shape)
+            loss = nn.functional.binary_cross_entropy_with_logits(zt, target)
+        else:
+            loss = nn.functional.cross_entropy(zt, y.long().reshape(-1))
+        loss.backward()
+        return loss
+
+    opt.step(nll)
+    t = float(log_t.detach().exp())
+    return t if math.isfinite(t) and t > 0 else 1.0
+
+
+def choose_threshold(prob_positive: np.ndarray, labels: np.ndarray) -> float:
+    """The decision threshold on P(class 1) maximising balanced accuracy (Youden's J) on a split.
+
+    Args:
+        prob_positive: (N,) probabilities of class 1.
+        labels: (N,) 0/1 labels.
+
+    Returns:
+        The threshold (0.5 when only one class is present).
+    """
+    p = np.asarray(prob_positive, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1).astype(int)
+    if len(np.unique(y)) < 2:
+        return 0.5
+    candidates = np.unique(np.concatenate([p, [0.5]]))
+    best_t, best_score = 0.5, -1.0
+    for t in candidates:
+        score = balanced_accuracy_score(y, (p >= t).astype(int))
+        # ties: keep the threshold closest to 0.5, so the choice is stable
+        if score > best_score + 1e-12 or (abs(score - best_score) <= 1e-12 and abs(t - 0.5) < abs(best_t - 0.5)):
+            best_t, best_score = float(t), score
+    return best_t
+
+
+def apply_calibration(
+    logits: np.ndarray | torch.Tensor, temperature: float = 1.0, threshold: float | None = None, multi_label: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and predicted classes after calibration.
+
+    Args:
+        logits: see :func:`probabilities`.
+        temperature: divides the logits.
+        threshold: binary only: predict class 1 when P(class 1) >= threshold (default argmax / 0.5).
+        multi_label: independent sigmoids (threshold applies per label).
+
+    Returns:
+        ``(probs, predicted)``: (N, C) and (N,) for single-label; (N, L) and (N, L) for multi-label.
+    """
+    probs = probabilities(logits, temperature, multi_label)
+    if multi_label:
+        return probs, (probs >= (0.5 if threshold is None else threshold)).astype(int)
+    if threshold is not None and probs.shape[1] == 2:
+        return probs, (probs[:, 1] >= threshold).astype(int)
+    return probs, probs.argmax(axis=1)
+
+
+def _auroc(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> float:
+    present = np.unique(labels)
+    if len(present) < 2:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if num_classes == 2:
+            return float(roc_auc_score(labels, probs[:, 1]))
+        if len(present) < num_classes:  # macro one-vs-rest over the classes present
+            scores = [roc_auc_score(labels == c, probs[:, c]) for c in present]
+            return float(np.mean(scores))
+        return float(roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+
+
+def classification_metrics(
+    logits: np.ndarray | torch.Tensor,
+    labels: np.ndarray | torch.Tensor,
+    class_names: Sequence[str] | None = None,
+    temperature: float = 1.0,
+    threshold: float | None = None,
+    multi_label: bool = False,
+    n_bins: int = 15,
+) -> dict[str, Any]:
+    """Every evaluation metric of a split.
+
+    Args:
+        logits: (N, C), (N, 1) single binary logit, or (N, L) with ``multi_label``.
+        labels: (N,) integer labels, or (N, L) 0/1 with ``multi_label``.
+        class_names: names for the per-class entries (default ``"0"``, ``"1"``, ...).
+        temperature: applied to the logits before everything.
+        threshold: binary decision threshold on P(class 1) (default: argmax).
+        multi_label: per-label metrics averaged over labels.
+        n_bins: ECE bins.
+
+    Returns:
+        ``{"n", "accuracy", "balanced_accuracy", "auroc", "ece", "loss", "per_class": {name:
+        {"precision", "recall", "support"}}, "confusion_matrix": [[...]] (rows = true)}``;
+        undefined values (e.g. AUROC with one class present) are NaN.
+    """
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = np.asarray(labels)
+    n = int(z.shape[0])
+    probs, pred = apply_calibration(z, temperature, threshold, multi_label)
+    zt = z / temperature
+    if n == 0:
+        return {"n": 0, "accuracy": float("nan"), "balanced_accuracy": float("nan"), "auroc": float("nan"),
+                "ece": float("nan"), "loss": float("nan"), "per_class": {}, "confusion_matrix": []}
+    if multi_label:
+        y = y.reshape(n, -1).astype(int)
+        num = y.shape[1]
+        names = list(class_names) if class_names else [str(i) for i in range(num)]
+        loss = float(nn.functional.binary_cross_entropy_with_logits(zt, torch.as_tensor(y, dtype=torch.float64)))
+        per_class: dict[str, dict[str, float]] = {}
+        aurocs, baccs = [], []
+        for j, name in enumerate(names):
+            two = np.stack([1 - probs[:, j], probs[:, j]], axis=1)
+            aurocs.append(_auroc(y[:, j], two, 2))
+            baccs.append(balanced_accuracy_score(y[:, j], pred[:, j]) if len(np.unique(y[:, j])) > 1 else float("nan"))
+            p, r, _, s = precision_recall_fscore_support(y[:, j], pred[:, j], labels=[1], zero_division=0)
+            per_class[name] = {"precision": float(p[0]), "recall": float(r[0]), "support": int(s[0])}
+        eces = [expected_calibration_error(np.stack([1 - probs[:, j], probs[:, j]], 1), y[:, j], n_bins) for j in range(num)]
+        return {
+            "n": n,
+            "accuracy": float((pred == y).mean()),
+            "balanced_accuracy": float(np.nanmean(baccs)) if not all(map(math.isnan, baccs)) else float("nan"),
+            "auroc": float(np.nanmean(aurocs)) if not all(map(math.isnan, aurocs)) else float("nan"),
+            "ece": float(np.mean(eces)),
+            "loss": loss,
+            "per_class": per_class,
+            "confusion_matrix": [],
+        }
+    y = y.reshape(-1).astype(int)
+    num_classes = probs.shape[1]
+    names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+    if zt.shape[1] == 1:
+        loss = float(nn.functional.binary_cross_entropy_with_logits(zt[:, 0], torch.as_tensor(y, dtype=torch.float64)))
+    else:
+        loss = float(nn.functional.cross_entropy(zt, torch.as_tensor(y, dtype=torch.long)))
+    class_ids = list(range(num_classes))
+    prec, rec, _, support = precision_recall_fscore_support(y, pred, labels=class_ids, zero_division=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns when a class is absent from y
+        bacc = float(balanced_accuracy_score(y, pred))
+    return {
+        "n": n,
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": bacc,
+        "auroc": _auroc(y, probs, num_classes),
+        "ece": expected_calibration_error(probs, y, n_bins),
+        "loss": loss,
+        "per_class": {
+            names[c]: {"precision": float(prec[c]), "recall": float(rec[c]), "support": int(support[c])}
+            for c in class_ids
+        },
+        "confusion_matrix": confusion_matrix(y, pred, labels=class_ids).tolist(),
+    }
+
+
+def run_inference(
+    network: nn.Module,
+    loader: Iterable,
+    device: torch.device | str,
+    amp: bool = False,
+    prepare_batch: Callable | None = None,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+    """Runs a MONAI ``SupervisedEvaluator`` over ``loader`` and collects its outputs.
+
+    Args:
+        network: the classifier (put in eval mode by the evaluator).
+        loader: batches of dicts with ``"image"``, optionally ``"label"`` and ``"id"``.
+        device: where to run.
+        amp: autocast the forward.
+        prepare_batch: MONAI-style ``prepare_batch`` (default: MONAI's ``default_prepare_batch``).
+        channels_last: convert 4-D inputs to channels-last memory format.
+
+    Returns:
+        ``(logits, labels, ids)``: float32 logits (N, K) on CPU; labels (N,) or (N, L) on CPU, or
+        ``None`` when the batches hold no labels; the item ids (``""`` when absent).
+    """
+    from monai.engines import SupervisedEvaluator
+    from monai.engines.utils import default_prepare_batch
+
+    prepare = prepare_batch or default_prepare_batch
+    if channels_last:
+        base = prepare
+
+        def prepare(batchdata, device=None, non_blocking=False, **kwargs):  # type: ignore[no-redef]
+            image, label = base(batchdata, device, non_blocking, **kwargs)[:2]
+            if image.ndim == 4:
+                image = image.contiguous(memory_format=torch.channels_last)
+            return image, label
+
+    evaluator = SupervisedEvaluator(
+        device=torch.device(device), val_data_loader=loader, network=network, prepare_batch=prepare,
+        amp=amp, decollate=False,
+    )
+    logits: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    ids: list[str] = []
+
+    def collect(engine: Any) -> None:
+        out = engine.state.output
+        logits.append(out["pred"].detach().float().cpu())
+        label = out.get("label")
+        if isinstance(label, torch.Tensor):
+            labels.append(label.detach().cpu())
+        batch_ids = engine.state.batch.get("id") if isinstance(engine.state.batch, dict) else None
+        n = out["pred"].shape[0]
+        ids.extend([str(i) for i in batch_ids] if batch_ids is not None else [""] * n)
+
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, collect)
+    evaluator.run()
+    all_logits = torch.cat(logits) if logits else torch.zeros(0, 1)
+    all_labels = torch.cat(labels) if labels and len(labels) == len(logits) else None
+    return all_logits, all_labels, ids

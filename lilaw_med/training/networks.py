@@ -1,0 +1,151 @@
+"""Classification networks from plain keyword arguments (MONAI architectures plus a small CPU CNN).
+
+:func:`build_network` is the one constructor the pipelines and the bundle exporter use; every
+network maps an image batch (N, C, H, W) or (N, C, H, W, D) to logits (N, K).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from monai.networks import nets
+from torch import nn
+
+__all__ = ["NETWORK_NAMES", "SmallCNN", "build_network", "load_pretrained"]
+
+logger = logging.getLogger(__name__)
+
+NETWORK_NAMES = ("small_cnn", "resnet18", "resnet34", "resnet50", "densenet121", "efficientnet-b0")
+
+
+class SmallCNN(nn.Module):
+    """A small convolutional classifier for quick CPU runs (about 100k parameters at width 32).
+
+    Four blocks of conv-norm-ReLU with stride-2 downsampling after the first, global average
+    pooling, optional dropout and a linear classifier.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels C.
+        num_classes: outputs K (logits).
+        width: channels of the first block (doubled twice).
+        dropout: dropout probability before the classifier.
+
+    Raises:
+        ValueError: when ``spatial_dims`` is not 2 or 3.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, num_classes: int, width: int = 16, dropout: float = 0.0):
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3 but is {spatial_dims}.")
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        norm = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
+        pool = nn.AdaptiveAvgPool2d if spatial_dims == 2 else nn.AdaptiveAvgPool3d
+        chans = [in_channels, width, width * 2, width * 4, width * 4]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [
+                conv(chans[i], chans[i + 1], kernel_size=3, stride=1 if i == 0 else 2, padding=1, bias=False),
+                norm(chans[i + 1]),
+                nn.ReLU(inplace=True),
+            ]
+        self.features = nn.Sequential(*layers)
+        self.pool = pool(1)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.classifier = nn.Linear(chans[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x: (N, C, *spatial). Returns: logits (N, K)."""
+        return self.classifier(self.dropout(self.pool(self.features(x)).flatten(1)))
+
+
+def load_pretrained(network: nn.Module, weights: str | os.PathLike) -> nn.Module:
+    """Loads a local state dict into ``network``, skipping the classifier when its shape differs.
+
+    Args:
+        network: the freshly built network.
+        weights: a ``.pt``/``.pth`` file holding a state dict (or ``{"state_dict": ...}`` /
+            ``{"network": ...}``), loaded with ``weights_only=True``.
+
+    Returns:
+        ``network`` with the weights loaded.
+
+    Raises:
+        FileNotFoundError: when the file is absent (weights are never downloaded).
+        ValueError: when no parameter of the file matches the network.
+    """
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights not found: {path} (weights are never downloaded; give a local file).")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "network", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    own = network.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise ValueError(f"{path}: no parameter matches the network ({len(state)} tensors in the file).")
+    skipped = sorted(set(state) - set(matched))
+    if skipped:
+        logger.info("pretrained %s: %d tensors loaded, %d skipped (shape or name differs): %s",
+                    path, len(matched), len(skipped), ", ".join(skipped[:5]))
+    network.load_state_dict(matched, strict=False)
+    return network
+
+
+def build_network(
+    name: str,
+    spatial_dims: int,
+    in_channels: int,
+    num_classes: int,
+    pretrained: bool = False,
+    weights: str | os.PathLike | None = None,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """Builds a classification network.
+
+    Args:
+        name: one of ``NETWORK_NAMES``: ``small_cnn`` (CPU default), ``resnet18``/``34``/``50``
+            (MONAI ResNet), ``densenet121`` (MONAI DenseNet121), ``efficientnet-b0`` (MONAI EfficientNetBN).
+        spatial_dims: 2 or 3.
+        in_channels: input channels.
+        num_classes: number of outputs (1 for a single binary logit).
+        pretrained: load ``weights`` (a local file); nothing is downloaded.
+        weights: the local weights file used when ``pretrained``.
+        dropout: dropout before the classifier (``small_cnn`` only).
+
+    Returns:
+        The network (on CPU, in training mode), mapping (N, C, *spatial) to logits (N, num_classes).
+
+    Raises:
+        ValueError: on an unknown name, bad dimensions, or ``pretrained`` without ``weights``.
+        FileNotFoundError: when ``weights`` does not exist.
+    """
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3 but is {spatial_dims}.")
+    if in_channels < 1 or num_classes < 1:
+        raise ValueError(f"in_channels and num_classes must be >= 1 but are {in_channels} and {num_classes}.")
+    if name == "small_cnn":
+        net: nn.Module = SmallCNN(spatial_dims, in_channels, num_classes, dropout=dropout)
+    elif name in ("resnet18", "resnet34", "resnet50"):
+        net = getattr(nets, name)(
+            spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes, pretrained=False
+        )
+    elif name == "densenet121":
+        net = nets.DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes)
+    elif name == "efficientnet-b0":
+        net = nets.EfficientNetBN(
+            "efficientnet-b0", pretrained=False, spatial_dims=spatial_dims, in_channels=in_channels,
+            num_classes=num_classes,
+        )
+    else:
+        raise ValueError(f"network must be one of {list(NETWORK_NAMES)} but is {name!r}.")
+    if pretrained:
+        if weights is None:
+            raise ValueError("pretrained=True needs a local weights file (weights are never downloaded).")
+        load_pretrained(net, weights)
+    return net

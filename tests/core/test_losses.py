@@ -1,0 +1,145 @@
+"""LiLAWLoss: the weighted mean, warm-up, reductions, refusals, statistics; GCE and SCE formulas."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from monai.losses import FocalLoss
+from torch import nn
+
+from lilaw_med import GCELoss, LiLAWLoss, LiLAWWeighting, SCELoss, lilaw_weights
+
+
+def _batch(n: int = 8, c: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, generator=g, requires_grad=True), torch.randint(0, c, (n,), generator=g)
+
+
+def test_loss_is_mean_of_weight_times_per_sample_loss():
+    logits, labels = _batch()
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), LiLAWWeighting(1.5, 1.0, 2.5))
+    per_sample = nn.functional.cross_entropy(logits, labels, reduction="none")
+    w = lilaw_weights(logits, labels, 1.5, 1.0, 2.5)
+    torch.testing.assert_close(loss(logits, labels), (w * per_sample).mean())
+
+
+def test_weights_are_one_until_warmup_ends():
+    logits, labels = _batch()
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=2)
+    plain = nn.functional.cross_entropy(logits, labels)
+    loss.set_epoch(2)
+    assert not loss.is_active
+    torch.testing.assert_close(loss(logits, labels), plain)
+    loss.set_epoch(3)
+    assert loss.is_active
+    assert not torch.allclose(loss(logits, labels), plain)
+
+
+def test_a_reducing_base_loss_is_refused_with_a_clear_error():
+    logits, labels = _batch()
+    loss = LiLAWLoss(nn.CrossEntropyLoss())  # reduction="mean"
+    with pytest.raises(ValueError, match="reduction='none'"):
+        loss(logits, labels)
+
+
+def test_several_values_per_sample_need_an_explicit_reduction_rule():
+    logits, labels = _batch(c=4)
+    one_hot = nn.functional.one_hot(labels, 4).float()
+    focal = FocalLoss(reduction="none", use_softmax=True, gamma=2.0)
+    with pytest.raises(ValueError, match="reduce_classes"):
+        LiLAWLoss(focal)(logits, one_hot)
+    values = focal(logits, one_hot)
+    assert values.shape == (8, 4)
+    w = lilaw_weights(logits, one_hot, 2.0, 2.0, 2.0)
+    torch.testing.assert_close(LiLAWLoss(focal, reduce_classes="sum")(logits, one_hot), (w * values.sum(1)).mean())
+    torch.testing.assert_close(LiLAWLoss(focal, reduce_classes="mean")(logits, one_hot), (w * values.mean(1)).mean())
+
+
+def test_binary_single_logit_with_bce():
+    z = torch.tensor([[0.4], [-1.0], [2.0]], requires_grad=True)
+    y = torch.tensor([[1.0], [0.0], [0.0]])
+    loss = LiLAWLoss(nn.BCEWithLogitsLoss(reduction="none"))
+    per_sample = nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none").reshape(-1)
+    w = lilaw_weights(z, y, 2.0, 2.0, 2.0)
+    torch.testing.assert_close(loss(z, y), (w * per_sample).mean())
+    loss(z, y).backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all()
+
+
+def test_multi_label_weights_each_sample_label_pair():
+    z = torch.randn(4, 3, requires_grad=True)
+    y = torch.randint(0, 2, (4, 3)).float()
+    loss = LiLAWLoss(nn.BCEWithLogitsLoss(reduction="none"), multi_label=True)
+    values = nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none")
+    w = lilaw_weights(z, y, 2.0, 2.0, 2.0, multi_label=True)
+    torch.testing.assert_close(loss(z, y), (w * values).mean())
+
+
+def test_model_step_leaves_the_scalars_without_gradient():
+    logits, labels = _batch()
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    loss(logits, labels).backward()
+    assert all(p.grad is None for p in loss.weighting.parameters())
+    assert logits.grad is not None
+
+
+def test_detached_weights_make_a_pure_reweighting():
+    logits, labels = _batch()
+    w = lilaw_weights(logits, labels, 2.0, 2.0, 2.0).detach()
+    (grad_expected,) = torch.autograd.grad(
+        (w * nn.functional.cross_entropy(logits, labels, reduction="none")).mean(), logits
+    )
+    detached = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), detach_weights=True)
+    (grad_detached,) = torch.autograd.grad(detached(logits, labels), logits)
+    torch.testing.assert_close(grad_detached, grad_expected)
+    flowing = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    (grad_flowing,) = torch.autograd.grad(flowing(logits, labels), logits)
+    assert not torch.allclose(grad_flowing, grad_expected)
+
+
+def test_meta_loss_statistics_never_overwrite_the_training_statistics():
+    logits, labels = _batch(seed=1)
+    val_logits, val_labels = _batch(n=5, seed=2)
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    loss(logits, labels)
+    train_weight = loss.last_stats.weight.clone()
+    meta = loss.meta_loss(val_logits, val_labels)
+    meta.backward()
+    torch.testing.assert_close(loss.last_stats.weight, train_weight)
+    assert loss.last_val_stats.weight.shape == (5,)
+    assert val_logits.grad is None  # the network's outputs are held constant
+    assert all(p.grad is not None for p in loss.weighting.parameters())
+
+
+def test_statistics_are_recorded_during_warmup_too():
+    logits, labels = _batch()
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=1)
+    loss(logits, labels)
+    assert loss.last_stats.prob_label.shape == (8,)
+    torch.testing.assert_close(
+        loss.last_loss, nn.functional.cross_entropy(logits, labels, reduction="none").detach()
+    )
+
+
+def test_gce_matches_its_formula():
+    logits = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    labels = torch.tensor([0, 0])
+    p = torch.softmax(logits, 1)[:, 0]
+    expected = (1 - p**0.7) / 0.7
+    torch.testing.assert_close(GCELoss(reduction="none")(logits, labels), expected)
+    assert GCELoss()(logits, labels).item() == pytest.approx(expected.mean().item())
+
+
+def test_sce_matches_its_formula():
+    logits = torch.tensor([[1.0, 0.0, 0.0]])
+    labels = torch.tensor([2])
+    p = math.exp(0.0) / (math.exp(1.0) + 2)
+    expected = 0.1 * -math.log(p) + 1.0 * 4.0 * (1 - p)
+    assert SCELoss(reduction="none")(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_gce_refuses_q_outside_its_range():
+    with pytest.raises(ValueError, match="q"):
+        GCELoss(q=0.0)

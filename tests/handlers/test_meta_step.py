@@ -1,0 +1,251 @@
+"""LiLAWHandler on MONAI's SupervisedTrainer: the update rule, what it must leave alone, state."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.engines import SupervisedTrainer
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lilaw_med import LiLAWHandler, LiLAWLoss, LiLAWWeighting, lilaw_weights
+
+
+def _items(n: int, seed: int, flip: float = 0.0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 6, 6, generator=g)
+    y = (x[:, 0, :3].mean(dim=(1, 2)) > x[:, 0, 3:].mean(dim=(1, 2))).long()
+    noisy = torch.rand(n, generator=g) < flip
+    y = torch.where(noisy, 1 - y, y)
+    return [{"image": x[i], "label": y[i], "id": f"item{i}"} for i in range(n)]
+
+
+class _BNNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4 * 36, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def _trainer(epochs: int = 1, warmup: int = 0, seed: int = 0, epoch_length: int | None = None, **handler_kwargs):
+    torch.manual_seed(seed)
+    net = _BNNet()
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=warmup)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    train = DataLoader(_items(48, 1), batch_size=16, shuffle=False)
+    val = DataLoader(_items(20, 2), batch_size=8, shuffle=False)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=epochs, train_data_loader=train, network=net,
+        optimizer=opt, loss_function=loss, epoch_length=epoch_length,
+    )
+    handler = LiLAWHandler(val, loss, **handler_kwargs)
+    return trainer, handler, net, loss, opt
+
+
+def test_meta_step_leaves_network_parameters_gradients_and_optimizer_untouched():
+    trainer, handler, net, loss, opt = _trainer(epochs=1, epoch_length=1)
+    snapshots = {}
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _before(engine):  # registered first, so it runs before the handler's step
+        snapshots["params"] = copy.deepcopy(net.state_dict())
+        snapshots["grads"] = [p.grad.clone() for p in net.parameters()]
+        snapshots["opt"] = copy.deepcopy(opt.state_dict())
+
+    handler.attach(trainer)
+    trainer.run()
+    assert handler.steps == 1
+    for k, v in net.state_dict().items():  # includes batch-norm running statistics (eval mode)
+        torch.testing.assert_close(v, snapshots["params"][k], rtol=0, atol=0)
+    for p, g in zip(net.parameters(), snapshots["grads"], strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=0)
+    after = opt.state_dict()
+    for k, state in snapshots["opt"]["state"].items():
+        for name, value in state.items():
+            torch.testing.assert_close(after["state"][k][name], value, rtol=0, atol=0)
+
+
+def test_train_mode_validation_forward_updates_batch_norm_statistics():
+    trainer, handler, net, _, _ = _trainer(val_mode="train", epochs=1, epoch_length=1)
+    stats = {}
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _before(engine):
+        stats["mean"] = net.bn.running_mean.clone()
+
+    handler.attach(trainer)
+    trainer.run()
+    assert not torch.allclose(net.bn.running_mean, stats["mean"])
+    assert net.training  # the mode the trainer left is restored
+
+
+def test_meta_update_equals_minus_lr_times_gradient_plus_weight_decay():
+    lr, wd = 0.05, 0.03
+    trainer, handler, net, loss, _ = _trainer(lr=lr, weight_decay=wd, epochs=1, epoch_length=1)
+    expected = {}
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _independent(engine):  # after the real training backward and optimizer step
+        val_batch = next(iter(handler.val_loader))
+        net.eval()
+        with torch.no_grad():
+            pred = net(val_batch["image"]).double()
+        net.train()
+        theta = [p.detach().double().clone().requires_grad_(True) for p in loss.weighting.parameters()]
+        per_sample = nn.functional.cross_entropy(pred, val_batch["label"], reduction="none")
+        l_val = (lilaw_weights(pred, val_batch["label"], *theta) * per_sample).mean()
+        grads = torch.autograd.grad(l_val, theta)
+        expected["new"] = [(t - lr * (g + wd * t)).item() for t, g in zip(theta, grads, strict=True)]
+        for p in loss.weighting.parameters():  # stale gradients the handler must clear first
+            p.grad = torch.tensor(123.0)
+
+    handler.attach(trainer)
+    trainer.run()
+    got = [loss.weighting.alpha.item(), loss.weighting.beta.item(), loss.weighting.delta.item()]
+    assert got == pytest.approx(expected["new"], rel=1e-5, abs=1e-7)
+    assert got != pytest.approx([2.0, 2.0, 2.0], abs=1e-6)
+
+
+def test_clamps_hold_after_every_meta_step():
+    trainer, handler, _, loss, _ = _trainer(epochs=2, lr=5.0)
+    seen = []
+    handler.attach(trainer)
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def _check(engine):
+        v = loss.weighting.as_dict()
+        seen.append(v)
+
+    trainer.run()
+    assert seen and all(v["alpha"] >= 1.0 and v["delta"] >= v["beta"] for v in seen)
+    assert any(v["alpha"] == 1.0 or v["delta"] == v["beta"] for v in seen)  # the clamps did bite
+
+
+def test_no_meta_step_and_unit_weights_during_warmup():
+    trainer, handler, _, loss, _ = _trainer(epochs=2, warmup=1)
+    handler.attach(trainer)
+    scalars_after_epoch_1 = {}
+
+    @trainer.on(Events.EPOCH_COMPLETED(once=1))
+    def _after_first(engine):
+        scalars_after_epoch_1.update(loss.weighting.as_dict())
+        scalars_after_epoch_1["steps"] = handler.steps
+
+    trainer.run()
+    assert scalars_after_epoch_1 == {"alpha": 2.0, "beta": 2.0, "delta": 2.0, "steps": 0}
+    assert handler.steps == 3  # 48 items / 16 per batch, second epoch only
+
+
+def test_non_finite_validation_loss_skips_the_step_and_keeps_the_scalars(caplog):
+    trainer, _, net, loss, _ = _trainer(epochs=1, epoch_length=2)
+    bad = [{"image": torch.full((1, 6, 6), float("nan")), "label": torch.tensor(0), "id": "nan"}] * 4
+    handler = LiLAWHandler(DataLoader(bad, batch_size=4), loss)
+    handler.attach(trainer)
+    with caplog.at_level(logging.WARNING):
+        trainer.run()
+    assert handler.skipped_steps == 2 and handler.steps == 0
+    assert loss.weighting.as_dict() == {"alpha": 2.0, "beta": 2.0, "delta": 2.0}
+    assert "skipped" in caplog.text
+
+
+def test_validation_loader_is_cycled_with_set_epoch_on_every_pass():
+    class RecordingSampler(torch.utils.data.Sampler):
+        def __init__(self, n: int) -> None:
+            self.n, self.epochs = n, []
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epochs.append(epoch)
+
+        def __iter__(self):
+            return iter(range(self.n))
+
+        def __len__(self) -> int:
+            return self.n
+
+    trainer, _, _, loss, _ = _trainer(epochs=2)
+    sampler = RecordingSampler(20)
+    handler = LiLAWHandler(DataLoader(_items(20, 2), batch_size=8, sampler=sampler), loss)
+    handler.attach(trainer)
+    trainer.run()  # 6 meta steps over a 3-batch loader: two full passes
+    assert sampler.epochs == [0, 1]
+    assert handler.state_dict()["val_pass"] == 1 and handler.state_dict()["val_cursor"] == 3
+
+
+def test_empty_validation_split_is_a_clear_error():
+    trainer, _, _, loss, _ = _trainer(epochs=1, epoch_length=1)
+    handler = LiLAWHandler(DataLoader([], batch_size=4), loss)
+    handler.attach(trainer)
+    with pytest.raises(ValueError, match="validation split is empty"):
+        trainer.run()
+
+
+def test_checkpoint_saver_and_loader_round_trip_the_scalars_and_the_cursor(tmp_path):
+    trainer, handler, net, loss, _ = _trainer(lr=0.5, epochs=1, epoch_length=2)
+    handler.attach(trainer)
+    CheckpointSaver(str(tmp_path), {"lilaw": handler, "net": net}, save_final=True).attach(trainer)
+    trainer.run()
+    saved = handler.state_dict()
+    next_batch_ids = handler.next_val_batch()["id"]
+
+    fresh_trainer, fresh, _, fresh_loss, _ = _trainer()
+    ckpt = next(tmp_path.glob("*.pt"))
+    CheckpointLoader(str(ckpt), {"lilaw": fresh}).attach(fresh_trainer)
+    fresh_trainer.fire_event(Events.STARTED)
+    assert fresh_loss.weighting.as_dict() == pytest.approx(loss.weighting.as_dict())
+    assert fresh_loss.weighting.as_dict() != pytest.approx({"alpha": 2.0, "beta": 2.0, "delta": 2.0})
+    assert fresh.state_dict()["val_cursor"] == saved["val_cursor"] == 2
+    assert fresh.steps == 2
+    assert fresh.next_val_batch()["id"] == next_batch_ids  # the cursor resumes where it stopped
+
+
+def test_handler_refuses_a_plain_loss_and_bad_hyper_parameters():
+    val = DataLoader(_items(4, 0), batch_size=2)
+    with pytest.raises(TypeError, match="LiLAWLoss"):
+        LiLAWHandler(val, nn.CrossEntropyLoss())
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    with pytest.raises(ValueError, match="lr"):
+        LiLAWHandler(val, loss, lr=0.0)
+    with pytest.raises(ValueError, match="val_mode"):
+        LiLAWHandler(val, loss, val_mode="inference")
+
+
+def test_metrics_expose_the_scalars_and_weight_statistics():
+    trainer, handler, _, loss, _ = _trainer(epochs=1, epoch_length=1)
+    handler.attach(trainer)
+    trainer.run()
+    m = trainer.state.metrics
+    assert m["lilaw_alpha"] == pytest.approx(loss.weighting.alpha.item())
+    assert 0 < m["lilaw_weight_min"] <= m["lilaw_weight_mean"] <= m["lilaw_weight_max"] < 3
+
+
+def test_supervised_trainer_with_lilaw_learns_a_noisy_task():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(36, 2))  # the task is linear in the pixels
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), LiLAWWeighting())
+    train = DataLoader(_items(256, 10, flip=0.2), batch_size=32, shuffle=True)
+    val = DataLoader(_items(64, 11, flip=0.2), batch_size=32, shuffle=True)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"), max_epochs=8, train_data_loader=train, network=net,
+        optimizer=torch.optim.Adam(net.parameters(), lr=1e-2), loss_function=loss,
+    )
+    handler = LiLAWHandler(val, loss)
+    handler.attach(trainer)
+    trainer.run()
+    test = _items(400, 12)
+    x = torch.stack([t["image"] for t in test])
+    y = torch.stack([t["label"] for t in test])
+    net.eval()
+    with torch.no_grad():
+        acc = (net(x).argmax(1) == y).float().mean().item()
+    assert handler.steps == 8 * 8
+    assert acc > 0.8  # clean-test accuracy after 20% flipped labels (chance: 0.5; 0.845 when written)
+    assert loss.weighting.as_dict() != pytest.approx({"alpha": 2.0, "beta": 2.0, "delta": 2.0}, abs=1e-3)
