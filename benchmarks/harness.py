@@ -58,7 +58,9 @@ epoch, about 17 min for the same grid). ``"resnet18"`` gives the full network.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 import logging
 import math
 import os
@@ -79,6 +81,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lilaw_med import GCELoss, LiLAWHandler, LiLAWLoss, SCELoss
+from lilaw_med.utils import atomic_write
 
 __all__ = [
     "DYNAMICS_FIELDS",
@@ -88,6 +91,9 @@ __all__ = [
     "RunOutcome",
     "build_network",
     "classification_metrics",
+    "mean_ci",
+    "paired_difference",
+    "run_cached",
     "inject_noise",
     "load_dataset",
     "run_one",
@@ -567,7 +573,7 @@ def run_one(
     running: dict[str, float] = {"sum": 0.0, "n": 0}
 
     def _accumulate(engine: SupervisedTrainer) -> None:
-        running["sum"] += float(engine.state.output["loss"]) * len(engine.state.batch["index"])
+        running["sum"] += float(engine.state.output["loss"].detach()) * len(engine.state.batch["index"])
         running["n"] += len(engine.state.batch["index"])
 
     def _evaluate(engine: SupervisedTrainer) -> None:
@@ -611,3 +617,80 @@ def run_one(
     if handler is not None:
         outcome.lilaw = {**loss.weighting.as_dict(), "steps": handler.steps, "skipped_steps": handler.skipped_steps}
     return outcome
+
+
+# ----------------------------------------------------------------------------- caching, statistics
+def run_cached(cache_dir: str | os.PathLike, cache_only: bool = False, **kwargs: Any) -> dict[str, Any] | None:
+    """:func:`run_one` whose JSON summary is cached by its arguments (reruns and resumed suites are free).
+
+    Args:
+        cache_dir: folder of ``<method>-<hash>.json`` files (e.g. ``benchmarks/out/runs``).
+        cache_only: return ``None`` instead of training when the run is not cached (budget spent).
+        **kwargs: the arguments of :func:`run_one` (not ``record_dynamics``/``predict_items``: only the
+            summary is cached).
+
+    Returns:
+        :meth:`RunOutcome.summary`, plus ``"cached": True`` when read from the cache; ``None`` when
+        ``cache_only`` and not cached.
+    """
+    key_src = json.dumps(kwargs, sort_keys=True, default=str)
+    key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"{kwargs.get('method', 'run')}-{key}.json"
+    if path.is_file():
+        summary = json.loads(path.read_text())
+        summary["cached"] = True
+        return summary
+    if cache_only:
+        return None
+    summary = run_one(**kwargs).summary()
+    summary["kwargs"] = json.loads(key_src)
+    atomic_write(path, json.dumps(summary, indent=1, default=float))
+    return summary
+
+
+def _t_quantile(n: int) -> float:
+    from scipy import stats  # scipy comes with scikit-learn
+
+    return float(stats.t.ppf(0.975, n - 1))
+
+
+def mean_ci(values: Sequence[float]) -> dict[str, float]:
+    """Mean, standard deviation (ddof 1) and the 95% t-interval of the mean.
+
+    Args:
+        values: one value per seed (NaNs are dropped).
+
+    Returns:
+        ``{"n", "mean", "std", "ci_low", "ci_high"}`` (std and interval NaN with fewer than 2 values).
+    """
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    n = len(v)
+    if n == 0:
+        return {"n": 0, "mean": math.nan, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    mean = float(v.mean())
+    if n < 2:
+        return {"n": 1, "mean": mean, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    std = float(v.std(ddof=1))
+    half = _t_quantile(n) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Paired difference ``a - b`` (same seeds, same order) with its 95% t-interval.
+
+    Args:
+        a: per-seed values of the first method.
+        b: per-seed values of the second method, paired with ``a``.
+
+    Returns:
+        :func:`mean_ci` of the differences plus ``"wins"``: how many seeds have ``a > b``.
+
+    Raises:
+        ValueError: when the sequences differ in length.
+    """
+    if len(a) != len(b):
+        raise ValueError(f"paired values need equal lengths but got {len(a)} and {len(b)}.")
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    out = mean_ci(d)
+    out["wins"] = int(sum(1 for x in d if x > 0))
+    return out

@@ -101,7 +101,9 @@ class ResumableSampler(DistributedSampler):
             ValueError: when ``index`` is outside ``[0, len(self)]``.
         """
         if not 0 <= int(index) <= self.num_samples:
-            raise ValueError(f"start index must lie in [0, {self.num_samples}] (samples per epoch) but is {index}.")
+            raise ValueError(
+                f"start index must lie in [0, {self.num_samples}] (samples per epoch) but is {index}."
+            )
         self.start = int(index)
 
     def epoch_indices(self, epoch: int | None = None) -> list[int]:
@@ -125,7 +127,9 @@ class ResumableSampler(DistributedSampler):
         indices = self.epoch_indices()
         start, self.start = self.start, 0  # the offset applies to one iterator only
         if start:
-            logger.debug("ResumableSampler: epoch %d starts at sample %d of %d", self.epoch, start, len(indices))
+            logger.debug(
+                "ResumableSampler: epoch %d starts at sample %d of %d", self.epoch, start, len(indices)
+            )
         return iter(indices[start:])
 
     def __len__(self) -> int:

@@ -1,15 +1,105 @@
-"""Modality presets as MONAI transform chains (radiology 2D, radiology 3D, pathology)."""
+"""Modality presets as MONAI transform chains (radiology 2D, radiology 3D, pathology).
+
+Each preset is a ``Compose`` over datalist items (see :mod:`lilaw_med.data.datalist`) that
+outputs::
+
+    {"image": float32 tensor (C, H, W) for 2D or (C, H, W, D) for 3D  (MONAI axis order: x first),
+     "label": LongTensor scalar (single-label; -1 for an unlabelled item)
+              or float tensor (L,) of 0/1 (multi-label),
+     "id": str, "group": str ("" when none), ... other keys passed through}
+
+Deterministic transforms come first and the random augmentations last, so MONAI's
+``CacheDataset``/``PersistentDataset`` cache everything up to the first random one.
+Augmentations are options and all off by default (the LiLAW method needs none).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Hashable, Mapping
 from typing import Any
 
-from monai.transforms import Compose
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    MapTransform,
+    Orientationd,
+    RandAffined,
+    RandFlipd,
+    RandRotate90d,
+    Resized,
+    ResizeWithPadOrCropd,
+    ScaleIntensityd,
+    ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
+    Spacingd,
+)
 
-__all__ = ["PRESETS", "build_transforms", "preset_defaults"]
+from lilaw_med.data.readers import LoadMedicalImaged
+
+__all__ = [
+    "PRESETS",
+    "CastLabeld",
+    "FillNoned",
+    "PrepareChannelsd",
+    "build_transforms",
+    "preset_defaults",
+]
 
 PRESETS = ("radiology_2d", "radiology_3d", "pathology")
+
+_AUGMENT_DEFAULTS: dict[str, Any] = {
+    "flip": False,  # random flips along every spatial axis (p=0.5 each)
+    "rotate90": False,  # random multiples of 90 degrees in the first two spatial axes (p=0.5)
+    "affine": False,  # small random affine (rotation, scaling), p=0.5
+    "affine_rotate_deg": 10.0,
+    "affine_scale": 0.1,
+}
+
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "radiology_2d": {
+        "spatial_size": [224, 224],
+        "channels": 1,  # 1 grey (colour averaged); 3 repeats grey (ImageNet-style networks)
+        "intensity": "percentile",  # percentile | window | dicom_window | minmax | none
+        "percentiles": [0.5, 99.5],
+        "window": None,  # [center, width] for intensity "window"
+        "invert_monochrome1": True,
+        "resize_mode": "area",
+        "multi_label": False,
+        **_AUGMENT_DEFAULTS,
+    },
+    "radiology_3d": {
+        "spatial_size": [96, 96, 96],
+        "channels": 1,
+        "orientation": "RAS",  # None keeps the file's orientation
+        "pixdim": None,  # e.g. [1.5, 1.5, 2.0] mm; None keeps the file's spacing
+        "intensity": "percentile",  # ct_window | percentile | minmax | none
+        "percentiles": [0.5, 99.5],
+        "window": [40.0, 400.0],  # [center, width] in HU for intensity "ct_window" (soft tissue)
+        "invert_monochrome1": True,
+        "resize": "resize",  # resize | crop_or_pad
+        "resize_mode": "area",
+        "multi_label": False,
+        **_AUGMENT_DEFAULTS,
+    },
+    "pathology": {
+        "spatial_size": None,  # None keeps the tile size (tiles of one data set share a size)
+        "channels": 3,
+        "intensity": "scale",  # scale (x/255) | minmax | none
+        "resize_mode": "area",
+        "multi_label": False,
+        **_AUGMENT_DEFAULTS,
+    },
+}
+
+_INTENSITY = {
+    "radiology_2d": ("percentile", "window", "dicom_window", "minmax", "none"),
+    "radiology_3d": ("ct_window", "percentile", "minmax", "none"),
+    "pathology": ("scale", "minmax", "none"),
+}
 
 
 def preset_defaults(preset: str) -> dict[str, Any]:
@@ -24,7 +114,46 @@ def preset_defaults(preset: str) -> dict[str, Any]:
     Raises:
         ValueError: for an unknown preset.
     """
-    raise NotImplementedError
+    if preset not in _DEFAULTS:
+        raise ValueError(f"preset must be one of {PRESETS} but is {preset!r}.")
+    return copy.deepcopy(_DEFAULTS[preset])
+
+
+def _resolve_options(preset: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    opts = preset_defaults(preset)
+    unknown = sorted(set(options or {}) - set(opts))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} for preset {preset!r}; valid: {sorted(opts)}.")
+    opts.update(options or {})
+    if opts["intensity"] not in _INTENSITY[preset]:
+        raise ValueError(
+            f"option 'intensity' of preset {preset!r} must be one of {_INTENSITY[preset]} but is {opts['intensity']!r}."
+        )
+    if opts["channels"] not in (1, 3):
+        raise ValueError(f"option 'channels' must be 1 or 3 but is {opts['channels']!r}.")
+    dims = 3 if preset == "radiology_3d" else 2
+    size = opts["spatial_size"]
+    if size is not None:
+        if isinstance(size, int):
+            size = [size] * dims
+        if len(size) != dims or not all(isinstance(s, int) and s > 0 for s in size):
+            raise ValueError(
+                f"option 'spatial_size' must be {dims} positive ints but is {opts['spatial_size']!r}."
+            )
+        opts["spatial_size"] = list(size)
+    if opts.get("intensity") == "window":
+        w = opts.get("window")
+        if not (isinstance(w, (list, tuple)) and len(w) == 2 and float(w[1]) > 0):
+            raise ValueError(
+                f"intensity 'window' needs option 'window' = [center, width > 0] but it is {w!r}."
+            )
+    if opts.get("intensity") == "ct_window":
+        w = opts.get("window")
+        if not (isinstance(w, (list, tuple)) and len(w) == 2 and float(w[1]) > 0):
+            raise ValueError(
+                f"intensity 'ct_window' needs option 'window' = [center HU, width HU > 0] but it is {w!r}."
+            )
+    return opts
 
 
 def build_transforms(preset: str, options: Mapping[str, Any] | None = None, train: bool = False) -> Compose:
@@ -43,6 +172,187 @@ def build_transforms(preset: str, options: Mapping[str, Any] | None = None, trai
         The ``Compose`` to apply to datalist items.
 
     Raises:
-        ValueError: for an unknown preset or option.
+        ValueError: for an unknown preset or option, or an invalid option value.
     """
-    raise NotImplementedError
+    opts = _resolve_options(preset, options)
+    dims = 3 if preset == "radiology_3d" else 2
+    keys = "image"
+    chain: list[Any] = [
+        LoadMedicalImaged(
+            keys,
+            voi_lut=opts.get("intensity") == "dicom_window",
+            invert_monochrome1=bool(opts.get("invert_monochrome1", True)),
+            ensure_channel_first=True,
+        ),
+        PrepareChannelsd(keys, spatial_dims=dims, channels=1 if preset != "pathology" else 3),
+    ]
+    if preset == "radiology_3d":
+        if opts["orientation"]:
+            chain.append(Orientationd(keys, axcodes=opts["orientation"]))
+        if opts["pixdim"]:
+            chain.append(Spacingd(keys, pixdim=opts["pixdim"], mode="bilinear"))
+
+    intensity = opts["intensity"]
+    if intensity == "percentile":
+        lo, hi = opts["percentiles"]
+        chain.append(
+            ScaleIntensityRangePercentilesd(keys, lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)
+        )
+    elif intensity in ("window", "ct_window"):
+        center, width = (float(v) for v in opts["window"])
+        chain.append(
+            ScaleIntensityRanged(
+                keys, a_min=center - width / 2, a_max=center + width / 2, b_min=0.0, b_max=1.0, clip=True
+            )
+        )
+    elif intensity in ("minmax", "dicom_window"):
+        chain.append(ScaleIntensityd(keys, minv=0.0, maxv=1.0))
+    elif intensity == "scale":
+        chain.append(ScaleIntensityRanged(keys, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True))
+
+    size = opts["spatial_size"]
+    if size is not None:
+        if preset == "radiology_3d" and opts["resize"] == "crop_or_pad":
+            chain.append(ResizeWithPadOrCropd(keys, spatial_size=size))
+        else:
+            chain.append(Resized(keys, spatial_size=size, mode=opts["resize_mode"]))
+    if opts["channels"] == 3 and preset != "pathology":
+        chain.append(PrepareChannelsd(keys, spatial_dims=dims, channels=3))
+    chain.append(EnsureTyped(keys, dtype=torch.float32, track_meta=False))
+    chain.append(CastLabeld("label", multi_label=bool(opts["multi_label"])))
+    chain.append(FillNoned(("group",)))
+
+    if train:
+        if opts["flip"]:
+            chain.extend(RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(dims))
+        if opts["rotate90"]:
+            chain.append(RandRotate90d(keys, prob=0.5, max_k=3, spatial_axes=(0, 1)))
+        if opts["affine"]:
+            rad = float(np.deg2rad(opts["affine_rotate_deg"]))
+            rotate = (rad,) if dims == 2 else (rad, rad, rad)
+            chain.append(
+                RandAffined(
+                    keys,
+                    prob=0.5,
+                    rotate_range=rotate,
+                    scale_range=(float(opts["affine_scale"]),) * dims,
+                    padding_mode="border",
+                )
+            )
+        if opts["flip"] or opts["rotate90"] or opts["affine"]:
+            chain.append(EnsureTyped(keys, dtype=torch.float32, track_meta=False))
+    return Compose(chain)
+
+
+class PrepareChannelsd(MapTransform):
+    """Checks the dimensionality and sets the channel count of a channel-first image.
+
+    Trailing singleton spatial axes beyond ``spatial_dims`` are dropped (a 2D NIfTI is stored as
+    (W, H, 1)); colour images become grey by averaging (``channels=1``), grey images are repeated
+    (``channels=3``), an alpha channel is dropped.
+
+    Args:
+        keys: the image keys.
+        spatial_dims: the expected number of spatial dimensions (2 or 3).
+        channels: the output channel count (1 or 3).
+        allow_missing_keys: skip missing keys.
+
+    Raises:
+        ValueError: (when called) for an image with another number of spatial dimensions, naming
+            the item's id and file.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, spatial_dims: int, channels: int, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.spatial_dims = spatial_dims
+        self.channels = channels
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            while img.ndim - 1 > self.spatial_dims and img.shape[-1] == 1:
+                img = img[..., 0]
+            if img.ndim - 1 != self.spatial_dims:
+                raise ValueError(
+                    f"item {d.get('id', '?')} ({_filename(img, d.get(key))}): expected a {self.spatial_dims}D image "
+                    f"but got spatial shape {tuple(img.shape[1:])} with {img.shape[0]} channel(s)."
+                )
+            c = img.shape[0]
+            if c == 4:  # RGBA
+                img = img[:3]
+                c = 3
+            if self.channels == 1 and c != 1:
+                img = (
+                    img.mean(dim=0, keepdim=True)
+                    if isinstance(img, torch.Tensor)
+                    else img.mean(0, keepdims=True)
+                )
+            elif self.channels == 3 and c == 1:
+                img = (
+                    img.repeat(3, *([1] * self.spatial_dims))
+                    if isinstance(img, torch.Tensor)
+                    else np.repeat(img, 3, 0)
+                )
+            elif self.channels == 3 and c != 3:
+                raise ValueError(f"item {d.get('id', '?')}: expected 1 or 3 channels but got {c}.")
+            d[key] = img
+        return d
+
+
+class CastLabeld(MapTransform):
+    """Label to tensor: LongTensor scalar (single-label, -1 when missing) or float (L,) (multi-label).
+
+    Args:
+        keys: the label keys.
+        multi_label: labels are 0/1 lists.
+        allow_missing_keys: skip missing keys (the output then has no label).
+    """
+
+    def __init__(
+        self, keys: KeysCollection, multi_label: bool = False, allow_missing_keys: bool = True
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.multi_label = multi_label
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            if self.multi_label:
+                if value is None:
+                    raise ValueError(
+                        f"item {d.get('id', '?')}: a multi-label item needs a label list but has none."
+                    )
+                d[key] = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
+            else:
+                if isinstance(value, (list, tuple)):
+                    raise ValueError(
+                        f"item {d.get('id', '?')}: label {value!r} is a list; set option 'multi_label' for "
+                        f"multi-label data."
+                    )
+                d[key] = torch.as_tensor(-1 if value is None else int(value), dtype=torch.long)
+        return d
+
+
+class FillNoned(MapTransform):
+    """Replaces ``None`` values by ``""`` so that PyTorch's collate accepts them (e.g. ``group``)."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = True) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if d[key] is None:
+                d[key] = ""
+        return d
+
+
+def _filename(img: Any, fallback: Any) -> str:
+    meta = getattr(img, "meta", None)
+    if isinstance(meta, dict) and meta.get("filename_or_obj"):
+        return str(meta["filename_or_obj"])
+    return str(fallback)

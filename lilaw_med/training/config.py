@@ -41,6 +41,7 @@ __all__ = [
     "dump_config",
     "get_value",
     "load_config",
+    "load_preset_config",
     "parse_override",
     "validate_config",
 ]
@@ -187,6 +188,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         ),
         "keep_last": Field(2, (int,), minimum=1, help="checkpoints kept"),
         "progress": Field(True, (bool,), help="show a progress bar"),
+        "sync_batchnorm": Field(
+            False, (bool,), help="distributed (torchrun) on CUDA: synchronise batch-norm statistics across ranks"
+        ),
     },
     "eval": {
         "key_metric": Field("auroc", (str,), choices=KEY_METRICS, help="metric that selects the best checkpoint"),
@@ -437,3 +441,29 @@ def get_value(config: Mapping[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         node = node[part]
     return node
+
+
+def load_preset_config(filename: str, overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Reads a preset YAML shipped inside the package (``lilaw_med.configs``), applies overrides, validates.
+
+    Args:
+        filename: e.g. ``"radiology_2d.yaml"``.
+        overrides: ``--set`` strings.
+
+    Returns:
+        The complete, validated config.
+
+    Raises:
+        FileNotFoundError: when the package holds no such file.
+        ConfigError: when an override makes it invalid.
+    """
+    import importlib.resources
+
+    resource = importlib.resources.files("lilaw_med.configs").joinpath(filename)
+    if not resource.is_file():
+        raise FileNotFoundError(f"no packaged preset config {filename!r} in lilaw_med.configs.")
+    raw = yaml.safe_load(resource.read_text(encoding="utf-8")) or {}
+    try:
+        return validate_config(apply_overrides(raw, overrides))
+    except ConfigError as e:
+        raise ConfigError(f"{filename}: {e}") from None

@@ -17,20 +17,23 @@ single-process run with batch ``N * B`` on the union of the ranks' batches.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from ignite.engine import Engine, Events
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = [
+    "AverageLossAcrossRanks",
     "DistributedContext",
     "all_gather_object",
     "all_gather_tensor",
@@ -40,11 +43,13 @@ __all__ = [
     "convert_sync_batchnorm",
     "gather_item_table",
     "get_rank",
+    "handlers_for_rank",
     "get_world_size",
     "init_distributed",
     "is_distributed",
     "is_rank0",
     "merge_item_tables",
+    "quiet_unless_rank0",
     "reduce_metrics",
     "scale_learning_rate",
     "torchrun_env_present",
@@ -122,7 +127,9 @@ def _env_int(env: Mapping[str, str], name: str) -> int:
         raise RuntimeError(f"environment variable {name} must be an integer but is {value!r}.") from None
 
 
-def _resolve_device(device: str | torch.device | None, local_rank: int) -> torch.device:
+def _resolve_device(
+    device: str | torch.device | None, local_rank: int, distributed: bool = False
+) -> torch.device:
     name = "auto" if device is None else str(device)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -132,6 +139,14 @@ def _resolve_device(device: str | torch.device | None, local_rank: int) -> torch
             raise ValueError(f"device {name!r} was requested but CUDA is not available; use device 'cpu'.")
         count = torch.cuda.device_count()
         index = local_rank if dev.index is None else dev.index
+        if distributed and index != local_rank:  # one GPU per process, whatever a shared config names
+            logger.warning(
+                "device %s ignored under torchrun: rank with LOCAL_RANK %d uses cuda:%d.",
+                dev,
+                local_rank,
+                local_rank,
+            )
+            index = local_rank
         if index >= count:
             raise ValueError(
                 f"LOCAL_RANK {local_rank} needs GPU cuda:{index} but this node has {count} GPU(s); "
@@ -174,7 +189,7 @@ def init_distributed(
     if dist.is_available() and dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
         local_rank = int(env.get("LOCAL_RANK", rank))
-        dev = _resolve_device(device, local_rank)
+        dev = _resolve_device(device, local_rank, distributed=world_size > 1)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         return DistributedContext(rank, local_rank, world_size, dev, dist.get_backend(), False)
@@ -192,7 +207,7 @@ def init_distributed(
     _env_int(env, "MASTER_PORT")
     if not 0 <= rank < world_size:
         raise RuntimeError(f"RANK must lie in [0, {world_size}) but is {rank}.")
-    dev = _resolve_device(device, local_rank)
+    dev = _resolve_device(device, local_rank, distributed=True)
     if backend is None:
         backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
@@ -340,6 +355,45 @@ def unwrap_network(network: nn.Module) -> nn.Module:
     return network.module if isinstance(network, DistributedDataParallel) else network
 
 
+# MONAI handlers that only write or log what every rank has anyway: one copy (rank 0's) is enough.
+# Handlers that gather across ranks themselves (MetricsSaver, ClassificationSaver) must run on every
+# rank, and so must LiLAWHandler (its meta gradient is all-reduced): they are never dropped.
+_RANK0_HANDLER_NAMES = frozenset(
+    {
+        "CheckpointSaver",
+        "StatsHandler",
+        "TensorBoardStatsHandler",
+        "TensorBoardImageHandler",
+        "MLFlowHandler",
+        "ClearMLStatsHandler",
+        "ClearMLImageHandler",
+    }
+)
+
+
+def handlers_for_rank(handlers: Sequence[Any] | None, rank: int | None = None) -> list[Any] | None:
+    """The handlers a rank attaches: all of them on rank 0; on the other ranks all but the writers
+    and loggers (``CheckpointSaver``, ``StatsHandler``, TensorBoard/MLflow/ClearML handlers).
+
+    Model-zoo ``multi_gpu_train.json`` files drop "the last two handlers" on ranks > 0; that breaks
+    as soon as another config appends handlers (the LiLAW overlay appends its meta-step handler,
+    which every rank must run), so the writers are recognised by class instead.
+
+    Args:
+        handlers: the handlers of a MONAI trainer/evaluator (``None`` stays ``None``).
+        rank: the rank (the current process's when ``None``).
+
+    Returns:
+        The handlers to attach on this rank, in their order.
+    """
+    if handlers is None:
+        return None
+    rank = get_rank() if rank is None else int(rank)
+    if rank == 0:
+        return list(handlers)
+    return [h for h in handlers if not any(c.__name__ in _RANK0_HANDLER_NAMES for c in type(h).__mro__)]
+
+
 def scale_learning_rate(lr: float, world_size: int, rule: str = "none") -> float:
     """The learning rate for ``world_size`` ranks, given the single-process one.
 
@@ -457,6 +511,68 @@ def reduce_metrics(metrics: Mapping[str, float], weight: float = 1.0) -> dict[st
     dist.all_reduce(packed)
     total = packed[-1]
     return dict(zip(names, (packed[:-1] / total).tolist(), strict=True))
+
+
+class AverageLossAcrossRanks:
+    """Replaces the iteration's training loss in ``engine.state.output`` by its mean over the ranks.
+
+    Each rank's loss is the mean over its own batch; with equal per-rank batches their mean is the
+    loss of the whole distributed batch, the value the gradient step took. Handlers attached after
+    this one (run logger, progress bar, the non-finite-loss stop) then see the same value on every
+    rank, so a stop decided on one rank is decided on all of them (a rank stopping alone would leave
+    the others waiting in DDP's all-reduce). One scalar all-reduce per iteration; a no-op when not
+    distributed.
+
+    Args:
+        output_key: the key of the loss in ``engine.state.output`` (MONAI's ``"loss"``).
+    """
+
+    def __init__(self, output_key: str = "loss") -> None:
+        self.output_key = output_key
+
+    def attach(self, engine: Engine) -> None:
+        """Registers on ``ITERATION_COMPLETED``; attach it BEFORE the handlers that read the loss.
+
+        Args:
+            engine: the trainer.
+        """
+        if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """All-reduces the loss of this iteration.
+
+        Args:
+            engine: the trainer whose ``state.output`` holds the loss.
+        """
+        output = engine.state.output
+        if not is_distributed() or not isinstance(output, dict) or self.output_key not in output:
+            return
+        value = output[self.output_key]
+        local = torch.as_tensor(value).detach().reshape(-1)[:1].to(_collective_device(), torch.float64)
+        dist.all_reduce(local)
+        mean = local / dist.get_world_size()
+        output[self.output_key] = mean[0].to(
+            value.device if isinstance(value, torch.Tensor) else "cpu", torch.float32
+        )
+
+
+@contextlib.contextmanager
+def quiet_unless_rank0(logger_name: str = "lilaw_med") -> Iterator[None]:
+    """Raises the level of ``logger_name`` to WARNING on ranks > 0 for the duration, so that a run
+    of N processes logs its progress once, not N times (warnings and errors still come from every rank).
+
+    Args:
+        logger_name: the logger to quiet.
+    """
+    target = logging.getLogger(logger_name)
+    previous = target.level
+    if not is_rank0():
+        target.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        target.setLevel(previous)
 
 
 # ------------------------------------------------------------------------------------ per-item tables

@@ -1,0 +1,772 @@
+"""Exports a lilaw-med config (and optionally a trained run) as a MONAI bundle.
+
+The bundle's folder::
+
+    OUT_DIR/
+      configs/metadata.json      every mandatory key of the MONAI Bundle Specification
+      configs/train.yaml         trains with LiLAW: ``python -m monai.bundle run --config_file configs/train.yaml``
+      configs/evaluate.yaml      metrics of models/model.pt on the test split (MONAI SupervisedEvaluator)
+      configs/inference.yaml     predictions for image files (MONAI SupervisedEvaluator + ClassificationSaver)
+      configs/multi_gpu_train.yaml   torchrun override of train.yaml (DDP, one process per GPU)
+      docs/README.md             what the model is, the exact commands
+      LICENSE
+      models/model.pt            the network's state dict (when a run is given, or after training)
+
+How ``train.yaml`` gives the same results as ``lilaw-med train`` on the same config and seed: it
+embeds the complete, validated config (``lilaw_config``; every default filled in, relative paths
+made absolute) and its ``training`` component is :func:`lilaw_med.training.builder.run_training`
+called with it, the very function the CLI calls after reading the same config. Nothing is rebuilt
+from bundle-side components, so the two paths cannot drift apart. ``network_def`` (the network from
+:func:`lilaw_med.training.networks.build_network` with the run's arguments) is what MONAI's
+``verify_net_in_out``, ``ckpt_export`` and the evaluate/inference configs instantiate.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from lilaw_med.bundle.metadata import build_metadata, missing_metadata_keys
+from lilaw_med.utils import atomic_save_torch, atomic_write
+
+__all__ = [
+    "BundleExport",
+    "ModelSpec",
+    "copy_overlay",
+    "evaluate_config",
+    "export_bundle",
+    "inference_config",
+    "input_spatial_shape",
+    "install_model",
+    "model_spec_from_config",
+    "multi_gpu_config",
+    "model_spec_from_run",
+    "train_config",
+]
+
+logger = logging.getLogger(__name__)
+
+# config fields holding file paths: made absolute at export so the bundle runs from any folder
+_PATH_FIELDS = (
+    ("data", "datalist"),
+    ("data", "sample_dir"),
+    ("data", "cache_dir"),
+    ("data", "exclude"),
+    ("data", "relabel"),
+    ("model", "weights"),
+)
+# option names under which a transform preset states the network's input size, first match wins
+_SIZE_OPTIONS = ("spatial_size", "image_size", "size", "roi_size", "patch_size", "resize")
+_MODALITY = {"radiology_2d": "n/a", "radiology_3d": "n/a", "pathology": "SM"}
+_TASK = {
+    "radiology_2d": "2D radiology image classification",
+    "radiology_3d": "3D radiology volume classification",
+    "pathology": "pathology patch classification",
+}
+_MULTI_GPU = "multi_gpu_train.yaml"
+
+
+@dataclass
+class ModelSpec:
+    """The network of a bundle and what its outputs mean.
+
+    Attributes:
+        network: a name of :data:`lilaw_med.training.networks.NETWORK_NAMES`.
+        spatial_dims: 2 or 3.
+        in_channels: image channels.
+        num_outputs: network outputs (classes; 1 for a single binary logit; labels for multi-label).
+        class_names: one name per class (per label for multi-label).
+        multi_label: independent sigmoid outputs.
+        dropout: the network's dropout (``small_cnn``).
+    """
+
+    network: str
+    spatial_dims: int
+    in_channels: int
+    num_outputs: int
+    class_names: list[str]
+    multi_label: bool = False
+    dropout: float = 0.0
+
+    def network_def(self) -> dict[str, Any]:
+        """The bundle's ``network_def`` component (full dotted ``_target_``)."""
+        return {
+            "_target_": "lilaw_med.training.networks.build_network",
+            "name": self.network,
+            "spatial_dims": self.spatial_dims,
+            "in_channels": self.in_channels,
+            "num_classes": self.num_outputs,
+            "dropout": self.dropout,
+        }
+
+
+@dataclass
+class BundleExport:
+    """What :func:`export_bundle` wrote.
+
+    Attributes:
+        root: the bundle folder.
+        files: every file written, relative to ``root``.
+        metadata: the content of ``configs/metadata.json``.
+        model: the network and its classes.
+    """
+
+    root: Path
+    files: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    model: ModelSpec | None = None
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _absolute_paths(cfg: dict[str, Any], base: Path) -> dict[str, Any]:
+    out = copy.deepcopy(cfg)
+    for section, key in _PATH_FIELDS:
+        value = out.get(section, {}).get(key)
+        if isinstance(value, str) and value:
+            out[section][key] = str((base / Path(value).expanduser()).absolute())
+    return out
+
+
+def _check_no_config_syntax(node: Any, path: str = "lilaw_config") -> None:
+    """MONAI reads strings starting with ``$``, ``@`` or ``%`` as code or references."""
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            _check_no_config_syntax(v, f"{path}#{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_no_config_syntax(v, f"{path}#{i}")
+    elif isinstance(node, str) and node[:1] in ("$", "@", "%"):
+        raise ValueError(
+            f"config value {path}={node!r} starts with {node[0]!r}, which a MONAI bundle config reads as "
+            "code or a reference: rename the file or folder (or set the value on the command line)."
+        )
+
+
+def _preset_option_defaults(preset: str) -> dict[str, Any]:
+    try:
+        from lilaw_med.data.transforms import preset_defaults
+
+        return dict(preset_defaults(preset))
+    except (ImportError, NotImplementedError, ValueError, KeyError):
+        return {}
+
+
+def input_spatial_shape(config: Mapping[str, Any], spatial_dims: int) -> list[int]:
+    """The network's input size from the transform preset's options (``data.options`` over the
+    preset's defaults), for the metadata and MONAI's ``verify_net_in_out``.
+
+    Args:
+        config: a validated config.
+        spatial_dims: 2 or 3.
+
+    Returns:
+        ``[H, W]`` or ``[H, W, D]``.
+
+    Raises:
+        ValueError: when no option among :data:`_SIZE_OPTIONS` states the size.
+    """
+    preset = config["data"]["preset"]
+    options = {**_preset_option_defaults(preset), **dict(config["data"]["options"])}
+    for key in _SIZE_OPTIONS:
+        value = options.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return [value] * spatial_dims
+        if isinstance(value, (list, tuple)) and len(value) == spatial_dims and all(isinstance(v, int) for v in value):
+            return [int(v) for v in value]
+    raise ValueError(
+        f"cannot tell the network's input size of preset '{preset}' from data.options (looked for "
+        f"{', '.join(_SIZE_OPTIONS)}): pass spatial_shape (CLI: --spatial-shape)."
+    )
+
+
+def model_spec_from_config(config: Mapping[str, Any], datalist: Any = None) -> ModelSpec:
+    """The network a config trains, with its classes read from the config's datalist.
+
+    Args:
+        config: a validated config.
+        datalist: the prepared datalist (``None``: :func:`lilaw_med.training.builder.prepare_datalist`).
+
+    Returns:
+        The :class:`ModelSpec`.
+    """
+    from lilaw_med.training.builder import PRESET_CHANNELS, prepare_datalist
+
+    if datalist is None:
+        datalist = prepare_datalist(config)
+    data, model = config["data"], config["model"]
+    default_channels, default_dims = PRESET_CHANNELS[data["preset"]]
+    multi = bool(data["multi_label"])
+    names = [str(n) for n in (datalist.class_names or range(datalist.num_classes))]
+    num_outputs = 1 if config["loss"]["name"] == "bce" and not multi else len(names)
+    return ModelSpec(
+        network=model["network"],
+        spatial_dims=int(model["spatial_dims"] or default_dims),
+        in_channels=int(model["in_channels"] or default_channels),
+        num_outputs=num_outputs,
+        class_names=names,
+        multi_label=multi,
+        dropout=float(model["dropout"]),
+    )
+
+
+def _run_checkpoint(run_dir: Path) -> Path:
+    from lilaw_med.training.run_dir import RunDir
+
+    rd = RunDir(run_dir)
+    for path in (rd.best_model, rd.final_model):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"{rd.root}: no model checkpoint ({RunDir.CHECKPOINTS}/{RunDir.BEST_MODEL} or {RunDir.FINAL_MODEL}); "
+        "is it a finished lilaw-med run folder?"
+    )
+
+
+def model_spec_from_run(run_dir: str | os.PathLike, dropout: float = 0.0) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+    """The network of a finished run and its weights (the best checkpoint, else the final one).
+
+    Args:
+        run_dir: a run folder written by :func:`lilaw_med.training.builder.run_training`.
+        dropout: the config's ``model.dropout``.
+
+    Returns:
+        ``(spec, state_dict)``.
+
+    Raises:
+        FileNotFoundError: when the run has no model checkpoint.
+        KeyError: when the checkpoint lacks the network description.
+    """
+    path = _run_checkpoint(Path(run_dir))
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    missing = {"network", "network_name", "spatial_dims", "in_channels", "num_outputs"} - set(ckpt)
+    if missing:
+        raise KeyError(f"{path}: checkpoint lacks {sorted(missing)}; expected a lilaw-med model checkpoint.")
+    n = int(ckpt["num_outputs"])
+    names = [str(c) for c in ckpt.get("class_names") or []] or [str(i) for i in range(max(n, 2))]
+    spec = ModelSpec(
+        network=str(ckpt["network_name"]),
+        spatial_dims=int(ckpt["spatial_dims"]),
+        in_channels=int(ckpt["in_channels"]),
+        num_outputs=n,
+        class_names=names,
+        multi_label=bool(ckpt.get("multi_label", False)),
+        dropout=dropout,
+    )
+    return spec, ckpt["network"]
+
+
+def install_model(run_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Writes a run's best network weights (else its final ones) as a plain state dict: the
+    ``models/model.pt`` that MONAI's ``CheckpointLoader`` and ``ckpt_export`` read.
+
+    Args:
+        run_dir: a finished run folder, or the :class:`~lilaw_med.training.builder.RunResult` of one.
+        dest: the destination file.
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        FileNotFoundError: when the run has no model checkpoint.
+    """
+    run_dir = getattr(run_dir, "run_dir", run_dir)  # a RunResult from the bundle's training step
+    ckpt = torch.load(_run_checkpoint(Path(run_dir)), map_location="cpu", weights_only=True)
+    atomic_save_torch({k: v.detach().cpu() for k, v in ckpt["network"].items()}, dest)
+    logger.info("installed the network weights of %s as %s", run_dir, dest)
+    return Path(dest)
+
+
+# ---------------------------------------------------------------------------------------- configs
+_HEADER = """\
+# MONAI bundle config written by `lilaw-med bundle export` (lilaw-med {version}).
+# Components are lilaw-med functions and classes referenced by their full dotted paths.
+{body}
+"""
+
+
+def _yaml(content: Mapping[str, Any], comment: str) -> str:
+    body = "\n".join(f"# {line}" if line else "#" for line in comment.strip().splitlines())
+    from lilaw_med import __version__
+
+    return _HEADER.format(version=__version__, body=body) + "\n" + yaml.safe_dump(
+        dict(content), sort_keys=False, default_flow_style=False, width=110
+    )
+
+
+def _common(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "imports": [
+            "$import glob", "$import os", "$import torch", "$import lilaw_med", "$import lilaw_med.bundle.export",
+            "$import lilaw_med.training.builder",
+        ],
+        "bundle_root": ".",
+        "ckpt_dir": "$@bundle_root + '/models'",
+        "ckpt_path": "$@ckpt_dir + '/model.pt'",
+        "lilaw_config": copy.deepcopy(dict(lilaw_config)),
+        "network_def": spec.network_def(),
+    }
+
+
+def train_config(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[str, Any]:
+    """``configs/train.yaml``: :func:`~lilaw_med.training.builder.run_training` on the embedded config."""
+    cfg = _common(spec, lilaw_config)
+    cfg.update(
+        {
+            # the lilaw-med run folder (metrics, LiLAW scalars, checkpoints, dynamics for `lilaw-med audit`)
+            "output_dir": "$@bundle_root + '/runs/train'",
+            "training": {
+                "_target_": "lilaw_med.training.builder.run_training",
+                "config": "@lilaw_config",
+                "output_dir": "@output_dir",
+            },
+            "run": ["$@training", "$lilaw_med.bundle.export.install_model(@output_dir, @ckpt_path)"],
+        }
+    )
+    return cfg
+
+
+def _preprocessing(lilaw_config: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "_target_": "lilaw_med.data.transforms.build_transforms",
+        "preset": lilaw_config["data"]["preset"],
+        "options": copy.deepcopy(dict(lilaw_config["data"]["options"])),
+        "train": False,
+    }
+
+
+def _postprocessing(spec: ModelSpec, with_label: bool) -> dict[str, Any]:
+    sigmoid = spec.multi_label or spec.num_outputs == 1
+    transforms: list[dict[str, Any]] = [
+        {"_target_": "Activationsd", "keys": "pred", "sigmoid": sigmoid, "softmax": not sigmoid}
+    ]
+    if with_label and not sigmoid:
+        transforms.append({"_target_": "AsDiscreted", "keys": "label", "to_onehot": spec.num_outputs})
+    return {"_target_": "Compose", "transforms": transforms}
+
+
+def evaluate_config(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[str, Any]:
+    """``configs/evaluate.yaml``: AUROC and accuracy of ``models/model.pt`` on a datalist split."""
+    cfg = _common(spec, lilaw_config)
+    batch_size = int(lilaw_config["train"]["batch_size"])
+    multi_class = not (spec.multi_label or spec.num_outputs == 1)
+    key_metric: dict[str, Any] = {
+        "auroc": {
+            "_target_": "ROCAUC",
+            "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
+        }
+    }
+    additional: dict[str, Any] = {}
+    if multi_class:
+        # probabilities (N, C) against class indices (N,): ignite's multi-class accuracy
+        additional["accuracy"] = {
+            "_target_": "ignite.metrics.Accuracy",
+            "output_transform": "$lambda out: (torch.stack([o['pred'] for o in out]), "
+            "torch.stack([o['label'].argmax(0) for o in out]))",
+        }
+    cfg.update(
+        {
+            "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+            "output_dir": "$@bundle_root + '/eval'",
+            "split": "test",
+            "datalist": "$lilaw_med.training.builder.prepare_datalist(@lilaw_config)",
+            "network": "$@network_def.to(@device)",
+            "preprocessing": _preprocessing(lilaw_config),
+            "dataset": {"_target_": "Dataset", "data": "$getattr(@datalist, @split)", "transform": "@preprocessing"},
+            "dataloader": {
+                "_target_": "DataLoader",
+                "dataset": "@dataset",
+                "batch_size": batch_size,
+                "shuffle": False,
+                "num_workers": 0,
+            },
+            "inferer": {"_target_": "SimpleInferer"},
+            "postprocessing": _postprocessing(spec, with_label=True),
+            "handlers": [
+                {"_target_": "CheckpointLoader", "load_path": "@ckpt_path", "load_dict": {"model": "@network"},
+                 "map_location": "@device"},
+                {"_target_": "StatsHandler", "iteration_log": False},
+                {"_target_": "MetricsSaver", "save_dir": "@output_dir", "metrics": "*",
+                 "metric_details": None, "summary_ops": None},
+            ],
+            "key_metric": key_metric,
+            "additional_metrics": additional,
+            "evaluator": {
+                "_target_": "SupervisedEvaluator",
+                "device": "@device",
+                "val_data_loader": "@dataloader",
+                "network": "@network",
+                "inferer": "@inferer",
+                "postprocessing": "@postprocessing",
+                "key_val_metric": "@key_metric",
+                "additional_metrics": "@additional_metrics",
+                "val_handlers": "@handlers",
+                "decollate": True,
+            },
+            "run": ["$@evaluator.run()"],
+        }
+    )
+    return cfg
+
+
+def inference_config(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[str, Any]:
+    """``configs/inference.yaml``: class probabilities of every image file in ``dataset_dir``."""
+    cfg = _common(spec, lilaw_config)
+    cfg.update(
+        {
+            "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
+            "output_dir": "$@bundle_root + '/eval'",
+            "dataset_dir": "/workspace/data",
+            "pattern": "*",
+            # one item per file (or DICOM series folder) of dataset_dir; override with --datalist "[...]"
+            "datalist": "$[{'image': p, 'id': os.path.basename(p)} "
+            "for p in sorted(glob.glob(os.path.join(@dataset_dir, @pattern)))]",
+            "network": "$@network_def.to(@device)",
+            "preprocessing": _preprocessing(lilaw_config),
+            "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
+            "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
+                           "num_workers": 0},
+            "inferer": {"_target_": "SimpleInferer"},
+            "postprocessing": _postprocessing(spec, with_label=False),
+            "handlers": [
+                {"_target_": "CheckpointLoader", "load_path": "@ckpt_path", "load_dict": {"model": "@network"},
+                 "map_location": "@device"},
+                {
+                    "_target_": "ClassificationSaver",
+                    "output_dir": "@output_dir",
+                    "filename": "predictions.csv",
+                    # the decollated batch: one dict per item; rows are named by the item's id (file name)
+                    "batch_transform": "$lambda batch: [{'filename_or_obj': item['id']} for item in batch]",
+                    "output_transform": "$monai.handlers.from_engine(['pred'])",
+                },
+            ],
+            "evaluator": {
+                "_target_": "SupervisedEvaluator",
+                "device": "@device",
+                "val_data_loader": "@dataloader",
+                "network": "@network",
+                "inferer": "@inferer",
+                "postprocessing": "@postprocessing",
+                "val_handlers": "@handlers",
+            },
+            "run": ["$@evaluator.run()"],
+        }
+    )
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------- docs
+_LICENSE = """\
+Copyright (c) {year} {authors}
+
+Licensed under the Apache License, Version 2.0 (the "License"); you may not use the files of this
+bundle except in compliance with the License. You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software distributed under the License
+is distributed on an "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or
+implied. See the License for the specific language governing permissions and limitations under the
+License.
+
+The model weights (models/) were trained on data that may carry its own licence: check the terms
+of the training data before sharing or using them. Research use only; not for diagnosis.
+"""
+
+
+def _readme(spec: ModelSpec, meta: Mapping[str, Any], cfg: Mapping[str, Any], has_model: bool, multi_gpu: bool) -> str:
+    shape = meta["network_data_format"]["inputs"]["image"]["spatial_shape"]
+    lilaw = cfg["lilaw"]
+    lines = [
+        f"# {meta['task']}",
+        "",
+        meta["description"],
+        "",
+        "## Model",
+        "",
+        f"- network: `{spec.network}` ({spec.spatial_dims}D, {spec.in_channels} input channel(s), input {shape})",
+        f"- outputs: {spec.num_outputs} logit(s): " + ", ".join(f"{i}: {n}" for i, n in enumerate(spec.class_names)),
+        f"- trained with LiLAW: {'yes' if lilaw['enabled'] else 'no (baseline)'} (alpha={lilaw['alpha']}, "
+        f"beta={lilaw['beta']}, delta={lilaw['delta']} initially; meta lr={lilaw['lr']}, "
+        f"weight decay={lilaw['weight_decay']}, warm-up {lilaw['warmup_epochs']} epoch(s))",
+        f"- weights: {'`models/model.pt` (from the exported run)' if has_model else 'none yet: train first'}",
+    ]
+    if meta.get("eval_metrics"):
+        lines += ["", "## Results of the exported run", ""]
+        lines += [f"- {k}: {v:.4f}" for k, v in meta["eval_metrics"].items()]
+    lines += [
+        "",
+        "## Commands (run from this folder)",
+        "",
+        "Train (writes the lilaw-med run folder `runs/train/` and `models/model.pt`):",
+        "",
+        "```bash",
+        "python -m monai.bundle run --config_file configs/train.yaml --meta_file configs/metadata.json",
+        "```",
+        "",
+        "Any config value can be overridden, e.g. another datalist or more epochs:",
+        "`--lilaw_config#data#datalist /data/my_datalist.json --lilaw_config#train#epochs 50`;",
+        "`--output_dir runs/other` picks another run folder (an existing one is never overwritten).",
+        "",
+        "Evaluate `models/model.pt` on the test split (AUROC and accuracy in `eval/`):",
+        "",
+        "```bash",
+        "python -m monai.bundle run --config_file configs/evaluate.yaml --meta_file configs/metadata.json",
+        "```",
+        "",
+        "Predict every file of a folder (`eval/predictions.csv`):",
+        "",
+        "```bash",
+        "python -m monai.bundle run --config_file configs/inference.yaml --meta_file configs/metadata.json \\",
+        "    --dataset_dir /path/to/images",
+        "```",
+        "",
+        "Check the network against the metadata, and export TorchScript (`models/model.ts`):",
+        "",
+        "```bash",
+        "python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadata.json \\",
+        "    --config_file configs/inference.yaml",
+        "python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt \\",
+        "    --meta_file configs/metadata.json --config_file configs/inference.yaml",
+        "```",
+    ]
+    if multi_gpu:
+        lines += [
+            "",
+            "Train on several GPUs (torchrun):",
+            "",
+            "```bash",
+            "torchrun --standalone --nproc_per_node=2 -m monai.bundle run \\",
+            "    --config_file \"['configs/train.yaml','configs/multi_gpu_train.yaml']\" --meta_file configs/metadata.json",
+            "```",
+        ]
+    lines += [
+        "",
+        "## Requirements",
+        "",
+        "`pip install lilaw-med` (which brings MONAI, PyTorch, pytorch-ignite, fire and jsonschema); versions in "
+        "`configs/metadata.json` (`required_packages_version`).",
+        "",
+        "## Reference",
+        "",
+        meta["references"][0],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def multi_gpu_config() -> dict[str, Any]:
+    """``configs/multi_gpu_train.yaml`` of an exported bundle: a torchrun override of ``train.yaml``.
+
+    It initialises the process group from torchrun's variables
+    (:func:`lilaw_med.training.distributed.init_distributed`), runs the same ``training`` on this
+    process's device (``run_training`` partitions the data and wraps the network in DDP when a
+    process group is up; only rank 0 writes), installs the weights on rank 0 and cleans up.
+    (``lilaw_med.configs.bundle/multi_gpu_train.yaml`` is the template for model-zoo bundles with the
+    overlay: it edits their ``train#...`` ids, which an exported bundle does not have.)
+    """
+    return {
+        "+imports": ["$import lilaw_med.training.distributed"],
+        "distributed": {
+            "_target_": "lilaw_med.training.distributed.init_distributed",
+            "device": "@lilaw_config#train#device",
+        },
+        "training#device": "$str(@distributed.device)",
+        "initialize": ["$@distributed"],
+        "run": [
+            "$@training",
+            "$lilaw_med.bundle.export.install_model(@output_dir, @ckpt_path) if @distributed.is_rank0 else None",
+        ],
+        "finalize": ["$lilaw_med.training.distributed.cleanup_distributed(@distributed)"],
+    }
+
+
+# ---------------------------------------------------------------------------------------- export
+def export_bundle(
+    config: Mapping[str, Any] | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    run_dir: str | os.PathLike | None = None,
+    *,
+    version: str = "0.1.0",
+    task: str | None = None,
+    description: str | None = None,
+    authors: str = "lilaw-med developers",
+    copyright: str | None = None,
+    spatial_shape: Sequence[int] | None = None,
+    value_range: Sequence[float] = (),
+    license_file: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    datalist: Any = None,
+) -> BundleExport:
+    """Writes a MONAI bundle for a lilaw-med config, with the trained weights of ``run_dir``.
+
+    Args:
+        config: a config mapping or YAML file (validated here; relative paths are resolved
+            against the current folder and written as absolute paths).
+        out_dir: the bundle folder (created).
+        run_dir: a finished run of this config: its best weights become ``models/model.pt``, its
+            test metrics the metadata's ``eval_metrics``; its network must be the config's.
+        version: the bundle's version.
+        task: one line for the metadata (default: from the preset).
+        description: a longer description (default: built from the preset and the classes).
+        authors: the model's authors.
+        copyright: the copyright line (default: ``"Copyright (c) <authors>"``).
+        spatial_shape: the network's input size; default: from the preset's transform options.
+        value_range: ``[min, max]`` of the preprocessed input, when known.
+        license_file: a licence text to ship as ``LICENSE`` (default: Apache-2.0 notice).
+        overwrite: allow writing into an existing non-empty folder.
+        datalist: the prepared datalist (``None``: read from the config when no run is given).
+
+    Returns:
+        The :class:`BundleExport`.
+
+    Raises:
+        FileExistsError: when ``out_dir`` is not empty and ``overwrite`` is off.
+        FileNotFoundError: when the config, the run's checkpoint or the licence file is missing.
+        ValueError: when the config is invalid, or the run's network differs from the config's.
+    """
+    from lilaw_med.training.config import load_config, validate_config
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another folder or pass overwrite.")
+    cfg = load_config(config) if isinstance(config, (str, os.PathLike)) else validate_config(config)
+    cfg = _absolute_paths(cfg, Path.cwd())
+    _check_no_config_syntax(cfg)
+
+    state_dict = None
+    summary: dict[str, Any] = {}
+    if run_dir is not None:
+        spec, state_dict = model_spec_from_run(run_dir, dropout=float(cfg["model"]["dropout"]))
+        from lilaw_med.training.builder import PRESET_CHANNELS
+
+        channels, dims = PRESET_CHANNELS[cfg["data"]["preset"]]
+        described = (cfg["model"]["network"], cfg["model"]["spatial_dims"] or dims, cfg["model"]["in_channels"] or channels)
+        if described != (spec.network, spec.spatial_dims, spec.in_channels):
+            raise ValueError(
+                f"run {run_dir} trained {spec.network} ({spec.spatial_dims}D, {spec.in_channels} channel(s)) but the "
+                f"config describes {described[0]} ({described[1]}D, {described[2]} channel(s)): export the run with "
+                "its own config.yaml."
+            )
+        summary_path = Path(run_dir) / "summary.json"
+        if summary_path.is_file():
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    else:
+        spec = model_spec_from_config(cfg, datalist)
+    shape = list(spatial_shape) if spatial_shape else input_spatial_shape(cfg, spec.spatial_dims)
+    if len(shape) != spec.spatial_dims:
+        raise ValueError(f"spatial_shape {shape} must have {spec.spatial_dims} entries (model.spatial_dims).")
+
+    preset = cfg["data"]["preset"]
+    test = (summary.get("best") or summary.get("final") or {}).get("test") or {}
+    eval_metrics = {f"test_{k}": float(test[k]) for k in ("auroc", "accuracy", "balanced_accuracy") if k in test}
+    meta = build_metadata(
+        class_names=spec.class_names if spec.num_outputs > 1 else [f"P({spec.class_names[-1]})"],
+        in_channels=spec.in_channels,
+        spatial_shape=shape,
+        task=task or f"{_TASK[preset]} trained on noisy labels with LiLAW",
+        description=description
+        or (
+            f"A {spec.network} classifier ({', '.join(spec.class_names)}) trained with lilaw-med: LiLAW learns "
+            "three scalars (alpha, beta, delta) that weight every sample's loss by its difficulty, "
+            "meta-updated on a validation batch after every training batch, which makes training robust "
+            "to mislabeled samples."
+        ),
+        version=version,
+        authors=authors,
+        copyright=copyright or f"Copyright (c) {authors}",
+        modality=_MODALITY[preset],
+        value_range=value_range,
+        multi_label=spec.multi_label,
+        eval_metrics=eval_metrics or None,
+        data_source=str(cfg["data"]["datalist"] or "lilaw-med sample data"),
+    )
+    missing = missing_metadata_keys(meta)
+    if missing:  # a bug here, not a user error
+        raise RuntimeError(f"exported metadata lacks {missing}.")
+
+    result = BundleExport(root=out.absolute(), metadata=meta, model=spec)
+
+    def write(rel: str, data: str | bytes) -> None:
+        atomic_write(out / rel, data)
+        result.files.append(rel)
+
+    write("configs/metadata.json", json.dumps(meta, indent=4) + "\n")
+    write(
+        "configs/train.yaml",
+        _yaml(
+            train_config(spec, cfg),
+            "Trains with LiLAW: `training` is lilaw_med.training.builder.run_training on `lilaw_config`, the\n"
+            "same function `lilaw-med train` calls, so both give the same results on the same config and seed.\n"
+            "Then the best weights are installed as models/model.pt.\n"
+            "python -m monai.bundle run --config_file configs/train.yaml --meta_file configs/metadata.json",
+        ),
+    )
+    write(
+        "configs/evaluate.yaml",
+        _yaml(
+            evaluate_config(spec, cfg),
+            "Evaluates models/model.pt on the `split` (default test) of the config's datalist.\n"
+            "python -m monai.bundle run --config_file configs/evaluate.yaml --meta_file configs/metadata.json",
+        ),
+    )
+    write(
+        "configs/inference.yaml",
+        _yaml(
+            inference_config(spec, cfg),
+            "Class probabilities of every file in `dataset_dir` (eval/predictions.csv).\n"
+            "python -m monai.bundle run --config_file configs/inference.yaml --meta_file configs/metadata.json "
+            "--dataset_dir DIR",
+        ),
+    )
+    write(
+        f"configs/{_MULTI_GPU}",
+        _yaml(
+            multi_gpu_config(),
+            "Multi-GPU (DDP) training: pass it AFTER train.yaml, under torchrun (one process per GPU):\n"
+            "torchrun --standalone --nproc_per_node=2 -m monai.bundle run \\\n"
+            "    --config_file \"['configs/train.yaml','configs/multi_gpu_train.yaml']\" --meta_file configs/metadata.json\n"
+            "train.batch_size is per process: the effective batch is N times larger (see lilaw-med's docs/distributed.md).",
+        ),
+    )
+    write("docs/README.md", _readme(spec, meta, cfg, state_dict is not None, True))
+    if license_file is not None:
+        if not Path(license_file).is_file():
+            raise FileNotFoundError(f"licence file {license_file} does not exist.")
+        write("LICENSE", Path(license_file).read_bytes())
+    else:
+        import datetime
+
+        write("LICENSE", _LICENSE.format(year=datetime.date.today().year, authors=authors))
+    if state_dict is not None:
+        atomic_save_torch({k: v.detach().cpu() for k, v in state_dict.items()}, out / "models" / "model.pt")
+        result.files.append("models/model.pt")
+    else:
+        (out / "models").mkdir(parents=True, exist_ok=True)
+    logger.info("bundle written to %s (%d files)", result.root, len(result.files))
+    return result
+
+
+def copy_overlay(dest: str | os.PathLike) -> Path:
+    """Copies the LiLAW overlay for existing bundles (``lilaw_overlay.yaml``) to ``dest``.
+
+    Args:
+        dest: a file path, or a folder to copy it into.
+
+    Returns:
+        The written file.
+    """
+    source = resources.files("lilaw_med.configs.bundle") / "lilaw_overlay.yaml"
+    target = Path(dest)
+    if target.is_dir():
+        target = target / "lilaw_overlay.yaml"
+    return atomic_write(target, source.read_bytes())

@@ -1,0 +1,177 @@
+"""``lilaw-med bundle export | overlay | verify``: MONAI bundles from lilaw-med configs and runs.
+
+Library errors (``ValueError``, ``FileNotFoundError``, ``FileExistsError``, ``OSError``) become
+:class:`~lilaw_med.cli.UserError`, printed as one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lilaw_med.cli import UserError
+
+__all__ = ["register"]
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except UserError:
+        raise
+    except (FileNotFoundError, FileExistsError, PermissionError, KeyError, ValueError) as e:
+        raise UserError(str(e).strip("'\"")) from None
+    except OSError as e:  # disk full, unwritable folder, ...
+        raise UserError(f"{type(e).__name__}: {e}") from None
+
+
+def _parse_shape(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        shape = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--spatial-shape {text!r} must be integers like 64,64 or 32x32x32.") from None
+    if not shape or any(v < 1 for v in shape):
+        raise UserError(f"--spatial-shape {text!r} must be positive integers like 64,64 or 32x32x32.")
+    return shape
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from lilaw_med.bundle.export import export_bundle
+    from lilaw_med.training.config import load_config
+
+    with _user_errors():
+        if args.run and not (Path(args.run) / "config.yaml").is_file():
+            raise UserError(f"--run {args.run}: not a lilaw-med run folder (no config.yaml).")
+        config = load_config(args.config, list(args.set or []))
+        result = export_bundle(
+            config,
+            args.out_dir,
+            run_dir=args.run,
+            version=args.bundle_version,
+            authors=args.authors,
+            spatial_shape=_parse_shape(args.spatial_shape),
+            license_file=args.license,
+            overwrite=args.overwrite,
+        )
+    print(f"bundle written to {result.root}:")
+    for rel in result.files:
+        print(f"  {rel}")
+    if "models/model.pt" not in result.files:
+        print("no --run given: models/model.pt is written when the bundle trains.")
+    print(f"next: cd {result.root} && python -m monai.bundle run --config_file configs/train.yaml "
+          "--meta_file configs/metadata.json")
+    return 0
+
+
+def _cmd_overlay(args: argparse.Namespace) -> int:
+    from lilaw_med.bundle.export import copy_overlay
+
+    with _user_errors():
+        target = Path(args.output)
+        if target.is_file() and not args.overwrite:
+            raise UserError(f"{target} exists; pass --overwrite to replace it.")
+        written = copy_overlay(target)
+    print(f"LiLAW overlay written to {written}")
+    print(f"use: python -m monai.bundle run --config_file \"['configs/train.json','{written}']\" "
+          "--meta_file configs/metadata.json")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from monai.bundle import verify_net_in_out
+
+    from lilaw_med.bundle.metadata import (
+        SCHEMA_ENV_VAR,
+        missing_metadata_keys,
+        schema_path_from_env,
+        verify_metadata_schema,
+    )
+
+    with _user_errors():
+        root = Path(args.bundle)
+        meta_file = root / "configs" / "metadata.json"
+        if not meta_file.is_file():
+            raise UserError(f"{root}: not a bundle (no configs/metadata.json).")
+        meta: dict[str, Any] = json.loads(meta_file.read_text(encoding="utf-8"))
+        missing = missing_metadata_keys(meta)
+        if missing:
+            raise UserError(f"{meta_file}: missing mandatory key(s) {', '.join(missing)}.")
+        print(f"{meta_file}: every mandatory key of the MONAI Bundle Specification is present")
+        schema = Path(args.schema) if args.schema else schema_path_from_env()
+        if schema is not None:
+            verify_metadata_schema(meta_file, schema)
+            print(f"{meta_file}: valid against the schema {schema}")
+        else:
+            print(f"schema check skipped: MONAI's metadata schema is published online only; pass --schema FILE "
+                  f"or set {SCHEMA_ENV_VAR} to a local copy of {meta.get('schema', 'it')}")
+        config = root / "configs" / args.config
+        if not config.is_file():
+            raise UserError(f"{root}: no configs/{args.config}.")
+        verify_net_in_out(net_id="network_def", meta_file=str(meta_file), config_file=str(config), device="cpu")
+        print(f"network_def of configs/{args.config}: input and output shapes and dtypes match the metadata")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Adds ``bundle`` with the sub-commands ``export``, ``overlay`` and ``verify``."""
+    bundle = subparsers.add_parser(
+        "bundle", help="export MONAI bundles; add LiLAW to an existing bundle",
+        description="MONAI bundles: export a lilaw-med config or run as a bundle, copy the LiLAW overlay for "
+        "an existing classification bundle, verify a bundle.",
+    )
+    bundle.set_defaults(func=lambda args: (bundle.print_help(), 2)[1])
+    sub = bundle.add_subparsers(dest="bundle_command", metavar="SUBCOMMAND")
+
+    p = sub.add_parser(
+        "export", help="write a MONAI bundle for a config (and the weights of a finished run)",
+        description="Write a MONAI bundle: configs/metadata.json, train.yaml, evaluate.yaml, inference.yaml,\n"
+        "docs/README.md, LICENSE, and models/model.pt when --run is given.\n\n"
+        "examples:\n"
+        "  lilaw-med bundle export --config configs/radiology_2d.yaml my_bundle\n"
+        "  lilaw-med bundle export --config runs/radiology_2d-20260101-120000/config.yaml \\\n"
+        "      --run runs/radiology_2d-20260101-120000 my_bundle",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", "-c", required=True, metavar="YAML", help="the lilaw-med config")
+    p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--run", metavar="RUN_DIR", help="a finished run of this config: its best weights become models/model.pt")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="the bundle folder to write")
+    p.add_argument("--bundle-version", default="0.1.0", help="the bundle's version (default 0.1.0)")
+    p.add_argument("--authors", default="lilaw-med developers", help="the authors named in the metadata")
+    p.add_argument("--spatial-shape", metavar="H,W[,D]",
+                   help="the network's input size (default: data.options.spatial_size)")
+    p.add_argument("--license", metavar="FILE", help="licence text to ship as LICENSE (default: Apache-2.0 notice)")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing non-empty folder")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "overlay", help="copy the LiLAW overlay that adds LiLAW to an existing classification bundle",
+        description="Copy lilaw_overlay.yaml, which adds LiLAW to a MONAI model-zoo classification bundle\n"
+        "by config merging (nothing in the bundle is edited); see docs/bundle.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--output", "-o", default="lilaw_overlay.yaml", metavar="PATH",
+                   help="file or folder to write (default ./lilaw_overlay.yaml)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.set_defaults(func=_cmd_overlay)
+
+    p = sub.add_parser(
+        "verify", help="check a bundle: mandatory metadata keys, schema (with a local copy), network shapes",
+        description="Check a bundle: every mandatory metadata key; MONAI's verify_metadata against a LOCAL copy of\n"
+        "MONAI's schema (--schema or $LILAW_BUNDLE_SCHEMA; skipped otherwise); MONAI's verify_net_in_out.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("bundle", metavar="BUNDLE_DIR", help="the bundle folder")
+    p.add_argument("--schema", metavar="FILE", help="a local copy of MONAI's metadata schema")
+    p.add_argument("--config", default="inference.yaml", help="the config holding network_def (default inference.yaml)")
+    p.set_defaults(func=_cmd_verify)

@@ -1,0 +1,279 @@
+"""``lilaw-med train | evaluate | predict | init-config``: parse, validate, call the library, print.
+
+Library errors (``ValueError``, ``FileNotFoundError``, ``ConfigError``, ``OSError``) become
+:class:`~lilaw_med.cli.UserError`, printed as one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.resources
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from lilaw_med.cli import UserError
+
+__all__ = ["PRESET_FILES", "register"]
+
+logger = logging.getLogger(__name__)
+
+# preset name -> packaged YAML (pipelines/ and configs/ are installed inside lilaw_med)
+PRESET_FILES = {
+    "radiology_2d": "radiology_2d.yaml",
+    "radiology_3d": "radiology_3d.yaml",
+    "pathology_patch": "pathology_patch.yaml",
+    "pathology": "pathology_patch.yaml",
+}
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turns the library's expected errors into one-line :class:`UserError` messages."""
+    from lilaw_med.training.config import ConfigError
+
+    try:
+        yield
+    except UserError:
+        raise
+    except ConfigError as e:
+        raise UserError(f"invalid config: {e}") from None
+    except (FileNotFoundError, FileExistsError, PermissionError) as e:
+        raise UserError(str(e)) from None
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    except OSError as e:  # disk full, unwritable folder, ...
+        raise UserError(f"{type(e).__name__}: {e}") from None
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "  n/a"
+    return f"{value:.{digits}f}"
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The one-screen summary printed at the end of ``train`` (and by ``evaluate``)."""
+    lines = []
+    lilaw = summary.get("lilaw", {})
+    status = "on" if summary.get("lilaw_enabled") else "off (baseline)"
+    lines.append(
+        f"LiLAW {status}: alpha {_fmt(lilaw.get('alpha'))}  beta {_fmt(lilaw.get('beta'))}  "
+        f"delta {_fmt(lilaw.get('delta'))}  ({lilaw.get('meta_steps', 0)} meta steps)"
+    )
+    n = summary.get("num_items", {})
+    lines.append(
+        f"{summary.get('network')} on {summary.get('device')}, {summary.get('epochs')} epochs, "
+        f"{summary.get('iterations')} iterations, {summary.get('seconds')} s; items: "
+        f"{n.get('training', 0)} training / {n.get('validation', 0)} validation / {n.get('test', 0)} test"
+    )
+    key = summary.get("key_metric")
+    lines.append(f"best epoch {summary.get('best_epoch')} by validation {key} = {_fmt(summary.get('best_val_metric'))}")
+    lines.append(f"{'':24}{'accuracy':>9}{'bal.acc':>9}{'AUROC':>8}{'ECE':>7}{'loss':>8}")
+    for which in ("best", "final"):
+        for split, metrics in summary.get(which, {}).items():
+            label = f"{which} model, {split}"
+            lines.append(
+                f"{label:24}{_fmt(metrics.get('accuracy')):>9}{_fmt(metrics.get('balanced_accuracy')):>9}"
+                f"{_fmt(metrics.get('auroc')):>8}{_fmt(metrics.get('ece')):>7}{_fmt(metrics.get('loss')):>8}"
+            )
+    cal = summary.get("calibration", {}).get("best") or summary.get("calibration", {}).get("final")
+    if cal and cal.get("method") not in (None, "none"):
+        lines.append(f"calibration ({cal['method']}, fitted on the noisy validation split): "
+                     f"temperature {_fmt(cal.get('temperature'))}, threshold {_fmt(cal.get('threshold'))}")
+    lines.append("(validation labels are as noisy as the training labels; test labels are as given)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ train
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lilaw_med.training.builder import run_training
+    from lilaw_med.training.config import load_config
+    from lilaw_med.training.run_dir import RunDir
+
+    with _user_errors():
+        overrides = list(args.set or [])
+        for flag, key in ((args.exclude, "data.exclude"), (args.relabel, "data.relabel")):
+            if flag:
+                overrides.append(f"{key}={Path(flag).absolute()}")
+        if args.skip_bad:
+            overrides.append("data.skip_bad=true")
+        if args.device:
+            overrides.append(f"train.device={args.device}")
+        if args.no_progress:
+            overrides.append("train.progress=false")
+        if args.resume:
+            run_dir = RunDir(args.resume)
+            if not run_dir.exists():
+                raise UserError(f"--resume {args.resume}: not a run folder (no {RunDir.CONFIG}).")
+            if args.config:
+                logger.warning("--resume uses the run's own config.yaml; --config %s is ignored.", args.config)
+            config = load_config(run_dir.config, overrides)
+            output = run_dir.root
+        else:
+            if not args.config:
+                raise UserError("--config is required (or --resume RUN_DIR); e.g. --config configs/radiology_2d.yaml")
+            config = load_config(args.config, overrides)
+            output = Path(args.output) if args.output else None
+        if args.refine:
+            if args.resume:
+                raise UserError("--refine cannot be combined with --resume.")
+            try:
+                from lilaw_med.training.refine import run_refine
+            except ImportError:
+                raise UserError("--refine is not available in this installation (lilaw_med.training.refine is missing).") from None
+            result = run_refine(config, output)
+        else:
+            result = run_training(config, output, resume=bool(args.resume))
+    if int(os.environ.get("RANK", "0")) != 0:  # distributed (torchrun): rank 0 alone reports
+        return 0
+    summary = getattr(result, "summary", None) or {}
+    run_path = getattr(result, "run_dir", output)
+    if summary:
+        print(format_summary(summary))
+    print(f"run folder: {run_path}")
+    print(f"next: lilaw-med audit {run_path}   |   lilaw-med evaluate {run_path}   |   "
+          f"lilaw-med predict {run_path} IMAGE... -o preds.csv")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from lilaw_med.training.predict import evaluate_run
+    from lilaw_med.training.run_dir import RunDir
+
+    with _user_errors():
+        report = evaluate_run(
+            args.run_dir, datalist=args.datalist, splits=args.split, which=args.checkpoint, device=args.device,
+            calibrated=not args.uncalibrated,
+        )
+        out = Path(args.output) if args.output else RunDir(args.run_dir).root / "evaluation.json"
+        RunDir(out.parent).write_json(out.name, report)
+    print(f"model: {report['checkpoint']} (epoch {report.get('epoch')})")
+    print(f"{'split':12}{'n':>6}{'accuracy':>10}{'bal.acc':>9}{'AUROC':>8}{'ECE':>7}{'loss':>8}")
+    for split, m in report["splits"].items():
+        print(f"{split:12}{m['n']:>6}{_fmt(m['accuracy']):>10}{_fmt(m['balanced_accuracy']):>9}"
+              f"{_fmt(m['auroc']):>8}{_fmt(m['ece']):>7}{_fmt(m['loss']):>8}")
+        for name, pc in m.get("per_class", {}).items():
+            print(f"    class {name}: precision {_fmt(pc['precision'])}  recall {_fmt(pc['recall'])}  n={pc['support']}")
+        if m.get("confusion_matrix"):
+            print(f"    confusion matrix (rows = given label): {m['confusion_matrix']}")
+    print(f"written: {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ predict
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from lilaw_med.training.predict import predict_inputs
+
+    with _user_errors():
+        result = predict_inputs(
+            args.run_dir, args.inputs, args.output, which=args.checkpoint, device=args.device,
+            batch_size=args.batch_size, calibrated=not args.uncalibrated, slide_aggregation=args.slide_aggregation,
+            tissue_threshold=args.tissue_threshold,
+        )
+    print(f"{result['n']} prediction(s) written to {result['output']}")
+    for path in result.get("slide_maps", []):
+        print(f"slide probability map: {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ init-config
+def _cmd_init_config(args: argparse.Namespace) -> int:
+    name = PRESET_FILES.get(args.preset)
+    if name is None:
+        raise UserError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESET_FILES)}.")
+    text = importlib.resources.files("lilaw_med.configs").joinpath(name).read_text(encoding="utf-8")
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists; use --force to overwrite it.")
+    with _user_errors():
+        from lilaw_med.utils import atomic_write
+
+        atomic_write(out, text)
+    print(f"wrote {out} (preset {args.preset}); run: lilaw-med train --config {out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ parser
+def _add(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help: str, description: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=func)
+    return p
+
+
+def register(subparsers: Any) -> None:
+    """Adds ``train``, ``evaluate``, ``predict`` and ``init-config`` to the ``lilaw-med`` parser."""
+    p = _add(
+        subparsers, "train", _cmd_train, "train a classifier with LiLAW (or the plain baseline) from a YAML config",
+        "Train a classifier from a YAML config and write a run folder (config, datalist, metrics, plots,\n"
+        "checkpoints, training dynamics, summary).\n\n"
+        "examples:\n"
+        "  lilaw-med train --config configs/radiology_2d.yaml\n"
+        "  lilaw-med train --config my.yaml --set train.epochs=5 --set lilaw.enabled=false -o runs/baseline\n"
+        "  lilaw-med train --resume runs/radiology_2d-20260101-120000",
+    )
+    p.add_argument("--config", "-c", metavar="YAML", help="the config file (see `lilaw-med init-config`)")
+    p.add_argument(
+        "--set", "-s", action="append", metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=3 --set data.options.spatial_size=[32,32] "
+        "(values are read as YAML; repeatable)",
+    )
+    p.add_argument("--output", "-o", metavar="RUN_DIR", help="the run folder (default: output.dir/PRESET-TIMESTAMP)")
+    p.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its newest valid checkpoint")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="drop items the pre-flight check rejects (listed in RUN_DIR/rejected_items.csv) instead of stopping")
+    p.add_argument("--exclude", metavar="CSV", help="exclude the item ids listed in this CSV (e.g. the audit's exclude.csv)")
+    p.add_argument("--relabel", metavar="CSV", help="relabel items: a CSV of item ids and new labels")
+    p.add_argument("--refine", action="store_true",
+                   help="train, audit, exclude suspected mislabels by the documented rule, and retrain")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = _add(
+        subparsers, "evaluate", _cmd_evaluate, "evaluate a trained run on its splits or on another datalist",
+        "Evaluate a run's model (accuracy, balanced accuracy, AUROC, per-class precision/recall,\n"
+        "confusion matrix, ECE) on its validation and test splits or on the items of --datalist;\n"
+        "writes RUN_DIR/evaluation.json (or --output).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder")
+    p.add_argument("--datalist", metavar="PATH", help="evaluate on this datalist (all its labelled items) instead")
+    p.add_argument("--split", choices=("validation", "test", "all"), default="all", help="which splits (default: all)")
+    p.add_argument("--checkpoint", choices=("best", "final"), default="best", help="which model (default: best)")
+    p.add_argument("--uncalibrated", action="store_true", help="ignore the calibration fitted during training")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--output", "-o", metavar="JSON", help="where to write the report (default RUN_DIR/evaluation.json)")
+
+    p = _add(
+        subparsers, "predict", _cmd_predict, "per-image class probabilities for DICOM, NIfTI, PNG/TIFF or whole slides",
+        "Write class probabilities for each input to a CSV (id, path, predicted class, one column per\n"
+        "class). Inputs: DICOM files, DICOM series folders (one 3D volume), NIfTI, PNG/JPEG/TIFF.\n"
+        "With a pathology run, a whole-slide image is tiled on its tissue (tissue mask, patch grid):\n"
+        "a patch probability map is written beside the CSV and the slide gets a score by\n"
+        "--slide-aggregation (mean: mean patch probability; max; top10: mean of the top 10%).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder")
+    p.add_argument("inputs", metavar="INPUT", nargs="+", help="image files or DICOM series folders")
+    p.add_argument("--output", "-o", required=True, metavar="CSV", help="the predictions CSV")
+    p.add_argument("--checkpoint", choices=("best", "final"), default="best", help="which model (default: best)")
+    p.add_argument("--uncalibrated", action="store_true", help="ignore the calibration fitted during training")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=int, default=32, help="inference batch size (default 32)")
+    p.add_argument("--slide-aggregation", choices=("mean", "max", "top10"), default="top10",
+                   help="slide score from patch probabilities (default top10)")
+    p.add_argument("--tissue-threshold", type=float, default=0.5,
+                   help="minimum tissue fraction of a slide patch to be scored (default 0.5)")
+
+    p = _add(
+        subparsers, "init-config", _cmd_init_config, "write a preset's documented YAML config to edit",
+        "Copy the documented config of a preset (shipped inside the package) to a file.\n"
+        f"presets: {', '.join(k for k in PRESET_FILES if k != 'pathology')}",
+    )
+    p.add_argument("preset", metavar="PRESET", help="radiology_2d, radiology_3d or pathology_patch")
+    p.add_argument("--output", "-o", required=True, metavar="YAML", help="the file to write")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+

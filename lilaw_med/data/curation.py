@@ -1,0 +1,160 @@
+"""Curation of a datalist after an audit: drop items (``--exclude``) or correct labels (``--relabel``).
+
+Both read a CSV with a header and an ``id`` column (the ids of ``datalist.json`` / ``audit.csv``):
+
+* exclusions: ``id`` plus any other columns (``lilaw-med audit`` writes ``exclude.csv`` with
+  ``id, path, given_label, predicted_label, label_score, reason``); every listed item is removed
+  from whichever split holds it;
+* relabels: ``id`` and ``label`` (also accepted: ``new_label``, ``corrected_label``), a class index
+  or a class name; for multi-label datalists, ``;``-separated class names or 0/1 flags. The item's
+  previous label is kept as ``"label_before_relabel"``.
+
+An id the datalist does not hold is an error (a typo or a CSV from another data set must not pass
+silently); so is a CSV without an ``id`` column, an empty id, or an unknown class.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from lilaw_med.data.datalist import SPLITS, Datalist
+
+__all__ = ["LABEL_COLUMNS", "apply_exclusions", "apply_relabels", "read_id_csv"]
+
+LABEL_COLUMNS = ("label", "new_label", "corrected_label")
+
+
+def read_id_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Reads a CSV with an ``id`` column (UTF-8, a BOM allowed).
+
+    Args:
+        path: the CSV file.
+
+    Returns:
+        Its rows as dicts (values stripped).
+
+    Raises:
+        FileNotFoundError: when the file is missing.
+        ValueError: when it has no ``id`` column or a row has an empty id.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"CSV not found: {p}")
+    with p.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        fields = [c.strip() for c in (reader.fieldnames or [])]
+        if "id" not in fields:
+            raise ValueError(f"{p}: a column named 'id' is required (found columns {fields}).")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            clean = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
+            if not clean.get("id"):
+                raise ValueError(f"{p}, line {line}: empty id.")
+            rows.append(clean)
+    return rows
+
+
+def _known_ids(datalist: Datalist) -> dict[str, str]:
+    return {str(item["id"]): split for split, item in datalist.iter_items()}
+
+
+def _check_unknown(ids: Iterable[str], known: dict[str, str], source: Path) -> None:
+    unknown = sorted({i for i in ids if i not in known})
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
+        raise ValueError(
+            f"{source}: {len(unknown)} id(s) not in the datalist: {shown}. Use the ids of the run's datalist.json "
+            "(the audit's CSV files carry them)."
+        )
+
+
+def apply_exclusions(datalist: Datalist, csv_path: str | os.PathLike) -> Datalist:
+    """Removes the items whose ids a CSV lists, from every split.
+
+    Args:
+        datalist: the datalist (not modified).
+        csv_path: a CSV with an ``id`` column (e.g. the audit's ``exclude.csv``).
+
+    Returns:
+        A new :class:`Datalist` without those items.
+
+    Raises:
+        FileNotFoundError: when the CSV is missing.
+        ValueError: on an id the datalist does not hold, or a malformed CSV.
+    """
+    rows = read_id_csv(csv_path)
+    ids = {r["id"] for r in rows}
+    _check_unknown(ids, _known_ids(datalist), Path(csv_path))
+    return datalist.without_ids(frozenset(ids))
+
+
+def _parse_label(value: str, datalist: Datalist, source: str) -> int | list[int]:
+    names = datalist.class_names
+    n = datalist.num_classes
+    if datalist.multi_label:
+        parts = [p.strip() for p in value.split(";") if p.strip()]
+        if parts and all(p in ("0", "1") for p in parts) and len(parts) == n:
+            return [int(p) for p in parts]
+        flags = [0] * n
+        for p in parts:
+            if names is None or p not in names:
+                raise ValueError(f"{source}: unknown class {p!r}; the classes are {names}.")
+            flags[names.index(p)] = 1
+        return flags
+    if value.lstrip("-").isdigit():
+        k = int(value)
+        if not 0 <= k < n:
+            raise ValueError(f"{source}: label {k} is out of range: expected a class index in [0, {n - 1}].")
+        return k
+    if names is not None and value in names:
+        return names.index(value)
+    raise ValueError(f"{source}: unknown label {value!r}: expected a class index or one of {names}.")
+
+
+def apply_relabels(datalist: Datalist, csv_path: str | os.PathLike) -> Datalist:
+    """Replaces the labels of the items a CSV lists (a reader's corrections).
+
+    Args:
+        datalist: the datalist (not modified).
+        csv_path: a CSV with ``id`` and ``label`` (or ``new_label`` / ``corrected_label``) columns.
+
+    Returns:
+        A new :class:`Datalist` whose listed items carry the new labels (and
+        ``"label_before_relabel"``).
+
+    Raises:
+        FileNotFoundError: when the CSV is missing.
+        ValueError: on an id the datalist does not hold, an id listed twice with different labels,
+            a missing label column, or an unknown class.
+    """
+    source = Path(csv_path)
+    rows = read_id_csv(source)
+    column = next((c for c in LABEL_COLUMNS if rows and c in rows[0]), None)
+    if rows and column is None:
+        raise ValueError(
+            f"{source}: a label column is required, one of {list(LABEL_COLUMNS)} (found {sorted(rows[0])})."
+        )
+    _check_unknown((r["id"] for r in rows), _known_ids(datalist), source)
+    new: dict[str, Any] = {}
+    for line, r in enumerate(rows, start=2):
+        label = _parse_label(r[column], datalist, f"{source}, line {line} (id {r['id']!r})")
+        if r["id"] in new and new[r["id"]] != label:
+            raise ValueError(f"{source}: id {r['id']!r} is listed twice with different labels.")
+        new[r["id"]] = label
+
+    def relabel(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for item in items:
+            if str(item["id"]) in new:
+                item = {**item, "label_before_relabel": item.get("label"), "label": new[str(item["id"])]}
+            out.append(item)
+        return out
+
+    return replace(datalist, **{s: relabel(getattr(datalist, s)) for s in SPLITS})

@@ -1,0 +1,664 @@
+"""DynamicsRecorder: each item's training dynamics, by id, every epoch, for the audit.
+
+The recorder reads what training computes anyway (no extra forward pass):
+
+* the TRAINING batch's LiLAW statistics from :attr:`LiLAWLoss.last_stats` /
+  :attr:`LiLAWLoss.last_loss` and its ids from ``engine.state.batch["id"]``;
+* optionally the meta step's VALIDATION statistics from :attr:`LiLAWLoss.last_val_stats` /
+  :attr:`LiLAWLoss.last_val_loss` and ids from :attr:`LiLAWHandler.last_val_batch`.
+
+The two never mix, whatever order the handlers are attached in: the meta step writes only the
+``last_val_*`` attributes, the training statistics are taken only from ``last_stats``, and a
+validation record is taken once per meta step (the statistics object is remembered by
+identity), at the latest at ``EPOCH_COMPLETED``, so a meta step that runs after the recorder in
+the same iteration still counts for its own epoch.
+
+On disk (``RUN_DIR/dynamics/``), written atomically at every epoch end::
+
+    manifest.json                format, fields, splits (n_items, epochs), per-epoch alpha/beta/delta
+    ids_training.json            the item ids, in the order of the arrays
+    training/epoch_0001.npy      a structured array (n_items,) per epoch, see RECORD_FIELDS
+    ids_validation.json, validation/epoch_0001.npy   the same for the meta step's validation items
+
+Each epoch's record holds, per item, the MEAN over the times the item was seen in that epoch
+(once for training; several times for the cycled validation loader) of ``prob_label`` (s[y]),
+``prob_max`` (max s), ``prob_other`` (the largest probability of a class other than y),
+``w_alpha``, ``w_beta``, ``w_delta``, ``weight`` and ``loss`` (float16), the last
+``pred_label`` (int16; -1 when not seen) and ``count`` (uint16). An item not seen in an epoch
+has NaN values and ``count`` 0. Memory is linear in items: one float32 accumulator row per item
+for the current epoch (a memory-mapped file beside the dynamics when the set is large), and the
+epochs live on disk (read back memory-mapped by :func:`load_dynamics`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+
+from lilaw_med.losses import LiLAWLoss
+from lilaw_med.utils import atomic_write
+from lilaw_med.weighting import class_probabilities
+
+if TYPE_CHECKING:
+    from lilaw_med.handlers.meta_step import LiLAWHandler
+
+__all__ = ["FLOAT_FIELDS", "Dynamics", "DynamicsRecorder", "load_dynamics"]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "lilaw-med-dynamics"
+FORMAT_VERSION = 1
+FLOAT_FIELDS = ("prob_label", "prob_max", "prob_other", "w_alpha", "w_beta", "w_delta", "weight", "loss")
+"""Fields averaged over the item's occurrences in an epoch, stored as float16."""
+SPLITS = ("training", "validation")
+DEFAULT_MEMMAP_THRESHOLD = 2_000_000
+
+
+def _record_dtype(label_shape: tuple[int, ...]) -> np.dtype:
+    return np.dtype(
+        [(name, np.float16, label_shape) for name in FLOAT_FIELDS]
+        + [("pred_label", np.int16, label_shape), ("count", np.uint16)]
+    )
+
+
+class _EpochBuffer:
+    """Accumulates one split's per-item sums for the current epoch (memory linear in items)."""
+
+    def __init__(self, n: int, label_shape: tuple[int, ...], memmap_path: Path | None = None, growable: bool = False):
+        self.label_shape = label_shape
+        self.growable = growable
+        self.memmap_path = memmap_path
+        self._alloc(n)
+
+    def _alloc(self, n: int) -> None:
+        shape = (n, len(FLOAT_FIELDS), *self.label_shape)
+        if self.memmap_path is not None and n > 0:
+            self.memmap_path.parent.mkdir(parents=True, exist_ok=True)
+            self.sums = np.lib.format.open_memmap(self.memmap_path, mode="w+", dtype=np.float32, shape=shape)
+            self.sums[...] = 0
+        else:
+            self.sums = np.zeros(shape, dtype=np.float32)
+        self.counts = np.zeros(n, dtype=np.int64)
+        self.pred = np.full((n, *self.label_shape), -1, dtype=np.int16)
+
+    @property
+    def n(self) -> int:
+        return self.counts.shape[0]
+
+    def grow(self, n: int) -> None:
+        if n <= self.n:
+            return
+        sums, counts, pred = self.sums, self.counts, self.pred
+        old = self.n
+        self.memmap_path = None  # growable buffers (ids learned on the fly) stay in memory
+        self._alloc(n)
+        self.sums[:old], self.counts[:old], self.pred[:old] = sums, counts, pred
+
+    def reset(self) -> None:
+        self.sums[...] = 0
+        self.counts[...] = 0
+        self.pred[...] = -1
+
+    def add(self, index: np.ndarray, values: np.ndarray, pred: np.ndarray) -> None:
+        np.add.at(self.sums, index, values)
+        np.add.at(self.counts, index, 1)
+        self.pred[index] = pred
+
+    def record(self) -> np.ndarray:
+        rec = np.zeros(self.n, dtype=_record_dtype(self.label_shape))
+        seen = self.counts > 0
+        denom = np.where(seen, self.counts, 1).reshape(-1, *([1] * (1 + len(self.label_shape))))
+        means = np.asarray(self.sums) / denom
+        means[~seen] = np.nan
+        for j, name in enumerate(FLOAT_FIELDS):
+            rec[name] = means[:, j].astype(np.float16)
+        rec["pred_label"] = self.pred
+        rec["count"] = np.minimum(self.counts, np.iinfo(np.uint16).max).astype(np.uint16)
+        return rec
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {
+            "sums": torch.from_numpy(np.array(self.sums)),
+            "counts": torch.from_numpy(self.counts.copy()),
+            "pred": torch.from_numpy(self.pred.copy()),
+        }
+
+    def load(self, state: Mapping[str, torch.Tensor]) -> None:
+        sums = state["sums"].numpy()
+        if sums.shape[0] != self.n:
+            if not self.growable:
+                raise ValueError(
+                    f"the saved dynamics buffer holds {sums.shape[0]} items but the recorder has {self.n}: "
+                    "resume with the same datalist."
+                )
+            self.grow(sums.shape[0])
+        self.sums[...] = sums
+        self.counts[...] = state["counts"].numpy()
+        self.pred[...] = state["pred"].numpy()
+
+
+def _batch_ids(batch: Any) -> list[str] | None:
+    """Item ids of a collated batch (dict with "id") or a decollated one (list of dicts)."""
+    if isinstance(batch, Mapping):
+        ids = batch.get("id")
+        if ids is None:
+            return None
+        if isinstance(ids, str):
+            return [ids]
+        return [str(i) for i in ids]
+    if isinstance(batch, (list, tuple)) and batch and all(isinstance(b, Mapping) for b in batch):
+        if not all("id" in b for b in batch):
+            return None
+        return [str(b["id"]) for b in batch]
+    return None
+
+
+def _dataset_ids(loader: Any) -> list[str] | None:
+    """The ids of a loader's dataset when it is a list of dicts with "id" (MONAI Dataset)."""
+    data = getattr(getattr(loader, "dataset", None), "data", None)
+    if isinstance(data, Sequence) and data and all(isinstance(d, Mapping) and "id" in d for d in data):
+        return [str(d["id"]) for d in data]
+    return None
+
+
+class DynamicsRecorder:
+    """Records every item's per-epoch training dynamics by id (see the module docstring).
+
+    Args:
+        loss: the :class:`LiLAWLoss` the trainer uses; its ``last_stats`` / ``last_loss`` are read
+            after every training iteration (and ``last_val_stats`` / ``last_val_loss`` after every
+            meta step when ``record_validation``).
+        ids: the ids of the training items, in any fixed order (the order of the arrays on disk).
+        out_dir: the folder to write (``RUN_DIR/dynamics``); created when missing.
+        record_validation: also record the meta step's validation items. Needs the
+            :class:`LiLAWHandler` (``meta_handler``, or found among the trainer's handlers).
+        val_ids: the ids of the validation items; by default taken from the meta handler's
+            loader (``val_loader.dataset.data``), else learned as they come (not under DDP).
+        meta_handler: the :class:`LiLAWHandler` whose ``last_val_batch`` holds the validation ids;
+            found among the engine's ``ITERATION_COMPLETED`` handlers when ``None``.
+        memmap: keep the current epoch's accumulators in a memory-mapped file in ``out_dir``
+            (``True``/``False``); ``None`` decides by ``memmap_threshold``.
+        memmap_threshold: number of training items from which ``memmap=None`` memory-maps.
+        distributed: sum the per-epoch accumulators across ranks (``torch.distributed``) before
+            rank 0 writes, so each item is recorded once; ``None`` decides from whether a process
+            group of more than one rank is initialised. Every rank must attach a recorder with the
+            same ``ids``.
+        reduce_fn: replaces the all-reduce: ``reduce_fn(tensor, op)`` with ``op`` ``"sum"`` or
+            ``"max"`` must return the tensor reduced over ranks (for a launcher of one's own).
+        is_writer: whether this process writes the files; by default rank 0 (or the only process).
+
+    Raises:
+        TypeError: when ``loss`` is not a :class:`LiLAWLoss`.
+        ValueError: on duplicate or empty ids.
+    """
+
+    def __init__(
+        self,
+        loss: LiLAWLoss,
+        ids: Sequence[str],
+        out_dir: str | os.PathLike,
+        record_validation: bool = True,
+        val_ids: Sequence[str] | None = None,
+        meta_handler: LiLAWHandler | None = None,
+        memmap: bool | None = None,
+        memmap_threshold: int = DEFAULT_MEMMAP_THRESHOLD,
+        distributed: bool | None = None,
+        reduce_fn: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
+        is_writer: bool | None = None,
+    ) -> None:
+        if not isinstance(loss, LiLAWLoss):
+            raise TypeError(f"loss must be a LiLAWLoss but is {type(loss).__name__}.")
+        ids = [str(i) for i in ids]
+        if not ids:
+            raise ValueError("ids must name at least one training item but is empty.")
+        self.loss = loss
+        self.out_dir = Path(out_dir)
+        self.record_validation = bool(record_validation)
+        self.meta_handler = meta_handler
+        self.memmap = memmap
+        self.memmap_threshold = int(memmap_threshold)
+        self.distributed = distributed
+        self.reduce_fn = reduce_fn
+        self._is_writer = is_writer
+        self.ids: dict[str, list[str]] = {"training": ids}
+        self.index: dict[str, dict[str, int]] = {"training": self._index_of(ids, "ids")}
+        self._pending_state: Mapping[str, Any] | None = None
+        if val_ids is not None:
+            self.ids["validation"] = [str(i) for i in val_ids]
+            self.index["validation"] = self._index_of(self.ids["validation"], "val_ids")
+        self.buffers: dict[str, _EpochBuffer] = {}
+        self.label_shape: tuple[int, ...] | None = None
+        self.buffer_epoch: int | None = None  # the epoch the accumulators belong to
+        self.epochs: dict[str, list[int]] = {"training": [], "validation": []}
+        self.lilaw_by_epoch: dict[str, dict[str, float]] = {}
+        self._last_train_stats: Any = None
+        self._last_val_stats: Any = None
+        self._fwd: tuple[list[str] | None, torch.Tensor | None] | None = None
+        self.skipped_batches = 0
+
+    @staticmethod
+    def _index_of(ids: list[str], what: str) -> dict[str, int]:
+        index = {item: i for i, item in enumerate(ids)}
+        if len(index) != len(ids):
+            seen: set[str] = set()
+            dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+            raise ValueError(f"{what} must be unique but {dup!r} appears more than once.")
+        return index
+
+    # ---------------------------------------------------------------- ignite wiring
+    def attach(self, engine: Engine) -> None:
+        """Registers the recorder: ``EPOCH_STARTED`` (new accumulators), MONAI's
+        ``FORWARD_COMPLETED`` when the engine has it (ids and the runner-up class probability from
+        the logits the trainer computed), ``ITERATION_COMPLETED`` (the records) and
+        ``EPOCH_COMPLETED`` (reduce across ranks, write).
+
+        Args:
+            engine: a MONAI ``SupervisedTrainer`` or any ignite engine whose process function
+                calls ``loss`` on a batch carrying ``"id"``.
+        """
+        if engine.has_event_handler(self, Events.ITERATION_COMPLETED):
+            return
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        try:
+            from monai.engines.utils import IterationEvents
+
+            engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._forward_completed)
+        except (ImportError, ValueError):  # a plain ignite engine without MONAI's iteration events
+            pass
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        self._engine = engine
+
+    # ---------------------------------------------------------------- distributed helpers
+    def _is_distributed(self) -> bool:
+        if self.reduce_fn is not None:
+            return True
+        if self.distributed is not None:
+            return self.distributed
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this process writes the dynamics files (rank 0, or the only process)."""
+        if self._is_writer is not None:
+            return self._is_writer
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank() == 0
+        return True
+
+    def _reduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
+        if self.reduce_fn is not None:
+            return self.reduce_fn(tensor, op)
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+        t = tensor.to(device) if device is not None else tensor.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return t.cpu()
+
+    # ---------------------------------------------------------------- buffers
+    def _ensure_buffers(self, label_shape: tuple[int, ...]) -> None:
+        if self.label_shape is not None:
+            if label_shape != self.label_shape:
+                raise ValueError(
+                    f"LiLAW statistics changed shape from {self.label_shape} to {label_shape} per item."
+                )
+            return
+        self.label_shape = label_shape
+        n = len(self.ids["training"])
+        use_memmap = self.memmap if self.memmap is not None else n >= self.memmap_threshold
+        self.buffers["training"] = _EpochBuffer(
+            n, label_shape, memmap_path=self.out_dir / ".accumulators_training.npy" if use_memmap else None
+        )
+        if self.record_validation and "validation" in self.ids:
+            self.buffers["validation"] = _EpochBuffer(len(self.ids["validation"]), label_shape)
+        if self._pending_state is not None:
+            state, self._pending_state = self._pending_state, None
+            self._load_buffers(state)
+
+    def _ensure_val_buffer(self, handler: LiLAWHandler) -> bool:
+        """Creates the validation accumulators at the first meta step; ``False`` when impossible."""
+        if "validation" in self.buffers:
+            return True
+        if "validation" not in self.ids:
+            derived = _dataset_ids(handler.val_loader)
+            if derived is not None:
+                self.ids["validation"] = derived
+                self.index["validation"] = self._index_of(derived, "validation ids")
+            elif self._is_distributed():
+                logger.warning("validation dynamics not recorded under DDP: pass val_ids to the recorder.")
+                return False
+        growable = "validation" not in self.ids
+        if growable:
+            self.ids["validation"], self.index["validation"] = [], {}
+        self.buffers["validation"] = _EpochBuffer(
+            len(self.ids["validation"]), self.label_shape or (), growable=growable
+        )
+        return True
+
+    def _lookup(self, split: str, ids: list[str]) -> np.ndarray:
+        index = self.index[split]
+        buffer = self.buffers[split]
+        out = np.empty(len(ids), dtype=np.int64)
+        for k, item in enumerate(ids):
+            j = index.get(item)
+            if j is None:
+                if not buffer.growable:
+                    raise KeyError(
+                        f"item id {item!r} seen in a {split} batch is not among the recorder's {split} ids "
+                        f"({len(index)} ids): build the recorder with the ids of the data the loader yields."
+                    )
+                j = index[item] = len(self.ids[split])
+                self.ids[split].append(item)
+                if j >= buffer.n:
+                    buffer.grow(max(2 * buffer.n, 16))
+            out[k] = j
+        return out
+
+    def _add(self, split: str, ids: list[str], stats: Any, loss_values: torch.Tensor | None,
+             prob_second: torch.Tensor | None) -> None:
+        x = stats.prob_label.detach().float().cpu()
+        label_shape = tuple(x.shape[1:])
+        self._ensure_buffers(label_shape)
+        n = x.shape[0]
+        if len(ids) != n:
+            raise ValueError(
+                f"the {split} batch has {len(ids)} ids but the LiLAW statistics hold {n} items: the recorder "
+                "needs the ids of exactly the items the loss saw."
+            )
+        m = stats.prob_max.detach().float().cpu()
+        agree = x >= m
+        if prob_second is not None and prob_second.shape == x.shape:
+            other = torch.where(agree, prob_second, m)
+        else:  # exact for binary and per-label outputs; an upper bound of the runner-up otherwise
+            other = torch.where(agree, 1 - x, m)
+        loss = loss_values.detach().float().cpu() if loss_values is not None else torch.full_like(x, float("nan"))
+        if loss.shape != x.shape:
+            loss = loss.reshape(n, -1).mean(dim=1).reshape(-1, *([1] * len(label_shape))).expand_as(x)
+        cols = [x, m, other, stats.w_alpha, stats.w_beta, stats.w_delta, stats.weight, loss]
+        values = torch.stack([c.detach().float().cpu() for c in cols], dim=1).numpy()
+        pred = stats.pred_label.detach().cpu().numpy().astype(np.int16)
+        self.buffers[split].add(self._lookup(split, ids), values, pred)
+
+    # ---------------------------------------------------------------- events
+    def _epoch_started(self, engine: Engine) -> None:
+        if self.buffer_epoch != engine.state.epoch:  # not a mid-epoch resume of this same epoch
+            for b in self.buffers.values():
+                b.reset()
+            self.buffer_epoch = engine.state.epoch
+        self._fwd = None
+
+    def _forward_completed(self, engine: Engine) -> None:
+        output = engine.state.output
+        ids = _batch_ids(engine.state.batch)
+        second = None
+        pred = output.get("pred") if isinstance(output, Mapping) else None
+        if isinstance(pred, torch.Tensor) and pred.ndim == 2 and not self.loss.multi_label:
+            with torch.no_grad():
+                s = class_probabilities(pred.detach().float())
+                second = s.topk(2, dim=1).values[:, 1].cpu() if s.shape[1] >= 2 else None
+        self._fwd = (ids, second)
+
+    def _find_meta_handler(self) -> LiLAWHandler | None:
+        if self.meta_handler is not None:
+            return self.meta_handler
+        from lilaw_med.handlers.meta_step import LiLAWHandler
+
+        engine = getattr(self, "_engine", None)
+        for h, _, _ in getattr(engine, "_event_handlers", {}).get(Events.ITERATION_COMPLETED, []):
+            if isinstance(h, LiLAWHandler) and h.loss is self.loss:
+                self.meta_handler = h
+                return h
+        return None
+
+    def _collect_validation(self) -> None:
+        if not self.record_validation:
+            return
+        stats = self.loss.last_val_stats
+        if stats is None or stats is self._last_val_stats:
+            return
+        self._last_val_stats = stats
+        handler = self._find_meta_handler()
+        if handler is None:
+            logger.warning("validation dynamics not recorded: no LiLAWHandler found for this loss.")
+            self.record_validation = False
+            return
+        ids = _batch_ids(handler.last_val_batch)
+        if ids is None:
+            logger.warning("validation dynamics not recorded: the validation batches carry no 'id'.")
+            self.record_validation = False
+            return
+        if self.label_shape is None:
+            self._ensure_buffers(tuple(stats.prob_label.shape[1:]))
+        if not self._ensure_val_buffer(handler):
+            self.record_validation = False
+            return
+        self._add("validation", ids, stats, self.loss.last_val_loss, None)
+
+    def __call__(self, engine: Engine) -> None:
+        """Records the training batch of this iteration (and a new validation batch, if any).
+
+        Args:
+            engine: the trainer the recorder is attached to.
+        """
+        stats = self.loss.last_stats
+        if stats is None or stats is self._last_train_stats:
+            self.skipped_batches += 1
+            logger.warning(
+                "iteration %s: no new LiLAW training statistics (is the trainer's loss the recorder's?); "
+                "batch not recorded.", engine.state.iteration,
+            )
+        else:
+            self._last_train_stats = stats
+            ids, second = self._fwd if self._fwd is not None else (None, None)
+            if ids is None:
+                ids = _batch_ids(engine.state.batch)
+            if ids is None:
+                raise KeyError(
+                    "the training batch carries no 'id': keep the 'id' key through the transforms so the "
+                    "dynamics can be recorded per item."
+                )
+            self._add("training", ids, stats, self.loss.last_loss, second)
+        self._fwd = None
+        self._collect_validation()
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        self._collect_validation()  # a meta step that ran after the recorder in the last iteration
+        epoch = int(engine.state.epoch)
+        self.lilaw_by_epoch[str(epoch)] = {**self.loss.weighting.as_dict(), "active": bool(self.loss.is_active)}
+        records = {}
+        for split, buffer in self.buffers.items():
+            if self._is_distributed():
+                sums = self._reduce(torch.from_numpy(np.array(buffer.sums)), "sum").numpy()
+                counts = self._reduce(torch.from_numpy(buffer.counts), "sum").numpy()
+                pred = self._reduce(torch.from_numpy(buffer.pred.astype(np.int32)), "max").numpy()
+                buffer.sums[...], buffer.counts[...], buffer.pred[...] = sums, counts, pred.astype(np.int16)
+            records[split] = buffer.record()[: len(self.ids[split])]
+            self.epochs[split] = sorted({*self.epochs[split], epoch})
+        if self.is_writer:
+            self.write_epoch(epoch, records)
+        for b in self.buffers.values():
+            b.reset()
+        self.buffer_epoch = None
+
+    # ---------------------------------------------------------------- files
+    def write_epoch(self, epoch: int, records: Mapping[str, np.ndarray]) -> None:
+        """Writes one epoch's records and the manifest atomically.
+
+        Args:
+            epoch: the 1-based epoch.
+            records: split name -> structured array (n_items,).
+        """
+        for split, rec in records.items():
+            buf = io.BytesIO()
+            np.save(buf, rec, allow_pickle=False)
+            atomic_write(self.out_dir / split / f"epoch_{epoch:04d}.npy", buf.getvalue())
+            atomic_write(self.out_dir / f"ids_{split}.json", json.dumps(self.ids[split]))
+        manifest = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "fields": list(FLOAT_FIELDS) + ["pred_label", "count"],
+            "label_shape": list(self.label_shape or ()),
+            "multi_label": bool(self.loss.multi_label),
+            "splits": {
+                split: {"n_items": len(self.ids[split]), "ids": f"ids_{split}.json", "epochs": self.epochs[split]}
+                for split in records
+            },
+            "lilaw": self.lilaw_by_epoch,
+        }
+        atomic_write(self.out_dir / "manifest.json", json.dumps(manifest, indent=1))
+
+    # ---------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """The current epoch's accumulators and the epochs written, for resuming.
+
+        Under DDP this is the calling rank's part of the current epoch (rank 0 saves it); a
+        mid-epoch resume then keeps rank 0's partial records of that epoch only.
+
+        Returns:
+            A dict of tensors and plain Python values (``torch.load(weights_only=True)`` reads it).
+        """
+        return {
+            "buffer_epoch": -1 if self.buffer_epoch is None else int(self.buffer_epoch),
+            "epochs": {k: list(v) for k, v in self.epochs.items()},
+            "lilaw": {k: dict(v) for k, v in self.lilaw_by_epoch.items()},
+            "label_shape": list(self.label_shape) if self.label_shape is not None else None,
+            "buffers": {split: b.state() for split, b in self.buffers.items()},
+            "val_ids": list(self.ids.get("validation", [])),
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restores what :meth:`state_dict` saved.
+
+        Args:
+            state_dict: a dict from :meth:`state_dict`.
+
+        Raises:
+            KeyError: when a key is missing.
+            ValueError: when the saved buffers do not fit the recorder's ids.
+        """
+        missing = {"buffer_epoch", "epochs", "buffers"} - set(state_dict)
+        if missing:
+            raise KeyError(f"DynamicsRecorder state_dict is missing {sorted(missing)}.")
+        be = int(state_dict["buffer_epoch"])
+        self.buffer_epoch = None if be < 0 else be
+        self.epochs = {k: [int(e) for e in v] for k, v in state_dict["epochs"].items()}
+        self.lilaw_by_epoch = {k: dict(v) for k, v in state_dict.get("lilaw", {}).items()}
+        val_ids = state_dict.get("val_ids") or []
+        if val_ids and not self.ids.get("validation"):
+            self.ids["validation"] = list(val_ids)
+            self.index["validation"] = self._index_of(self.ids["validation"], "val_ids")
+        if state_dict.get("label_shape") is None:
+            return
+        shape = tuple(int(s) for s in state_dict["label_shape"])
+        if self.label_shape is None:
+            self._pending_state = state_dict
+            self._ensure_buffers(shape)
+        else:
+            self._load_buffers(state_dict)
+
+    def _load_buffers(self, state_dict: Mapping[str, Any]) -> None:
+        for split, state in state_dict["buffers"].items():
+            if split == "validation" and split not in self.buffers and self.ids.get("validation"):
+                self.buffers[split] = _EpochBuffer(len(self.ids[split]), self.label_shape or ())
+            if split in self.buffers:
+                self.buffers[split].load(state)
+                if self._is_distributed() and not self.is_writer:
+                    self.buffers[split].reset()  # rank 0's partial epoch is kept once, not once per rank
+
+
+# ==================================================================== reading
+@dataclass
+class Dynamics:
+    """One split's recorded dynamics, read by :func:`load_dynamics`.
+
+    Attributes:
+        ids: the item ids (N).
+        epochs: the recorded epochs (E), 1-based.
+        records: one structured array (N,) per epoch (memory-mapped files).
+        lilaw: per-epoch alpha, beta, delta at the epoch's end (keys are epoch numbers).
+        multi_label: per-label records of shape (N, L).
+    """
+
+    ids: list[str]
+    epochs: list[int]
+    records: list[np.ndarray]
+    lilaw: dict[int, dict[str, float]] = field(default_factory=dict)
+    multi_label: bool = False
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """A field over epochs: float32 (E, N) (or (E, N, L)); ``pred_label`` int16, ``count`` int32."""
+        if name in FLOAT_FIELDS:
+            return np.stack([np.asarray(r[name], dtype=np.float32) for r in self.records])
+        if name == "pred_label":
+            return np.stack([np.asarray(r[name]) for r in self.records])
+        if name == "count":
+            return np.stack([np.asarray(r[name], dtype=np.int32) for r in self.records])
+        raise KeyError(f"unknown dynamics field {name!r}; the fields are {list(FLOAT_FIELDS) + ['pred_label', 'count']}.")
+
+    def keys(self) -> list[str]:
+        return list(FLOAT_FIELDS) + ["pred_label", "count"]
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        """Every field as (E, N) arrays (what :mod:`lilaw_med.audit.scores` takes)."""
+        return {k: self[k] for k in self.keys()}
+
+
+def load_dynamics(path: str | os.PathLike, split: str = "training", mmap: bool = True) -> Dynamics:
+    """Reads the dynamics a :class:`DynamicsRecorder` wrote.
+
+    Args:
+        path: the dynamics folder (``RUN_DIR/dynamics``) or the run folder holding it.
+        split: ``"training"`` or ``"validation"``.
+        mmap: memory-map the per-epoch files instead of reading them into memory.
+
+    Returns:
+        The split's :class:`Dynamics`.
+
+    Raises:
+        FileNotFoundError: when no manifest is found.
+        ValueError: on a different format, or a split that was not recorded.
+    """
+    folder = Path(path)
+    if not (folder / "manifest.json").is_file() and (folder / "dynamics" / "manifest.json").is_file():
+        folder = folder / "dynamics"
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(
+            f"no dynamics found at {folder} (expected manifest.json): was the run trained with the recorder, "
+            "and did it finish at least one epoch?"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != FORMAT_NAME:
+        raise ValueError(f"{manifest_path} is not a {FORMAT_NAME} manifest.")
+    if int(manifest.get("version", 0)) > FORMAT_VERSION:
+        raise ValueError(f"{manifest_path} has format version {manifest['version']}; this reader knows {FORMAT_VERSION}.")
+    if split not in manifest["splits"]:
+        raise ValueError(f"split {split!r} was not recorded; recorded: {sorted(manifest['splits'])}.")
+    info = manifest["splits"][split]
+    ids = json.loads((folder / info["ids"]).read_text())
+    epochs = [int(e) for e in info["epochs"]]
+    records = []
+    for e in epochs:
+        rec = np.load(folder / split / f"epoch_{e:04d}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+        if rec.shape[0] < len(ids):  # ids learned on the fly grew after this epoch: pad with unseen items
+            pad = np.zeros(len(ids) - rec.shape[0], dtype=rec.dtype)
+            for name in FLOAT_FIELDS:
+                pad[name] = np.nan
+            pad["pred_label"] = -1
+            rec = np.concatenate([np.asarray(rec), pad])
+        records.append(rec[: len(ids)])
+    lilaw = {int(k): v for k, v in manifest.get("lilaw", {}).items()}
+    return Dynamics(ids=ids, epochs=epochs, records=records, lilaw=lilaw, multi_label=bool(manifest.get("multi_label")))

@@ -1,0 +1,381 @@
+"""Using a trained run: :func:`evaluate_run` (metrics on labelled data) and :func:`predict_inputs`
+(class probabilities for image files, DICOM series folders and whole slides).
+
+Whole slides (pathology runs): a tissue mask is computed on a low-resolution thumbnail (HSV
+saturation above Otsu's threshold, which separates stained tissue from the bright background); a
+grid of non-overlapping patches of the training tile size is laid over level 0, patches whose
+tissue fraction in the mask is at least ``tissue_threshold`` are read (only those regions, through
+tiffslide) and scored by the network through the run's own evaluation transforms. Outputs per
+slide: a patch CSV (x, y, tissue fraction, class probabilities), a probability map ``.npy``
+(grid rows x grid columns x classes; NaN off tissue) and a PNG of it, and the slide row of the
+predictions CSV, whose class scores aggregate the patch probabilities of each class by
+``slide_aggregation``: ``mean`` (mean over tissue patches), ``max`` (the most confident patch),
+or ``top10`` (the mean of the top 10% of patches, at least one: robust to a few false-positive
+patches while still detecting small lesions; the default).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lilaw_med.training.builder import load_model, resolve_device, transform_options
+from lilaw_med.training.config import validate_config
+from lilaw_med.training.evaluation import apply_calibration, classification_metrics, run_inference
+from lilaw_med.training.run_dir import RunDir
+from lilaw_med.utils import atomic_write
+
+__all__ = ["SLIDE_SUFFIXES", "aggregate_patches", "evaluate_run", "predict_inputs", "tissue_mask"]
+
+logger = logging.getLogger(__name__)
+
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".scn", ".bif", ".mrxs", ".tif", ".tiff")
+
+
+# ------------------------------------------------------------------------------------------ shared
+def _run_context(run_dir: str | os.PathLike, which: str, device: str | None) -> tuple[RunDir, dict, Any, dict, torch.device]:
+    rd = RunDir(run_dir)
+    if not rd.exists():
+        raise FileNotFoundError(f"{rd.root} is not a run folder ({RunDir.CONFIG} is missing).")
+    cfg = validate_config(rd.read_config())
+    dev = resolve_device(device or cfg["train"]["device"])
+    network, meta = load_model(rd.root, which, dev)
+    return rd, cfg, network, meta, dev
+
+
+def _calibration(rd: RunDir, which: str, calibrated: bool) -> dict[str, Any]:
+    cal: dict[str, Any] = {"method": "none", "temperature": 1.0, "threshold": None}
+    if calibrated and rd.summary.is_file():
+        saved = rd.read_json(RunDir.SUMMARY).get("calibration", {})
+        cal = saved.get(which) or saved.get("final") or cal
+    return cal
+
+
+def _loader(items: list[dict[str, Any]], cfg: Mapping[str, Any], batch_size: int) -> Any:
+    from monai.data import DataLoader, Dataset
+
+    from lilaw_med.data.transforms import build_transforms
+
+    transforms = build_transforms(cfg["data"]["preset"], transform_options(cfg), train=False)
+    return DataLoader(Dataset(items, transforms), batch_size=batch_size, shuffle=False, num_workers=0)
+
+
+def _class_names(meta: Mapping[str, Any], num: int) -> list[str]:
+    names = list(meta.get("class_names") or [])
+    return names if len(names) == num else [str(i) for i in range(num)]
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    datalist: str | os.PathLike | None = None,
+    splits: str = "all",
+    which: str = "best",
+    device: str | None = None,
+    calibrated: bool = True,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """Evaluates a run's model on its validation/test splits or on another datalist.
+
+    Args:
+        run_dir: the run folder.
+        datalist: evaluate on every labelled item of this datalist instead (one split ``"datalist"``).
+        splits: ``"validation"``, ``"test"`` or ``"all"`` (the run's own splits).
+        which: ``"best"`` or ``"final"`` model.
+        device: overrides the run's device.
+        calibrated: apply the temperature/threshold fitted on the validation split during training.
+        batch_size: inference batch size.
+
+    Returns:
+        ``{"checkpoint", "epoch", "calibration", "splits": {name: metrics}}`` (see
+        :func:`lilaw_med.training.evaluation.classification_metrics`).
+
+    Raises:
+        FileNotFoundError: when the run folder, its model or the datalist is missing.
+        ValueError: when no labelled item is left to evaluate.
+    """
+    from lilaw_med.data.datalist import load_datalist
+
+    rd, cfg, network, meta, dev = _run_context(run_dir, which, device)
+    multi = cfg["data"]["multi_label"]
+    names = list(meta.get("class_names") or []) or None
+    if datalist is not None:
+        dl = load_datalist(datalist, class_names=names, multi_label=multi, require_training=False)
+        groups = {"datalist": [it for _, it in dl.iter_items() if it.get("label") is not None]}
+    else:
+        if not rd.datalist.is_file():
+            raise FileNotFoundError(f"{rd.datalist} is missing; pass --datalist.")
+        dl = load_datalist(rd.datalist, class_names=names, multi_label=multi)
+        wanted = ("validation", "test") if splits == "all" else (splits,)
+        groups = {s: [it for it in dl.split(s) if it.get("label") is not None] for s in wanted}
+    groups = {k: v for k, v in groups.items() if v}
+    if not groups:
+        raise ValueError(f"nothing to evaluate: no labelled items in {datalist or rd.datalist} ({splits}).")
+    cal = _calibration(rd, which, calibrated)
+    report: dict[str, Any] = {"checkpoint": meta["path"], "epoch": meta.get("epoch"), "calibration": cal, "splits": {}}
+    for name, items in groups.items():
+        logits, labels, _ = run_inference(network, _loader(items, cfg, batch_size), dev)
+        report["splits"][name] = classification_metrics(
+            logits, labels, names, temperature=cal.get("temperature") or 1.0, threshold=cal.get("threshold"),
+            multi_label=multi, n_bins=cfg["eval"]["ece_bins"],
+        )
+    return report
+
+
+# ------------------------------------------------------------------------------------------ slides
+def _otsu(values: np.ndarray) -> float:
+    hist, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
+    p = hist.astype(np.float64) / max(hist.sum(), 1)
+    omega = np.cumsum(p)
+    mu = np.cumsum(p * (edges[:-1] + edges[1:]) / 2)
+    between = (mu[-1] * omega - mu) ** 2 / np.maximum(omega * (1 - omega), 1e-12)
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def tissue_mask(rgb: np.ndarray, min_saturation: float = 0.05) -> np.ndarray:
+    """Tissue mask of an RGB thumbnail: HSV saturation above Otsu's threshold (and ``min_saturation``).
+
+    Args:
+        rgb: (H, W, 3) uint8 or float in [0, 1].
+        min_saturation: floor of the threshold, so a slide with no tissue gives an empty mask.
+
+    Returns:
+        (H, W) bool mask.
+    """
+    x = rgb.astype(np.float64)
+    if x.max() > 1.0:
+        x = x / 255.0
+    mx, mn = x.max(axis=2), x.min(axis=2)
+    sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-12), 0.0)
+    return sat > max(_otsu(sat), min_saturation)
+
+
+def aggregate_patches(probs: np.ndarray, method: str = "top10") -> np.ndarray:
+    """Slide-level class scores from patch probabilities.
+
+    Args:
+        probs: (P, C) patch class probabilities.
+        method: ``"mean"``, ``"max"`` or ``"top10"`` (per class, the mean of the top 10% of patches, >= 1).
+
+    Returns:
+        (C,) scores (not renormalised; NaN when there are no patches).
+
+    Raises:
+        ValueError: on an unknown method.
+    """
+    if method not in ("mean", "max", "top10"):
+        raise ValueError(f"slide aggregation must be 'mean', 'max' or 'top10' but is {method!r}.")
+    if len(probs) == 0:
+        return np.full(probs.shape[1] if probs.ndim == 2 else 1, np.nan)
+    if method == "mean":
+        return probs.mean(axis=0)
+    if method == "max":
+        return probs.max(axis=0)
+    k = max(1, int(np.ceil(0.1 * len(probs))))
+    return np.sort(probs, axis=0)[-k:].mean(axis=0)
+
+
+def _open_slide(path: Path) -> Any:
+    try:
+        import tiffslide
+    except ImportError:  # pragma: no cover - a declared dependency
+        return None
+    try:
+        return tiffslide.TiffSlide(str(path))
+    except Exception:  # not a slide tiffslide can read
+        return None
+
+
+def _is_slide(path: Path, patch: int) -> bool:
+    if path.is_dir() or not path.name.lower().endswith(SLIDE_SUFFIXES):
+        return False
+    slide = _open_slide(path)
+    if slide is None:
+        return False
+    try:
+        w, h = slide.dimensions
+        return slide.level_count > 1 or max(w, h) > 8 * patch
+    finally:
+        slide.close()
+
+
+def _training_tile_size(rd: RunDir) -> int:
+    """The native size of the training tiles (the slide patch size), from the run's first training item."""
+    from lilaw_med.data.datalist import load_datalist
+    from lilaw_med.data.readers import read_header
+
+    dl = load_datalist(rd.datalist)
+    for item in dl.training[:1]:
+        if "patch_size" in item:
+            size = item["patch_size"]
+            return int(size[0] if isinstance(size, (list, tuple)) else size)
+        header = read_header(item["image"])
+        return int(header.shape[0])
+    raise ValueError(f"{rd.datalist}: no training item to take the tile size from.")
+
+
+def _predict_slide(
+    path: Path, network: Any, cfg: Mapping[str, Any], dev: torch.device, cal: Mapping[str, Any], patch: int,
+    out_prefix: Path, names: list[str], batch_size: int, aggregation: str, tissue_threshold: float,
+) -> tuple[np.ndarray, list[Path], int]:
+    from PIL import Image
+
+    slide = _open_slide(path)
+    try:
+        w, h = slide.dimensions
+        thumb_scale = max(w, h) / 1024 if max(w, h) > 1024 else 1.0
+        thumb = np.asarray(slide.get_thumbnail((max(1, int(w / thumb_scale)), max(1, int(h / thumb_scale)))).convert("RGB"))
+        mask = tissue_mask(thumb)
+        sy, sx = mask.shape[0] / h, mask.shape[1] / w
+        rows, cols = h // patch, w // patch
+        grid: list[tuple[int, int, float]] = []
+        for r in range(rows):
+            for c in range(cols):
+                y0, y1 = int(r * patch * sy), max(int((r + 1) * patch * sy), int(r * patch * sy) + 1)
+                x0, x1 = int(c * patch * sx), max(int((c + 1) * patch * sx), int(c * patch * sx) + 1)
+                frac = float(mask[y0:y1, x0:x1].mean()) if mask[y0:y1, x0:x1].size else 0.0
+                if frac >= tissue_threshold:
+                    grid.append((r, c, frac))
+        logger.info("%s: %d x %d px, %d of %d patches on tissue", path.name, w, h, len(grid), rows * cols)
+        probs_all: list[np.ndarray] = []
+        with tempfile.TemporaryDirectory(prefix="lilaw_slide_") as tmp:
+            # patches go through the run's own evaluation transforms, exactly as its training tiles did
+            for start in range(0, len(grid), 256):
+                chunk = grid[start : start + 256]
+                items = []
+                for r, c, _ in chunk:
+                    region = slide.read_region((c * patch, r * patch), 0, (patch, patch)).convert("RGB")
+                    f = Path(tmp) / f"p_{r}_{c}.png"
+                    region.save(f)
+                    items.append({"image": str(f), "id": f"{path.name}:{r}:{c}"})
+                logits, _, _ = run_inference(network, _loader(items, cfg, batch_size), dev)
+                probs, _ = apply_calibration(logits, cal.get("temperature") or 1.0, cal.get("threshold"))
+                probs_all.append(probs)
+                for f in Path(tmp).iterdir():
+                    f.unlink()
+    finally:
+        slide.close()
+    probs = np.concatenate(probs_all) if probs_all else np.zeros((0, len(names)))
+    num = probs.shape[1] if probs.ndim == 2 and probs.shape[1] else len(names)
+    names = names if len(names) == num else [str(i) for i in range(num)]
+    prob_map = np.full((rows, cols, num), np.nan, dtype=np.float32)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["x", "y", "width", "height", "tissue_fraction", *[f"prob_{n}" for n in names]])
+    for (r, c, frac), p in zip(grid, probs, strict=True):
+        prob_map[r, c] = p
+        writer.writerow([c * patch, r * patch, patch, patch, f"{frac:.3f}", *[f"{v:.6f}" for v in p]])
+    written = [atomic_write(Path(f"{out_prefix}_patches.csv"), buf.getvalue())]
+    npy = io.BytesIO()
+    np.save(npy, prob_map)
+    written.append(atomic_write(Path(f"{out_prefix}_probmap.npy"), npy.getvalue()))
+    # the PNG shows P(class 1) for a binary model, else the top-class probability; grey = no tissue
+    shown = prob_map[..., 1] if num == 2 else np.nanmax(prob_map, axis=2) if len(grid) else prob_map[..., 0]
+    img = np.full((rows, cols, 3), 128, dtype=np.uint8)
+    ok = np.isfinite(shown)
+    img[ok] = (np.stack([shown[ok], np.zeros(ok.sum()), 1 - shown[ok]], axis=1) * 255).astype(np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(img).resize((max(cols * 8, 1), max(rows * 8, 1)), Image.NEAREST).save(png, format="PNG")
+    written.append(atomic_write(Path(f"{out_prefix}_probmap.png"), png.getvalue()))
+    return aggregate_patches(probs, aggregation), written, len(grid)
+
+
+# ------------------------------------------------------------------------------------------ predict
+def _expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    from lilaw_med.data.readers import image_kind, list_series_files
+
+    out = []
+    for raw in inputs:
+        p = Path(raw)
+        if not p.exists():
+            raise FileNotFoundError(f"input not found: {p}")
+        if p.is_dir() and not list_series_files(p):
+            raise ValueError(f"{p}: a folder must be a DICOM series (it holds no DICOM file).")
+        image_kind(p)  # raises a clear error on an unsupported format
+        out.append(p.absolute())
+    return out
+
+
+def predict_inputs(
+    run_dir: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    which: str = "best",
+    device: str | None = None,
+    batch_size: int = 32,
+    calibrated: bool = True,
+    slide_aggregation: str = "top10",
+    tissue_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Class probabilities for images, DICOM series and (pathology runs) whole slides, to a CSV.
+
+    Args:
+        run_dir: the run folder.
+        inputs: image files (DICOM, NIfTI, PNG/JPEG/TIFF, .npy), DICOM series folders, slides.
+        output: the CSV to write: ``id, path, kind, predicted_label, predicted_class, prob_<class>...``
+            (``kind`` is ``image`` or ``slide``; a slide row holds its aggregated scores and
+            ``num_patches``).
+        which: ``"best"`` or ``"final"`` model.
+        device: overrides the run's device.
+        batch_size: inference batch size.
+        calibrated: apply the calibration fitted during training.
+        slide_aggregation: ``"mean"``, ``"max"`` or ``"top10"`` (see the module docstring).
+        tissue_threshold: minimum tissue fraction of a slide patch.
+
+    Returns:
+        ``{"n": rows written, "output": path, "slide_maps": [paths]}``.
+
+    Raises:
+        FileNotFoundError: when the run, its model or an input is missing.
+        ValueError: on an unsupported input.
+    """
+    rd, cfg, network, meta, dev = _run_context(run_dir, which, device)
+    if not 0 <= tissue_threshold <= 1:
+        raise ValueError(f"tissue_threshold must lie in [0, 1] but is {tissue_threshold}.")
+    if slide_aggregation not in ("mean", "max", "top10"):
+        raise ValueError(f"slide aggregation must be 'mean', 'max' or 'top10' but is {slide_aggregation!r}.")
+    paths = _expand_inputs(inputs)
+    cal = _calibration(rd, which, calibrated)
+    multi = cfg["data"]["multi_label"]
+    num = int(meta.get("num_outputs", 2))
+    names = _class_names(meta, 2 if num == 1 and not multi else num)
+    out_path = Path(output)
+    patch = _training_tile_size(rd) if cfg["data"]["preset"] == "pathology" else 0
+    slides = [p for p in paths if patch and _is_slide(p, patch)]
+    images = [p for p in paths if p not in slides]
+    rows: list[list[Any]] = []
+    maps: list[Path] = []
+    if images:
+        items = [{"image": str(p), "id": str(p)} for p in images]
+        logits, _, _ = run_inference(network, _loader(items, cfg, batch_size), dev)
+        probs, pred = apply_calibration(logits, cal.get("temperature") or 1.0, cal.get("threshold"), multi)
+        for p, pr, pd in zip(images, probs, pred, strict=True):
+            if multi:
+                rows.append([p.name, str(p), "image", ";".join(str(int(v)) for v in pd),
+                             ";".join(n for n, v in zip(names, pd, strict=True) if v), "", *pr.tolist()])
+            else:
+                rows.append([p.name, str(p), "image", int(pd), names[int(pd)], "", *pr.tolist()])
+    for p in slides:
+        prefix = out_path.with_name(f"{out_path.stem}_{p.name.split('.')[0]}")
+        scores, written, n_patches = _predict_slide(
+            p, network, cfg, dev, cal, patch, prefix, names, batch_size, slide_aggregation, tissue_threshold
+        )
+        maps += [w for w in written if w.suffix == ".png"]
+        label = int(np.nanargmax(scores)) if np.isfinite(scores).any() else -1
+        rows.append([p.name, str(p), "slide", label, names[label] if label >= 0 else "", n_patches, *scores.tolist()])
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "path", "kind", "predicted_label", "predicted_class", "num_patches", *[f"prob_{n}" for n in names]])
+    for row in rows:
+        writer.writerow([f"{v:.6f}" if isinstance(v, float) else v for v in row])
+    atomic_write(out_path, buf.getvalue())
+    return {"n": len(rows), "output": str(out_path), "slide_maps": [str(m) for m in maps]}

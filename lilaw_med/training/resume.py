@@ -1,0 +1,263 @@
+"""Checkpointing a training run and resuming it exactly where it stopped.
+
+:func:`attach_checkpointing` attaches the atomic :class:`~lilaw_med.handlers.checkpoint.CheckpointHandler`;
+:func:`resume_from` restores the newest valid checkpoint into freshly built objects.
+
+How a resumed run continues *exactly* as the uninterrupted one would (on CPU, deterministic):
+
+* counters: the trainer's ``state_dict`` (iteration, epoch length, max epochs) is loaded; ignite then
+  starts the interrupted epoch again and counts its iterations from ``iteration % epoch_length``.
+* data-loader position: ignite re-creates the loader's iterator on resume, from the start of the
+  epoch. The training loader's :class:`~lilaw_med.data.sampler.ResumableSampler` orders each epoch as a
+  pure function of ``(seed, epoch)``; :meth:`~ResumableSampler.set_start` makes that first iterator
+  skip the ``(iteration % epoch_length) * batch_size`` samples already trained on, so no sample is
+  repeated or skipped.
+* LiLAW: alpha, beta, delta and the meta step's validation cursor (pass, batch) come from
+  ``LiLAWHandler.state_dict``; the validation iterator is re-opened at the saved cursor.
+* random numbers: the Python, NumPy, torch and CUDA states saved with the checkpoint are restored
+  at the point of the run where they were taken. Re-creating a ``DataLoader`` iterator draws a seed
+  from torch's generator, which the uninterrupted run did not do mid-epoch; so after a mid-epoch
+  checkpoint the states are restored just before the first batch is fetched (after ignite re-created
+  the iterator), and the LiLAW validation iterator is re-opened at its cursor before the restore.
+* AMP: MONAI's ``Trainer.run`` creates a new ``GradScaler``; its saved state is loaded at ``STARTED``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+from lilaw_med.data.sampler import ResumableSampler
+from lilaw_med.handlers.checkpoint import (
+    CheckpointHandler,
+    capture_rng_state,
+    load_latest_checkpoint,
+    load_object_state,
+    restore_rng_state,
+)
+from lilaw_med.handlers.meta_step import LiLAWHandler
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "attach_checkpointing",
+    "capture_rng_state",
+    "restore_rng_state",
+    "resume_from",
+    "run_is_complete",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def attach_checkpointing(
+    trainer: Engine,
+    run_dir: str | Path,
+    objects: Mapping[str, Any],
+    every_n_iterations: int | None = None,
+    every_n_epochs: int | None = 1,
+    keep_last: int = 2,
+) -> CheckpointHandler:
+    """Attaches atomic checkpoints of ``objects`` to ``trainer``, written to ``RUN_DIR/checkpoints``.
+
+    Attach it after the other handlers if you can; it moves itself after them when the run starts in
+    any case, so each checkpoint holds the state after the iteration's meta step and the epoch's
+    validation.
+
+    Args:
+        trainer: the training engine (a MONAI ``SupervisedTrainer``).
+        run_dir: the run folder.
+        objects: name -> object with ``state_dict``/``load_state_dict``: ``"network"``, ``"optimizer"``,
+            ``"scheduler"``, ``"lilaw"`` (the :class:`LiLAWHandler`), ``"trainer"`` (the engine itself),
+            and any stateful handler (dynamics recorder, run logger). ``None`` values are skipped. A
+            MONAI trainer's AMP scaler is saved on its own.
+        every_n_iterations: also save every this many iterations (for resuming inside long epochs).
+        every_n_epochs: save every this many epochs.
+        keep_last: checkpoints kept (the newest and, with 2, the previous good one).
+
+    Returns:
+        The attached handler (its ``last_checkpoint`` names the newest file written).
+    """
+    handler = CheckpointHandler(
+        Path(run_dir) / CHECKPOINT_DIR,
+        objects,
+        every_n_iterations=every_n_iterations,
+        every_n_epochs=every_n_epochs,
+        keep_last=keep_last,
+    )
+    handler.attach(trainer)
+    return handler
+
+
+def run_is_complete(trainer: Engine) -> bool:
+    """Whether the trainer's (restored) state says that the run has already finished.
+
+    ignite restarts a finished engine from iteration 0 when ``run`` is called again, so a caller that
+    resumes a finished run must check this and not call ``run``.
+
+    Args:
+        trainer: the training engine.
+
+    Returns:
+        ``True`` when ``iteration >= epoch_length * max_epochs``.
+    """
+    s = trainer.state
+    return bool(s.epoch_length and s.max_epochs and s.iteration >= s.epoch_length * s.max_epochs)
+
+
+def _once(engine: Engine, event: Any, fn: Any) -> None:
+    def handler(e: Engine) -> None:
+        e.remove_event_handler(handler, event)
+        fn(e)
+
+    engine.add_event_handler(event, handler)
+
+
+def resume_from(
+    run_dir: str | Path,
+    trainer: Engine,
+    objects: Mapping[str, Any],
+    train_sampler: Any | None = None,
+    map_location: str | torch.device = "cpu",
+) -> int:
+    """Loads the newest valid checkpoint of ``RUN_DIR/checkpoints`` into freshly built objects so that
+    ``trainer.run()`` continues exactly where the interrupted run stopped.
+
+    A partial or corrupt newer checkpoint is reported with a warning that names it and the reason, is
+    renamed ``*.corrupt`` (kept for inspection, never read again) and the previous good one is used.
+
+    Args:
+        run_dir: the run folder of the interrupted run.
+        trainer: the new trainer, built from the same config (not run yet).
+        objects: the same names as given to :func:`attach_checkpointing` (the trainer included).
+        train_sampler: the training loader's sampler (a :class:`ResumableSampler`, or any sampler with
+            ``set_epoch``/``set_start`` such as the class-balanced one); required to resume inside an epoch.
+        map_location: where saved tensors are loaded (e.g. ``"cpu"``; tensors are then moved by each
+            object's ``load_state_dict``).
+
+    Returns:
+        The iteration the run resumes from (the number of iterations already done).
+
+    Raises:
+        FileNotFoundError: when the run folder has no checkpoint.
+        ValueError: when every checkpoint is unusable, the checkpoint lacks an object that is given
+            (or vice versa), the data changed (a different number of samples per epoch or batch size),
+            or a mid-epoch checkpoint is resumed without a :class:`ResumableSampler`.
+    """
+    run_dir = Path(run_dir)
+    save_dir = run_dir / CHECKPOINT_DIR
+    info, ckpt, rejected = load_latest_checkpoint(save_dir, map_location=map_location)
+    for bad, reason in rejected:
+        corrupt = bad.path.with_name(bad.path.name + ".corrupt")
+        bad.path.replace(corrupt)
+        logger.warning(
+            "checkpoint %s is unusable (%s): kept as %s; resuming from the previous good one, %s.",
+            bad.path,
+            reason,
+            corrupt.name,
+            info.path.name,
+        )
+
+    objects = {k: v for k, v in objects.items() if v is not None}
+    saved = ckpt["objects"]
+    missing = sorted(set(objects) - set(saved))
+    if missing:
+        raise ValueError(
+            f"checkpoint {info.path} has no state for {missing} (it holds {sorted(saved)}): it was written by a "
+            "run with a different configuration."
+        )
+    unused = sorted(set(saved) - set(objects))
+    if unused:
+        logger.warning(
+            "checkpoint %s holds state for %s that this run does not use; ignored.", info.path.name, unused
+        )
+
+    iteration, epoch_length = int(ckpt["iteration"]), ckpt.get("epoch_length")
+    in_epoch = iteration % epoch_length if epoch_length else 0
+    loader = getattr(trainer, "data_loader", None)
+    if epoch_length and getattr(trainer.state, "epoch_length", None) not in (None, epoch_length):
+        raise ValueError(
+            f"checkpoint {info.path.name} was written with {epoch_length} iterations per epoch but this run has "
+            f"{trainer.state.epoch_length}: the training data or batch size changed; start a new run instead."
+        )
+    if in_epoch:
+        if not callable(getattr(train_sampler, "set_start", None)):
+            raise ValueError(
+                f"checkpoint {info.path.name} was taken inside epoch {iteration // epoch_length + 1} (iteration "
+                f"{in_epoch} of {epoch_length}); resuming there needs the training loader's ResumableSampler "
+                f"(or another sampler with set_epoch/set_start), got {type(train_sampler).__name__}."
+            )
+        batch_size = ckpt.get("batch_size") or getattr(loader, "batch_size", None)
+        if not batch_size:
+            raise ValueError(
+                "cannot place the sampler: the checkpoint and the trainer's loader give no batch size."
+            )
+        if getattr(loader, "batch_size", batch_size) != batch_size:
+            raise ValueError(
+                f"the batch size changed since the checkpoint ({batch_size} -> {loader.batch_size})."
+            )
+    saved_len = ckpt.get("sampler_length")
+    if train_sampler is not None and saved_len is not None and len(train_sampler) != saved_len:
+        raise ValueError(
+            f"the training sampler yields {len(train_sampler)} samples per epoch but {saved_len} when checkpoint "
+            f"{info.path.name} was written: the training data changed; start a new run instead."
+        )
+
+    max_epochs = getattr(trainer.state, "max_epochs", None)
+    for name, obj in objects.items():
+        try:
+            load_object_state(obj, saved[name])
+        except Exception as e:
+            raise ValueError(f"cannot restore {name!r} from checkpoint {info.path.name}: {e}") from e
+    if max_epochs and trainer.state.max_epochs and max_epochs > trainer.state.max_epochs:
+        trainer.state.max_epochs = max_epochs  # the new config asks for more epochs: extend the run
+
+    for obj in objects.values():
+        # re-open the LiLAW validation iterator at its saved cursor now, BEFORE the RNG states are
+        # restored: creating a DataLoader iterator draws a seed from torch's generator, which the
+        # uninterrupted run did not do at this point (opened lazily, it would shift every later draw)
+        if isinstance(obj, LiLAWHandler) and (obj._val_pass or obj._val_cursor):
+            obj._start_pass()
+
+    if train_sampler is not None:
+        # the epoch ignite starts next (the interrupted one, or the one after a completed epoch)
+        train_sampler.set_epoch(iteration // epoch_length + 1 if epoch_length else int(ckpt["epoch"]) + 1)
+        if callable(getattr(train_sampler, "set_start", None)):
+            train_sampler.set_start(
+                in_epoch * int(ckpt.get("batch_size") or loader.batch_size) if in_epoch else 0
+            )
+        if isinstance(train_sampler, ResumableSampler):
+            train_sampler.attach(trainer)
+
+    if "scaler" in ckpt:
+
+        def _load_scaler(engine: Engine) -> None:
+            scaler = getattr(engine, "scaler", None)
+            if scaler is None:
+                logger.warning(
+                    "checkpoint %s holds an AMP scaler state but this run has AMP off.", info.path.name
+                )
+            else:
+                scaler.load_state_dict(ckpt["scaler"])
+
+        _once(trainer, Events.STARTED, _load_scaler)
+
+    rng = ckpt["rng"]
+    if in_epoch:
+        _once(trainer, Events.GET_BATCH_STARTED, lambda _: restore_rng_state(rng))
+    else:
+        restore_rng_state(rng)
+
+    where = (
+        f"inside epoch {iteration // epoch_length + 1} (iteration {in_epoch} of {epoch_length})"
+        if in_epoch
+        else (f"after epoch {ckpt['epoch']}")
+    )
+    logger.info("resuming %s from %s: iteration %d, %s.", run_dir, info.path.name, iteration, where)
+    return iteration

@@ -1,0 +1,293 @@
+"""DDP training with LiLAW on 2 CPU processes (gloo): ranks agree, and the 2-process run with
+per-rank batch B equals the 1-process run with batch 2B.
+
+Why they are equal: rank r takes positions r, r+2, ... of the same seeded permutation (the
+ResumableSampler partitions like DistributedSampler), so the union of the ranks' k-th batches is
+exactly the 1-process run's k-th batch of 2B; DDP averages the gradients of the per-rank MEAN
+losses, which with equal per-rank batches is the gradient of the mean over the 2B samples; the
+LiLAW handler averages the meta gradients the same way. Only the summation order differs, so the
+network runs in float64 and the tolerance is fixed at 1e-5 (absolute) for alpha/beta/delta and
+every parameter, as the issue asks.
+
+One 2-process run (a module fixture) serves every test here: starting processes is the slow part.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import DataLoader
+
+from lilaw_med.data.sampler import ResumableSampler
+from lilaw_med.handlers.meta_step import LiLAWHandler
+from lilaw_med.losses import LiLAWLoss
+from lilaw_med.training import distributed as D
+
+TOLERANCE = 1e-5  # fixed before the test was written (issue 8)
+WORLD_SIZE = 2
+PER_RANK_BATCH = 4
+N_TRAIN = 48  # divisible by WORLD_SIZE * PER_RANK_BATCH: no padding, no ragged last batch
+N_VAL = 16  # 2 meta batches per pass: the 12 steps cycle the validation loader 6 times
+EPOCHS = 2
+TIMEOUT_S = 120.0
+
+
+def _items(n: int, seed: int) -> list[dict[str, Any]]:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 1, 4, 4, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    return [{"image": images[i], "label": labels[i], "id": f"item{seed}-{i:03d}"} for i in range(n)]
+
+
+def _network() -> nn.Module:
+    # no batch norm: the equivalence with one process holds exactly only without it
+    torch.manual_seed(1234)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+
+
+def _train(rank: int, world_size: int, batch_size: int, context: D.DistributedContext | None) -> dict[str, Any]:
+    """Trains the tiny LiLAW run on this rank's shards; returns what the tests compare."""
+    from monai.engines import SupervisedTrainer
+
+    train_items, val_items = _items(N_TRAIN, seed=1), _items(N_VAL, seed=2)
+    train_sampler = ResumableSampler(N_TRAIN, shuffle=True, seed=11, rank=rank, world_size=world_size)
+    val_sampler = ResumableSampler(N_VAL, shuffle=True, seed=22, rank=rank, world_size=world_size)
+    train_loader = DataLoader(train_items, batch_size=batch_size, sampler=train_sampler)
+    val_loader = DataLoader(val_items, batch_size=batch_size, sampler=val_sampler)
+    network = _network()
+    if rank != 0:  # DDP must broadcast rank 0's initial parameters
+        with torch.no_grad():
+            for p in network.parameters():
+                p.add_(1.0)
+    if context is not None:
+        network = D.wrap_ddp(network, context)
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=EPOCHS,
+        train_data_loader=train_loader,
+        network=network,
+        optimizer=optimizer,
+        loss_function=loss,
+        decollate=False,  # keep engine.state.batch collated: its "id" list is read per iteration
+    )
+    handler = LiLAWHandler(val_loader, loss)
+    handler.attach(trainer)
+    scalars: list[list[float]] = []
+    train_ids: list[list[str]] = []
+    val_ids: list[list[str]] = []
+
+    def record(engine: Any) -> None:  # attached after the handler: sees the post-meta-step scalars
+        v = loss.weighting.as_dict()
+        scalars.append([v["alpha"], v["beta"], v["delta"]])
+        train_ids.append(list(engine.state.batch["id"]))
+        val_ids.append(list(handler.last_val_batch["id"]))
+
+    from ignite.engine import Events
+
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, record)
+    trainer.run()
+    params = {k: v.detach().clone() for k, v in D.unwrap_network(network).state_dict().items()}
+    return {
+        "scalars": np.asarray(scalars),
+        "params": params,
+        "train_ids": train_ids,
+        "val_ids": val_ids,
+        "meta_steps": handler.steps,
+    }
+
+
+def _collectives(rank: int) -> dict[str, Any]:
+    """Exercises the helpers of lilaw_med.training.distributed under a real process group."""
+    out: dict[str, Any] = {"rank": D.get_rank(), "world_size": D.get_world_size(), "is_rank0": D.is_rank0()}
+    out["gathered"] = D.all_gather_tensor(torch.full((rank + 1, 2), float(rank)))
+    out["objects"] = D.all_gather_object({"rank": rank})
+    out["broadcast"] = D.broadcast_object(f"run-folder-of-rank-{rank}")
+    # rank 0 averaged its values over 1 sample, rank 1 over 3: the weighted mean across ranks
+    out["reduced"] = D.reduce_metrics({"loss": 1.0 + rank, "acc": 0.5 * rank}, weight=1.0 + 2 * rank)
+    # items 0..5; rank 0 saw 0,1,2 and rank 1 saw 2,3,4 (item 2 twice, as sampler padding does); 5 unseen
+    table = np.full((6, 2), np.nan, dtype=np.float32)
+    seen = np.zeros(6, dtype=bool)
+    rows = [0, 1, 2] if rank == 0 else [2, 3, 4]
+    table[rows] = [[10 * rank + i, rank] for i in rows]
+    seen[rows] = True
+    out["item_table"] = D.gather_item_table(table, seen, dst=0)
+    D.barrier()
+    return out
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    env = {
+        "RANK": str(rank),
+        "LOCAL_RANK": str(rank),
+        "WORLD_SIZE": str(WORLD_SIZE),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
+    context = D.init_distributed(device="cpu", environ=env, timeout_s=60)
+    try:
+        result = _train(rank, WORLD_SIZE, PER_RANK_BATCH, context)
+        result["context"] = (context.rank, context.world_size, context.backend, context.is_rank0)
+        result["collectives"] = _collectives(rank)
+        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        D.cleanup_distributed(context)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_two_processes(out_dir: Path) -> list[dict[str, Any]]:
+    # fork (as DataLoader workers are started) spares each child re-importing torch and MONAI
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.start_processes(
+        _worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method=method
+    )
+    deadline = time.monotonic() + TIMEOUT_S
+    while not ctx.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail(f"the 2-process DDP run did not finish within {TIMEOUT_S:.0f} s")
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    assert not D.is_distributed(), "the test process itself must not be in a process group"
+    ranks = _run_two_processes(tmp_path_factory.mktemp("ddp"))
+    single = _train(0, 1, WORLD_SIZE * PER_RANK_BATCH, context=None)
+    return {"ranks": ranks, "single": single}
+
+
+def test_init_distributed_uses_gloo_on_cpu_and_knows_its_rank(ddp_runs: dict[str, Any]) -> None:
+    for r, result in enumerate(ddp_runs["ranks"]):
+        assert result["context"] == (r, WORLD_SIZE, "gloo", r == 0)
+        c = result["collectives"]
+        assert (c["rank"], c["world_size"], c["is_rank0"]) == (r, WORLD_SIZE, r == 0)
+
+
+def test_alpha_beta_delta_identical_on_both_ranks_after_every_step(ddp_runs: dict[str, Any]) -> None:
+    r0, r1 = (r["scalars"] for r in ddp_runs["ranks"])
+    steps = EPOCHS * N_TRAIN // (WORLD_SIZE * PER_RANK_BATCH)
+    assert r0.shape == (steps, 3)
+    assert ddp_runs["ranks"][0]["meta_steps"] == steps
+    np.testing.assert_array_equal(r0, r1)  # all-reduced gradient: bit-identical, not merely close
+    assert np.abs(np.diff(r0, axis=0)).max() > 0  # and the scalars did move
+
+
+def test_model_parameters_identical_across_ranks_at_the_end(ddp_runs: dict[str, Any]) -> None:
+    p0, p1 = (r["params"] for r in ddp_runs["ranks"])
+    assert p0.keys() == p1.keys()
+    for k in p0:
+        torch.testing.assert_close(p0[k], p1[k], rtol=0, atol=0, msg=f"parameter {k} differs across ranks")
+
+
+def test_ranks_see_disjoint_halves_whose_union_is_the_single_process_batch(ddp_runs: dict[str, Any]) -> None:
+    r0, r1 = ddp_runs["ranks"]
+    single = ddp_runs["single"]
+    for key in ("train_ids", "val_ids"):
+        assert len(r0[key]) == len(single[key])
+        for a, b, s in zip(r0[key], r1[key], single[key], strict=True):
+            assert not set(a) & set(b)
+            assert set(a) | set(b) == set(s)
+    # every validation item is used, on both ranks, across the cycled passes (set_epoch per pass)
+    assert {i for batch in r0["val_ids"] + r1["val_ids"] for i in batch} == {f"item2-{i:03d}" for i in range(N_VAL)}
+    passes = [tuple(b) for b in r0["val_ids"][::2]]
+    assert len(set(passes)) > 1, "the validation loader was not reshuffled between passes"
+
+
+def test_two_processes_with_batch_b_match_one_process_with_batch_2b(ddp_runs: dict[str, Any]) -> None:
+    r0 = ddp_runs["ranks"][0]
+    single = ddp_runs["single"]
+    np.testing.assert_allclose(r0["scalars"], single["scalars"], rtol=0, atol=TOLERANCE)
+    for k, v in single["params"].items():
+        torch.testing.assert_close(r0["params"][k], v, rtol=0, atol=TOLERANCE, msg=f"parameter {k}")
+    # the run trained: parameters moved away from the initial ones
+    initial = _network().state_dict()
+    assert max((single["params"][k] - initial[k]).abs().max().item() for k in initial) > 1e-2
+
+
+def test_all_gather_tensor_concatenates_unequal_shards_in_rank_order(ddp_runs: dict[str, Any]) -> None:
+    expected = torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    for result in ddp_runs["ranks"]:
+        c = result["collectives"]
+        torch.testing.assert_close(c["gathered"], expected)
+        assert c["objects"] == [{"rank": 0}, {"rank": 1}]
+        assert c["broadcast"] == "run-folder-of-rank-0"
+
+
+def test_reduce_metrics_weights_each_rank_by_its_samples(ddp_runs: dict[str, Any]) -> None:
+    # loss: (1 * 1.0 + 3 * 2.0) / 4 = 1.75; acc: (1 * 0 + 3 * 0.5) / 4 = 0.375
+    for result in ddp_runs["ranks"]:
+        assert result["collectives"]["reduced"] == pytest.approx({"loss": 1.75, "acc": 0.375}, abs=1e-12)
+
+
+def test_gather_item_table_records_each_item_once_on_rank0_only(ddp_runs: dict[str, Any]) -> None:
+    table, seen = ddp_runs["ranks"][0]["collectives"]["item_table"]
+    assert ddp_runs["ranks"][1]["collectives"]["item_table"] is None
+    np.testing.assert_array_equal(seen, [True, True, True, True, True, False])
+    # item 2 was seen by both ranks: rank 0's row is kept
+    np.testing.assert_array_equal(table[:5], [[0, 0], [1, 0], [2, 0], [13, 1], [14, 1]])
+    assert np.isnan(table[5]).all()
+
+
+def test_single_process_helpers_need_no_process_group() -> None:
+    context = D.init_distributed(device="cpu", environ={})
+    assert (context.rank, context.world_size, context.is_distributed, context.backend) == (0, 1, False, None)
+    assert D.get_rank() == 0 and D.get_world_size() == 1 and D.is_rank0()
+    D.barrier()
+    net = nn.Linear(2, 2)
+    assert D.wrap_ddp(net, context) is net and D.unwrap_network(net) is net
+    assert D.reduce_metrics({"a": 2}) == {"a": 2.0}
+    table, seen = D.gather_item_table(np.arange(3.0), np.array([True, False, True]))
+    np.testing.assert_array_equal(table, [0.0, 1.0, 2.0])
+
+
+def test_incomplete_torchrun_environment_names_the_missing_variable() -> None:
+    with pytest.raises(RuntimeError, match="MASTER_ADDR"):
+        D.init_distributed(device="cpu", environ={"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"})
+    with pytest.raises(RuntimeError, match="RANK must lie in"):
+        D.init_distributed(
+            device="cpu",
+            environ={"WORLD_SIZE": "2", "RANK": "5", "LOCAL_RANK": "0", "MASTER_ADDR": "x", "MASTER_PORT": "1"},
+        )
+
+
+def test_sync_batchnorm_on_cpu_is_a_clear_error() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+    with pytest.raises(ValueError, match="SyncBatchNorm runs on CUDA devices only"):
+        D.convert_sync_batchnorm(net, "cpu")
+    context = D.DistributedContext(rank=0, world_size=2, device=torch.device("cpu"), backend="gloo")
+    with pytest.raises(ValueError, match="sync_batchnorm: false"):
+        D.wrap_ddp(net, context, sync_batchnorm=True)
+
+
+def test_cuda_requested_without_cuda_is_a_clear_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        D.init_distributed(device="cuda", environ={})
+
+
+def test_scale_learning_rate_rules() -> None:
+    assert D.scale_learning_rate(1e-3, 4) == 1e-3
+    assert D.scale_learning_rate(1e-3, 4, "linear") == pytest.approx(4e-3)
+    assert D.scale_learning_rate(1e-3, 4, "sqrt") == pytest.approx(2e-3)
+    with pytest.raises(ValueError, match="rule must be"):
+        D.scale_learning_rate(1e-3, 4, "cubic")
+
