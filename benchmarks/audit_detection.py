@@ -39,8 +39,12 @@ import numpy as np
 from benchmarks.harness import DataUnavailable, load_dataset, mean_ci, run_one
 from lilaw_med.audit.detection import detection_quality
 from lilaw_med.audit.scores import (
+    DEFAULT_EPOCH_FRACTION,
+    DEFAULT_METHOD,
+    DEFAULT_NOISE_RATE_METHOD,
     SCORE_METHODS,
     consensus_prediction,
+    early_epochs,
     estimate_noise_rate,
     get_label_quality_scores,
 )
@@ -49,9 +53,10 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out" / "audit"
 SUMMARY_DIR = REPO / "benchmarks" / "audit_results"
 
-CHOSEN_METHOD = "mean_prob_label"
-CHOSEN_SKIP = 0
-CHOSEN_RATE_METHOD = "disagreement"
+# the audit's defaults, chosen by --stage select on BreastMNIST/RetinaMNIST (see docs/audit.md)
+CHOSEN_METHOD = DEFAULT_METHOD
+CHOSEN_EPOCH_FRACTION = DEFAULT_EPOCH_FRACTION
+CHOSEN_RATE_METHOD = DEFAULT_NOISE_RATE_METHOD
 
 logger = logging.getLogger("benchmarks.audit_detection")
 
@@ -160,8 +165,10 @@ def stage_floor(dataset: str, noise: float, seeds: list[int], epochs: int, folds
                       predict_items=np.arange(n_all))
         labels = out.noisy_labels[out.train_idx]
         truth = out.noise_mask
-        q = get_label_quality_scores(out.dynamics, method=CHOSEN_METHOD, skip_epochs=CHOSEN_SKIP)
+        window = early_epochs(epochs, CHOSEN_EPOCH_FRACTION)
+        q = get_label_quality_scores(out.dynamics, method=CHOSEN_METHOD, max_epochs=window)
         ours = detection_quality(q, truth)
+        all_epochs = detection_quality(get_label_quality_scores(out.dynamics, method=CHOSEN_METHOD), truth)
         final_sc = out.predict_probs[out.train_idx, labels]
         final = detection_quality(final_sc, truth)
         # confident learning: out-of-sample probabilities from k-fold cross-validation (plain CE)
@@ -173,10 +180,11 @@ def stage_floor(dataset: str, noise: float, seeds: list[int], epochs: int, folds
             print(f"  seed {seed} fold {f}: CE trained on {len(cv.train_idx)} items", flush=True)
         cl_sc = oos[np.arange(len(labels)), labels]
         cl = detection_quality(cl_sc, truth)
-        pred = consensus_prediction(out.dynamics["pred_label"])
+        pred = consensus_prediction(out.dynamics["pred_label"], max_epochs=window)
         est = float(estimate_noise_rate(q, labels, method=CHOSEN_RATE_METHOD, pred_labels=pred))
         est_cl = float(estimate_noise_rate(cl_sc, labels, method="confident_learning", pred_probs=oos))
-        res = {"seed": seed, "lilaw_score": ours, "final_model_self_confidence": final,
+        res = {"seed": seed, "lilaw_score": ours, "lilaw_score_all_epochs (not chosen; for information)": all_epochs,
+               "final_model_self_confidence": final,
                "cl_self_confidence_3fold": cl, "noise_rate_estimate": est, "noise_rate_estimate_cl": est_cl,
                "true_noise_rate": float(truth.mean()), "test_auroc": out.final["auroc"],
                "seconds": round(time.perf_counter() - t0, 1)}
@@ -185,22 +193,24 @@ def stage_floor(dataset: str, noise: float, seeds: list[int], epochs: int, folds
               f"CL 3-fold SC {cl['auroc']:.4f}  est. noise {est:.3f} ({res['seconds']} s)", flush=True)
         _save_json(OUT / f"floor_{dataset}_{noise}_seed{seed}.json", res)
     summary: dict[str, Any] = {}
-    for key in ("lilaw_score", "final_model_self_confidence", "cl_self_confidence_3fold"):
+    for key in ("lilaw_score", "lilaw_score_all_epochs (not chosen; for information)",
+                "final_model_self_confidence", "cl_self_confidence_3fold"):
         summary[key] = {m: mean_ci([r[key][m] for r in runs]) for m in ("auroc", "average_precision", "precision_at_noise_count")}
     diffs = {k: mean_ci([r["lilaw_score"]["auroc"] - r[k]["auroc"] for r in runs])
              for k in ("final_model_self_confidence", "cl_self_confidence_3fold")}
     print(f"\nDetection of {noise:.0%} symmetric noise on {dataset}, {len(seeds)} seeds, {epochs} epochs:")
-    print(f"{'score':34s} {'AUROC mean (95% CI)':>28s} {'AP':>8s} {'P@noise':>8s}")
+    print(f"{'score':54s} {'AUROC mean (95% CI)':>28s} {'AP':>8s} {'P@noise':>8s}")
     for key, row in summary.items():
         a = row["auroc"]
-        print(f"{key:34s} {a['mean']:.4f} ({a['ci_low']:.4f}, {a['ci_high']:.4f}) "
+        print(f"{key:54s} {a['mean']:.4f} ({a['ci_low']:.4f}, {a['ci_high']:.4f}) "
               f"{row['average_precision']['mean']:8.4f} {row['precision_at_noise_count']['mean']:8.4f}")
     for k, d in diffs.items():
         print(f"paired AUROC difference ours - {k}: {d['mean']:+.4f} ({d['ci_low']:+.4f}, {d['ci_high']:+.4f})")
     floor_ok = summary["lilaw_score"]["auroc"]["mean"] >= 0.92 and all(d["mean"] > 0 for d in diffs.values())
     print(f"floor (mean AUROC >= 0.92 and above both baselines): {'MET' if floor_ok else 'MISSED'}")
     return {"stage": "floor", "dataset": dataset, "noise": noise, "seeds": seeds, "epochs": epochs,
-            "score": {"method": CHOSEN_METHOD, "skip_epochs": CHOSEN_SKIP}, "summary": summary,
+            "score": {"method": CHOSEN_METHOD, "epoch_fraction": CHOSEN_EPOCH_FRACTION,
+                      "noise_rate_method": CHOSEN_RATE_METHOD}, "summary": summary,
             "paired_differences": diffs, "floor_met": floor_ok, "runs": runs}
 
 

@@ -15,10 +15,12 @@ Issue 7, item 2. Methods, each on MONAI's ``SupervisedTrainer`` with the same ne
 
 Sizes: 2D ResNet-18 (standard ImageNet stem) at 28 and 64 px, batch 64; a 3D ResNet-18 at 32^3,
 batch 8. Per epoch (``DataLoader``, loading included) and per iteration (in-memory batches),
-interleaved repetitions, medians (the CPU is shared). Peak resident memory per method: each
-(method, size) runs in its own child process (CPU peak RSS only grows within a process),
-``resource.getrusage(RUSAGE_SELF).ru_maxrss`` after a few iterations, and the same before the
-first iteration (imports, network, data), so the training's own peak is the difference.
+interleaved repetitions, medians of the process's CPU time (the machine is shared; see
+:mod:`benchmarks.overhead`). Peak resident memory per method: each
+(method, size) runs in its own child process (CPU peak RSS only grows within a process):
+the peak resident memory (``VmHWM``; ``ru_maxrss`` elsewhere, but Linux carries ``ru_maxrss`` over
+from the parent), and the training's own peak: the peak is reset to the current RSS just before
+the first iteration (``/proc/self/clear_refs``), so it is measured above imports, network and data.
 
 Run::
 
@@ -127,7 +129,31 @@ def _network(in_channels: int, num_classes: int, spatial_dims: int) -> nn.Module
     return resnet18(spatial_dims=3, n_input_channels=in_channels, num_classes=num_classes, conv1_t_stride=2)
 
 
-def _maxrss_mb() -> float:
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    """Resets this process's peak RSS to its current RSS (Linux ``clear_refs`` 5); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_mb() -> float:
+    """Peak RSS of this process: ``VmHWM`` on Linux (per address space: unlike ``ru_maxrss``, which Linux
+    carries over from the parent across fork and exec, it starts afresh in the child), else ``ru_maxrss``."""
+    hwm = _proc_status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024 / 1024 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
@@ -136,7 +162,9 @@ def child(method: str, px: int, spatial_dims: int, batch_size: int, iterations: 
     """Runs ``iterations`` in-memory training iterations of one method in THIS process; returns peak RSS.
 
     Returns:
-        ``{"rss_before_mb", "rss_peak_mb", "train_peak_mb", "iter_s"}``.
+        ``{"rss_setup_peak_mb", "rss_before_mb", "rss_peak_mb", "train_peak_mb", "iter_s"}``: peak RSS of the
+        setup (imports, network, data), RSS just before training, peak RSS overall, the training's peak
+        above the RSS before it (Linux), seconds per iteration.
     """
     torch.set_num_threads(1)
     shape = (1,) + (px,) * spatial_dims
@@ -146,11 +174,15 @@ def child(method: str, px: int, spatial_dims: int, batch_size: int, iterations: 
     torch.manual_seed(0)
     net = _network(1, 2, spatial_dims)
     trainer = make_mwn_trainer(net, train, val) if method == "mwn" else _make_trainer(method, net, train, val)
-    before = _maxrss_mb()
+    setup_peak = _peak_mb()
+    before = _proc_status_mb("VmRSS") or setup_peak
+    reset = _reset_peak()  # so that the peak below is the training's, not the setup's
     start = time.perf_counter()
     trainer.run()
-    return {"rss_before_mb": before, "rss_peak_mb": _maxrss_mb(), "train_peak_mb": _maxrss_mb() - before,
-            "iter_s": (time.perf_counter() - start) / iterations}
+    seconds = (time.perf_counter() - start) / iterations
+    peak = _peak_mb()
+    return {"rss_setup_peak_mb": setup_peak, "rss_before_mb": before, "rss_peak_mb": max(peak, setup_peak),
+            "train_peak_mb": peak - before if reset else float("nan"), "iter_s": seconds}
 
 
 def peak_memory(methods: Sequence[str], sizes: Sequence[tuple[str, int, int, int]], iterations: int = 3) -> dict[str, Any]:
@@ -175,7 +207,7 @@ def peak_memory(methods: Sequence[str], sizes: Sequence[tuple[str, int, int, int
 def format_tables(timing: Sequence[dict[str, Any]], memory: dict[str, Any]) -> str:
     """Markdown: per size and method, s/epoch, s/iteration, ratios to plain, peak memory."""
     lines = [
-        "| size | batch | method | s / epoch (loader) | epoch ratio | s / iteration (in memory) | iteration ratio | peak RSS MB | training peak over setup MB |",
+        "| size | batch | method | CPU s / epoch (loader) | epoch ratio | CPU s / iteration (in memory) | iteration ratio | peak RSS MB | training peak over setup MB |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in timing:

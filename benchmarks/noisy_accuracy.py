@@ -45,7 +45,7 @@ def run_cells(
     deadline: float | None = None,
     **run_kwargs: Any,
 ) -> dict[tuple[str, float], dict[str, dict[int, dict[str, Any]]]]:
-    """Runs every (cell, method, seed), seed by seed so that an early stop leaves paired results.
+    """Runs every (cell, seed, method), in that order, so that an early stop leaves paired results.
 
     Args:
         dataset: npz stem.
@@ -62,8 +62,8 @@ def run_cells(
     results: dict[tuple[str, float], dict[str, dict[int, dict[str, Any]]]] = {
         (k, float(r)): {m: {} for m in methods} for k, r in cells
     }
-    for seed in seeds:
-        for kind, rate in cells:
+    for kind, rate in cells:  # cell by cell (the floor's first), seed by seed: an early stop leaves pairs
+        for seed in seeds:
             for method in methods:
                 kwargs = dict(dataset=dataset, noise_kind=kind, noise_rate=float(rate), seed=int(seed),
                               method=method, **run_kwargs)
@@ -139,6 +139,7 @@ def main(
     epochs: int = 10,
     network: str = "resnet18_w0.25",
     cells: Sequence[tuple[str, float]] = DEFAULT_CELLS,
+    reverse_seeds: bool = False,
 ) -> dict[str, Any] | None:
     """Runs the floor experiment and returns (and writes) its results.
 
@@ -151,6 +152,7 @@ def main(
         epochs: training epochs (paper: 10).
         network: see :func:`benchmarks.harness.build_network`.
         cells: (noise kind, rate) pairs.
+        reverse_seeds: run the seeds from the last down.
 
     Returns:
         The results dict, or ``None`` when the data are absent (a skip message is logged).
@@ -160,9 +162,10 @@ def main(
     except DataUnavailable as err:
         logger.warning("noisy_accuracy skipped: %s", err)
         return None
-    deadline = time.time() + 60 * budget_min if budget_min else None
+    deadline = time.time() + 60 * budget_min if budget_min is not None else None
+    order = list(range(seeds))[::-1] if reverse_seeds else list(range(seeds))
     results = run_cells(
-        DATASET, cells, ("ce", "lilaw"), range(seeds), out_dir / "runs", deadline,
+        DATASET, cells, ("ce", "lilaw"), order, out_dir / "runs", deadline,
         epochs=epochs, network=network, val_mode=val_mode, detach_weights=detach_weights,
     )
     report: dict[str, Any] = {
@@ -200,6 +203,10 @@ def _parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--network", default="resnet18_w0.25")
     p.add_argument("--out", type=Path, default=OUT_DIR)
+    p.add_argument("--cells", nargs="+", default=None, metavar="KIND:RATE",
+                   help="noise cells, e.g. symmetric:0.4 none:0 (default: both)")
+    p.add_argument("--reverse-seeds", action="store_true",
+                   help="run seeds from the last down (a second process can then share the cache)")
     return p.parse_args(argv)
 
 
@@ -207,7 +214,11 @@ if __name__ == "__main__":
     args = _parse()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("ignite").setLevel(logging.WARNING)  # one line per run, not per epoch
-    rep = main(args.seeds, args.budget, args.out, args.val_mode, args.detach_weights, args.epochs, args.network)
+    cells = DEFAULT_CELLS
+    if args.cells:
+        cells = tuple((c.split(":")[0], float(c.split(":")[1]) if ":" in c else 0.0) for c in args.cells)
+    rep = main(args.seeds, args.budget, args.out, args.val_mode, args.detach_weights, args.epochs, args.network,
+               cells, args.reverse_seeds)
     if rep is not None:
         print(rep["markdown"])
         for key in ("floor_auroc_40", "floor_no_noise"):

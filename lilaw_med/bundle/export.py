@@ -152,6 +152,16 @@ def _check_no_config_syntax(node: Any, path: str = "lilaw_config") -> None:
         )
 
 
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        out: list[str] = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+        return out
+    return [] if a == b else [path]
+
+
 def _preset_option_defaults(preset: str) -> dict[str, Any]:
     try:
         from lilaw_med.data.transforms import preset_defaults
@@ -161,7 +171,7 @@ def _preset_option_defaults(preset: str) -> dict[str, Any]:
         return {}
 
 
-def input_spatial_shape(config: Mapping[str, Any], spatial_dims: int) -> list[int]:
+def input_spatial_shape(config: Mapping[str, Any], spatial_dims: int) -> list[int | str]:
     """The network's input size from the transform preset's options (``data.options`` over the
     preset's defaults), for the metadata and MONAI's ``verify_net_in_out``.
 
@@ -170,10 +180,9 @@ def input_spatial_shape(config: Mapping[str, Any], spatial_dims: int) -> list[in
         spatial_dims: 2 or 3.
 
     Returns:
-        ``[H, W]`` or ``[H, W, D]``.
-
-    Raises:
-        ValueError: when no option among :data:`_SIZE_OPTIONS` states the size.
+        ``[H, W]`` or ``[H, W, D]``; ``"*"`` (any size, the specification's wildcard) per dimension
+        when the preset keeps the images' own size (e.g. ``spatial_size: null`` for pathology
+        tiles): every lilaw-med network pools globally, so it accepts any size.
     """
     preset = config["data"]["preset"]
     options = {**_preset_option_defaults(preset), **dict(config["data"]["options"])}
@@ -183,10 +192,8 @@ def input_spatial_shape(config: Mapping[str, Any], spatial_dims: int) -> list[in
             return [value] * spatial_dims
         if isinstance(value, (list, tuple)) and len(value) == spatial_dims and all(isinstance(v, int) for v in value):
             return [int(v) for v in value]
-    raise ValueError(
-        f"cannot tell the network's input size of preset '{preset}' from data.options (looked for "
-        f"{', '.join(_SIZE_OPTIONS)}): pass spatial_shape (CLI: --spatial-shape)."
-    )
+    logger.info("preset '%s' keeps the images' own size: input spatial_shape is '*' (any size)", preset)
+    return ["*"] * spatial_dims
 
 
 def model_spec_from_config(config: Mapping[str, Any], datalist: Any = None) -> ModelSpec:
@@ -366,7 +373,14 @@ def evaluate_config(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[st
         }
     }
     additional: dict[str, Any] = {}
-    if multi_class:
+    if spec.num_outputs == 1 and not spec.multi_label:
+        # one sigmoid output: P(class 1) > 0.5 against the 0/1 labels (ignite's binary accuracy)
+        additional["accuracy"] = {
+            "_target_": "ignite.metrics.Accuracy",
+            "output_transform": "$lambda out: (torch.cat([(o['pred'] > 0.5).long().reshape(-1) for o in out]), "
+            "torch.cat([torch.as_tensor(o['label']).long().reshape(-1) for o in out]))",
+        }
+    elif multi_class:
         # probabilities (N, C) against class indices (N,): ignite's multi-class accuracy
         additional["accuracy"] = {
             "_target_": "ignite.metrics.Accuracy",
@@ -516,6 +530,7 @@ def _readme(spec: ModelSpec, meta: Mapping[str, Any], cfg: Mapping[str, Any], ha
         "Any config value can be overridden, e.g. another datalist or more epochs:",
         "`--lilaw_config#data#datalist /data/my_datalist.json --lilaw_config#train#epochs 50`;",
         "`--output_dir runs/other` picks another run folder (an existing one is never overwritten).",
+        "Values are Python literals: `True`/`False`, not `true`/`false`.",
         "",
         "Evaluate `models/model.pt` on the test split (AUROC and accuracy in `eval/`):",
         "",
@@ -534,7 +549,7 @@ def _readme(spec: ModelSpec, meta: Mapping[str, Any], cfg: Mapping[str, Any], ha
         "",
         "```bash",
         "python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadata.json \\",
-        "    --config_file configs/inference.yaml",
+        "    --config_file configs/inference.yaml" + (" --any 64" if "*" in shape else ""),
         "python -m monai.bundle ckpt_export network_def --filepath models/model.ts --ckpt_file models/model.pt \\",
         "    --meta_file configs/metadata.json --config_file configs/inference.yaml",
         "```",
@@ -657,6 +672,14 @@ def export_bundle(
                 f"config describes {described[0]} ({described[1]}D, {described[2]} channel(s)): export the run with "
                 "its own config.yaml."
             )
+        run_config = Path(run_dir) / "config.yaml"
+        if run_config.is_file():
+            differences = _differences(cfg, _absolute_paths(load_config(run_config), Path.cwd()))
+            if differences:
+                logger.warning(
+                    "the bundle's train.yaml follows the given config, which differs from the run's %s in %s: "
+                    "export with --config %s to reproduce the run.", run_config, ", ".join(differences), run_config,
+                )
         summary_path = Path(run_dir) / "summary.json"
         if summary_path.is_file():
             summary = json.loads(summary_path.read_text(encoding="utf-8"))
@@ -687,6 +710,7 @@ def export_bundle(
         modality=_MODALITY[preset],
         value_range=value_range,
         multi_label=spec.multi_label,
+        is_patch_data=preset == "pathology",
         eval_metrics=eval_metrics or None,
         data_source=str(cfg["data"]["datalist"] or "lilaw-med sample data"),
     )

@@ -103,6 +103,14 @@ def _core_versions() -> dict[str, str]:
     }
 
 
+def _channel_names(in_channels: int) -> dict[str, str]:
+    if in_channels == 1:
+        return {"0": "image"}
+    if in_channels == 3:
+        return {"0": "R", "1": "G", "2": "B"}
+    return {str(i): f"channel {i}" for i in range(in_channels)}
+
+
 def build_metadata(
     *,
     class_names: Sequence[str],
@@ -118,6 +126,7 @@ def build_metadata(
     input_format: str = "magnitude",
     value_range: Sequence[float] = (),
     multi_label: bool = False,
+    is_patch_data: bool = False,
     eval_metrics: Mapping[str, float] | None = None,
     data_source: str | None = None,
     extra: Mapping[str, Any] | None = None,
@@ -142,6 +151,7 @@ def build_metadata(
         input_format: the specification's format of the input ("magnitude", "hounsfield", ...).
         value_range: ``[min, max]`` of the network's input after preprocessing, ``[]`` if unknown.
         multi_label: independent sigmoid outputs instead of a softmax over classes.
+        is_patch_data: the input is a patch of a larger image (pathology tiles of a slide).
         eval_metrics: ``{metric: value}`` measured on the test split, when known.
         data_source: where the training data came from.
         extra: further keys to add (they override the computed ones).
@@ -169,10 +179,8 @@ def build_metadata(
         "spatial_shape": [s if isinstance(s, str) else int(s) for s in spatial_shape],
         "dtype": "float32",
         "value_range": [float(v) for v in value_range],
-        "is_patch_data": False,
-        "channel_def": {str(i): f"channel {i}" for i in range(int(in_channels))}
-        if in_channels > 1
-        else {"0": "image"},
+        "is_patch_data": bool(is_patch_data),
+        "channel_def": _channel_names(int(in_channels)),
     }
     logits = {
         "type": "probabilities",

@@ -52,7 +52,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     with _user_errors():
         if args.run and not (Path(args.run) / "config.yaml").is_file():
             raise UserError(f"--run {args.run}: not a lilaw-med run folder (no config.yaml).")
-        config = load_config(args.config, list(args.set or []))
+        if not args.config and not args.run:
+            raise UserError("--config is required (or --run RUN_DIR, whose config.yaml is then used).")
+        config = load_config(args.config or Path(args.run) / "config.yaml", list(args.set or []))
         result = export_bundle(
             config,
             args.out_dir,
@@ -117,7 +119,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         config = root / "configs" / args.config
         if not config.is_file():
             raise UserError(f"{root}: no configs/{args.config}.")
-        verify_net_in_out(net_id="network_def", meta_file=str(meta_file), config_file=str(config), device="cpu")
+        verify_net_in_out(
+            net_id="network_def", meta_file=str(meta_file), config_file=str(config), device="cpu", any=args.any
+        )
         print(f"network_def of configs/{args.config}: input and output shapes and dtypes match the metadata")
     return 0
 
@@ -142,7 +146,8 @@ def register(subparsers: Any) -> None:
         "      --run runs/radiology_2d-20260101-120000 my_bundle",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", "-c", required=True, metavar="YAML", help="the lilaw-med config")
+    p.add_argument("--config", "-c", metavar="YAML",
+                   help="the lilaw-med config (default with --run: the run's own config.yaml)")
     p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--run", metavar="RUN_DIR", help="a finished run of this config: its best weights become models/model.pt")
     p.add_argument("out_dir", metavar="OUT_DIR", help="the bundle folder to write")
@@ -174,4 +179,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("bundle", metavar="BUNDLE_DIR", help="the bundle folder")
     p.add_argument("--schema", metavar="FILE", help="a local copy of MONAI's metadata schema")
     p.add_argument("--config", default="inference.yaml", help="the config holding network_def (default inference.yaml)")
+    p.add_argument("--any", type=int, default=64,
+                   help="size used for a '*' (any size) input dimension in the network check (default 64)")
     p.set_defaults(func=_cmd_verify)

@@ -73,12 +73,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     )
     key = summary.get("key_metric")
     lines.append(f"best epoch {summary.get('best_epoch')} by validation {key} = {_fmt(summary.get('best_val_metric'))}")
-    lines.append(f"{'':24}{'accuracy':>9}{'bal.acc':>9}{'AUROC':>8}{'ECE':>7}{'loss':>8}")
+    lines.append(f"{'':30}{'accuracy':>9}{'bal.acc':>9}{'AUROC':>8}{'ECE':>7}{'loss':>8}")
     for which in ("best", "final"):
         for split, metrics in summary.get(which, {}).items():
-            label = f"{which} model, {split}"
+            label = f"{which} model, {split.replace('_', ' ')}"
             lines.append(
-                f"{label:24}{_fmt(metrics.get('accuracy')):>9}{_fmt(metrics.get('balanced_accuracy')):>9}"
+                f"{label:30}{_fmt(metrics.get('accuracy')):>9}{_fmt(metrics.get('balanced_accuracy')):>9}"
                 f"{_fmt(metrics.get('auroc')):>8}{_fmt(metrics.get('ece')):>7}{_fmt(metrics.get('loss')):>8}"
             )
     cal = summary.get("calibration", {}).get("best") or summary.get("calibration", {}).get("final")
@@ -90,11 +90,18 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ train
+def _quiet_engines(args: argparse.Namespace) -> None:
+    """ignite logs every engine run at INFO; keep that for --verbose only."""
+    if not getattr(args, "verbose", False):
+        logging.getLogger("ignite").setLevel(logging.WARNING)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from lilaw_med.training.builder import run_training
     from lilaw_med.training.config import load_config
     from lilaw_med.training.run_dir import RunDir
 
+    _quiet_engines(args)
     with _user_errors():
         overrides = list(args.set or [])
         for flag, key in ((args.exclude, "data.exclude"), (args.relabel, "data.relabel")):
@@ -122,6 +129,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.refine:
             if args.resume:
                 raise UserError("--refine cannot be combined with --resume.")
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # distributed: refine is single-process for now
+                raise UserError(
+                    "--refine does not run under torchrun; train under torchrun, then run `lilaw-med audit RUN_DIR` "
+                    "and train again under torchrun with --exclude RUN_DIR/audit/exclude.csv."
+                )
             try:
                 from lilaw_med.training.refine import run_refine
             except ImportError:
@@ -146,6 +158,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from lilaw_med.training.predict import evaluate_run
     from lilaw_med.training.run_dir import RunDir
 
+    _quiet_engines(args)
     with _user_errors():
         report = evaluate_run(
             args.run_dir, datalist=args.datalist, splits=args.split, which=args.checkpoint, device=args.device,
@@ -170,6 +183,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from lilaw_med.training.predict import predict_inputs
 
+    _quiet_engines(args)
     with _user_errors():
         result = predict_inputs(
             args.run_dir, args.inputs, args.output, which=args.checkpoint, device=args.device,

@@ -251,11 +251,11 @@ def _check_patch(path: Path, item: dict[str, Any], slides: dict[str, Any]) -> st
         return slides[key + "#error"]
     try:
         row, col = (int(v) for v in item["location"])
-        size = item.get("patch_size") or item.get("size") or [1, 1]
+        size = item.get("size") or item.get("patch_size") or [1, 1]
         h, w = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
-        level = int(item.get("patch_level", item.get("level", 0)) or 0)
+        level = int(item.get("level", item.get("patch_level", 0)) or 0)
     except (TypeError, ValueError) as e:
-        return f"invalid patch location/size ({e}); expected location [row, col] and patch_size [h, w]"
+        return f"invalid patch location/size ({e}); expected location [row, col] and size [h, w]"
     if not 0 <= level < slide.level_count:
         return f"patch level {level} out of range: the slide has {slide.level_count} level(s)"
     width0, height0 = slide.level_dimensions[0]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,23 @@ class DicomReader(PydicomReader):
             shown = data[0] if isinstance(data, (list, tuple)) and len(data) == 1 else data
             raise ValueError(f"{shown}: not a readable DICOM file ({e}).") from e
 
+    def get_data(self, data: Any) -> tuple[np.ndarray, dict]:
+        """Array and metadata (see ``PydicomReader.get_data``).
+
+        Projection radiographs (CR/DX/MG) and multi-frame files carry no patient position or
+        orientation; the parent then warns and uses the identity affine, which is right for a
+        2D classification input, so that warning is not repeated for every image.
+        """
+        self._samples = 1
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ImageOrientationPatient.*")
+            array, meta = super().get_data(data)
+        if self._samples > 1:
+            # colour (RGB) pixels: the last axis holds the samples, not a spatial dimension
+            meta["original_channel_dim"] = -1
+            meta["spatial_shape"] = tuple(array.shape[:-1])
+        return array, meta
+
     def _combine_dicom_series(self, data: Any, filenames: Sequence[Any]) -> Any:
         shapes = {(int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))) for ds in data}
         if len(shapes) > 1:
@@ -171,6 +189,7 @@ class DicomReader(PydicomReader):
             data = data.max() + data.min() - data
         frames = int(img.get("NumberOfFrames", 1) or 1)
         samples = int(img.get("SamplesPerPixel", 1) or 1)
+        self._samples = max(getattr(self, "_samples", 1), samples)
         if frames > 1 and data.ndim == (3 if samples == 1 else 4):
             # (frames, rows, cols[, samples]) -> (rows, cols, frames[, samples]) like a stacked series
             data = np.moveaxis(data, 0, 2)

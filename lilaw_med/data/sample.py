@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ CLASS_NAMES = {
     "pathology": ["stroma", "lymphocytes", "tumor"],
     "slide": ["stroma", "lymphocytes", "tumor"],
 }
-_UID_ROOT = "lilaw-med-sample"
+_UID_ROOT = "https://github.com/lilaw-med/lilaw-med/sample-data"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,8 +92,8 @@ def render_chest(
         side = rng.choice([-1, 1])
         cx = side * 0.37 + rng.uniform(-0.1, 0.1) * s
         cy = -0.05 + rng.uniform(-0.3, 0.3) * s
-        sigma = rng.uniform(0.06, 0.11)
-        amp = rng.uniform(0.18, 0.35)
+        sigma = rng.uniform(0.07, 0.12)
+        amp = rng.uniform(0.3, 0.5)
         img += amp * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
     img = gaussian_filter(img, 1.2) * anatomy["brightness"]
     img += rng.normal(0.0, 0.025, img.shape)
@@ -185,10 +186,9 @@ def render_tissue(rng: np.random.Generator, tissue: int, size: int = 64) -> np.n
 
 
 def _uid(*parts: Any) -> str:
-    from pydicom.uid import generate_uid
-
-    # a 2.25 (UUID-derived) UID from a deterministic entropy source: same seed, same UIDs
-    return generate_uid(prefix=None, entropy_srcs=[_UID_ROOT, *map(str, parts)])
+    # a 2.25 UID from a name-based UUID (ISO/IEC 9834-8): valid without an org root and the
+    # same for the same seed (pydicom's generate_uid(prefix=None) is random)
+    return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "/".join([_UID_ROOT, *map(str, parts)])).int)
 
 
 def _write_dicom(
@@ -456,8 +456,8 @@ def _slides(out: Path, seed: int, n_slides: int, side: int, patch: int, per_regi
                         {
                             "image": name,
                             "location": [y, x],
-                            "patch_size": [patch, patch],
-                            "patch_level": 0,
+                            "size": [patch, patch],
+                            "level": 0,
                             "label": int(classes[r, c]),
                             "group": f"slide_{s:03d}",
                         }

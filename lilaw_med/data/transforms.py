@@ -39,11 +39,13 @@ from monai.transforms import (
 )
 
 from lilaw_med.data.readers import LoadMedicalImaged
+from lilaw_med.data.wsi import LoadWSIPatchd
 
 __all__ = [
     "PRESETS",
     "CastLabeld",
     "FillNoned",
+    "LoadImageOrPatchd",
     "PrepareChannelsd",
     "build_transforms",
     "preset_defaults",
@@ -177,13 +179,14 @@ def build_transforms(preset: str, options: Mapping[str, Any] | None = None, trai
     opts = _resolve_options(preset, options)
     dims = 3 if preset == "radiology_3d" else 2
     keys = "image"
+    loader = LoadMedicalImaged(
+        keys,
+        voi_lut=opts.get("intensity") == "dicom_window",
+        invert_monochrome1=bool(opts.get("invert_monochrome1", True)),
+        ensure_channel_first=True,
+    )
     chain: list[Any] = [
-        LoadMedicalImaged(
-            keys,
-            voi_lut=opts.get("intensity") == "dicom_window",
-            invert_monochrome1=bool(opts.get("invert_monochrome1", True)),
-            ensure_channel_first=True,
-        ),
+        LoadImageOrPatchd(keys, loader) if preset == "pathology" else loader,
         PrepareChannelsd(keys, spatial_dims=dims, channels=1 if preset != "pathology" else 3),
     ]
     if preset == "radiology_3d":
@@ -242,6 +245,26 @@ def build_transforms(preset: str, options: Mapping[str, Any] | None = None, trai
         if opts["flip"] or opts["rotate90"] or opts["affine"]:
             chain.append(EnsureTyped(keys, dtype=torch.float32, track_meta=False))
     return Compose(chain)
+
+
+class LoadImageOrPatchd(MapTransform):
+    """Loads a whole-slide patch for items with a ``location``, else the image file.
+
+    Args:
+        keys: the image key.
+        loader: the file loader (a :class:`~lilaw_med.data.readers.LoadMedicalImaged`).
+        allow_missing_keys: skip missing keys.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, loader: LoadMedicalImaged, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = loader
+        self.patch_loader = LoadWSIPatchd(keys, allow_missing_keys=allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        return self.patch_loader(data) if "location" in data else self.loader(data)
 
 
 class PrepareChannelsd(MapTransform):

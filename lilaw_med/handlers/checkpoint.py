@@ -501,6 +501,9 @@ class CheckpointHandler:
             if all(k.path.name != name for k in keep):
                 c.path.unlink(missing_ok=True)
         self.last_checkpoint = path
+        engine.state.last_checkpoint = str(
+            path
+        )  # for other handlers' messages (e.g. the non-finite-loss stop)
         self._last_saved_iteration = int(state.iteration)
         logger.debug("checkpoint %s written (epoch %d, iteration %d).", path, state.epoch, state.iteration)
         return path

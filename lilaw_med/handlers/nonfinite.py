@@ -17,8 +17,11 @@ __all__ = ["NonFiniteLossError", "NonFiniteLossHandler"]
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(FloatingPointError, ValueError):
     """The training loss became NaN or infinite.
+
+    It is a ``ValueError`` too (a bad value reached the loss), so callers that report bad inputs
+    report it the same way; the ``lilaw-med`` CLI prints its message as one line.
 
     Attributes:
         iteration: the engine iteration (1-based) whose loss was not finite.
@@ -82,11 +85,13 @@ class NonFiniteLossHandler:
     completed), the caller gets an exception it can report; the ``lilaw-med`` CLI prints its message.
 
     Args:
-        loss: the trainer's loss; when it has ``last_loss`` (a per-sample (N,) tensor, as
-            :class:`~lilaw_med.losses.LiLAWLoss`), the items with a non-finite loss are named.
+        loss: the trainer's loss (``None``: the engine's ``loss_function``); when it has ``last_loss``
+            (a per-sample (N,) tensor, as :class:`~lilaw_med.losses.LiLAWLoss`), the items with a
+            non-finite loss are named.
         output_transform: maps ``engine.state.output`` to the loss; the default reads MONAI's ``"loss"``
             (also from a decollated output).
-        checkpoint: the checkpoint handler, whose ``last_checkpoint`` is named in the message.
+        checkpoint: the checkpoint handler, whose ``last_checkpoint`` is named in the message
+            (``None``: ``engine.state.last_checkpoint``, which the checkpoint handler and the resume set).
 
     Raises:
         NonFiniteLossError: from ``__call__``, when the loss is not finite.
@@ -128,24 +133,27 @@ class NonFiniteLossHandler:
             return
         ids = _batch_ids(engine.state.batch)
         bad: list[str] = []
-        per_sample = getattr(self.loss, "last_loss", None)
+        loss = self.loss if self.loss is not None else getattr(engine, "loss_function", None)
+        per_sample = getattr(loss, "last_loss", None)
         if isinstance(per_sample, torch.Tensor) and ids and per_sample.shape[0] == len(ids):
             finite = torch.isfinite(per_sample.reshape(len(ids), -1)).all(dim=1).tolist()
             bad = [i for i, ok in zip(ids, finite, strict=True) if not ok]
-        last = getattr(self.checkpoint, "last_checkpoint", None)
+        last = getattr(self.checkpoint, "last_checkpoint", None) or getattr(
+            engine.state, "last_checkpoint", None
+        )
         it, ep = engine.state.iteration, engine.state.epoch
         message = f"the training loss is {value} at iteration {it} (epoch {ep})"
         if bad:
             message += f"; items with a non-finite loss: {_shorten(bad)}"
         if ids:
             message += f"; items in the batch: {_shorten(ids)}"
-        message += (
-            ". Training stopped before saving this state"
-            + (f"; the last good checkpoint is {last}" if last else "")
-            + ". Check those items (pre-flight: lilaw-med validate-data), or lower the learning rate, then resume "
-            "with --resume RUN_DIR."
+        message += ". Training stopped before this state was saved" + (
+            f"; the last good checkpoint is {last} (lilaw-med train --resume RUN_DIR continues from it)"
+            if last
+            else ""
         )
-        logger.error(message)
+        message += ". Check those items (lilaw-med validate-data) or lower the learning rate."
+        logger.debug(message)  # the caller reports the exception; logging it here would say it twice
         raise NonFiniteLossError(message, it, ep, ids, bad, Path(last) if last else None)
 
     def state_dict(self) -> dict[str, Any]:

@@ -784,7 +784,13 @@ def _run_training(
         resume_from = _optional("lilaw_med.training.resume", "resume_from")
         if resume_from is None:
             raise ValueError("resuming needs lilaw_med.training.resume.resume_from, which is not available.")
+        from lilaw_med.training.distributed import barrier
+
+        if rank != 0:  # distributed: rank 0 reads first (it renames corrupt checkpoints), then the others
+            barrier()
         resumed_from = int(resume_from(run_dir.root, c.trainer, checkpoint_objects(c, handlers), c.train_sampler))
+        if rank == 0:
+            barrier()
         logger.info("resumed %s at iteration %d", run_dir.root, resumed_from)
     logger.info(
         "training %s on %s: %d training / %d validation / %d test items, %d epochs, LiLAW %s",

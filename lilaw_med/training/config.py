@@ -337,6 +337,13 @@ def _check_consistency(cfg: dict[str, dict[str, Any]]) -> None:
     _check_options(data["preset"], data["options"])
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A one-line description of a YAML error (with its line when known)."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Parses one ``--set`` override ``section.key[.sub]=value``.
 
@@ -359,7 +366,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({e}).") from None
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({_yaml_problem(e)}).") from None
     return key, value
 
 
@@ -416,7 +423,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{path}: a config must be a mapping of sections but is {type(raw).__name__}.")
     try:

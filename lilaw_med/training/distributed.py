@@ -1,6 +1,6 @@
 """Distributed data-parallel training: process-group set-up from torchrun's environment and the
-collectives the rest of the toolkit needs (rank helpers, barrier, metric reduction, gathering the
-audit's per-item dynamics).
+collectives the rest of the toolkit needs (rank helpers, barrier, DDP wrapping, averaging the loss
+and metrics across ranks, gathering per-item tables so that each item is kept once).
 
 ``torchrun --nproc_per_node N -m lilaw_med train --config ...`` starts N processes with ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set; :func:`init_distributed`
@@ -43,8 +43,8 @@ __all__ = [
     "convert_sync_batchnorm",
     "gather_item_table",
     "get_rank",
-    "handlers_for_rank",
     "get_world_size",
+    "handlers_for_rank",
     "init_distributed",
     "is_distributed",
     "is_rank0",
@@ -215,11 +215,12 @@ def init_distributed(
     kwargs: dict[str, Any] = {}
     if dev.type == "cuda":
         kwargs["device_id"] = dev  # binds the communicator eagerly; avoids a guessed device
-    if environ is not None:  # an explicit environment (tests): hand its rendezvous to the store
-        os.environ.update({k: str(env[k]) for k in ("MASTER_ADDR", "MASTER_PORT")})
+    # torchrun: env:// (it may hand over its own rendezvous store); an explicit environment (tests,
+    # embedding) names the rendezvous directly, leaving os.environ alone
+    init_method = "env://" if environ is None else f"tcp://{env['MASTER_ADDR']}:{int(env['MASTER_PORT'])}"
     dist.init_process_group(
         backend=backend,
-        init_method="env://",
+        init_method=init_method,
         rank=rank,
         world_size=world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
@@ -558,21 +559,23 @@ class AverageLossAcrossRanks:
 
 
 @contextlib.contextmanager
-def quiet_unless_rank0(logger_name: str = "lilaw_med") -> Iterator[None]:
-    """Raises the level of ``logger_name`` to WARNING on ranks > 0 for the duration, so that a run
-    of N processes logs its progress once, not N times (warnings and errors still come from every rank).
+def quiet_unless_rank0(logger_names: Sequence[str] = ("lilaw_med", "ignite")) -> Iterator[None]:
+    """Raises the given loggers to WARNING on ranks > 0 for the duration, so that a run of N
+    processes logs its progress once, not N times (warnings and errors still come from every rank).
 
     Args:
-        logger_name: the logger to quiet.
+        logger_names: the loggers to quiet (this package's and ignite's engine messages).
     """
-    target = logging.getLogger(logger_name)
-    previous = target.level
+    loggers = [logging.getLogger(name) for name in logger_names]
+    previous = [lg.level for lg in loggers]
     if not is_rank0():
-        target.setLevel(logging.WARNING)
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        target.setLevel(previous)
+        for lg, level in zip(loggers, previous, strict=True):
+            lg.setLevel(level)
 
 
 # ------------------------------------------------------------------------------------ per-item tables

@@ -152,7 +152,10 @@ def choose_threshold(prob_positive: np.ndarray, labels: np.ndarray) -> float:
     y = np.asarray(labels).reshape(-1).astype(int)
     if len(np.unique(y)) < 2:
         return 0.5
-    candidates = np.unique(np.concatenate([p, [0.5]]))
+    # midpoints between neighbouring scores: a threshold never sits exactly on a score, so the
+    # decision is stable under float round-off (logits -> probabilities)
+    u = np.unique(p)
+    candidates = np.unique(np.concatenate([(u[:-1] + u[1:]) / 2, [0.5]]))
     best_t, best_score = 0.5, -1.0
     for t in candidates:
         score = balanced_accuracy_score(y, (p >= t).astype(int))

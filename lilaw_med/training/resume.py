@@ -248,6 +248,7 @@ def resume_from(
 
         _once(trainer, Events.STARTED, _load_scaler)
 
+    trainer.state.last_checkpoint = str(info.path)
     rng = ckpt["rng"]
     if in_epoch:
         _once(trainer, Events.GET_BATCH_STARTED, lambda _: restore_rng_state(rng))

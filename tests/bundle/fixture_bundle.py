@@ -15,13 +15,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["write_classification_bundle"]
+__all__ = ["write_classification_bundle", "write_images"]
 
 IMAGE_SIZE = 16
 
 
-def _write_images(folder: Path, n: int, rng: np.random.Generator, prefix: str) -> list[dict]:
-    """Two classes told apart by a bright square; about a third of the labels are flipped (noise)."""
+def write_images(folder: Path, n: int, rng: np.random.Generator, prefix: str) -> list[dict]:
+    """Writes ``n`` grey PNG images of two classes told apart by a bright square.
+
+    Every third label is flipped (label noise), so LiLAW has something to weight.
+
+    Args:
+        folder: where the PNG files go (created).
+        n: number of images; classes alternate 0, 1, 0, ...
+        rng: the generator of the background noise.
+        prefix: file-name prefix (``{prefix}_{i:03d}.png``).
+
+    Returns:
+        Datalist items ``{"image": absolute path, "label": given (possibly flipped) label}``.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     items = []
     for i in range(n):
@@ -228,8 +240,8 @@ def write_classification_bundle(
     root = Path(root)
     rng = np.random.default_rng(seed)
     data = root / "data"
-    train_items = _write_images(data / "images", n_train, rng, "train")
-    val_items = _write_images(data / "images", n_val, rng, "val")
+    train_items = write_images(data / "images", n_train, rng, "train")
+    val_items = write_images(data / "images", n_val, rng, "val")
     (data / "train_samples.json").write_text(json.dumps(train_items, indent=1))
     (data / "val_samples.json").write_text(json.dumps(val_items, indent=1))
     configs = root / "configs"

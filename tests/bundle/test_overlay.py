@@ -14,6 +14,8 @@ from torch import nn
 from lilaw_med import LiLAWHandler, LiLAWLoss
 from tests.bundle.fixture_bundle import write_classification_bundle
 
+pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file")
+
 OVERLAY = Path(__file__).resolve().parents[2] / "configs" / "bundle" / "lilaw_overlay.yaml"
 
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from monai.engines import SupervisedTrainer
 from torch import nn
 from torch.utils.data import DataLoader

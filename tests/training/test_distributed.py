@@ -14,6 +14,7 @@ One 2-process run (a module fixture) serves every test here: starting processes 
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from ignite.engine import Engine
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -121,6 +123,14 @@ def _collectives(rank: int) -> dict[str, Any]:
     table[rows] = [[10 * rank + i, rank] for i in rows]
     seen[rows] = True
     out["item_table"] = D.gather_item_table(table, seen, dst=0)
+    engine = Engine(lambda e, b: None)
+    engine.state.output = {"loss": torch.tensor(1.0 + 2 * rank)}
+    D.AverageLossAcrossRanks().__call__(engine)
+    out["averaged_loss"] = float(engine.state.output["loss"])
+    logging.getLogger().setLevel(logging.INFO)  # as the CLI sets it
+    with D.quiet_unless_rank0():
+        out["log_levels"] = [logging.getLogger(n).getEffectiveLevel() for n in ("lilaw_med.training", "ignite.engine")]
+    out["log_levels_after"] = logging.getLogger("lilaw_med.training").getEffectiveLevel()
     D.barrier()
     return out
 
@@ -231,6 +241,18 @@ def test_all_gather_tensor_concatenates_unequal_shards_in_rank_order(ddp_runs: d
         assert c["broadcast"] == "run-folder-of-rank-0"
 
 
+def test_average_loss_across_ranks_gives_every_rank_the_mean(ddp_runs: dict[str, Any]) -> None:
+    # rank 0 had loss 1.0, rank 1 had 3.0
+    assert [r["collectives"]["averaged_loss"] for r in ddp_runs["ranks"]] == [2.0, 2.0]
+
+
+def test_ranks_other_than_0_log_warnings_only(ddp_runs: dict[str, Any]) -> None:
+    r0, r1 = (r["collectives"]["log_levels"] for r in ddp_runs["ranks"])
+    assert r0 == [logging.INFO, logging.INFO]
+    assert r1 == [logging.WARNING, logging.WARNING]
+    assert [r["collectives"]["log_levels_after"] for r in ddp_runs["ranks"]] == [logging.INFO, logging.INFO]
+
+
 def test_reduce_metrics_weights_each_rank_by_its_samples(ddp_runs: dict[str, Any]) -> None:
     # loss: (1 * 1.0 + 3 * 2.0) / 4 = 1.75; acc: (1 * 0 + 3 * 0.5) / 4 = 0.375
     for result in ddp_runs["ranks"]:
@@ -291,3 +313,21 @@ def test_scale_learning_rate_rules() -> None:
     with pytest.raises(ValueError, match="rule must be"):
         D.scale_learning_rate(1e-3, 4, "cubic")
 
+
+
+def test_handlers_for_rank_keeps_lilaw_and_drops_only_writers_on_other_ranks(tmp_path: Path) -> None:
+    from monai.handlers import CheckpointSaver, StatsHandler
+
+    saver = CheckpointSaver(save_dir=str(tmp_path), save_dict={"net": nn.Linear(1, 1)}, save_final=True)
+    stats = StatsHandler()
+    lilaw = LiLAWHandler([], LiLAWLoss(nn.CrossEntropyLoss(reduction="none")))
+    handlers = [saver, lilaw, stats]
+    assert D.handlers_for_rank(handlers, rank=0) == handlers
+    assert D.handlers_for_rank(handlers, rank=1) == [lilaw]
+    assert D.handlers_for_rank(None, rank=1) is None
+
+
+def test_torchrun_env_present_needs_more_than_one_process() -> None:
+    assert not D.torchrun_env_present({})
+    assert not D.torchrun_env_present({"WORLD_SIZE": "1"})
+    assert D.torchrun_env_present({"WORLD_SIZE": "4"})

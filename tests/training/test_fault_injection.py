@@ -107,4 +107,4 @@ def test_resuming_a_finished_run_trains_nothing(task: dict[str, Path]) -> None:
     before = run_record(task["reference"])
     assert run_cli(["train", "--resume", str(task["reference"])], log=log) == 0
     assert differences(run_record(task["reference"]), before) == []
-    assert "Epoch[" not in log.read_text()  # no epoch ran again
+    assert "SupervisedTrainer: Epoch[" not in log.read_text()  # no training epoch ran again

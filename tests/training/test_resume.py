@@ -96,7 +96,11 @@ class _Crash(Exception):
 
 
 def _build(
-    run_dir: Path, init_seed: int = 0, every_n_iterations: int | None = None, max_epochs: int = EPOCHS
+    run_dir: Path,
+    init_seed: int = 0,
+    every_n_iterations: int | None = None,
+    max_epochs: int = EPOCHS,
+    amp: bool = False,
 ):
     torch.manual_seed(init_seed)  # a resumed build starts from other weights: the checkpoint must win
     train, val = _Items(N_TRAIN, 1), _Items(N_VAL, 2)
@@ -115,6 +119,7 @@ def _build(
         optimizer=opt,
         loss_function=loss,
         decollate=False,
+        amp=amp,
         train_handlers=[LrScheduleHandler(sched, print_lr=False)],
     )
     lilaw = LiLAWHandler(val_loader, loss)
@@ -330,3 +335,33 @@ def test_resume_without_checkpoint_or_with_changed_data_is_a_clear_error(tmp_pat
         resume_from(tmp_path, run["trainer"], run["objects"], train_sampler=None)
     with pytest.raises(ValueError, match="has no state for"):
         resume_from(tmp_path, run["trainer"], {**run["objects"], "extra": nn.Linear(1, 1)}, run["sampler"])
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
+def test_amp_grad_scaler_state_is_restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # MONAI's Trainer.run creates torch.cuda.amp.GradScaler(); on a CPU machine make it a CPU scaler whose
+    # scale doubles every 2 steps, so its state changes during the run and a fresh one would differ
+    monkeypatch.setattr(
+        torch.cuda.amp, "GradScaler", lambda: torch.amp.GradScaler("cpu", init_scale=8.0, growth_interval=2)
+    )
+
+    def seeded() -> None:
+        torch.manual_seed(0)
+        random.seed(0)
+        np.random.seed(0)
+
+    seeded()
+    ref = _build(tmp_path / "reference", every_n_iterations=4, max_epochs=2, amp=True)
+    ref["trainer"].run()
+    seeded()
+    run = _build(tmp_path / "run", every_n_iterations=4, max_epochs=2, amp=True)
+    _crash_at(run, 9)
+    with pytest.raises(_Crash):
+        run["trainer"].run()
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "ckpt_000000008.pt", weights_only=True)["scaler"]
+    assert saved["scale"] == 128.0  # 8 doubled after steps 2, 4, 6 and 8
+    run = _build(tmp_path / "run", init_seed=5, every_n_iterations=4, max_epochs=2, amp=True)
+    assert resume_from(tmp_path / "run", run["trainer"], run["objects"], run["sampler"]) == 8  # inside epoch 2
+    run["trainer"].run()
+    assert run["trainer"].scaler.state_dict() == ref["trainer"].scaler.state_dict()
+    _assert_same(_final(run), _final(ref))

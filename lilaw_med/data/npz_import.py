@@ -1,0 +1,180 @@
+"""MedMNIST-style ``.npz`` arrays written out as real image files with a datalist.
+
+An npz with ``train_images``/``train_labels``, ``val_images``/``val_labels`` and
+``test_images``/``test_labels`` (MedMNIST v2 layout) becomes::
+
+    OUT/images/{train,val,test}_00000.{png,dcm,nii.gz}
+    OUT/datalist.json     decathlon-style: training / validation / test, ids "train_00000", ...
+
+Images (N, H, W) are grey, (N, H, W, 3) colour, (N, D, H, W) volumes (always NIfTI). Labels
+(N,) or (N, 1) are class indices, (N, L) with L > 1 multi-label flags. Writing through the real
+file formats makes the pipelines exercise the same readers as a user's data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lilaw_med.utils import atomic_write
+
+__all__ = ["import_npz", "write_image"]
+
+logger = logging.getLogger(__name__)
+
+_SPLITS = (("train", "training"), ("val", "validation"), ("test", "test"))
+_EXT = {"png": ".png", "dicom": ".dcm", "nifti": ".nii.gz"}
+
+
+def write_image(
+    array: np.ndarray, path: str | os.PathLike, fmt: str, modality: str = "OT", uid_seed: str = ""
+) -> Path:
+    """Writes one image array in a file format.
+
+    Args:
+        array: (H, W) grey, (H, W, 3) RGB, or (D, H, W) volume; uint8 or uint16.
+        path: the destination.
+        fmt: ``"png"``, ``"dicom"`` or ``"nifti"`` (volumes must be ``"nifti"``).
+        modality: DICOM Modality tag.
+        uid_seed: entropy for deterministic DICOM UIDs.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: for an unsupported shape/format combination.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    is_rgb = array.ndim == 3 and array.shape[-1] == 3
+    is_volume = array.ndim == 3 and not is_rgb
+    if fmt == "nifti":
+        import nibabel as nib
+
+        if is_rgb:
+            raise ValueError(f"{path}: RGB images cannot be written as NIfTI here; use png or dicom.")
+        # NIfTI stores x first: transpose the row-major array so that every format gives the same
+        # array through MONAI's readers (which put x first)
+        data = np.ascontiguousarray(array.T)
+        nib.save(nib.Nifti1Image(data, np.eye(4)), path)
+        return path
+    if is_volume:
+        raise ValueError(f"{path}: a volume of shape {array.shape} must be written as nifti, not {fmt}.")
+    if fmt == "png":
+        from PIL import Image
+
+        Image.fromarray(array).save(path)
+        return path
+    if fmt == "dicom":
+        _write_dicom(array, path, modality, uid_seed)
+        return path
+    raise ValueError(f"format must be png, dicom or nifti but is {fmt!r}.")
+
+
+def _write_dicom(array: np.ndarray, path: Path, modality: str, uid_seed: str) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+
+    def uid(kind: str) -> str:
+        # 2.25 + name-based UUID: valid and deterministic (same file, same UIDs)
+        return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, f"lilaw-med-npz/{uid_seed}/{kind}").int)
+
+    sop = uid("sop")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = sop
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = sop
+    ds.StudyInstanceUID = uid("study")
+    ds.SeriesInstanceUID = uid("series")
+    ds.Modality = modality
+    ds.PatientID = f"NPZ-{uid_seed}"
+    ds.ConversionType = "WSD"
+    ds.InstanceNumber = 1
+    ds.Rows, ds.Columns = array.shape[:2]
+    rgb = array.ndim == 3
+    ds.SamplesPerPixel = 3 if rgb else 1
+    ds.PhotometricInterpretation = "RGB" if rgb else "MONOCHROME2"
+    if rgb:
+        ds.PlanarConfiguration = 0
+    bits = 16 if array.dtype == np.uint16 else 8
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(array.astype(np.uint16 if bits == 16 else np.uint8)).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def import_npz(
+    npz_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    fmt: str = "png",
+    class_names: list[str] | None = None,
+    limit: int | None = None,
+    modality: str = "OT",
+) -> Path:
+    """Writes the arrays of a MedMNIST-style npz as image files and a decathlon datalist.
+
+    Args:
+        npz_path: the ``.npz`` file.
+        out_dir: the output folder (created).
+        fmt: ``"png"``, ``"dicom"`` or ``"nifti"``; volumes are always written as NIfTI.
+        class_names: the class names written to the datalist.
+        limit: at most this many images per split.
+        modality: DICOM Modality tag.
+
+    Returns:
+        The path of ``datalist.json``.
+
+    Raises:
+        FileNotFoundError: when the npz is missing.
+        ValueError: when it lacks the expected arrays or they disagree in length.
+    """
+    npz_path, out = Path(npz_path), Path(out_dir)
+    if not npz_path.is_file():
+        raise FileNotFoundError(f"npz file not found: {npz_path}")
+    if fmt not in _EXT:
+        raise ValueError(f"format must be one of {sorted(_EXT)} but is {fmt!r}.")
+    data = np.load(npz_path, allow_pickle=False)
+    found = [p for p, _ in _SPLITS if f"{p}_images" in data and f"{p}_labels" in data]
+    if not found:
+        raise ValueError(
+            f"{npz_path}: expected arrays train_images/train_labels (and val_, test_) but has {sorted(data)}."
+        )
+    result: dict[str, Any] = {"class_names": class_names}
+    multi = False
+    for prefix, split in _SPLITS:
+        if prefix not in found:
+            continue
+        images, labels = data[f"{prefix}_images"], np.asarray(data[f"{prefix}_labels"])
+        if len(images) != len(labels):
+            raise ValueError(
+                f"{npz_path}: {prefix}_images has {len(images)} entries but {prefix}_labels {len(labels)}."
+            )
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels.reshape(-1)
+        multi = multi or labels.ndim == 2
+        n = len(images) if limit is None else min(limit, len(images))
+        items = []
+        for i in range(n):
+            img = np.asarray(images[i])
+            is_volume = img.ndim == 3 and img.shape[-1] != 3
+            f = "nifti" if is_volume else fmt
+            rel = f"images/{prefix}_{i:05d}{_EXT[f]}"
+            write_image(img, out / rel, f, modality=modality, uid_seed=f"{npz_path.stem}-{prefix}-{i}")
+            label = labels[i].astype(int).tolist() if labels.ndim == 2 else int(labels[i])
+            items.append({"id": f"{prefix}_{i:05d}", "image": rel, "label": label})
+        result[split] = items
+        logger.info("%s: wrote %d %s image(s)", split, n, fmt)
+    result["multi_label"] = multi
+    return atomic_write(out / "datalist.json", json.dumps(result, indent=1) + "\n")

@@ -1,0 +1,170 @@
+"""The `lilaw-med train | evaluate | predict | init-config` commands, end to end on tiny runs."""
+
+from __future__ import annotations
+
+import csv
+import importlib.resources
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from lilaw_med.cli import main
+from lilaw_med.training.config import validate_config
+from tests.pipelines.helpers import small_sample_data, tiny_overrides
+
+
+def _config_path(name: str) -> str:
+    return str(importlib.resources.files("lilaw_med.configs").joinpath(name))
+
+
+def _train(preset: str, config: str, sample: dict, out: Path, *extra: str) -> int:
+    args = ["train", "--config", _config_path(config), "-o", str(out)]
+    for s in tiny_overrides(preset, sample, *extra):
+        args += ["--set", s]
+    return main(args)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return small_sample_data(tmp_path_factory.mktemp("sample"))
+
+
+@pytest.fixture(scope="module")
+def run_2d(sample: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "r2d"
+    assert _train("radiology_2d", "radiology_2d.yaml", sample, out, "eval.calibration=threshold") == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_3d(sample: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "r3d"
+    assert _train("radiology_3d", "radiology_3d.yaml", sample, out) == 0
+    return out
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_dicom_series(folder: Path, n: int = 6, size: int = 20) -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True)
+    study, series = generate_uid(), generate_uid()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality, ds.PatientID = study, series, "CT", "TEST"
+        ds.Rows = ds.Columns = size
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, float(i)], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing, ds.SliceThickness, ds.InstanceNumber = [1, 1], 1, i + 1
+        ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        ds.PixelData = rng.integers(-100, 300, (size, size)).astype(np.int16).tobytes()
+        ds.save_as(folder / f"slice_{i:03d}.dcm", enforce_file_format=True)
+    return folder
+
+
+def test_train_prints_the_summary_and_the_run_folder(sample: dict, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert _train("radiology_2d", "radiology_2d.yaml", sample, out) == 0
+    printed = capsys.readouterr().out
+    assert f"run folder: {out.absolute()}" in printed
+    assert "LiLAW on" in printed and "best model, test" in printed
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 1
+
+
+def test_evaluate_reports_every_metric_on_the_run_splits(run_2d: Path) -> None:
+    assert main(["evaluate", str(run_2d)]) == 0
+    report = json.loads((run_2d / "evaluation.json").read_text())
+    assert set(report["splits"]) == {"validation", "test"}
+    test = report["splits"]["test"]
+    for key in ("accuracy", "balanced_accuracy", "auroc", "ece", "per_class", "confusion_matrix"):
+        assert key in test
+    assert sum(map(sum, test["confusion_matrix"])) == test["n"]
+    assert report["calibration"]["method"] == "threshold"
+
+
+def test_predict_on_a_dicom_file(run_2d: Path, sample: dict, tmp_path: Path) -> None:
+    items = json.loads((run_2d / "datalist.json").read_text())["test"][:2]
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(run_2d), *[it["image"] for it in items], "-o", str(out)]) == 0
+    rows = _read_csv(out)
+    assert [r["path"] for r in rows] == [it["image"] for it in items]
+    for r in rows:
+        probs = [float(v) for k, v in r.items() if k.startswith("prob_")]
+        assert len(probs) == 2 and abs(sum(probs) - 1) < 1e-5
+        assert r["predicted_class"] in ("normal", "opacity")
+
+
+def test_predict_on_a_nifti_volume_and_a_dicom_series_folder(run_3d: Path, tmp_path: Path) -> None:
+    nifti = json.loads((run_3d / "datalist.json").read_text())["test"][0]["image"]
+    assert nifti.endswith((".nii", ".nii.gz"))
+    series = _write_dicom_series(tmp_path / "series")
+    out = tmp_path / "preds3d.csv"
+    assert main(["predict", str(run_3d), nifti, str(series), "-o", str(out), "--checkpoint", "final"]) == 0
+    rows = _read_csv(out)
+    assert [r["path"] for r in rows] == [nifti, str(series)]
+    for r in rows:
+        probs = [float(v) for k, v in r.items() if k.startswith("prob_")]
+        assert len(probs) == 2 and abs(sum(probs) - 1) < 1e-5
+
+
+def test_predict_probabilities_match_the_network(run_2d: Path, tmp_path: Path) -> None:
+    from lilaw_med.training.builder import load_model
+    from lilaw_med.training.predict import _loader
+
+    item = json.loads((run_2d / "datalist.json").read_text())["test"][0]
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run_2d), item["image"], "-o", str(out), "--uncalibrated"]) == 0
+    network, _ = load_model(run_2d)
+    cfg = validate_config(yaml.safe_load((run_2d / "config.yaml").read_text()))
+    batch = next(iter(_loader([{"image": item["image"], "id": "x"}], cfg, 1)))
+    with torch.no_grad():
+        expected = torch.softmax(network(batch["image"]), dim=1)[0].tolist()
+    got = [float(v) for k, v in _read_csv(out)[0].items() if k.startswith("prob_")]
+    assert np.allclose(got, expected, atol=1e-5)
+
+
+def test_init_config_writes_the_packaged_preset(tmp_path: Path) -> None:
+    for preset in ("radiology_2d", "radiology_3d", "pathology_patch"):
+        out = tmp_path / f"{preset}.yaml"
+        assert main(["init-config", preset, "-o", str(out)]) == 0
+        cfg = validate_config(yaml.safe_load(out.read_text()))
+        assert cfg["data"]["preset"] == ("pathology" if preset == "pathology_patch" else preset)
+    assert main(["init-config", "radiology_2d", "-o", str(tmp_path / "radiology_2d.yaml")]) == 1  # no --force
+
+
+def test_unknown_config_key_is_a_one_line_error_with_a_suggestion(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  sample_data: true\ntrain:\n  epocs: 3\n")
+    assert main(["train", "--config", str(bad), "-o", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "'train.epocs' is unknown" in err and "did you mean 'epochs'" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+def test_a_bad_override_type_names_the_field(tmp_path: Path, capsys) -> None:
+    args = ["train", "--config", _config_path("radiology_2d.yaml"), "--set", "train.batch_size=big"]
+    assert main(args + ["-o", str(tmp_path / "r")]) == 1
+    assert "'train.batch_size' must be integer" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_a_gpu_is_a_clear_error(sample: dict, tmp_path: Path, capsys) -> None:
+    assert _train("radiology_2d", "radiology_2d.yaml", sample, tmp_path / "r", "train.device=cuda") == 1
+    assert "CUDA is not available" in capsys.readouterr().err

@@ -1,0 +1,119 @@
+"""Modality presets: output contract, options, scaling, augmentation off by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import DataLoader, Dataset
+from PIL import Image
+
+from lilaw_med.data.transforms import PRESETS, build_transforms, preset_defaults
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, str]:
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(tmp_path / "g.png")
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "c.png")
+    vol = rng.normal(0, 100, (20, 22, 24)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.0, 3.0, 1.0])), tmp_path / "v.nii.gz")
+    # the same volume stored LPS-oriented (x and y flipped in the affine)
+    flip = np.diag([-2.0, -2.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(vol[::-1, ::-1].copy(), flip), tmp_path / "v_lps.nii.gz")
+    return {
+        k: str(tmp_path / f)
+        for k, f in [("g", "g.png"), ("c", "c.png"), ("v", "v.nii.gz"), ("lps", "v_lps.nii.gz")]
+    }
+
+
+def test_every_preset_lists_its_options_and_rejects_unknown_ones() -> None:
+    for preset in PRESETS:
+        opts = preset_defaults(preset)
+        assert {"spatial_size", "intensity", "flip", "rotate90", "affine"} <= set(opts)
+        assert not (opts["flip"] or opts["rotate90"] or opts["affine"])  # augmentation off by default
+        with pytest.raises(ValueError, match="unknown option"):
+            build_transforms(preset, {"spatail_size": 3})
+    with pytest.raises(ValueError, match="preset must be one of"):
+        preset_defaults("ultrasound_4d")
+
+
+def test_radiology_2d_outputs_float_image_long_label_and_keeps_id_and_extras(files: dict[str, str]) -> None:
+    t = build_transforms("radiology_2d", {"spatial_size": [32, 32]})
+    out = t({"id": "a", "image": files["c"], "label": 1, "group": None, "site": "x"})
+    assert out["image"].shape == (1, 32, 32) and out["image"].dtype == torch.float32
+    assert out["label"].dtype == torch.long and out["label"].ndim == 0 and int(out["label"]) == 1
+    assert out["id"] == "a" and out["site"] == "x" and out["group"] == ""
+    assert 0.0 <= float(out["image"].min()) and float(out["image"].max()) <= 1.0
+    three = build_transforms("radiology_2d", {"spatial_size": [32, 32], "channels": 3})(
+        dict(out, image=files["g"])
+    )
+    assert three["image"].shape == (3, 32, 32)
+    assert torch.equal(three["image"][0], three["image"][2])
+
+
+def test_window_scaling_maps_the_window_to_zero_one(files: dict[str, str]) -> None:
+    t = build_transforms("radiology_2d", {"spatial_size": None, "intensity": "window", "window": [100, 100]})
+    out = t({"id": "a", "image": files["g"], "label": 0})
+    raw = np.asarray(Image.open(files["g"]), dtype=np.float32).T
+    expected = np.clip((raw - 50.0) / 100.0, 0, 1)
+    np.testing.assert_allclose(out["image"][0].numpy(), expected, atol=1e-6)
+
+
+def test_radiology_3d_reorients_to_ras_so_differently_stored_volumes_agree(files: dict[str, str]) -> None:
+    t = build_transforms("radiology_3d", {"spatial_size": None, "intensity": "none"})
+    a = t({"id": "a", "image": files["v"], "label": 0})["image"]
+    b = t({"id": "b", "image": files["lps"], "label": 0})["image"]
+    assert a.shape == (1, 20, 22, 24)
+    torch.testing.assert_close(a, b)
+
+
+def test_radiology_3d_spacing_resize_crop_and_ct_window(files: dict[str, str]) -> None:
+    spaced = build_transforms(
+        "radiology_3d", {"spatial_size": None, "pixdim": [4.0, 4.0, 3.0], "intensity": "none"}
+    )
+    assert spaced({"id": "a", "image": files["v"], "label": 0})["image"].shape == (
+        1,
+        10,
+        12,
+        24,
+    )  # MONAI: ceil((n - 1) * old / new) + 1
+    crop = build_transforms(
+        "radiology_3d", {"spatial_size": [16, 30, 8], "resize": "crop_or_pad", "intensity": "ct_window"}
+    )
+    out = crop({"id": "a", "image": files["v"], "label": 1, "group": "p"})
+    assert out["image"].shape == (1, 16, 30, 8)
+    assert float(out["image"].min()) >= 0.0 and float(out["image"].max()) <= 1.0
+
+
+def test_multi_label_gives_float_vectors_and_batches_collate(files: dict[str, str]) -> None:
+    t = build_transforms("pathology", {"spatial_size": [16, 16], "multi_label": True})
+    items = [{"id": str(i), "image": files["c"], "label": [i % 2, 1, 0], "group": None} for i in range(4)]
+    batch = next(iter(DataLoader(Dataset(items, t), batch_size=4)))
+    assert batch["image"].shape == (4, 3, 16, 16)
+    assert batch["label"].dtype == torch.float32 and batch["label"].shape == (4, 3)
+    assert batch["id"] == ["0", "1", "2", "3"]
+
+
+def test_augmentations_only_in_training_and_only_when_switched_on(files: dict[str, str]) -> None:
+    item = {"id": "a", "image": files["c"], "label": 2}
+    off = build_transforms("pathology", {}, train=True)
+    assert torch.equal(off(dict(item))["image"], off(dict(item))["image"])
+    on = build_transforms("pathology", {"flip": True, "rotate90": True}, train=True)
+    on.set_random_state(0)
+    outs = [on(dict(item))["image"] for _ in range(8)]
+    assert any(not torch.equal(outs[0], o) for o in outs[1:])
+    # the same pixels, only moved
+    assert all(torch.allclose(o.sum(), outs[0].sum(), rtol=1e-5) for o in outs)
+    evaluation = build_transforms("pathology", {"flip": True, "rotate90": True}, train=False)
+    assert torch.equal(evaluation(dict(item))["image"], evaluation(dict(item))["image"])
+
+
+def test_a_3d_file_in_a_2d_preset_names_the_item(files: dict[str, str]) -> None:
+    with pytest.raises(Exception) as err:
+        build_transforms("radiology_2d")({"id": "vol-7", "image": files["v"], "label": 0})
+    text = str(err.value) + str(err.value.__cause__)
+    assert "vol-7" in text and "expected a 2D image" in text

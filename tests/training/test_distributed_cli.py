@@ -1,0 +1,168 @@
+"""``torchrun --nproc_per_node 2 -m lilaw_med train`` end to end on CPU (gloo): rank 0 alone writes
+the run folder, the ranks split every epoch, and the dynamics hold each item exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+N = {"training": 24, "validation": 8, "test": 8}
+BATCH, EPOCHS, WORLD_SIZE = 4, 2, 2
+
+# Installed through PYTHONPATH into every rank (not the torchrun launcher: it has no RANK): a Python
+# audit hook that logs every write under the run folder (open for writing, os.open with O_CREAT,
+# rename/replace, mkdir, remove) to a per-rank file outside it.
+SITECUSTOMIZE = '''
+import atexit, os, sys
+_root = os.environ.get("LILAW_TEST_RUN_ROOT")
+_rank = os.environ.get("RANK")
+if _root and _rank is not None:
+    _events = []
+    _busy = [False]
+    _write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def _under_root(path):
+        try:
+            return os.path.abspath(os.fsdecode(path)).startswith(_root)
+        except TypeError:
+            return False
+
+    def _hook(event, args):
+        if _busy[0]:
+            return
+        if event == "open":
+            path, mode, flags = args
+            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                mode is None and isinstance(flags, int) and flags & _write_flags
+            )
+            if writing and not isinstance(path, int) and _under_root(path):
+                _events.append(f"open {os.fsdecode(path)}")
+        elif event in ("os.rename", "os.mkdir", "os.remove", "os.rmdir", "shutil.rmtree"):
+            if args and not isinstance(args[0], int) and _under_root(args[0]):
+                _events.append(f"{event} {os.fsdecode(args[0])}")
+
+    def _dump():
+        _busy[0] = True
+        with open(os.environ["LILAW_TEST_WRITE_LOG"] + f".rank{_rank}", "w") as f:
+            f.write("\\n".join(_events))
+
+    sys.addaudithook(_hook)
+    atexit.register(_dump)
+'''
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _write_data(folder: Path) -> Path:
+    """Tiny PNG images (a bright square means class 1) and a datalist with all three splits."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    datalist: dict[str, list[dict]] = {}
+    for split, n in N.items():
+        datalist[split] = []
+        for i in range(n):
+            label = i % 2
+            img = rng.integers(0, 60, (16, 16), dtype=np.uint8)
+            if label:
+                img[4:12, 4:12] += 150
+            path = folder / f"{split}_{i:03d}.png"
+            Image.fromarray(img).save(path)
+            datalist[split].append({"image": str(path), "label": label})
+    path = folder / "datalist.json"
+    path.write_text(json.dumps(datalist))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ddp_cli_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("ddp_cli")
+    datalist = _write_data(tmp / "data")
+    run_root = tmp / "runs"
+    config = {
+        "data": {"preset": "radiology_2d", "datalist": str(datalist), "options": {"spatial_size": [16, 16]}, "cache": "none"},
+        "model": {"network": "small_cnn"},
+        "train": {"epochs": EPOCHS, "batch_size": BATCH, "progress": False, "device": "cpu"},
+        "eval": {"calibration": "none"},
+        "output": {"dir": str(run_root), "name": "ddp"},
+    }
+    (tmp / "tiny.yaml").write_text(yaml.safe_dump(config))
+    hook_dir = tmp / "hook"
+    hook_dir.mkdir()
+    (hook_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(hook_dir), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        "LILAW_TEST_RUN_ROOT": str(run_root),
+        "LILAW_TEST_WRITE_LOG": str(tmp / "writes"),
+    }
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(WORLD_SIZE),
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        "-m", "lilaw_med", "train", "--config", str(tmp / "tiny.yaml"),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=240)
+    writes = {}
+    for r in range(WORLD_SIZE):
+        log = tmp / f"writes.rank{r}"
+        writes[r] = [line for line in log.read_text().splitlines() if line] if log.is_file() else None
+    return {"proc": proc, "run_dir": run_root / "ddp", "writes": writes}
+
+
+def test_torchrun_train_succeeds_and_reports_once(ddp_cli_run: dict) -> None:
+    proc = ddp_cli_run["proc"]
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert proc.stdout.count("run folder:") == 1, proc.stdout
+    summary = json.loads((ddp_cli_run["run_dir"] / "summary.json").read_text())
+    # each rank trains on its half of every epoch: N / (2 ranks * BATCH) iterations per epoch
+    assert summary["iterations"] == EPOCHS * N["training"] // (WORLD_SIZE * BATCH)
+    assert summary["lilaw"]["meta_steps"] == summary["iterations"]
+
+
+def test_only_rank0_writes_the_run_folder(ddp_cli_run: dict) -> None:
+    writes = ddp_cli_run["writes"]
+    assert writes[0] is not None and writes[1] is not None, "the write-audit hook did not run in the ranks"
+    assert any("summary.json" in w for w in writes[0]) and any("dynamics" in w for w in writes[0])
+    assert writes[1] == [], f"rank 1 wrote into the run folder: {writes[1][:10]}"
+    for name in ("config.yaml", "datalist.json", "metrics.csv", "lilaw_iterations.csv", "dynamics/manifest.json"):
+        assert (ddp_cli_run["run_dir"] / name).is_file(), name
+
+
+def test_dynamics_record_each_item_exactly_once_per_epoch(ddp_cli_run: dict) -> None:
+    from lilaw_med.handlers.dynamics import load_dynamics
+
+    train = load_dynamics(ddp_cli_run["run_dir"], "training")
+    assert len(train.ids) == len(set(train.ids)) == N["training"]
+    assert train.epochs == list(range(1, EPOCHS + 1))
+    np.testing.assert_array_equal(train["count"], 1)  # 24 items split evenly: no padding, none twice
+    assert not np.isnan(train["prob_label"]).any()
+    val = load_dynamics(ddp_cli_run["run_dir"], "validation")
+    assert len(val.ids) == len(set(val.ids)) == N["validation"]
+    # every meta batch of every rank was recorded: 3 iterations x 2 ranks x 4 items per epoch over 8 items
+    iters_per_epoch = N["training"] // (WORLD_SIZE * BATCH)
+    np.testing.assert_array_equal(val["count"].sum(axis=1), iters_per_epoch * WORLD_SIZE * BATCH)
+
+
+
+def test_audit_table_of_a_ddp_run_has_each_item_once(ddp_cli_run: dict, tmp_path: Path) -> None:
+    from lilaw_med.audit.report import run_audit
+
+    result = run_audit(ddp_cli_run["run_dir"], tmp_path / "audit", thumbnails=False, final_model_baseline=False)
+    for split in ("training", "validation"):
+        ids = [row["id"] for row in result.rows if row["split"] == split]
+        assert len(ids) == len(set(ids)) == N[split], split
+    assert {int(row["epochs_seen"]) for row in result.rows if row["split"] == "training"} == {EPOCHS}

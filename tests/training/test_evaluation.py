@@ -1,0 +1,103 @@
+"""Metrics, calibration and the class-imbalance helpers against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lilaw_med.training.evaluation import (
+    apply_calibration,
+    choose_threshold,
+    classification_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    is_better,
+)
+from lilaw_med.training.sampling import ClassBalancedSampler, inverse_frequency_weights
+
+
+def test_ece_matches_a_hand_computed_value() -> None:
+    # confidences 0.9 (correct), 0.9 (wrong) in bin (0.8667, 0.9333]; 0.6 (correct) in (0.6, 0.6667]... with 5 bins:
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6]])
+    labels = np.array([0, 1, 1])
+    # 5 bins: 0.9 -> bin 4 (acc 0.5, conf 0.9), 0.6 -> bin 2 (acc 1, conf 0.6)
+    expected = 2 / 3 * abs(0.5 - 0.9) + 1 / 3 * abs(1.0 - 0.6)
+    assert expected_calibration_error(probs, labels, n_bins=5) == pytest.approx(expected)
+    assert expected_calibration_error(np.eye(3), np.arange(3)) == 0.0
+
+
+def test_metrics_of_a_small_multiclass_case() -> None:
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.5, 0.4, 0.1]]))
+    labels = np.array([0, 1, 2, 1])
+    m = classification_metrics(logits, labels, class_names=["a", "b", "c"])
+    assert m["accuracy"] == 0.75
+    assert m["balanced_accuracy"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert m["confusion_matrix"] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    assert m["per_class"]["a"] == {"precision": 0.5, "recall": 1.0, "support": 1}
+    nll = -np.mean(np.log([0.7, 0.8, 0.6, 0.4]))
+    assert m["loss"] == pytest.approx(nll, rel=1e-6)
+    assert 0.0 <= m["auroc"] <= 1.0
+
+
+def test_binary_single_logit_auroc_and_threshold() -> None:
+    p = np.array([0.1, 0.35, 0.4, 0.8, 0.45, 0.9])
+    y = np.array([0, 0, 0, 1, 1, 1])
+    logits = torch.logit(torch.tensor(p)).reshape(-1, 1)
+    m = classification_metrics(logits, y)
+    assert m["auroc"] == 1.0 and m["accuracy"] == pytest.approx(5 / 6)  # 0.45 < 0.5 is missed
+    t = choose_threshold(p, y)
+    assert t == pytest.approx(0.425)  # midway between the scores it separates
+    m_t = classification_metrics(logits, y, threshold=t)
+    assert m_t["accuracy"] == 1.0
+    probs, pred = apply_calibration(logits, threshold=t)
+    assert probs.shape == (6, 2) and pred.tolist() == y.tolist()
+
+
+def test_auroc_is_nan_when_one_class_is_present_and_nan_is_never_better() -> None:
+    m = classification_metrics(torch.randn(4, 2), np.zeros(4, dtype=int))
+    assert math.isnan(m["auroc"])
+    assert not is_better("auroc", float("nan"), 0.5)
+    assert is_better("auroc", 0.6, None) and is_better("loss", 0.1, 0.2) and not is_better("ece", 0.3, 0.2)
+
+
+def test_temperature_fit_recovers_the_scale_of_overconfident_logits() -> None:
+    g = torch.Generator().manual_seed(0)
+    true_logits = torch.randn(4000, 3, generator=g) * 1.5
+    labels = torch.multinomial(torch.softmax(true_logits, 1), 1, generator=g).squeeze(1)
+    t = fit_temperature(true_logits * 3.0, labels)
+    assert t == pytest.approx(3.0, rel=0.1)
+    before = classification_metrics(true_logits * 3.0, labels.numpy())
+    after = classification_metrics(true_logits * 3.0, labels.numpy(), temperature=t)
+    assert after["loss"] < before["loss"] and after["ece"] < before["ece"]
+    assert after["accuracy"] == before["accuracy"]  # a temperature never changes the argmax
+
+
+def test_multi_label_metrics_average_over_labels() -> None:
+    logits = torch.tensor([[3.0, -3.0], [-3.0, 3.0], [3.0, 3.0], [-3.0, -3.0]])
+    labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    m = classification_metrics(logits, labels, class_names=["x", "y"], multi_label=True)
+    assert m["accuracy"] == 1.0 and m["auroc"] == 1.0 and m["per_class"]["y"]["recall"] == 1.0
+
+
+def test_inverse_frequency_weights_are_sklearn_balanced() -> None:
+    w = inverse_frequency_weights([0, 0, 0, 1], 3)
+    assert w.tolist() == pytest.approx([4 / (2 * 3), 4 / (2 * 1), 0.0])
+
+
+def test_class_balanced_sampler_balances_and_resumes() -> None:
+    labels = [0] * 90 + [1] * 10
+    s = ClassBalancedSampler(labels, seed=3)
+    s.set_epoch(1)
+    draw = list(s)
+    assert len(draw) == 100
+    counts = np.bincount([labels[i] for i in draw], minlength=2)
+    assert 30 < counts[1] < 70  # about half, where uniform sampling gives about 10
+    s.set_epoch(1)
+    s.set_start(40)
+    assert list(s) == draw[40:]
+    assert list(s) == draw  # the offset applies once
+    s.set_epoch(2)
+    assert list(s) != draw
