@@ -214,6 +214,31 @@ def stage_floor(dataset: str, noise: float, seeds: list[int], epochs: int, folds
             "paired_differences": diffs, "floor_met": floor_ok, "runs": runs}
 
 
+def markdown_tables() -> str:
+    """The selection and floor tables of docs/audit.md, from the summaries in benchmarks/audit_results/."""
+    lines: list[str] = []
+    selects = sorted(SUMMARY_DIR.glob("select_*.json"))
+    if selects:
+        runs = [json.loads(p.read_text()) for p in selects]
+        heads = [f"{r['dataset']} {r['noise']:.0%} ({len(r['seeds'])} seeds)" for r in runs]
+        lines += ["| score variant (detection AUROC, mean ± sd) | " + " | ".join(heads) + " |",
+                  "|---" * (len(runs) + 1) + "|"]
+        names = sorted(runs[0]["table"], key=lambda n: -runs[0]["table"][n]["auroc"]["mean"])
+        for name in names:
+            cells = []
+            for r in runs:
+                a = r["table"].get(name, {}).get("auroc")
+                cells.append(f"{a['mean']:.3f} ± {a['std']:.3f}" if a else "")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", "| noise-rate estimate (mean; true rate in the heading) | "
+                  + " | ".join(f"{r['dataset']} {r['noise']:.2f}" for r in runs) + " |", "|---" * (len(runs) + 1) + "|"]
+        for name in sorted(runs[0]["noise_rate_table"]):
+            cells = [f"{r['noise_rate_table'][name]['mean_estimate']:.3f}" if name in r["noise_rate_table"] else ""
+                     for r in runs]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _save_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=1, default=float))
@@ -221,13 +246,16 @@ def _save_json(path: Path, obj: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", choices=("select", "floor"), required=True)
+    parser.add_argument("--stage", choices=("select", "floor", "tables"), required=True)
     parser.add_argument("--dataset", default=None, help="npz stem (select: breastmnist; floor: pneumoniamnist_balanced)")
     parser.add_argument("--noise", type=float, default=0.3)
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.stage == "tables":
+        print(markdown_tables())
+        return 0
     dataset = args.dataset or ("breastmnist" if args.stage == "select" else "pneumoniamnist_balanced")
     seeds = parse_seeds(args.seeds)
     try:

@@ -41,7 +41,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import DataUnavailable, load_dataset, mean_ci, paired_difference, run_cached
+from benchmarks.harness import (
+    BENCH_NETWORK,
+    DataUnavailable,
+    load_dataset,
+    mean_ci,
+    paired_difference,
+    run_cached,
+)
 from lilaw_med.utils import atomic_write
 
 __all__ = ["VARIANTS", "decide", "main"]
@@ -143,7 +150,7 @@ def format_tables(tables: dict[str, dict[str, Any]]) -> str:
 
 
 def main(seeds: int = 5, budget_min: float | None = None, datasets: Sequence[str] = DATASETS, epochs: int = 10,
-         network: str = "resnet18_w0.25", out_dir: Path = OUT_DIR, with_ce: bool = False) -> dict[str, Any] | None:
+         network: str = BENCH_NETWORK, out_dir: Path = OUT_DIR, with_ce: bool = False) -> dict[str, Any] | None:
     """Runs every variant on every data set and seed, decides, writes ``choices.json``/``.md``.
 
     Returns:

@@ -7,7 +7,8 @@ uninterrupted run; prints a table (one row per kill) and whether the two run fol
 
 The task is tiny (20 training PNGs of 16 x 16 px, batch 4: 5 iterations per epoch; a small CNN with
 dropout, so the random number generators matter) so that the whole experiment takes about a minute
-of CPU. Each kill point is drawn at random after the newest checkpoint, with a random kind:
+of CPU. Each kill point is drawn at random after the newest checkpoint (within a window that spreads
+the kills over the whole run), with a random kind:
 
 * ``iteration``: SIGKILL after iteration k ran (before its checkpoint is written);
 * ``batch``: SIGKILL after the batch of iteration k was loaded, before its model step;
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import tempfile
@@ -58,10 +60,9 @@ def _newest_valid(run: Path) -> int:
         return 0
 
 
-def _draw_kill(rng: random.Random, after: int, total: int) -> Kill:
-    """A random kill point strictly after iteration ``after`` (the newest checkpoint)."""
+def _kill_at(rng: random.Random, k: int, total: int) -> Kill:
+    """A kill of a random kind at (or, for the kinds tied to an event, just after) iteration ``k``."""
     kind = rng.choice(KILL_KINDS)
-    k = rng.randint(after + 1, total)
     if kind == "epoch_end":
         return Kill(kind, (k - 1) // ITERATIONS_PER_EPOCH + 1)
     if kind == "ckpt_write":
@@ -120,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     argv_next = ["train", "--config", str(config), "--output", str(run)]
     kills_done, resume_from = 0, 0
     while kills_done < args.kills:
-        if resume_from >= total:
-            break  # the run finished: nothing left to kill
-        kill = _draw_kill(rng, resume_from, total)
+        # after the newest checkpoint (so the point is reached), spread so the kills cover the whole run
+        span = max(1, math.ceil(1.5 * (total - resume_from) / (args.kills - kills_done)))
+        kill = _kill_at(rng, rng.randint(resume_from + 1, min(total, resume_from + span)), total)
         t = time.perf_counter()
         status = run_cli(argv_next, kill=kill, log=log)
         t_killed += time.perf_counter() - t

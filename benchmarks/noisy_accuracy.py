@@ -23,7 +23,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import DataUnavailable, load_dataset, mean_ci, paired_difference, run_cached
+from benchmarks.harness import (
+    BENCH_NETWORK,
+    DataUnavailable,
+    load_dataset,
+    mean_ci,
+    paired_difference,
+    run_cached,
+)
 from lilaw_med.utils import atomic_write
 
 __all__ = ["DEFAULT_CELLS", "compare_methods", "format_comparison", "main", "run_cells"]
@@ -137,7 +144,7 @@ def main(
     val_mode: str = "eval",
     detach_weights: bool = False,
     epochs: int = 10,
-    network: str = "resnet18_w0.25",
+    network: str = BENCH_NETWORK,
     cells: Sequence[tuple[str, float]] = DEFAULT_CELLS,
     reverse_seeds: bool = False,
 ) -> dict[str, Any] | None:
@@ -201,7 +208,7 @@ def _parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-mode", choices=("eval", "train"), default="eval")
     p.add_argument("--detach-weights", action="store_true")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--network", default="resnet18_w0.25")
+    p.add_argument("--network", default=BENCH_NETWORK)
     p.add_argument("--out", type=Path, default=OUT_DIR)
     p.add_argument("--cells", nargs="+", default=None, metavar="KIND:RATE",
                    help="noise cells, e.g. symmetric:0.4 none:0 (default: both)")

@@ -40,7 +40,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks import noisy_accuracy
-from benchmarks.harness import METHODS, DataUnavailable, load_dataset, mean_ci, paired_difference
+from benchmarks.harness import (
+    BENCH_NETWORK,
+    METHODS,
+    DataUnavailable,
+    load_dataset,
+    mean_ci,
+    paired_difference,
+)
 from lilaw_med.utils import atomic_write
 
 __all__ = ["SLICE", "assemble_results", "full_grid", "gpu_suite", "main"]
@@ -142,7 +149,8 @@ def accuracy_suite(budget_min: float, full: bool = False, out_dir: Path = OUT_DI
             skipped.append(f"{dataset}: {err}")
             continue
         try:
-            res = noisy_accuracy.run_cells(dataset, [(kind, rate)], methods, range(seeds), out_dir / "runs", deadline)
+            res = noisy_accuracy.run_cells(dataset, [(kind, rate)], methods, range(seeds), out_dir / "runs", deadline,
+                                           network=BENCH_NETWORK)
         except ValueError as err:  # e.g. a noise kind lilaw_med.data.noise does not offer (yet)
             skipped.append(f"{dataset} {kind} {rate}: {err}")
             continue
@@ -255,8 +263,9 @@ def _audit_markdown() -> str:
                      f"noise {data.get('noise', '')}, seeds {data.get('seeds', '')}"
                      + (f", floor **{'MET' if floor else 'MISSED'}**" if floor is not None else "")
                      + (f"; command `{data['command']}`" if "command" in data else ""))
-        for key, val in _flat_means(data.get("summary") or data.get("table") or {}):
-            lines.append(f"  - {key}: {val}")
+        if data.get("stage") == "floor":  # the selection stages are long; their files hold every variant
+            for key, val in _flat_means(data.get("summary") or data.get("table") or {}):
+                lines.append(f"  - {key}: {val}")
     return "\n".join(lines) if lines else "No audit results yet."
 
 
@@ -388,8 +397,8 @@ def assemble_results(command: str, out_dir: Path = OUT_DIR, results_md: Path = R
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
         "- Protocol: MedMNIST 28 px from ../shared/data; training on the npz train split minus a 15% noisy "
         "validation split (the same noise), clean npz test split; Adam lr 1e-3, weight decay 1e-4, batch 64, "
-        "10 epochs, constant lr; network MONAI ResNet-18 at quarter width (`resnet18_w0.25`, see "
-        "benchmarks/harness.py for why); every method's hyper-parameters at their published defaults, none tuned.",
+        "10 epochs, constant lr; network MONAI ResNet-18 at quarter width with the ImageNet stem "
+        f"(`{BENCH_NETWORK}`, see benchmarks/harness.py for why); every method's hyper-parameters at their published defaults, none tuned.",
         "- Figures are percentage points; intervals are 95% t-intervals of the mean paired-by-seed difference.",
         "",
         "## Accuracy under label noise (issue 7.1, issue 2 floor)",

@@ -354,11 +354,11 @@ def _preprocessing(lilaw_config: Mapping[str, Any]) -> dict[str, Any]:
 def _postprocessing(spec: ModelSpec, with_label: bool) -> dict[str, Any]:
     sigmoid = spec.multi_label or spec.num_outputs == 1
     transforms: list[dict[str, Any]] = [
-        {"_target_": "Activationsd", "keys": "pred", "sigmoid": sigmoid, "softmax": not sigmoid}
+        {"_target_": "monai.transforms.Activationsd", "keys": "pred", "sigmoid": sigmoid, "softmax": not sigmoid}
     ]
     if with_label and not sigmoid:
-        transforms.append({"_target_": "AsDiscreted", "keys": "label", "to_onehot": spec.num_outputs})
-    return {"_target_": "Compose", "transforms": transforms}
+        transforms.append({"_target_": "monai.transforms.AsDiscreted", "keys": "label", "to_onehot": spec.num_outputs})
+    return {"_target_": "monai.transforms.Compose", "transforms": transforms}
 
 
 def evaluate_config(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -368,7 +368,7 @@ def evaluate_config(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[st
     multi_class = not (spec.multi_label or spec.num_outputs == 1)
     key_metric: dict[str, Any] = {
         "auroc": {
-            "_target_": "ROCAUC",
+            "_target_": "monai.handlers.ROCAUC",
             "output_transform": "$monai.handlers.from_engine(['pred', 'label'])",
         }
     }
@@ -395,27 +395,27 @@ def evaluate_config(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[st
             "datalist": "$lilaw_med.training.builder.prepare_datalist(@lilaw_config)",
             "network": "$@network_def.to(@device)",
             "preprocessing": _preprocessing(lilaw_config),
-            "dataset": {"_target_": "Dataset", "data": "$getattr(@datalist, @split)", "transform": "@preprocessing"},
+            "dataset": {"_target_": "monai.data.Dataset", "data": "$getattr(@datalist, @split)", "transform": "@preprocessing"},
             "dataloader": {
-                "_target_": "DataLoader",
+                "_target_": "monai.data.DataLoader",
                 "dataset": "@dataset",
                 "batch_size": batch_size,
                 "shuffle": False,
                 "num_workers": 0,
             },
-            "inferer": {"_target_": "SimpleInferer"},
+            "inferer": {"_target_": "monai.inferers.SimpleInferer"},
             "postprocessing": _postprocessing(spec, with_label=True),
             "handlers": [
-                {"_target_": "CheckpointLoader", "load_path": "@ckpt_path", "load_dict": {"model": "@network"},
+                {"_target_": "monai.handlers.CheckpointLoader", "load_path": "@ckpt_path", "load_dict": {"model": "@network"},
                  "map_location": "@device"},
-                {"_target_": "StatsHandler", "iteration_log": False},
-                {"_target_": "MetricsSaver", "save_dir": "@output_dir", "metrics": "*",
+                {"_target_": "monai.handlers.StatsHandler", "iteration_log": False},
+                {"_target_": "monai.handlers.MetricsSaver", "save_dir": "@output_dir", "metrics": "*",
                  "metric_details": None, "summary_ops": None},
             ],
             "key_metric": key_metric,
             "additional_metrics": additional,
             "evaluator": {
-                "_target_": "SupervisedEvaluator",
+                "_target_": "monai.engines.SupervisedEvaluator",
                 "device": "@device",
                 "val_data_loader": "@dataloader",
                 "network": "@network",
@@ -446,16 +446,16 @@ def inference_config(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[s
             "for p in sorted(glob.glob(os.path.join(@dataset_dir, @pattern)))]",
             "network": "$@network_def.to(@device)",
             "preprocessing": _preprocessing(lilaw_config),
-            "dataset": {"_target_": "Dataset", "data": "@datalist", "transform": "@preprocessing"},
-            "dataloader": {"_target_": "DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
+            "dataset": {"_target_": "monai.data.Dataset", "data": "@datalist", "transform": "@preprocessing"},
+            "dataloader": {"_target_": "monai.data.DataLoader", "dataset": "@dataset", "batch_size": 1, "shuffle": False,
                            "num_workers": 0},
-            "inferer": {"_target_": "SimpleInferer"},
+            "inferer": {"_target_": "monai.inferers.SimpleInferer"},
             "postprocessing": _postprocessing(spec, with_label=False),
             "handlers": [
-                {"_target_": "CheckpointLoader", "load_path": "@ckpt_path", "load_dict": {"model": "@network"},
+                {"_target_": "monai.handlers.CheckpointLoader", "load_path": "@ckpt_path", "load_dict": {"model": "@network"},
                  "map_location": "@device"},
                 {
-                    "_target_": "ClassificationSaver",
+                    "_target_": "monai.handlers.ClassificationSaver",
                     "output_dir": "@output_dir",
                     "filename": "predictions.csv",
                     # the decollated batch: one dict per item; rows are named by the item's id (file name)
@@ -464,7 +464,7 @@ def inference_config(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[s
                 },
             ],
             "evaluator": {
-                "_target_": "SupervisedEvaluator",
+                "_target_": "monai.engines.SupervisedEvaluator",
                 "device": "@device",
                 "val_data_loader": "@dataloader",
                 "network": "@network",
@@ -690,19 +690,24 @@ def export_bundle(
         raise ValueError(f"spatial_shape {shape} must have {spec.spatial_dims} entries (model.spatial_dims).")
 
     preset = cfg["data"]["preset"]
+    lilaw_on = bool(cfg["lilaw"]["enabled"])
     test = (summary.get("best") or summary.get("final") or {}).get("test") or {}
     eval_metrics = {f"test_{k}": float(test[k]) for k in ("auroc", "accuracy", "balanced_accuracy") if k in test}
     meta = build_metadata(
         class_names=spec.class_names if spec.num_outputs > 1 else [f"P({spec.class_names[-1]})"],
         in_channels=spec.in_channels,
         spatial_shape=shape,
-        task=task or f"{_TASK[preset]} trained on noisy labels with LiLAW",
+        task=task or f"{_TASK[preset]} trained on noisy labels" + (" with LiLAW" if lilaw_on else ""),
         description=description
         or (
-            f"A {spec.network} classifier ({', '.join(spec.class_names)}) trained with lilaw-med: LiLAW learns "
-            "three scalars (alpha, beta, delta) that weight every sample's loss by its difficulty, "
-            "meta-updated on a validation batch after every training batch, which makes training robust "
-            "to mislabeled samples."
+            f"A {spec.network} classifier ({', '.join(spec.class_names)}) trained with lilaw-med. "
+            + (
+                "LiLAW learns three scalars (alpha, beta, delta) that weight every sample's loss by its "
+                "difficulty, meta-updated on a validation batch after every training batch, which makes "
+                "training robust to mislabeled samples."
+                if lilaw_on
+                else "Plain training (the baseline, LiLAW switched off)."
+            )
         ),
         version=version,
         authors=authors,
@@ -712,7 +717,10 @@ def export_bundle(
         multi_label=spec.multi_label,
         is_patch_data=preset == "pathology",
         eval_metrics=eval_metrics or None,
-        data_source=str(cfg["data"]["datalist"] or "lilaw-med sample data"),
+        # the file name only: absolute paths of the exporting machine stay out of the metadata
+        data_source=f"lilaw-med datalist {Path(cfg['data']['datalist']).name}"
+        if cfg["data"]["datalist"]
+        else "lilaw-med synthetic sample data",
     )
     missing = missing_metadata_keys(meta)
     if missing:  # a bug here, not a user error

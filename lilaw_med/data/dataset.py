@@ -49,7 +49,9 @@ def build_dataset(
     if cache == "none":
         return Dataset(data, transforms)
     if cache == "memory":
-        return CacheDataset(data, transforms, cache_rate=cache_rate, num_workers=num_workers, progress=progress)
+        return CacheDataset(
+            data, transforms, cache_rate=cache_rate, num_workers=num_workers, progress=progress
+        )
     if cache == "disk":
         if cache_dir is None:
             raise ValueError("cache 'disk' needs a cache_dir (a folder for the cached items).")

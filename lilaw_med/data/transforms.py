@@ -191,10 +191,20 @@ def build_transforms(preset: str, options: Mapping[str, Any] | None = None, trai
     ]
     if preset == "radiology_3d":
         if opts["orientation"]:
-            chain.append(Orientationd(keys, axcodes=opts["orientation"]))
+            # explicit RAS labels: MONAI's default is changing and warns about it
+            chain.append(
+                Orientationd(keys, axcodes=opts["orientation"], labels=(("L", "R"), ("P", "A"), ("I", "S")))
+            )
         if opts["pixdim"]:
             chain.append(Spacingd(keys, pixdim=opts["pixdim"], mode="bilinear"))
 
+    # resize first: percentiles of the (smaller) resized image cost less and barely differ
+    size = opts["spatial_size"]
+    if size is not None:
+        if preset == "radiology_3d" and opts["resize"] == "crop_or_pad":
+            chain.append(ResizeWithPadOrCropd(keys, spatial_size=size))
+        else:
+            chain.append(Resized(keys, spatial_size=size, mode=opts["resize_mode"]))
     intensity = opts["intensity"]
     if intensity == "percentile":
         lo, hi = opts["percentiles"]
@@ -213,12 +223,6 @@ def build_transforms(preset: str, options: Mapping[str, Any] | None = None, trai
     elif intensity == "scale":
         chain.append(ScaleIntensityRanged(keys, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True))
 
-    size = opts["spatial_size"]
-    if size is not None:
-        if preset == "radiology_3d" and opts["resize"] == "crop_or_pad":
-            chain.append(ResizeWithPadOrCropd(keys, spatial_size=size))
-        else:
-            chain.append(Resized(keys, spatial_size=size, mode=opts["resize_mode"]))
     if opts["channels"] == 3 and preset != "pathology":
         chain.append(PrepareChannelsd(keys, spatial_dims=dims, channels=3))
     chain.append(EnsureTyped(keys, dtype=torch.float32, track_meta=False))

@@ -453,10 +453,11 @@ class DynamicsRecorder:
         stats = self.loss.last_stats
         if stats is None or stats is self._last_train_stats:
             self.skipped_batches += 1
-            logger.warning(
-                "iteration %s: no new LiLAW training statistics (is the trainer's loss the recorder's?); "
-                "batch not recorded.", engine.state.iteration,
-            )
+            if self.skipped_batches == 1 or self.skipped_batches % 1000 == 0:
+                logger.warning(
+                    "iteration %s: no new LiLAW training statistics (is the trainer's loss the recorder's?); "
+                    "batch not recorded (%d so far).", engine.state.iteration, self.skipped_batches,
+                )
         else:
             self._last_train_stats = stats
             ids, second = self._fwd if self._fwd is not None else (None, None)

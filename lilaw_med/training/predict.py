@@ -141,12 +141,19 @@ def _otsu(values: np.ndarray) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
-def tissue_mask(rgb: np.ndarray, min_saturation: float = 0.05) -> np.ndarray:
-    """Tissue mask of an RGB thumbnail: HSV saturation above Otsu's threshold (and ``min_saturation``).
+def tissue_mask(rgb: np.ndarray, min_saturation: float = 0.05, max_saturation: float = 0.15) -> np.ndarray:
+    """Tissue mask of an RGB thumbnail: HSV saturation above Otsu's threshold, clipped to
+    ``[min_saturation, max_saturation]``.
+
+    Unstained background has a saturation near 0 and H&E-stained tissue well above 0.15. Otsu's
+    threshold separates the two when both are present; the clip keeps it meaningful when they are
+    not (a slide that is all tissue would otherwise be split into nuclei vs stroma, one with no
+    tissue into noise).
 
     Args:
         rgb: (H, W, 3) uint8 or float in [0, 1].
-        min_saturation: floor of the threshold, so a slide with no tissue gives an empty mask.
+        min_saturation: floor of the threshold.
+        max_saturation: ceiling of the threshold.
 
     Returns:
         (H, W) bool mask.
@@ -156,7 +163,7 @@ def tissue_mask(rgb: np.ndarray, min_saturation: float = 0.05) -> np.ndarray:
         x = x / 255.0
     mx, mn = x.max(axis=2), x.min(axis=2)
     sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-12), 0.0)
-    return sat > max(_otsu(sat), min_saturation)
+    return sat > float(np.clip(_otsu(sat), min_saturation, max_saturation))
 
 
 def aggregate_patches(probs: np.ndarray, method: str = "top10") -> np.ndarray:
@@ -279,7 +286,12 @@ def _predict_slide(
     np.save(npy, prob_map)
     written.append(atomic_write(Path(f"{out_prefix}_probmap.npy"), npy.getvalue()))
     # the PNG shows P(class 1) for a binary model, else the top-class probability; grey = no tissue
-    shown = prob_map[..., 1] if num == 2 else np.nanmax(prob_map, axis=2) if len(grid) else prob_map[..., 0]
+    if num == 2:
+        shown = prob_map[..., 1]
+    else:
+        shown = np.full((rows, cols), np.nan, dtype=np.float32)
+        on = np.isfinite(prob_map).all(axis=2)
+        shown[on] = prob_map[on].max(axis=1)
     img = np.full((rows, cols, 3), 128, dtype=np.uint8)
     ok = np.isfinite(shown)
     img[ok] = (np.stack([shown[ok], np.zeros(ok.sum()), 1 - shown[ok]], axis=1) * 255).astype(np.uint8)

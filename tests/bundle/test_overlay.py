@@ -111,3 +111,21 @@ def test_overlay_trains_the_fixture_bundle_and_learns_alpha_beta_delta(
     assert saved["steps"] == 6
     for name, value in learnt.items():
         assert saved["weighting"][name].item() == pytest.approx(value)
+
+
+def test_overlay_defaults_are_the_cores_defaults() -> None:
+    import inspect
+
+    import yaml
+
+    from lilaw_med import LiLAWWeighting
+
+    settings = yaml.safe_load(OVERLAY.read_text())["lilaw"]
+    for cls, names in (
+        (LiLAWWeighting, ("alpha", "beta", "delta")),
+        (LiLAWLoss, ("warmup_epochs", "reduce_classes", "multi_label", "detach_weights")),
+        (LiLAWHandler, ("lr", "weight_decay", "val_mode")),
+    ):
+        params = inspect.signature(cls.__init__).parameters
+        for name in names:
+            assert settings[name] == params[name].default, name

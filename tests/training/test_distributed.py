@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -94,8 +94,6 @@ def _train(rank: int, world_size: int, batch_size: int, context: D.DistributedCo
         train_ids.append(list(engine.state.batch["id"]))
         val_ids.append(list(handler.last_val_batch["id"]))
 
-    from ignite.engine import Events
-
     trainer.add_event_handler(Events.ITERATION_COMPLETED, record)
     trainer.run()
     params = {k: v.detach().clone() for k, v in D.unwrap_network(network).state_dict().items()}
@@ -125,7 +123,7 @@ def _collectives(rank: int) -> dict[str, Any]:
     out["item_table"] = D.gather_item_table(table, seen, dst=0)
     engine = Engine(lambda e, b: None)
     engine.state.output = {"loss": torch.tensor(1.0 + 2 * rank)}
-    D.AverageLossAcrossRanks().__call__(engine)
+    D.AverageLossAcrossRanks()(engine)
     out["averaged_loss"] = float(engine.state.output["loss"])
     logging.getLogger().setLevel(logging.INFO)  # as the CLI sets it
     with D.quiet_unless_rank0():

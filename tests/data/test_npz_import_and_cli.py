@@ -1,0 +1,96 @@
+"""import-npz on the real MedMNIST files, and the sample-data / validate-data commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from lilaw_med.cli import main
+from lilaw_med.data.datalist import load_datalist
+from lilaw_med.data.npz_import import import_npz
+from lilaw_med.data.preflight import check_datalist
+from lilaw_med.data.transforms import build_transforms
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("fmt", ["png", "dicom", "nifti"])
+def test_breastmnist_npz_becomes_real_files_whose_pixels_match_the_arrays(
+    shared_data: Path, tmp_path: Path, fmt: str
+) -> None:
+    path = import_npz(
+        shared_data / "breastmnist.npz", tmp_path, fmt=fmt, class_names=["malignant", "benign"], limit=5
+    )
+    arrays = np.load(shared_data / "breastmnist.npz")
+    dl = load_datalist(path)
+    assert [len(dl.training), len(dl.validation), len(dl.test)] == [5, 5, 5]
+    assert dl.class_names == ["malignant", "benign"]
+    assert check_datalist(dl, expected_dims=2) == []
+    t = build_transforms("radiology_2d", {"spatial_size": None, "intensity": "none"})
+    for i, item in enumerate(dl.training):
+        out = t(item)
+        np.testing.assert_array_equal(out["image"][0].numpy(), arrays["train_images"][i].T.astype(np.float32))
+        assert int(out["label"]) == int(arrays["train_labels"].reshape(-1)[i])
+
+
+@pytest.mark.realdata
+def test_adrenal_3d_npz_is_written_as_nifti_volumes(shared_data: Path, tmp_path: Path) -> None:
+    path = import_npz(shared_data / "adrenalmnist3d.npz", tmp_path, fmt="png", limit=3)
+    dl = load_datalist(path)
+    img = nib.load(dl.training[0]["image"])
+    assert dl.training[0]["image"].endswith(".nii.gz") and img.shape == (28, 28, 28)
+    assert check_datalist(dl, expected_dims=3) == []
+
+
+@pytest.mark.realdata
+def test_import_npz_cli_writes_rgb_dicom(shared_data: Path, tmp_path: Path) -> None:
+    assert (
+        main(
+            [
+                "import-npz",
+                str(shared_data / "pathmnist_1000.npz"),
+                "--format",
+                "dicom",
+                "-o",
+                str(tmp_path),
+                "--limit",
+                "2",
+            ]
+        )
+        == 0
+    )
+    dl = load_datalist(tmp_path / "datalist.json")
+    out = build_transforms("pathology", {})(dl.training[0])
+    assert out["image"].shape == (3, 28, 28)
+
+
+def test_import_npz_names_missing_arrays(tmp_path: Path) -> None:
+    np.savez(tmp_path / "x.npz", images=np.zeros((2, 4, 4)))
+    with pytest.raises(ValueError, match="train_images"):
+        import_npz(tmp_path / "x.npz", tmp_path / "out")
+    assert main(["import-npz", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out")]) == 1
+
+
+def test_sample_data_and_validate_data_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "generated"
+    assert main(["sample-data", str(out), "--n-2d", "16", "--n-3d", "8", "--n-tiles", "40"]) == 0
+    printed = capsys.readouterr().out
+    assert "radiology_2d" in printed and (out / "radiology_2d" / "datalist.json").is_file()
+    assert (
+        json.loads((out / "radiology_3d" / "datalist.json").read_text())["noise_sidecar"]
+        == "datalist_noise.csv"
+    )
+    rc = main(
+        [
+            "validate-data",
+            str(out / "radiology_2d" / "datalist.json"),
+            "--preset",
+            "radiology_2d",
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ]
+    )
+    assert rc == 0 and "no problems" in capsys.readouterr().out

@@ -1,0 +1,57 @@
+"""Pathology: tissue mask, patch aggregation, and `predict` on a whole slide."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from lilaw_med.cli import main
+from lilaw_med.pipelines import pathology_patch
+from lilaw_med.training.predict import aggregate_patches, tissue_mask
+from tests.pipelines.helpers import small_sample_data, tiny_overrides
+
+
+def test_tissue_mask_separates_stained_tissue_from_background() -> None:
+    img = np.full((40, 40, 3), 245, dtype=np.uint8)  # bright, unsaturated glass
+    img[10:30, 5:25] = (200, 120, 180)  # pink H&E-like tissue
+    mask = tissue_mask(img)
+    expected = np.zeros((40, 40), dtype=bool)
+    expected[10:30, 5:25] = True
+    assert np.array_equal(mask, expected)
+    assert not tissue_mask(np.full((8, 8, 3), 250, dtype=np.uint8)).any()
+    assert tissue_mask(np.full((8, 8, 3), (200, 120, 180), dtype=np.uint8)).all()  # all tissue stays tissue
+
+
+def test_slide_aggregations_by_hand() -> None:
+    probs = np.array([[0.9, 0.1]] * 18 + [[0.2, 0.8], [0.1, 0.9]])
+    assert aggregate_patches(probs, "mean") == pytest.approx([(0.9 * 18 + 0.3) / 20, (0.1 * 18 + 1.7) / 20])
+    assert aggregate_patches(probs, "max") == pytest.approx([0.9, 0.9])
+    assert aggregate_patches(probs, "top10") == pytest.approx([0.9, 0.85])  # top 2 of 20 per class
+    with pytest.raises(ValueError, match="slide aggregation"):
+        aggregate_patches(probs, "median")
+
+
+def test_predict_on_a_whole_slide_writes_a_probability_map_and_a_slide_score(tmp_path_factory) -> None:
+    sample = small_sample_data(tmp_path_factory.mktemp("sample"))
+    run = pathology_patch.run(output_dir=tmp_path_factory.mktemp("runs") / "path", overrides=tiny_overrides("pathology_patch", sample))
+    import json
+
+    slide = json.loads(sample["slide"].read_text())["training"][0]["image"]
+    slide = str((sample["slide"].parent / slide).resolve())
+    out = tmp_path_factory.mktemp("pred") / "preds.csv"
+    assert main(["predict", str(run.run_dir), slide, "-o", str(out), "--slide-aggregation", "mean", "--uncalibrated"]) == 0
+    with open(out, newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["kind"] == "slide" and int(row["num_patches"]) > 0
+    stem = out.with_name(f"preds_{row['id'].split('.')[0]}")
+    pmap = np.load(f"{stem}_probmap.npy")
+    with open(f"{stem}_patches.csv", newline="") as f:
+        patches = list(csv.DictReader(f))
+    assert len(patches) == int(row["num_patches"]) == np.isfinite(pmap[..., 0]).sum()
+    scores = [float(row[k]) for k in row if k.startswith("prob_")]
+    per_patch = np.array([[float(p[k]) for k in p if k.startswith("prob_")] for p in patches])
+    assert np.allclose(scores, per_patch.mean(axis=0), atol=1e-5)  # "mean" aggregation
+    assert np.allclose(np.nansum(pmap, axis=2)[np.isfinite(pmap[..., 0])], 1.0, atol=1e-5)
+    assert open(f"{stem}_probmap.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
