@@ -127,8 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         status = run_cli(argv_next, kill=kill, log=log)
         t_killed += time.perf_counter() - t
-        if status == 0:  # the kill point was never reached (e.g. a checkpoint not written there)
-            break
+        if status != -9:  # never reached (the run finished) or a failure: stop and say so
+            print(
+                f"segment {kills_done + 1} ended with exit {status} instead of SIGKILL; see {log}",
+                file=sys.stderr,
+            )
+            return 1
         kills_done += 1
         broken = half_written_files(run)
         newest = _newest_valid(run)

@@ -186,7 +186,10 @@ def main(
         comp = compare_methods(per_method, "lilaw", "ce")
         name = f"{kind} {rate:.0%}" if kind != "none" else "no noise"
         report["cells"][name] = comp
-        md.append(format_comparison(f"{DATASET}, {name}", comp))
+        if comp["seeds"]:
+            md.append(format_comparison(f"{DATASET}, {name}", comp))
+        else:
+            md.append(f"**{DATASET}, {name}**: no paired runs yet (budget spent; rerun to continue from the cache).")
     sym = report["cells"].get("symmetric 40%")
     if sym and sym["seeds"]:
         d = sym["checkpoints"]["final"]["auroc"]["diff"]

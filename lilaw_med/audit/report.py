@@ -381,6 +381,19 @@ def _audit_split(
             row["true_class"] = _class_name(names, int(t))
         rows.append(row)
     counts = np.bincount(labels, minlength=n_classes)
+    warnings_: list[str] = []
+    window = d["pred_label"][skip_epochs:][: max_epochs or None] if skip_epochs < len(dyn.epochs) else d["pred_label"][-1:]
+    seen_w = window >= 0
+    agreement = float((window == labels[None, :])[seen_w].mean()) if seen_w.any() else math.nan
+    chance = float(counts.max() / max(counts.sum(), 1))
+    if math.isfinite(agreement) and agreement < chance + 0.02:
+        warnings_.append(
+            f"in the scored epochs the network's predictions agree with the given {split} labels no better than "
+            f"always predicting the largest class ({agreement:.3f} vs {chance:.3f}): it had not learnt yet, so the "
+            "scores and the noise-rate estimate are unreliable. Score more epochs (--epoch-fraction / --max-epochs) "
+            "or train longer."
+        )
+        logger.warning("audit of the %s items: %s", split, warnings_[-1])
     split_summary = {
         "n_items": len(rows), "n_epochs": len(dyn.epochs), "epochs_scored": max_epochs or len(dyn.epochs),
         "n_label_issues": int(flags.sum()),
@@ -391,6 +404,8 @@ def _audit_split(
             for k in range(n_classes)
         ],
         "estimated_noise_rate": _f(float((rates * counts).sum() / max(counts.sum(), 1))),
+        "agreement_in_scored_epochs": _f(agreement), "largest_class_share": _f(chance),
+        "warnings": warnings_,
     }
     return {"rows": rows, "summary": split_summary, "dynamics": dyn, "labels": labels, "scores": q,
             "flags": flags, "pred": pred, "dict": d, "names": names}
@@ -588,6 +603,8 @@ def render_html(
     for split, info in summary["splits"].items():
         parts.append(f"<h2>{_e(split.capitalize())} items: {info['n_items']} audited, "
                      f"{info['n_label_issues']} suspected mislabels (estimated noise rate {_e(_fmt(info['estimated_noise_rate']))})</h2>")
+        for w in info.get("warnings", []):
+            parts.append(f"<p class='issue'>Warning: {_e(w)}</p>")
         head = "".join(f"<th>{_e(lv)}</th>" for lv in DIFFICULTY_LEVELS)
         parts.append(f"<table><tr><th class='l'>class</th><th>items</th>{head}<th>est. noise rate</th>"
                      "<th>score threshold</th><th>flagged</th></tr>")

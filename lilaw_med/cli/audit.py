@@ -33,6 +33,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     for split, info in result.summary["splits"].items():
         print(f"{split}: {info['n_items']} items, {info['n_label_issues']} suspected mislabels "
               f"(estimated noise rate {_fmt(info['estimated_noise_rate'])})")
+        for w in info.get("warnings", []):
+            print(f"  warning: {w}")
     if result.detection is not None:
         d = result.detection
         print(f"detection against the noise sidecar ({d['n_mislabeled']} of {d['n_items']} training labels wrong):")

@@ -378,7 +378,8 @@ def _dicom_header(p: Path, kind: str, decode: bool) -> ImageHeader:
     frames, channels, finite = 1, 1, None
     for f in files:
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=not decode)
+            # header mode: large values (the pixels) stay on disk, their position and length known
+            ds = pydicom.dcmread(f, defer_size=None if decode else 1024)
         except Exception as e:
             raise ValueError(f"{f}: not a readable DICOM file ({type(e).__name__}: {e}).") from e
         if "Rows" not in ds or "Columns" not in ds:
@@ -394,7 +395,7 @@ def _dicom_header(p: Path, kind: str, decode: bool) -> ImageHeader:
                 f"{f}: invalid image header value ({e}); expected integers in Rows, Columns, NumberOfFrames, SamplesPerPixel."
             ) from e
         if not decode:
-            # the header read stops before the pixels: check they are there and complete
+            # the pixels were not read: check they are there and complete
             _check_pixel_element(f, ds)
         if decode:
             arr = DicomReader()._get_array_data(ds, f)
@@ -414,24 +415,15 @@ def _dicom_header(p: Path, kind: str, decode: bool) -> ImageHeader:
 
 
 def _check_pixel_element(filename: str, ds: Any) -> None:
-    """Checks, from the header only, that the pixel data is present and not cut short."""
-    import pydicom
-
-    if "Rows" not in ds:
-        return  # reported by the caller as "no image"
-    # re-read the tag positions lazily: defer_size keeps big values on disk
-    try:
-        full = pydicom.dcmread(filename, defer_size=1024)
-    except Exception as e:
-        raise ValueError(f"{filename}: not a readable DICOM file ({type(e).__name__}: {e}).") from e
-    if "PixelData" not in full and "FloatPixelData" not in full and "DoubleFloatPixelData" not in full:
+    """Checks, from a header read with deferred values, that the pixel data is there and complete."""
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ValueError(
             f"{filename}: no pixel data (Modality {ds.get('Modality', '?')}); expected an image."
         )
-    syntax = getattr(getattr(full, "file_meta", None), "TransferSyntaxUID", None)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is not None and syntax.is_compressed:
         return  # encapsulated: the length is not known from the header
-    elem = full.get_item(0x7FE00010, keep_deferred=True)
+    elem = ds.get_item(0x7FE00010, keep_deferred=True)
     if elem is None:
         return
     bits = int(ds.get("BitsAllocated", 8) or 8)

@@ -125,9 +125,9 @@ def render_ct_volume(
     vol[(x**2 + (y + 0.45) ** 2 < 0.02) & body] = 450.0  # vertebra
     if lesion:
         c = np.array([-0.35, 0.1, 0.0]) + rng.uniform(-0.15, 0.15, 3) * np.array([0.6, 0.6, 1.0])
-        r = rng.uniform(0.14, 0.22)
+        r = rng.uniform(0.2, 0.3)
         vol[(x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 < r**2] = anatomy["liver_hu"] + rng.uniform(
-            70, 120
+            150, 250
         )
     vol = gaussian_filter(vol, 0.7) + rng.normal(0.0, 12.0, vol.shape)
     return np.clip(np.round(vol), -1024, 3071).astype(np.int16)

@@ -17,6 +17,7 @@ and a crafted file cannot run code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -40,10 +41,14 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CheckpointHandler",
     "CheckpointInfo",
+    "capture_loader_rng_state",
     "capture_rng_state",
     "find_checkpoints",
     "load_latest_checkpoint",
+    "load_object_state",
+    "object_state",
     "read_checkpoint",
+    "restore_loader_rng_state",
     "restore_rng_state",
 ]
 
@@ -126,6 +131,84 @@ def restore_rng_state(state: Mapping[str, torch.Tensor]) -> None:
                 cuda.shape[0],
                 torch.cuda.device_count() if torch.cuda.is_available() else 0,
             )
+
+
+def _transform_randomizables(loader: Any) -> list[Any]:
+    """The random transforms of a loader's dataset, in a stable order (Compose, wrappers, nested)."""
+    from monai.transforms import Randomizable, Transform
+
+    found: list[Any] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any) -> None:
+        if isinstance(obj, (list, tuple)):
+            for o in obj:
+                visit(o)
+            return
+        if not isinstance(obj, (Transform, Randomizable)) or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(getattr(obj, "R", None), np.random.RandomState):
+            found.append(obj)
+        for value in vars(obj).values():
+            visit(value)
+
+    visit(getattr(getattr(loader, "dataset", None), "transform", None))
+    return found
+
+
+def capture_loader_rng_state(loader: Any) -> dict[str, torch.Tensor]:
+    """The random state of a data loader: its ``generator`` (the seed of each iterator's workers) and
+    the ``R`` generators of its dataset's random transforms (which advance in the main process when
+    ``num_workers=0``), as tensors.
+
+    Args:
+        loader: a ``DataLoader`` (anything without these parts gives an empty dict).
+
+    Returns:
+        ``{"generator": uint8 (S,), "transform_keys": int64 (T, 624), "transform_meta": float64 (T, 3)
+        (pos, has_gauss, cached_gaussian)}``, each present when there is something to save.
+    """
+    state: dict[str, torch.Tensor] = {}
+    generator = getattr(loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        state["generator"] = generator.get_state()
+    randomizables = _transform_randomizables(loader)
+    if randomizables:
+        keys, meta = [], []
+        for t in randomizables:
+            _, k, pos, has_gauss, gauss = t.R.get_state()
+            keys.append(np.asarray(k, dtype=np.int64))
+            meta.append([pos, has_gauss, gauss])
+        state["transform_keys"] = torch.from_numpy(np.stack(keys))
+        state["transform_meta"] = torch.tensor(meta, dtype=torch.float64)
+    return state
+
+
+def restore_loader_rng_state(loader: Any, state: Mapping[str, torch.Tensor]) -> None:
+    """Restores what :func:`capture_loader_rng_state` captured into a loader built the same way.
+
+    Args:
+        loader: the new run's data loader.
+        state: the saved state.
+    """
+    generator = getattr(loader, "generator", None)
+    if "generator" in state and isinstance(generator, torch.Generator):
+        generator.set_state(state["generator"].to(torch.uint8).cpu())
+    if "transform_keys" not in state:
+        return
+    randomizables = _transform_randomizables(loader)
+    keys, meta = state["transform_keys"], state["transform_meta"]
+    if len(randomizables) != keys.shape[0]:
+        logger.warning(
+            "the checkpoint holds the state of %d random transforms but the training data has %d: random "
+            "augmentations will differ from the interrupted run.",
+            keys.shape[0],
+            len(randomizables),
+        )
+        return
+    for t, k, m in zip(randomizables, keys, meta.tolist(), strict=True):
+        t.R.set_state(("MT19937", k.numpy().astype(np.uint32), int(m[0]), int(m[1]), float(m[2])))
 
 
 # ------------------------------------------------------------------ reading
@@ -321,7 +404,9 @@ class CheckpointHandler:
     epoch's validation: a resume never skips an epoch's evaluation.
 
     Besides each object's ``state_dict()``, a checkpoint holds the engine's counters, the RNG states,
-    the training loader's batch size and sampler length (to place the resumable sampler on resume) and,
+    the training loader's batch size and sampler length (to place the resumable sampler on resume) and its
+    random state (its generator and those of its random transforms, see :func:`capture_loader_rng_state`)
+    and,
     for a MONAI trainer with AMP, ``engine.scaler.state_dict()``.
 
     Args:
@@ -406,7 +491,8 @@ class CheckpointHandler:
             if info.iteration > engine.state.iteration:
                 # from a timeline this run does not continue (e.g. a corrupt newer checkpoint skipped on resume)
                 stale = info.path.with_name(info.path.name + ".stale")
-                info.path.replace(stale)
+                with contextlib.suppress(FileNotFoundError):
+                    info.path.replace(stale)
                 logger.warning(
                     "set aside %s (iteration %d is after this run's start %d) as %s.",
                     info.path.name,
@@ -461,6 +547,7 @@ class CheckpointHandler:
             "saved_at": time.time(),
             "objects": {name: object_state(obj) for name, obj in self.objects.items()},
             "rng": capture_rng_state(),
+            "loader_rng": capture_loader_rng_state(loader),
         }
         scaler = getattr(engine, "scaler", None)
         if scaler is not None and callable(getattr(scaler, "state_dict", None)):

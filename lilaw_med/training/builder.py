@@ -221,7 +221,10 @@ def prepare_datalist(config: Mapping[str, Any], run_dir: RunDir | None = None, d
         )
     preflight = _optional("lilaw_med.data.preflight", "preflight_or_raise")
     if preflight is not None:
-        datalist = preflight(datalist, data["skip_bad"], run_dir.root if run_dir is not None else None)
+        datalist = preflight(
+            datalist, data["skip_bad"], run_dir.root if run_dir is not None else None,
+            expected_dims=config["model"]["spatial_dims"] or PRESET_CHANNELS[data["preset"]][1],
+        )
     else:
         logger.warning("pre-flight check unavailable (lilaw_med.data.preflight missing): items are not checked.")
     if not datalist.training:
@@ -445,13 +448,18 @@ def build_components(
         torch.manual_seed(seed)
 
     if datalist is None:
-        datalist = prepare_datalist(cfg, run_dir)
+        datalist = prepare_datalist(cfg, run_dir if rank == 0 else None)  # only rank 0 writes
     num_classes = datalist.num_classes
     if num_classes < 2 and not data["multi_label"]:
         raise ConfigError(f"the datalist has {num_classes} class(es); classification needs at least 2.")
     if cfg["loss"]["name"] == "bce" and not data["multi_label"] and num_classes != 2:
         raise ConfigError(f"loss.name 'bce' needs 2 classes (or data.multi_label) but the data has {num_classes}.")
     num_outputs = 1 if cfg["loss"]["name"] == "bce" and not data["multi_label"] else num_classes
+    if cfg["eval"]["calibration"] == "threshold" and (data["multi_label"] or num_classes != 2):
+        raise ConfigError(
+            "config field 'eval.calibration' is 'threshold', which applies to binary tasks only, but the data "
+            f"has {num_classes} {'labels' if data['multi_label'] else 'classes'}; use 'temperature' or 'none'."
+        )
     default_channels, default_dims = PRESET_CHANNELS[data["preset"]]
     options = transform_options(cfg)
     spatial_dims = model["spatial_dims"] or default_dims
@@ -603,12 +611,13 @@ def _attach_run_handlers(c: TrainingComponents, run_dir: RunDir, progress: bool)
 
         LrScheduleHandler(c.scheduler, print_lr=False, epoch_level=True).attach(c.trainer)
 
-    nonfinite = _optional("lilaw_med.handlers.nonfinite", "NonFiniteLossHandler") or _optional(
-        "lilaw_med.handlers.nonfinite", "StopOnNonFiniteLoss"
-    )
+    # before the checkpoint handler: a non-finite loss stops the run before anything is saved
+    nonfinite = _optional("lilaw_med.handlers.nonfinite", "NonFiniteLossHandler")
     if nonfinite is not None:
-        with contextlib.suppress(TypeError):
-            nonfinite().attach(c.trainer)
+        handlers["nonfinite"] = nonfinite(loss=c.loss)
+        handlers["nonfinite"].attach(c.trainer)
+    else:
+        logger.warning("lilaw_med.handlers.nonfinite is not available: a non-finite loss does not stop the run.")
 
     attach_checkpointing = _optional("lilaw_med.training.resume", "attach_checkpointing")
     objects = checkpoint_objects(c, handlers)
@@ -626,7 +635,8 @@ def _attach_run_handlers(c: TrainingComponents, run_dir: RunDir, progress: bool)
         from ignite.handlers import ProgressBar
 
         def show(output: Any) -> dict[str, float]:
-            values = {"loss": float(output["loss"])} if isinstance(output, Mapping) else {}
+            loss_value = output.get("loss") if isinstance(output, Mapping) else None
+            values = {"loss": float(loss_value.detach())} if isinstance(loss_value, torch.Tensor) else {}
             if c.lilaw_handler is not None:
                 values.update({k[0]: v for k, v in c.loss.weighting.as_dict().items()})  # a, b, d
             return values

@@ -131,6 +131,8 @@ def run_refine(
         initial.run_dir, root / "audit", method=r["method"], max_epochs=max_epochs, rule=r["rule"],
         noise_rate_method=r["noise_rate_method"], noise_rate=r.get("noise_rate"), threshold=r.get("threshold"),
     )
+    for w in audit.summary["splits"]["training"].get("warnings", []):
+        logger.warning("refine: %s The exclusions may be close to random.", w)
     splits = {"training", "validation"} if exclude_validation else {"training"}
     excluded = [row for row in audit.rows if row["is_label_issue"] and row["split"] in splits]
     buf = io.StringIO()
@@ -150,6 +152,7 @@ def run_refine(
         "rule": {**r, "max_epochs": max_epochs, "exclude_validation": exclude_validation},
         "n_excluded": len(excluded),
         "estimated_noise_rate": audit.summary["splits"]["training"]["estimated_noise_rate"],
+        "warnings": audit.summary["splits"]["training"].get("warnings", []),
         "initial": {"run_dir": str(initial.run_dir), **_metrics(initial.summary)},
         "refined": {"run_dir": str(refined.run_dir), **_metrics(refined.summary)},
         "audit": str(root / "audit"),

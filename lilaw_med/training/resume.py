@@ -19,11 +19,15 @@ How a resumed run continues *exactly* as the uninterrupted one would (on CPU, de
   from torch's generator, which the uninterrupted run did not do mid-epoch; so after a mid-epoch
   checkpoint the states are restored just before the first batch is fetched (after ignite re-created
   the iterator), and the LiLAW validation iterator is re-opened at its cursor before the restore.
+* the training loader's own generator and the random states of its dataset's random transforms
+  (augmentations) are saved and restored at the same moment, so augmented runs with ``num_workers=0``
+  resume exactly too (with worker processes, see docs/fault_tolerance.md).
 * AMP: MONAI's ``Trainer.run`` creates a new ``GradScaler``; its saved state is loaded at ``STARTED``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,8 +40,10 @@ from lilaw_med.data.sampler import ResumableSampler
 from lilaw_med.handlers.checkpoint import (
     CheckpointHandler,
     capture_rng_state,
+    find_checkpoints,
     load_latest_checkpoint,
     load_object_state,
+    restore_loader_rng_state,
     restore_rng_state,
 )
 from lilaw_med.handlers.meta_step import LiLAWHandler
@@ -142,20 +148,28 @@ def resume_from(
             object's ``load_state_dict``).
 
     Returns:
-        The iteration the run resumes from (the number of iterations already done).
+        The iteration the run resumes from (the number of iterations already done); 0 when the run folder
+        has no checkpoint yet (killed before its first one): nothing is loaded and training starts over.
 
     Raises:
-        FileNotFoundError: when the run folder has no checkpoint.
         ValueError: when every checkpoint is unusable, the checkpoint lacks an object that is given
             (or vice versa), the data changed (a different number of samples per epoch or batch size),
             or a mid-epoch checkpoint is resumed without a :class:`ResumableSampler`.
     """
     run_dir = Path(run_dir)
     save_dir = run_dir / CHECKPOINT_DIR
+    if not find_checkpoints(save_dir):
+        # killed before its first checkpoint: nothing was saved, so nothing can be lost by starting over
+        logger.warning(
+            "no checkpoint in %s yet (the run stopped before its first one): training starts from the beginning.",
+            save_dir,
+        )
+        return 0
     info, ckpt, rejected = load_latest_checkpoint(save_dir, map_location=map_location)
     for bad, reason in rejected:
         corrupt = bad.path.with_name(bad.path.name + ".corrupt")
-        bad.path.replace(corrupt)
+        with contextlib.suppress(FileNotFoundError):  # another rank of a distributed run moved it first
+            bad.path.replace(corrupt)
         logger.warning(
             "checkpoint %s is unusable (%s): kept as %s; resuming from the previous good one, %s.",
             bad.path,
@@ -249,11 +263,17 @@ def resume_from(
         _once(trainer, Events.STARTED, _load_scaler)
 
     trainer.state.last_checkpoint = str(info.path)
-    rng = ckpt["rng"]
-    if in_epoch:
-        _once(trainer, Events.GET_BATCH_STARTED, lambda _: restore_rng_state(rng))
-    else:
+    rng, loader_rng = ckpt["rng"], ckpt.get("loader_rng", {})
+
+    def _restore(_: Any = None) -> None:
         restore_rng_state(rng)
+        if loader is not None:
+            restore_loader_rng_state(loader, loader_rng)
+
+    if in_epoch:
+        _once(trainer, Events.GET_BATCH_STARTED, _restore)
+    else:
+        _restore()
 
     where = (
         f"inside epoch {iteration // epoch_length + 1} (iteration {in_epoch} of {epoch_length})"

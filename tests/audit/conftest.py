@@ -27,7 +27,7 @@ def _item_id(i: int) -> str:
     return HOSTILE_ID if i == 5 else f"img-{i:02d}"
 
 
-def make_run_folder(root: Path, with_truth: bool = True) -> Path:
+def make_run_folder(root: Path, with_truth: bool = True, learned: bool = True) -> Path:
     rng = np.random.default_rng(0)
     run = root / "run"
     (root / "images").mkdir(parents=True)
@@ -71,7 +71,7 @@ def make_run_folder(root: Path, with_truth: bool = True) -> Path:
         rec._epoch_started(eng)
         agree = torch.tensor([(-1.0 + epoch if i in WRONG else 2.0 + 0.1 * (i % 5)) for i in range(N_TRAIN)])
         logits = torch.zeros(N_TRAIN, 2)
-        logits[torch.arange(N_TRAIN), labels] = agree
+        logits[torch.arange(N_TRAIN), labels] = agree if learned else 0.0
         for start in range(0, N_TRAIN, 8):
             sl = slice(start, start + 8)
             loss(logits[sl], labels[sl])

@@ -122,3 +122,12 @@ def test_thumbnails_take_the_middle_slice_of_a_volume():
     assert img.shape == (6, 8) and img.dtype == np.uint8 and img[0, -1] == 255 and img[0, 0] == 0
     assert to_display(np.random.rand(3, 8, 6)).shape == (6, 8, 3)
     assert thumbnail_png(img).startswith(b"\x89PNG")
+
+
+def test_an_unlearnt_scoring_window_is_reported(tmp_path, capsys):
+    run = make_run_folder(tmp_path, learned=False)  # every prediction is class 0 in every epoch
+    assert main(["audit", str(run), "--no-thumbnails", "--no-final-model-baseline"]) == 0
+    assert "no better than always predicting the largest class" in capsys.readouterr().out
+    summary = json.loads((run / "audit" / "audit.json").read_text())["summary"]["splits"]["training"]
+    assert summary["warnings"] and summary["agreement_in_scored_epochs"] <= summary["largest_class_share"]
+    assert "Warning:" in (run / "audit" / "report.html").read_text()

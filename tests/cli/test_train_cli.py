@@ -168,3 +168,12 @@ def test_a_bad_override_type_names_the_field(tmp_path: Path, capsys) -> None:
 def test_device_cuda_without_a_gpu_is_a_clear_error(sample: dict, tmp_path: Path, capsys) -> None:
     assert _train("radiology_2d", "radiology_2d.yaml", sample, tmp_path / "r", "train.device=cuda") == 1
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_evaluate_on_another_datalist(run_2d: Path, sample: dict, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(run_2d), "--datalist", str(sample["radiology_2d"]), "-o", str(out), "--uncalibrated"]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["splits"]) == ["datalist"] and report["calibration"]["method"] == "none"
+    all_items = json.loads(sample["radiology_2d"].read_text())
+    assert report["splits"]["datalist"]["n"] == sum(len(all_items.get(s, [])) for s in ("training", "validation", "test"))

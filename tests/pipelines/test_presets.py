@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 import yaml
-
 from lilaw_med.pipelines import pathology_patch, radiology_2d, radiology_3d
+
 from lilaw_med.training.config import validate_config
 from lilaw_med.training.run_dir import RunDir
 from tests.pipelines.helpers import small_sample_data, tiny_overrides
@@ -98,3 +98,34 @@ def test_run_folder_contains_every_artefact(sample: dict, tmp_path) -> None:
     header = rd.lilaw_iterations.read_text().splitlines()[0].split(",")
     assert {"iteration", "alpha", "beta", "delta", "weight_mean"} <= set(header)
     assert len(rd.lilaw_iterations.read_text().splitlines()) == 1 + summary["iterations"]
+
+
+def test_binary_bce_balanced_sampler_sgd_cosine_and_loss_key_metric_train_end_to_end(sample: dict, tmp_path) -> None:
+    extra = ("loss.name=bce", "loss.class_balance=sampler", "optim.name=sgd", "schedule.name=cosine",
+             "eval.key_metric=loss", "eval.calibration=temperature", "train.epochs=2")
+    result = radiology_2d.run(output_dir=tmp_path / "v", overrides=tiny_overrides("radiology_2d", sample, *extra))
+    s = result.summary
+    ckpt = torch.load(RunDir(result.run_dir).best_model, weights_only=True)
+    assert ckpt["num_outputs"] == 1 and ckpt["key_metric"] == "loss"
+    assert s["best_val_metric"] == min(e["val_loss"] for e in result.epochs)
+    assert result.epochs[1]["lr"] < result.epochs[0]["lr"]  # cosine decays
+    assert s["calibration"]["best"]["temperature"] > 0 and s["lilaw"]["meta_steps"] == s["iterations"]
+
+
+def test_multi_label_trains_with_per_label_weights(sample: dict, tmp_path) -> None:
+    src = json.loads(sample["radiology_2d"].read_text())
+    base = sample["radiology_2d"].parent
+    ml = {"class_names": ["opacity", "first_view"], "multi_label": True}
+    for split in ("training", "validation", "test"):
+        ml[split] = [
+            {"id": it["id"], "image": str(base / it["image"]), "group": it["group"],
+             "label": [int(it["label"]), int(it["id"].endswith("_0.dcm"))]}
+            for it in src.get(split, [])
+        ]
+    path = tmp_path / "ml.json"
+    path.write_text(json.dumps(ml))
+    extra = ("data.multi_label=true", "loss.name=bce", "eval.calibration=temperature")
+    result = radiology_2d.run(output_dir=tmp_path / "r", overrides=tiny_overrides("radiology_2d", {"radiology_2d": path}, *extra))
+    s = result.summary
+    assert s["lilaw"]["meta_steps"] == s["iterations"] and set(s["final"]["test"]["per_class"]) == {"opacity", "first_view"}
+    assert torch.load(RunDir(result.run_dir).final_model, weights_only=True)["num_outputs"] == 2

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 KILL_KINDS = ("iteration", "batch", "epoch_end", "ckpt_write")
+FORK_AND_PROC = sys.platform == "linux"  # run_cli forks, and the checkpoint-write kill reads /proc/self/fd
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,9 @@ def run_cli(argv: Sequence[str], kill: Kill | None = None, log: Path | None = No
     Returns:
         The exit status, or ``-signal`` when the child was killed by a signal.
     """
+    import lilaw_med.cli.train  # noqa: F401  (every module the child needs is imported once, before the fork)
+    import lilaw_med.training.builder  # noqa: F401
+    import lilaw_med.training.resume  # noqa: F401
     from lilaw_med.cli import main
 
     sys.stdout.flush()

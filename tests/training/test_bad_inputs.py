@@ -25,7 +25,18 @@ from lilaw_med.handlers.checkpoint import find_checkpoints, read_checkpoint
 from lilaw_med.handlers.nonfinite import NonFiniteLossError, NonFiniteLossHandler
 from lilaw_med.losses import LiLAWLoss
 from lilaw_med.training.resume import attach_checkpointing
-from tests.training.fault_harness import half_written_files, run_cli, write_tiny_config, write_tiny_data
+from tests.training.fault_harness import (
+    FORK_AND_PROC,
+    half_written_files,
+    run_cli,
+    write_tiny_config,
+    write_tiny_data,
+)
+
+pytestmark = pytest.mark.skipif(
+    not FORK_AND_PROC, reason="forks the lilaw-med CLI and reads /proc: Linux only"
+)
+
 
 N_TRAIN = 8
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.training.fault_harness import (
+    FORK_AND_PROC,
     Kill,
     differences,
     half_written_files,
@@ -18,6 +19,11 @@ from tests.training.fault_harness import (
     write_tiny_config,
     write_tiny_data,
 )
+
+pytestmark = pytest.mark.skipif(
+    not FORK_AND_PROC, reason="forks the lilaw-med CLI and reads /proc: Linux only"
+)
+
 
 EPOCHS, ITERATIONS = (
     3,
@@ -84,22 +90,13 @@ def test_sigkilled_and_resumed_run_equals_uninterrupted_run(task: dict[str, Path
     )  # the kill inside a write left one; resume removed it
 
 
-def test_resume_before_any_checkpoint_is_a_clear_error(task: dict[str, Path]) -> None:
+def test_resume_before_any_checkpoint_starts_over(task: dict[str, Path]) -> None:
     run, log = task["root"] / "early", task["root"] / "early.log"
-    assert (
-        run_cli(
-            ["train", "--config", str(task["config"]), "--output", str(run)],
-            kill=Kill("iteration", 1),
-            log=log,
-        )
-        == -9
-    )
-    assert run_cli(["train", "--resume", str(run)], log=log) == 1
-    message = log.read_text().strip().splitlines()[-1]
-    assert (
-        message.startswith("lilaw-med train: error:") and "no checkpoint" in message and str(run) in message
-    )
-    assert "Traceback" not in log.read_text()
+    kill = Kill("ckpt_write", 2)  # dies writing the very first checkpoint
+    assert run_cli(["train", "--config", str(task["config"]), "--output", str(run)], kill=kill, log=log) == -9
+    assert run_cli(["train", "--resume", str(run)], log=log) == 0
+    assert "training starts from the beginning" in log.read_text()
+    assert differences(run_record(run), run_record(task["reference"])) == []
 
 
 def test_resuming_a_finished_run_trains_nothing(task: dict[str, Path]) -> None:
@@ -108,3 +105,21 @@ def test_resuming_a_finished_run_trains_nothing(task: dict[str, Path]) -> None:
     assert run_cli(["train", "--resume", str(task["reference"])], log=log) == 0
     assert differences(run_record(task["reference"]), before) == []
     assert "SupervisedTrainer: Epoch[" not in log.read_text()  # no training epoch ran again
+
+
+def test_augmented_run_resumed_mid_epoch_equals_uninterrupted_run(task: dict[str, Path]) -> None:
+    """Random flips draw from the transforms' own generators: the checkpoint keeps their states too."""
+    import yaml
+
+    root = task["root"]
+    cfg = yaml.safe_load(task["config"].read_text())
+    cfg["data"]["options"]["flip"] = True
+    cfg["train"]["epochs"] = 2
+    config = root / "augmented.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    reference, run, log = root / "augmented_reference", root / "augmented_killed", root / "augmented.log"
+    assert run_cli(["train", "--config", str(config), "--output", str(reference)], log=log) == 0
+    kill = Kill("iteration", 7)  # epoch 2, after the checkpoint of iteration 6
+    assert run_cli(["train", "--config", str(config), "--output", str(run)], kill=kill, log=log) == -9
+    assert run_cli(["train", "--resume", str(run)], log=log) == 0
+    assert differences(run_record(run), run_record(reference)) == []

@@ -322,10 +322,10 @@ def test_resuming_a_finished_run_is_recognised(tmp_path: Path) -> None:
     assert run_is_complete(run["trainer"])
 
 
-def test_resume_without_checkpoint_or_with_changed_data_is_a_clear_error(tmp_path: Path) -> None:
-    run = _build(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        resume_from(tmp_path / "empty", run["trainer"], run["objects"], run["sampler"])
+def test_resume_without_checkpoint_starts_over_and_bad_resumes_are_clear_errors(tmp_path: Path) -> None:
+    run = _build(tmp_path / "empty")  # killed before its first checkpoint: starts over, nothing loaded
+    assert resume_from(tmp_path / "empty", run["trainer"], run["objects"], run["sampler"]) == 0
+    assert run["trainer"].state.iteration == 0
     run = _build(tmp_path, every_n_iterations=4)
     _crash_at(run, 5)
     with pytest.raises(_Crash):
@@ -361,7 +361,27 @@ def test_amp_grad_scaler_state_is_restored(tmp_path: Path, monkeypatch: pytest.M
     saved = torch.load(tmp_path / "run" / "checkpoints" / "ckpt_000000008.pt", weights_only=True)["scaler"]
     assert saved["scale"] == 128.0  # 8 doubled after steps 2, 4, 6 and 8
     run = _build(tmp_path / "run", init_seed=5, every_n_iterations=4, max_epochs=2, amp=True)
-    assert resume_from(tmp_path / "run", run["trainer"], run["objects"], run["sampler"]) == 8  # inside epoch 2
+    assert (
+        resume_from(tmp_path / "run", run["trainer"], run["objects"], run["sampler"]) == 8
+    )  # inside epoch 2
     run["trainer"].run()
     assert run["trainer"].scaler.state_dict() == ref["trainer"].scaler.state_dict()
     _assert_same(_final(run), _final(ref))
+
+
+def test_checkpoint_missing_from_a_lost_or_broken_index_is_still_found(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from lilaw_med.handlers.checkpoint import load_latest_checkpoint
+
+    run = _build(tmp_path, max_epochs=2)
+    run["trainer"].run()
+    folder = tmp_path / "checkpoints"
+    index = folder / "index.json"
+    index.write_text('{"checkpoints": [{"file": "ckpt_000000006.pt"')  # a kill can't do this, a disk error can
+    with caplog.at_level(logging.WARNING, logger="lilaw_med.handlers.checkpoint"):
+        info, ckpt, rejected = load_latest_checkpoint(folder)
+    assert (info.iteration, info.sha256, rejected) == (12, None, [])  # found by name, verified by loading
+    assert "index" in caplog.text and "unreadable" in caplog.text
+    index.unlink()  # killed between writing the checkpoint and the index
+    assert load_latest_checkpoint(folder)[0].iteration == 12

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 
 import numpy as np
@@ -95,3 +96,32 @@ def test_rng_capture_is_tensors_only_and_restores_every_generator(tmp_path) -> N
     got = (random.random(), random.gauss(0, 1), np.random.rand(), np.random.randn(), torch.rand(3))
     assert got[:4] == expected[:4]
     assert torch.equal(got[4], expected[4])
+
+
+def test_loader_rng_capture_restores_generator_and_random_transforms() -> None:
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose, RandAffined, RandFlipd
+
+    from lilaw_med.handlers.checkpoint import capture_loader_rng_state, restore_loader_rng_state
+
+    items = [{"image": torch.arange(16.0).reshape(1, 4, 4) + i} for i in range(6)]
+    transform = Compose(
+        [RandFlipd("image", prob=0.5, spatial_axis=0), RandAffined("image", prob=0.5, rotate_range=1.0)]
+    )
+    loader = DataLoader(Dataset(items, transform), batch_size=2, generator=torch.Generator().manual_seed(3))
+    state = capture_loader_rng_state(loader)
+    assert (
+        state["transform_keys"].shape[0] >= 3
+    )  # the Compose, the flip, the affine (and its inner random parts)
+    first = [b["image"].clone() for b in loader]
+    restore_loader_rng_state(loader, torch.load(_roundtrip(state), weights_only=True))
+    again = [b["image"] for b in loader]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, [b["image"] for b in loader], strict=True))
+
+
+def _roundtrip(obj: object) -> io.BytesIO:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
