@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dir", type=Path, help="output folder (e.g. sample_data/generated)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-2d", type=int, default=300, help="number of 2D DICOM images (default 300)")
-    p.add_argument("--n-3d", type=int, default=120, help="number of 3D NIfTI volumes (default 120)")
+    p.add_argument("--n-3d", type=int, default=200, help="number of 3D NIfTI volumes (default 200)")
     p.add_argument("--n-tiles", type=int, default=300, help="number of pathology tiles (default 300)")
     p.add_argument(
         "--noise-rate", type=float, default=0.2, help="symmetric noise rate in training/validation"

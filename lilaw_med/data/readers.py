@@ -158,6 +158,17 @@ class DicomReader(PydicomReader):
             meta["spatial_shape"] = tuple(array.shape[:-1])
         return array, meta
 
+    def _get_meta_dict(self, img: Any) -> dict:
+        # the parent converts the whole header to JSON and then keeps five tags: convert those only
+        if not self.prune_metadata:
+            return super()._get_meta_dict(img)
+        meta = {}
+        for key in ("00200037", "00200032", "00280030", "52009229", "52009230"):
+            tag = int(key, 16)
+            if tag in img:
+                meta[key] = img[tag].to_json_dict(bulk_data_element_handler=None, bulk_data_threshold=1024)
+        return meta
+
     def _combine_dicom_series(self, data: Any, filenames: Sequence[Any]) -> Any:
         shapes = {(int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))) for ds in data}
         if len(shapes) > 1:

@@ -472,7 +472,7 @@ def write_sample_data(
     out_dir: str | os.PathLike,
     seed: int = 0,
     n_2d: int = 300,
-    n_3d: int = 120,
+    n_3d: int = 200,
     n_tiles: int = 300,
     n_slides: int = 5,
     slide_side: int = 1024,
@@ -508,7 +508,7 @@ def write_sample_data(
         "radiology_2d": _radiology_2d(out / "radiology_2d", seed, n_2d),
         "radiology_3d": _radiology_3d(out / "radiology_3d", seed, n_3d),
         "pathology": _pathology(out / "pathology", seed, n_tiles),
-        "slide": _slides(out / "slide", seed, n_slides, slide_side, 64, 2),
+        "slide": _slides(out / "slide", seed, n_slides, slide_side, 64, 4),
     }
     noisy: dict[str, Path] = {}
     for name, path in clean.items():

@@ -1,5 +1,9 @@
-"""Ignite handlers: the LiLAW meta step, and (in their own modules) the dynamics recorder and logging."""
+"""Ignite handlers, one per module: the LiLAW meta step, the dynamics recorder, atomic
+checkpoints, the non-finite loss guard and the run-folder logger."""
 
+from lilaw_med.handlers.checkpoint import CheckpointHandler
+from lilaw_med.handlers.dynamics import DynamicsRecorder
 from lilaw_med.handlers.meta_step import LiLAWHandler
+from lilaw_med.handlers.nonfinite import NonFiniteLossError, NonFiniteLossHandler
 
-__all__ = ["LiLAWHandler"]
+__all__ = ["CheckpointHandler", "DynamicsRecorder", "LiLAWHandler", "NonFiniteLossError", "NonFiniteLossHandler"]

@@ -128,7 +128,19 @@ class LiLAWHandler:
             return self.distributed
         return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
-    def _start_pass(self) -> None:
+    @property
+    def validation_position(self) -> tuple[int, int]:
+        """``(pass, cursor)``: passes over the validation loader started so far minus one, and the
+        batches taken in the current pass."""
+        return self._val_pass, self._val_cursor
+
+    def open_validation_pass(self) -> None:
+        """(Re)opens the validation iterator at the current position (pass, cursor).
+
+        Normally called lazily by :meth:`next_val_batch`. Resume code calls it explicitly at the
+        point of the run where the interrupted run had opened it, because creating a DataLoader
+        iterator draws from the global torch random state.
+        """
         sampler = getattr(self.val_loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self._val_pass)
@@ -144,13 +156,13 @@ class LiLAWHandler:
             ValueError: when the validation loader yields no batch at all.
         """
         if self._val_iter is None:
-            self._start_pass()
+            self.open_validation_pass()
         try:
             batch = next(self._val_iter)
         except StopIteration:
             self._val_pass += 1
             self._val_cursor = 0
-            self._start_pass()
+            self.open_validation_pass()
             try:
                 batch = next(self._val_iter)
             except StopIteration:

@@ -236,8 +236,8 @@ def resume_from(
         # re-open the LiLAW validation iterator at its saved cursor now, BEFORE the RNG states are
         # restored: creating a DataLoader iterator draws a seed from torch's generator, which the
         # uninterrupted run did not do at this point (opened lazily, it would shift every later draw)
-        if isinstance(obj, LiLAWHandler) and (obj._val_pass or obj._val_cursor):
-            obj._start_pass()
+        if isinstance(obj, LiLAWHandler) and any(obj.validation_position):
+            obj.open_validation_pass()
 
     if train_sampler is not None:
         # the epoch ignite starts next (the interrupted one, or the one after a completed epoch)
