@@ -25,6 +25,7 @@ from typing import Any
 
 from benchmarks.harness import (
     BENCH_NETWORK,
+    LILAW_METHODS,
     DataUnavailable,
     load_dataset,
     mean_ci,
@@ -74,6 +75,8 @@ def run_cells(
             for method in methods:
                 kwargs = dict(dataset=dataset, noise_kind=kind, noise_rate=float(rate), seed=int(seed),
                               method=method, **run_kwargs)
+                if method not in LILAW_METHODS:  # LiLAW-only options: the baseline's runs stay shared in the cache
+                    kwargs.update(val_mode="eval", detach_weights=False)
                 late = deadline is not None and time.time() > deadline
                 summary = run_cached(cache_dir, cache_only=late, **kwargs)
                 if summary is None:
@@ -147,6 +150,7 @@ def main(
     network: str = BENCH_NETWORK,
     cells: Sequence[tuple[str, float]] = DEFAULT_CELLS,
     reverse_seeds: bool = False,
+    report_name: str = "noisy_accuracy",
 ) -> dict[str, Any] | None:
     """Runs the floor experiment and returns (and writes) its results.
 
@@ -160,6 +164,7 @@ def main(
         network: see :func:`benchmarks.harness.build_network`.
         cells: (noise kind, rate) pairs.
         reverse_seeds: run the seeds from the last down.
+        report_name: stem of the JSON/markdown report in ``out_dir``.
 
     Returns:
         The results dict, or ``None`` when the data are absent (a skip message is logged).
@@ -187,7 +192,7 @@ def main(
         name = f"{kind} {rate:.0%}" if kind != "none" else "no noise"
         report["cells"][name] = comp
         if comp["seeds"]:
-            md.append(format_comparison(f"{DATASET}, {name}", comp))
+            md.append(format_comparison(f"{DATASET}, {name}, LiLAW val_mode={val_mode}, detach_weights={detach_weights}", comp))
         else:
             md.append(f"**{DATASET}, {name}**: no paired runs yet (budget spent; rerun to continue from the cache).")
     sym = report["cells"].get("symmetric 40%")
@@ -199,8 +204,8 @@ def main(
         d = clean["checkpoints"]["final"]["auroc"]["diff"]
         report["floor_no_noise"] = {"ci_low": d["ci_low"], "ci_high": d["ci_high"], "met": bool(d["ci_high"] >= 0)}
     report["markdown"] = "\n\n".join(md)
-    atomic_write(out_dir / "noisy_accuracy.json", json.dumps(report, indent=1, default=float))
-    atomic_write(out_dir / "noisy_accuracy.md", report["markdown"] + "\n")
+    atomic_write(out_dir / f"{report_name}.json", json.dumps(report, indent=1, default=float))
+    atomic_write(out_dir / f"{report_name}.md", report["markdown"] + "\n")
     return report
 
 
@@ -215,6 +220,7 @@ def _parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=OUT_DIR)
     p.add_argument("--cells", nargs="+", default=None, metavar="KIND:RATE",
                    help="noise cells, e.g. symmetric:0.4 none:0 (default: both)")
+    p.add_argument("--report-name", default="noisy_accuracy", help="stem of the report files in --out")
     p.add_argument("--reverse-seeds", action="store_true",
                    help="run seeds from the last down (a second process can then share the cache)")
     return p.parse_args(argv)
@@ -228,7 +234,7 @@ if __name__ == "__main__":
     if args.cells:
         cells = tuple((c.split(":")[0], float(c.split(":")[1]) if ":" in c else 0.0) for c in args.cells)
     rep = main(args.seeds, args.budget, args.out, args.val_mode, args.detach_weights, args.epochs, args.network,
-               cells, args.reverse_seeds)
+               cells, args.reverse_seeds, args.report_name)
     if rep is not None:
         print(rep["markdown"])
         for key in ("floor_auroc_40", "floor_no_noise"):

@@ -405,6 +405,12 @@ def assemble_results(command: str, out_dir: Path = OUT_DIR, results_md: Path = R
         "",
         _read(out_dir / "accuracy.md", _read(out_dir / "noisy_accuracy.md", not_run.format("accuracy"))),
         "",
+        "The floor cells again with the LiLAW validation forward in train mode (the open-choices experiment's "
+        "pick, below; `python -m benchmarks.noisy_accuracy --val-mode train --report-name noisy_accuracy_train_mode`; "
+        "the CE runs are the same as above):",
+        "",
+        _read(out_dir / "noisy_accuracy_train_mode.md", "Not run yet."),
+        "",
         "## Open choices of the spec (issue 2.3)",
         "",
         _read(out_dir / "choices.md", "Not run yet: `python -m benchmarks.choices`."),

@@ -302,8 +302,9 @@ def _predict_slide(
 
 
 # ------------------------------------------------------------------------------------------ predict
-def _expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    from lilaw_med.data.readers import image_kind, list_series_files
+def _expand_inputs(inputs: Sequence[str | os.PathLike], spatial_dims: int, skip: Sequence[Path] = ()) -> list[Path]:
+    """Checks every input exists, has a supported format and the model's dimensionality."""
+    from lilaw_med.data.readers import image_kind, list_series_files, read_header
 
     out = []
     for raw in inputs:
@@ -313,6 +314,12 @@ def _expand_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
         if p.is_dir() and not list_series_files(p):
             raise ValueError(f"{p}: a folder must be a DICOM series (it holds no DICOM file).")
         image_kind(p)  # raises a clear error on an unsupported format
+        if p.absolute() not in skip:
+            header = read_header(p)
+            if header.ndim != spatial_dims:
+                raise ValueError(
+                    f"{p}: a {header.ndim}D image (shape {tuple(header.shape)}) but the run's model is {spatial_dims}D."
+                )
         out.append(p.absolute())
     return out
 
@@ -355,14 +362,17 @@ def predict_inputs(
         raise ValueError(f"tissue_threshold must lie in [0, 1] but is {tissue_threshold}.")
     if slide_aggregation not in ("mean", "max", "top10"):
         raise ValueError(f"slide aggregation must be 'mean', 'max' or 'top10' but is {slide_aggregation!r}.")
-    paths = _expand_inputs(inputs)
     cal = _calibration(rd, which, calibrated)
     multi = cfg["data"]["multi_label"]
     num = int(meta.get("num_outputs", 2))
     names = _class_names(meta, 2 if num == 1 and not multi else num)
     out_path = Path(output)
     patch = _training_tile_size(rd) if cfg["data"]["preset"] == "pathology" else 0
-    slides = [p for p in paths if patch and _is_slide(p, patch)]
+    for raw in inputs:
+        if not Path(raw).exists():
+            raise FileNotFoundError(f"input not found: {raw}")
+    slides = [Path(p).absolute() for p in inputs if patch and _is_slide(Path(p), patch)]
+    paths = _expand_inputs(inputs, int(meta.get("spatial_dims", 2)), skip=slides)
     images = [p for p in paths if p not in slides]
     rows: list[list[Any]] = []
     maps: list[Path] = []

@@ -177,3 +177,10 @@ def test_evaluate_on_another_datalist(run_2d: Path, sample: dict, tmp_path: Path
     assert list(report["splits"]) == ["datalist"] and report["calibration"]["method"] == "none"
     all_items = json.loads(sample["radiology_2d"].read_text())
     assert report["splits"]["datalist"]["n"] == sum(len(all_items.get(s, [])) for s in ("training", "validation", "test"))
+
+
+def test_predict_refuses_an_input_of_the_wrong_dimensionality(run_2d: Path, tmp_path: Path, capsys) -> None:
+    series = _write_dicom_series(tmp_path / "series")
+    assert main(["predict", str(run_2d), str(series), "-o", str(tmp_path / "p.csv")]) == 1
+    assert "a 3D image (shape (20, 20, 6)) but the run's model is 2D" in capsys.readouterr().err
+    assert main(["predict", str(run_2d), str(tmp_path / "absent.dcm"), "-o", str(tmp_path / "p.csv")]) == 1

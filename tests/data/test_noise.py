@@ -141,3 +141,29 @@ def test_add_noise_cli_reports_the_actual_rate(tmp_path: Path, capsys: pytest.Ca
     text = capsys.readouterr().out
     assert "actual noise rate" in text and out.is_file()
     assert main(["add-noise", str(src), "--kind", "symmetric", "-o", str(out)]) == 1
+
+
+def test_multi_label_noise_flips_each_flag_with_the_rate() -> None:
+    from lilaw_med.data.noise import add_noise
+
+    flags = np.random.default_rng(0).integers(0, 2, (5000, 4))
+    noisy, actual = add_noise(flags, "symmetric", 4, rate=0.1, seed=0)
+    assert noisy.shape == flags.shape and set(np.unique(noisy)) <= {0, 1}
+    assert abs(actual - 0.1) < _binomial_bound(0.1, flags.size)
+    with pytest.raises(ValueError, match="only symmetric"):
+        add_noise(flags, "asymmetric", 4, rate=0.1)
+
+
+def test_instance_noise_on_a_datalist_uses_image_thumbnails(
+    small_sample: dict[str, Path], tmp_path: Path
+) -> None:
+    clean = small_sample["pathology"].parent / "datalist_clean.json"
+    res = add_noise_to_datalist(
+        clean, tmp_path / "inst.json", kind="instance", rate=0.5, seed=0, splits=("training",)
+    )
+    n = len(load_datalist(res.datalist).training)
+    assert abs(res.actual_rate["training"] - 0.5) < 4 * np.sqrt(0.25 / n) + 0.1
+    again = add_noise_to_datalist(
+        clean, tmp_path / "inst2.json", kind="instance", rate=0.5, seed=0, splits=("training",)
+    )
+    assert load_datalist(again.datalist).training == load_datalist(res.datalist).training
