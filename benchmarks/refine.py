@@ -65,8 +65,8 @@ def exclusion_mask(dynamics: dict[str, np.ndarray], labels: np.ndarray, rule: di
 
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    "chosen": REFINE_RULE,
-    "half_of_estimate": {**REFINE_RULE, "fraction_of_estimate": 0.5},
+    "full_estimate": {**REFINE_RULE, "fraction_of_estimate": 1.0},
+    "half_of_estimate": {**REFINE_RULE, "fraction_of_estimate": 0.5},  # the chosen REFINE_RULE
     "all_epochs_gmm": {"method": "mean_prob_label", "max_epochs": None, "rule": "noise_rate",
                        "noise_rate_method": "gmm"},
     "threshold_0.3": {**REFINE_RULE, "rule": "threshold", "threshold": 0.3},

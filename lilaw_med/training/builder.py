@@ -33,7 +33,13 @@ import torch
 from ignite.engine import Events
 from torch import nn
 
+from lilaw_med.data.curation import apply_exclusions, apply_relabels
+from lilaw_med.data.datalist import load_datalist
+from lilaw_med.data.dataset import build_dataset
+from lilaw_med.data.preflight import preflight_or_raise
+from lilaw_med.handlers.dynamics import DynamicsRecorder
 from lilaw_med.handlers.meta_step import LiLAWHandler
+from lilaw_med.handlers.nonfinite import NonFiniteLossHandler
 from lilaw_med.handlers.run_logger import RunLogger
 from lilaw_med.losses import GCELoss, LiLAWLoss, SCELoss
 from lilaw_med.training.config import ConfigError, validate_config
@@ -45,6 +51,7 @@ from lilaw_med.training.evaluation import (
     run_inference,
 )
 from lilaw_med.training.networks import build_network
+from lilaw_med.training.resume import attach_checkpointing, resume_from, run_is_complete
 from lilaw_med.training.run_dir import RunDir, default_run_name
 from lilaw_med.training.sampling import ClassBalancedSampler, inverse_frequency_weights
 from lilaw_med.training.validation import EpochValidation
@@ -149,16 +156,6 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def _optional(module: str, name: str) -> Any:
-    """An attribute of a module another engineer provides, or ``None`` when it is not there yet."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
-
-
 def _sample_datalist(preset: str, sample_dir: Path) -> Path:
     """The generated sample datalist of ``preset``, generating the sample data when missing."""
     index_path = sample_dir / _SAMPLE_INDEX
@@ -191,8 +188,6 @@ def prepare_datalist(config: Mapping[str, Any], run_dir: RunDir | None = None, d
         FileNotFoundError: when the datalist (or an exclusion CSV) is missing.
         ValueError: when items are bad (pre-flight) or the datalist is invalid.
     """
-    from lilaw_med.data.datalist import load_datalist
-
     data = config["data"]
     if datalist_path is None:
         if data["datalist"]:
@@ -202,31 +197,21 @@ def prepare_datalist(config: Mapping[str, Any], run_dir: RunDir | None = None, d
     split_seed = data["split_seed"] if data["split_seed"] is not None else config["train"]["seed"]
     datalist = load_datalist(
         datalist_path, class_names=data["class_names"], val_fraction=data["val_fraction"], seed=split_seed,
-        multi_label=data["multi_label"],
+        multi_label=data["multi_label"], strict=False,  # label and id problems go to the pre-flight report
     )
     if data["exclude"]:
-        apply_exclusions = _optional("lilaw_med.data.curation", "apply_exclusions")
-        if apply_exclusions is None:
-            raise ValueError("data.exclude needs lilaw_med.data.curation.apply_exclusions, which is not available.")
         datalist = apply_exclusions(datalist, data["exclude"])
     if data["relabel"]:
-        apply_relabels = _optional("lilaw_med.data.curation", "apply_relabels")
-        if apply_relabels is None:
-            raise ValueError("data.relabel needs lilaw_med.data.curation.apply_relabels, which is not available.")
         datalist = apply_relabels(datalist, data["relabel"])
     if data["max_items"]:
         n = data["max_items"]
         datalist.training, datalist.validation, datalist.test = (
             datalist.training[:n], datalist.validation[:n], datalist.test[:n]
         )
-    preflight = _optional("lilaw_med.data.preflight", "preflight_or_raise")
-    if preflight is not None:
-        datalist = preflight(
-            datalist, data["skip_bad"], run_dir.root if run_dir is not None else None,
-            expected_dims=config["model"]["spatial_dims"] or PRESET_CHANNELS[data["preset"]][1],
-        )
-    else:
-        logger.warning("pre-flight check unavailable (lilaw_med.data.preflight missing): items are not checked.")
+    datalist = preflight_or_raise(
+        datalist, data["skip_bad"], run_dir.root if run_dir is not None else None,
+        expected_dims=config["model"]["spatial_dims"] or PRESET_CHANNELS[data["preset"]][1],
+    )
     if not datalist.training:
         raise ValueError(f"datalist {datalist_path}: the training split is empty.")
     if not datalist.validation:
@@ -375,19 +360,7 @@ def _loader(dataset: Any, batch_size: int, sampler: Any, num_workers: int, seed:
 
 
 def _dataset(items: list[dict[str, Any]], transforms: Any, cache: str, cache_dir: Path | None) -> Any:
-    build_dataset = _optional("lilaw_med.data", "build_dataset") or _optional("lilaw_med.data.dataset", "build_dataset")
-    if build_dataset is not None:
-        try:
-            return build_dataset(items, transforms, cache=cache, cache_dir=cache_dir)
-        except TypeError:  # a build_dataset without cache_dir
-            return build_dataset(items, transforms, cache)
-    from monai.data import CacheDataset, Dataset, PersistentDataset
-
-    if cache == "memory":
-        return CacheDataset(items, transforms, progress=False)
-    if cache == "disk":
-        return PersistentDataset(items, transforms, cache_dir=cache_dir)
-    return Dataset(items, transforms)
+    return build_dataset(items, transforms, cache=cache, cache_dir=cache_dir)
 
 
 def transform_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -586,20 +559,13 @@ def _attach_run_handlers(c: TrainingComponents, run_dir: RunDir, progress: bool)
     validation.attach(c.trainer)
     handlers["validation"] = validation
 
-    recorder_cls = _optional("lilaw_med.handlers.dynamics", "DynamicsRecorder")
-    if recorder_cls is not None:
-        try:
-            recorder = recorder_cls(
-                c.loss, [it["id"] for it in c.datalist.training], run_dir.dynamics,
-                record_validation=c.lilaw_handler is not None, val_ids=[it["id"] for it in c.datalist.validation],
-                meta_handler=c.lilaw_handler,
-            )
-            recorder.attach(c.trainer)
-            handlers["dynamics"] = recorder
-        except Exception as e:  # never lose a training run to the optional recorder
-            logger.warning("dynamics recorder not attached (%s: %s): `lilaw-med audit` will lack data.", type(e).__name__, e)
-    else:
-        logger.warning("lilaw_med.handlers.dynamics is not available: no training dynamics are recorded.")
+    recorder = DynamicsRecorder(
+        c.loss, [it["id"] for it in c.datalist.training], run_dir.dynamics,
+        record_validation=c.lilaw_handler is not None, val_ids=[it["id"] for it in c.datalist.validation],
+        meta_handler=c.lilaw_handler,
+    )
+    recorder.attach(c.trainer)
+    handlers["dynamics"] = recorder
 
     if writer:
         run_logger = RunLogger(c.loss, run_dir, c.optimizer, plots=cfg["output"]["plots"], tensorboard=cfg["output"]["tensorboard"])
@@ -612,16 +578,11 @@ def _attach_run_handlers(c: TrainingComponents, run_dir: RunDir, progress: bool)
         LrScheduleHandler(c.scheduler, print_lr=False, epoch_level=True).attach(c.trainer)
 
     # before the checkpoint handler: a non-finite loss stops the run before anything is saved
-    nonfinite = _optional("lilaw_med.handlers.nonfinite", "NonFiniteLossHandler")
-    if nonfinite is not None:
-        handlers["nonfinite"] = nonfinite(loss=c.loss)
-        handlers["nonfinite"].attach(c.trainer)
-    else:
-        logger.warning("lilaw_med.handlers.nonfinite is not available: a non-finite loss does not stop the run.")
+    handlers["nonfinite"] = NonFiniteLossHandler(loss=c.loss)
+    handlers["nonfinite"].attach(c.trainer)
 
-    attach_checkpointing = _optional("lilaw_med.training.resume", "attach_checkpointing")
     objects = checkpoint_objects(c, handlers)
-    if attach_checkpointing is not None and writer:
+    if writer:
         handlers["checkpoint"] = attach_checkpointing(
             c.trainer, run_dir.root, objects,
             every_n_iterations=cfg["train"]["checkpoint_every_n_iterations"],
@@ -791,9 +752,6 @@ def _run_training(
     c.handlers = handlers
     resumed_from = 0
     if resume:
-        resume_from = _optional("lilaw_med.training.resume", "resume_from")
-        if resume_from is None:
-            raise ValueError("resuming needs lilaw_med.training.resume.resume_from, which is not available.")
         from lilaw_med.training.distributed import barrier
 
         if rank != 0:  # distributed: rank 0 reads first (it renames corrupt checkpoints), then the others
@@ -807,8 +765,7 @@ def _run_training(
         c.config["model"]["network"], c.device, len(c.datalist.training), len(c.datalist.validation),
         len(c.datalist.test), c.config["train"]["epochs"], "on" if c.loss.warmup_epochs < c.config["train"]["epochs"] else "off",
     )
-    run_is_complete = _optional("lilaw_med.training.resume", "run_is_complete")
-    if resume and run_is_complete is not None and run_is_complete(c.trainer):
+    if resume and run_is_complete(c.trainer):
         logger.info("the run in %s had already finished; recomputing its summary only.", run_dir.root)
     else:
         c.trainer.run()

@@ -104,15 +104,7 @@ REASONS = {
     "nan_image": "NaN",
     "label_out_of_range": "out of range",
 }
-LABEL_GAP = pytest.mark.xfail(
-    reason="GAP (data/pipeline): load_datalist raises on a label out of range before the pre-flight check, "
-    "so the message lacks the --skip-bad hint and --skip-bad cannot leave the item out",
-    strict=False,
-)
-CASES = [
-    pytest.param(c, r, id=c, marks=[LABEL_GAP] if c == "label_out_of_range" else [])
-    for c, r in REASONS.items()
-]
+CASES = [pytest.param(c, r, id=c) for c, r in REASONS.items()]
 
 
 @pytest.mark.parametrize(("case", "reason"), CASES)
@@ -130,7 +122,7 @@ def test_bad_item_stops_train_with_a_message_naming_it(
     "cases",
     [
         pytest.param([c for c in REASONS if c != "label_out_of_range"], id="bad_images"),
-        pytest.param(["label_out_of_range"], id="bad_label", marks=LABEL_GAP),
+        pytest.param(["label_out_of_range"], id="bad_label"),
     ],
 )
 def test_skip_bad_completes_and_lists_every_bad_item_with_its_reason(
