@@ -42,3 +42,21 @@ def test_refine_excludes_the_suspected_mislabels_and_retrains(tmp_path, monkeypa
     assert summary["rule"]["method"] == REFINE_RULE["method"] and summary["n_excluded"] == result.n_excluded
     assert result.refine == summary and result.summary == {"epochs": 3, "final": {"test": {"auroc": 0.7}}}
     assert summary["refined"]["final"]["test"]["auroc"] > summary["initial"]["final"]["test"]["auroc"]
+
+
+def test_refine_by_default_excludes_half_of_the_estimated_count(tmp_path, monkeypatch):
+    template = make_run_folder(tmp_path / "template")
+
+    class Result:
+        def __init__(self, run_dir, summary):
+            self.run_dir, self.summary = run_dir, summary
+
+    def fake_run_training(config, output_dir, resume=False, *, device=None, progress=None, datalist=None):
+        shutil.copytree(template, output_dir)
+        return Result(output_dir, {"epochs": 3})
+
+    monkeypatch.setattr(builder, "run_training", fake_run_training)
+    result = run_refine(load_preset_config("radiology_2d.yaml"), tmp_path / "refine")
+    per_class = json.loads((tmp_path / "refine" / "audit" / "audit.json").read_text())["summary"]["splits"]["training"]["per_class"]
+    expected = sum(round(0.5 * c["estimated_noise_rate"] * c["n_items"]) for c in per_class)
+    assert REFINE_RULE["fraction_of_estimate"] == 0.5 and result.n_excluded == expected
