@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lilaw_med.pipelines._preset import Preset
-
 from lilaw_med.training.builder import RunResult, TrainingComponents
 
 __all__ = ["CONFIG_FILE", "DATA_PRESET", "build", "default_config", "run"]

@@ -59,4 +59,4 @@ def test_refine_by_default_excludes_half_of_the_estimated_count(tmp_path, monkey
     result = run_refine(load_preset_config("radiology_2d.yaml"), tmp_path / "refine")
     per_class = json.loads((tmp_path / "refine" / "audit" / "audit.json").read_text())["summary"]["splits"]["training"]["per_class"]
     expected = sum(round(0.5 * c["estimated_noise_rate"] * c["n_items"]) for c in per_class)
-    assert REFINE_RULE["fraction_of_estimate"] == 0.5 and result.n_excluded == expected
+    assert REFINE_RULE["fraction_of_estimate"] == 0.5 and result.n_excluded == expected > 0

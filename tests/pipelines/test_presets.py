@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 import yaml
-from lilaw_med.pipelines import pathology_patch, radiology_2d, radiology_3d
 
+from lilaw_med.pipelines import pathology_patch, radiology_2d, radiology_3d
 from lilaw_med.training.config import validate_config
 from lilaw_med.training.run_dir import RunDir
 from tests.pipelines.helpers import small_sample_data, tiny_overrides

@@ -6,9 +6,9 @@ import csv
 
 import numpy as np
 import pytest
-from lilaw_med.pipelines import pathology_patch
 
 from lilaw_med.cli import main
+from lilaw_med.pipelines import pathology_patch
 from lilaw_med.training.predict import aggregate_patches, tissue_mask
 from tests.pipelines.helpers import small_sample_data, tiny_overrides
 
