@@ -103,7 +103,8 @@ def one_seed(dataset: str, noise: float, seed: int, epochs: int, variants: dict[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", choices=("select", "floor"), required=True)
+    parser.add_argument("--stage", choices=("select", "floor", "info"), required=True,
+                        help="info: extra variants on any data, AFTER the floor, for information only (never to choose)")
     parser.add_argument("--dataset", default=None)
     parser.add_argument("--noise", type=float, default=0.4)
     parser.add_argument("--seeds", default="0-4")
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"select stage: some of {list(VARIANTS)}")
     args = parser.parse_args(argv)
     dataset = args.dataset or ("breastmnist" if args.stage == "select" else "pneumoniamnist_balanced")
-    variants = {k: VARIANTS[k] for k in args.variants.split(",")} if args.stage == "select" else {"chosen": REFINE_RULE}
+    variants = {k: VARIANTS[k] for k in args.variants.split(",")} if args.stage != "floor" else {"chosen": REFINE_RULE}
     runs = []
     try:
         for seed in parse_seeds(args.seeds):

@@ -364,6 +364,18 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _overhead_floor_line(out_dir: Path) -> str:
+    path = out_dir / "overhead.json"
+    if not path.is_file():
+        return ""
+    floor = json.loads(path.read_text()).get("floor_64")
+    if not floor:
+        return ""
+    return (f"- Floor, LiLAW / plain <= 1.4 per epoch at 64 px: **{'MET' if floor['met'] else 'MISSED'}** "
+            f"({floor['lilaw_over_plain_epoch']:.2f} per epoch, {floor['lilaw_over_plain_iter']:.2f} per iteration; "
+            "CPU-time medians of interleaved repetitions; `python -m benchmarks.overhead`)")
+
+
 def _read(path: Path, fallback: str) -> str:
     return path.read_text().strip() if path.is_file() else fallback
 
@@ -420,6 +432,8 @@ def assemble_results(command: str, out_dir: Path = OUT_DIR, results_md: Path = R
         "Overhead (2D ResNet-18, standard stem, train and validation batch 64):",
         "",
         _read(out_dir / "overhead.md", not_run.format("cost")),
+        "",
+        _overhead_floor_line(out_dir),
         "",
         "Peers and memory:",
         "",

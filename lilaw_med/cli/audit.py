@@ -76,7 +76,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rule", choices=ISSUE_RULES, default=DEFAULT_RULE, help="is_label_issue rule (default %(default)s)")
     p.add_argument("--noise-rate", type=float, default=None,
                    help="share of wrong labels for the noise_rate rule (default: estimated per class from the run)")
-    p.add_argument("--noise-rate-method", choices=NOISE_RATE_METHODS, default=DEFAULT_NOISE_RATE_METHOD,
+    # confident_learning needs class probabilities the dynamics do not hold
+    rate_methods = [m for m in NOISE_RATE_METHODS if m != "confident_learning"]
+    p.add_argument("--noise-rate-method", choices=rate_methods, default=DEFAULT_NOISE_RATE_METHOD,
                    help="how the noise rate is estimated (default %(default)s)")
     p.add_argument("--threshold", type=float, default=None, help="score threshold for the threshold rule")
     p.add_argument("--top-k", type=int, default=8, help="thumbnails per class in the report (default %(default)s)")

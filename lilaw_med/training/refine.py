@@ -16,9 +16,9 @@ of its items whose most frequent prediction over those epochs differs from the g
 (``"disagreement"``), and excludes the ``round(0.5 * r_k * n_k)`` lowest-scored items of each class
 (half of the estimated count: the lowest-scored half is where the wrong labels are densest, and
 excluding the full estimate also removes many right labels when detection is imperfect).
-The validation split is kept as it is by default (``exclude_validation=False``). The rule was
-chosen on BreastMNIST and RetinaMNIST with injected noise (see docs/audit.md), never on the data
-of the floors.
+The validation split is kept as it is by default (``exclude_validation=False``). The score was
+chosen on BreastMNIST and RetinaMNIST, the share excluded on BreastMNIST and PathMNIST-1000, all
+with injected noise (see docs/audit.md), never on the data of the floors.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def make_run_folder(root: Path, with_truth: bool = True, learned: bool = True) -
     for epoch in range(1, EPOCHS + 1):
         eng = SimpleNamespace(state=SimpleNamespace(epoch=epoch, iteration=0, batch=None, output=None))
         rec._epoch_started(eng)
-        agree = torch.tensor([(-1.0 + epoch if i in WRONG else 2.0 + 0.1 * (i % 5)) for i in range(N_TRAIN)])
+        agree = torch.tensor([(-2.0 + epoch if i in WRONG else 2.0 + 0.1 * (i % 5)) for i in range(N_TRAIN)])
         logits = torch.zeros(N_TRAIN, 2)
         logits[torch.arange(N_TRAIN), labels] = agree if learned else 0.0
         for start in range(0, N_TRAIN, 8):
