@@ -149,6 +149,29 @@ def format_tables(tables: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _bonferroni_note(tables: dict[str, dict[str, Any]]) -> str:
+    """The noisy-validation AUROC intervals again, Bonferroni-adjusted for the comparisons against the default."""
+    import math
+
+    from scipy import stats
+
+    parts = []
+    for dataset, t in tables.items():
+        others = [n for n in t["variants"] if n != DEFAULT and n in VARIANTS]
+        k = len(others)
+        for name in others:
+            d = t["variants"][name]["diff_auroc_vs_default"]
+            if d["n"] < 2:
+                continue
+            half = stats.t.ppf(1 - 0.05 / (2 * k), d["n"] - 1) * d["std"] / math.sqrt(d["n"])
+            parts.append(f"{dataset} {name}: {100 * d['mean']:+.1f} [{100 * (d['mean'] - half):+.1f}, "
+                         f"{100 * (d['mean'] + half):+.1f}]")
+    if not parts:
+        return ""
+    return ("\nThe same AUROC differences with Bonferroni-adjusted intervals (family-wise 95% over the comparisons "
+            "with the default): " + "; ".join(parts) + ".\n")
+
+
 def main(seeds: int = 5, budget_min: float | None = None, datasets: Sequence[str] = DATASETS, epochs: int = 10,
          network: str = BENCH_NETWORK, out_dir: Path = OUT_DIR, with_ce: bool = False) -> dict[str, Any] | None:
     """Runs every variant on every data set and seed, decides, writes ``choices.json``/``.md``.
@@ -169,6 +192,7 @@ def main(seeds: int = 5, budget_min: float | None = None, datasets: Sequence[str
     if not tables:
         return None
     report = {"tables": tables, "decision": decide(tables), "markdown": format_tables(tables)}
+    report["markdown"] += _bonferroni_note(tables)
     report["markdown"] += (f"\nDecision (rule fixed in advance, see benchmarks/choices.py): **{report['decision']['choice']}**"
                            f" ({report['decision']['reason']}).\n")
     atomic_write(out_dir / "choices.json", json.dumps(report, indent=1, default=float))

@@ -94,6 +94,7 @@ from lilaw_med.utils import atomic_write
 __all__ = [
     "BENCH_NETWORK",
     "DYNAMICS_FIELDS",
+    "LILAW_METHODS",
     "METHODS",
     "DataUnavailable",
     "LoadedData",

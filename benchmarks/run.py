@@ -364,6 +364,34 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _plot_cost(out_dir: Path) -> None:
+    """Bar chart of per-iteration time ratios to plain training, per size (from ``cost.json``)."""
+    path = out_dir / "cost.json"
+    if not path.is_file():
+        return
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    timing = json.loads(path.read_text())["timing"]
+    methods = list(timing[0]["iter_ratio"])
+    fig, ax = plt.subplots(figsize=(6, 3))
+    width = 0.8 / len(methods)
+    for i, m in enumerate(methods):
+        ax.bar(np.arange(len(timing)) + i * width, [r["iter_ratio"][m] for r in timing], width, label=m)
+    ax.axhline(1.4, color="grey", ls="--", lw=0.8)
+    ax.set_xticks(np.arange(len(timing)) + width * (len(methods) - 1) / 2, [r["label"] for r in timing])
+    ax.set_ylabel("time per iteration / plain")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_dir / "plots" / "cost_ratios.png", dpi=120)
+    plt.close(fig)
+
+
 def _overhead_floor_line(out_dir: Path) -> str:
     path = out_dir / "overhead.json"
     if not path.is_file():
@@ -401,7 +429,9 @@ def assemble_results(command: str, out_dir: Path = OUT_DIR, results_md: Path = R
     sections = [
         "# Benchmark results",
         "",
-        f"- Command: `{command}`",
+        "- Command: `python -m benchmarks.run --suite all --budget 60` reproduces every section (trainings are cached "
+        "in benchmarks/out/runs; each suite refreshes its own section); the per-script commands are given below. "
+        f"This file was last assembled by `{command}`.",
         f"- Machine: {machine['platform']}, {machine['processor']}, {machine['cpu_count']} CPUs "
         "(shared with other jobs while these ran: absolute times are noisy, ratios are medians of interleaved "
         "repetitions), one thread per training",
@@ -450,6 +480,7 @@ def assemble_results(command: str, out_dir: Path = OUT_DIR, results_md: Path = R
     ]
     text = "\n".join(sections)
     atomic_write(results_md, text)
+    _plot_cost(out_dir)
     small: dict[str, Any] = {"command": command, "machine": machine, "versions": versions, "date": date}
     for name in ("noisy_accuracy", "choices", "overhead", "cost", "gpu"):
         path = out_dir / f"{name}.json"

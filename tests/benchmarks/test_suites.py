@@ -43,7 +43,7 @@ def test_results_md_has_header_and_every_suite_section(tmp_path) -> None:
     (tmp_path / "overhead.json").write_text(json.dumps({"results": [], "markdown": "x", "raw": {}}))
     text = run.assemble_results("python -m benchmarks.run --suite accuracy", tmp_path,
                                 tmp_path / "RESULTS.md", tmp_path / "RESULTS.json")
-    for needle in ("Command: `python -m benchmarks.run --suite accuracy`", "Machine:", "Date:", "torch",
+    for needle in ("last assembled by `python -m benchmarks.run --suite accuracy`", "Machine:", "Date:", "torch",
                    "| accuracy table |", "## Step cost", "## GPU", "Not run yet"):
         assert needle in text
     small = json.loads((tmp_path / "RESULTS.json").read_text())
