@@ -24,8 +24,10 @@ train_items=None, val_items=None, predict_items=None, val_mode="eval", detach_we
   training and a noisy validation part); the npz ``test`` split is the clean test set; the npz
   ``val`` split is not used.
 * ``noise_kind``: ``"none"``, ``"symmetric"`` (exactly ``round(rate * n)`` labels of the npz train
-  split moved to a uniformly drawn OTHER class), or any kind ``lilaw_med.data.noise`` offers when
-  that module exists. The noisy labels depend on (dataset, noise kind, rate, seed) only, never on
+  split moved to a uniformly drawn OTHER class: an exact-count version of
+  ``lilaw_med.data.noise.symmetric_noise``'s Bernoulli flips, so every seed has the stated rate),
+  ``"asymmetric"`` and ``"instance"`` (the toolkit's ``lilaw_med.data.noise`` models; see
+  :func:`inject_noise`). The noisy labels depend on (dataset, noise kind, rate, seed) only, never on
   the method or on ``train_items``, so cross-validation folds and refits see the same labels.
 * ``method``: ``"ce"``, ``"lilaw"`` (LiLAW over CE), ``"focal"`` (MONAI FocalLoss, gamma 2,
   softmax), ``"lilaw_focal"`` (LiLAW over that focal loss, ``reduce_classes="sum"``), ``"gce"``
@@ -67,7 +69,6 @@ residual blocks):
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import math
@@ -226,23 +227,29 @@ def _symmetric_noise(labels: np.ndarray, rate: float, num_classes: int, rng: np.
 
 
 def inject_noise(
-    labels: np.ndarray, kind: str, rate: float, num_classes: int, seed: int
+    labels: np.ndarray, kind: str, rate: float, num_classes: int, seed: int,
+    features: np.ndarray | None = None, ordinal: bool = False,
 ) -> np.ndarray:
-    """Noisy copy of ``labels``, a pure function of (labels, kind, rate, seed).
+    """Noisy copy of ``labels``, a pure function of (labels, kind, rate, seed[, features]).
 
     Args:
         labels: int (N,) clean labels.
-        kind: ``"none"``, ``"symmetric"`` (local implementation, see the module docstring), or a kind
-            ``lilaw_med.data.noise`` provides (``"asymmetric"``, ``"instance"``, ...) when it exists.
+        kind: ``"none"``; ``"symmetric"`` (local: exactly ``round(rate * n)`` labels changed, see the
+            module docstring); ``"asymmetric"`` (``lilaw_med.data.noise.asymmetric_noise``: each class
+            flips with probability ``rate`` to its pair: the next grade, the last grade to the one
+            below it, when ``ordinal``; else ``i -> i + 1 mod K``; binary: class 1 -> 0 only);
+            ``"instance"`` (``lilaw_med.data.noise.instance_dependent_noise`` on ``features``).
         rate: the fraction of labels to change, in [0, 1).
         num_classes: number of classes.
         seed: the noise seed.
+        features: (N, d) per-item features for instance-dependent noise (e.g. 8x8 thumbnails).
+        ordinal: the classes are ordered grades (RetinaMNIST): asymmetric noise goes to neighbours.
 
     Returns:
         int64 (N,) noisy labels.
 
     Raises:
-        ValueError: on a rate outside [0, 1) or an unknown kind.
+        ValueError: on a rate outside [0, 1), an unknown kind, or instance noise without features.
     """
     if not 0 <= rate < 1:
         raise ValueError(f"noise rate must lie in [0, 1) but is {rate}.")
@@ -251,18 +258,23 @@ def inject_noise(
         return labels.astype(np.int64).copy()
     if kind == "symmetric":
         return _symmetric_noise(labels.astype(np.int64), rate, num_classes, rng)
-    try:
-        noise_mod = importlib.import_module("lilaw_med.data.noise")
-    except ImportError:
-        noise_mod = None
-    fn = getattr(noise_mod, f"{kind}_noise", None) if noise_mod is not None else None
-    if fn is None:
-        raise ValueError(
-            f"noise kind {kind!r} is not available: the harness implements 'none' and 'symmetric'; other kinds "
-            f"need lilaw_med.data.noise.{kind}_noise."
-        )
-    result = fn(labels, rate=rate, num_classes=num_classes, seed=int(seed))
-    noisy = result[0] if isinstance(result, tuple) else result
+    if kind not in ("asymmetric", "instance"):
+        raise ValueError(f"noise kind {kind!r} is not available: use 'none', 'symmetric', 'asymmetric' or 'instance'.")
+    from lilaw_med.data import noise as noise_mod  # the toolkit's own noise models
+
+    noise_seed = int(np.random.SeedSequence([int(seed), 7003]).generate_state(1)[0])
+    if kind == "asymmetric":
+        if num_classes == 2:
+            pairs = {1: 0}
+        elif ordinal:
+            pairs = {i: i + 1 for i in range(num_classes - 1)} | {num_classes - 1: num_classes - 2}
+        else:
+            pairs = {i: (i + 1) % num_classes for i in range(num_classes)}
+        noisy, _ = noise_mod.asymmetric_noise(labels, num_classes, rate=rate, pairs=pairs, seed=noise_seed)
+    else:
+        if features is None:
+            raise ValueError("instance-dependent noise needs per-item features (N, d).")
+        noisy, _ = noise_mod.instance_dependent_noise(labels, features, rate, num_classes, seed=noise_seed)
     return np.asarray(noisy, dtype=np.int64).reshape(-1)
 
 
@@ -519,7 +531,7 @@ def run_one(
 
     Args:
         dataset: npz stem in the shared data folder.
-        noise_kind: ``"none"``, ``"symmetric"``, or a kind of ``lilaw_med.data.noise``.
+        noise_kind: ``"none"``, ``"symmetric"``, ``"asymmetric"`` or ``"instance"``.
         noise_rate: fraction of the npz train labels changed (training and validation alike).
         seed: seeds the noise, the split, the initialisation and the batch order.
         method: one of :data:`METHODS`.
@@ -554,7 +566,12 @@ def run_one(
     }
     data = load_dataset(dataset)
     n_all = len(data.train_labels)
-    noisy = inject_noise(data.train_labels, noise_kind, noise_rate, data.num_classes, seed)
+    features = None
+    if noise_kind == "instance":  # 8x8 (or 8^3) thumbnails as the features the flips depend on
+        pooled = torch.nn.functional.adaptive_avg_pool2d if data.spatial_dims == 2 else torch.nn.functional.adaptive_avg_pool3d
+        features = pooled(data.train_images, 8).flatten(1).numpy()
+    noisy = inject_noise(data.train_labels, noise_kind, noise_rate, data.num_classes, seed, features=features,
+                         ordinal=dataset.startswith("retinamnist"))
     pool = np.arange(n_all) if train_items is None else np.unique(np.asarray(train_items, dtype=np.int64))
     if val_items is None:
         train_idx, val_idx = _split(pool, val_fraction, seed)

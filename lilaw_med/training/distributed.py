@@ -246,6 +246,10 @@ def cleanup_distributed(context: DistributedContext | None = None) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         return
     if context is None or context.initialized_here:
+        # a rank that tears gloo down while another still has traffic in flight aborts
+        # ("terminate called without an active exception"): leave together
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -37,6 +37,25 @@ def test_noise_is_a_function_of_the_seed_only() -> None:
         inject_noise(labels, "no-such-kind", 0.2, 2, seed=0)
 
 
+def test_asymmetric_noise_moves_grades_to_their_neighbours_only() -> None:
+    labels = np.repeat(np.arange(5), 400)
+    noisy = inject_noise(labels, "asymmetric", 0.4, 5, seed=0, ordinal=True)
+    moved = noisy != labels
+    assert np.all(np.abs(noisy[moved] - labels[moved]) == 1)
+    assert moved.mean() == pytest.approx(0.4, abs=0.05)
+    binary = inject_noise(np.repeat(np.arange(2), 500), "asymmetric", 0.3, 2, seed=0)
+    assert np.all(binary[:500] == 0)  # class 0 never flips; class 1 flips to 0
+
+
+def test_instance_noise_needs_features_and_depends_on_them() -> None:
+    labels = np.repeat(np.arange(3), 300)
+    feats = np.random.default_rng(0).normal(size=(900, 16))
+    a = inject_noise(labels, "instance", 0.3, 3, seed=1, features=feats)
+    assert (a != labels).mean() == pytest.approx(0.3, abs=0.06)
+    with pytest.raises(ValueError, match="features"):
+        inject_noise(labels, "instance", 0.3, 3, seed=1)
+
+
 def test_paired_difference_matches_the_hand_computed_t_interval() -> None:
     d = paired_difference([1.0, 2.0, 3.0], [0.0, 0.0, 0.0])
     half = 4.302652729911275 / math.sqrt(3)  # t(0.975, 2) * std 1 / sqrt(3)
