@@ -14,7 +14,7 @@ API
 ---
 ``run_one(dataset, noise_kind, noise_rate, seed, method, epochs=10, batch_size=64, lr=1e-3,
 weight_decay=1e-4, network="resnet18_w0.25", val_fraction=0.15, record_dynamics=False,
-train_items=None, val_items=None, predict_items=None, val_mode="eval", detach_weights=False)
+train_items=None, val_items=None, predict_items=None, val_mode=DEFAULT_VAL_MODE, detach_weights=False)
 -> RunOutcome``
 
 * ``dataset``: an npz stem in the shared data folder (``pneumoniamnist_balanced``, ``breastmnist``,
@@ -69,6 +69,7 @@ residual blocks):
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -105,6 +106,7 @@ __all__ = [
     "mean_ci",
     "paired_difference",
     "run_cached",
+    "DEFAULT_VAL_MODE",
     "inject_noise",
     "load_dataset",
     "run_one",
@@ -120,6 +122,8 @@ DYNAMICS_FIELDS = ("prob_label", "prob_max", "pred_label", "w_alpha", "w_beta", 
 NETWORKS = ("resnet18_w0.25", "resnet18_w0.25_s2", "resnet18")
 # the network of the accuracy and choices tables (see the module docstring for why)
 BENCH_NETWORK = "resnet18_w0.25_s2"
+# LiLAW runs use the library's default validation-forward mode unless a benchmark asks otherwise
+DEFAULT_VAL_MODE: str = inspect.signature(LiLAWHandler).parameters["val_mode"].default
 
 
 class DataUnavailable(FileNotFoundError):
@@ -523,7 +527,7 @@ def run_one(
     train_items: Sequence[int] | np.ndarray | None = None,
     val_items: Sequence[int] | np.ndarray | None = None,
     predict_items: Sequence[int] | np.ndarray | None = None,
-    val_mode: Literal["eval", "train"] = "eval",
+    val_mode: Literal["eval", "train"] = DEFAULT_VAL_MODE,
     detach_weights: bool = False,
     num_threads: int | None = 1,
 ) -> RunOutcome:
@@ -664,6 +668,11 @@ def run_cached(cache_dir: str | os.PathLike, cache_only: bool = False, **kwargs:
         :meth:`RunOutcome.summary`, plus ``"cached": True`` when read from the cache; ``None`` when
         ``cache_only`` and not cached.
     """
+    if kwargs.get("method") in LILAW_METHODS:
+        # the key must change when a default that changes the result changes (val_mode went from
+        # "eval" to "train"); resolved here rather than for every argument, which would re-key
+        # (and retrain) every cached run
+        kwargs.setdefault("val_mode", DEFAULT_VAL_MODE)
     key_src = json.dumps(kwargs, sort_keys=True, default=str)
     key = hashlib.sha1(key_src.encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"{kwargs.get('method', 'run')}-{key}.json"

@@ -25,6 +25,7 @@ from typing import Any
 
 from benchmarks.harness import (
     BENCH_NETWORK,
+    DEFAULT_VAL_MODE,
     LILAW_METHODS,
     DataUnavailable,
     load_dataset,
@@ -144,7 +145,7 @@ def main(
     seeds: int = 10,
     budget_min: float | None = None,
     out_dir: Path = OUT_DIR,
-    val_mode: str = "eval",
+    val_mode: str = DEFAULT_VAL_MODE,
     detach_weights: bool = False,
     epochs: int = 10,
     network: str = BENCH_NETWORK,
@@ -213,7 +214,7 @@ def _parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--budget", type=float, default=None, help="minutes after which no new run starts")
-    p.add_argument("--val-mode", choices=("eval", "train"), default="eval")
+    p.add_argument("--val-mode", choices=("eval", "train"), default=DEFAULT_VAL_MODE)
     p.add_argument("--detach-weights", action="store_true")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--network", default=BENCH_NETWORK)

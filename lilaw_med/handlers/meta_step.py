@@ -50,9 +50,11 @@ class LiLAWHandler:
         loss: the :class:`LiLAWLoss` the trainer uses (its scalars are the ones updated).
         lr: the meta step's learning rate (spec: 0.01).
         weight_decay: the meta step's weight decay (spec: 0.01).
-        val_mode: run the network in ``"eval"`` mode for the validation forward (batch-norm running
-            statistics and dropout left alone) or ``"train"`` mode (the paper prototype's; updates
-            batch-norm running statistics with validation data).
+        val_mode: network mode of the validation forward: ``"train"`` (the default and the paper
+            prototype's: batch norm normalises with the validation batch's own statistics and
+            updates its running statistics with them; dropout active) or ``"eval"`` (running
+            statistics and dropout left alone). Chosen on RetinaMNIST's noisy validation labels,
+            see docs/method.md.
         distributed: average the meta gradient across ranks; ``None`` decides from whether a
             process group of more than one rank is initialised.
         metrics_prefix: prefix of the keys written to ``engine.state.metrics``.
@@ -68,7 +70,7 @@ class LiLAWHandler:
         loss: LiLAWLoss,
         lr: float = 0.01,
         weight_decay: float = 0.01,
-        val_mode: Literal["eval", "train"] = "eval",
+        val_mode: Literal["eval", "train"] = "train",
         distributed: bool | None = None,
         metrics_prefix: str = "lilaw_",
     ) -> None:

@@ -52,7 +52,7 @@ def _trainer(epochs: int = 1, warmup: int = 0, seed: int = 0, epoch_length: int 
 
 
 def test_meta_step_leaves_network_parameters_gradients_and_optimizer_untouched():
-    trainer, handler, net, loss, opt = _trainer(epochs=1, epoch_length=1)
+    trainer, handler, net, loss, opt = _trainer(val_mode="eval", epochs=1, epoch_length=1)
     snapshots = {}
 
     @trainer.on(Events.ITERATION_COMPLETED)
@@ -96,10 +96,8 @@ def test_meta_update_equals_minus_lr_times_gradient_plus_weight_decay():
     @trainer.on(Events.ITERATION_COMPLETED)
     def _independent(engine):  # after the real training backward and optimizer step
         val_batch = next(iter(handler.val_loader))
-        net.eval()
-        with torch.no_grad():
+        with torch.no_grad():  # train mode, the default: batch-norm uses the batch's own statistics
             pred = net(val_batch["image"]).double()
-        net.train()
         theta = [p.detach().double().clone().requires_grad_(True) for p in loss.weighting.parameters()]
         per_sample = nn.functional.cross_entropy(pred, val_batch["label"], reduction="none")
         l_val = (lilaw_weights(pred, val_batch["label"], *theta) * per_sample).mean()
