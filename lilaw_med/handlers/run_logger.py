@@ -206,6 +206,7 @@ class RunLogger:
     def write_plots(self) -> None:
         """Writes ``losses.png``, ``metrics.png``, ``lilaw_scalars.png`` and ``weight_histograms.png``."""
         import matplotlib
+        from matplotlib.ticker import MaxNLocator
 
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
@@ -253,8 +254,9 @@ class RunLogger:
             if c.sum() > 0:
                 ax.stairs(c / c.sum(), _HIST_EDGES, color=cmap(i / max(n - 1, 1)), label=f"epoch {i + 1}")
         ax.set(xlabel="per-sample weight w", ylabel="fraction of samples", title="LiLAW weights per epoch")
-        if len(self.histograms) <= 10:
-            ax.legend(loc="best", fontsize="small")
+        # a colour bar reads at any number of epochs, where a legend stops fitting after ten
+        mappable = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, max(n, 2)))
+        fig.colorbar(mappable, ax=ax, label="epoch").ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         save(fig, "weight_histograms.png")
 
     # ---------------------------------------------------------------- checkpointing
