@@ -35,7 +35,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from monai.networks.nets import resnet18
 from torch import nn
 from torch.func import functional_call
 
-from benchmarks.overhead import _make_trainer, _Synthetic, build_resnet18, measure
+from benchmarks.overhead import _make_trainer, _Synthetic, build_resnet18, cycle_batches, measure
 from lilaw_med.utils import atomic_write
 
 __all__ = ["SIZES", "MetaWeightNetStep", "main", "make_mwn_trainer"]
@@ -72,21 +72,13 @@ class MetaWeightNetStep:
         self.vnet = nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 1), nn.Sigmoid())
         self.meta_opt = torch.optim.Adam(self.vnet.parameters(), lr=meta_lr, weight_decay=1e-4)
         self.ce = nn.CrossEntropyLoss(reduction="none")
-        self._it: Iterator | None = None
+        self._batches = cycle_batches(val_loader)
 
-    def _next(self) -> Any:
-        if self._it is None:
-            self._it = iter(self.val_loader)
-        try:
-            return next(self._it)
-        except StopIteration:
-            self._it = iter(self.val_loader)
-            return next(self._it)
 
     def __call__(self, engine: SupervisedTrainer, batchdata: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The three phases: look-ahead, meta update of the MLP, real network step."""
         x, y = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)[:2]
-        vx, vy = engine.prepare_batch(self._next(), engine.state.device, engine.non_blocking)[:2]
+        vx, vy = engine.prepare_batch(next(self._batches), engine.state.device, engine.non_blocking)[:2]
         net = engine.network
         net.train()
         params = dict(net.named_parameters())

@@ -54,6 +54,12 @@ OUT_DIR = Path(__file__).resolve().parent / "out"
 METHODS = ("plain", "lilaw", "naive")
 
 
+
+def cycle_batches(loader: Iterable) -> Iterator:
+    """The loader's batches, pass after pass (a new iterator, so a new shuffle, on every pass)."""
+    while True:
+        yield from loader
+
 class NaiveMetaStep:
     """The paper prototype's meta step, for cost comparison only: backpropagates through the network.
 
@@ -78,25 +84,17 @@ class NaiveMetaStep:
         self.lr = lr
         self.weight_decay = weight_decay
         self.val_mode = val_mode
-        self._it: Iterator | None = None
+        self._batches = cycle_batches(val_loader)
 
     def attach(self, engine: SupervisedTrainer) -> None:
         """Registers the step on ``ITERATION_COMPLETED`` and the epoch bookkeeping of the loss."""
         engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.loss.set_epoch(e.state.epoch))
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
-    def _next(self) -> Any:
-        if self._it is None:
-            self._it = iter(self.val_loader)
-        try:
-            return next(self._it)
-        except StopIteration:
-            self._it = iter(self.val_loader)
-            return next(self._it)
 
     def __call__(self, engine: SupervisedTrainer) -> None:
         """One naive meta step (see the class docstring)."""
-        inputs, targets = engine.prepare_batch(self._next(), engine.state.device, engine.non_blocking)[:2]
+        inputs, targets = engine.prepare_batch(next(self._batches), engine.state.device, engine.non_blocking)[:2]
         net = engine.network
         was_training = net.training
         net.train(self.val_mode == "train")

@@ -8,14 +8,7 @@ Example:
     >>> result = radiology_3d.run(overrides=["train.epochs=1"])  # doctest: +SKIP
 """
 
-from __future__ import annotations
-
-import os
-from collections.abc import Mapping, Sequence
-from typing import Any
-
 from lilaw_med.pipelines._preset import Preset
-from lilaw_med.training.builder import RunResult, TrainingComponents
 
 __all__ = ["CONFIG_FILE", "DATA_PRESET", "build", "default_config", "run"]
 
@@ -23,22 +16,8 @@ CONFIG_FILE = "radiology_3d.yaml"
 DATA_PRESET = "radiology_3d"
 _PRESET = Preset(CONFIG_FILE, DATA_PRESET)
 
-
-def default_config(overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """The preset's validated config (the packaged YAML with ``--set``-style overrides)."""
-    return _PRESET.config(overrides)
-
-
-def build(config: Mapping[str, Any] | None = None, overrides: Sequence[str] = (), **kwargs: Any) -> TrainingComponents:
-    """Builds the MONAI components of the preset (see :func:`lilaw_med.training.builder.build_components`)."""
-    return _PRESET.build(config, overrides, **kwargs)
-
-
-def run(
-    config: Mapping[str, Any] | None = None,
-    output_dir: str | os.PathLike | None = None,
-    overrides: Sequence[str] = (),
-    **kwargs: Any,
-) -> RunResult:
-    """Trains the preset and writes its run folder (see :func:`lilaw_med.training.builder.run_training`)."""
-    return _PRESET.run(config, output_dir, overrides, **kwargs)
+# the preset's API, shared by every preset (see Preset): its validated config (the packaged YAML
+# with --set-style overrides), its MONAI components, and a training run that writes a run folder
+default_config = _PRESET.config
+build = _PRESET.build
+run = _PRESET.run
