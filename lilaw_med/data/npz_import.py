@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lilaw_med.data.sample import deterministic_uid
 from lilaw_med.utils import atomic_write
 
 __all__ = ["import_npz", "write_image"]
@@ -82,8 +82,7 @@ def _write_dicom(array: np.ndarray, path: Path, modality: str, uid_seed: str) ->
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
     def uid(kind: str) -> str:
-        # 2.25 + name-based UUID: valid and deterministic (same file, same UIDs)
-        return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, f"lilaw-med-npz/{uid_seed}/{kind}").int)
+        return deterministic_uid("npz", uid_seed, kind)
 
     sop = uid("sop")
     meta = FileMetaDataset()

@@ -185,7 +185,15 @@ def render_tissue(rng: np.random.Generator, tissue: int, size: int = 64) -> np.n
 # writers
 
 
-def _uid(*parts: Any) -> str:
+def deterministic_uid(*parts: Any) -> str:
+    """A valid DICOM UID that is the same for the same ``parts``: ``2.25.`` + a name-based UUID.
+
+    Args:
+        parts: what identifies the object (seed, kind, indices); joined with ``/``.
+
+    Returns:
+        The UID string.
+    """
     # a 2.25 UID from a name-based UUID (ISO/IEC 9834-8): valid without an org root and the
     # same for the same seed (pydicom's generate_uid(prefix=None) is random)
     return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "/".join([_UID_ROOT, *map(str, parts)])).int)
@@ -341,9 +349,9 @@ def _radiology_2d(out: Path, seed: int, n: int) -> Path:
             out / rel,
             img,
             patient=patient,
-            study_uid=_uid(seed, "study", p, i),
-            series_uid=_uid(seed, "series", p, i),
-            sop_uid=_uid(seed, "sop", p, i),
+            study_uid=deterministic_uid(seed, "study", p, i),
+            series_uid=deterministic_uid(seed, "series", p, i),
+            sop_uid=deterministic_uid(seed, "sop", p, i),
             modality=modality,
             monochrome1=modality == "CR",
             instance=1,
