@@ -22,12 +22,11 @@ import json
 import platform
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.audit_detection import parse_seeds
+from benchmarks.audit_detection import OUT, SUMMARY_DIR, parse_seeds
 from benchmarks.harness import DataUnavailable, mean_ci, paired_difference, run_one
 from lilaw_med.audit.detection import detection_quality
 from lilaw_med.audit.scores import (
@@ -37,10 +36,6 @@ from lilaw_med.audit.scores import (
     get_label_quality_scores,
 )
 from lilaw_med.training.refine import REFINE_RULE
-
-REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "benchmarks" / "out" / "audit"
-SUMMARY_DIR = REPO / "benchmarks" / "audit_results"
 
 
 def exclusion_mask(dynamics: dict[str, np.ndarray], labels: np.ndarray, rule: dict[str, Any]) -> np.ndarray:
