@@ -1,16 +1,34 @@
-"""LiLAWLoss, the wrapper that weights any per-sample loss, and the robust losses compared against it."""
+"""LiLAWLoss, the wrapper that weights any per-sample loss, the per-sample losses it can weight,
+and their name -> factory table (:data:`BASE_LOSSES`, read by ``loss.name`` in a config).
+
+Adding a loss is one :class:`BaseLoss` entry in :data:`BASE_LOSSES` (and, when it has a
+parameter of its own, one field in the ``loss`` section of :mod:`lilaw_med.training.config`).
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from lilaw_med.weighting import LiLAWTerms, LiLAWWeighting, label_agreement
 
-__all__ = ["GCELoss", "LiLAWLoss", "LiLAWStats", "SCELoss"]
+__all__ = [
+    "BASE_LOSSES",
+    "BaseLoss",
+    "BinaryBCELoss",
+    "ClassWeightedLoss",
+    "GCELoss",
+    "LiLAWLoss",
+    "LiLAWStats",
+    "PerSampleFocalLoss",
+    "SCELoss",
+    "build_base_loss",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -238,3 +256,138 @@ class SCELoss(nn.Module):
         rce = -self.log_zero * (1 - x)
         return _per_class_reduce(self.alpha * ce + self.beta * rce, self.reduction)
 
+
+
+# ---------------------------------------------------------------------------------------- per-sample losses
+class PerSampleFocalLoss(nn.Module):
+    """MONAI's softmax focal loss, one value per sample: (N, C) logits and (N,) labels -> (N,).
+
+    Args:
+        gamma: the focusing parameter (0 gives cross-entropy).
+        weight: (C,) class weights multiplying each sample's loss, or ``None``.
+    """
+
+    def __init__(self, gamma: float, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        from monai.losses import FocalLoss
+
+        self.focal = FocalLoss(use_softmax=True, gamma=gamma, reduction="none")
+        self.register_buffer("class_weight", weight)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Args: pred: logits (N, C); target: labels (N,) or (N, 1). Returns: (N,)."""
+        y = target.reshape(-1).long()
+        values = self.focal(pred, nn.functional.one_hot(y, pred.shape[1]).to(pred.dtype)).sum(dim=1)
+        return values * self.class_weight[y] if self.class_weight is not None else values
+
+
+class BinaryBCELoss(nn.Module):
+    """BCE on one logit: (N, 1) logits and (N,) 0/1 labels -> (N,), optionally class-weighted.
+
+    Args:
+        weight: (2,) class weights multiplying each sample's loss, or ``None``.
+    """
+
+    def __init__(self, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("class_weight", weight)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Args: pred: one logit (N, 1) or (N,); target: 0/1 labels (N,). Returns: (N,)."""
+        y = target.reshape(-1)
+        values = nn.functional.binary_cross_entropy_with_logits(pred.reshape(-1), y.to(pred.dtype), reduction="none")
+        return values * self.class_weight[y.long()] if self.class_weight is not None else values
+
+
+class ClassWeightedLoss(nn.Module):
+    """Multiplies a per-sample loss by the weight of each sample's class.
+
+    Args:
+        base: a per-sample loss (``reduction="none"``) mapping (logits, labels (N,)) to (N,).
+        weight: (C,) class weights.
+    """
+
+    def __init__(self, base: nn.Module, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.base = base
+        self.register_buffer("class_weight", weight)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Args: pred: logits (N, C); target: labels (N,). Returns: (N,)."""
+        return self.base(pred, target) * self.class_weight[target.reshape(-1).long()]
+
+
+# ---------------------------------------------------------------------------------------- the table
+LossFactory = Callable[[Mapping[str, Any], torch.Tensor | None, bool], nn.Module]
+
+
+@dataclass(frozen=True)
+class BaseLoss:
+    """One per-sample loss that :class:`LiLAWLoss` can weight.
+
+    Attributes:
+        build: ``build(options, class_weights, multi_label)`` -> a module mapping (logits, labels)
+            to per-sample losses (N,) ((N, L) for multi-label); ``options`` is the config's ``loss``
+            section, ``class_weights`` (C,) or ``None``.
+        single_logit: a binary single-label task is trained with ONE output logit (sigmoid) instead
+            of one per class (so it needs exactly 2 classes).
+        multi_label: the loss takes (N, L) logits with 0/1 targets.
+    """
+
+    build: LossFactory
+    single_logit: bool = False
+    multi_label: bool = False
+
+    def num_outputs(self, num_classes: int, multi_label: bool) -> int:
+        """The network's outputs for this loss: one logit for a single-logit loss on a binary
+        single-label task, else one per class (per label for multi-label)."""
+        return 1 if self.single_logit and not multi_label else num_classes
+
+
+def _class_weighted(base: nn.Module, class_weights: torch.Tensor | None) -> nn.Module:
+    return ClassWeightedLoss(base, class_weights) if class_weights is not None else base
+
+
+def _bce(options: Mapping[str, Any], class_weights: torch.Tensor | None, multi_label: bool) -> nn.Module:
+    return nn.BCEWithLogitsLoss(reduction="none") if multi_label else BinaryBCELoss(class_weights)
+
+
+BASE_LOSSES: dict[str, BaseLoss] = {
+    "ce": BaseLoss(lambda o, w, m: nn.CrossEntropyLoss(weight=w, reduction="none")),
+    "focal": BaseLoss(lambda o, w, m: PerSampleFocalLoss(o["focal_gamma"], w)),
+    "bce": BaseLoss(_bce, single_logit=True, multi_label=True),
+    "gce": BaseLoss(lambda o, w, m: _class_weighted(GCELoss(q=o["gce_q"], reduction="none"), w)),
+    "sce": BaseLoss(
+        lambda o, w, m: _class_weighted(SCELoss(alpha=o["sce_alpha"], beta=o["sce_beta"], reduction="none"), w)
+    ),
+}
+"""Per-sample losses by the name ``loss.name`` gives them."""
+
+
+def build_base_loss(
+    name: str, options: Mapping[str, Any], class_weights: torch.Tensor | None = None, multi_label: bool = False
+) -> nn.Module:
+    """The per-sample (unreduced) loss called ``name`` in :data:`BASE_LOSSES`.
+
+    Args:
+        name: a key of :data:`BASE_LOSSES` (``loss.name``).
+        options: the config's ``loss`` section (the loss's own parameters, e.g. ``focal_gamma``).
+        class_weights: (C,) weights per class, or ``None``.
+        multi_label: (N, L) logits with 0/1 targets.
+
+    Returns:
+        A module mapping (logits, labels) to per-sample losses (N,) ((N, L) for multi-label).
+
+    Raises:
+        ValueError: on an unknown name, or a multi-label task with a loss that does not take one.
+    """
+    entry = BASE_LOSSES.get(name)
+    if entry is None:
+        raise ValueError(f"loss must be one of {sorted(BASE_LOSSES)} but is {name!r}.")
+    if multi_label and not entry.multi_label:
+        raise ValueError(f"loss {name!r} does not take multi-label targets; use one of {_multi_label_names()}.")
+    return entry.build(options, class_weights, multi_label)
+
+
+def _multi_label_names() -> list[str]:
+    return [n for n, e in BASE_LOSSES.items() if e.multi_label]

@@ -1,6 +1,6 @@
-"""Modality presets as MONAI transform chains (radiology 2D, radiology 3D, pathology).
+"""The MONAI transform chain of each modality preset (:mod:`lilaw_med.data.presets`).
 
-Each preset is a ``Compose`` over datalist items (see :mod:`lilaw_med.data.datalist`) that
+Each preset's chain is a ``Compose`` over datalist items (see :mod:`lilaw_med.data.datalist`) that
 outputs::
 
     {"image": float32 tensor (C, H, W) for 2D or (C, H, W, D) for 3D  (MONAI axis order: x first),
@@ -15,7 +15,6 @@ Augmentations are options and all off by default (the LiLAW method needs none).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -38,77 +37,26 @@ from monai.transforms import (
     Spacingd,
 )
 
+from lilaw_med.data.presets import get_preset
 from lilaw_med.data.readers import LoadMedicalImaged
 from lilaw_med.data.wsi import LoadWSIPatchd
 
 __all__ = [
-    "PRESETS",
     "CastLabeld",
     "FillNoned",
     "LoadImageOrPatchd",
     "PrepareChannelsd",
     "build_transforms",
     "preset_defaults",
+    "resolve_options",
 ]
-
-PRESETS = ("radiology_2d", "radiology_3d", "pathology")
-
-_AUGMENT_DEFAULTS: dict[str, Any] = {
-    "flip": False,  # random flips along every spatial axis (p=0.5 each)
-    "rotate90": False,  # random multiples of 90 degrees in the first two spatial axes (p=0.5)
-    "affine": False,  # small random affine (rotation, scaling), p=0.5
-    "affine_rotate_deg": 10.0,
-    "affine_scale": 0.1,
-}
-
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "radiology_2d": {
-        "spatial_size": [224, 224],
-        "channels": 1,  # 1 grey (colour averaged); 3 repeats grey (ImageNet-style networks)
-        "intensity": "percentile",  # percentile | window | dicom_window | minmax | none
-        "percentiles": [0.5, 99.5],
-        "window": None,  # [center, width] for intensity "window"
-        "invert_monochrome1": True,
-        "resize_mode": "area",
-        "multi_label": False,
-        **_AUGMENT_DEFAULTS,
-    },
-    "radiology_3d": {
-        "spatial_size": [96, 96, 96],
-        "channels": 1,
-        "orientation": "RAS",  # None keeps the file's orientation
-        "pixdim": None,  # e.g. [1.5, 1.5, 2.0] mm; None keeps the file's spacing
-        "intensity": "percentile",  # ct_window | percentile | minmax | none
-        "percentiles": [0.5, 99.5],
-        "window": [40.0, 400.0],  # [center, width] in HU for intensity "ct_window" (soft tissue)
-        "invert_monochrome1": True,
-        "resize": "resize",  # resize | crop_or_pad
-        "resize_mode": "area",
-        "multi_label": False,
-        **_AUGMENT_DEFAULTS,
-    },
-    "pathology": {
-        "spatial_size": None,  # None keeps the tile size (tiles of one data set share a size)
-        "channels": 3,
-        "intensity": "scale",  # scale (x/255) | minmax | none
-        "resize_mode": "area",
-        "multi_label": False,
-        **_AUGMENT_DEFAULTS,
-    },
-}
-
-_INTENSITY = {
-    "radiology_2d": ("percentile", "window", "dicom_window", "minmax", "none"),
-    "radiology_3d": ("ct_window", "percentile", "minmax", "none"),
-    "pathology": ("scale", "minmax", "none"),
-}
 
 
 def preset_defaults(preset: str) -> dict[str, Any]:
     """Returns the documented default options of a preset (their keys are the valid option names).
 
     Args:
-        preset: one of ``"radiology_2d"``, ``"radiology_3d"``, ``"pathology"``.
+        preset: a registered preset (:data:`lilaw_med.data.presets.PRESETS`).
 
     Returns:
         A new dict of option name -> default value.
@@ -116,24 +64,41 @@ def preset_defaults(preset: str) -> dict[str, Any]:
     Raises:
         ValueError: for an unknown preset.
     """
-    if preset not in _DEFAULTS:
-        raise ValueError(f"preset must be one of {PRESETS} but is {preset!r}.")
-    return copy.deepcopy(_DEFAULTS[preset])
+    return get_preset(preset).default_options()
 
 
-def _resolve_options(preset: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
-    opts = preset_defaults(preset)
+def _check_window(opts: Mapping[str, Any], what: str) -> None:
+    w = opts.get("window")
+    if not (isinstance(w, (list, tuple)) and len(w) == 2 and float(w[1]) > 0):
+        raise ValueError(f"intensity '{opts['intensity']}' needs option 'window' = {what} but it is {w!r}.")
+
+
+def resolve_options(preset: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A preset's options: its defaults updated with ``options``, checked.
+
+    Args:
+        preset: a registered preset.
+        options: overrides of :func:`preset_defaults` (``data.options``).
+
+    Returns:
+        The complete options (``spatial_size`` a list of ``spatial_dims`` ints, or ``None``).
+
+    Raises:
+        ValueError: for an unknown preset or option, or an invalid option value.
+    """
+    spec = get_preset(preset)
+    opts = spec.default_options()
     unknown = sorted(set(options or {}) - set(opts))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for preset {preset!r}; valid: {sorted(opts)}.")
     opts.update(options or {})
-    if opts["intensity"] not in _INTENSITY[preset]:
+    if opts["intensity"] not in spec.intensities:
         raise ValueError(
-            f"option 'intensity' of preset {preset!r} must be one of {_INTENSITY[preset]} but is {opts['intensity']!r}."
+            f"option 'intensity' of preset {preset!r} must be one of {spec.intensities} but is {opts['intensity']!r}."
         )
     if opts["channels"] not in (1, 3):
         raise ValueError(f"option 'channels' must be 1 or 3 but is {opts['channels']!r}.")
-    dims = 3 if preset == "radiology_3d" else 2
+    dims = spec.spatial_dims
     size = opts["spatial_size"]
     if size is not None:
         if isinstance(size, int):
@@ -143,18 +108,10 @@ def _resolve_options(preset: str, options: Mapping[str, Any] | None) -> dict[str
                 f"option 'spatial_size' must be {dims} positive ints but is {opts['spatial_size']!r}."
             )
         opts["spatial_size"] = list(size)
-    if opts.get("intensity") == "window":
-        w = opts.get("window")
-        if not (isinstance(w, (list, tuple)) and len(w) == 2 and float(w[1]) > 0):
-            raise ValueError(
-                f"intensity 'window' needs option 'window' = [center, width > 0] but it is {w!r}."
-            )
-    if opts.get("intensity") == "ct_window":
-        w = opts.get("window")
-        if not (isinstance(w, (list, tuple)) and len(w) == 2 and float(w[1]) > 0):
-            raise ValueError(
-                f"intensity 'ct_window' needs option 'window' = [center HU, width HU > 0] but it is {w!r}."
-            )
+    if opts["intensity"] == "window":
+        _check_window(opts, "[center, width > 0]")
+    if opts["intensity"] == "ct_window":
+        _check_window(opts, "[center HU, width HU > 0]")
     return opts
 
 
@@ -165,8 +122,13 @@ def build_transforms(preset: str, options: Mapping[str, Any] | None = None, trai
     ``"label"`` LongTensor scalar (single-label) or float tensor (L,) (multi-label), and
     ``"id"`` plus every other key passed through.
 
+    The steps follow the preset's specification (:mod:`lilaw_med.data.presets`) and options:
+    whole-slide patches for a preset with ``patches``; ``orientation``, ``pixdim`` and
+    ``resize: crop_or_pad`` where a preset declares them; a channel change when the ``channels``
+    option differs from the channels the preset reads.
+
     Args:
-        preset: one of ``"radiology_2d"``, ``"radiology_3d"``, ``"pathology"``.
+        preset: a registered preset (e.g. ``"radiology_2d"``, ``"radiology_3d"``, ``"pathology"``).
         options: overrides of :func:`preset_defaults`; unknown keys are an error.
         train: adds the augmentations switched on in ``options`` (all off by default).
 
@@ -176,79 +138,84 @@ def build_transforms(preset: str, options: Mapping[str, Any] | None = None, trai
     Raises:
         ValueError: for an unknown preset or option, or an invalid option value.
     """
-    opts = _resolve_options(preset, options)
-    dims = 3 if preset == "radiology_3d" else 2
+    spec = get_preset(preset)
+    opts = resolve_options(preset, options)
+    dims = spec.spatial_dims
     keys = "image"
     loader = LoadMedicalImaged(
         keys,
-        voi_lut=opts.get("intensity") == "dicom_window",
+        voi_lut=opts["intensity"] == "dicom_window",
         invert_monochrome1=bool(opts.get("invert_monochrome1", True)),
         ensure_channel_first=True,
     )
     chain: list[Any] = [
-        LoadImageOrPatchd(keys, loader) if preset == "pathology" else loader,
-        PrepareChannelsd(keys, spatial_dims=dims, channels=1 if preset != "pathology" else 3),
+        LoadImageOrPatchd(keys, loader) if spec.patches else loader,
+        PrepareChannelsd(keys, spatial_dims=dims, channels=spec.channels),
     ]
-    if preset == "radiology_3d":
-        if opts["orientation"]:
-            # explicit RAS labels: MONAI's default is changing and warns about it
-            chain.append(
-                Orientationd(keys, axcodes=opts["orientation"], labels=(("L", "R"), ("P", "A"), ("I", "S")))
-            )
-        if opts["pixdim"]:
-            chain.append(Spacingd(keys, pixdim=opts["pixdim"], mode="bilinear"))
+    if opts.get("orientation"):
+        # explicit RAS labels: MONAI's default is changing and warns about it
+        chain.append(Orientationd(keys, axcodes=opts["orientation"], labels=(("L", "R"), ("P", "A"), ("I", "S"))))
+    if opts.get("pixdim"):
+        chain.append(Spacingd(keys, pixdim=opts["pixdim"], mode="bilinear"))
 
     # resize first: percentiles of the (smaller) resized image cost less and barely differ
     size = opts["spatial_size"]
     if size is not None:
-        if preset == "radiology_3d" and opts["resize"] == "crop_or_pad":
+        if opts.get("resize") == "crop_or_pad":
             chain.append(ResizeWithPadOrCropd(keys, spatial_size=size))
         else:
             chain.append(Resized(keys, spatial_size=size, mode=opts["resize_mode"]))
-    intensity = opts["intensity"]
-    if intensity == "percentile":
-        lo, hi = opts["percentiles"]
-        chain.append(
-            ScaleIntensityRangePercentilesd(keys, lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)
-        )
-    elif intensity in ("window", "ct_window"):
-        center, width = (float(v) for v in opts["window"])
-        chain.append(
-            ScaleIntensityRanged(
-                keys, a_min=center - width / 2, a_max=center + width / 2, b_min=0.0, b_max=1.0, clip=True
-            )
-        )
-    elif intensity in ("minmax", "dicom_window"):
-        chain.append(ScaleIntensityd(keys, minv=0.0, maxv=1.0))
-    elif intensity == "scale":
-        chain.append(ScaleIntensityRanged(keys, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True))
+    chain.extend(_intensity(keys, opts))
 
-    if opts["channels"] == 3 and preset != "pathology":
-        chain.append(PrepareChannelsd(keys, spatial_dims=dims, channels=3))
+    if opts["channels"] != spec.channels:
+        chain.append(PrepareChannelsd(keys, spatial_dims=dims, channels=opts["channels"]))
     chain.append(EnsureTyped(keys, dtype=torch.float32, track_meta=False))
     chain.append(CastLabeld("label", multi_label=bool(opts["multi_label"])))
     chain.append(FillNoned(("group",)))
-
     if train:
-        if opts["flip"]:
-            chain.extend(RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(dims))
-        if opts["rotate90"]:
-            chain.append(RandRotate90d(keys, prob=0.5, max_k=3, spatial_axes=(0, 1)))
-        if opts["affine"]:
-            rad = float(np.deg2rad(opts["affine_rotate_deg"]))
-            rotate = (rad,) if dims == 2 else (rad, rad, rad)
-            chain.append(
-                RandAffined(
-                    keys,
-                    prob=0.5,
-                    rotate_range=rotate,
-                    scale_range=(float(opts["affine_scale"]),) * dims,
-                    padding_mode="border",
-                )
-            )
-        if opts["flip"] or opts["rotate90"] or opts["affine"]:
-            chain.append(EnsureTyped(keys, dtype=torch.float32, track_meta=False))
+        chain.extend(_augmentations(keys, opts, dims))
     return Compose(chain)
+
+
+def _intensity(keys: str, opts: Mapping[str, Any]) -> list[Any]:
+    """The intensity scaling named by the ``intensity`` option (none for ``"none"``)."""
+    intensity = opts["intensity"]
+    if intensity == "percentile":
+        lo, hi = opts["percentiles"]
+        return [ScaleIntensityRangePercentilesd(keys, lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)]
+    if intensity in ("window", "ct_window"):
+        center, width = (float(v) for v in opts["window"])
+        return [
+            ScaleIntensityRanged(
+                keys, a_min=center - width / 2, a_max=center + width / 2, b_min=0.0, b_max=1.0, clip=True
+            )
+        ]
+    if intensity in ("minmax", "dicom_window"):
+        return [ScaleIntensityd(keys, minv=0.0, maxv=1.0)]
+    if intensity == "scale":
+        return [ScaleIntensityRanged(keys, a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True)]
+    return []
+
+
+def _augmentations(keys: str, opts: Mapping[str, Any], dims: int) -> list[Any]:
+    """The random augmentations switched on in the options, last in the chain (after the cached part)."""
+    chain: list[Any] = []
+    if opts["flip"]:
+        chain.extend(RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(dims))
+    if opts["rotate90"]:
+        chain.append(RandRotate90d(keys, prob=0.5, max_k=3, spatial_axes=(0, 1)))
+    if opts["affine"]:
+        rad = float(np.deg2rad(opts["affine_rotate_deg"]))
+        rotate = (rad,) if dims == 2 else (rad, rad, rad)
+        chain.append(
+            RandAffined(
+                keys, prob=0.5, rotate_range=rotate, scale_range=(float(opts["affine_scale"]),) * dims,
+                padding_mode="border",
+            )
+        )
+    if chain:
+        chain.append(EnsureTyped(keys, dtype=torch.float32, track_meta=False))
+    return chain
 
 
 class LoadImageOrPatchd(MapTransform):

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from monai.networks import nets
 from torch import nn
 
-__all__ = ["NETWORK_NAMES", "SmallCNN", "build_network", "load_pretrained"]
+__all__ = ["NETWORKS", "SmallCNN", "build_network", "load_pretrained"]
 
 logger = logging.getLogger(__name__)
-
-NETWORK_NAMES = ("small_cnn", "resnet18", "resnet34", "resnet50", "densenet121", "efficientnet-b0")
 
 
 def _norm(kind: str, spatial_dims: int, channels: int, momentum: float = 0.3) -> nn.Module:
@@ -118,6 +116,51 @@ def load_pretrained(network: nn.Module, weights: str | os.PathLike) -> nn.Module
     return network
 
 
+# ---------------------------------------------------------------------------------------- the table
+NetworkFactory = Callable[[int, int, int, float], nn.Module]
+"""``factory(spatial_dims, in_channels, num_classes, dropout)`` -> a network mapping images to logits."""
+
+
+def _small_cnn(spatial_dims: int, in_channels: int, num_classes: int, dropout: float) -> nn.Module:
+    return SmallCNN(spatial_dims, in_channels, num_classes, dropout=dropout)
+
+
+def _resnet(name: str) -> NetworkFactory:
+    def build(spatial_dims: int, in_channels: int, num_classes: int, dropout: float) -> nn.Module:
+        from monai.networks import nets  # MONAI's networks load on use: validating a config stays cheap
+
+        return getattr(nets, name)(
+            spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes, pretrained=False
+        )
+
+    return build
+
+
+def _densenet121(spatial_dims: int, in_channels: int, num_classes: int, dropout: float) -> nn.Module:
+    from monai.networks import nets
+
+    return nets.DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes)
+
+
+def _efficientnet_b0(spatial_dims: int, in_channels: int, num_classes: int, dropout: float) -> nn.Module:
+    from monai.networks import nets
+
+    return nets.EfficientNetBN(
+        "efficientnet-b0", pretrained=False, spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes
+    )
+
+
+NETWORKS: dict[str, NetworkFactory] = {
+    "small_cnn": _small_cnn,
+    "resnet18": _resnet("resnet18"),
+    "resnet34": _resnet("resnet34"),
+    "resnet50": _resnet("resnet50"),
+    "densenet121": _densenet121,
+    "efficientnet-b0": _efficientnet_b0,
+}
+"""Networks by the name ``model.network`` gives them; ``dropout`` is used by ``small_cnn`` only."""
+
+
 def build_network(
     name: str,
     spatial_dims: int,
@@ -130,7 +173,7 @@ def build_network(
     """Builds a classification network.
 
     Args:
-        name: one of ``NETWORK_NAMES``: ``small_cnn`` (CPU default), ``resnet18``/``34``/``50``
+        name: a key of :data:`NETWORKS`: ``small_cnn`` (CPU default), ``resnet18``/``34``/``50``
             (MONAI ResNet), ``densenet121`` (MONAI DenseNet121), ``efficientnet-b0`` (MONAI EfficientNetBN).
         spatial_dims: 2 or 3.
         in_channels: input channels.
@@ -150,21 +193,10 @@ def build_network(
         raise ValueError(f"spatial_dims must be 2 or 3 but is {spatial_dims}.")
     if in_channels < 1 or num_classes < 1:
         raise ValueError(f"in_channels and num_classes must be >= 1 but are {in_channels} and {num_classes}.")
-    if name == "small_cnn":
-        net: nn.Module = SmallCNN(spatial_dims, in_channels, num_classes, dropout=dropout)
-    elif name in ("resnet18", "resnet34", "resnet50"):
-        net = getattr(nets, name)(
-            spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes, pretrained=False
-        )
-    elif name == "densenet121":
-        net = nets.DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes)
-    elif name == "efficientnet-b0":
-        net = nets.EfficientNetBN(
-            "efficientnet-b0", pretrained=False, spatial_dims=spatial_dims, in_channels=in_channels,
-            num_classes=num_classes,
-        )
-    else:
-        raise ValueError(f"network must be one of {list(NETWORK_NAMES)} but is {name!r}.")
+    factory = NETWORKS.get(name)
+    if factory is None:
+        raise ValueError(f"network must be one of {list(NETWORKS)} but is {name!r}.")
+    net = factory(spatial_dims, in_channels, num_classes, float(dropout))
     if pretrained:
         if weights is None:
             raise ValueError("pretrained=True needs a local weights file (weights are never downloaded).")

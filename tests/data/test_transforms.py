@@ -11,7 +11,8 @@ import torch
 from monai.data import DataLoader, Dataset
 from PIL import Image
 
-from lilaw_med.data.transforms import PRESETS, build_transforms, preset_defaults
+from lilaw_med.data.presets import PRESETS
+from lilaw_med.data.transforms import build_transforms, preset_defaults
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lilaw_med.training.networks import NETWORK_NAMES, build_network
+from lilaw_med.training.networks import NETWORKS, build_network
 
 
-@pytest.mark.parametrize("name", NETWORK_NAMES)
+@pytest.mark.parametrize("name", NETWORKS)
 def test_every_network_maps_a_2d_batch_to_logits(name: str) -> None:
     net = build_network(name, spatial_dims=2, in_channels=3, num_classes=5).eval()
     with torch.no_grad():
