@@ -39,28 +39,17 @@ from ignite.engine import Engine, Events
 from lilaw_med.data.sampler import ResumableSampler
 from lilaw_med.handlers.checkpoint import (
     CheckpointHandler,
-    capture_rng_state,
     find_checkpoints,
     load_latest_checkpoint,
     load_object_state,
-    restore_loader_rng_state,
-    restore_rng_state,
 )
 from lilaw_med.handlers.meta_step import LiLAWHandler
+from lilaw_med.rng import restore_loader_rng_state, restore_rng_state
+from lilaw_med.training.run_dir import RunDir
 
-__all__ = [
-    "CHECKPOINT_DIR",
-    "attach_checkpointing",
-    "capture_rng_state",
-    "restore_rng_state",
-    "resume_from",
-    "run_is_complete",
-]
+__all__ = ["attach_checkpointing", "resume_from", "run_is_complete"]
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "checkpoints"
-
 
 def attach_checkpointing(
     trainer: Engine,
@@ -91,7 +80,7 @@ def attach_checkpointing(
         The attached handler (its ``last_checkpoint`` names the newest file written).
     """
     handler = CheckpointHandler(
-        Path(run_dir) / CHECKPOINT_DIR,
+        RunDir(run_dir).checkpoints,
         objects,
         every_n_iterations=every_n_iterations,
         every_n_epochs=every_n_epochs,
@@ -156,8 +145,7 @@ def resume_from(
             (or vice versa), the data changed (a different number of samples per epoch or batch size),
             or a mid-epoch checkpoint is resumed without a :class:`ResumableSampler`.
     """
-    run_dir = Path(run_dir)
-    save_dir = run_dir / CHECKPOINT_DIR
+    save_dir = RunDir(run_dir).checkpoints
     if not find_checkpoints(save_dir):
         # killed before its first checkpoint: nothing was saved, so nothing can be lost by starting over
         logger.warning(

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from lilaw_med.data.sampler import ResumableSampler
-from lilaw_med.handlers.checkpoint import capture_rng_state, restore_rng_state
+from lilaw_med.rng import capture_rng_state, restore_rng_state
 
 
 def test_order_is_a_pure_function_of_seed_and_epoch() -> None:
@@ -102,7 +102,7 @@ def test_loader_rng_capture_restores_generator_and_random_transforms() -> None:
     from monai.data import DataLoader, Dataset
     from monai.transforms import Compose, RandAffined, RandFlipd
 
-    from lilaw_med.handlers.checkpoint import capture_loader_rng_state, restore_loader_rng_state
+    from lilaw_med.rng import capture_loader_rng_state, restore_loader_rng_state
 
     items = [{"image": torch.arange(16.0).reshape(1, 4, 4) + i} for i in range(6)]
     transform = Compose(
