@@ -8,8 +8,8 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
+import ignite.distributed as idist
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from lilaw_med.losses import LiLAWLoss
@@ -128,7 +128,7 @@ class LiLAWHandler:
     def _is_distributed(self) -> bool:
         if self.distributed is not None:
             return self.distributed
-        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        return idist.get_world_size() > 1
 
     @property
     def validation_position(self) -> tuple[int, int]:
@@ -211,9 +211,8 @@ class LiLAWHandler:
             meta = self.loss.meta_loss(pred, targets)
             grads = torch.autograd.grad(meta, params)
         packed = torch.stack([meta.detach(), *grads]).float()
-        if self._is_distributed():
-            dist.all_reduce(packed)  # every rank then takes the same step
-            packed /= dist.get_world_size()
+        if self._is_distributed():  # every rank then takes the same step
+            packed = idist.all_reduce(packed) / idist.get_world_size()
         train_w = (self.loss.last_stats.weight if self.loss.last_stats is not None else packed.new_ones(1)).float()
         summary = torch.cat([packed, torch.stack([train_w.min(), train_w.mean(), train_w.max()])]).tolist()
         val_loss = summary[0]  # one device sync per step, above

@@ -1,6 +1,8 @@
-"""Distributed data-parallel training: process-group set-up from torchrun's environment and the
-collectives the rest of the toolkit needs (rank helpers, barrier, DDP wrapping, averaging the loss
-and metrics across ranks, gathering per-item tables so that each item is kept once).
+"""Ranks and devices: the one place the toolkit asks which process it is and where it trains.
+
+Process-group set-up from torchrun's environment, the device of a process, rank helpers built on
+``ignite.distributed`` (as MONAI's own handlers use it), DDP wrapping, and the two collectives a
+run needs (sending rank 0's run folder and datalist to every rank; averaging the loss).
 
 ``torchrun --nproc_per_node N -m lilaw_med train --config ...`` starts N processes with ``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` set; :func:`init_distributed`
@@ -25,7 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
+import ignite.distributed as idist
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
@@ -35,23 +37,18 @@ from torch.nn.parallel import DistributedDataParallel
 __all__ = [
     "AverageLossAcrossRanks",
     "DistributedContext",
-    "all_gather_object",
-    "all_gather_tensor",
     "barrier",
     "broadcast_object",
     "cleanup_distributed",
     "convert_sync_batchnorm",
-    "gather_item_table",
     "get_rank",
     "get_world_size",
     "handlers_for_rank",
     "init_distributed",
     "is_distributed",
     "is_rank0",
-    "merge_item_tables",
     "quiet_unless_rank0",
-    "reduce_metrics",
-    "scale_learning_rate",
+    "resolve_device",
     "torchrun_env_present",
     "unwrap_network",
     "wrap_ddp",
@@ -127,35 +124,44 @@ def _env_int(env: Mapping[str, str], name: str) -> int:
         raise RuntimeError(f"environment variable {name} must be an integer but is {value!r}.") from None
 
 
-def _resolve_device(
-    device: str | torch.device | None, local_rank: int, distributed: bool = False
-) -> torch.device:
-    name = "auto" if device is None else str(device)
+def resolve_device(device: str | torch.device | None = "auto", local_rank: int | None = None) -> torch.device:
+    """The device a process trains on.
+
+    Args:
+        device: ``"auto"`` (``None``; CUDA when present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        local_rank: under torchrun, this process's ``LOCAL_RANK``: CUDA then means
+            ``cuda:<local_rank>`` (one GPU per process), whatever index a shared config names.
+
+    Returns:
+        The device.
+
+    Raises:
+        ValueError: when CUDA is asked for but not available, the GPU does not exist (or a node runs
+            more processes than it has GPUs), or the name is unknown.
+    """
+    name = "auto" if device is None else str(device).strip().lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if not name.startswith("cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' but is '{name}'.")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device '{name}' was asked for but CUDA is not available on this machine; use --device cpu.")
     dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} was requested but CUDA is not available; use device 'cpu'.")
-        count = torch.cuda.device_count()
-        index = local_rank if dev.index is None else dev.index
-        if distributed and index != local_rank:  # one GPU per process, whatever a shared config names
-            logger.warning(
-                "device %s ignored under torchrun: rank with LOCAL_RANK %d uses cuda:%d.",
-                dev,
-                local_rank,
-                local_rank,
-            )
-            index = local_rank
-        if index >= count:
-            raise ValueError(
-                f"LOCAL_RANK {local_rank} needs GPU cuda:{index} but this node has {count} GPU(s); "
-                f"start at most {count} processes per node (torchrun --nproc_per_node {count})."
-            )
-        dev = torch.device("cuda", index)
-    elif dev.type != "cpu":
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:i]' but is {name!r}.")
-    return dev
+    count = torch.cuda.device_count()
+    if local_rank is None:
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device '{name}' does not exist: {count} CUDA device(s) visible.")
+        return dev
+    if dev.index is not None and dev.index != local_rank:
+        logger.warning("device %s ignored under torchrun: rank with LOCAL_RANK %d uses cuda:%d.", dev, local_rank, local_rank)
+    if local_rank >= count:
+        raise ValueError(
+            f"LOCAL_RANK {local_rank} needs GPU cuda:{local_rank} but this node has {count} GPU(s); "
+            f"start at most {count} processes per node (torchrun --nproc_per_node {count})."
+        )
+    return torch.device("cuda", local_rank)
 
 
 def init_distributed(
@@ -189,12 +195,13 @@ def init_distributed(
     if dist.is_available() and dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
         local_rank = int(env.get("LOCAL_RANK", rank))
-        dev = _resolve_device(device, local_rank, distributed=world_size > 1)
+        dev = resolve_device(device, local_rank if world_size > 1 else None)
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
+        _sync_ignite(local_rank)
         return DistributedContext(rank, local_rank, world_size, dev, dist.get_backend(), False)
     if not torchrun_env_present(env):
-        return DistributedContext(device=_resolve_device(device, 0))
+        return DistributedContext(device=resolve_device(device))
     if not dist.is_available():
         raise RuntimeError(
             "WORLD_SIZE > 1 asks for distributed training but torch.distributed is not available."
@@ -207,7 +214,7 @@ def init_distributed(
     _env_int(env, "MASTER_PORT")
     if not 0 <= rank < world_size:
         raise RuntimeError(f"RANK must lie in [0, {world_size}) but is {rank}.")
-    dev = _resolve_device(device, local_rank, distributed=True)
+    dev = resolve_device(device, local_rank)
     if backend is None:
         backend = "nccl" if dev.type == "cuda" else "gloo"
     if dev.type == "cuda":
@@ -226,6 +233,7 @@ def init_distributed(
         timeout=datetime.timedelta(seconds=timeout_s),
         **kwargs,
     )
+    _sync_ignite(local_rank)
     logger.info(
         "distributed: rank %d/%d (local rank %d) on %s, backend %s",
         rank,
@@ -251,22 +259,32 @@ def cleanup_distributed(context: DistributedContext | None = None) -> None:
         if dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+        idist.sync(temporary=True)  # ignite.distributed forgets the group too
+
+
+def _sync_ignite(local_rank: int) -> None:
+    """Points ``ignite.distributed`` at the process group just set up (every rank calls it together:
+    ignite's first look at a group is a collective) and tells it the local rank, which an explicit
+    ``environ`` keeps out of ``os.environ``."""
+    idist.set_local_rank(local_rank)
+    # temporary: ignite re-reads the group when it changes (a test or a bundle may set up another)
+    idist.sync(temporary=True)
 
 
 # ------------------------------------------------------------------------------------ rank helpers
 def is_distributed() -> bool:
-    """Whether a process group of more than one rank is initialised."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """Whether more than one process takes part (``ignite.distributed``'s view of the process group)."""
+    return idist.get_world_size() > 1
 
 
 def get_rank() -> int:
     """This process's global rank (0 when not distributed)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return idist.get_rank()
 
 
 def get_world_size() -> int:
     """The number of processes (1 when not distributed)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return idist.get_world_size()
 
 
 def is_rank0() -> bool:
@@ -277,14 +295,7 @@ def is_rank0() -> bool:
 def barrier() -> None:
     """Waits until every rank arrives here; a no-op when not distributed."""
     if is_distributed():
-        dist.barrier()
-
-
-def _collective_device() -> torch.device:
-    # NCCL only moves CUDA tensors; gloo only CPU ones
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+        idist.barrier()
 
 
 # ------------------------------------------------------------------------------------ networks
@@ -399,52 +410,7 @@ def handlers_for_rank(handlers: Sequence[Any] | None, rank: int | None = None) -
     return [h for h in handlers if not any(c.__name__ in _RANK0_HANDLER_NAMES for c in type(h).__mro__)]
 
 
-def scale_learning_rate(lr: float, world_size: int, rule: str = "none") -> float:
-    """The learning rate for ``world_size`` ranks, given the single-process one.
-
-    With the per-rank batch kept, the effective batch grows ``world_size`` times. ``"none"`` keeps
-    ``lr`` (exactly the single-process run with batch ``world_size * B``); ``"linear"`` multiplies it
-    by ``world_size`` (Goyal et al. 2017, for SGD); ``"sqrt"`` by ``sqrt(world_size)`` (often used with Adam).
-
-    Args:
-        lr: the single-process learning rate.
-        world_size: the number of ranks.
-        rule: ``"none"``, ``"linear"`` or ``"sqrt"``.
-
-    Returns:
-        The scaled learning rate.
-
-    Raises:
-        ValueError: on an unknown rule or a world size below 1.
-    """
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1 but is {world_size}.")
-    if rule == "none":
-        return float(lr)
-    if rule == "linear":
-        return float(lr) * world_size
-    if rule == "sqrt":
-        return float(lr) * float(np.sqrt(world_size))
-    raise ValueError(f"rule must be 'none', 'linear' or 'sqrt' but is {rule!r}.")
-
-
 # ------------------------------------------------------------------------------------ collectives
-def all_gather_object(obj: T) -> list[T]:
-    """Gathers a picklable object from every rank, in rank order.
-
-    Args:
-        obj: this rank's object.
-
-    Returns:
-        ``[obj_rank0, obj_rank1, ...]`` on every rank; ``[obj]`` when not distributed.
-    """
-    if not is_distributed():
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def broadcast_object(obj: T, src: int = 0) -> T:
     """Sends rank ``src``'s object to every rank (e.g. the run folder rank 0 chose).
 
@@ -460,62 +426,6 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def all_gather_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenates along dim 0 the tensors of every rank, in rank order; the ranks' first
-    dimensions may differ (the rest must agree).
-
-    Args:
-        tensor: this rank's tensor, shape (N_r, ...).
-
-    Returns:
-        Shape (sum_r N_r, ...), on ``tensor``'s device, on every rank; ``tensor`` when not distributed.
-    """
-    if not is_distributed():
-        return tensor
-    device = _collective_device()
-    local = tensor.detach().to(device)
-    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([local.shape[0]], dtype=torch.long, device=device))
-    counts = [int(s.item()) for s in sizes]
-    padded = local.new_zeros((max(counts), *local.shape[1:]))
-    padded[: local.shape[0]] = local
-    parts = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)]).to(tensor.device)
-
-
-def reduce_metrics(metrics: Mapping[str, float], weight: float = 1.0) -> dict[str, float]:
-    """Averages scalar metrics across ranks, weighted (e.g. by each rank's number of samples).
-
-    Every rank must pass the same keys. Non-finite values propagate (a NaN on one rank is a NaN).
-
-    Args:
-        metrics: this rank's ``{name: value}``.
-        weight: this rank's weight (> 0), e.g. the samples its values were averaged over.
-
-    Returns:
-        ``{name: sum_r(w_r * v_r) / sum_r(w_r)}`` on every rank; ``metrics`` as floats when not distributed.
-
-    Raises:
-        ValueError: when ``weight`` is not positive, or the ranks' keys differ.
-    """
-    if not weight > 0:
-        raise ValueError(f"weight must be > 0 but is {weight}.")
-    names = sorted(metrics)
-    if not is_distributed():
-        return {k: float(metrics[k]) for k in names}
-    key_lists = all_gather_object(names)
-    if any(keys != names for keys in key_lists):
-        raise ValueError(f"every rank must reduce the same metrics; ranks passed {key_lists}.")
-    device = _collective_device()
-    packed = torch.tensor(
-        [weight * float(metrics[k]) for k in names] + [weight], dtype=torch.float64, device=device
-    )
-    dist.all_reduce(packed)
-    total = packed[-1]
-    return dict(zip(names, (packed[:-1] / total).tolist(), strict=True))
 
 
 class AverageLossAcrossRanks:
@@ -554,9 +464,8 @@ class AverageLossAcrossRanks:
         if not is_distributed() or not isinstance(output, dict) or self.output_key not in output:
             return
         value = output[self.output_key]
-        local = torch.as_tensor(value).detach().reshape(-1)[:1].to(_collective_device(), torch.float64)
-        dist.all_reduce(local)
-        mean = local / dist.get_world_size()
+        local = torch.as_tensor(value).detach().reshape(-1)[:1].to(torch.float64)
+        mean = idist.all_reduce(local) / idist.get_world_size()  # ignite moves it to the backend's device
         output[self.output_key] = mean[0].to(
             value.device if isinstance(value, torch.Tensor) else "cpu", torch.float32
         )
@@ -580,74 +489,3 @@ def quiet_unless_rank0(logger_names: Sequence[str] = ("lilaw_med", "ignite")) ->
     finally:
         for lg, level in zip(loggers, previous, strict=True):
             lg.setLevel(level)
-
-
-# ------------------------------------------------------------------------------------ per-item tables
-def merge_item_tables(
-    tables: Sequence[np.ndarray], seen: Sequence[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Merges per-rank item tables so that each item holds exactly one rank's row.
-
-    Each rank records only the items its sampler gave it; a distributed sampler pads the last
-    positions of an epoch with repeated items, so a few items are seen by two ranks. The row of the
-    lowest rank that saw an item is kept.
-
-    Args:
-        tables: one table per rank, each of shape (num_items, ...) with the same shape and dtype.
-        seen: one boolean mask of shape (num_items,) per rank: which rows that rank filled.
-
-    Returns:
-        ``(table, seen_any)``: the merged (num_items, ...) table (rows no rank saw are those of
-        ``tables[0]``) and the (num_items,) mask of items seen by some rank.
-
-    Raises:
-        ValueError: when the ranks' shapes disagree or no table is given.
-    """
-    if len(tables) == 0 or len(tables) != len(seen):
-        raise ValueError(f"one table and one mask per rank are needed but got {len(tables)} and {len(seen)}.")
-    shape = tables[0].shape
-    for r, (t, s) in enumerate(zip(tables, seen, strict=True)):
-        if t.shape != shape or s.shape != (shape[0],):
-            raise ValueError(
-                f"rank {r}: table {t.shape} / mask {s.shape} do not match rank 0's table {shape} / mask {(shape[0],)}."
-            )
-    merged = np.array(tables[0], copy=True)
-    taken = np.asarray(seen[0], dtype=bool).copy()
-    for t, s in zip(tables[1:], seen[1:], strict=True):
-        new = np.asarray(s, dtype=bool) & ~taken
-        merged[new] = t[new]
-        taken |= new
-    return merged, taken
-
-
-def gather_item_table(
-    table: np.ndarray, seen: np.ndarray, dst: int | None = 0
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Gathers every rank's per-item table and merges them (:func:`merge_item_tables`): each item is
-    recorded exactly once.
-
-    Only the rows a rank saw travel (a table of every item on every rank would not).
-
-    Args:
-        table: this rank's table, shape (num_items, ...).
-        seen: (num_items,) boolean mask of the rows this rank filled.
-        dst: the rank that receives the merged table (the writer); ``None`` gives it to every rank.
-
-    Returns:
-        ``(table, seen_any)`` on ``dst`` (every rank when ``dst`` is ``None``), ``None`` elsewhere;
-        ``(table, seen)`` unchanged when not distributed.
-    """
-    seen = np.asarray(seen, dtype=bool)
-    if not is_distributed():
-        return table, seen
-    rows = np.flatnonzero(seen)
-    parts = all_gather_object((rows, table[rows]))
-    if dst is not None and get_rank() != dst:
-        return None
-    merged = np.array(table, copy=True)
-    taken = np.zeros(seen.shape[0], dtype=bool)
-    for r_rows, r_values in parts:  # rank order: the lowest rank that saw an item wins
-        new = ~taken[r_rows]
-        merged[r_rows[new]] = r_values[new]
-        taken[r_rows] = True
-    return merged, taken
