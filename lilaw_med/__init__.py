@@ -1,8 +1,12 @@
 """lilaw-med: MONAI toolkit for training medical image classifiers on noisy labels with LiLAW."""
 
-from lilaw_med.handlers.meta_step import LiLAWHandler
-from lilaw_med.losses import GCELoss, LiLAWLoss, LiLAWStats, SCELoss
-from lilaw_med.weighting import (
+from lilaw_med.quiet import filter_known_warnings
+
+filter_known_warnings()  # before anything imports MONAI's readers
+
+from lilaw_med.handlers.meta_step import LiLAWHandler  # noqa: E402
+from lilaw_med.losses import GCELoss, LiLAWLoss, LiLAWStats, SCELoss  # noqa: E402
+from lilaw_med.weighting import (  # noqa: E402
     LiLAWTerms,
     LiLAWWeighting,
     class_probabilities,

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from lilaw_med.quiet import filter_known_warnings
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LILAW_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
@@ -17,6 +19,13 @@ torch.set_num_threads(1)  # CI has 2 cores; small models run fastest single-thre
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # pytest restores the warning filters around each test, dropping those lilaw_med sets at import;
+    # set them again before any fixture (a module-scoped training run included) is set up
+    filter_known_warnings()
 
 
 @pytest.fixture
