@@ -1,7 +1,7 @@
 """Preset pipelines, installed as ``lilaw_med.pipelines`` (never as a top-level ``pipelines`` package).
 
 Each module (``radiology_2d``, ``radiology_3d``, ``pathology_patch``) is a thin preset over
-:mod:`lilaw_med.training.builder` with ``default_config``, ``build`` and ``run``.
+:func:`lilaw_med.training.run.run_training` with ``default_config``, ``build`` and ``run``.
 """
 
 __all__ = ["pathology_patch", "radiology_2d", "radiology_3d"]

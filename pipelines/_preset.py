@@ -1,4 +1,4 @@
-"""Shared body of the preset pipelines: each preset is its packaged YAML plus the generic builder."""
+"""Shared body of the preset pipelines: each preset is its specification and packaged YAML plus the generic run."""
 
 from __future__ import annotations
 
@@ -6,23 +6,23 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lilaw_med.training.builder import RunResult, TrainingComponents, build_components, run_training
-from lilaw_med.training.config import apply_overrides, load_preset_config, validate_config
+from lilaw_med.data.presets import get_preset
+from lilaw_med.training.config import ConfigError, apply_overrides, load_preset_config, validate_config
+from lilaw_med.training.run import RunResult, run_training
+from lilaw_med.training.trainer import TrainingComponents, build_components
 
 __all__ = ["Preset"]
 
 
 class Preset:
-    """A preset pipeline: a packaged config file and the transform preset it must use.
+    """A preset pipeline: a registered preset (:mod:`lilaw_med.data.presets`) and its packaged config.
 
     Args:
-        config_file: the YAML in ``lilaw_med.configs``.
-        data_preset: the transform preset (``data.preset``) the pipeline is for.
+        name: the preset's name (``data.preset``); its YAML is the spec's ``config_file``.
     """
 
-    def __init__(self, config_file: str, data_preset: str) -> None:
-        self.config_file = config_file
-        self.data_preset = data_preset
+    def __init__(self, name: str) -> None:
+        self.spec = get_preset(name)
 
     def config(self, overrides: Sequence[str] = (), base: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The preset's validated config: the packaged YAML (or ``base``) with ``--set``-style overrides.
@@ -31,14 +31,12 @@ class Preset:
             ConfigError: when the result is invalid or names another transform preset.
         """
         if base is None:
-            cfg = load_preset_config(self.config_file, overrides)
+            cfg = load_preset_config(self.spec.config_file, overrides)
         else:
             cfg = validate_config(apply_overrides(base, overrides))
-        if cfg["data"]["preset"] != self.data_preset:
-            from lilaw_med.training.config import ConfigError
-
+        if cfg["data"]["preset"] != self.spec.name:
             raise ConfigError(
-                f"config field 'data.preset' must be '{self.data_preset}' for this pipeline but is '{cfg['data']['preset']}'."
+                f"config field 'data.preset' must be '{self.spec.name}' for this pipeline but is '{cfg['data']['preset']}'."
             )
         return cfg
 
@@ -53,5 +51,5 @@ class Preset:
         overrides: Sequence[str] = (),
         **kwargs: Any,
     ) -> RunResult:
-        """Trains the preset and writes its run folder (see :func:`lilaw_med.training.builder.run_training`)."""
+        """Trains the preset and writes its run folder (see :func:`lilaw_med.training.run.run_training`)."""
         return run_training(self.config(overrides, base=config), output_dir, **kwargs)

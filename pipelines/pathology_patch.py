@@ -1,6 +1,6 @@
 """Preset pipeline: Pathology patches: RGB H&E tiles (PNG/JPEG/TIFF) or patches of whole slides.
 
-A thin preset over :mod:`lilaw_med.training.builder`: its config is the packaged
+A thin preset over :func:`lilaw_med.training.run.run_training`: its config is the packaged
 ``lilaw_med/configs/pathology_patch.yaml`` (copy it with ``lilaw-med init-config pathology_patch -o my.yaml``).
 
 Example:
@@ -10,11 +10,9 @@ Example:
 
 from lilaw_med.pipelines._preset import Preset
 
-__all__ = ["CONFIG_FILE", "DATA_PRESET", "build", "default_config", "run"]
+__all__ = ["build", "default_config", "run"]
 
-CONFIG_FILE = "pathology_patch.yaml"
-DATA_PRESET = "pathology"
-_PRESET = Preset(CONFIG_FILE, DATA_PRESET)
+_PRESET = Preset("pathology")  # its specification: lilaw_med.data.presets
 
 # the preset's API, shared by every preset (see Preset): its validated config (the packaged YAML
 # with --set-style overrides), its MONAI components, and a training run that writes a run folder

@@ -14,7 +14,7 @@ The bundle's folder::
 
 How ``train.yaml`` gives the same results as ``lilaw-med train`` on the same config and seed: it
 embeds the complete, validated config (``lilaw_config``; every default filled in, relative paths
-made absolute) and its ``training`` component is :func:`lilaw_med.training.builder.run_training`
+made absolute) and its ``training`` component is :func:`lilaw_med.training.run.run_training`
 called with it, the very function the CLI calls after reading the same config. Nothing is rebuilt
 from bundle-side components, so the two paths cannot drift apart. ``network_def`` (the network from
 :func:`lilaw_med.training.networks.build_network` with the run's arguments) is what MONAI's
@@ -37,6 +37,11 @@ import torch
 import yaml
 
 from lilaw_med.bundle.metadata import build_metadata, missing_metadata_keys
+from lilaw_med.data.presets import get_preset
+from lilaw_med.training.config import Config, load_config, validate_config
+from lilaw_med.training.data import prepare_datalist, transform_options
+from lilaw_med.training.model import input_shape, model_shape
+from lilaw_med.training.run_dir import RunDir
 from lilaw_med.utils import atomic_save_torch, atomic_write
 
 __all__ = [
@@ -65,14 +70,6 @@ _PATH_FIELDS = (
     ("data", "relabel"),
     ("model", "weights"),
 )
-# option names under which a transform preset states the network's input size, first match wins
-_SIZE_OPTIONS = ("spatial_size", "image_size", "size", "roi_size", "patch_size", "resize")
-_MODALITY = {"radiology_2d": "n/a", "radiology_3d": "n/a", "pathology": "SM"}
-_TASK = {
-    "radiology_2d": "2D radiology image classification",
-    "radiology_3d": "3D radiology volume classification",
-    "pathology": "pathology patch classification",
-}
 _MULTI_GPU = "multi_gpu_train.yaml"
 
 
@@ -81,7 +78,7 @@ class ModelSpec:
     """The network of a bundle and what its outputs mean.
 
     Attributes:
-        network: a name of :data:`lilaw_med.training.networks.NETWORK_NAMES`.
+        network: a key of :data:`lilaw_med.training.networks.NETWORKS`.
         spatial_dims: 2 or 3.
         in_channels: image channels.
         num_outputs: network outputs (classes; 1 for a single binary logit; labels for multi-label).
@@ -162,17 +159,8 @@ def _differences(a: Any, b: Any, path: str = "") -> list[str]:
     return [] if a == b else [path]
 
 
-def _preset_option_defaults(preset: str) -> dict[str, Any]:
-    try:
-        from lilaw_med.data.transforms import preset_defaults
-
-        return dict(preset_defaults(preset))
-    except (ImportError, NotImplementedError, ValueError, KeyError):
-        return {}
-
-
 def input_spatial_shape(config: Mapping[str, Any], spatial_dims: int) -> list[int | str]:
-    """The network's input size from the transform preset's options (``data.options`` over the
+    """The network's input size: the ``spatial_size`` transform option (``data.options`` over the
     preset's defaults), for the metadata and MONAI's ``verify_net_in_out``.
 
     Args:
@@ -184,51 +172,43 @@ def input_spatial_shape(config: Mapping[str, Any], spatial_dims: int) -> list[in
         when the preset keeps the images' own size (e.g. ``spatial_size: null`` for pathology
         tiles): every lilaw-med network pools globally, so it accepts any size.
     """
-    preset = config["data"]["preset"]
-    options = {**_preset_option_defaults(preset), **dict(config["data"]["options"])}
-    for key in _SIZE_OPTIONS:
-        value = options.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return [value] * spatial_dims
-        if isinstance(value, (list, tuple)) and len(value) == spatial_dims and all(isinstance(v, int) for v in value):
-            return [int(v) for v in value]
-    logger.info("preset '%s' keeps the images' own size: input spatial_shape is '*' (any size)", preset)
+    size = transform_options(config)["spatial_size"]
+    if isinstance(size, int) and not isinstance(size, bool):
+        return [size] * spatial_dims
+    if isinstance(size, (list, tuple)) and len(size) == spatial_dims and all(isinstance(v, int) for v in size):
+        return [int(v) for v in size]
+    logger.info("preset '%s' keeps the images' own size: input spatial_shape is '*' (any size)", config["data"]["preset"])
     return ["*"] * spatial_dims
 
 
 def model_spec_from_config(config: Mapping[str, Any], datalist: Any = None) -> ModelSpec:
-    """The network a config trains, with its classes read from the config's datalist.
+    """The network a config trains (:func:`lilaw_med.training.model.model_shape`), with its classes
+    read from the config's datalist.
 
     Args:
         config: a validated config.
-        datalist: the prepared datalist (``None``: :func:`lilaw_med.training.builder.prepare_datalist`).
+        datalist: the prepared datalist (``None``: :func:`lilaw_med.training.data.prepare_datalist`).
 
     Returns:
         The :class:`ModelSpec`.
     """
-    from lilaw_med.training.builder import PRESET_CHANNELS, prepare_datalist
-
+    cfg = Config.from_mapping(config)
     if datalist is None:
-        datalist = prepare_datalist(config)
-    data, model = config["data"], config["model"]
-    default_channels, default_dims = PRESET_CHANNELS[data["preset"]]
-    multi = bool(data["multi_label"])
+        datalist = prepare_datalist(cfg)
     names = [str(n) for n in (datalist.class_names or range(datalist.num_classes))]
-    num_outputs = 1 if config["loss"]["name"] == "bce" and not multi else len(names)
+    shape = model_shape(cfg, len(names))
     return ModelSpec(
-        network=model["network"],
-        spatial_dims=int(model["spatial_dims"] or default_dims),
-        in_channels=int(model["in_channels"] or default_channels),
-        num_outputs=num_outputs,
+        network=cfg.model.network,
+        spatial_dims=shape.spatial_dims,
+        in_channels=shape.in_channels,
+        num_outputs=shape.num_outputs,
         class_names=names,
-        multi_label=multi,
-        dropout=float(model["dropout"]),
+        multi_label=bool(cfg.data.multi_label),
+        dropout=float(cfg.model.dropout),
     )
 
 
 def _run_checkpoint(run_dir: Path) -> Path:
-    from lilaw_med.training.run_dir import RunDir
-
     rd = RunDir(run_dir)
     for path in (rd.best_model, rd.final_model):
         if path.is_file():
@@ -243,7 +223,7 @@ def model_spec_from_run(run_dir: str | os.PathLike, dropout: float = 0.0) -> tup
     """The network of a finished run and its weights (the best checkpoint, else the final one).
 
     Args:
-        run_dir: a run folder written by :func:`lilaw_med.training.builder.run_training`.
+        run_dir: a run folder written by :func:`lilaw_med.training.run.run_training`.
         dropout: the config's ``model.dropout``.
 
     Returns:
@@ -277,7 +257,7 @@ def install_model(run_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
     ``models/model.pt`` that MONAI's ``CheckpointLoader`` and ``ckpt_export`` read.
 
     Args:
-        run_dir: a finished run folder, or the :class:`~lilaw_med.training.builder.RunResult` of one.
+        run_dir: a finished run folder, or the :class:`~lilaw_med.training.run.RunResult` of one.
         dest: the destination file.
 
     Returns:
@@ -314,7 +294,7 @@ def _common(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "imports": [
             "$import glob", "$import os", "$import torch", "$import lilaw_med", "$import lilaw_med.bundle.export",
-            "$import lilaw_med.training.builder",
+            "$import lilaw_med.training.data", "$import lilaw_med.training.run",
         ],
         "bundle_root": ".",
         "ckpt_dir": "$@bundle_root + '/models'",
@@ -325,14 +305,14 @@ def _common(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def train_config(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[str, Any]:
-    """``configs/train.yaml``: :func:`~lilaw_med.training.builder.run_training` on the embedded config."""
+    """``configs/train.yaml``: :func:`~lilaw_med.training.run.run_training` on the embedded config."""
     cfg = _common(spec, lilaw_config)
     cfg.update(
         {
             # the lilaw-med run folder (metrics, LiLAW scalars, checkpoints, dynamics for `lilaw-med audit`)
             "output_dir": "$@bundle_root + '/runs/train'",
             "training": {
-                "_target_": "lilaw_med.training.builder.run_training",
+                "_target_": "lilaw_med.training.run.run_training",
                 "config": "@lilaw_config",
                 "output_dir": "@output_dir",
             },
@@ -392,7 +372,7 @@ def evaluate_config(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[st
             "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
             "output_dir": "$@bundle_root + '/eval'",
             "split": "test",
-            "datalist": "$lilaw_med.training.builder.prepare_datalist(@lilaw_config)",
+            "datalist": "$lilaw_med.training.data.prepare_datalist(@lilaw_config)",
             "network": "$@network_def.to(@device)",
             "preprocessing": _preprocessing(lilaw_config),
             "dataset": {"_target_": "monai.data.Dataset", "data": "$getattr(@datalist, @split)", "transform": "@preprocessing"},
@@ -649,8 +629,6 @@ def export_bundle(
         FileNotFoundError: when the config, the run's checkpoint or the licence file is missing.
         ValueError: when the config is invalid, or the run's network differs from the config's.
     """
-    from lilaw_med.training.config import load_config, validate_config
-
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another folder or pass overwrite.")
@@ -662,17 +640,15 @@ def export_bundle(
     summary: dict[str, Any] = {}
     if run_dir is not None:
         spec, state_dict = model_spec_from_run(run_dir, dropout=float(cfg["model"]["dropout"]))
-        from lilaw_med.training.builder import PRESET_CHANNELS
-
-        channels, dims = PRESET_CHANNELS[cfg["data"]["preset"]]
-        described = (cfg["model"]["network"], cfg["model"]["spatial_dims"] or dims, cfg["model"]["in_channels"] or channels)
+        described = (cfg["model"]["network"], *input_shape(cfg))
         if described != (spec.network, spec.spatial_dims, spec.in_channels):
             raise ValueError(
                 f"run {run_dir} trained {spec.network} ({spec.spatial_dims}D, {spec.in_channels} channel(s)) but the "
                 f"config describes {described[0]} ({described[1]}D, {described[2]} channel(s)): export the run with "
                 "its own config.yaml."
             )
-        run_config = Path(run_dir) / "config.yaml"
+        run = RunDir(run_dir)
+        run_config = run.config
         if run_config.is_file():
             differences = _differences(cfg, _absolute_paths(load_config(run_config), Path.cwd()))
             if differences:
@@ -680,16 +656,15 @@ def export_bundle(
                     "the bundle's train.yaml follows the given config, which differs from the run's %s in %s: "
                     "export with --config %s to reproduce the run.", run_config, ", ".join(differences), run_config,
                 )
-        summary_path = Path(run_dir) / "summary.json"
-        if summary_path.is_file():
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        if run.summary.is_file():
+            summary = run.read_json(RunDir.SUMMARY)
     else:
         spec = model_spec_from_config(cfg, datalist)
     shape = list(spatial_shape) if spatial_shape else input_spatial_shape(cfg, spec.spatial_dims)
     if len(shape) != spec.spatial_dims:
         raise ValueError(f"spatial_shape {shape} must have {spec.spatial_dims} entries (model.spatial_dims).")
 
-    preset = cfg["data"]["preset"]
+    preset = get_preset(cfg["data"]["preset"])
     lilaw_on = bool(cfg["lilaw"]["enabled"])
     test = (summary.get("best") or summary.get("final") or {}).get("test") or {}
     eval_metrics = {f"test_{k}": float(test[k]) for k in ("auroc", "accuracy", "balanced_accuracy") if k in test}
@@ -697,7 +672,7 @@ def export_bundle(
         class_names=spec.class_names if spec.num_outputs > 1 else [f"P({spec.class_names[-1]})"],
         in_channels=spec.in_channels,
         spatial_shape=shape,
-        task=task or f"{_TASK[preset]} trained on noisy labels" + (" with LiLAW" if lilaw_on else ""),
+        task=task or f"{preset.task} trained on noisy labels" + (" with LiLAW" if lilaw_on else ""),
         description=description
         or (
             f"A {spec.network} classifier ({', '.join(spec.class_names)}) trained with lilaw-med. "
@@ -712,10 +687,10 @@ def export_bundle(
         version=version,
         authors=authors,
         copyright=copyright or f"Copyright (c) {authors}",
-        modality=_MODALITY[preset],
+        modality=preset.modality,
         value_range=value_range,
         multi_label=spec.multi_label,
-        is_patch_data=preset == "pathology",
+        is_patch_data=preset.patches,
         eval_metrics=eval_metrics or None,
         # the file name only: absolute paths of the exporting machine stay out of the metadata
         data_source=f"lilaw-med datalist {Path(cfg['data']['datalist']).name}"
@@ -737,7 +712,7 @@ def export_bundle(
         "configs/train.yaml",
         _yaml(
             train_config(spec, cfg),
-            "Trains with LiLAW: `training` is lilaw_med.training.builder.run_training on `lilaw_config`, the\n"
+            "Trains with LiLAW: `training` is lilaw_med.training.run.run_training on `lilaw_config`, the\n"
             "same function `lilaw-med train` calls, so both give the same results on the same config and seed.\n"
             "Then the best weights are installed as models/model.pt.\n"
             "python -m monai.bundle run --config_file configs/train.yaml --meta_file configs/metadata.json",

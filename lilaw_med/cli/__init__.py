@@ -36,13 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"lilaw_med.cli.{name}")
-        except ModuleNotFoundError as e:  # a command group not written yet
-            if e.name != f"lilaw_med.cli.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"lilaw_med.cli.{name}").register(sub)
     return parser
 
 

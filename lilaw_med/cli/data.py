@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from lilaw_med.cli import UserError
+from lilaw_med.data.presets import PRESETS, get_preset
 
 __all__ = ["register"]
-
-_DIMS = {"radiology_2d": 2, "radiology_3d": 3, "pathology": 2}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bad labels, duplicate ids. Exit status 1 when problems are found.",
     )
     p.add_argument("datalist", type=Path)
-    p.add_argument("--preset", choices=tuple(_DIMS), help="checks the dimensionality the preset expects")
+    p.add_argument("--preset", choices=tuple(PRESETS), help="checks the dimensionality the preset expects")
     p.add_argument(
         "--dims", type=int, choices=(2, 3), help="expected spatial dimensions (overrides --preset)"
     )
@@ -189,7 +188,7 @@ def _validate_data(args: argparse.Namespace) -> int:
         )
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from e
-    dims = args.dims or (_DIMS[args.preset] if args.preset else None)
+    dims = args.dims or (get_preset(args.preset).spatial_dims if args.preset else None)
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
     problems = check_datalist(dl, dims, args.num_classes, decode=args.decode, cache_dir=cache, progress=True)
     n = sum(1 for _ in dl.iter_items())

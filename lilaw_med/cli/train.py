@@ -8,27 +8,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.resources
 import logging
 import math
-import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from lilaw_med.cli import UserError
+from lilaw_med.data.presets import PRESETS, find_preset
 
-__all__ = ["PRESET_FILES", "register"]
+__all__ = ["register"]
 
 logger = logging.getLogger(__name__)
-
-# preset name -> packaged YAML (pipelines/ and configs/ are installed inside lilaw_med)
-PRESET_FILES = {
-    "radiology_2d": "radiology_2d.yaml",
-    "radiology_3d": "radiology_3d.yaml",
-    "pathology_patch": "pathology_patch.yaml",
-    "pathology": "pathology_patch.yaml",
-}
 
 
 @contextlib.contextmanager
@@ -96,53 +87,65 @@ def _quiet_engines(args: argparse.Namespace) -> None:
         logging.getLogger("ignite").setLevel(logging.WARNING)
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from lilaw_med.training.builder import run_training
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` overrides, plus those the dedicated flags stand for."""
+    overrides = list(args.set or [])
+    for flag, key in ((args.exclude, "data.exclude"), (args.relabel, "data.relabel")):
+        if flag:
+            overrides.append(f"{key}={Path(flag).absolute()}")
+    if args.skip_bad:
+        overrides.append("data.skip_bad=true")
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    if args.no_progress:
+        overrides.append("train.progress=false")
+    return overrides
+
+
+def _train_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
+    """``(config, run folder)`` of ``train``: the run's own config to resume, else ``--config``."""
     from lilaw_med.training.config import load_config
     from lilaw_med.training.run_dir import RunDir
 
+    overrides = _train_overrides(args)
+    if args.resume:
+        run_dir = RunDir(args.resume)
+        if not run_dir.exists():
+            raise UserError(f"--resume {args.resume}: not a run folder (no {RunDir.CONFIG}).")
+        if args.config:
+            logger.warning("--resume uses the run's own config.yaml; --config %s is ignored.", args.config)
+        return load_config(run_dir.config, overrides), run_dir.root
+    if not args.config:
+        raise UserError("--config is required (or --resume RUN_DIR); e.g. --config configs/radiology_2d.yaml")
+    return load_config(args.config, overrides), Path(args.output) if args.output else None
+
+
+def _refine(config: Mapping[str, Any], output: Path | None, args: argparse.Namespace) -> Any:
+    from lilaw_med.training.distributed import torchrun_env_present
+    from lilaw_med.training.refine import run_refine
+
+    if args.resume:
+        raise UserError("--refine cannot be combined with --resume.")
+    if torchrun_env_present():  # distributed: refine is single-process for now
+        raise UserError(
+            "--refine does not run under torchrun; train under torchrun, then run `lilaw-med audit RUN_DIR` "
+            "and train again under torchrun with --exclude RUN_DIR/audit/exclude.csv."
+        )
+    return run_refine(config, output)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lilaw_med.training.run import run_training
+
     _quiet_engines(args)
     with _user_errors():
-        overrides = list(args.set or [])
-        for flag, key in ((args.exclude, "data.exclude"), (args.relabel, "data.relabel")):
-            if flag:
-                overrides.append(f"{key}={Path(flag).absolute()}")
-        if args.skip_bad:
-            overrides.append("data.skip_bad=true")
-        if args.device:
-            overrides.append(f"train.device={args.device}")
-        if args.no_progress:
-            overrides.append("train.progress=false")
-        if args.resume:
-            run_dir = RunDir(args.resume)
-            if not run_dir.exists():
-                raise UserError(f"--resume {args.resume}: not a run folder (no {RunDir.CONFIG}).")
-            if args.config:
-                logger.warning("--resume uses the run's own config.yaml; --config %s is ignored.", args.config)
-            config = load_config(run_dir.config, overrides)
-            output = run_dir.root
-        else:
-            if not args.config:
-                raise UserError("--config is required (or --resume RUN_DIR); e.g. --config configs/radiology_2d.yaml")
-            config = load_config(args.config, overrides)
-            output = Path(args.output) if args.output else None
+        config, output = _train_config(args)
         if args.refine:
-            if args.resume:
-                raise UserError("--refine cannot be combined with --resume.")
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # distributed: refine is single-process for now
-                raise UserError(
-                    "--refine does not run under torchrun; train under torchrun, then run `lilaw-med audit RUN_DIR` "
-                    "and train again under torchrun with --exclude RUN_DIR/audit/exclude.csv."
-                )
-            try:
-                from lilaw_med.training.refine import run_refine
-            except ImportError:
-                raise UserError("--refine is not available in this installation (lilaw_med.training.refine is missing).") from None
-            result = run_refine(config, output)
+            result = _refine(config, output, args)
         else:
             result = run_training(config, output, resume=bool(args.resume))
-    if int(os.environ.get("RANK", "0")) != 0:  # distributed (torchrun): rank 0 alone reports
-        return 0
+            if result.rank != 0:  # distributed (torchrun): rank 0 alone reports
+                return 0
     summary = getattr(result, "summary", None) or {}
     run_path = getattr(result, "run_dir", output)
     if summary:
@@ -197,11 +200,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ init-config
+def _init_config_names() -> list[str]:
+    """What ``init-config`` accepts: every preset's config name (``pathology_patch``), and its preset name."""
+    names = [spec.config_name for spec in PRESETS.values()]
+    return names + [name for name in PRESETS if name not in names]
+
+
 def _cmd_init_config(args: argparse.Namespace) -> int:
-    name = PRESET_FILES.get(args.preset)
-    if name is None:
-        raise UserError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESET_FILES)}.")
-    text = importlib.resources.files("lilaw_med.configs").joinpath(name).read_text(encoding="utf-8")
+    spec = find_preset(args.preset)
+    if spec is None:
+        raise UserError(f"unknown preset {args.preset!r}; choose one of {sorted(_init_config_names())}.")
+    text = spec.config_resource().read_text(encoding="utf-8")
     out = Path(args.output)
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; use --force to overwrite it.")
@@ -285,9 +294,9 @@ def register(subparsers: Any) -> None:
     p = _add(
         subparsers, "init-config", _cmd_init_config, "write a preset's documented YAML config to edit",
         "Copy the documented config of a preset (shipped inside the package) to a file.\n"
-        f"presets: {', '.join(k for k in PRESET_FILES if k != 'pathology')}",
+        f"presets: {', '.join(spec.config_name for spec in PRESETS.values())}",
     )
-    p.add_argument("preset", metavar="PRESET", help="radiology_2d, radiology_3d or pathology_patch")
+    p.add_argument("preset", metavar="PRESET", help=", ".join(spec.config_name for spec in PRESETS.values()))
     p.add_argument("--output", "-o", required=True, metavar="YAML", help="the file to write")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
 

@@ -1,12 +1,17 @@
-"""The training configuration: schema, defaults, validation and ``--set`` overrides.
+"""The training configuration: typed sections, defaults, validation and ``--set`` overrides.
 
 A config is a nested mapping of sections (``data``, ``model``, ``loss``, ``lilaw``, ``optim``,
-``schedule``, ``train``, ``eval``, ``output``), read from YAML with ``yaml.safe_load`` only.
-:func:`validate_config` fills every default, rejects unknown keys (naming the key and suggesting
-the closest valid one) and checks types and ranges (naming the field). The LiLAW defaults are read
-from the signatures of :class:`~lilaw_med.weighting.LiLAWWeighting`,
-:class:`~lilaw_med.losses.LiLAWLoss` and :class:`~lilaw_med.handlers.LiLAWHandler`, so the spec's
-numbers live in one place.
+``schedule``, ``train``, ``eval``, ``output``), read from YAML with ``yaml.safe_load`` only. Each
+section is a frozen dataclass below (:class:`DataConfig`, ...) whose fields are the keys, with
+their defaults and checks (:class:`Field`): the one home of every key. :func:`validate_config`
+fills every default, rejects unknown keys (naming the key and suggesting the closest valid one)
+and checks types and ranges (naming the field); :meth:`Config.from_mapping` does the same and
+returns the typed :class:`Config` the training code reads (``cfg.train.epochs``). The LiLAW
+defaults are read from the signatures of :class:`~lilaw_med.weighting.LiLAWWeighting`,
+:class:`~lilaw_med.losses.LiLAWLoss` and :class:`~lilaw_med.handlers.LiLAWHandler`, and the
+presets, networks and losses a config may name from their registries
+(:data:`~lilaw_med.data.presets.PRESETS`, :data:`~lilaw_med.training.networks.NETWORKS`,
+:data:`~lilaw_med.losses.BASE_LOSSES`), so each of those facts lives in one place.
 
 Relative paths in a config (``data.datalist``, ``data.sample_dir``, ``output.dir``, ...) are
 resolved against the current working directory when the run starts.
@@ -15,27 +20,38 @@ resolved against the current working directory when the run starts.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import inspect
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from lilaw_med.data.presets import PRESETS, get_preset
 from lilaw_med.handlers.meta_step import LiLAWHandler
-from lilaw_med.losses import LiLAWLoss
+from lilaw_med.losses import BASE_LOSSES, LiLAWLoss
+from lilaw_med.training.networks import NETWORKS
 from lilaw_med.weighting import LiLAWWeighting
 
 __all__ = [
+    "Config",
     "ConfigError",
+    "DataConfig",
+    "EvalConfig",
     "Field",
-    "NETWORKS",
-    "PRESETS",
+    "LiLAWConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "OutputConfig",
     "SCHEMA",
+    "ScheduleConfig",
+    "TrainConfig",
     "apply_overrides",
     "default_config",
     "dump_config",
@@ -46,9 +62,6 @@ __all__ = [
     "validate_config",
 ]
 
-PRESETS = ("radiology_2d", "radiology_3d", "pathology")
-NETWORKS = ("small_cnn", "resnet18", "resnet34", "resnet50", "densenet121", "efficientnet-b0")
-LOSSES = ("ce", "focal", "bce", "gce", "sce")
 KEY_METRICS = ("auroc", "accuracy", "balanced_accuracy", "loss", "ece")
 
 
@@ -63,28 +76,47 @@ def _signature_default(func: Callable, name: str) -> Any:
 
 @dataclass(frozen=True)
 class Field:
-    """One config field.
+    """How one config key is checked.
 
     Attributes:
         default: the value used when the key is absent.
         types: accepted Python types (``bool`` is never accepted for ``int``/``float``).
-        choices: allowed values, when the field is an enumeration.
+        choices: allowed values, when the field is an enumeration (a registry's live mapping is
+            read at each check, so a preset or loss registered later is accepted).
         minimum: inclusive lower bound for numbers.
         maximum: inclusive upper bound for numbers.
         exclusive_minimum: ``minimum`` is exclusive.
         nullable: ``None`` (YAML ``null``) is allowed.
         help: one line describing the field (used in docs and error messages).
+        item_types: accepted types of a list's items.
     """
 
     default: Any
     types: tuple[type, ...]
-    choices: tuple[Any, ...] | None = None
+    choices: Collection[Any] | None = None
     minimum: float | None = None
     maximum: float | None = None
     exclusive_minimum: bool = False
     nullable: bool = False
     help: str = ""
-    item_types: tuple[type, ...] | None = field(default=None)
+    item_types: tuple[type, ...] | None = None
+
+
+def setting(default: Any, types: tuple[type, ...], **checks: Any) -> Any:
+    """A section's dataclass field: its default, with its :class:`Field` (the checks) as metadata.
+
+    Args:
+        default: the default value (lists and dicts are copied for each instance).
+        types: accepted Python types.
+        checks: the other arguments of :class:`Field`.
+
+    Returns:
+        A ``dataclasses.field``.
+    """
+    spec = Field(default, types, **checks)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"field": spec})
+    return field(default=default, metadata={"field": spec})
 
 
 _NUM = (int, float)
@@ -92,124 +124,207 @@ _W = LiLAWWeighting.__init__
 _L = LiLAWLoss.__init__
 _H = LiLAWHandler.__init__
 
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``data``: where the items come from and how they are read and cached."""
+
+    preset: str = setting("radiology_2d", (str,), choices=PRESETS, help="modality preset of the transforms")
+    datalist: str | None = setting(None, (str,), nullable=True, help="datalist JSON (MONAI decathlon style) or CSV")
+    sample_data: bool = setting(
+        False, (bool,), help="use the generated sample data of the preset (generated into sample_dir when missing)"
+    )
+    sample_dir: str = setting("sample_data/generated", (str,), help="folder of the generated sample data")
+    class_names: list[str] | None = setting(None, (list,), nullable=True, item_types=(str,), help="class names, index order")
+    multi_label: bool = setting(False, (bool,), help="labels are lists of 0/1 (one sigmoid output per label)")
+    val_fraction: float = setting(
+        0.15, _NUM, minimum=0.0, maximum=0.9, exclusive_minimum=True,
+        help="fraction of training split off as (noisy) validation when the datalist has none",
+    )
+    split_seed: int | None = setting(None, (int,), nullable=True, help="seed of the validation split (null: train.seed)")
+    options: dict[str, Any] = setting({}, (dict,), help="options of the transform preset (see lilaw_med.data.transforms)")
+    cache: str = setting("none", (str,), choices=("none", "memory", "disk"), help="dataset caching")
+    cache_dir: str | None = setting(None, (str,), nullable=True, help="folder of the disk cache (null: RUN_DIR/cache)")
+    skip_bad: bool = setting(False, (bool,), help="drop items the pre-flight check rejects instead of stopping")
+    exclude: str | None = setting(None, (str,), nullable=True, help="CSV of item ids to exclude (from `lilaw-med audit`)")
+    relabel: str | None = setting(None, (str,), nullable=True, help="CSV of item ids and new labels")
+    max_items: int | None = setting(
+        None, (int,), nullable=True, minimum=1, help="keep at most this many items per split (quick runs)"
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``model``: the network."""
+
+    network: str = setting("small_cnn", (str,), choices=NETWORKS, help="network architecture")
+    spatial_dims: int | None = setting(None, (int,), choices=(2, 3), nullable=True, help="2 or 3 (null: from preset)")
+    in_channels: int | None = setting(None, (int,), minimum=1, nullable=True, help="input channels (null: from preset)")
+    pretrained: bool = setting(False, (bool,), help="load pretrained weights from model.weights (local files only)")
+    weights: str | None = setting(None, (str,), nullable=True, help="local file of pretrained weights (state dict)")
+    channels_last: str | bool = setting("auto", (str, bool), choices=("auto", True, False), help="channels-last memory format")
+    dropout: float = setting(0.0, _NUM, minimum=0.0, maximum=0.9, help="dropout before the classifier (small_cnn)")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """``loss``: the per-sample loss LiLAW weights, and class imbalance."""
+
+    name: str = setting("ce", (str,), choices=BASE_LOSSES, help="per-sample loss that LiLAW weights")
+    focal_gamma: float = setting(2.0, _NUM, minimum=0.0, help="focal loss gamma")
+    gce_q: float = setting(0.7, _NUM, minimum=0.0, maximum=1.0, exclusive_minimum=True, help="GCE exponent q")
+    sce_alpha: float = setting(0.1, _NUM, minimum=0.0, help="SCE weight of CE")
+    sce_beta: float = setting(1.0, _NUM, minimum=0.0, help="SCE weight of reverse CE")
+    class_balance: str = setting(
+        "none", (str,), choices=("none", "weights", "sampler"),
+        help="imbalance handling: inverse-frequency class weights or a class-balanced sampler",
+    )
+    class_weights: list[float] | None = setting(None, (list,), nullable=True, item_types=_NUM, help="explicit class weights")
+
+
+@dataclass(frozen=True)
+class LiLAWConfig:
+    """``lilaw``: the LiLAW weighting and its meta step."""
+
+    enabled: bool = setting(True, (bool,), help="false: the plain baseline, everything else identical")
+    alpha: float = setting(_signature_default(_W, "alpha"), _NUM, help="initial alpha ('easy')")
+    beta: float = setting(_signature_default(_W, "beta"), _NUM, help="initial beta ('hard')")
+    delta: float = setting(_signature_default(_W, "delta"), _NUM, help="initial delta ('moderate')")
+    alpha_min: float = setting(_signature_default(_W, "alpha_min"), _NUM, help="lower clamp of alpha")
+    lr: float = setting(
+        _signature_default(_H, "lr"), _NUM, minimum=0.0, exclusive_minimum=True, help="meta step learning rate"
+    )
+    weight_decay: float = setting(_signature_default(_H, "weight_decay"), _NUM, minimum=0.0, help="meta step weight decay")
+    warmup_epochs: int = setting(
+        _signature_default(_L, "warmup_epochs"), (int,), minimum=0, help="epochs trained unweighted first"
+    )
+    val_mode: str = setting(
+        _signature_default(_H, "val_mode"), (str,), choices=("eval", "train"),
+        help="network mode of the meta step's validation forward",
+    )
+    detach_weights: bool = setting(
+        _signature_default(_L, "detach_weights"), (bool,), help="treat w as a constant in the model step"
+    )
+    val_batch_size: int | None = setting(None, (int,), minimum=1, nullable=True, help="meta batch size (null: train.batch_size)")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """``optim``: the network's optimizer."""
+
+    name: str = setting("adam", (str,), choices=("adam", "adamw", "sgd"), help="optimizer of the network")
+    lr: float = setting(1e-3, _NUM, minimum=0.0, exclusive_minimum=True, help="learning rate")
+    weight_decay: float = setting(1e-4, _NUM, minimum=0.0, help="weight decay")
+    momentum: float = setting(0.9, _NUM, minimum=0.0, maximum=1.0, help="SGD momentum")
+    nesterov: bool = setting(False, (bool,), help="SGD Nesterov momentum")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """``schedule``: the per-epoch learning-rate schedule."""
+
+    name: str = setting("none", (str,), choices=("none", "cosine", "step"), help="learning-rate schedule (per epoch)")
+    warmup_epochs: int = setting(0, (int,), minimum=0, help="linear learning-rate warm-up epochs")
+    step_size: int = setting(10, (int,), minimum=1, help="epochs between decays (step)")
+    gamma: float = setting(0.1, _NUM, minimum=0.0, exclusive_minimum=True, help="decay factor (step)")
+    min_lr: float = setting(0.0, _NUM, minimum=0.0, help="final learning rate (cosine)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train``: the training loop: epochs, batches, seed, device, checkpoints."""
+
+    epochs: int = setting(10, (int,), minimum=1, help="training epochs")
+    batch_size: int = setting(64, (int,), minimum=1, help="training batch size")
+    seed: int = setting(0, (int,), minimum=0, help="random seed (network init, shuffles, augmentations)")
+    device: str = setting("auto", (str,), help="auto (CUDA when present), cpu, cuda or cuda:N")
+    amp: str | bool = setting("auto", (str, bool), choices=("auto", True, False), help="mixed precision (auto: on for CUDA)")
+    num_workers: int = setting(0, (int,), minimum=0, help="data-loader worker processes")
+    deterministic: bool = setting(True, (bool,), help="seed every RNG (reproducible CPU runs)")
+    checkpoint_every_n_epochs: int | None = setting(1, (int,), minimum=1, nullable=True, help="checkpoint interval in epochs")
+    checkpoint_every_n_iterations: int | None = setting(
+        None, (int,), minimum=1, nullable=True, help="checkpoint interval in iterations (null: off)"
+    )
+    keep_last: int = setting(2, (int,), minimum=1, help="checkpoints kept")
+    progress: bool = setting(True, (bool,), help="show a progress bar")
+    sync_batchnorm: bool = setting(
+        False, (bool,), help="distributed (torchrun) on CUDA: synchronise batch-norm statistics across ranks"
+    )
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """``eval``: validation, the best checkpoint and calibration."""
+
+    key_metric: str = setting("auroc", (str,), choices=KEY_METRICS, help="metric that selects the best checkpoint")
+    interval: int = setting(1, (int,), minimum=1, help="validate every N epochs")
+    calibration: str = setting(
+        "none", (str,), choices=("none", "temperature", "threshold"),
+        help="fit a temperature (any task) or a decision threshold (binary) on the noisy validation split",
+    )
+    ece_bins: int = setting(15, (int,), minimum=2, help="bins of the expected calibration error")
+    test_each_epoch: bool = setting(False, (bool,), help="also evaluate the test split every epoch (monitoring only)")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """``output``: the run folder."""
+
+    dir: str = setting("runs", (str,), help="parent folder of run folders")
+    name: str | None = setting(None, (str,), nullable=True, help="run folder name (null: PRESET-YYYYmmdd-HHMMSS)")
+    plots: bool = setting(True, (bool,), help="write PNG plots")
+    tensorboard: str | bool = setting("auto", (str, bool), choices=("auto", True, False), help="TensorBoard logs")
+    overwrite: bool = setting(False, (bool,), help="allow writing into an existing non-empty run folder")
+
+@dataclass(frozen=True)
+class Config:
+    """A complete, validated training config: one typed object per section.
+
+    Build it with :meth:`from_mapping` (which validates); :meth:`to_dict` gives the plain nested
+    dict that ``config.yaml`` and an exported bundle hold.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    lilaw: LiLAWConfig = field(default_factory=LiLAWConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    @classmethod
+    def from_mapping(cls, config: Config | Mapping[str, Any] | None) -> Config:
+        """Validates a config mapping (see :func:`validate_config`) and types it.
+
+        Args:
+            config: a nested mapping (e.g. from ``yaml.safe_load``), ``None`` for all defaults, or
+                a :class:`Config` (returned as it is).
+
+        Returns:
+            The :class:`Config`.
+
+        Raises:
+            ConfigError: as :func:`validate_config`.
+        """
+        if isinstance(config, Config):
+            return config
+        valid = validate_config(config)
+        return cls(**{name: section(**valid[name]) for name, section in _SECTIONS.items()})
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The config as a new nested dict ``{section: {key: value}}`` (section order of the schema)."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+
+
+# section name -> its dataclass, in the order of Config's fields (the order config.yaml is written in)
+_SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
 SCHEMA: dict[str, dict[str, Field]] = {
-    "data": {
-        "preset": Field("radiology_2d", (str,), choices=PRESETS, help="modality preset of the transforms"),
-        "datalist": Field(None, (str,), nullable=True, help="datalist JSON (MONAI decathlon style) or CSV"),
-        "sample_data": Field(
-            False, (bool,), help="use the generated sample data of the preset (generated into sample_dir when missing)"
-        ),
-        "sample_dir": Field("sample_data/generated", (str,), help="folder of the generated sample data"),
-        "class_names": Field(None, (list,), nullable=True, item_types=(str,), help="class names, index order"),
-        "multi_label": Field(False, (bool,), help="labels are lists of 0/1 (one sigmoid output per label)"),
-        "val_fraction": Field(
-            0.15, _NUM, minimum=0.0, maximum=0.9, exclusive_minimum=True,
-            help="fraction of training split off as (noisy) validation when the datalist has none",
-        ),
-        "split_seed": Field(None, (int,), nullable=True, help="seed of the validation split (null: train.seed)"),
-        "options": Field({}, (dict,), help="options of the transform preset (see lilaw_med.data.transforms)"),
-        "cache": Field("none", (str,), choices=("none", "memory", "disk"), help="dataset caching"),
-        "cache_dir": Field(None, (str,), nullable=True, help="folder of the disk cache (null: RUN_DIR/cache)"),
-        "skip_bad": Field(False, (bool,), help="drop items the pre-flight check rejects instead of stopping"),
-        "exclude": Field(None, (str,), nullable=True, help="CSV of item ids to exclude (from `lilaw-med audit`)"),
-        "relabel": Field(None, (str,), nullable=True, help="CSV of item ids and new labels"),
-        "max_items": Field(
-            None, (int,), nullable=True, minimum=1, help="keep at most this many items per split (quick runs)"
-        ),
-    },
-    "model": {
-        "network": Field("small_cnn", (str,), choices=NETWORKS, help="network architecture"),
-        "spatial_dims": Field(None, (int,), choices=(2, 3), nullable=True, help="2 or 3 (null: from preset)"),
-        "in_channels": Field(None, (int,), minimum=1, nullable=True, help="input channels (null: from preset)"),
-        "pretrained": Field(False, (bool,), help="load pretrained weights from model.weights (local files only)"),
-        "weights": Field(None, (str,), nullable=True, help="local file of pretrained weights (state dict)"),
-        "channels_last": Field("auto", (str, bool), choices=("auto", True, False), help="channels-last memory format"),
-        "dropout": Field(0.0, _NUM, minimum=0.0, maximum=0.9, help="dropout before the classifier (small_cnn)"),
-    },
-    "loss": {
-        "name": Field("ce", (str,), choices=LOSSES, help="per-sample loss that LiLAW weights"),
-        "focal_gamma": Field(2.0, _NUM, minimum=0.0, help="focal loss gamma"),
-        "gce_q": Field(0.7, _NUM, minimum=0.0, maximum=1.0, exclusive_minimum=True, help="GCE exponent q"),
-        "sce_alpha": Field(0.1, _NUM, minimum=0.0, help="SCE weight of CE"),
-        "sce_beta": Field(1.0, _NUM, minimum=0.0, help="SCE weight of reverse CE"),
-        "class_balance": Field(
-            "none", (str,), choices=("none", "weights", "sampler"),
-            help="imbalance handling: inverse-frequency class weights or a class-balanced sampler",
-        ),
-        "class_weights": Field(None, (list,), nullable=True, item_types=_NUM, help="explicit class weights"),
-    },
-    "lilaw": {
-        "enabled": Field(True, (bool,), help="false: the plain baseline, everything else identical"),
-        "alpha": Field(_signature_default(_W, "alpha"), _NUM, help="initial alpha ('easy')"),
-        "beta": Field(_signature_default(_W, "beta"), _NUM, help="initial beta ('hard')"),
-        "delta": Field(_signature_default(_W, "delta"), _NUM, help="initial delta ('moderate')"),
-        "alpha_min": Field(_signature_default(_W, "alpha_min"), _NUM, help="lower clamp of alpha"),
-        "lr": Field(
-            _signature_default(_H, "lr"), _NUM, minimum=0.0, exclusive_minimum=True, help="meta step learning rate"
-        ),
-        "weight_decay": Field(_signature_default(_H, "weight_decay"), _NUM, minimum=0.0, help="meta step weight decay"),
-        "warmup_epochs": Field(
-            _signature_default(_L, "warmup_epochs"), (int,), minimum=0, help="epochs trained unweighted first"
-        ),
-        "val_mode": Field(
-            _signature_default(_H, "val_mode"), (str,), choices=("eval", "train"),
-            help="network mode of the meta step's validation forward",
-        ),
-        "detach_weights": Field(
-            _signature_default(_L, "detach_weights"), (bool,), help="treat w as a constant in the model step"
-        ),
-        "val_batch_size": Field(None, (int,), minimum=1, nullable=True, help="meta batch size (null: train.batch_size)"),
-    },
-    "optim": {
-        "name": Field("adam", (str,), choices=("adam", "adamw", "sgd"), help="optimizer of the network"),
-        "lr": Field(1e-3, _NUM, minimum=0.0, exclusive_minimum=True, help="learning rate"),
-        "weight_decay": Field(1e-4, _NUM, minimum=0.0, help="weight decay"),
-        "momentum": Field(0.9, _NUM, minimum=0.0, maximum=1.0, help="SGD momentum"),
-        "nesterov": Field(False, (bool,), help="SGD Nesterov momentum"),
-    },
-    "schedule": {
-        "name": Field("none", (str,), choices=("none", "cosine", "step"), help="learning-rate schedule (per epoch)"),
-        "warmup_epochs": Field(0, (int,), minimum=0, help="linear learning-rate warm-up epochs"),
-        "step_size": Field(10, (int,), minimum=1, help="epochs between decays (step)"),
-        "gamma": Field(0.1, _NUM, minimum=0.0, exclusive_minimum=True, help="decay factor (step)"),
-        "min_lr": Field(0.0, _NUM, minimum=0.0, help="final learning rate (cosine)"),
-    },
-    "train": {
-        "epochs": Field(10, (int,), minimum=1, help="training epochs"),
-        "batch_size": Field(64, (int,), minimum=1, help="training batch size"),
-        "seed": Field(0, (int,), minimum=0, help="random seed (network init, shuffles, augmentations)"),
-        "device": Field("auto", (str,), help="auto (CUDA when present), cpu, cuda or cuda:N"),
-        "amp": Field("auto", (str, bool), choices=("auto", True, False), help="mixed precision (auto: on for CUDA)"),
-        "num_workers": Field(0, (int,), minimum=0, help="data-loader worker processes"),
-        "deterministic": Field(True, (bool,), help="seed every RNG (reproducible CPU runs)"),
-        "checkpoint_every_n_epochs": Field(1, (int,), minimum=1, nullable=True, help="checkpoint interval in epochs"),
-        "checkpoint_every_n_iterations": Field(
-            None, (int,), minimum=1, nullable=True, help="checkpoint interval in iterations (null: off)"
-        ),
-        "keep_last": Field(2, (int,), minimum=1, help="checkpoints kept"),
-        "progress": Field(True, (bool,), help="show a progress bar"),
-        "sync_batchnorm": Field(
-            False, (bool,), help="distributed (torchrun) on CUDA: synchronise batch-norm statistics across ranks"
-        ),
-    },
-    "eval": {
-        "key_metric": Field("auroc", (str,), choices=KEY_METRICS, help="metric that selects the best checkpoint"),
-        "interval": Field(1, (int,), minimum=1, help="validate every N epochs"),
-        "calibration": Field(
-            "none", (str,), choices=("none", "temperature", "threshold"),
-            help="fit a temperature (any task) or a decision threshold (binary) on the noisy validation split",
-        ),
-        "ece_bins": Field(15, (int,), minimum=2, help="bins of the expected calibration error"),
-        "test_each_epoch": Field(False, (bool,), help="also evaluate the test split every epoch (monitoring only)"),
-    },
-    "output": {
-        "dir": Field("runs", (str,), help="parent folder of run folders"),
-        "name": Field(None, (str,), nullable=True, help="run folder name (null: PRESET-YYYYmmdd-HHMMSS)"),
-        "plots": Field(True, (bool,), help="write PNG plots"),
-        "tensorboard": Field("auto", (str, bool), choices=("auto", True, False), help="TensorBoard logs"),
-        "overwrite": Field(False, (bool,), help="allow writing into an existing non-empty run folder"),
-    },
+    name: {f.name: f.metadata["field"] for f in dataclasses.fields(section)} for name, section in _SECTIONS.items()
 }
+"""``{section: {key: Field}}``, read from the section dataclasses."""
 
 
 def default_config() -> dict[str, dict[str, Any]]:
@@ -218,7 +333,7 @@ def default_config() -> dict[str, dict[str, Any]]:
     Returns:
         A new nested dict ``{section: {key: value}}``.
     """
-    return {s: {k: copy.deepcopy(f.default) for k, f in fields.items()} for s, fields in SCHEMA.items()}
+    return Config().to_dict()
 
 
 def _suggest(name: str, valid: Iterable[str]) -> str:
@@ -270,25 +385,19 @@ def _check_value(path: str, spec: Field, value: Any) -> Any:
 
 
 def _check_options(preset: str, options: Mapping[str, Any]) -> None:
-    """Checks ``data.options`` keys against the preset's documented options, when known."""
-    try:
-        from lilaw_med.data.transforms import preset_defaults
-    except ImportError:  # the data package is optional at validation time
-        return
-    try:
-        valid = preset_defaults(preset)
-    except (NotImplementedError, ValueError, KeyError):
-        return
+    """Checks ``data.options`` keys against the preset's documented options."""
+    valid = get_preset(preset).default_options()
     for key in options:
         if key not in valid:
             raise ConfigError(f"config key 'data.options.{key}' is unknown for preset '{preset}'" + _suggest(key, valid))
 
 
-def validate_config(config: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+def validate_config(config: Config | Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
     """Validates a config and fills every default.
 
     Args:
-        config: a nested mapping (e.g. from ``yaml.safe_load``); ``None`` means all defaults.
+        config: a nested mapping (e.g. from ``yaml.safe_load``); ``None`` means all defaults; a
+            :class:`Config` gives its :meth:`~Config.to_dict`.
 
     Returns:
         A new, complete config dict.
@@ -297,6 +406,8 @@ def validate_config(config: Mapping[str, Any] | None) -> dict[str, dict[str, Any
         ConfigError: on an unknown section or key (with the closest valid name), a wrong type, a
             value outside its range or choices, or inconsistent fields.
     """
+    if isinstance(config, Config):
+        return config.to_dict()
     config = {} if config is None else config
     if not isinstance(config, Mapping):
         raise ConfigError(f"a config must be a mapping of sections but is {type(config).__name__}.")
@@ -325,8 +436,9 @@ def _check_consistency(cfg: dict[str, dict[str, Any]]) -> None:
         raise ConfigError(f"config field 'lilaw.alpha' must be >= lilaw.alpha_min={lilaw['alpha_min']} but is {lilaw['alpha']}.")
     if lilaw["delta"] < lilaw["beta"]:
         raise ConfigError(f"config field 'lilaw.delta' must be >= lilaw.beta={lilaw['beta']} but is {lilaw['delta']}.")
-    if data["multi_label"] and loss["name"] != "bce":
-        raise ConfigError(f"config field 'loss.name' must be 'bce' when data.multi_label is true but is '{loss['name']}'.")
+    if data["multi_label"] and not BASE_LOSSES[loss["name"]].multi_label:
+        names = " or ".join(f"'{n}'" for n, entry in BASE_LOSSES.items() if entry.multi_label)
+        raise ConfigError(f"config field 'loss.name' must be {names} when data.multi_label is true but is '{loss['name']}'.")
     if model["pretrained"] and not model["weights"]:
         raise ConfigError(
             "config field 'model.weights' must name a local weights file when model.pretrained is true "
@@ -432,8 +544,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
 
 
-def dump_config(config: Mapping[str, Any]) -> str:
+def dump_config(config: Config | Mapping[str, Any]) -> str:
     """The config as YAML text (section order of the schema)."""
+    if isinstance(config, Config):
+        config = config.to_dict()
     ordered = {s: dict(config[s]) for s in SCHEMA if s in config}
     return yaml.safe_dump(ordered, sort_keys=False, default_flow_style=None)
 
@@ -451,22 +565,24 @@ def get_value(config: Mapping[str, Any], dotted: str) -> Any:
 
 
 def load_preset_config(filename: str, overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
-    """Reads a preset YAML shipped inside the package (``lilaw_med.configs``), applies overrides, validates.
+    """Reads a preset's YAML, applies overrides, validates.
 
     Args:
-        filename: e.g. ``"radiology_2d.yaml"``.
+        filename: a file in the package's ``lilaw_med.configs`` (e.g. ``"radiology_2d.yaml"``), or a
+            preset's :attr:`~lilaw_med.data.presets.PresetSpec.config_file` (an absolute path for a
+            preset registered from outside the package).
         overrides: ``--set`` strings.
 
     Returns:
         The complete, validated config.
 
     Raises:
-        FileNotFoundError: when the package holds no such file.
+        FileNotFoundError: when there is no such file.
         ConfigError: when an override makes it invalid.
     """
     import importlib.resources
 
-    resource = importlib.resources.files("lilaw_med.configs").joinpath(filename)
+    resource = Path(filename) if Path(filename).is_absolute() else importlib.resources.files("lilaw_med.configs") / filename
     if not resource.is_file():
         raise FileNotFoundError(f"no packaged preset config {filename!r} in lilaw_med.configs.")
     raw = yaml.safe_load(resource.read_text(encoding="utf-8")) or {}

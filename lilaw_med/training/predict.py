@@ -28,9 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from lilaw_med.training.builder import load_model, resolve_device, transform_options
-from lilaw_med.training.config import validate_config
+from lilaw_med.data.presets import get_preset
+from lilaw_med.training.config import Config
+from lilaw_med.training.data import transform_options
+from lilaw_med.training.distributed import resolve_device
 from lilaw_med.training.evaluation import apply_calibration, classification_metrics, run_inference
+from lilaw_med.training.model import load_model
 from lilaw_med.training.run_dir import RunDir
 from lilaw_med.utils import atomic_write
 
@@ -42,12 +45,12 @@ SLIDE_SUFFIXES = (".svs", ".ndpi", ".scn", ".bif", ".mrxs", ".tif", ".tiff")
 
 
 # ------------------------------------------------------------------------------------------ shared
-def _run_context(run_dir: str | os.PathLike, which: str, device: str | None) -> tuple[RunDir, dict, Any, dict, torch.device]:
+def _run_context(run_dir: str | os.PathLike, which: str, device: str | None) -> tuple[RunDir, Config, Any, dict, torch.device]:
     rd = RunDir(run_dir)
     if not rd.exists():
         raise FileNotFoundError(f"{rd.root} is not a run folder ({RunDir.CONFIG} is missing).")
-    cfg = validate_config(rd.read_config())
-    dev = resolve_device(device or cfg["train"]["device"])
+    cfg = Config.from_mapping(rd.read_config())
+    dev = resolve_device(device or cfg.train.device)
     network, meta = load_model(rd.root, which, dev)
     return rd, cfg, network, meta, dev
 
@@ -60,12 +63,12 @@ def _calibration(rd: RunDir, which: str, calibrated: bool) -> dict[str, Any]:
     return cal
 
 
-def _loader(items: list[dict[str, Any]], cfg: Mapping[str, Any], batch_size: int) -> Any:
+def _loader(items: list[dict[str, Any]], cfg: Config | Mapping[str, Any], batch_size: int) -> Any:
     from monai.data import DataLoader, Dataset
 
     from lilaw_med.data.transforms import build_transforms
 
-    transforms = build_transforms(cfg["data"]["preset"], transform_options(cfg), train=False)
+    transforms = build_transforms(Config.from_mapping(cfg).data.preset, transform_options(cfg), train=False)
     return DataLoader(Dataset(items, transforms), batch_size=batch_size, shuffle=False, num_workers=0)
 
 
@@ -106,7 +109,7 @@ def evaluate_run(
     from lilaw_med.data.datalist import load_datalist
 
     rd, cfg, network, meta, dev = _run_context(run_dir, which, device)
-    multi = cfg["data"]["multi_label"]
+    multi = cfg.data.multi_label
     names = list(meta.get("class_names") or []) or None
     if datalist is not None:
         dl = load_datalist(datalist, class_names=names, multi_label=multi, require_training=False)
@@ -126,7 +129,7 @@ def evaluate_run(
         logits, labels, _ = run_inference(network, _loader(items, cfg, batch_size), dev)
         report["splits"][name] = classification_metrics(
             logits, labels, names, temperature=cal.get("temperature") or 1.0, threshold=cal.get("threshold"),
-            multi_label=multi, n_bins=cfg["eval"]["ece_bins"],
+            multi_label=multi, n_bins=cfg.eval.ece_bins,
         )
     return report
 
@@ -231,7 +234,7 @@ def _training_tile_size(rd: RunDir) -> int:
 
 
 def _predict_slide(
-    path: Path, network: Any, cfg: Mapping[str, Any], dev: torch.device, cal: Mapping[str, Any], patch: int,
+    path: Path, network: Any, cfg: Config, dev: torch.device, cal: Mapping[str, Any], patch: int,
     out_prefix: Path, names: list[str], batch_size: int, aggregation: str, tissue_threshold: float,
 ) -> tuple[np.ndarray, list[Path], int]:
     from PIL import Image
@@ -363,11 +366,11 @@ def predict_inputs(
     if slide_aggregation not in ("mean", "max", "top10"):
         raise ValueError(f"slide aggregation must be 'mean', 'max' or 'top10' but is {slide_aggregation!r}.")
     cal = _calibration(rd, which, calibrated)
-    multi = cfg["data"]["multi_label"]
+    multi = cfg.data.multi_label
     num = int(meta.get("num_outputs", 2))
     names = _class_names(meta, 2 if num == 1 and not multi else num)
     out_path = Path(output)
-    patch = _training_tile_size(rd) if cfg["data"]["preset"] == "pathology" else 0
+    patch = _training_tile_size(rd) if get_preset(cfg.data.preset).patches else 0
     for raw in inputs:
         if not Path(raw).exists():
             raise FileNotFoundError(f"input not found: {raw}")

@@ -177,8 +177,8 @@ class RunDir:
         """Reads a JSON file of the run folder."""
         return json.loads((self.root / name).read_text(encoding="utf-8"))
 
-    def write_config(self, config: Mapping[str, Any]) -> Path:
-        """Writes the resolved config as YAML."""
+    def write_config(self, config: Mapping[str, Any] | Any) -> Path:
+        """Writes the resolved config (a mapping or a :class:`~lilaw_med.training.config.Config`) as YAML."""
         from lilaw_med.training.config import dump_config
 
         return atomic_write(self.config, dump_config(config))

@@ -80,7 +80,7 @@ def test_export_writes_a_complete_bundle_with_the_runs_weights(exported: dict[st
 
     train = yaml.safe_load((bundle / "configs/train.yaml").read_text())
     assert train["network_def"]["_target_"] == "lilaw_med.training.networks.build_network"
-    assert train["training"]["_target_"] == "lilaw_med.training.builder.run_training"
+    assert train["training"]["_target_"] == "lilaw_med.training.run.run_training"
     assert train["lilaw_config"]["lilaw"]["enabled"] is True
 
     best = torch.load(exported["run"] / "checkpoints" / "best_model.pt", weights_only=True)["network"]
@@ -218,7 +218,7 @@ def test_multi_gpu_override_runs_the_same_training_on_this_processs_device(expor
     parser.read_config([str(configs / "train.yaml"), str(configs / "multi_gpu_train.yaml")])
     raw = parser.get()
     assert "$import lilaw_med.training.distributed" in raw["imports"]  # merged, not replaced
-    assert raw["training"]["_target_"] == "lilaw_med.training.builder.run_training"
+    assert raw["training"]["_target_"] == "lilaw_med.training.run.run_training"
     context = parser.get_parsed_content("distributed")  # no torchrun variables here: one process
     assert isinstance(context, DistributedContext) and context.world_size == 1
     assert parser.get_parsed_content("training#device") == "cpu"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 _CACHE: dict[str, dict[str, Path]] = {}
 
-# per preset: the packaged config file, the sample-data key, and --set overrides making a run tiny
+# per pipeline: its preset and the --set overrides making a run tiny
 TINY = {
-    "radiology_2d": ("radiology_2d.yaml", "radiology_2d", ["data.options.spatial_size=[32,32]"]),
-    "radiology_3d": ("radiology_3d.yaml", "radiology_3d", ["data.options.spatial_size=[16,16,16]"]),
-    "pathology_patch": ("pathology_patch.yaml", "pathology", ["data.options.spatial_size=[32,32]"]),
+    "radiology_2d": ("radiology_2d", ["data.options.spatial_size=[32,32]"]),
+    "radiology_3d": ("radiology_3d", ["data.options.spatial_size=[16,16,16]"]),
+    "pathology_patch": ("pathology", ["data.options.spatial_size=[32,32]"]),
 }
 
 
@@ -25,9 +25,11 @@ def small_sample_data(root: Path) -> dict[str, Path]:
 
 def tiny_overrides(preset: str, paths: dict[str, Path], *extra: str) -> list[str]:
     """``--set`` strings for a one-epoch run of ``preset`` on the small sample data."""
-    _, key, sizes = TINY[preset]
+    from lilaw_med.data.presets import get_preset
+
+    name, sizes = TINY[preset]
     return [
-        f"data.datalist={paths[key]}",
+        f"data.datalist={paths[get_preset(name).sample_key]}",
         "data.sample_data=false",
         "data.cache=none",
         "train.epochs=1",

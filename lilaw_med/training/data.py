@@ -1,0 +1,207 @@
+"""The data of a training run: its datalist (:func:`prepare_datalist`), its transform options
+(:func:`transform_options`) and its datasets, samplers and loaders (:func:`build_data`).
+
+Every loader and sampler owns a seeded generator, so iterating one draws no global random number
+and runs with the same seed pair up whatever else differs (LiLAW on or off).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lilaw_med.data.curation import apply_exclusions, apply_relabels
+from lilaw_med.data.datalist import Datalist, load_datalist
+from lilaw_med.data.dataset import build_dataset
+from lilaw_med.data.preflight import preflight_or_raise
+from lilaw_med.data.presets import PresetSpec, get_preset
+from lilaw_med.data.sampler import ResumableSampler
+from lilaw_med.training.config import Config
+from lilaw_med.training.model import input_shape
+from lilaw_med.training.run_dir import RunDir
+from lilaw_med.training.sampling import ClassBalancedSampler
+from lilaw_med.utils import atomic_write
+
+__all__ = ["TrainingData", "build_data", "prepare_datalist", "training_labels", "transform_options"]
+
+logger = logging.getLogger(__name__)
+
+# the index of the generated sample data (key -> datalist), beside it in data.sample_dir
+_SAMPLE_INDEX = "sample_index.json"
+
+
+@dataclass
+class TrainingData:
+    """The datalist of a run and the loaders built over it.
+
+    Attributes:
+        datalist: the prepared :class:`~lilaw_med.data.datalist.Datalist`.
+        train_loader: the training batches (augmented; the order of ``train_sampler``).
+        train_sampler: a :class:`~lilaw_med.data.sampler.ResumableSampler` or a class-balanced one.
+        meta_loader: the validation batches of the LiLAW meta step (its own seeded order).
+        val_loader: the validation split in order, for the per-epoch metrics.
+        test_loader: the test split in order, or ``None`` without labelled test items.
+    """
+
+    datalist: Datalist
+    train_loader: Any
+    train_sampler: Any
+    meta_loader: Any
+    val_loader: Any
+    test_loader: Any
+
+
+def transform_options(config: Config | Mapping[str, Any]) -> dict[str, Any]:
+    """``data.options`` completed with the preset's defaults, ``multi_label`` kept in step with ``data``.
+
+    Args:
+        config: a config (validated here when it is a mapping).
+
+    Returns:
+        The options for :func:`lilaw_med.data.transforms.build_transforms`.
+    """
+    cfg = Config.from_mapping(config)
+    options = get_preset(cfg.data.preset).default_options()
+    options.update(cfg.data.options)
+    options["multi_label"] = bool(cfg.data.multi_label)
+    return options
+
+
+def training_labels(items: Sequence[Mapping[str, Any]]) -> list[int]:
+    """The integer labels of single-label items."""
+    return [int(it["label"]) for it in items]
+
+
+def _sample_datalist(preset: PresetSpec, sample_dir: Path) -> Path:
+    """The generated sample datalist of ``preset``, generating the sample data when missing."""
+    if preset.sample_key is None:
+        raise ValueError(f"preset '{preset.name}' has no sample data; set data.datalist.")
+    index_path = sample_dir / _SAMPLE_INDEX
+    if index_path.is_file():
+        with contextlib.suppress(ValueError, KeyError, OSError):
+            path = Path(json.loads(index_path.read_text())[preset.sample_key])
+            if path.is_file():
+                return path
+    from lilaw_med.data.sample import write_sample_data
+
+    logger.info("generating the sample data into %s (once) ...", sample_dir)
+    paths = write_sample_data(sample_dir, seed=0)
+    atomic_write(index_path, json.dumps({k: str(Path(v).absolute()) for k, v in paths.items()}, indent=2))
+    return Path(paths[preset.sample_key])
+
+
+def prepare_datalist(
+    config: Config | Mapping[str, Any], run_dir: RunDir | None = None, datalist_path: str | None = None
+) -> Datalist:
+    """Loads the datalist of a config: sample data, split, exclusions, relabels, subset, pre-flight.
+
+    Args:
+        config: a config (validated here when it is a mapping).
+        run_dir: where the pre-flight check writes ``rejected_items.csv`` (``None``: nowhere).
+        datalist_path: use this datalist instead of the config's (``resume`` passes the run's copy).
+
+    Returns:
+        The resolved :class:`lilaw_med.data.datalist.Datalist`.
+
+    Raises:
+        FileNotFoundError: when the datalist (or an exclusion CSV) is missing.
+        ValueError: when items are bad (pre-flight) or the datalist is invalid.
+    """
+    cfg = Config.from_mapping(config)
+    data = cfg.data
+    if datalist_path is None:
+        if data.datalist:
+            datalist_path = data.datalist
+        else:
+            datalist_path = str(_sample_datalist(get_preset(data.preset), Path(data.sample_dir).absolute()))
+    split_seed = data.split_seed if data.split_seed is not None else cfg.train.seed
+    datalist = load_datalist(
+        datalist_path, class_names=data.class_names, val_fraction=data.val_fraction, seed=split_seed,
+        multi_label=data.multi_label, strict=False,  # label and id problems go to the pre-flight report
+    )
+    if data.exclude:
+        datalist = apply_exclusions(datalist, data.exclude)
+    if data.relabel:
+        datalist = apply_relabels(datalist, data.relabel)
+    if data.max_items:
+        n = data.max_items
+        datalist.training, datalist.validation, datalist.test = (
+            datalist.training[:n], datalist.validation[:n], datalist.test[:n]
+        )
+    datalist = preflight_or_raise(
+        datalist, data.skip_bad, run_dir.root if run_dir is not None else None, expected_dims=input_shape(cfg)[0],
+    )
+    if not datalist.training:
+        raise ValueError(f"datalist {datalist_path}: the training split is empty.")
+    if not datalist.validation:
+        raise ValueError(f"datalist {datalist_path}: the validation split is empty (LiLAW's meta step needs one).")
+    return datalist
+
+
+def _loader(dataset: Any, batch_size: int, sampler: Any, num_workers: int, seed: int, pin: bool) -> Any:
+    from monai.data import DataLoader
+
+    # every loader owns its generator, so no global random number is drawn by iterating it
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed), pin_memory=pin, persistent_workers=num_workers > 0,
+    )
+
+
+def build_data(
+    cfg: Config, datalist: Datalist, run_dir: RunDir | None, device: torch.device, rank: int = 0, world_size: int = 1
+) -> TrainingData:
+    """The transforms, datasets, samplers and loaders of a run.
+
+    Args:
+        cfg: the config.
+        datalist: the prepared datalist (:func:`prepare_datalist`).
+        run_dir: the run folder (the disk cache defaults to ``RUN_DIR/cache``).
+        device: the training device (pinned memory on CUDA).
+        rank: this process's rank: it takes positions ``rank, rank + world_size, ...`` of every order.
+        world_size: the number of processes.
+
+    Returns:
+        The :class:`TrainingData`.
+
+    Raises:
+        ValueError: from the transforms (an invalid option).
+    """
+    from lilaw_med.data.transforms import build_transforms
+
+    data, train, seed = cfg.data, cfg.train, cfg.train.seed
+    cache_dir = Path(data.cache_dir) if data.cache_dir else (run_dir.root / "cache" if run_dir else None)
+    options = transform_options(cfg)
+    train_tf = build_transforms(data.preset, options, train=True)
+    eval_tf = build_transforms(data.preset, options, train=False)
+    with contextlib.suppress(AttributeError):
+        train_tf.set_random_state(seed=seed)
+    train_ds = build_dataset(datalist.training, train_tf, cache=data.cache, cache_dir=cache_dir)
+    val_ds = build_dataset(datalist.validation, eval_tf, cache=data.cache, cache_dir=cache_dir)
+    test_ds = build_dataset(datalist.test, eval_tf, cache=data.cache, cache_dir=cache_dir) if datalist.test else None
+    has_test_labels = bool(datalist.test) and all(it.get("label") is not None for it in datalist.test)
+
+    if cfg.loss.class_balance == "sampler":
+        train_sampler: Any = ClassBalancedSampler(
+            training_labels(datalist.training), seed=seed, rank=rank, world_size=world_size
+        )
+    else:
+        train_sampler = ResumableSampler(len(train_ds), shuffle=True, seed=seed, rank=rank, world_size=world_size)
+    # the meta step's own sampler: seeded apart from the training order, reshuffled every pass
+    meta_sampler = ResumableSampler(len(val_ds), shuffle=True, seed=seed + 1, rank=rank, world_size=world_size)
+    pin, nw, batch = device.type == "cuda", train.num_workers, train.batch_size
+    return TrainingData(
+        datalist=datalist,
+        train_loader=_loader(train_ds, batch, train_sampler, nw, seed, pin),
+        train_sampler=train_sampler,
+        meta_loader=_loader(val_ds, cfg.lilaw.val_batch_size or batch, meta_sampler, nw, seed + 1, pin),
+        val_loader=_loader(val_ds, batch, None, nw, seed + 2, pin),
+        test_loader=_loader(test_ds, batch, None, nw, seed + 3, pin) if has_test_labels else None,
+    )
