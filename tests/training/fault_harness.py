@@ -230,12 +230,13 @@ def run_record(run_dir: Path) -> dict[str, Any]:
 
 def differences(a: dict[str, Any], b: dict[str, Any], path: str = "") -> list[str]:
     """Where two records differ (exact comparison; NaN equals NaN)."""
+    a, b = (v.tolist() if isinstance(v, np.ndarray) else v for v in (a, b))  # sub-arrays of structured rows
     if isinstance(a, dict) and isinstance(b, dict):
         out = [f"{path}/{k}: only in one" for k in sorted(set(a) ^ set(b))]
         for k in sorted(set(a) & set(b)):
             out += differences(a[k], b[k], f"{path}/{k}")
         return out
-    if isinstance(a, list) and isinstance(b, list):
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         if len(a) != len(b):
             return [f"{path}: length {len(a)} != {len(b)}"]
         return [
