@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import statistics
 
-import pytest
 import torch
 from monai.engines import SupervisedTrainer
 from torch import nn
@@ -60,10 +60,15 @@ def test_overhead_measure_reports_ratios_to_plain_for_every_method() -> None:
     def tiny(c: int, k: int, dims: int) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(c * 8 * 8, k))
 
-    r = overhead.measure(8, batch_size=4, iterations=2, reps=1, network_fn=tiny)
+    r = overhead.measure(8, batch_size=4, iterations=2, reps=3, network_fn=tiny)
     assert set(r["epoch_ratio"]) == {"plain", "lilaw", "naive"}
-    assert r["epoch_ratio"]["plain"] == pytest.approx(1.0) and r["iter_ratio"]["plain"] == pytest.approx(1.0)
-    assert all(v > 0 for v in r["iter_s"].values())
+    for mode, per in (("epoch", 1), ("iter", 2)):  # seconds per epoch; per iteration (2 iterations an epoch)
+        raw = r["raw"][mode]
+        assert all(len(times) == 3 for times in raw.values())  # the warm-up round is not kept
+        for m, times in raw.items():
+            assert r[f"{mode}_s"][m] == statistics.median(times) / per
+            # the median of the paired ratios (each round's time over plain's in the same round)
+            assert r[f"{mode}_ratio"][m] == statistics.median(a / b for a, b in zip(times, raw["plain"], strict=True))
 
 
 def test_meta_weight_net_step_updates_the_weighting_mlp_and_the_network() -> None:

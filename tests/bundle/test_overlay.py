@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,11 +14,13 @@ from monai.bundle.scripts import create_workflow
 from torch import nn
 
 from lilaw_med import LiLAWHandler, LiLAWLoss
+from lilaw_med.data.presets import PRESETS
 from tests.bundle.fixture_bundle import write_classification_bundle
 
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file")
 
-OVERLAY = Path(__file__).resolve().parents[2] / "configs" / "bundle" / "lilaw_overlay.yaml"
+REPO = Path(__file__).resolve().parents[2]
+OVERLAY = REPO / "configs" / "bundle" / "lilaw_overlay.yaml"
 
 
 @pytest.fixture
@@ -32,11 +36,36 @@ def _merged_parser(bundle: Path) -> ConfigParser:
     return parser
 
 
-def test_overlay_ships_in_the_installed_package() -> None:
-    import importlib.resources
-
-    shipped = importlib.resources.files("lilaw_med.configs.bundle") / "lilaw_overlay.yaml"
-    assert shipped.is_file()
+def test_overlay_and_every_package_file_ship_in_an_installed_wheel(tmp_path: Path) -> None:
+    # the editable checkout finds every file whatever package-data says: build a wheel of the
+    # sources as `pip install .` would, install it into a folder, and look there
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("lilaw_med", "pipelines", "configs"):
+        shutil.copytree(REPO / folder, src / folder, ignore=ignore)
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(tmp_path / "dist"),
+                    str(src)], check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("lilaw_med-*.whl")
+    site = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    installed = site / "lilaw_med"
+    assert (installed / "configs" / "bundle" / "lilaw_overlay.yaml").read_bytes() == OVERLAY.read_bytes()
+    for spec in PRESETS.values():
+        assert (installed / "configs" / spec.config_file).is_file(), spec.config_file
+    # pipelines/ and configs/ install inside the package; every module and data file must be there
+    sources = {"lilaw_med": installed, "pipelines": installed / "pipelines", "configs": installed / "configs"}
+    missing = [
+        str(path.relative_to(src))
+        for folder, target in sources.items()
+        for path in (src / folder).rglob("*")
+        if path.is_file() and not (target / path.relative_to(src / folder)).is_file()
+    ]
+    assert missing == []
 
 
 def test_model_zoo_reducing_loss_is_refused_by_lilaw_loss(bundle: Path) -> None:

@@ -157,12 +157,21 @@ def test_multi_label_noise_flips_each_flag_with_the_rate() -> None:
 def test_instance_noise_on_a_datalist_uses_image_thumbnails(
     small_sample: dict[str, Path], tmp_path: Path
 ) -> None:
+    from lilaw_med.data.noise import _image_features
+
     clean = small_sample["pathology"].parent / "datalist_clean.json"
     res = add_noise_to_datalist(
         clean, tmp_path / "inst.json", kind="instance", rate=0.5, seed=0, splits=("training",)
     )
-    n = len(load_datalist(res.datalist).training)
-    assert abs(res.actual_rate["training"] - 0.5) < 4 * np.sqrt(0.25 / n) + 0.1
+    given = load_datalist(clean)
+    labels = [it["label"] for it in given.training]
+    noisy = [it["label"] for it in load_datalist(res.datalist).training]
+    # the flips are instance_dependent_noise on the items' 8x8 thumbnails, seeded seed * 1000 + the
+    # split's index (training: 0); the rate reported is the share of labels the file changed
+    expected, rate = instance_dependent_noise(labels, _image_features(given.training), 0.5, given.num_classes, seed=0)
+    assert noisy == expected.tolist()
+    assert res.actual_rate["training"] == rate == np.mean(np.array(noisy) != np.array(labels))
+    assert res.num_flipped["training"] == sum(a != b for a, b in zip(noisy, labels, strict=True))
     again = add_noise_to_datalist(
         clean, tmp_path / "inst2.json", kind="instance", rate=0.5, seed=0, splits=("training",)
     )

@@ -225,25 +225,41 @@ def test_metrics_expose_the_scalars_and_weight_statistics():
     assert 0 < m["lilaw_weight_min"] <= m["lilaw_weight_mean"] <= m["lilaw_weight_max"] < 3
 
 
-def test_supervised_trainer_with_lilaw_learns_a_noisy_task():
+def _train_noisy_task(lilaw: bool) -> tuple[float, LiLAWLoss, LiLAWHandler | None]:
+    """Trains a linear network on 20% flipped labels; returns its clean-test accuracy.
+
+    Both arms start from the same network and see the same batches (the training loader has its own
+    generator; the meta step's loader draws from the global one, after the network is built).
+    """
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(36, 2))  # the task is linear in the pixels
-    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), LiLAWWeighting())
-    train = DataLoader(_items(256, 10, flip=0.2), batch_size=32, shuffle=True)
-    val = DataLoader(_items(64, 11, flip=0.2), batch_size=32, shuffle=True)
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), LiLAWWeighting(), warmup_epochs=0 if lilaw else 8)
+    train = DataLoader(
+        _items(256, 10, flip=0.2), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
     trainer = SupervisedTrainer(
         device=torch.device("cpu"), max_epochs=8, train_data_loader=train, network=net,
         optimizer=torch.optim.Adam(net.parameters(), lr=1e-2), loss_function=loss,
     )
-    handler = LiLAWHandler(val, loss)
-    handler.attach(trainer)
+    handler = None
+    if lilaw:
+        handler = LiLAWHandler(DataLoader(_items(64, 11, flip=0.2), batch_size=32, shuffle=True), loss)
+        handler.attach(trainer)
     trainer.run()
     test = _items(400, 12)
-    x = torch.stack([t["image"] for t in test])
-    y = torch.stack([t["label"] for t in test])
     net.eval()
     with torch.no_grad():
-        acc = (net(x).argmax(1) == y).float().mean().item()
-    assert handler.steps == 8 * 8
-    assert acc > 0.8  # clean-test accuracy after 20% flipped labels (chance: 0.5; 0.845 when written)
-    assert loss.weighting.as_dict() != pytest.approx({"alpha": 2.0, "beta": 2.0, "delta": 2.0}, abs=1e-3)
+        pred = net(torch.stack([t["image"] for t in test])).argmax(1)
+    return (pred == torch.stack([t["label"] for t in test])).float().mean().item(), loss, handler
+
+
+def test_supervised_trainer_with_lilaw_learns_a_noisy_task_better_than_plain_ce():
+    acc, loss, handler = _train_noisy_task(lilaw=True)
+    plain, _, _ = _train_noisy_task(lilaw=False)  # the same run with the weighting never active
+    assert handler is not None and handler.steps == 8 * 8
+    # clean-test accuracy after 20% flipped labels (chance: 0.5): 341 and 336 of 400 when written
+    assert plain > 0.8 and acc > plain
+    # the meta gradient's signs, by hand: dL/dalpha = mean(sigmoid'(alpha x - m) * x * L) > 0 (and the
+    # weight decay pulls alpha down too), dL/dbeta = -mean(sigmoid'(m - beta x) * x * L) < 0
+    scalars = loss.weighting.as_dict()
+    assert scalars["alpha"] < 2.0 < scalars["beta"]

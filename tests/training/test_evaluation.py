@@ -30,16 +30,18 @@ def test_ece_matches_a_hand_computed_value() -> None:
 
 
 def test_metrics_of_a_small_multiclass_case() -> None:
-    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.5, 0.4, 0.1]]))
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.5, 0.1, 0.4]]))
     labels = np.array([0, 1, 2, 1])
     m = classification_metrics(logits, labels, class_names=["a", "b", "c"])
     assert m["accuracy"] == 0.75
     assert m["balanced_accuracy"] == pytest.approx((1 + 0.5 + 1) / 3)
     assert m["confusion_matrix"] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
     assert m["per_class"]["a"] == {"precision": 0.5, "recall": 1.0, "support": 1}
-    nll = -np.mean(np.log([0.7, 0.8, 0.6, 0.4]))
+    nll = -np.mean(np.log([0.7, 0.8, 0.6, 0.1]))
     assert m["loss"] == pytest.approx(nll, rel=1e-6)
-    assert 0.0 <= m["auroc"] <= 1.0
+    # macro one-vs-rest: a (0.7 above 0.1, 0.2, 0.5) and c (0.6 above 0.1, 0.1, 0.4) rank perfectly;
+    # b's positives 0.8 and 0.1 beat its negatives 0.2, 0.2 in 2 of 4 pairs
+    assert m["auroc"] == pytest.approx((1.0 + 0.5 + 1.0) / 3)
 
 
 def test_binary_single_logit_auroc_and_threshold() -> None:
