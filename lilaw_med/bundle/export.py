@@ -635,55 +635,72 @@ def export_bundle(
     cfg = load_config(config) if isinstance(config, (str, os.PathLike)) else validate_config(config)
     cfg = _absolute_paths(cfg, Path.cwd())
     _check_no_config_syntax(cfg)
-
-    state_dict = None
-    summary: dict[str, Any] = {}
     if run_dir is not None:
-        spec, state_dict = model_spec_from_run(run_dir, dropout=float(cfg["model"]["dropout"]))
-        described = (cfg["model"]["network"], *input_shape(cfg))
-        if described != (spec.network, spec.spatial_dims, spec.in_channels):
-            raise ValueError(
-                f"run {run_dir} trained {spec.network} ({spec.spatial_dims}D, {spec.in_channels} channel(s)) but the "
-                f"config describes {described[0]} ({described[1]}D, {described[2]} channel(s)): export the run with "
-                "its own config.yaml."
-            )
-        run = RunDir(run_dir)
-        run_config = run.config
-        if run_config.is_file():
-            differences = _differences(cfg, _absolute_paths(load_config(run_config), Path.cwd()))
-            if differences:
-                logger.warning(
-                    "the bundle's train.yaml follows the given config, which differs from the run's %s in %s: "
-                    "export with --config %s to reproduce the run.", run_config, ", ".join(differences), run_config,
-                )
-        if run.summary.is_file():
-            summary = run.read_json(RunDir.SUMMARY)
+        spec, state_dict, summary = _from_run(cfg, run_dir)
     else:
-        spec = model_spec_from_config(cfg, datalist)
+        spec, state_dict, summary = model_spec_from_config(cfg, datalist), None, {}
     shape = list(spatial_shape) if spatial_shape else input_spatial_shape(cfg, spec.spatial_dims)
     if len(shape) != spec.spatial_dims:
         raise ValueError(f"spatial_shape {shape} must have {spec.spatial_dims} entries (model.spatial_dims).")
+    meta = _metadata(
+        cfg, spec, shape, summary, task=task, description=description, version=version, authors=authors,
+        copyright=copyright, value_range=value_range,
+    )
+    result = BundleExport(root=out.absolute(), metadata=meta, model=spec)
+    _write_bundle(result, cfg, state_dict, license_file, authors)
+    logger.info("bundle written to %s (%d files)", result.root, len(result.files))
+    return result
 
+
+def _from_run(cfg: Mapping[str, Any], run_dir: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch.Tensor], dict]:
+    """``(spec, weights, summary)`` of a finished run, checked against the config being exported.
+
+    Raises:
+        FileNotFoundError: when the run has no model checkpoint.
+        ValueError: when the run's network differs from the config's.
+    """
+    spec, state_dict = model_spec_from_run(run_dir, dropout=float(cfg["model"]["dropout"]))
+    described = (cfg["model"]["network"], *input_shape(cfg))
+    if described != (spec.network, spec.spatial_dims, spec.in_channels):
+        raise ValueError(
+            f"run {run_dir} trained {spec.network} ({spec.spatial_dims}D, {spec.in_channels} channel(s)) but the "
+            f"config describes {described[0]} ({described[1]}D, {described[2]} channel(s)): export the run with "
+            f"its own {RunDir.CONFIG}."
+        )
+    run = RunDir(run_dir)
+    if run.config.is_file():
+        differences = _differences(cfg, _absolute_paths(load_config(run.config), Path.cwd()))
+        if differences:
+            logger.warning(
+                "the bundle's train.yaml follows the given config, which differs from the run's %s in %s: "
+                "export with --config %s to reproduce the run.", run.config, ", ".join(differences), run.config,
+            )
+    return spec, state_dict, run.read_json(RunDir.SUMMARY) if run.summary.is_file() else {}
+
+
+def _metadata(
+    cfg: Mapping[str, Any], spec: ModelSpec, shape: list[int | str], summary: Mapping[str, Any], *, task: str | None,
+    description: str | None, version: str, authors: str, copyright: str | None, value_range: Sequence[float],
+) -> dict[str, Any]:
+    """``configs/metadata.json``: the preset's task and modality, the run's test metrics (see :func:`export_bundle`)."""
     preset = get_preset(cfg["data"]["preset"])
     lilaw_on = bool(cfg["lilaw"]["enabled"])
     test = (summary.get("best") or summary.get("final") or {}).get("test") or {}
     eval_metrics = {f"test_{k}": float(test[k]) for k in ("auroc", "accuracy", "balanced_accuracy") if k in test}
+    method = (
+        "LiLAW learns three scalars (alpha, beta, delta) that weight every sample's loss by its difficulty, "
+        "meta-updated on a validation batch after every training batch, which makes training robust to "
+        "mislabeled samples."
+        if lilaw_on
+        else "Plain training (the baseline, LiLAW switched off)."
+    )
     meta = build_metadata(
         class_names=spec.class_names if spec.num_outputs > 1 else [f"P({spec.class_names[-1]})"],
         in_channels=spec.in_channels,
         spatial_shape=shape,
         task=task or f"{preset.task} trained on noisy labels" + (" with LiLAW" if lilaw_on else ""),
         description=description
-        or (
-            f"A {spec.network} classifier ({', '.join(spec.class_names)}) trained with lilaw-med. "
-            + (
-                "LiLAW learns three scalars (alpha, beta, delta) that weight every sample's loss by its "
-                "difficulty, meta-updated on a validation batch after every training batch, which makes "
-                "training robust to mislabeled samples."
-                if lilaw_on
-                else "Plain training (the baseline, LiLAW switched off)."
-            )
-        ),
+        or f"A {spec.network} classifier ({', '.join(spec.class_names)}) trained with lilaw-med. {method}",
         version=version,
         authors=authors,
         copyright=copyright or f"Copyright (c) {authors}",
@@ -700,51 +717,54 @@ def export_bundle(
     missing = missing_metadata_keys(meta)
     if missing:  # a bug here, not a user error
         raise RuntimeError(f"exported metadata lacks {missing}.")
+    return meta
 
-    result = BundleExport(root=out.absolute(), metadata=meta, model=spec)
+
+# the comment at the top of each config file of a bundle
+_COMMENTS: dict[str, str] = {
+    "train.yaml": (
+        "Trains with LiLAW: `training` is lilaw_med.training.run.run_training on `lilaw_config`, the\n"
+        "same function `lilaw-med train` calls, so both give the same results on the same config and seed.\n"
+        "Then the best weights are installed as models/model.pt.\n"
+        "python -m monai.bundle run --config_file configs/train.yaml --meta_file configs/metadata.json"
+    ),
+    "evaluate.yaml": (
+        "Evaluates models/model.pt on the `split` (default test) of the config's datalist.\n"
+        "python -m monai.bundle run --config_file configs/evaluate.yaml --meta_file configs/metadata.json"
+    ),
+    "inference.yaml": (
+        "Class probabilities of every file in `dataset_dir` (eval/predictions.csv).\n"
+        "python -m monai.bundle run --config_file configs/inference.yaml --meta_file configs/metadata.json "
+        "--dataset_dir DIR"
+    ),
+    _MULTI_GPU: (
+        "Multi-GPU (DDP) training: pass it AFTER train.yaml, under torchrun (one process per GPU):\n"
+        "torchrun --standalone --nproc_per_node=2 -m monai.bundle run \\\n"
+        "    --config_file \"['configs/train.yaml','configs/multi_gpu_train.yaml']\" --meta_file configs/metadata.json\n"
+        "train.batch_size is per process: the effective batch is N times larger (see lilaw-med's docs/distributed.md)."
+    ),
+}
+
+
+def _write_bundle(
+    result: BundleExport, cfg: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor] | None,
+    license_file: str | os.PathLike | None, authors: str,
+) -> None:
+    """Writes the bundle's files under ``result.root``, listing each in ``result.files``."""
+    spec, meta = result.model, result.metadata
+    assert spec is not None
 
     def write(rel: str, data: str | bytes) -> None:
-        atomic_write(out / rel, data)
+        atomic_write(result.root / rel, data)
         result.files.append(rel)
 
     write("configs/metadata.json", json.dumps(meta, indent=4) + "\n")
-    write(
-        "configs/train.yaml",
-        _yaml(
-            train_config(spec, cfg),
-            "Trains with LiLAW: `training` is lilaw_med.training.run.run_training on `lilaw_config`, the\n"
-            "same function `lilaw-med train` calls, so both give the same results on the same config and seed.\n"
-            "Then the best weights are installed as models/model.pt.\n"
-            "python -m monai.bundle run --config_file configs/train.yaml --meta_file configs/metadata.json",
-        ),
-    )
-    write(
-        "configs/evaluate.yaml",
-        _yaml(
-            evaluate_config(spec, cfg),
-            "Evaluates models/model.pt on the `split` (default test) of the config's datalist.\n"
-            "python -m monai.bundle run --config_file configs/evaluate.yaml --meta_file configs/metadata.json",
-        ),
-    )
-    write(
-        "configs/inference.yaml",
-        _yaml(
-            inference_config(spec, cfg),
-            "Class probabilities of every file in `dataset_dir` (eval/predictions.csv).\n"
-            "python -m monai.bundle run --config_file configs/inference.yaml --meta_file configs/metadata.json "
-            "--dataset_dir DIR",
-        ),
-    )
-    write(
-        f"configs/{_MULTI_GPU}",
-        _yaml(
-            multi_gpu_config(),
-            "Multi-GPU (DDP) training: pass it AFTER train.yaml, under torchrun (one process per GPU):\n"
-            "torchrun --standalone --nproc_per_node=2 -m monai.bundle run \\\n"
-            "    --config_file \"['configs/train.yaml','configs/multi_gpu_train.yaml']\" --meta_file configs/metadata.json\n"
-            "train.batch_size is per process: the effective batch is N times larger (see lilaw-med's docs/distributed.md).",
-        ),
-    )
+    configs = {
+        "train.yaml": train_config(spec, cfg), "evaluate.yaml": evaluate_config(spec, cfg),
+        "inference.yaml": inference_config(spec, cfg), _MULTI_GPU: multi_gpu_config(),
+    }
+    for name, content in configs.items():
+        write(f"configs/{name}", _yaml(content, _COMMENTS[name]))
     write("docs/README.md", _readme(spec, meta, cfg, state_dict is not None, True))
     if license_file is not None:
         if not Path(license_file).is_file():
@@ -755,12 +775,10 @@ def export_bundle(
 
         write("LICENSE", _LICENSE.format(year=datetime.date.today().year, authors=authors))
     if state_dict is not None:
-        atomic_save_torch({k: v.detach().cpu() for k, v in state_dict.items()}, out / "models" / "model.pt")
+        atomic_save_torch({k: v.detach().cpu() for k, v in state_dict.items()}, result.root / "models" / "model.pt")
         result.files.append("models/model.pt")
     else:
-        (out / "models").mkdir(parents=True, exist_ok=True)
-    logger.info("bundle written to %s (%d files)", result.root, len(result.files))
-    return result
+        (result.root / "models").mkdir(parents=True, exist_ok=True)
 
 
 def copy_overlay(dest: str | os.PathLike) -> Path:

@@ -48,13 +48,15 @@ def _parse_shape(text: str | None) -> list[int] | None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from lilaw_med.bundle.export import export_bundle
     from lilaw_med.training.config import load_config
+    from lilaw_med.training.run_dir import RunDir
 
     with _user_errors():
-        if args.run and not (Path(args.run) / "config.yaml").is_file():
-            raise UserError(f"--run {args.run}: not a lilaw-med run folder (no config.yaml).")
-        if not args.config and not args.run:
-            raise UserError("--config is required (or --run RUN_DIR, whose config.yaml is then used).")
-        config = load_config(args.config or Path(args.run) / "config.yaml", list(args.set or []))
+        run = RunDir(args.run) if args.run else None
+        if run is not None and not run.exists():
+            raise UserError(f"--run {args.run}: not a lilaw-med run folder (no {RunDir.CONFIG}).")
+        if not args.config and run is None:
+            raise UserError(f"--config is required (or --run RUN_DIR, whose {RunDir.CONFIG} is then used).")
+        config = load_config(args.config or run.config, list(args.set or []))
         result = export_bundle(
             config,
             args.out_dir,

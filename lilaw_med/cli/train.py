@@ -167,7 +167,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             args.run_dir, datalist=args.datalist, splits=args.split, which=args.checkpoint, device=args.device,
             calibrated=not args.uncalibrated,
         )
-        out = Path(args.output) if args.output else RunDir(args.run_dir).root / "evaluation.json"
+        out = Path(args.output) if args.output else RunDir(args.run_dir).evaluation
         RunDir(out.parent).write_json(out.name, report)
     print(f"model: {report['checkpoint']} (epoch {report.get('epoch')})")
     print(f"{'split':12}{'n':>6}{'accuracy':>10}{'bal.acc':>9}{'AUROC':>8}{'ECE':>7}{'loss':>8}")

@@ -39,6 +39,7 @@ from ignite.engine import Engine, Events
 from lilaw_med.data.sampler import ResumableSampler
 from lilaw_med.handlers.checkpoint import (
     CheckpointHandler,
+    CheckpointInfo,
     find_checkpoints,
     load_latest_checkpoint,
     load_object_state,
@@ -153,6 +154,42 @@ def resume_from(
             save_dir,
         )
         return 0
+    info, ckpt = _load_newest(save_dir, map_location)
+    objects = {k: v for k, v in objects.items() if v is not None}
+    _check_objects(info, ckpt["objects"], objects)
+    _check_position(info, ckpt, trainer, train_sampler)
+
+    max_epochs = getattr(trainer.state, "max_epochs", None)
+    for name, obj in objects.items():
+        try:
+            load_object_state(obj, ckpt["objects"][name])
+        except Exception as e:
+            raise ValueError(f"cannot restore {name!r} from checkpoint {info.path.name}: {e}") from e
+    if max_epochs and trainer.state.max_epochs and max_epochs > trainer.state.max_epochs:
+        trainer.state.max_epochs = max_epochs  # the new config asks for more epochs: extend the run
+    for obj in objects.values():
+        # re-open the LiLAW validation iterator at its saved cursor now, BEFORE the RNG states are
+        # restored: creating a DataLoader iterator draws a seed from torch's generator, which the
+        # uninterrupted run did not do at this point (opened lazily, it would shift every later draw)
+        if isinstance(obj, LiLAWHandler) and any(obj.validation_position):
+            obj.open_validation_pass()
+
+    iteration, epoch_length = int(ckpt["iteration"]), ckpt.get("epoch_length")
+    in_epoch = iteration % epoch_length if epoch_length else 0
+    if train_sampler is not None:
+        _place_sampler(train_sampler, trainer, ckpt, in_epoch)
+    _restore_at_start(trainer, info, ckpt, in_epoch)
+    where = (
+        f"inside epoch {iteration // epoch_length + 1} (iteration {in_epoch} of {epoch_length})"
+        if in_epoch
+        else (f"after epoch {ckpt['epoch']}")
+    )
+    logger.info("resuming %s from %s: iteration %d, %s.", run_dir, info.path.name, iteration, where)
+    return iteration
+
+
+def _load_newest(save_dir: Path, map_location: str | torch.device) -> tuple[CheckpointInfo, dict[str, Any]]:
+    """The newest valid checkpoint; every newer unusable one is reported and renamed ``*.corrupt``."""
     info, ckpt, rejected = load_latest_checkpoint(save_dir, map_location=map_location)
     for bad, reason in rejected:
         corrupt = bad.path.with_name(bad.path.name + ".corrupt")
@@ -160,14 +197,13 @@ def resume_from(
             bad.path.replace(corrupt)
         logger.warning(
             "checkpoint %s is unusable (%s): kept as %s; resuming from the previous good one, %s.",
-            bad.path,
-            reason,
-            corrupt.name,
-            info.path.name,
+            bad.path, reason, corrupt.name, info.path.name,
         )
+    return info, ckpt
 
-    objects = {k: v for k, v in objects.items() if v is not None}
-    saved = ckpt["objects"]
+
+def _check_objects(info: CheckpointInfo, saved: Mapping[str, Any], objects: Mapping[str, Any]) -> None:
+    """Every object to restore has a saved state (states nobody takes are reported)."""
     missing = sorted(set(objects) - set(saved))
     if missing:
         raise ValueError(
@@ -180,6 +216,9 @@ def resume_from(
             "checkpoint %s holds state for %s that this run does not use; ignored.", info.path.name, unused
         )
 
+
+def _check_position(info: CheckpointInfo, ckpt: Mapping[str, Any], trainer: Engine, train_sampler: Any) -> None:
+    """The checkpoint's place in the data can be found again: same epoch length, batch size and sampler length."""
     iteration, epoch_length = int(ckpt["iteration"]), ckpt.get("epoch_length")
     in_epoch = iteration % epoch_length if epoch_length else 0
     loader = getattr(trainer, "data_loader", None)
@@ -211,32 +250,23 @@ def resume_from(
             f"{info.path.name} was written: the training data changed; start a new run instead."
         )
 
-    max_epochs = getattr(trainer.state, "max_epochs", None)
-    for name, obj in objects.items():
-        try:
-            load_object_state(obj, saved[name])
-        except Exception as e:
-            raise ValueError(f"cannot restore {name!r} from checkpoint {info.path.name}: {e}") from e
-    if max_epochs and trainer.state.max_epochs and max_epochs > trainer.state.max_epochs:
-        trainer.state.max_epochs = max_epochs  # the new config asks for more epochs: extend the run
 
-    for obj in objects.values():
-        # re-open the LiLAW validation iterator at its saved cursor now, BEFORE the RNG states are
-        # restored: creating a DataLoader iterator draws a seed from torch's generator, which the
-        # uninterrupted run did not do at this point (opened lazily, it would shift every later draw)
-        if isinstance(obj, LiLAWHandler) and any(obj.validation_position):
-            obj.open_validation_pass()
+def _place_sampler(train_sampler: Any, trainer: Engine, ckpt: Mapping[str, Any], in_epoch: int) -> None:
+    """Puts the training sampler at the epoch ignite starts next and past the samples already trained on."""
+    iteration, epoch_length = int(ckpt["iteration"]), ckpt.get("epoch_length")
+    # the epoch ignite starts next (the interrupted one, or the one after a completed epoch)
+    train_sampler.set_epoch(iteration // epoch_length + 1 if epoch_length else int(ckpt["epoch"]) + 1)
+    if callable(getattr(train_sampler, "set_start", None)):
+        loader = getattr(trainer, "data_loader", None)
+        train_sampler.set_start(in_epoch * int(ckpt.get("batch_size") or loader.batch_size) if in_epoch else 0)
+    if isinstance(train_sampler, ResumableSampler):
+        train_sampler.attach(trainer)
 
-    if train_sampler is not None:
-        # the epoch ignite starts next (the interrupted one, or the one after a completed epoch)
-        train_sampler.set_epoch(iteration // epoch_length + 1 if epoch_length else int(ckpt["epoch"]) + 1)
-        if callable(getattr(train_sampler, "set_start", None)):
-            train_sampler.set_start(
-                in_epoch * int(ckpt.get("batch_size") or loader.batch_size) if in_epoch else 0
-            )
-        if isinstance(train_sampler, ResumableSampler):
-            train_sampler.attach(trainer)
 
+def _restore_at_start(trainer: Engine, info: CheckpointInfo, ckpt: Mapping[str, Any], in_epoch: int) -> None:
+    """Restores the AMP scaler once the run has started (MONAI's ``Trainer.run`` creates it) and the random
+    states: now, or after a mid-epoch checkpoint just before the first batch (after ignite re-created
+    the loader's iterator, which draws from torch's generator)."""
     if "scaler" in ckpt:
 
         def _load_scaler(engine: Engine) -> None:
@@ -251,6 +281,7 @@ def resume_from(
         _once(trainer, Events.STARTED, _load_scaler)
 
     trainer.state.last_checkpoint = str(info.path)
+    loader = getattr(trainer, "data_loader", None)
     rng, loader_rng = ckpt["rng"], ckpt.get("loader_rng", {})
 
     def _restore(_: Any = None) -> None:
@@ -262,11 +293,3 @@ def resume_from(
         _once(trainer, Events.GET_BATCH_STARTED, _restore)
     else:
         _restore()
-
-    where = (
-        f"inside epoch {iteration // epoch_length + 1} (iteration {in_epoch} of {epoch_length})"
-        if in_epoch
-        else (f"after epoch {ckpt['epoch']}")
-    )
-    logger.info("resuming %s from %s: iteration %d, %s.", run_dir, info.path.name, iteration, where)
-    return iteration

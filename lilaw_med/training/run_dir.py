@@ -12,6 +12,7 @@ RUN_DIR/
   rejected_items.csv     items the pre-flight check rejected (with --skip-bad)
   tensorboard/           when tensorboard is installed
   summary.json           final metrics, best checkpoint, paths
+  evaluation.json        written by `lilaw-med evaluate`
   audit/                 written by `lilaw-med audit`
 ```
 
@@ -73,6 +74,7 @@ class RunDir:
     REJECTED = "rejected_items.csv"
     TENSORBOARD = "tensorboard"
     SUMMARY = "summary.json"
+    EVALUATION = "evaluation.json"
     AUDIT = "audit"
     BEST_MODEL = "best_model.pt"
     FINAL_MODEL = "final_model.pt"
@@ -134,6 +136,11 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.root / self.SUMMARY
+
+    @property
+    def evaluation(self) -> Path:
+        """The report of ``lilaw-med evaluate`` (by default)."""
+        return self.root / self.EVALUATION
 
     @property
     def audit(self) -> Path:
