@@ -8,12 +8,13 @@ and printed as one clear line, without a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
-__all__ = ["UserError", "build_parser", "main"]
+__all__ = ["UserError", "build_parser", "main", "user_errors"]
 
 # modules under lilaw_med.cli, each with register(subparsers)
 _COMMAND_MODULES = ("train", "data", "audit", "bundle")
@@ -21,6 +22,33 @@ _COMMAND_MODULES = ("train", "data", "audit", "bundle")
 
 class UserError(Exception):
     """An error caused by the user's input (file, config, option); printed without a traceback."""
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turns the library's expected errors into one-line :class:`UserError` messages.
+
+    ``ConfigError`` becomes "invalid config: ..."; ``FileNotFoundError``, ``FileExistsError``,
+    ``PermissionError``, ``ValueError`` and ``KeyError`` their message; any other ``OSError`` (disk
+    full, unwritable folder) "<type>: <message>". Anything else is a bug and keeps its traceback.
+
+    Raises:
+        UserError: for each of the errors above.
+    """
+    from lilaw_med.training.config import ConfigError
+
+    try:
+        yield
+    except UserError:
+        raise
+    except ConfigError as e:
+        raise UserError(f"invalid config: {e}") from None
+    except KeyError as e:  # str() of a KeyError quotes its message
+        raise UserError(str(e.args[0]) if e.args else "KeyError") from None
+    except (FileNotFoundError, FileExistsError, PermissionError, ValueError) as e:
+        raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"{type(e).__name__}: {e}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,30 +7,16 @@ Library errors (``ValueError``, ``FileNotFoundError``, ``FileExistsError``, ``OS
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lilaw_med.cli import UserError
+from lilaw_med.cli import UserError, user_errors
 
 __all__ = ["register"]
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    try:
-        yield
-    except UserError:
-        raise
-    except (FileNotFoundError, FileExistsError, PermissionError, KeyError, ValueError) as e:
-        raise UserError(str(e).strip("'\"")) from None
-    except OSError as e:  # disk full, unwritable folder, ...
-        raise UserError(f"{type(e).__name__}: {e}") from None
 
 
 def _parse_shape(text: str | None) -> list[int] | None:
@@ -50,7 +36,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from lilaw_med.training.config import load_config
     from lilaw_med.training.run_dir import RunDir
 
-    with _user_errors():
+    with user_errors():
         run = RunDir(args.run) if args.run else None
         if run is not None and not run.exists():
             raise UserError(f"--run {args.run}: not a lilaw-med run folder (no {RunDir.CONFIG}).")
@@ -80,7 +66,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_overlay(args: argparse.Namespace) -> int:
     from lilaw_med.bundle.export import copy_overlay
 
-    with _user_errors():
+    with user_errors():
         target = Path(args.output)
         if target.is_file() and not args.overwrite:
             raise UserError(f"{target} exists; pass --overwrite to replace it.")
@@ -101,7 +87,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         verify_metadata_schema,
     )
 
-    with _user_errors():
+    with user_errors():
         root = Path(args.bundle)
         meta_file = root / "configs" / "metadata.json"
         if not meta_file.is_file():

@@ -7,38 +7,18 @@ Library errors (``ValueError``, ``FileNotFoundError``, ``ConfigError``, ``OSErro
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from lilaw_med.cli import UserError
+from lilaw_med.cli import UserError, user_errors
 from lilaw_med.data.presets import PRESETS, find_preset
 
 __all__ = ["register"]
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    """Turns the library's expected errors into one-line :class:`UserError` messages."""
-    from lilaw_med.training.config import ConfigError
-
-    try:
-        yield
-    except UserError:
-        raise
-    except ConfigError as e:
-        raise UserError(f"invalid config: {e}") from None
-    except (FileNotFoundError, FileExistsError, PermissionError) as e:
-        raise UserError(str(e)) from None
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    except OSError as e:  # disk full, unwritable folder, ...
-        raise UserError(f"{type(e).__name__}: {e}") from None
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -138,7 +118,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from lilaw_med.training.run import run_training
 
     _quiet_engines(args)
-    with _user_errors():
+    with user_errors():
         config, output = _train_config(args)
         if args.refine:
             result = _refine(config, output, args)
@@ -162,7 +142,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from lilaw_med.training.run_dir import RunDir
 
     _quiet_engines(args)
-    with _user_errors():
+    with user_errors():
         report = evaluate_run(
             args.run_dir, datalist=args.datalist, splits=args.split, which=args.checkpoint, device=args.device,
             calibrated=not args.uncalibrated,
@@ -187,7 +167,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from lilaw_med.training.predict import predict_inputs
 
     _quiet_engines(args)
-    with _user_errors():
+    with user_errors():
         result = predict_inputs(
             args.run_dir, args.inputs, args.output, which=args.checkpoint, device=args.device,
             batch_size=args.batch_size, calibrated=not args.uncalibrated, slide_aggregation=args.slide_aggregation,
@@ -214,7 +194,7 @@ def _cmd_init_config(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; use --force to overwrite it.")
-    with _user_errors():
+    with user_errors():
         from lilaw_med.utils import atomic_write
 
         atomic_write(out, text)
