@@ -13,8 +13,8 @@ Suites:
   (:func:`full_grid`: 5 data sets x noise none / symmetric 20-40(-60)% / asymmetric 20-40% /
   instance-dependent 20-40% x 6 methods x 5 seeds, about 1,500 trainings: days on 2 cores).
 * ``cost``: :mod:`benchmarks.overhead` (issue 2's floor) and :mod:`benchmarks.cost` (peers, memory).
-* ``audit``: the audit engineer's :mod:`benchmarks.audit_detection` and :mod:`benchmarks.refine`
-  floor stages; their summaries are read from ``benchmarks/audit_results/``.
+* ``audit``: :mod:`benchmarks.audit_grid` (the audit against cleanlab over data sets and noise kinds);
+  its table is ``benchmarks/audit_grid.md``.
 * ``gpu``: images/s of plain vs LiLAW training with AMP (2D ResNet-18 at 224 px, 3D DenseNet121 at
   96^3) when CUDA is present; a skip note otherwise.
 
@@ -59,7 +59,6 @@ BENCH_DIR = Path(__file__).resolve().parent
 OUT_DIR = BENCH_DIR / "out"
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
 RESULTS_JSON = BENCH_DIR / "RESULTS.json"
-AUDIT_DIR = BENCH_DIR / "audit_results"
 
 # (data set, noise kind, rate, methods, seeds): the default slice after the floor cells, cheapest first
 SLICE: tuple[tuple[str, str, float, tuple[str, ...], int], ...] = (
@@ -240,38 +239,19 @@ def cost_suite(budget_min: float, out_dir: Path = OUT_DIR) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- audit
+AUDIT_MD = BENCH_DIR / "audit_grid.md"
+
+
 def audit_suite(budget_min: float, out_dir: Path = OUT_DIR) -> dict[str, Any]:
-    """Calls the audit engineer's floor stages; reads their summaries from ``benchmarks/audit_results``."""
-    ran = {}
-    for module, argv in (("benchmarks.audit_detection", ["--stage", "floor", "--seeds", "0-4"]),
-                         ("benchmarks.refine", ["--stage", "floor", "--seeds", "0-4"])):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as err:
-            ran[module] = f"not available: {err}"
-            continue
-        ran[module] = f"exit {mod.main(argv)}"
+    """The audit grid (:mod:`benchmarks.audit_grid`): trains what is not cached, then scores it."""
+    from benchmarks import audit_grid
+
+    ran = {"train": audit_grid.main(["--stage", "grid"]), "evaluate": audit_grid.main(["--stage", "grid", "--evaluate"])}
     return {"ran": ran}
 
 
 def _audit_markdown() -> str:
-    if not AUDIT_DIR.is_dir():
-        return "No audit results yet (`python -m benchmarks.run --suite audit`)."
-    lines = []
-    for path in sorted(AUDIT_DIR.glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        floor = data.get("floor_met")
-        lines.append(f"- `{path.relative_to(BENCH_DIR.parent)}`: {data.get('stage', '')} {data.get('dataset', '')} "
-                     f"noise {data.get('noise', '')}, seeds {data.get('seeds', '')}"
-                     + (f", floor **{'MET' if floor else 'MISSED'}**" if floor is not None else "")
-                     + (f"; command `{data['command']}`" if "command" in data else ""))
-        if data.get("stage") == "floor":  # the selection stages are long; their files hold every variant
-            for key, val in _flat_means(data.get("summary") or data.get("table") or {}):
-                lines.append(f"  - {key}: {val}")
-    return "\n".join(lines) if lines else "No audit results yet."
+    return _read(AUDIT_MD, "No audit grid yet (`python -m benchmarks.audit_grid --stage grid`, then `--evaluate`).")
 
 
 def _flat_means(d: Any, prefix: str = "") -> list[tuple[str, str]]:
@@ -426,10 +406,6 @@ def _summary_lines(out_dir: Path) -> list[str]:
     dec = load("choices").get("decision")
     if dec:
         lines.append(f"- Open choices (RetinaMNIST, noisy validation only): **{dec['choice']}** by the rule fixed in advance")
-    for path in sorted(AUDIT_DIR.glob("*floor*.json")) if AUDIT_DIR.is_dir() else []:
-        data = json.loads(path.read_text())
-        if "floor_met" in data:
-            lines.append(f"- Audit engineer's floor `{path.name}`: **{'MET' if data['floor_met'] else 'MISSED'}**")
     return lines
 
 
@@ -521,7 +497,7 @@ def assemble_results(command: str, out_dir: Path = OUT_DIR, results_md: Path = R
         "",
         _read(out_dir / "cost.md", not_run.format("cost")),
         "",
-        "## Audit (issue 7.3; the audit engineer's benchmarks)",
+        "## Audit grid (issue 12)",
         "",
         _audit_markdown(),
         "",

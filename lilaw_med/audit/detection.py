@@ -1,6 +1,6 @@
 """Detection quality of a label-issue score when the true labels are known (scikit-learn).
 
-A label quality score is LOWER for a likely wrong label (see :mod:`lilaw_med.audit.scores`), so
+A label quality score is LOWER for a likely wrong label (see :mod:`lilaw_med.audit.rank`), so
 the detection score is its negation. Used by ``lilaw-med audit`` when a noise sidecar gives the
 true labels, and by the benchmarks.
 """

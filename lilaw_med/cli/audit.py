@@ -16,23 +16,28 @@ def _fmt(v: Any) -> str:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
+    from lilaw_med.audit.core import AuditOptions
     from lilaw_med.audit.report import run_audit
 
     try:
-        result = run_audit(
-            args.run_dir, args.output, method=args.method, skip_epochs=args.skip_epochs, max_epochs=args.max_epochs,
-            epoch_fraction=None if args.epoch_fraction <= 0 else args.epoch_fraction,
-            rule=args.rule, noise_rate=args.noise_rate, noise_rate_method=args.noise_rate_method,
-            threshold=args.threshold, top_k=args.top_k, thumbnails=not args.no_thumbnails,
+        options = AuditOptions(
+            window=args.window, window_fraction=args.window_fraction, method=args.method,
+            adjust_pred_probs=args.adjust, folds=args.folds,
+            fold_overrides=tuple(args.fold_set) if args.fold_set else AuditOptions().fold_overrides,
+            noise_rate=args.noise_rate, top_k=args.top_k, thumbnails=not args.no_thumbnails,
             final_model_baseline=not args.no_final_model_baseline, include_identifying=args.include_identifying,
         )
+        result = run_audit(args.run_dir, args.output, options)
     except (FileNotFoundError, ValueError, KeyError) as e:
         raise UserError(str(e).strip("'\"")) from None
     except OSError as e:
         raise UserError(f"{type(e).__name__}: {e}") from None
     for split, info in result.summary["splits"].items():
-        print(f"{split}: {info['n_items']} items, {info['n_label_issues']} suspected mislabels "
-              f"(estimated noise rate {_fmt(info['estimated_noise_rate'])})")
+        lo, hi = info["estimated_noise_rate_interval"]
+        print(f"{split}: {info['n_items']} items, {info['n_label_issues']} suspected mislabels (estimated noise rate "
+              f"{_fmt(info['estimated_noise_rate'])}, {100 * info['interval_confidence']:.0f}% interval "
+              f"[{_fmt(lo)}, {_fmt(hi)}]); scoring window: epochs {info['window']['first_epoch']}-"
+              f"{info['window']['last_epoch']} ({info['window']['rule']})")
         for w in info.get("warnings", []):
             print(f"  warning: {w}")
     if result.detection is not None:
@@ -41,6 +46,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         for name, m in d["scores"].items():
             print(f"  {name:30s} AUROC {_fmt(m['auroc'])}  AP {_fmt(m['average_precision'])}  "
                   f"precision@noise {_fmt(m['precision_at_noise_count'])}")
+        f = d["is_label_issue"]
+        print(f"  is_label_issue: {f['n_flagged']} flagged, precision {_fmt(f['precision'])}, recall {_fmt(f['recall'])}, "
+              f"count error {_fmt(f['count_error'])}")
     for name, path in result.files.items():
         print(f"{name}: {path}")
     return 0
@@ -48,40 +56,39 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Adds ``audit`` to the ``lilaw-med`` parser."""
-    from lilaw_med.audit.scores import (
-        DEFAULT_EPOCH_FRACTION,
-        DEFAULT_METHOD,
-        DEFAULT_NOISE_RATE_METHOD,
-        DEFAULT_RULE,
-        ISSUE_RULES,
-        NOISE_RATE_METHODS,
-        SCORE_METHODS,
-    )
+    from lilaw_med.audit.core import AuditOptions
+    from lilaw_med.audit.rank import SCORE_METHODS
+    from lilaw_med.audit.window import WINDOW_RULES
 
+    default = AuditOptions()
     p = subparsers.add_parser(
         "audit", help="rank a run's items by how likely their label is wrong; write CSV/JSON/HTML and exclude.csv",
         description="Audit a training run: one row per item (label score, rank, is_label_issue, difficulty, DICOM "
-        "UIDs), a self-contained report.html, exclude.csv for `lilaw-med train --exclude`, and detection.json "
-        "when the datalist's noise sidecar gives the true labels.\n\nexample:\n  lilaw-med audit runs/my-run",
+        "UIDs), the estimated share of wrong labels per class with an interval, a self-contained report.html, "
+        "exclude.csv for `lilaw-med train --exclude`, and detection.json when the datalist's noise sidecar gives "
+        "the true labels.\n\nexamples:\n  lilaw-med audit runs/my-run\n"
+        "  lilaw-med audit runs/my-run --folds 4        # 4 extra trainings: out-of-fold probabilities",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `lilaw-med train`")
     p.add_argument("-o", "--output", metavar="DIR", help="where to write (default RUN_DIR/audit)")
-    p.add_argument("--method", choices=SCORE_METHODS, default=DEFAULT_METHOD, help="label quality score (default %(default)s)")
-    p.add_argument("--skip-epochs", type=int, default=0, help="leave out the first epochs of the dynamics")
-    p.add_argument("--epoch-fraction", type=float, default=DEFAULT_EPOCH_FRACTION,
-                   help="score the first ceil(F * epochs) epochs, before wrong labels are memorised "
-                   "(default %(default)s; 0 uses every epoch)")
-    p.add_argument("--max-epochs", type=int, default=None, help="score at most this many epochs (overrides --epoch-fraction)")
-    p.add_argument("--rule", choices=ISSUE_RULES, default=DEFAULT_RULE, help="is_label_issue rule (default %(default)s)")
+    p.add_argument("--window", choices=WINDOW_RULES, default=default.window,
+                   help="which epochs are scored (default %(default)s: up to the best noisy-validation loss, and at "
+                   "least the first --window-fraction of training)")
+    p.add_argument("--window-fraction", type=float, default=default.window_fraction,
+                   help="share of epochs for the fraction rules (default %(default)s)")
+    p.add_argument("--method", choices=sorted(SCORE_METHODS), default=default.method,
+                   help="label quality score (default %(default)s)")
+    p.add_argument("--adjust", action="store_true", help="subtract the per-class confident thresholds before scoring")
+    p.add_argument("--folds", type=int, default=0, metavar="K",
+                   help="cross-fit: K extra trainings on K-1 folds each give out-of-fold probabilities, combined "
+                   "with the run's (cached in RUN_DIR/crossfit_K; default 0: the run alone)")
+    p.add_argument("--fold-set", action="append", metavar="KEY=VALUE",
+                   help="config override for the fold trainings (default: lilaw.enabled=false, cleanlab's recipe; "
+                   "--fold-set lilaw.enabled=true trains them with the run's own config)")
     p.add_argument("--noise-rate", type=float, default=None,
-                   help="share of wrong labels for the noise_rate rule (default: estimated per class from the run)")
-    # confident_learning needs class probabilities the dynamics do not hold
-    rate_methods = [m for m in NOISE_RATE_METHODS if m != "confident_learning"]
-    p.add_argument("--noise-rate-method", choices=rate_methods, default=DEFAULT_NOISE_RATE_METHOD,
-                   help="how the noise rate is estimated (default %(default)s)")
-    p.add_argument("--threshold", type=float, default=None, help="score threshold for the threshold rule")
-    p.add_argument("--top-k", type=int, default=8, help="thumbnails per class in the report (default %(default)s)")
+                   help="flag this share of each class (default: the per-class share estimated from the run)")
+    p.add_argument("--top-k", type=int, default=default.top_k, help="thumbnails per class in the report (default %(default)s)")
     p.add_argument("--no-thumbnails", action="store_true", help="do not read images for the report")
     p.add_argument("--no-final-model-baseline", action="store_true",
                    help="skip the final model's self-confidence (an inference pass) in the detection figures")

@@ -24,7 +24,9 @@ Each epoch's record holds, per item, the MEAN over the times the item was seen i
 (once for training; several times for the cycled validation loader) of ``prob_label`` (s[y]),
 ``prob_max`` (max s), ``prob_other`` (the largest probability of a class other than y),
 ``w_alpha``, ``w_beta``, ``w_delta``, ``weight`` and ``loss`` (float16), the last
-``pred_label`` (int16; -1 when not seen) and ``count`` (uint16). An item not seen in an epoch
+``pred_label`` (int16; -1 when not seen) and ``count`` (uint16); for single-label runs also
+``probs``, every class's probability (float16, C per item: the confident joint and the
+cross-class scores of the audit need them). An item not seen in an epoch
 has NaN values and ``count`` 0. Memory is linear in items: one float32 accumulator row per item
 for the current epoch (a memory-mapped file beside the dynamics when the set is large), and the
 epochs live on disk (read back memory-mapped by :func:`load_dynamics`).
@@ -58,16 +60,18 @@ __all__ = ["FLOAT_FIELDS", "Dynamics", "DynamicsRecorder", "load_dynamics"]
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "lilaw-med-dynamics"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds "probs" (C class probabilities per item); version 1 files still read
 FLOAT_FIELDS = ("prob_label", "prob_max", "prob_other", "w_alpha", "w_beta", "w_delta", "weight", "loss")
 """Fields averaged over the item's occurrences in an epoch, stored as float16."""
 SPLITS = ("training", "validation")
 DEFAULT_MEMMAP_THRESHOLD = 2_000_000
 
 
-def _record_dtype(label_shape: tuple[int, ...]) -> np.dtype:
+def _record_dtype(label_shape: tuple[int, ...], num_classes: int | None = None) -> np.dtype:
+    probs = [("probs", np.float16, (num_classes,))] if num_classes else []
     return np.dtype(
         [(name, np.float16, label_shape) for name in FLOAT_FIELDS]
+        + probs
         + [("pred_label", np.int16, label_shape), ("count", np.uint16)]
     )
 
@@ -91,6 +95,13 @@ class _EpochBuffer:
             self.sums = np.zeros(shape, dtype=np.float32)
         self.counts = np.zeros(n, dtype=np.int64)
         self.pred = np.full((n, *self.label_shape), -1, dtype=np.int16)
+        self.probs: np.ndarray | None = None  # (n, C) sums, allocated once C is known
+
+    def ensure_probs(self, num_classes: int) -> None:
+        if self.probs is None:
+            self.probs = np.zeros((self.n, num_classes), dtype=np.float32)
+        elif self.probs.shape[1] != num_classes:
+            raise ValueError(f"class probabilities changed from {self.probs.shape[1]} to {num_classes} classes.")
 
     @property
     def n(self) -> int:
@@ -99,40 +110,56 @@ class _EpochBuffer:
     def grow(self, n: int) -> None:
         if n <= self.n:
             return
-        sums, counts, pred = self.sums, self.counts, self.pred
+        sums, counts, pred, probs = self.sums, self.counts, self.pred, self.probs
         old = self.n
         self.memmap_path = None  # growable buffers (ids learned on the fly) stay in memory
         self._alloc(n)
         self.sums[:old], self.counts[:old], self.pred[:old] = sums, counts, pred
+        if probs is not None:
+            self.ensure_probs(probs.shape[1])
+            self.probs[:old] = probs
 
     def reset(self) -> None:
         self.sums[...] = 0
         self.counts[...] = 0
         self.pred[...] = -1
+        if self.probs is not None:
+            self.probs[...] = 0
 
-    def add(self, index: np.ndarray, values: np.ndarray, pred: np.ndarray) -> None:
+    def add(self, index: np.ndarray, values: np.ndarray, pred: np.ndarray, probs: np.ndarray | None = None) -> None:
         np.add.at(self.sums, index, values)
         np.add.at(self.counts, index, 1)
         self.pred[index] = pred
+        if probs is not None:
+            self.ensure_probs(probs.shape[1])
+            np.add.at(self.probs, index, probs)
 
     def record(self) -> np.ndarray:
-        rec = np.zeros(self.n, dtype=_record_dtype(self.label_shape))
+        num_classes = None if self.probs is None else self.probs.shape[1]
+        rec = np.zeros(self.n, dtype=_record_dtype(self.label_shape, num_classes))
         seen = self.counts > 0
         denom = np.where(seen, self.counts, 1).reshape(-1, *([1] * (1 + len(self.label_shape))))
         means = np.asarray(self.sums) / denom
         means[~seen] = np.nan
         for j, name in enumerate(FLOAT_FIELDS):
             rec[name] = means[:, j].astype(np.float16)
+        if self.probs is not None:
+            probs = self.probs / denom.reshape(-1, 1)
+            probs[~seen] = np.nan
+            rec["probs"] = probs.astype(np.float16)
         rec["pred_label"] = self.pred
         rec["count"] = np.minimum(self.counts, np.iinfo(np.uint16).max).astype(np.uint16)
         return rec
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {
+        state = {
             "sums": torch.from_numpy(np.array(self.sums)),
             "counts": torch.from_numpy(self.counts.copy()),
             "pred": torch.from_numpy(self.pred.copy()),
         }
+        if self.probs is not None:
+            state["probs"] = torch.from_numpy(self.probs.copy())
+        return state
 
     def load(self, state: Mapping[str, torch.Tensor]) -> None:
         sums = state["sums"].numpy()
@@ -146,6 +173,9 @@ class _EpochBuffer:
         self.sums[...] = sums
         self.counts[...] = state["counts"].numpy()
         self.pred[...] = state["pred"].numpy()
+        if "probs" in state:
+            self.ensure_probs(state["probs"].shape[1])
+            self.probs[...] = state["probs"].numpy()
 
 
 def _batch_ids(batch: Any) -> list[str] | None:
@@ -365,7 +395,7 @@ class DynamicsRecorder:
         return out
 
     def _add(self, split: str, ids: list[str], stats: Any, loss_values: torch.Tensor | None,
-             prob_second: torch.Tensor | None) -> None:
+             probs: torch.Tensor | None) -> None:
         x = stats.prob_label.detach().float().cpu()
         label_shape = tuple(x.shape[1:])
         self._ensure_buffers(label_shape)
@@ -377,8 +407,10 @@ class DynamicsRecorder:
             )
         m = stats.prob_max.detach().float().cpu()
         agree = x >= m
-        if prob_second is not None and prob_second.shape == x.shape:
-            other = torch.where(agree, prob_second, m)
+        if probs is not None and (probs.ndim != 2 or probs.shape[0] != n or label_shape):
+            probs = None  # not one row of class probabilities per item (multi-label, or another output)
+        if probs is not None and probs.shape[1] >= 2:
+            other = torch.where(agree, probs.topk(2, dim=1).values[:, 1], m)
         else:  # exact for binary and per-label outputs; an upper bound of the runner-up otherwise
             other = torch.where(agree, 1 - x, m)
         loss = loss_values.detach().float().cpu() if loss_values is not None else torch.full_like(x, float("nan"))
@@ -387,7 +419,9 @@ class DynamicsRecorder:
         cols = [x, m, other, stats.w_alpha, stats.w_beta, stats.w_delta, stats.weight, loss]
         values = torch.stack([c.detach().float().cpu() for c in cols], dim=1).numpy()
         pred = stats.pred_label.detach().cpu().numpy().astype(np.int16)
-        self.buffers[split].add(self._lookup(split, ids), values, pred)
+        self.buffers[split].add(
+            self._lookup(split, ids), values, pred, None if probs is None else probs.numpy().astype(np.float32)
+        )
 
     # ---------------------------------------------------------------- events
     def _epoch_started(self, engine: Engine) -> None:
@@ -399,14 +433,15 @@ class DynamicsRecorder:
 
     def _forward_completed(self, engine: Engine) -> None:
         output = engine.state.output
-        ids = _batch_ids(engine.state.batch)
-        second = None
         pred = output.get("pred") if isinstance(output, Mapping) else None
-        if isinstance(pred, torch.Tensor) and pred.ndim == 2 and not self.loss.multi_label:
-            with torch.no_grad():
-                s = class_probabilities(pred.detach().float())
-                second = s.topk(2, dim=1).values[:, 1].cpu() if s.shape[1] >= 2 else None
-        self._fwd = (ids, second)
+        self._fwd = (_batch_ids(engine.state.batch), self._probs(pred))
+
+    def _probs(self, pred: Any) -> torch.Tensor | None:
+        """(N, C) class probabilities on the CPU from a batch's logits; ``None`` for multi-label runs."""
+        if not isinstance(pred, torch.Tensor) or pred.ndim not in (1, 2) or self.loss.multi_label:
+            return None
+        with torch.no_grad():
+            return class_probabilities(pred.detach().float()).cpu()
 
     def _find_meta_handler(self) -> LiLAWHandler | None:
         if self.meta_handler is not None:
@@ -442,7 +477,7 @@ class DynamicsRecorder:
         if not self._ensure_val_buffer(handler):
             self.record_validation = False
             return
-        self._add("validation", ids, stats, self.loss.last_val_loss, None)
+        self._add("validation", ids, stats, self.loss.last_val_loss, self._probs(getattr(handler, "last_val_pred", None)))
 
     def __call__(self, engine: Engine) -> None:
         """Records the training batch of this iteration (and a new validation batch, if any).
@@ -460,7 +495,7 @@ class DynamicsRecorder:
                 )
         else:
             self._last_train_stats = stats
-            ids, second = self._fwd if self._fwd is not None else (None, None)
+            ids, probs = self._fwd if self._fwd is not None else (None, None)
             if ids is None:
                 ids = _batch_ids(engine.state.batch)
             if ids is None:
@@ -468,7 +503,7 @@ class DynamicsRecorder:
                     "the training batch carries no 'id': keep the 'id' key through the transforms so the "
                     "dynamics can be recorded per item."
                 )
-            self._add("training", ids, stats, self.loss.last_loss, second)
+            self._add("training", ids, stats, self.loss.last_loss, probs)
         self._fwd = None
         self._collect_validation()
 
@@ -483,6 +518,8 @@ class DynamicsRecorder:
                 counts = self._reduce(torch.from_numpy(buffer.counts), "sum").numpy()
                 pred = self._reduce(torch.from_numpy(buffer.pred.astype(np.int32)), "max").numpy()
                 buffer.sums[...], buffer.counts[...], buffer.pred[...] = sums, counts, pred.astype(np.int16)
+                if buffer.probs is not None:
+                    buffer.probs[...] = self._reduce(torch.from_numpy(buffer.probs), "sum").numpy()
             records[split] = buffer.record()[: len(self.ids[split])]
             self.epochs[split] = sorted({*self.epochs[split], epoch})
         if self.is_writer:
@@ -507,7 +544,7 @@ class DynamicsRecorder:
         manifest = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
-            "fields": list(FLOAT_FIELDS) + ["pred_label", "count"],
+            "fields": list(next(iter(records.values())).dtype.names) if records else list(FLOAT_FIELDS),
             "label_shape": list(self.label_shape or ()),
             "multi_label": bool(self.loss.multi_label),
             "splits": {
@@ -600,20 +637,26 @@ class Dynamics:
         return len(self.ids)
 
     def __getitem__(self, name: str) -> np.ndarray:
-        """A field over epochs: float32 (E, N) (or (E, N, L)); ``pred_label`` int16, ``count`` int32."""
-        if name in FLOAT_FIELDS:
+        """A field over epochs: float32 (E, N) (or (E, N, L)); ``probs`` float32 (E, N, C);
+        ``pred_label`` int16, ``count`` int32."""
+        if name in FLOAT_FIELDS or (name == "probs" and self.has_probs):
             return np.stack([np.asarray(r[name], dtype=np.float32) for r in self.records])
         if name == "pred_label":
             return np.stack([np.asarray(r[name]) for r in self.records])
         if name == "count":
             return np.stack([np.asarray(r[name], dtype=np.int32) for r in self.records])
-        raise KeyError(f"unknown dynamics field {name!r}; the fields are {list(FLOAT_FIELDS) + ['pred_label', 'count']}.")
+        raise KeyError(f"unknown dynamics field {name!r}; the fields are {self.keys()}.")
+
+    @property
+    def has_probs(self) -> bool:
+        """Whether every epoch holds all class probabilities (``probs``, (E, N, C))."""
+        return bool(self.records) and all("probs" in (r.dtype.names or ()) for r in self.records)
 
     def keys(self) -> list[str]:
-        return list(FLOAT_FIELDS) + ["pred_label", "count"]
+        return list(FLOAT_FIELDS) + ["pred_label", "count"] + (["probs"] if self.has_probs else [])
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        """Every field as (E, N) arrays (what :mod:`lilaw_med.audit.scores` takes)."""
+        """Every field as (E, N) arrays (what :mod:`lilaw_med.audit.window` reads)."""
         return {k: self[k] for k in self.keys()}
 
 
@@ -659,6 +702,8 @@ def load_dynamics(path: str | os.PathLike, split: str = "training", mmap: bool =
             for name in FLOAT_FIELDS:
                 pad[name] = np.nan
             pad["pred_label"] = -1
+            if "probs" in (rec.dtype.names or ()):
+                pad["probs"] = np.nan
             rec = np.concatenate([np.asarray(rec), pad])
         records.append(rec[: len(ids)])
     lilaw = {int(k): v for k, v in manifest.get("lilaw", {}).items()}

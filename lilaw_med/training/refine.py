@@ -9,44 +9,34 @@ The run folder of a refine holds both runs and the audit::
       refined/        the second run, on the kept training items (same config, same validation split)
       refine.json     the rule, the counts, and both runs' final/best metrics
 
-The exclusion rule (:data:`REFINE_RULE`) needs no clean labels. It scores each training item by
-its mean s[y] over the first 20% of the epochs (``mean_prob_label`` with ``epoch_fraction`` 0.2:
-before the network memorises wrong labels), estimates each class's noise rate r_k as the share
-of its items whose most frequent prediction over those epochs differs from the given label
-(``"disagreement"``), and excludes the ``round(0.5 * r_k * n_k)`` lowest-scored items of each class
-(half of the estimated count: the lowest-scored half is where the wrong labels are densest, and
-excluding the full estimate also removes many right labels when detection is imperfect).
-The validation split is kept as it is by default (``exclude_validation=False``). The score was
-chosen on BreastMNIST and RetinaMNIST, the share excluded on BreastMNIST and PathMNIST-1000, all
-with injected noise (see docs/audit.md), never on the data of the floors.
+The exclusion rule needs no clean labels: the second run leaves out exactly the items the audit
+flags (``is_label_issue`` of ``lilaw-med audit`` with its shipped defaults: per class, as many of
+the lowest-scored items as the confident joint estimates wrong labels in that class). The first
+audit's counts (the share of items the network disagreed with) over-counted whenever the network
+was weak, so refine then excluded only half of them; the confident joint's counts track the truth
+(docs/audit.md), so refine excludes them all. The validation split is kept as it is by default
+(``exclude_validation=False``). ``audit_options`` with ``folds`` cross-fits first (K extra trainings).
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lilaw_med.audit.core import AuditOptions
 from lilaw_med.utils import atomic_write
 
 __all__ = ["REFINE_RULE", "RefineResult", "run_refine"]
 
 logger = logging.getLogger(__name__)
 
-REFINE_RULE: dict[str, Any] = {
-    "method": "mean_prob_label",
-    "epoch_fraction": 0.2,
-    "rule": "noise_rate",
-    "noise_rate_method": "disagreement",
-    "fraction_of_estimate": 0.5,
-}
+REFINE_RULE: dict[str, Any] = {"exclude": "is_label_issue", "audit": "shipped defaults (lilaw_med.audit.core)"}
 """The default exclusion rule of refine (see the module docstring)."""
 
 
@@ -79,7 +69,7 @@ def run_refine(
     config: Mapping[str, Any],
     output_dir: str | os.PathLike | None = None,
     *,
-    rule: Mapping[str, Any] | None = None,
+    audit_options: AuditOptions | None = None,
     exclude_validation: bool = False,
     device: str | None = None,
     progress: bool | None = None,
@@ -90,7 +80,7 @@ def run_refine(
         config: the training config (as for :func:`lilaw_med.training.builder.run_training`).
         output_dir: the refine folder (``None``: the config's output folder and name, or a
             timestamped ``<preset>-...-refine``).
-        rule: the exclusion rule (keys of :data:`REFINE_RULE`; unset keys take its values).
+        audit_options: how the first run is audited (default: the shipped audit).
         exclude_validation: also drop the validation items the audit flags (from the meta step's
             records), so the meta step learns from cleaner labels.
         device: overrides ``train.device``.
@@ -103,15 +93,13 @@ def run_refine(
         FileExistsError: when the refine folder exists and is not empty.
         ValueError, FileNotFoundError: as :func:`run_training` and :func:`lilaw_med.audit.report.run_audit`.
     """
-    from lilaw_med.audit.report import run_audit
-    from lilaw_med.audit.scores import early_epochs
+    from lilaw_med.audit.report import AuditFiles, _csv, run_audit
     from lilaw_med.data.curation import apply_exclusions
     from lilaw_med.data.datalist import load_datalist
     from lilaw_med.training.builder import run_training
     from lilaw_med.training.config import validate_config
-    from lilaw_med.training.run_dir import default_run_name
+    from lilaw_med.training.run_dir import RunDir, default_run_name
 
-    r = {**REFINE_RULE, **(rule or {})}
     cfg = validate_config(config)
     if output_dir is None:
         out = cfg["output"]
@@ -124,51 +112,33 @@ def run_refine(
 
     logger.info("refine 1/3: training the initial run in %s", root / "initial")
     initial = run_training(copy.deepcopy(config), root / "initial", device=device, progress=progress)
-    epochs = int(initial.summary.get("epochs") or cfg["train"]["epochs"])
-    max_epochs = r.get("max_epochs")
-    if max_epochs is None and r.get("epoch_fraction") is not None:
-        max_epochs = early_epochs(epochs, float(r["epoch_fraction"]))
-
     logger.info("refine 2/3: auditing the initial run")
-    audit = run_audit(
-        initial.run_dir, root / "audit", method=r["method"], max_epochs=max_epochs, rule=r["rule"],
-        noise_rate_method=r["noise_rate_method"], noise_rate=r.get("noise_rate"), threshold=r.get("threshold"),
-    )
+    audit = run_audit(initial.run_dir, root / RunDir.AUDIT, audit_options or AuditOptions())
     for w in audit.summary["splits"]["training"].get("warnings", []):
         logger.warning("refine: %s The exclusions may be close to random.", w)
-    splits = ["training", "validation"] if exclude_validation else ["training"]
-    frac = float(r.get("fraction_of_estimate", 1.0))
-    excluded: list[dict[str, Any]] = []
-    for split in splits:
-        rows = [row for row in audit.rows if row["split"] == split]
-        if r["rule"] != "noise_rate" or r.get("noise_rate") is not None or frac == 1.0:
-            excluded += [row for row in rows if row["is_label_issue"]]
-            continue
-        for k, info in enumerate(audit.summary["splits"].get(split, {}).get("per_class", [])):
-            members = sorted((row for row in rows if row["given_label"] == k and row["label_score"] is not None),
-                             key=lambda row: row["rank"])
-            excluded += members[: int(round(frac * (info["estimated_noise_rate"] or 0.0) * info["n_items"]))]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["id", "split", "path", "given_label", "label_score", "rank"])
-    for row in excluded:
-        w.writerow([row["id"], row["split"], row["path"], row["given_label"], row["label_score"], row["rank"]])
-    exclude_csv = atomic_write(root / "refine_exclude.csv", buf.getvalue())
+    splits = ("training", "validation") if exclude_validation else ("training",)
+    excluded = [row for row in audit.rows if row["split"] in splits and row["is_label_issue"]]
+    # written as the audit writes its CSV files: a text cell a spreadsheet would run as a formula gets a
+    # leading ' (read_id_csv, which apply_exclusions reads with, takes it off again)
+    exclude_csv = atomic_write(root / "refine_exclude.csv",
+                               _csv(excluded, ["id", "split", "path", "given_label", "label_score", "rank"]))
 
-    datalist = load_datalist(initial.run_dir / "datalist.json", class_names=cfg["data"]["class_names"],
+    datalist = load_datalist(RunDir(initial.run_dir).datalist, class_names=cfg["data"]["class_names"],
                              multi_label=cfg["data"]["multi_label"])
     datalist = apply_exclusions(datalist, exclude_csv)
     logger.info("refine 3/3: retraining without %d suspected mislabels in %s", len(excluded), root / "refined")
     refined = run_training(copy.deepcopy(config), root / "refined", device=device, progress=progress, datalist=datalist)
 
+    train_info = audit.summary["splits"]["training"]
     summary = {
-        "rule": {**r, "max_epochs": max_epochs, "exclude_validation": exclude_validation},
+        "rule": {**REFINE_RULE, "audit_options": asdict(audit.options), "exclude_validation": exclude_validation},
         "n_excluded": len(excluded),
-        "estimated_noise_rate": audit.summary["splits"]["training"]["estimated_noise_rate"],
-        "warnings": audit.summary["splits"]["training"].get("warnings", []),
+        "estimated_noise_rate": train_info["estimated_noise_rate"],
+        "estimated_noise_rate_interval": train_info["estimated_noise_rate_interval"],
+        "warnings": train_info.get("warnings", []),
         "initial": {"run_dir": str(initial.run_dir), **_metrics(initial.summary)},
         "refined": {"run_dir": str(refined.run_dir), **_metrics(refined.summary)},
-        "audit": str(root / "audit"),
+        "audit": str(audit.out_dir / AuditFiles.HTML),
     }
     if audit.detection is not None:
         summary["detection"] = audit.summary.get("detection")

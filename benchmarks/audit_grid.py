@@ -1,0 +1,554 @@
+"""The audit grid (issue 12): does the shipped audit rank, count and grade mislabels as well as
+cleanlab, on data and noise it was not tuned on, through the CLI a user runs?
+
+Every cell goes through the real commands (as subprocesses, one at a time)::
+
+    lilaw-med import-npz NPZ --format dicom|png|nifti -o DATA      # once per data set
+    lilaw-med add-noise DATALIST --kind K --rate R --seed S --splits training -o NOISY
+    lilaw-med train --config configs/PRESET.yaml --set data.datalist=NOISY ... -o RUN   # LiLAW on
+    lilaw-med audit RUN [--folds 4]
+
+The npz's own validation split is dropped, so the pipeline splits a stratified 15% of the noisy
+training items off as its (noisy) validation split, as it does for a user's datalist; the npz test
+split stays clean and unused here. cleanlab 2.9 (AGPL: a benchmark-only extra) gets 4-fold
+out-of-fold probabilities of the same preset and network trained by the same CLI with LiLAW off
+(``lilaw_med.audit.crossfit``, the code behind ``audit --folds``).
+
+Stages::
+
+    python -m benchmarks.audit_grid --stage dev     # development cells (BreastMNIST, sample tiles): choose
+    python -m benchmarks.audit_grid --stage grid    # the evaluation grid -> benchmarks/RESULTS.md section
+    python -m benchmarks.audit_grid --stage dev --cells breastmnist:symmetric:0.3:0  # one cell
+
+Runs are cached under ``$LILAW_BENCH_CACHE`` (default ``~/.cache/lilaw-med-bench``): a finished
+run (its ``summary.json``) is never trained again. Data: ``../shared/data`` or
+``$LILAW_SHARED_DATA``; a missing file skips its cells with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+logger = logging.getLogger("benchmarks.audit_grid")
+
+# data set -> (npz, preset, import format, class names, --set overrides giving the native size)
+DATASETS: dict[str, dict[str, Any]] = {
+    "breastmnist": {"npz": "breastmnist.npz", "preset": "radiology_2d", "format": "dicom",
+                    "names": "malignant,normal_or_benign", "set": ["data.options.spatial_size=[28,28]"]},
+    "pneumoniamnist_balanced": {"npz": "pneumoniamnist_balanced.npz", "preset": "radiology_2d", "format": "dicom",
+                                "names": "normal,pneumonia", "set": ["data.options.spatial_size=[28,28]"]},
+    "retinamnist": {"npz": "retinamnist.npz", "preset": "pathology", "format": "png",
+                    "names": "grade0,grade1,grade2,grade3,grade4", "set": []},
+    "pathmnist_1000": {"npz": "pathmnist_1000.npz", "preset": "pathology", "format": "png",
+                       "names": "adipose,background,debris,lymphocytes,mucus,smooth_muscle,normal_mucosa,stroma,"
+                                "tumor_epithelium", "set": []},
+    "adrenalmnist3d": {"npz": "adrenalmnist3d.npz", "preset": "radiology_3d", "format": "nifti",
+                       "names": "normal,hyperplasia", "set": ["data.options.spatial_size=[28,28,28]"]},
+    # the presets' own sample data (seed 11, not the quick start's 0), re-noised from their clean labels
+    "sample_tiles": {"sample": "pathology", "preset": "pathology", "set": []},
+    "sample_radiology": {"sample": "radiology_2d", "preset": "radiology_2d", "set": []},
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (data set, noise kind, rate, seed) cell."""
+
+    dataset: str
+    kind: str
+    rate: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-{self.kind}{self.rate:g}-seed{self.seed}"
+
+    @classmethod
+    def parse(cls, text: str) -> Cell:
+        d, k, r, s = text.split(":")
+        return cls(d, k, float(r), int(s))
+
+
+DEV_CELLS = [Cell("breastmnist", k, 0.3, s) for k in ("symmetric", "asymmetric", "instance") for s in (0, 1)] + [
+    Cell("sample_tiles", k, 0.3, s) for k in ("asymmetric", "instance") for s in (0, 1)
+] + [Cell("sample_radiology", k, 0.3, s) for k in ("symmetric", "asymmetric", "instance") for s in (0, 1)]
+GRID_CELLS = [
+    Cell(d, k, 0.3, s)
+    for s in (0, 1)
+    for d in ("pathmnist_1000", "retinamnist", "pneumoniamnist_balanced", "adrenalmnist3d")
+    for k in ("symmetric", "asymmetric", "instance")
+    if d != "adrenalmnist3d" or k == "symmetric"
+]
+"""Seed 0 of every cell first, then seed 1 (a run stopped half-way leaves whole seeds)."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LILAW_BENCH_CACHE", Path.home() / ".cache" / "lilaw-med-bench"))
+
+
+def shared_data() -> Path:
+    return Path(os.environ.get("LILAW_SHARED_DATA") or REPO.parent / "shared" / "data")
+
+
+def _run(cmd: Sequence[str], log: Path) -> None:
+    """Runs one CLI command, its output to ``log``; raises with the log's tail on failure."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with log.open("a", encoding="utf-8") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        rc = subprocess.call(list(cmd), stdout=f, stderr=subprocess.STDOUT, cwd=log.parent)
+    if rc != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:]
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed (rc {rc}); log {log}:\n" + "\n".join(tail))
+    logger.info("%.0f s: %s", time.time() - t0, " ".join(cmd[:4]))
+
+
+def lilaw(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lilaw_med", *args]
+
+
+def clean_datalist(dataset: str) -> Path:
+    """The data set as files plus a datalist without a validation split (written once)."""
+    spec = DATASETS[dataset]
+    root = cache_root() / "data" / dataset
+    out = root / "datalist_train_test.json"
+    if out.is_file():
+        return out
+    if "sample" in spec:
+        from lilaw_med.data.sample import write_sample_data
+
+        sample = cache_root() / "data" / "sample_seed11"
+        if not (sample / spec["sample"] / "datalist_clean.json").is_file():
+            write_sample_data(sample, seed=11)  # not the quick start's seed-0 data
+        root = sample
+        src = root / spec["sample"] / "datalist_clean.json"
+        out = cache_root() / "data" / dataset / "datalist_train_test.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        npz = shared_data() / spec["npz"]
+        if not npz.is_file():
+            raise FileNotFoundError(f"{npz} is absent: set LILAW_SHARED_DATA to the folder of the MedMNIST npz files.")
+        _run(lilaw("import-npz", str(npz), "--format", spec["format"], "--class-names", spec["names"],
+                   "-o", str(root / "files")), root / "import.log")
+        src = root / "files" / "datalist.json"
+    data = json.loads(src.read_text(encoding="utf-8"))
+    data.pop("validation", None)
+    data.pop("noise_sidecar", None)
+    data.pop("noise", None)
+    base = src.parent
+    for split in ("training", "test"):
+        for item in data.get(split, []):
+            image = Path(item["image"])
+            item["image"] = str(image if image.is_absolute() else (base / image).resolve())
+    out.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    return out
+
+
+def noisy_datalist(cell: Cell) -> Path:
+    out = cache_root() / "data" / cell.dataset / f"noisy_{cell.kind}{cell.rate:g}_seed{cell.seed}.json"
+    if not out.is_file():
+        _run(lilaw("add-noise", str(clean_datalist(cell.dataset)), "--kind", cell.kind, "--rate", str(cell.rate),
+                   "--seed", str(cell.seed), "--splits", "training", "-o", str(out)), out.with_suffix(".log"))
+    return out
+
+
+def train_args(cell: Cell, lilaw_on: bool = True) -> list[str]:
+    """The ``lilaw-med train`` arguments of a cell (without ``-o``)."""
+    spec = DATASETS[cell.dataset]
+    args = ["train", "--config", str(REPO / "configs" / f"{spec['preset'] if spec['preset'] != 'pathology' else 'pathology_patch'}.yaml"),
+            "--set", f"data.datalist={noisy_datalist(cell)}", "--set", "data.sample_data=false",
+            "--set", f"train.seed={cell.seed}", "--set", "train.progress=false"]
+    for s in spec["set"]:
+        args += ["--set", s]
+    if not lilaw_on:
+        args += ["--set", "lilaw.enabled=false"]
+    return args
+
+
+def run_dir(cell: Cell, variant: str = "lilaw") -> Path:
+    return cache_root() / "runs" / cell.name / variant
+
+
+def train(cell: Cell, lilaw_on: bool = True) -> Path:
+    """Trains the cell's run once (cached by its ``summary.json``)."""
+    rd = run_dir(cell, "lilaw" if lilaw_on else "ce")
+    if not (rd / "summary.json").is_file():
+        if rd.exists():
+            import shutil
+
+            shutil.rmtree(rd)
+        _run(lilaw(*train_args(cell, lilaw_on), "-o", str(rd)), rd.parent / f"train_{rd.name}.log")
+    return rd
+
+
+def crossfit(cell: Cell, lilaw_on: bool, folds: int = 4) -> Path:
+    """K-fold out-of-fold probabilities of the cell's training items (cached)."""
+    from lilaw_med.audit.crossfit import cross_fit
+
+    rd = train(cell, True)
+    out = rd.parent / f"crossfit{folds}_{'lilaw' if lilaw_on else 'ce'}"
+    overrides = [] if lilaw_on else ["lilaw.enabled=false"]
+    cross_fit(rd, folds=folds, out_dir=out, overrides=overrides)
+    return out
+
+
+# ----------------------------------------------------------------------------- scoring
+WINDOWS = ("best_val_loss", "best_val_accuracy", "best_meta_loss", "all", "last", "fraction",
+           "val_loss_at_least_fraction")
+SCORES = ("self_confidence", "normalized_margin", "self_confidence+adjust", "normalized_margin+adjust")
+
+
+@dataclass
+class RunView:
+    """What the scores need from one run folder."""
+
+    ids: list[str]
+    labels: np.ndarray
+    true: np.ndarray
+    dynamics: dict[str, np.ndarray]
+    val_loss: np.ndarray
+    val_accuracy: np.ndarray
+    meta_loss: np.ndarray
+    num_classes: int
+    val_dynamics: dict[str, np.ndarray] | None = None
+    val_labels: np.ndarray | None = None
+
+
+def read_run(rd: Path) -> RunView:
+    import csv
+
+    from lilaw_med.data.noise import load_noise_truth
+    from lilaw_med.handlers.dynamics import load_dynamics
+
+    dyn = load_dynamics(rd)
+    datalist = json.loads((rd / "datalist.json").read_text(encoding="utf-8"))
+    by_id = {str(it["id"]): it for it in datalist["training"]}
+    labels = np.array([int(by_id[i]["label"]) for i in dyn.ids])
+    truth = load_noise_truth(rd / "datalist.json")
+    true = np.array([int(truth.get(i, labels[j])) for j, i in enumerate(dyn.ids)])
+    with (rd / "metrics.csv").open(newline="") as f:
+        rows = {int(r["epoch"]): r for r in csv.DictReader(f)}
+
+    def curve(key: str) -> np.ndarray:
+        return np.array([float(rows[e][key]) if e in rows and rows[e].get(key) not in ("", None) else np.nan
+                         for e in dyn.epochs])
+
+    val_d, val_labels = None, None
+    try:
+        val = load_dynamics(rd, split="validation")
+        meta_loss = np.array([np.nanmean(np.asarray(r["loss"], dtype=np.float64)) for r in val.records])
+        if val.has_probs:
+            val_d = val.as_dict()
+            vby = {str(it["id"]): it for it in datalist["validation"]}
+            val_labels = np.array([int(vby[i]["label"]) for i in val.ids])
+    except ValueError:
+        meta_loss = np.full(len(dyn.epochs), np.nan)
+    names = datalist.get("class_names") or []
+    d = dyn.as_dict()
+    c = max(len(names), int(labels.max()) + 1, d["probs"].shape[-1] if "probs" in d else 0)
+    return RunView(dyn.ids, labels, true, d, curve("val_loss"), curve("val_accuracy"), meta_loss, c, val_d, val_labels)
+
+
+def window_of(run: RunView, name: str):  # noqa: ANN201
+    from lilaw_med.audit.window import choose_window
+
+    n = run.dynamics["prob_label"].shape[0]
+    if name == "best_meta_loss":
+        return choose_window(n, "best_val_loss", val_loss=run.meta_loss)
+    return choose_window(n, name, val_loss=run.val_loss, val_accuracy=run.val_accuracy)
+
+
+def score_probs(labels: np.ndarray, probs: np.ndarray, score: str) -> np.ndarray:
+    from lilaw_med.audit.rank import get_label_quality_scores
+
+    method, _, adjust = score.partition("+")
+    return get_label_quality_scores(labels, probs, method=method, adjust_pred_probs=bool(adjust))
+
+
+def flag_quality(flags: np.ndarray, wrong: np.ndarray) -> dict[str, float]:
+    tp = float((flags & wrong).sum())
+    precision = tp / flags.sum() if flags.any() else float("nan")
+    recall = tp / wrong.sum() if wrong.any() else float("nan")
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"n_flagged": int(flags.sum()), "precision": precision, "recall": recall, "f1": f1,
+            "count_error": abs(int(flags.sum()) - int(wrong.sum())) / wrong.size}
+
+
+def final_model_self_confidence(rd: Path, run: RunView) -> np.ndarray:
+    """p[given] of the run's final model on its training items (one eval pass, cached beside the run)."""
+    from lilaw_med.audit.crossfit import item_probabilities
+
+    cache = rd.parent / "final_model_probs.npy"
+    if cache.is_file():
+        probs = np.load(cache)
+    else:
+        datalist = json.loads((rd / "datalist.json").read_text(encoding="utf-8"))
+        by_id = {str(it["id"]): it for it in datalist["training"]}
+        probs = item_probabilities(rd, [by_id[i] for i in run.ids], which="final")
+        np.save(cache, probs)
+    return probs[np.arange(len(run.ids)), run.labels]
+
+
+def level_table(levels: np.ndarray, wrong: np.ndarray) -> dict[str, dict[str, float]]:
+    """Share of items and true mislabel rate per difficulty level."""
+    return {lv: {"share": float((levels == lv).mean()),
+                 "mislabel_rate": float(wrong[levels == lv].mean()) if (levels == lv).any() else float("nan")}
+            for lv in ("easy", "moderate", "hard")}
+
+
+def evaluate_cell(cell: Cell, folds: int = 4) -> dict[str, Any]:
+    """Every variant's detection figures on one cell (the truth is used only here, to score)."""
+    from lilaw_med.audit.counts import estimate_noise, find_label_issues
+    from lilaw_med.audit.crossfit import load_cross_fit
+    from lilaw_med.audit.detection import detection_quality
+    from lilaw_med.audit.difficulty import difficulty
+    from lilaw_med.audit.window import ScoringWindow, window_pred_probs
+
+    rd = run_dir(cell, "lilaw")
+    run = read_run(rd)
+    wrong = run.true != run.labels
+    out: dict[str, Any] = {"cell": cell.name, "n": int(wrong.size), "n_wrong": int(wrong.sum()), "variants": {},
+                           "counts": {}}
+    probs_by_window = {}
+    for w in WINDOWS:
+        win = window_of(run, w)
+        probs_by_window[w] = window_probs = window_pred_probs(run.dynamics, run.labels, win, run.num_classes)
+        out.setdefault("window_stop", {})[w] = win.stop
+        for s in SCORES:
+            out["variants"][f"{w}/{s}"] = detection_quality(score_probs(run.labels, window_probs, s), wrong)
+        est = estimate_noise(run.labels, window_probs, n_bootstrap=0)
+        flags, _ = find_label_issues(score_probs(run.labels, window_probs, "self_confidence"), run.labels, est.n_wrong)
+        out["counts"][f"cj/{w}"] = flag_quality(flags, wrong)
+        out.setdefault("difficulty", {})[w] = level_table(difficulty(run.labels, window_probs), wrong)
+        if run.val_labels is not None:
+            val_win = ScoringWindow(win.start, min(win.stop, run.val_dynamics["probs"].shape[0]), win.rule, win.reason)
+            val_probs = window_pred_probs(run.val_dynamics, run.val_labels, val_win, run.num_classes)
+            rates = estimate_noise(run.val_labels, val_probs, n_bootstrap=0).per_class
+            n_flag = np.rint(rates * np.bincount(run.labels, minlength=run.num_classes)).astype(np.int64)
+            flags, _ = find_label_issues(score_probs(run.labels, window_probs, "self_confidence"), run.labels, n_flag)
+            out["counts"][f"cj_val/{w}"] = flag_quality(flags, wrong)
+    from lilaw_med.audit.difficulty import lilaw_term_difficulty
+
+    d = run.dynamics
+    out["difficulty"]["lilaw_terms"] = level_table(lilaw_term_difficulty(d["w_alpha"], d["w_beta"], d["w_delta"]), wrong)
+    out["variants"]["final_model/self_confidence"] = detection_quality(final_model_self_confidence(rd, run), wrong)
+    for variant in ("lilaw", "ce"):
+        cf_dir = rd.parent / f"crossfit{folds}_{variant}"
+        try:
+            cf = load_cross_fit(cf_dir)
+        except FileNotFoundError:
+            continue
+        oof = cf.aligned(run.ids)
+        for s in SCORES:
+            out["variants"][f"oof_{variant}/{s}"] = detection_quality(score_probs(run.labels, oof, s), wrong)
+        for w in ("best_meta_loss", "all"):
+            mixed = (oof + probs_by_window[w]) / 2
+            for s in SCORES:
+                out["variants"][f"oof_{variant}+{w}/{s}"] = detection_quality(score_probs(run.labels, mixed, s), wrong)
+        est = estimate_noise(run.labels, oof, n_bootstrap=0)
+        flags, _ = find_label_issues(score_probs(run.labels, oof, "self_confidence"), run.labels, est.n_wrong)
+        out["counts"][f"cj/oof_{variant}"] = flag_quality(flags, wrong)
+        if variant == "ce":
+            try:
+                from cleanlab.filter import find_label_issues as cl_find
+                from cleanlab.rank import get_label_quality_scores as cl_scores
+
+                out["variants"]["cleanlab"] = detection_quality(cl_scores(run.labels, oof), wrong)
+                out["counts"]["cleanlab"] = flag_quality(cl_find(run.labels, oof), wrong)
+            except ImportError:
+                logger.warning("cleanlab is not installed (pip install -e '.[compare]'): no cleanlab baseline")
+    return out
+
+
+def variant_table(results: Sequence[dict[str, Any]], baseline: str = "last/self_confidence") -> list[dict[str, Any]]:
+    """Per variant: mean AUROC over the cells, the worst cell's margin over ``baseline``, cells counted."""
+    names = sorted({v for r in results for v in r["variants"]})
+    rows = []
+    for v in names:
+        cells = [r for r in results if v in r["variants"]]
+        auroc = np.array([r["variants"][v]["auroc"] for r in cells], dtype=np.float64)
+        base = np.array([r["variants"][baseline]["auroc"] for r in cells], dtype=np.float64)
+        rows.append({"variant": v, "cells": len(cells), "mean_auroc": float(np.nanmean(auroc)),
+                     "min_auroc": float(np.nanmin(auroc)), "worst_margin": float(np.nanmin(auroc - base)),
+                     "mean_ap": float(np.nanmean([r["variants"][v]["average_precision"] for r in cells]))})
+    return sorted(rows, key=lambda r: -r["mean_auroc"])
+
+
+def count_table(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    names = sorted({v for r in results for v in r["counts"]})
+    rows = []
+    for v in names:
+        cells = [r["counts"][v] for r in results if v in r["counts"]]
+        rows.append({"counts": v, "cells": len(cells),
+                     **{k: float(np.nanmean([c[k] for c in cells])) for k in ("count_error", "precision", "recall", "f1")},
+                     "max_count_error": float(np.nanmax([c["count_error"] for c in cells]))})
+    return sorted(rows, key=lambda r: r["count_error"])
+
+
+SHIPPED = {"one_run": "best_meta_loss/self_confidence", "one_run_counts": "cj/fraction",
+           "folds": "oof_ce+best_meta_loss/self_confidence", "folds_counts": "cj/fraction"}
+"""The shipped defaults in this benchmark's variant names (``best_meta_loss`` is the library's
+``best_val_loss`` window when the meta step's validation records exist)."""
+
+
+def _fmt(v: Any, d: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{d}f}"
+
+
+def dev_markdown(results: Sequence[dict[str, Any]]) -> str:
+    """The development tables (every variant), for docs/audit.md."""
+    lines = ["| variant (window/score) | cells | mean AUROC | worst cell | worst margin over last-epoch self-confidence | mean AP |",
+             "|---|---|---|---|---|---|"]
+    for r in variant_table(results):
+        lines.append(f"| {r['variant']} | {r['cells']} | {_fmt(r['mean_auroc'])} | {_fmt(r['min_auroc'])} | "
+                     f"{r['worst_margin']:+.3f} | {_fmt(r['mean_ap'])} |")
+    lines += ["", "| counts (confident joint on) | cells | mean count error | worst cell | precision | recall | F1 |",
+              "|---|---|---|---|---|---|---|"]
+    for r in count_table(results):
+        lines.append(f"| {r['counts']} | {r['cells']} | {_fmt(r['count_error'])} | {_fmt(r['max_count_error'])} | "
+                     f"{_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['f1'])} |")
+    return "\n".join(lines)
+
+
+def difficulty_markdown(results: Sequence[dict[str, Any]], window: str = "best_meta_loss") -> str:
+    lines = ["| cell | easy: share / true mislabel rate | moderate | hard | LiLAW terms (first definition): easy | moderate | hard |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        d, t = r["difficulty"][window], r["difficulty"]["lilaw_terms"]
+        cells = [f"{_fmt(d[lv]['share'], 2)} / {_fmt(d[lv]['mislabel_rate'], 2)}" for lv in ("easy", "moderate", "hard")]
+        cells += [f"{_fmt(t[lv]['share'], 2)} / {_fmt(t[lv]['mislabel_rate'], 2)}" for lv in ("easy", "moderate", "hard")]
+        lines.append(f"| {r['cell']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def grid_markdown(results: Sequence[dict[str, Any]]) -> str:
+    """The evaluation grid: per cell, the shipped audit (one run; --folds 4) against the baselines."""
+    methods = [("shipped audit, one run (1 training)", SHIPPED["one_run"], SHIPPED["one_run_counts"]),
+               ("shipped audit, --folds 4 (1 + 4 trainings)", SHIPPED["folds"], SHIPPED["folds_counts"]),
+               ("final-model self-confidence (1 training)", "final_model/self_confidence", None),
+               ("final-epoch self-confidence (1 training)", "last/self_confidence", None),
+               ("cleanlab 2.9, 4-fold OOF, LiLAW off (4 trainings)", "cleanlab", "cleanlab")]
+    lines = ["| cell | n (wrong) | method | AUROC | AP | flagged | precision | recall | F1 | count error |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        for name, v, c in methods:
+            if v not in r["variants"]:
+                continue
+            m = r["variants"][v]
+            f = r["counts"].get(c) if c else None
+            flag = (f"{f['n_flagged']} | {_fmt(f['precision'])} | {_fmt(f['recall'])} | {_fmt(f['f1'])} | "
+                    f"{_fmt(f['count_error'])}") if f else "| | | |"
+            lines.append(f"| {r['cell']} | {r['n']} ({r['n_wrong']}) | {name} | {_fmt(m['auroc'])} | "
+                         f"{_fmt(m['average_precision'])} | {flag} |")
+    means = []
+    for name, v, c in methods:
+        vals = [r["variants"][v]["auroc"] for r in results if v in r["variants"]]
+        errs = [r["counts"][c]["count_error"] for r in results if c and c in r["counts"]]
+        if vals:
+            means.append(f"| {name} | {len(vals)} | {_fmt(float(np.mean(vals)))} | "
+                         f"{_fmt(float(np.max(errs))) if errs else 'n/a'} |")
+    return "\n".join(lines + ["", "| method | cells | mean AUROC | worst count error |", "|---|---|---|---|", *means])
+
+
+def grid_report(results: Sequence[dict[str, Any]]) -> str:
+    """The grid section of ``benchmarks/RESULTS.md``: how it was made, then the tables."""
+    import platform
+
+    import monai
+    import sklearn
+    import torch
+
+    try:
+        import cleanlab
+
+        cl = cleanlab.__version__
+    except ImportError:
+        cl = "not installed"
+    done = {r["cell"] for r in results}
+    missing = [c.name for c in GRID_CELLS if c.name not in done]
+    head = [
+        "- Command: `python -m benchmarks.audit_grid --stage grid` (train and cross-fit what is not cached), then "
+        "`python -m benchmarks.audit_grid --stage grid --evaluate`.",
+        f"- Machine: {platform.platform()}, {os.cpu_count()} CPUs shared with other work; date "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {torch.__version__}, monai {monai.__version__}, "
+        f"scikit-learn {sklearn.__version__}, cleanlab {cl}.",
+        "- Each cell through the CLI: `import-npz`, `add-noise --splits training` (30%; the npz validation split "
+        "dropped, so the pipeline splits a noisy 15% off), `train` with the preset's default network (`small_cnn`) "
+        "at the data's native size (radiology_2d for PneumoniaMNIST, pathology for PathMNIST and RetinaMNIST (RGB), "
+        "radiology_3d for AdrenalMNIST3D), LiLAW on; `audit` with the shipped defaults. cleanlab gets 4-fold "
+        "out-of-fold probabilities of the same preset with LiLAW off, which `--folds 4` shares.",
+        f"- Cells done: {len(done)} of {len(GRID_CELLS)}" + (f"; not yet run: {', '.join(missing)}" if missing else "") + ".",
+    ]
+    return ("\n".join(head) + "\n\n" + grid_markdown(results) + "\n\nDifficulty (share / true mislabel rate):\n\n"
+            + difficulty_markdown(results) + "\n")
+
+
+def cells_for(stage: str, only: Iterable[str] | None) -> list[Cell]:
+    if only:
+        return [Cell.parse(c) for c in only]
+    return DEV_CELLS if stage == "dev" else GRID_CELLS
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=("dev", "grid"), default="dev")
+    parser.add_argument("--cells", nargs="*", help="DATASET:KIND:RATE:SEED cells instead of the stage's")
+    parser.add_argument("--train-only", action="store_true", help="train the one-run audits only (no cross-fitting)")
+    parser.add_argument("--fold-models", choices=("ce", "lilaw", "both"), default="ce",
+                        help="which fold models to cross-fit: LiLAW off (the --folds default and cleanlab's "
+                        "baseline), LiLAW on, or both (default %(default)s)")
+    parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--evaluate", action="store_true", help="score the cached runs (no training)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.evaluate:
+        results = []
+        for cell in cells_for(args.stage, args.cells):
+            if (run_dir(cell, "lilaw") / "summary.json").is_file():
+                results.append(evaluate_cell(cell, args.folds))
+        out = cache_root() / f"eval_{args.stage}.json"
+        out.write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
+        for row in variant_table(results):
+            print(f"{row['variant']:55s} cells {row['cells']:2d}  AUROC mean {row['mean_auroc']:.3f} min {row['min_auroc']:.3f}"
+                  f"  worst margin vs last-epoch {row['worst_margin']:+.3f}  AP {row['mean_ap']:.3f}")
+        for row in count_table(results):
+            print(f"{row['counts']:30s} cells {row['cells']:2d}  count error {row['count_error']:.3f} (max "
+                  f"{row['max_count_error']:.3f})  precision {row['precision']:.3f} recall {row['recall']:.3f} F1 {row['f1']:.3f}")
+        md = cache_root() / f"eval_{args.stage}.md"
+        md.write_text(dev_markdown(results) + "\n\n" + difficulty_markdown(results) + "\n\n" + grid_markdown(results) + "\n",
+                      encoding="utf-8")
+        if args.stage == "grid":
+            from lilaw_med.utils import atomic_write
+
+            atomic_write(REPO / "benchmarks" / "audit_grid.md", grid_report(results))
+        print(out, md)
+        return 0
+    for cell in cells_for(args.stage, args.cells):
+        try:
+            train(cell, True)
+            if not args.train_only:
+                if args.fold_models in ("ce", "both"):
+                    crossfit(cell, lilaw_on=False, folds=args.folds)
+                if args.fold_models in ("lilaw", "both"):
+                    crossfit(cell, lilaw_on=True, folds=args.folds)
+        except FileNotFoundError as e:
+            logger.warning("skipped %s: %s", cell.name, e)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

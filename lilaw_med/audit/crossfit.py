@@ -1,0 +1,230 @@
+"""Out-of-fold class probabilities of a run's training items (``lilaw-med audit --folds K``).
+
+One training run sees every training item, so its view of an item's label is in-sample: a
+network memorises wrong labels, and its probabilities for them drift towards the given label.
+Cross-fitting removes that: the training items are split into K grouped, stratified folds, K
+extra runs each train on K-1 folds with the run's own config (and validation split), and each
+predicts the fold it never saw (cleanlab's ``estimate_cv_predicted_probabilities``, through the
+toolkit's own pipeline). The audit combines these out-of-fold probabilities with the run's
+dynamics (:mod:`lilaw_med.audit.core`).
+
+On disk (``OUT_DIR``, by default ``RUN_DIR/crossfit_K``)::
+
+    fold_1/ ... fold_K/      each a complete run folder (config, datalist, checkpoints, metrics)
+    oof_probs.npy            float32 (N, C), row i = the training item ids[i]
+    oof_ids.json             the ids, the run's dynamics order
+    crossfit.json            folds, overrides, which checkpoint predicted, fold sizes
+
+A finished fold (its ``summary.json``, and ``fold.json`` naming the folds, overrides, seed and
+held-out ids it was trained for) is never trained again, so an interrupted cross-fit resumes fold
+by fold; a fold trained for other settings is trained again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lilaw_med.utils import atomic_write
+
+__all__ = ["CrossFitResult", "cross_fit", "item_probabilities", "load_cross_fit"]
+
+logger = logging.getLogger(__name__)
+
+OOF_PROBS = "oof_probs.npy"
+OOF_IDS = "oof_ids.json"
+INFO = "crossfit.json"
+FOLD_INFO = "fold.json"
+
+
+@dataclass(frozen=True)
+class CrossFitResult:
+    """Out-of-fold probabilities of a run's training items.
+
+    Attributes:
+        ids: the training item ids (N), in the run's dynamics order.
+        probs: float64 (N, C) class probabilities from the fold model that did not train on the item.
+        out_dir: the folder holding the fold runs and the arrays.
+        folds: K.
+    """
+
+    ids: list[str]
+    probs: np.ndarray
+    out_dir: Path
+    folds: int
+
+    def aligned(self, ids: Sequence[str]) -> np.ndarray:
+        """The rows for ``ids`` (any order).
+
+        Raises:
+            KeyError: when an id has no out-of-fold row (the cross-fit belongs to another datalist).
+        """
+        index = {i: k for k, i in enumerate(self.ids)}
+        missing = [i for i in ids if i not in index]
+        if missing:
+            raise KeyError(f"{len(missing)} item(s) have no out-of-fold probabilities in {self.out_dir} "
+                           f"(e.g. {missing[0]!r}): the cross-fit was made for another datalist.")
+        return self.probs[[index[i] for i in ids]]
+
+
+def item_probabilities(run_dir: str | os.PathLike, items: Sequence[Mapping[str, Any]], which: str = "final") -> np.ndarray:
+    """Class probabilities of a run's model for the given items (one eval pass, no calibration).
+
+    Args:
+        run_dir: the run folder.
+        items: datalist items (``image``, ``id``; ``label`` optional), transformed by the run's
+            own evaluation transforms.
+        which: ``"final"`` or ``"best"`` model.
+
+    Returns:
+        float64 (N, C) probabilities in the order of ``items``.
+    """
+    from monai.data import DataLoader, Dataset
+
+    from lilaw_med.data.transforms import build_transforms
+    from lilaw_med.training.builder import load_model, transform_options
+    from lilaw_med.training.config import validate_config
+    from lilaw_med.training.evaluation import probabilities, run_inference
+    from lilaw_med.training.run_dir import RunDir
+
+    rd = RunDir(run_dir)
+    cfg = validate_config(rd.read_config())
+    network, _ = load_model(rd.root, which, "cpu")
+    transforms = build_transforms(cfg["data"]["preset"], transform_options(cfg), train=False)
+    labelled = [{**it, "label": it.get("label", 0), "id": str(it["id"])} for it in items]
+    loader = DataLoader(Dataset(labelled, transforms), batch_size=int(cfg["train"]["batch_size"]), shuffle=False)
+    logits, _, out_ids = run_inference(network, loader, "cpu")
+    probs = probabilities(logits)
+    wanted = [str(it["id"]) for it in items]
+    if list(out_ids) != wanted:
+        order = {i: k for k, i in enumerate(out_ids)}
+        probs = probs[[order[i] for i in wanted]]
+    return probs
+
+
+def load_cross_fit(out_dir: str | os.PathLike) -> CrossFitResult:
+    """Reads a finished cross-fit.
+
+    Raises:
+        FileNotFoundError: when ``out_dir`` holds no finished cross-fit.
+    """
+    out = Path(out_dir)
+    if not (out / OOF_PROBS).is_file() or not (out / OOF_IDS).is_file():
+        raise FileNotFoundError(f"{out}: no finished cross-fit ({OOF_PROBS} and {OOF_IDS}); run `lilaw-med audit RUN --folds K`.")
+    info = json.loads((out / INFO).read_text(encoding="utf-8")) if (out / INFO).is_file() else {}
+    return CrossFitResult(
+        ids=json.loads((out / OOF_IDS).read_text(encoding="utf-8")),
+        probs=np.load(out / OOF_PROBS, allow_pickle=False).astype(np.float64),
+        out_dir=out, folds=int(info.get("folds", 0)),
+    )
+
+
+def cross_fit(
+    run_dir: str | os.PathLike,
+    folds: int = 4,
+    out_dir: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    which: str = "final",
+    seed: int | None = None,
+) -> CrossFitResult:
+    """Trains ``folds`` models on K-1 folds each and predicts the held-out fold.
+
+    Args:
+        run_dir: a finished run folder (its ``config.yaml`` and resolved ``datalist.json``).
+        folds: K >= 2.
+        out_dir: where the fold runs and arrays go (default ``RUN_DIR/crossfit_K``).
+        overrides: ``--set``-style overrides for the fold runs (e.g. ``["lilaw.enabled=false"]``).
+        which: the fold model that predicts: ``"final"`` (default) or ``"best"``.
+        seed: the fold-splitting seed (default: the run's ``train.seed``).
+
+    Returns:
+        The :class:`CrossFitResult`; reused as is when ``out_dir`` already holds one made with the
+        same folds, overrides, checkpoint and seed.
+
+    Raises:
+        FileNotFoundError: when ``run_dir`` is not a finished run folder.
+        ValueError: for ``folds < 2`` or fewer groups than folds.
+    """
+    from lilaw_med.data.datalist import group_kfold
+    from lilaw_med.handlers.dynamics import load_dynamics
+    from lilaw_med.training.builder import run_training
+    from lilaw_med.training.config import load_config
+    from lilaw_med.training.run_dir import RunDir
+
+    rd = RunDir(run_dir)
+    if not rd.config.is_file() or not rd.datalist.is_file():
+        raise FileNotFoundError(f"{rd.root} is not a finished run folder ({RunDir.CONFIG} and {RunDir.DATALIST} needed).")
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2 but is {folds}.")
+    out = Path(out_dir) if out_dir is not None else rd.root / f"crossfit_{folds}"
+    base_cfg = load_config(rd.config)
+    split_seed = int(base_cfg["train"]["seed"] if seed is None else seed)
+    settings = {"folds": folds, "overrides": list(overrides), "which": which, "seed": split_seed}
+    if (out / INFO).is_file():
+        done = json.loads((out / INFO).read_text(encoding="utf-8"))
+        if {k: done.get(k) for k in settings} == settings and (out / OOF_PROBS).is_file():
+            return load_cross_fit(out)
+    datalist = json.loads(rd.datalist.read_text(encoding="utf-8"))
+    training = datalist.get("training", [])
+    ids = load_dynamics(rd.root).ids if (rd.root / RunDir.DYNAMICS).is_dir() else [str(it["id"]) for it in training]
+    by_id = {str(it["id"]): it for it in training}
+    items = [by_id[i] for i in ids]
+    probs: np.ndarray | None = None
+    sizes = []
+    for k, (train_idx, held_idx) in enumerate(group_kfold(items, folds, seed=split_seed), start=1):
+        fold_dir = out / f"fold_{k}"
+        fold_run = RunDir(fold_dir / "run")
+        fold_key = {"folds": folds, "overrides": list(overrides), "seed": split_seed,
+                    "held_out": [ids[i] for i in held_idx]}
+        marker = fold_dir / FOLD_INFO
+        if not _fold_done(fold_dir, fold_run.summary, fold_key):
+            marker.unlink(missing_ok=True)
+            fold_list = {key: v for key, v in datalist.items() if key not in ("training", "validation", "test", "noise_sidecar")}
+            fold_list.update(training=[items[i] for i in train_idx], validation=datalist.get("validation", []),
+                             test=[items[i] for i in held_idx])
+            list_path = atomic_write(fold_dir / "datalist_in.json", json.dumps(fold_list, indent=1))
+            logger.info("cross-fit fold %d/%d: training on %d items, predicting %d", k, folds, len(train_idx), len(held_idx))
+            cfg = load_config(rd.config, [*overrides, f"data.datalist={list_path}", "data.sample_data=false",
+                                          "data.exclude=null", "data.relabel=null", "output.overwrite=true"])
+            run_training(cfg, fold_run.root)
+            atomic_write(marker, json.dumps(fold_key))
+        p = item_probabilities(fold_run.root, [items[i] for i in held_idx], which=which)
+        if probs is None:
+            probs = np.full((len(items), p.shape[1]), np.nan)
+        probs[held_idx] = p
+        sizes.append(int(len(held_idx)))
+    assert probs is not None
+    np_bytes = _npy_bytes(probs.astype(np.float32))
+    atomic_write(out / OOF_PROBS, np_bytes)
+    atomic_write(out / OOF_IDS, json.dumps(ids))
+    atomic_write(out / INFO, json.dumps({**settings, "fold_sizes": sizes}, indent=1))
+    return load_cross_fit(out)
+
+
+def _fold_done(fold_dir: Path, summary: Path, fold_key: Mapping[str, Any]) -> bool:
+    """Whether ``fold_dir`` holds a finished fold trained for ``fold_key`` (folds, overrides, seed, held-out ids)."""
+    if not summary.is_file():
+        return False
+    marker = fold_dir / FOLD_INFO
+    if marker.is_file():
+        return json.loads(marker.read_text(encoding="utf-8")) == fold_key
+    try:  # a fold finished before fold.json was written: reused when it held out the same items
+        held = [str(it["id"]) for it in json.loads((fold_dir / "datalist_in.json").read_text(encoding="utf-8"))["test"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return held == list(fold_key["held_out"])
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()

@@ -1,0 +1,169 @@
+"""The audit's self-contained ``report.html``, rendered from ``templates/report.html`` by Jinja2
+with automatic escaping: every field that comes from data (ids, paths, class names) is escaped by
+the template engine, every picture is an embedded ``data:image/png;base64`` URI, and a
+Content-Security-Policy forbids any network request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lilaw_med.audit import plots
+from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS
+
+if TYPE_CHECKING:
+    from lilaw_med.audit.report import AuditResult
+
+__all__ = ["render_html"]
+
+logger = logging.getLogger(__name__)
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "n/a"
+    return f"{v:.{digits}f}" if isinstance(v, (float, np.floating)) else str(v)
+
+
+def _interval(pair: Sequence[Any]) -> str:
+    return f"[{_fmt(pair[0])}, {_fmt(pair[1])}]"
+
+
+def _image_loader(result: AuditResult) -> Callable[[Mapping[str, Any]], np.ndarray] | None:
+    """item -> uint8 display image through the run's own evaluation transforms (None: thumbnails off)."""
+    if not result.options.thumbnails:
+        return None
+    transforms = None
+    try:
+        from lilaw_med.data.transforms import build_transforms
+        from lilaw_med.training.builder import transform_options
+        from lilaw_med.training.config import validate_config
+
+        cfg = validate_config(result.record.config)
+        transforms = build_transforms(cfg["data"]["preset"], transform_options(cfg), train=False)
+    except (KeyError, ValueError, TypeError) as e:  # a config the current version cannot read: plain reader
+        logger.info("thumbnails use the plain image reader (%s: %s).", type(e).__name__, e)
+
+    def load(item: Mapping[str, Any]) -> np.ndarray:
+        if transforms is not None:
+            return plots.to_display(np.asarray(transforms({**item, "label": item.get("label", 0)})["image"]))
+        from monai.transforms import LoadImage
+
+        return plots.to_display(np.asarray(LoadImage(image_only=True, ensure_channel_first=True)(item["image"])))
+
+    return load
+
+
+def _figures(result: AuditResult, rows: Sequence[Mapping[str, Any]], load: Callable | None) -> list[dict[str, Any]]:
+    figs = []
+    for r in rows:
+        uri, error = None, None
+        if load is None:
+            error = "thumbnails switched off"
+        else:
+            try:
+                uri = plots.data_uri(plots.thumbnail_png(load(result.record.items[r["id"]][1])))
+            except Exception as e:  # noqa: BLE001 - one unreadable image must not stop the report
+                error = f"{type(e).__name__}: {e}"
+        figs.append({"id": r["id"], "uri": uri, "error": error, "given": r["given_class"],
+                     "predicted": r["predicted_class"], "score": _fmt(r["label_score"]), "rank": r["rank"],
+                     "difficulty": r["difficulty"], "true": r.get("true_class")})
+    return figs
+
+
+def _split_context(result: AuditResult) -> list[dict[str, Any]]:
+    out = []
+    for split, info in result.summary["splits"].items():
+        out.append({
+            "title": f"{split.capitalize()} items", "n_items": info["n_items"], "n_flagged": info["n_label_issues"],
+            "rate": _fmt(info["estimated_noise_rate"]), "interval": _interval(info["estimated_noise_rate_interval"]),
+            "confidence": f"{100 * info['interval_confidence']:.0f}%", "warnings": info["warnings"],
+            "per_class": [{"name": c["class"], "n_items": c["n_items"], "n_wrong": c["estimated_n_wrong"],
+                           "rate": _fmt(c["estimated_noise_rate"]), "interval": _interval(c["estimated_noise_rate_interval"]),
+                           "n_flagged": c["n_label_issues"], "threshold": _fmt(c["threshold"]), "levels": c["difficulty"]}
+                          for c in info["per_class"]],
+        })
+    return out
+
+
+def _window_plot(result: AuditResult) -> str | None:
+    rec = result.record
+    epochs = rec.dynamics["training"].epochs
+    series = {k: list(v) for k, v in (("validation loss", rec.val_loss), ("validation accuracy", rec.val_accuracy))
+              if np.isfinite(v).any()}
+    if not series:
+        return None
+    w = result.splits["training"].window
+    title = f"noisy validation curve; scoring window: epochs {w.start + 1}-{w.stop}"
+    return plots.data_uri(plots.lines_png(list(epochs), series, title, "epoch"))
+
+
+def _lilaw_plots(result: AuditResult) -> list[dict[str, str]]:
+    out = []
+    series = result.record.lilaw_iterations
+    if series is not None:
+        out.append({"alt": "alpha beta delta", "uri": plots.data_uri(
+            plots.lines_png(series[0], series[1], "alpha, beta, delta", "iteration"))})
+    train = result.splits["training"]
+    w = train.terms["weight"]
+    if np.isfinite(w).any():
+        flags = train.is_label_issue
+        out.append({"alt": "weight histogram", "uri": plots.data_uri(plots.histogram_png(
+            {"suspected mislabels": w[flags], "other items": w[~flags]},
+            "mean LiLAW weight per item over the scoring window", "weight (0 to 3)"))})
+    return out
+
+
+def _detection_context(result: AuditResult) -> dict[str, Any] | None:
+    d = result.detection
+    if d is None:
+        return None
+    aurocs = {k: v["auroc"] for k, v in d["scores"].items() if v["auroc"] is not None}
+    return {
+        "n_items": d["n_items"], "n_mislabeled": d["n_mislabeled"], "note": d["note"],
+        "rows": [{"name": k, "auroc": _fmt(v["auroc"]), "ap": _fmt(v["average_precision"]),
+                  "p_at_k": _fmt(v["precision_at_noise_count"])} for k, v in d["scores"].items()],
+        "flags": {k: _fmt(v) for k, v in d["is_label_issue"].items()},
+        "rates": [{"name": r["class"], "true": _fmt(r["true"]), "estimated": _fmt(r["estimated"]),
+                   "interval": _interval(r["interval"])} for r in d["noise_rate"]],
+        "levels": [{"name": lv, "n": v["n_items"], "rate": _fmt(v["true_mislabel_rate"])} for lv, v in d["difficulty"].items()],
+        "curves_plot": plots.data_uri(plots.curves_png(d["curves"], aurocs)) if d.get("curves") else None,
+    }
+
+
+def render_html(result: AuditResult) -> str:
+    """The self-contained report of an audit.
+
+    Args:
+        result: what :func:`lilaw_med.audit.report.run_audit` computed.
+
+    Returns:
+        The HTML text.
+    """
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("lilaw_med.audit", "templates"),
+                      autoescape=select_autoescape(default=True, default_for_string=True))
+    opts = result.options
+    load = _image_loader(result)
+    training = [r for r in result.rows if r["split"] == "training"]
+    train = result.splits["training"]
+    suspects = [
+        {"name": result.record.class_name(k), "figs": _figures(result, sorted(
+            (r for r in training if r["given_label"] == k and r["is_label_issue"]), key=lambda r: r["rank"])[:opts.top_k], load)}
+        for k in range(train.num_classes)
+    ]
+    val_flagged = sorted((r for r in result.rows if r["split"] == "validation" and r["is_label_issue"]),
+                         key=lambda r: r["rank"])[:opts.top_k]
+    hardest = sorted((r for r in training if not r["is_label_issue"] and r["predicted_label"] == r["given_label"]
+                      and r["p_given"] is not None), key=lambda r: r["p_given"])[:opts.top_k]
+    return env.get_template("report.html").render(
+        run_name=result.record.root.name, options=opts, window=train.window, window_plot=_window_plot(result),
+        levels=DIFFICULTY_LEVELS, splits=_split_context(result), top_k=opts.top_k, suspects=suspects,
+        val_suspects=_figures(result, val_flagged, load), hardest=_figures(result, hardest, load),
+        lilaw_plots=_lilaw_plots(result), detection=_detection_context(result),
+    )

@@ -1,0 +1,152 @@
+"""Label quality scores from class probabilities, in the manner of ``cleanlab.rank``.
+
+Pure functions over arrays (no I/O, no torch). Conventions as in cleanlab:
+
+* ``labels``: int (N,) given (possibly wrong) labels in ``[0, C)``;
+* ``pred_probs``: float (N, C) class probabilities whose rows sum to 1 (here: an item's
+  probabilities averaged over the run's scoring window, see :mod:`lilaw_med.audit.window`, or
+  out-of-fold probabilities from :mod:`lilaw_med.audit.crossfit`, or both averaged);
+* a label quality score lies in [0, 1]; LOWER means the given label is MORE likely wrong.
+
+The methods are named and swappable by ``method=`` (:data:`SCORE_METHODS`, a name -> function
+table: adding a score is one entry).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = [
+    "SCORE_METHODS",
+    "check_inputs",
+    "confident_thresholds",
+    "get_label_quality_scores",
+    "normalized_margin",
+    "order_label_issues",
+    "self_confidence",
+    "subtract_confident_thresholds",
+]
+
+
+def check_inputs(labels: np.ndarray, pred_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validates ``labels`` (N,) and ``pred_probs`` (N, C) and returns them as int64 / float64.
+
+    Raises:
+        ValueError: on mismatched shapes, labels out of ``[0, C)`` or non-integer labels.
+    """
+    y = np.asarray(labels)
+    p = np.asarray(pred_probs, dtype=np.float64)
+    if p.ndim != 2 or y.ndim != 1 or p.shape[0] != y.shape[0]:
+        raise ValueError(f"labels must be (N,) and pred_probs (N, C) but are {y.shape} and {p.shape}.")
+    if y.size and not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be integer class indices but have dtype {y.dtype}.")
+    if y.size and (y.min() < 0 or y.max() >= p.shape[1]):
+        raise ValueError(f"labels must lie in [0, {p.shape[1] - 1}] but range over [{y.min()}, {y.max()}].")
+    return y.astype(np.int64), p
+
+
+def confident_thresholds(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
+    """Per-class thresholds ``t_k``: the mean probability of class k over the items GIVEN label k.
+
+    The model's typical confidence in a class when the label says it; an item whose probability
+    of class j reaches ``t_j`` is confidently "j" (cleanlab's ``get_confident_thresholds``).
+
+    Args:
+        labels: int (N,).
+        pred_probs: (N, C); rows with NaN are ignored.
+
+    Returns:
+        float64 (C,); 1.0 for a class no item is given (nothing reaches it).
+    """
+    y, p = check_inputs(labels, pred_probs)
+    ok = np.isfinite(p).all(axis=1)
+    out = np.ones(p.shape[1])
+    for k in range(p.shape[1]):
+        members = ok & (y == k)
+        if members.any():
+            out[k] = p[members, k].mean()
+    return out
+
+
+def subtract_confident_thresholds(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
+    """Probabilities with each class's confident threshold subtracted, shifted and renormalised.
+
+    A network trained on class-conditional noise (say, 30% of grade 1 labelled grade 2) learns to
+    put some probability on the class a label is often flipped to; subtracting ``t_k`` removes
+    that class-wise bias before items are compared across classes (cleanlab's
+    ``adjust_pred_probs``).
+
+    Returns:
+        float64 (N, C), rows summing to 1 (NaN rows stay NaN).
+    """
+    _, p = check_inputs(labels, pred_probs)
+    t = confident_thresholds(labels, pred_probs)
+    adj = p - t[None, :] + t.max()
+    return adj / adj.sum(axis=1, keepdims=True)
+
+
+def self_confidence(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
+    """``p[y]``: the probability of the given label."""
+    y, p = check_inputs(labels, pred_probs)
+    return p[np.arange(y.size), y]
+
+
+def normalized_margin(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
+    """``(p[y] - max_{k != y} p[k] + 1) / 2``: how far the given label leads the best other class."""
+    y, p = check_inputs(labels, pred_probs)
+    rows = np.arange(y.size)
+    given = p[rows, y]
+    other = p.copy()
+    other[rows, y] = -np.inf
+    return (given - other.max(axis=1) + 1) / 2
+
+
+SCORE_METHODS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "self_confidence": self_confidence,
+    "normalized_margin": normalized_margin,
+}
+"""Named label quality scores over (labels, pred_probs)."""
+
+
+def get_label_quality_scores(
+    labels: np.ndarray,
+    pred_probs: np.ndarray,
+    method: str = "self_confidence",
+    adjust_pred_probs: bool = False,
+) -> np.ndarray:
+    """A label quality score per item (like ``cleanlab.rank.get_label_quality_scores``).
+
+    Args:
+        labels: int (N,) given labels.
+        pred_probs: (N, C) class probabilities.
+        method: a key of :data:`SCORE_METHODS`.
+        adjust_pred_probs: subtract the per-class confident thresholds first
+            (:func:`subtract_confident_thresholds`).
+
+    Returns:
+        float64 (N,) in [0, 1], lower = more likely mislabeled; NaN for an item without probabilities.
+
+    Raises:
+        ValueError: on an unknown method or malformed inputs.
+    """
+    if method not in SCORE_METHODS:
+        raise ValueError(f"method must be one of {sorted(SCORE_METHODS)} but is {method!r}.")
+    y, p = check_inputs(labels, pred_probs)
+    if adjust_pred_probs:
+        p = subtract_confident_thresholds(y, p)
+    return np.clip(SCORE_METHODS[method](y, p), 0.0, 1.0)
+
+
+def order_label_issues(label_quality: np.ndarray) -> np.ndarray:
+    """Indices from the most to the least likely label issue (lowest score first; NaN last).
+
+    Args:
+        label_quality: (N,) scores.
+
+    Returns:
+        int64 (N,) indices.
+    """
+    q = np.asarray(label_quality, dtype=np.float64)
+    return np.argsort(np.where(np.isnan(q), np.inf, q), kind="stable")
