@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_save_torch", "atomic_write"]
+__all__ = ["FORMULA_START", "atomic_save_torch", "atomic_write", "guard_csv_text", "unguard_csv_text"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -87,3 +87,25 @@ def _fsync_dir(folder: Path) -> None:
         finally:
             os.close(fd)
 
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make a spreadsheet run a cell as a formula (OWASP's CSV-injection list)."""
+
+
+def guard_csv_text(text: str) -> str:
+    """A text cell a spreadsheet will not run as a formula: a leading ``'`` before ``=``, ``+``, ``-``,
+    ``@``, tab or CR (OWASP). Numbers are not text cells: write them as numbers.
+
+    Args:
+        text: the cell's text.
+
+    Returns:
+        ``text``, or ``"'" + text`` when it starts with one of :data:`FORMULA_START`.
+    """
+    return "'" + text if text.startswith(FORMULA_START) else text
+
+
+def unguard_csv_text(text: str) -> str:
+    """Undoes :func:`guard_csv_text` (a ``'`` that guards nothing is part of the value)."""
+    return text[1:] if text.startswith("'") and text[1:].startswith(FORMULA_START) else text

@@ -37,7 +37,7 @@ from lilaw_med.audit.detection import detection_curves, detection_quality
 from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS
 from lilaw_med.audit.rank import self_confidence
 from lilaw_med.audit.window import choose_window
-from lilaw_med.utils import atomic_write
+from lilaw_med.utils import atomic_write, guard_csv_text
 
 __all__ = ["COLUMNS", "AuditFiles", "AuditResult", "dicom_uids", "run_audit"]
 
@@ -333,9 +333,6 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
 def _cell(v: Any) -> Any:
     if v is None:
         return ""
@@ -344,7 +341,7 @@ def _cell(v: Any) -> Any:
     if isinstance(v, float):
         return f"{v:.6g}"
     s = str(v)
-    return "'" + s if s.startswith(_FORMULA_START) else s  # a spreadsheet must not run it as a formula
+    return guard_csv_text(s)
 
 
 def _csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:

@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import Any
 
-from lilaw_med.cli import UserError
+from lilaw_med.cli import user_errors
 
 __all__ = ["register"]
 
@@ -19,7 +19,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from lilaw_med.audit.core import AuditOptions
     from lilaw_med.audit.report import run_audit
 
-    try:
+    with user_errors():
         options = AuditOptions(
             window=args.window, window_fraction=args.window_fraction, method=args.method,
             adjust_pred_probs=args.adjust, folds=args.folds,
@@ -28,10 +28,6 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             final_model_baseline=not args.no_final_model_baseline, include_identifying=args.include_identifying,
         )
         result = run_audit(args.run_dir, args.output, options)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        raise UserError(str(e).strip("'\"")) from None
-    except OSError as e:
-        raise UserError(f"{type(e).__name__}: {e}") from None
     for split, info in result.summary["splits"].items():
         lo, hi = info["estimated_noise_rate_interval"]
         print(f"{split}: {info['n_items']} items, {info['n_label_issues']} suspected mislabels (estimated noise rate "
@@ -73,8 +69,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `lilaw-med train`")
     p.add_argument("-o", "--output", metavar="DIR", help="where to write (default RUN_DIR/audit)")
     p.add_argument("--window", choices=WINDOW_RULES, default=default.window,
-                   help="which epochs are scored (default %(default)s: up to the best noisy-validation loss, and at "
-                   "least the first --window-fraction of training)")
+                   help="which epochs are scored (default %(default)s: up to the epoch of the lowest noisy "
+                   "validation loss, where the network starts memorising wrong labels)")
     p.add_argument("--window-fraction", type=float, default=default.window_fraction,
                    help="share of epochs for the fraction rules (default %(default)s)")
     p.add_argument("--method", choices=sorted(SCORE_METHODS), default=default.method,

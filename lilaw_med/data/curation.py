@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from lilaw_med.data.datalist import SPLITS, Datalist
+from lilaw_med.utils import unguard_csv_text
 
 __all__ = ["LABEL_COLUMNS", "apply_exclusions", "apply_relabels", "read_id_csv"]
 
 LABEL_COLUMNS = ("label", "new_label", "corrected_label")
-
-
 def read_id_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     """Reads a CSV with an ``id`` column (UTF-8, a BOM allowed).
 
@@ -36,7 +35,8 @@ def read_id_csv(path: str | os.PathLike) -> list[dict[str, str]]:
         path: the CSV file.
 
     Returns:
-        Its rows as dicts (values stripped).
+        Its rows as dicts (values stripped; a leading ``'`` that guards a formula-like value, as
+        ``lilaw-med audit`` writes it, removed).
 
     Raises:
         FileNotFoundError: when the file is missing.
@@ -52,7 +52,7 @@ def read_id_csv(path: str | os.PathLike) -> list[dict[str, str]]:
             raise ValueError(f"{p}: a column named 'id' is required (found columns {fields}).")
         rows = []
         for line, row in enumerate(reader, start=2):
-            clean = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
+            clean = {(k or "").strip(): unguard_csv_text((v or "").strip()) for k, v in row.items() if k is not None}
             if not clean.get("id"):
                 raise ValueError(f"{p}, line {line}: empty id.")
             rows.append(clean)

@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
-import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from lilaw_med.losses import LiLAWLoss
@@ -212,11 +212,11 @@ class DynamicsRecorder:
         ids: the ids of the training items, in any fixed order (the order of the arrays on disk).
         out_dir: the folder to write (``RUN_DIR/dynamics``); created when missing.
         record_validation: also record the meta step's validation items. Needs the
-            :class:`LiLAWHandler` (``meta_handler``, or found among the trainer's handlers).
+            :class:`LiLAWHandler` as ``meta_handler``.
         val_ids: the ids of the validation items; by default taken from the meta handler's
             loader (``val_loader.dataset.data``), else learned as they come (not under DDP).
-        meta_handler: the :class:`LiLAWHandler` whose ``last_val_batch`` holds the validation ids;
-            found among the engine's ``ITERATION_COMPLETED`` handlers when ``None``.
+        meta_handler: the :class:`LiLAWHandler` whose ``last_val_batch`` / ``last_val_pred`` hold the
+            validation ids and logits (needed to record the validation items).
         memmap: keep the current epoch's accumulators in a memory-mapped file in ``out_dir``
             (``True``/``False``); ``None`` decides by ``memmap_threshold``.
         memmap_threshold: number of training items from which ``memmap=None`` memory-maps.
@@ -308,7 +308,6 @@ class DynamicsRecorder:
             pass
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
-        self._engine = engine
 
     # ---------------------------------------------------------------- distributed helpers
     def _is_distributed(self) -> bool:
@@ -316,24 +315,19 @@ class DynamicsRecorder:
             return True
         if self.distributed is not None:
             return self.distributed
-        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        return idist.get_world_size() > 1
 
     @property
     def is_writer(self) -> bool:
         """Whether this process writes the dynamics files (rank 0, or the only process)."""
         if self._is_writer is not None:
             return self._is_writer
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank() == 0
-        return True
+        return idist.get_rank() == 0
 
     def _reduce(self, tensor: torch.Tensor, op: str) -> torch.Tensor:
         if self.reduce_fn is not None:
             return self.reduce_fn(tensor, op)
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-        t = tensor.to(device) if device is not None else tensor.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-        return t.cpu()
+        return idist.all_reduce(tensor.clone().to(idist.device()), op="SUM" if op == "sum" else "MAX").cpu()
 
     # ---------------------------------------------------------------- buffers
     def _ensure_buffers(self, label_shape: tuple[int, ...]) -> None:
@@ -443,18 +437,6 @@ class DynamicsRecorder:
         with torch.no_grad():
             return class_probabilities(pred.detach().float()).cpu()
 
-    def _find_meta_handler(self) -> LiLAWHandler | None:
-        if self.meta_handler is not None:
-            return self.meta_handler
-        from lilaw_med.handlers.meta_step import LiLAWHandler
-
-        engine = getattr(self, "_engine", None)
-        for h, _, _ in getattr(engine, "_event_handlers", {}).get(Events.ITERATION_COMPLETED, []):
-            if isinstance(h, LiLAWHandler) and h.loss is self.loss:
-                self.meta_handler = h
-                return h
-        return None
-
     def _collect_validation(self) -> None:
         if not self.record_validation:
             return
@@ -462,9 +444,9 @@ class DynamicsRecorder:
         if stats is None or stats is self._last_val_stats:
             return
         self._last_val_stats = stats
-        handler = self._find_meta_handler()
+        handler = self.meta_handler
         if handler is None:
-            logger.warning("validation dynamics not recorded: no LiLAWHandler found for this loss.")
+            logger.warning("validation dynamics not recorded: pass the LiLAWHandler as meta_handler to the recorder.")
             self.record_validation = False
             return
         ids = _batch_ids(handler.last_val_batch)

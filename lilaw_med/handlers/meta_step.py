@@ -97,6 +97,7 @@ class LiLAWHandler:
         self._skip_on_start = 0
         self._val_iter: Iterator | None = None
         self.last_val_batch: Any = None  # raw batch of the last meta step (ids for the dynamics recorder)
+        self.last_val_pred: torch.Tensor | None = None  # its logits (class probabilities for the recorder)
 
     # ---------------------------------------------------------------- ignite wiring
     def attach(self, engine: Engine) -> None:
@@ -203,6 +204,7 @@ class LiLAWHandler:
             ``True`` when the step was taken, ``False`` when it was skipped for a non-finite loss.
         """
         pred, targets = self._forward(engine, self.next_val_batch())
+        self.last_val_pred = pred
         weighting = self.loss.weighting
         params = [weighting.alpha, weighting.beta, weighting.delta]
         for p in params:

@@ -63,9 +63,37 @@ def test_relabel_errors(datalist, tmp_path):
 
 def test_the_audit_exclude_csv_is_accepted(run_folder):
     from lilaw_med.audit.report import run_audit
+    from tests.audit.conftest import wrong_ids
 
     result = run_audit(run_folder, thumbnails=False, final_model_baseline=False)
     dl = load_datalist(run_folder / "datalist.json")
     out = apply_exclusions(dl, result.files["exclude.csv"])
-    flagged = {r["id"] for r in result.rows if r["is_label_issue"]}
-    assert flagged and not flagged & {it["id"] for it in out.training}
+    assert {it["id"] for it in dl.training} - {it["id"] for it in out.training} == wrong_ids()
+    assert len(out.validation) == len(dl.validation)  # nothing flagged there
+
+
+def test_an_exclude_csv_with_ids_that_look_like_formulas_round_trips(tmp_path):
+    """The audit writes such ids with a leading ' (so a spreadsheet shows them as text); reading
+    the file back for --exclude must give the datalist's ids again."""
+    from lilaw_med.audit.report import run_audit
+    from tests.audit.conftest import make_run_folder
+
+    ids = {1: '=HYPERLINK("x")', 6: "-6", 11: "@eleven"}  # the three wrong items
+    run = make_run_folder(tmp_path, ids=ids)
+    result = run_audit(run, thumbnails=False, final_model_baseline=False)
+    assert {r["id"] for r in result.rows if r["is_label_issue"]} == set(ids.values())
+    dl = load_datalist(run / "datalist.json")
+    out = apply_exclusions(dl, result.files["exclude.csv"])
+    assert {it["id"] for it in dl.training} - {it["id"] for it in out.training} == set(ids.values())
+    relabel = _csv(tmp_path, "id,label\n'=HYPERLINK(\"x\"),1\n", "relabel.csv")
+    assert next(it for it in apply_relabels(dl, relabel).training if it["id"] == ids[1])["label"] == 1
+
+
+def test_a_quote_that_does_not_guard_a_formula_is_part_of_the_id(tmp_path):
+    items = [{"id": "'quoted", "image": str(tmp_path / "a.png"), "label": 0},
+             {"id": "plain", "image": str(tmp_path / "b.png"), "label": 1},
+             {"id": "val", "image": str(tmp_path / "c.png"), "label": 1}]
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"class_names": ["a", "b"], "training": items[:2], "validation": items[2:]}))
+    out = apply_exclusions(load_datalist(path), _csv(tmp_path, "id\n'quoted\n"))
+    assert [it["id"] for it in out.training] == ["plain"]

@@ -1,62 +1,101 @@
-"""run_refine: train, audit, exclude, retrain; both runs and the audit in the refine folder.
-
-The training itself is replaced by a stand-in that writes a tiny run folder (the real pipeline is
-tested by its own tests); what is tested here is the loop."""
+"""run_refine for real: train, audit, exclude the flagged training items, retrain, on a few tiny
+PNGs with injected label flips (conftest.make_image_datalist). The item ids begin with "-" (as
+some accession numbers do), which a spreadsheet would compute: the exclusion file writes them with a
+leading ' and the retraining must still find them."""
 
 from __future__ import annotations
 
+import csv
 import json
-import shutil
+from dataclasses import asdict
 
-import lilaw_med.training.builder as builder
-from lilaw_med.training.config import load_preset_config
+import pytest
+
+from lilaw_med.audit.core import AuditOptions
+from lilaw_med.data.curation import read_id_csv
 from lilaw_med.training.refine import REFINE_RULE, run_refine
-from tests.audit.conftest import N_TRAIN, WRONG, make_run_folder
+from tests.audit.conftest import FLIPS, make_image_datalist, tiny_config
 
 
-def test_refine_excludes_the_suspected_mislabels_and_retrains(tmp_path, monkeypatch):
-    calls = []
-    template = make_run_folder(tmp_path / "template")
+def _ids(datalist_path, split):
+    return [str(it["id"]) for it in json.loads(datalist_path.read_text())[split]]
 
-    class Result:
-        def __init__(self, run_dir, summary):
-            self.run_dir, self.summary = run_dir, summary
 
-    def fake_run_training(config, output_dir, resume=False, *, device=None, progress=None, datalist=None):
-        calls.append(datalist)
-        shutil.copytree(template, output_dir)
-        return Result(output_dir, {"epochs": 3, "final": {"test": {"auroc": 0.5 + 0.1 * len(calls)}}})
+@pytest.fixture(scope="module")
+def refined(tmp_path_factory):
+    root = tmp_path_factory.mktemp("refine")
+    cfg = tiny_config(make_image_datalist(root / "data", id_prefix="-"))
+    result = run_refine(cfg, root / "refine", progress=False)
+    return root / "refine", result
 
-    monkeypatch.setattr(builder, "run_training", fake_run_training)
-    config = load_preset_config("radiology_2d.yaml")
-    result = run_refine(config, tmp_path / "refine", rule={"noise_rate": len(WRONG) / N_TRAIN})
-    root = tmp_path / "refine"
-    for name in ("initial/datalist.json", "audit/audit.csv", "audit/report.html", "refined/datalist.json",
-                 "refine_exclude.csv", "refine.json"):
-        assert (root / name).is_file(), name
-    assert calls[0] is None and calls[1] is not None
-    kept = {it["id"] for it in calls[1].training}
-    assert len(kept) == N_TRAIN - result.n_excluded and result.n_excluded > 0
-    assert not kept & {f"img-{i:02d}" for i in WRONG}  # the wrong labels rank lowest and are left out
+
+def test_refine_writes_both_runs_the_audit_and_the_exclusions(refined):
+    root, result = refined
+    for run in ("initial", "refined"):
+        for name in ("config.yaml", "datalist.json", "summary.json", "metrics.csv", "dynamics/manifest.json",
+                     "checkpoints/final_model.pt"):
+            assert (root / run / name).is_file(), f"{run}/{name}"
+    for name in ("audit.csv", "audit.json", "exclude.csv", "report.html", "detection.json"):
+        assert (root / "audit" / name).is_file(), name
+    assert result.run_dir == root and (root / "refine_exclude.csv").is_file() and (root / "refine.json").is_file()
+
+
+def test_refine_excludes_exactly_the_audits_flagged_training_items(refined):
+    root, result = refined
+    items = json.loads((root / "audit" / "audit.json").read_text())["items"]
+    flagged = [it for it in items if it["split"] == "training" and it["is_label_issue"]]
+    assert flagged, "the audit flagged nothing: the loop would not be tested"
+    excluded = read_id_csv(root / "refine_exclude.csv")
+    assert [r["id"] for r in excluded] == [it["id"] for it in flagged]
+    with open(root / "refine_exclude.csv", newline="") as f:
+        raw = [r["id"] for r in csv.DictReader(f)]
+    assert raw == ["'" + it["id"] for it in flagged] and all(i.startswith("'-tr-") for i in raw)
+    assert {r["split"] for r in excluded} == {"training"}  # the validation split is kept by default
+    assert [int(r["rank"]) for r in excluded] == [it["rank"] for it in flagged]
+    # the flagged items are the lowest-scored of their class
+    for it in flagged:
+        same = [o for o in items if o["split"] == "training" and o["given_label"] == it["given_label"]]
+        kept = [o["label_score"] for o in same if not o["is_label_issue"]]
+        assert all(it["label_score"] <= s for s in kept)
+
+
+def test_the_refined_run_trains_on_the_initial_items_minus_exactly_the_excluded_ones(refined):
+    root, _ = refined
+    excluded = {r["id"] for r in read_id_csv(root / "refine_exclude.csv")}
+    initial, second = root / "initial" / "datalist.json", root / "refined" / "datalist.json"
+    assert set(_ids(initial, "training")) - set(_ids(second, "training")) == excluded
+    assert set(_ids(second, "training")) <= set(_ids(initial, "training"))
+    assert len(_ids(second, "training")) == len(_ids(initial, "training")) - len(excluded)
+    assert _ids(second, "validation") == _ids(initial, "validation")
+    assert _ids(second, "test") == _ids(initial, "test")
+    # and its dynamics recorded exactly those items
+    ids = json.loads((root / "refined" / "dynamics" / "ids_training.json").read_text())
+    assert sorted(ids) == sorted(_ids(second, "training"))
+
+
+def test_refine_json_counts_match_the_audit_and_the_runs(refined):
+    root, result = refined
     summary = json.loads((root / "refine.json").read_text())
-    assert summary["rule"]["method"] == REFINE_RULE["method"] and summary["n_excluded"] == result.n_excluded
-    assert result.refine == summary and result.summary == {"epochs": 3, "final": {"test": {"auroc": 0.7}}}
-    assert summary["refined"]["final"]["test"]["auroc"] > summary["initial"]["final"]["test"]["auroc"]
+    audit = json.loads((root / "audit" / "audit.json").read_text())["summary"]["splits"]["training"]
+    with open(root / "refine_exclude.csv", newline="") as f:
+        n_rows = sum(1 for _ in csv.DictReader(f))
+    assert summary["n_excluded"] == result.n_excluded == n_rows == audit["n_label_issues"]
+    # the shipped rule: per class, as many as the confident joint estimates wrong (at most the class size)
+    assert audit["n_label_issues"] == sum(min(c["estimated_n_wrong"], c["n_items"]) for c in audit["per_class"])
+    assert summary["estimated_noise_rate"] == audit["estimated_noise_rate"]
+    assert summary["estimated_noise_rate_interval"] == audit["estimated_noise_rate_interval"]
+    assert summary["rule"]["exclude"] == REFINE_RULE["exclude"] and summary["rule"]["exclude_validation"] is False
+    assert summary["rule"]["audit_options"] == json.loads(json.dumps(asdict(AuditOptions())))
+    assert summary["initial"]["run_dir"] == str(root / "initial") and summary["refined"]["run_dir"] == str(root / "refined")
+    assert summary["audit"] == str(root / "audit" / "report.html")
+    assert summary["detection"]["n_mislabeled"] == len(FLIPS)  # the sidecar's flips, all in the training split
+    assert json.loads(json.dumps(result.refine, default=str)) == summary
+    assert result.summary == json.loads((root / "refined" / "summary.json").read_text())
 
 
-def test_refine_by_default_excludes_half_of_the_estimated_count(tmp_path, monkeypatch):
-    template = make_run_folder(tmp_path / "template")
-
-    class Result:
-        def __init__(self, run_dir, summary):
-            self.run_dir, self.summary = run_dir, summary
-
-    def fake_run_training(config, output_dir, resume=False, *, device=None, progress=None, datalist=None):
-        shutil.copytree(template, output_dir)
-        return Result(output_dir, {"epochs": 3})
-
-    monkeypatch.setattr(builder, "run_training", fake_run_training)
-    result = run_refine(load_preset_config("radiology_2d.yaml"), tmp_path / "refine")
-    per_class = json.loads((tmp_path / "refine" / "audit" / "audit.json").read_text())["summary"]["splits"]["training"]["per_class"]
-    expected = sum(round(0.5 * c["estimated_noise_rate"] * c["n_items"]) for c in per_class)
-    assert REFINE_RULE["fraction_of_estimate"] == 0.5 and result.n_excluded == expected > 0
+def test_refine_refuses_a_folder_that_is_not_empty(tmp_path):
+    (tmp_path / "refine").mkdir()
+    (tmp_path / "refine" / "something").write_text("x")
+    cfg = tiny_config(tmp_path / "unused.json")
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        run_refine(cfg, tmp_path / "refine")

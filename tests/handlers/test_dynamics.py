@@ -111,7 +111,8 @@ def _trainer(recorder_first: bool, tmp_path, decollate: bool) -> tuple[DynamicsR
         network=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=loss, decollate=decollate,
     )
     handler = LiLAWHandler(DataLoader(val, batch_size=4, shuffle=False), loss)
-    recorder = DynamicsRecorder(loss, train.ids, tmp_path / "dynamics")  # val ids found through the handler
+    # the validation ids are learnt from the handler's batches as they come
+    recorder = DynamicsRecorder(loss, train.ids, tmp_path / "dynamics", meta_handler=handler)
     if recorder_first:
         recorder.attach(trainer)
         handler.attach(trainer)
@@ -238,3 +239,167 @@ def test_unseen_items_are_nan_with_count_zero(tmp_path):
     seen = np.isin(np.arange(N_ITEMS), ORDER[0])
     assert np.isnan(dyn["prob_label"][0][~seen]).all() and np.isfinite(dyn["prob_label"][0][seen]).all()
     assert (dyn["count"][0][~seen] == 0).all() and (dyn["pred_label"][0][~seen] == -1).all()
+
+
+# ---------------------------------------------------------------------------- class probabilities (format 2)
+# logits log([1, 2, 5]) have softmax [1, 2, 5] / 8 (exact in float16), log([1, 1, 2]) -> [1, 1, 2] / 4, ...
+_SHARES = {1: [[1, 2, 5], [1, 1, 2], [3, 1, 4]], 2: [[5, 2, 1], [2, 1, 1], [1, 1, 6]]}
+_P_LABELS = torch.tensor([2, 0, 1])
+_P_IDS = ["a", "b", "c"]
+
+
+def _shares_logits(epoch: int) -> torch.Tensor:
+    return torch.log(torch.tensor(_SHARES[epoch], dtype=torch.float32))
+
+
+def _hand_probs(epoch: int) -> np.ndarray:
+    s = np.array(_SHARES[epoch], dtype=np.float64)
+    return s / s.sum(axis=1, keepdims=True)
+
+
+def _drive_logits(rec: DynamicsRecorder, loss: LiLAWLoss, epoch: int, batches: list[list[int]],
+                  meta: SimpleNamespace | None = None, val: list[tuple[list[str], torch.Tensor, torch.Tensor]] = ()) -> None:
+    """EPOCH_STARTED, then per batch MONAI's FORWARD_COMPLETED (the logits), the loss and
+    ITERATION_COMPLETED; after each batch, the next meta step of ``val`` (ids, logits, labels)."""
+    eng = SimpleNamespace(state=SimpleNamespace(epoch=epoch, iteration=0, batch=None, output=None))
+    rec._epoch_started(eng)
+    val = list(val)
+    for b in batches:
+        z = _shares_logits(epoch)[b]
+        eng.state.batch, eng.state.output = {"id": [_P_IDS[i] for i in b]}, {"pred": z}
+        eng.state.iteration += 1
+        rec._forward_completed(eng)
+        loss(z, _P_LABELS[b])
+        rec(eng)
+        if val:
+            ids, vz, vy = val.pop(0)
+            meta.last_val_batch, meta.last_val_pred = {"id": ids}, vz
+            loss.meta_loss(vz, vy)
+
+
+def test_recorder_stores_every_class_probability_as_the_softmax_of_the_logits_it_saw(tmp_path):
+    loss = _loss()
+    rec = DynamicsRecorder(loss, _P_IDS, tmp_path, record_validation=False)
+    for epoch in (1, 2):
+        _drive_logits(rec, loss, epoch, [[2, 0], [1]])
+        _finish(rec, epoch)
+    dyn = load_dynamics(tmp_path)
+    assert dyn.has_probs and "probs" in dyn.keys()
+    probs = dyn["probs"]
+    assert probs.shape == (2, 3, 3) and dyn.records[0].dtype["probs"].base == np.float16
+    # epoch 1: [1, 2, 5] / 8, [1, 1, 2] / 4, [3, 1, 4] / 8; epoch 2: [5, 2, 1] / 8, [2, 1, 1] / 4, [1, 1, 6] / 8
+    np.testing.assert_array_equal(probs[0], [[0.125, 0.25, 0.625], [0.25, 0.25, 0.5], [0.375, 0.125, 0.5]])
+    np.testing.assert_array_equal(probs[1], [[0.625, 0.25, 0.125], [0.5, 0.25, 0.25], [0.125, 0.125, 0.75]])
+    for e in (1, 2):
+        np.testing.assert_allclose(probs[e - 1], _hand_probs(e))
+        # the per-item fields agree with the stored row: s[y], max s, the runner-up
+        np.testing.assert_allclose(dyn["prob_label"][e - 1], _hand_probs(e)[np.arange(3), _P_LABELS.numpy()], atol=1e-3)
+        np.testing.assert_allclose(dyn["prob_max"][e - 1], _hand_probs(e).max(axis=1), atol=1e-3)
+    # epoch 1, item "a" (label 2, [1, 2, 5] / 8): the label is the top class, the runner-up 2/8
+    assert dyn["prob_other"][0][0] == pytest.approx(0.25, abs=1e-3)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["version"] == 2 and "probs" in manifest["fields"]
+
+
+def test_validation_probabilities_come_from_the_meta_steps_logits_averaged_over_its_visits(tmp_path):
+    loss = _loss()
+    meta = SimpleNamespace(last_val_batch=None, last_val_pred=None, val_loader=None)
+    rec = DynamicsRecorder(loss, _P_IDS, tmp_path, val_ids=["v0", "v1"], meta_handler=meta)
+    log = lambda *shares: torch.log(torch.tensor(shares, dtype=torch.float32))  # noqa: E731
+    # two meta steps: v0 with [1, 3] / 4 then [3, 1] / 4 -> mean [0.5, 0.5]; v1 once with [1, 7] / 8
+    val = [(["v0", "v1"], log([1.0, 3.0], [1.0, 7.0]), torch.tensor([1, 1])),
+           (["v0"], log([3.0, 1.0]), torch.tensor([1]))]
+    _drive_logits(rec, loss, 1, [[0], [1, 2]], meta=meta, val=val)
+    _finish(rec, 1)
+    dyn = load_dynamics(tmp_path, split="validation")
+    assert dyn.ids == ["v0", "v1"] and dyn.has_probs
+    np.testing.assert_array_equal(dyn["count"][0], [2, 1])
+    np.testing.assert_array_equal(dyn["probs"][0], [[0.5, 0.5], [0.125, 0.875]])
+    np.testing.assert_allclose(dyn["prob_label"][0], [0.5, 0.875], atol=1e-3)  # label 1: (0.75 + 0.25) / 2
+    train = load_dynamics(tmp_path)  # the training records are untouched by the meta step's
+    np.testing.assert_allclose(train["probs"][0], _hand_probs(1))
+
+
+def test_recorded_probabilities_survive_a_mid_epoch_resume(tmp_path):
+    def run(split_at: int | None, folder):
+        loss = _loss()
+        meta = SimpleNamespace(last_val_batch=None, last_val_pred=None, val_loader=None)
+        rec = DynamicsRecorder(loss, _P_IDS, folder, val_ids=["v0"], meta_handler=meta)
+        val = [(["v0"], torch.log(torch.tensor([[1.0, 3.0]])), torch.tensor([1])),
+               (["v0"], torch.log(torch.tensor([[1.0, 1.0]])), torch.tensor([0]))]
+        batches = [[0, 1], [2]]
+        if split_at is None:
+            _drive_logits(rec, loss, 1, batches, meta=meta, val=val)
+        else:
+            _drive_logits(rec, loss, 1, batches[:split_at], meta=meta, val=val[:split_at])
+            rec._collect_validation()  # the pending meta step, as the next ITERATION_COMPLETED would
+            path = folder.parent / "state.pt"
+            torch.save(rec.state_dict(), path)
+            state = torch.load(path, weights_only=True)
+            assert "probs" in state["buffers"]["training"] and "probs" in state["buffers"]["validation"]
+            loss = _loss()
+            meta = SimpleNamespace(last_val_batch=None, last_val_pred=None, val_loader=None)
+            rec = DynamicsRecorder(loss, _P_IDS, folder, val_ids=["v0"], meta_handler=meta)
+            rec.load_state_dict(state)
+            _drive_logits(rec, loss, 1, batches[split_at:], meta=meta, val=val[split_at:])
+        _finish(rec, 1)
+        return load_dynamics(folder), load_dynamics(folder, split="validation")
+
+    whole, resumed = run(None, tmp_path / "whole"), run(1, tmp_path / "resumed")
+    for a, b in zip(whole, resumed, strict=True):
+        for name in a.keys():
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    np.testing.assert_allclose(resumed[0]["probs"][0], _hand_probs(1))
+    np.testing.assert_array_equal(resumed[1]["probs"][0], [[0.375, 0.625]])  # ([1, 3] / 4 + [1, 1] / 2) / 2
+
+
+def test_version_1_dynamics_without_probs_still_load(tmp_path):
+    loss = _loss()
+    rec = DynamicsRecorder(loss, IDS, tmp_path, record_validation=False)
+    _drive(rec, loss, 1, ORDER)  # no FORWARD_COMPLETED: the logits never reach the recorder
+    _finish(rec, 1)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert "probs" not in manifest["fields"]
+    manifest["version"] = 1
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    dyn = load_dynamics(tmp_path)
+    assert not dyn.has_probs and "probs" not in dyn.keys() and "probs" not in dyn.as_dict()
+    with pytest.raises(KeyError, match="unknown dynamics field 'probs'"):
+        dyn["probs"]
+    t = lilaw_terms(_logits(1), LABELS, 3.0, 1.5, 2.5)
+    np.testing.assert_allclose(dyn["prob_label"][0], t.prob_label.numpy(), atol=2e-3)
+    manifest["version"] = 3
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="format version 3; this reader knows 2"):
+        load_dynamics(tmp_path)
+
+
+@pytest.mark.parametrize("decollate", [False, True])
+def test_a_monai_trainer_records_probabilities_for_training_and_validation_items(tmp_path, decollate):
+    _trainer(True, tmp_path, decollate)
+    for split in ("training", "validation"):
+        dyn = load_dynamics(tmp_path / "dynamics", split=split)
+        assert dyn.has_probs, split
+        p = dyn["probs"]
+        assert p.shape == (2, len(dyn.ids), N_CLASSES)
+        np.testing.assert_allclose(p.sum(axis=2), 1.0, atol=3e-3)
+        labels = np.array([int(i[1:]) for i in dyn.ids])  # position in its _Dataset
+        y = (_Dataset("t", 12, 1) if split == "training" else _Dataset("v", 6, 2)).y.numpy()[labels]
+        np.testing.assert_allclose(np.take_along_axis(p, np.broadcast_to(y[None, :, None], (2, len(y), 1)), 2)[..., 0],
+                                   dyn["prob_label"], atol=3e-3)
+
+
+def test_without_the_meta_handler_validation_is_not_recorded_and_the_log_says_why(tmp_path, caplog):
+    loss = _loss()
+    rec = DynamicsRecorder(loss, _P_IDS, tmp_path, val_ids=["v0"])  # no meta_handler
+    meta = SimpleNamespace(last_val_batch=None, last_val_pred=None, val_loader=None)
+    with caplog.at_level("WARNING", logger="lilaw_med.handlers.dynamics"):
+        _drive_logits(rec, loss, 1, [[0, 1, 2]], meta=meta,
+                      val=[(["v0"], torch.log(torch.tensor([[1.0, 3.0]])), torch.tensor([1]))])
+        _finish(rec, 1)
+    assert "pass the LiLAWHandler as meta_handler" in caplog.text
+    try:  # with val_ids the split's (empty) records may exist: no item in them was seen
+        assert (load_dynamics(tmp_path, split="validation")["count"] == 0).all()
+    except ValueError as e:
+        assert "split 'validation' was not recorded" in str(e)
+    np.testing.assert_allclose(load_dynamics(tmp_path)["probs"][0], _hand_probs(1))
