@@ -28,14 +28,16 @@ class UserError(Exception):
 def user_errors() -> Iterator[None]:
     """Turns the library's expected errors into one-line :class:`UserError` messages.
 
-    ``ConfigError`` becomes "invalid config: ..."; ``FileNotFoundError``, ``FileExistsError``,
-    ``PermissionError``, ``ValueError`` and ``KeyError`` their message; any other ``OSError`` (disk
+    ``ConfigError`` becomes "invalid config: ..."; ``RunDirBusyError`` (a run folder another live process
+    holds), ``FileNotFoundError``, ``FileExistsError``, ``PermissionError``, ``ValueError`` and ``KeyError``
+    their message; any other ``OSError`` (disk
     full, unwritable folder) "<type>: <message>". Anything else is a bug and keeps its traceback.
 
     Raises:
         UserError: for each of the errors above.
     """
     from lilaw_med.training.config import ConfigError
+    from lilaw_med.training.run_dir import RunDirBusyError
 
     try:
         yield
@@ -43,6 +45,8 @@ def user_errors() -> Iterator[None]:
         raise
     except ConfigError as e:
         raise UserError(f"invalid config: {e}") from None
+    except RunDirBusyError as e:
+        raise UserError(str(e)) from None
     except KeyError as e:  # str() of a KeyError quotes its message
         raise UserError(str(e.args[0]) if e.args else "KeyError") from None
     except (FileNotFoundError, FileExistsError, PermissionError, ValueError) as e:

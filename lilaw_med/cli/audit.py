@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 from typing import Any
 
@@ -18,6 +19,7 @@ def _fmt(v: Any) -> str:
 def _cmd_audit(args: argparse.Namespace) -> int:
     from lilaw_med.audit.core import AuditOptions
     from lilaw_med.audit.report import run_audit
+    from lilaw_med.training.run_dir import RunDir
 
     with user_errors():
         options = AuditOptions(
@@ -27,7 +29,11 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             noise_rate=args.noise_rate, top_k=args.top_k, thumbnails=not args.no_thumbnails,
             final_model_baseline=not args.no_final_model_baseline, include_identifying=args.include_identifying,
         )
-        result = run_audit(args.run_dir, args.output, options)
+        run = RunDir(args.run_dir)
+        # the audit reads a finished run and writes RUN_DIR/audit (and crossfit_K): not while a training
+        # process writes the folder, nor beside another audit of it (not a run folder: run_audit says so)
+        with run.lock("lilaw-med audit") if run.exists() else contextlib.nullcontext():
+            result = run_audit(args.run_dir, args.output, options)
     for split, info in result.summary["splits"].items():
         lo, hi = info["estimated_noise_rate_interval"]
         print(f"{split}: {info['n_items']} items, {info['n_label_issues']} suspected mislabels (estimated noise rate "

@@ -48,9 +48,20 @@ from lilaw_med.handlers.meta_step import LiLAWHandler
 from lilaw_med.rng import restore_loader_rng_state, restore_rng_state
 from lilaw_med.training.run_dir import RunDir
 
-__all__ = ["attach_checkpointing", "resume_from", "run_is_complete"]
+__all__ = ["RESUME_CHANGEABLE", "attach_checkpointing", "check_resume_config", "resume_from", "run_is_complete"]
 
 logger = logging.getLogger(__name__)
+
+RESUME_CHANGEABLE: dict[str, str] = {
+    "train.epochs": "may grow (the run goes on for more epochs), never shrink",
+    "train.device": "where the run continues",
+    "train.progress": "display only",
+    "train.num_workers": "loader processes (with random augmentations, see docs/fault_tolerance.md)",
+    "train.checkpoint_every_n_iterations": "when checkpoints are written, not what they hold",
+    "train.checkpoint_every_n_epochs": "when checkpoints are written, not what they hold",
+    "train.keep_last": "how many checkpoints are kept",
+}
+"""The config keys ``--resume`` accepts a change of (key -> why it is harmless); any other change is refused."""
 
 def attach_checkpointing(
     trainer: Engine,
@@ -89,6 +100,56 @@ def attach_checkpointing(
     )
     handler.attach(trainer)
     return handler
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def check_resume_config(saved: Mapping[str, Any], config: Any, source: str | Path = "config.yaml") -> None:
+    """Refuses to resume a run with a config that differs from the one it was started with, except for
+    the keys of :data:`RESUME_CHANGEABLE`.
+
+    A changed seed, batch size, learning rate, loss or data option would silently make a run that is
+    neither the old one nor a new one (a mid-epoch resume with another seed trains some items twice
+    and others not at all), so each such change is refused, naming the key.
+
+    Args:
+        saved: the run's own ``config.yaml`` (as read).
+        config: the config the resume would use (a mapping or a :class:`~lilaw_med.training.config.Config`).
+        source: where ``saved`` comes from, for the message.
+
+    Raises:
+        ValueError: naming the first changed key that is not allowed (or ``train.epochs`` when it shrinks).
+    """
+    from lilaw_med.training.config import Config
+
+    old = _flatten(Config.from_mapping(saved).to_dict())
+    new = _flatten(Config.from_mapping(config).to_dict())
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        if key == "train.epochs" and isinstance(before, int) and isinstance(after, int) and after > before:
+            continue
+        if key in RESUME_CHANGEABLE and key != "train.epochs":
+            continue
+        reason = (
+            "fewer epochs than the run was started with"
+            if key == "train.epochs"
+            else f"only {', '.join(sorted(RESUME_CHANGEABLE))} may change on --resume"
+        )
+        raise ValueError(
+            f"cannot resume with '{key}' changed from {before!r} (in {source}) to {after!r}: {reason}; start a new "
+            "run (a new --output) instead."
+        )
 
 
 def run_is_complete(trainer: Engine) -> bool:

@@ -31,8 +31,8 @@ from lilaw_med.training import distributed
 from lilaw_med.training.config import Config
 from lilaw_med.training.data import prepare_datalist
 from lilaw_med.training.model import checkpoint_meta
-from lilaw_med.training.resume import attach_checkpointing, resume_from, run_is_complete
-from lilaw_med.training.run_dir import RunDir, default_run_name
+from lilaw_med.training.resume import attach_checkpointing, check_resume_config, resume_from, run_is_complete
+from lilaw_med.training.run_dir import RunDir, RunDirBusyError, default_run_name
 from lilaw_med.training.summary import finish_run
 from lilaw_med.training.trainer import TrainingComponents, build_components
 from lilaw_med.training.validation import EpochValidation
@@ -193,16 +193,38 @@ def run_training(
 
 
 def _open_run_dir(cfg: Config, output_dir: str | os.PathLike | None, resume: bool, rank: int) -> RunDir:
-    """The run folder, created by rank 0 for a new run; every rank takes rank 0's (a default name holds a timestamp)."""
+    """The run folder, created (new run) or re-opened (resume) and locked by rank 0 for the whole run
+    (:attr:`RunDir.held_lock`); every rank takes rank 0's (a default name holds a timestamp).
+
+    Raises:
+        RunDirBusyError: when another live process holds the folder (rank 0's error; the other ranks
+            of a distributed run raise it too instead of waiting for rank 0).
+        FileNotFoundError: when resuming a folder that is not a run folder.
+        FileExistsError: when a new run's folder is not empty and ``output.overwrite`` is false.
+    """
     if output_dir is not None:
         run_dir = RunDir(output_dir)
     else:
         run_dir = RunDir(Path(cfg.output.dir) / (cfg.output.name or default_run_name(cfg.data.preset)))
     run_dir = RunDir(distributed.broadcast_object(str(run_dir.root)))
-    if resume and not run_dir.exists():
-        raise FileNotFoundError(f"cannot resume: {run_dir.root} is not a run folder (no {RunDir.CONFIG}).")
-    if not resume and rank == 0:
-        run_dir.create(overwrite=cfg.output.overwrite)
+    error: BaseException | None = None
+    if rank == 0:
+        try:
+            if resume:
+                if not run_dir.exists():
+                    raise FileNotFoundError(f"cannot resume: {run_dir.root} is not a run folder (no {RunDir.CONFIG}).")
+                run_dir.held_lock = run_dir.lock("lilaw-med train --resume")
+            else:
+                run_dir.create(overwrite=cfg.output.overwrite)
+        except (OSError, RunDirBusyError) as e:
+            error = e
+    if distributed.is_distributed():
+        # the other ranks learn of rank 0's failure here rather than waiting in a later collective
+        message = distributed.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
+        if message is not None and error is None:
+            raise RunDirBusyError(f"rank 0 could not open the run folder: {message}")
+    if error is not None:
+        raise error
     return run_dir
 
 
@@ -244,6 +266,30 @@ def _run(
     t0 = time.time()
     rank = distributed.get_rank()
     run_dir = _open_run_dir(cfg, output_dir, resume, rank)
+    try:  # the lock is held for the whole run, released however it ends
+        return _run_locked(cfg, run_dir, resume, t0, device=device, progress=progress, datalist=datalist)
+    finally:
+        run_dir.release()
+
+
+def _run_locked(
+    cfg: Config,
+    run_dir: RunDir,
+    resume: bool,
+    t0: float,
+    *,
+    device: str | None,
+    progress: bool | None,
+    datalist: Datalist | None,
+) -> RunResult:
+    """:func:`_run` once the run folder is open (and, on rank 0, locked)."""
+    rank = distributed.get_rank()
+    if resume:
+        # the run continues only as it was configured (an allow-list of harmless changes aside)
+        check_resume_config(run_dir.read_config(), cfg, run_dir.config)
+    if rank == 0:  # nobody else can be writing now: remains of writes a kill interrupted go
+        for tmp in run_dir.remove_stale_temp_files():
+            logger.info("removed %s, left by an interrupted write.", tmp)
     c = build_components(cfg, run_dir, datalist=_run_datalist(cfg, run_dir, resume, datalist), device=device)
     if rank == 0:
         run_dir.write_config(c.config)

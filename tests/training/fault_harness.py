@@ -91,18 +91,57 @@ class Kill:
         SupervisedTrainer.run = run  # type: ignore[method-assign]
 
 
-def run_cli(argv: Sequence[str], kill: Kill | None = None, log: Path | None = None) -> int:
-    """Runs ``lilaw_med.cli.main(argv)`` in a forked child.
+@dataclass(frozen=True)
+class Pause:
+    """Where to hold the training process still (to run another command against its live run folder).
+
+    At ``ITERATION_COMPLETED`` of iteration ``at`` the child creates ``ready`` and waits until ``go``
+    exists (at most ``timeout`` seconds), then goes on.
+    """
+
+    at: int
+    ready: Path
+    go: Path
+    timeout: float = 120.0
+
+    def install(self) -> None:
+        """Arms the pause in this (child) process."""
+        import time
+
+        from ignite.engine import Events
+        from monai.engines import SupervisedTrainer
+
+        original_run = SupervisedTrainer.run
+        pause = self
+
+        def hold(engine: Any) -> None:
+            if engine.state.iteration != pause.at:
+                return
+            pause.ready.touch()
+            deadline = time.monotonic() + pause.timeout
+            while not pause.go.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+        def run(trainer: SupervisedTrainer) -> None:
+            trainer.add_event_handler(Events.ITERATION_COMPLETED, hold)
+            original_run(trainer)
+
+        SupervisedTrainer.run = run  # type: ignore[method-assign]
+
+
+def start_cli(argv: Sequence[str], hook: Kill | Pause | None = None, log: Path | None = None) -> int:
+    """Starts ``lilaw_med.cli.main(argv)`` in a forked child and returns at once.
 
     Args:
         argv: the command line after ``lilaw-med``.
-        kill: where to SIGKILL the child (``None``: let it finish).
+        hook: a :class:`Kill` or :class:`Pause` armed in the child (``None``: none).
         log: where the child's stdout and stderr go (``None``: discarded).
 
     Returns:
-        The exit status, or ``-signal`` when the child was killed by a signal.
+        The child's pid (pass it to :func:`wait_cli`).
     """
-    import lilaw_med.cli.train  # noqa: F401  (every module the child needs is imported once, before the fork)
+    import lilaw_med.cli.audit  # noqa: F401  (every module the child needs is imported once, before the fork)
+    import lilaw_med.cli.train  # noqa: F401
     import lilaw_med.training.builder  # noqa: F401
     import lilaw_med.training.resume  # noqa: F401
     from lilaw_med.cli import main
@@ -121,8 +160,8 @@ def run_cli(argv: Sequence[str], kill: Kill | None = None, log: Path | None = No
             import logging
 
             logging.getLogger().handlers.clear()  # pytest's capture handlers belong to the parent
-            if kill is not None:
-                kill.install()
+            if hook is not None:
+                hook.install()
             code = int(main(list(argv)) or 0)
         except SystemExit as e:
             code = int(e.code) if isinstance(e.code, int) else 1
@@ -133,8 +172,31 @@ def run_cli(argv: Sequence[str], kill: Kill | None = None, log: Path | None = No
             code = 99
         finally:
             os._exit(code)
+    return pid
+
+
+def wait_cli(pid: int) -> int:
+    """Waits for a child of :func:`start_cli`.
+
+    Returns:
+        Its exit status, or ``-signal`` when it was killed by a signal.
+    """
     _, status = os.waitpid(pid, 0)
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def run_cli(argv: Sequence[str], kill: Kill | Pause | None = None, log: Path | None = None) -> int:
+    """Runs ``lilaw_med.cli.main(argv)`` in a forked child and waits for it.
+
+    Args:
+        argv: the command line after ``lilaw-med``.
+        kill: where to SIGKILL (or pause) the child (``None``: let it finish).
+        log: where the child's stdout and stderr go (``None``: discarded).
+
+    Returns:
+        The exit status, or ``-signal`` when the child was killed by a signal.
+    """
+    return wait_cli(start_cli(argv, kill, log))
 
 
 # ------------------------------------------------------------------ the tiny task
