@@ -1,11 +1,17 @@
 """Pre-flight check: open every datalist item once and report, per item, what is wrong.
 
-Found per item: missing file, unreadable or truncated file (DICOM, NIfTI, PNG, ...), DICOM
-without pixel data, a series mixing slice sizes, wrong dimensionality, NaN/inf pixels, label
-missing or out of range, duplicate ids, whole-slide patches outside the slide. Headers only are
-read where that suffices (DICOM, PNG/TIFF sizes); float data (NIfTI, ``.npy``) is decoded to
-look for NaN/inf. Results are cached in a manifest keyed by (path, size, modification time), so
-a second check of an unchanged 50k-series data set reads nothing.
+The verdict on each file is :func:`lilaw_med.data.readers.read_header`'s, the function
+``predict`` runs on its inputs too, and it applies the loader's own rules: what it accepts, the
+training transforms load; what it refuses, they refuse (or a documented rule refuses, such as a
+one-slice "volume" for a 3D model). Found per item: missing file, unreadable, truncated or
+undecodable file (with the decoders' reasons and the package that would add a decoder), DICOM
+without pixel data, a SEG, a multi-frame colour file, a CIFTI or 4D NIfTI file, a series that
+cannot form one volume, wrong dimensionality, NaN/inf pixels, label missing or out of range,
+duplicate ids, whole-slide patches outside the slide. Headers only are read where that suffices
+(uncompressed DICOM with pydicom's size rule, NIfTI, ``.npy``); compressed DICOM and pictures
+(PNG/JPEG/TIFF/BMP) are decoded, float data (NIfTI, ``.npy``) is read to look for NaN/inf. Results are cached in a manifest keyed by
+(path, size, modification time) and by the installed decoders, so a second check of an
+unchanged 50k-series data set reads nothing, and installing a codec re-checks what it may fix.
 
 Training calls :func:`preflight_or_raise`: by default it refuses to start on any problem and
 names every bad item; with ``skip_bad`` it drops them and writes ``rejected_items.csv`` (id,
@@ -26,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lilaw_med.data.datalist import Datalist, Problem
-from lilaw_med.data.readers import ImageHeader, list_series_files, read_header
+from lilaw_med.data.readers import ImageHeader, decoder_environment, list_series_files, read_header
 from lilaw_med.utils import atomic_write
 
 __all__ = [
@@ -42,7 +48,8 @@ logger = logging.getLogger(__name__)
 
 REJECTED_ITEMS_CSV = "rejected_items.csv"
 _MANIFEST = "preflight_manifest.json"
-_MANIFEST_VERSION = 1
+# 2: verdicts from the loader's rules (issue 15); entries of another version are checked anew
+_MANIFEST_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -68,16 +75,22 @@ def _fingerprint(path: Path) -> str | None:
 
 
 class _Manifest:
-    """The (path, size, mtime) -> header result cache, one JSON file in the cache folder."""
+    """The (path, size, mtime) -> verdict cache, one JSON file in the cache folder.
+
+    The verdicts hold for the decoders installed when they were made (a codec installed since
+    may read a file refused before), so the file records :func:`decoder_environment` and is
+    dropped when it differs.
+    """
 
     def __init__(self, cache_dir: Path | None) -> None:
         self.file = cache_dir / _MANIFEST if cache_dir is not None else None
         self.entries: dict[str, dict[str, Any]] = {}
         self.dirty = False
+        self.environment = decoder_environment()
         if self.file is not None and self.file.is_file():
             try:
                 data = json.loads(self.file.read_text(encoding="utf-8"))
-                if data.get("version") == _MANIFEST_VERSION:
+                if data.get("version") == _MANIFEST_VERSION and data.get("environment") == self.environment:
                     self.entries = data.get("entries", {})
             except (OSError, ValueError):
                 logger.warning("ignoring an unreadable pre-flight manifest %s", self.file)
@@ -115,25 +128,23 @@ class _Manifest:
     def save(self) -> None:
         if self.file is not None and self.dirty:
             try:
-                atomic_write(self.file, json.dumps({"version": _MANIFEST_VERSION, "entries": self.entries}))
+                atomic_write(
+                    self.file,
+                    json.dumps(
+                        {
+                            "version": _MANIFEST_VERSION,
+                            "environment": self.environment,
+                            "entries": self.entries,
+                        }
+                    ),
+                )
             except OSError as e:  # a read-only cache must not stop the check
                 logger.warning("could not write the pre-flight manifest %s: %s", self.file, e)
 
 
 def _dims_problem(header: ImageHeader, expected_dims: int) -> str | None:
-    shape = list(header.shape)
-    # trailing singleton axes do not count (a 2D NIfTI is stored (W, H, 1))
-    while len(shape) > expected_dims and shape[-1] == 1:
-        shape.pop()
-    if header.kind == "numpy" and len(shape) == expected_dims + 1 and shape[0] in (1, 3):
-        shape = shape[1:]  # channel-first .npy
-    if header.kind == "nifti" and len(shape) == expected_dims + 1 and shape[-1] in (3, 4):
-        shape = shape[:-1]  # NIfTI RGB stored as a last axis
-    if len(shape) != expected_dims:
-        return f"wrong dimensionality: expected a {expected_dims}D image but got shape {tuple(header.shape)}"
-    if min(shape) < 2:
-        return f"degenerate image shape {tuple(header.shape)}"
-    return None
+    # the rule predict applies too (header.ndim), so both give one verdict per file
+    return header.dims_problem(expected_dims)
 
 
 def check_datalist(
@@ -153,8 +164,9 @@ def check_datalist(
         expected_dims: 2 or 3 spatial dimensions expected (``None``: not checked).
         num_classes: the number of classes labels must lie under (default: the datalist's
             ``class_names`` length when set).
-        decode: decode all pixel data (slower; finds corrupt compressed data and NaN/inf in
-            integer formats too). Float NIfTI/``.npy`` data is always decoded.
+        decode: decode all pixel data (slower; also reads uncompressed DICOM and integer
+            NIfTI data, finding NaN/inf in DICOM float pixel data). Compressed DICOM, pictures
+            and float NIfTI/``.npy`` data are always decoded.
         cache_dir: folder of the manifest cache; ``None`` disables the cache.
         splits: the splits to check.
         progress: show a tqdm progress bar.
@@ -221,8 +233,6 @@ def check_datalist(
                 add(error[len(str(path)) + 2 :] if error.startswith(f"{path}: ") else error)
                 continue
             assert header is not None
-            if header.finite is False:
-                add("NaN or inf pixel values")
             if expected_dims is not None:
                 reason = _dims_problem(header, expected_dims)
                 if reason:

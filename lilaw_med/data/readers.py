@@ -2,23 +2,40 @@
 
 * DICOM (a ``.dcm``/``.dicom``/``.ima`` file, a file with the ``DICM`` preamble, or a folder
   holding one series): :class:`DicomReader`, MONAI's ``PydicomReader`` plus MONOCHROME1
-  inversion, optional VOI LUT / window, frame order for multi-frame files, a mixed-size series
-  check and errors that name the file and transfer syntax;
-* NIfTI ``.nii`` / ``.nii.gz``: MONAI's ``NibabelReader``;
+  inversion, palette colour through the file's lookup tables, optional VOI LUT / window, frame
+  order for multi-frame files, a mixed-size series check and errors that name the file, the
+  transfer syntax, the decoders' own reasons and the package that would add a decoder;
+* NIfTI ``.nii`` / ``.nii.gz``: :class:`NiftiReader`, MONAI's ``NibabelReader`` that refuses
+  4D, CIFTI and non-real voxel data instead of passing them on as channels;
 * ``.npy``: MONAI's ``NumpyReader``;
-* PNG / JPEG / TIFF / BMP: MONAI's ``PILReader``.
+* PNG / JPEG / TIFF / BMP: MONAI's ``PILReader`` (palette, CMYK and YCbCr pictures as RGB).
 
 Spatial axes follow MONAI's convention for every format (x first: a 2D image is (W, H)), so
 files of different formats holding the same picture give the same array.
 
-:func:`read_header` reads only what the pre-flight check needs (shape, dimensionality) without
-decoding pixels where the format allows it.
+**One verdict per file.** :func:`read_header` is the check that the pre-flight (training and
+``validate-data``) and ``predict`` run on every input. It refuses exactly what the loader
+refuses, with the same rules (:func:`dicom_image_problem`, :func:`nifti_problem`), and reads as
+little as the format allows while staying truthful:
+
+* DICOM, native (uncompressed) transfer syntaxes: pydicom's own size rule for the syntax, from
+  the header (YBR_FULL_422 holds 2 bytes per pixel, 1-bit data is packed, odd lengths are
+  padded); deflated files are inflated first (the header's offsets refer to the inflated data);
+* DICOM, compressed (encapsulated) transfer syntaxes: the pixel data is decoded with the
+  installed decoders, exactly as training will decode it, since only a decoder can tell whether
+  it reads a stream;
+* NIfTI: the header (float data is read to look for NaN/inf); ``.npy``: the array header;
+* PNG/JPEG/TIFF/BMP: decoded by Pillow, as the loader will (only decoding tells whether a PNG
+  or JPEG stream is complete).
 """
 
 from __future__ import annotations
 
 import glob
+import importlib.metadata
+import math
 import os
+import re
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,9 +53,13 @@ __all__ = [
     "ImageHeader",
     "LoadMedicalImaged",
     "MedicalImageReader",
+    "NiftiReader",
+    "decoder_environment",
+    "dicom_image_problem",
     "image_kind",
     "is_dicom_file",
     "list_series_files",
+    "nifti_problem",
     "read_header",
 ]
 
@@ -46,6 +67,26 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NUMPY_SUFFIXES = (".npy",)
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+# pydicom names a decoder plugin's requirements by import name; pip needs the distribution name
+_DISTRIBUTION = {"gdcm": "python-gdcm"}
+# the distributions that decide which DICOM streams decode (see decoder_environment)
+_CODEC_DISTRIBUTIONS = (
+    "pydicom",
+    "pillow",
+    "pylibjpeg",
+    "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg",
+    "pylibjpeg-rle",
+    "python-gdcm",
+    "pyjpegls",
+    "nibabel",
+    "monai",
+)
+# PIL modes whose bands are not grey or RGB(A) samples: converted when read (PILReader's converter)
+_PIL_CONVERT = {"P": "RGB", "PA": "RGB", "LA": "L", "CMYK": "RGB", "YCbCr": "RGB"}
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
@@ -92,11 +133,283 @@ def list_series_files(folder: str | os.PathLike) -> list[str]:
     return sorted(f for f in glob.glob(os.path.join(str(folder), "*")) if is_dicom_file(f))
 
 
+def decoder_environment() -> str:
+    """The installed versions of the packages that decide what a file decodes to.
+
+    The pre-flight manifest stores verdicts under this string, so installing a codec (or
+    another pydicom) makes files refused for want of a decoder be checked again.
+
+    Returns:
+        ``"name=version;..."`` over pydicom, its decoder plugins' packages, nibabel and MONAI
+        (``-`` for a missing one).
+    """
+    versions = []
+    for dist in _CODEC_DISTRIBUTIONS:
+        try:
+            versions.append(f"{dist}={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{dist}=-")
+    return ";".join(versions)
+
+
+def _one_line(error: BaseException | str) -> str:
+    """An exception's message on one line (pydicom lists one decoder per line)."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__ if isinstance(error, BaseException) else ""
+    lines = [line.strip().rstrip(".") for line in text.splitlines() if line.strip()]
+    if len(lines) == 1:
+        return lines[0]
+    if lines[0].endswith(":"):
+        # pydicom's "Unable to decode as exceptions were raised by all available plugins:" and
+        # one "plugin: reason" line each: the reasons are the message
+        return "; ".join(lines[1:])
+    return "; ".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- DICOM
+def _syntax(ds: Any) -> Any:
+    """The dataset's Transfer Syntax UID, or ``None`` when the file meta has none."""
+    return getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+
+
 def _transfer_syntax(ds: Any) -> str:
-    uid = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    uid = _syntax(ds)
     if uid is None:
-        return "unknown transfer syntax (no file meta)"
-    return f"{getattr(uid, 'name', '') or 'unknown'} ({uid})"
+        return "no transfer syntax in the file meta"
+    name = getattr(uid, "name", "") or ""
+    return f"transfer syntax '{name}' ({uid})" if name and name != str(uid) else f"transfer syntax {uid}"
+
+
+def _syntax_family(uid: Any) -> str:
+    """``"native"``, ``"deflated"``, ``"encapsulated"`` or ``"unknown"`` (no or an unlisted UID)."""
+    if uid is None:
+        return "unknown"
+    try:
+        if uid.is_deflated:
+            return "deflated"
+        return "encapsulated" if uid.is_encapsulated else "native"
+    except ValueError:  # pydicom raises for a UID that is not a transfer syntax it knows
+        return "unknown"
+
+
+def _sop_class(ds: Any) -> str:
+    uid = ds.get("SOPClassUID")
+    return str(getattr(uid, "name", "") or uid or "?")
+
+
+def _dicom_geometry(ds: Any, filename: str | os.PathLike) -> tuple[int, int, int, int]:
+    """``(rows, columns, frames, samples)`` of an image dataset.
+
+    Raises:
+        ValueError: when a value is not an integer (e.g. pydicom's ``badVR.dcm``).
+    """
+    try:
+        return (
+            int(ds.Rows),
+            int(ds.Columns),
+            int(ds.get("NumberOfFrames", 1) or 1),
+            int(ds.get("SamplesPerPixel", 1) or 1),
+        )
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"{filename}: invalid image header value ({_one_line(e)}); expected integers in Rows, Columns, "
+            f"NumberOfFrames, SamplesPerPixel."
+        ) from e
+
+
+def dicom_image_problem(ds: Any, filename: str | os.PathLike) -> str | None:
+    """Why a DICOM dataset is not an image this toolkit classifies, or ``None`` when it is one.
+
+    The rules (the loader and the pre-flight both apply them):
+
+    * no data elements at all (pydicom's reading of a file cut short), no pixel data, or pixel
+      data without Rows/Columns: not an image;
+    * a segmentation (SEG: Modality ``SEG``, Segmentation Storage or a SegmentSequence, typically
+      1-bit): a label map, not an image to classify;
+    * a multi-frame colour file (RGB, YBR or palette colour with more than one frame, e.g. an
+      ultrasound cine or a 2-frame RGB capture): frames of colour pictures are not a volume;
+    * palette colour without its lookup tables.
+
+    Grey multi-frame files are volumes (frames last); single colour pictures are 2D with 3 channels.
+
+    Args:
+        ds: the dataset (pixel data may be deferred).
+        filename: the file, for the messages of invalid header values.
+
+    Returns:
+        The reason (one line, without the file name), or ``None``.
+
+    Raises:
+        ValueError: when Rows/Columns/NumberOfFrames/SamplesPerPixel are not integers.
+    """
+    where = f"Modality {ds.get('Modality', '?')}, SOP class {_sop_class(ds)}"
+    if len(ds) == 0:
+        # pydicom returns an empty dataset when the file ends inside an element (it only warns)
+        return "not a readable DICOM file: no data elements after the file meta (cut short?)."
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
+        return f"no image: the file holds no pixel data ({where}); expected an image."
+    if "Rows" not in ds or "Columns" not in ds:
+        return f"no image: pixel data without Rows/Columns ({where}); expected an image."
+    _, _, frames, samples = _dicom_geometry(ds, filename)
+    if (
+        ds.get("Modality") == "SEG"
+        or str(ds.get("SOPClassUID", "")) == _SEGMENTATION_STORAGE
+        or "SegmentSequence" in ds
+    ):
+        kind = ds.get("SegmentationType", "?")
+        return (
+            f"a DICOM segmentation (SEG, {ds.get('BitsAllocated', '?')}-bit {kind}, {frames} frame(s)): a label map, "
+            f"not an image to classify; list the image it segments instead."
+        )
+    photometric = str(ds.get("PhotometricInterpretation", "") or "")
+    colour = samples > 1 or photometric == "PALETTE COLOR"
+    if colour and frames > 1:
+        return (
+            f"a multi-frame colour file ({frames} frames of {photometric or 'colour'}, {where}; e.g. a cine): "
+            f"colour frames are not a volume; expected one colour picture or a grey volume (save one frame per file)."
+        )
+    if photometric == "PALETTE COLOR" and "RedPaletteColorLookupTableDescriptor" not in ds:
+        return "PALETTE COLOR without its palette (no Red/Green/Blue Palette Color Lookup Table); expected the tables."
+    return None
+
+
+def _missing_codec_packages(uid: Any) -> list[str]:
+    """For pydicom's decoder plugins of ``uid`` that lack a dependency: ``"label (pip install dist ...)"``.
+
+    Only distributions that are not installed are named (installing one already there fixes nothing).
+    """
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(uid)
+    except (NotImplementedError, ValueError):
+        return []
+    out = []
+    # pydicom's public list reads "label - requires a>=1, b and c>=2"
+    for line in decoder.missing_dependencies:
+        label, _, requires = line.partition(" - requires ")
+        missing = []
+        for req in re.split(r",\s*|\s+and\s+", requires):
+            name = re.match(r"[A-Za-z0-9_.\-]+", req.strip())
+            if name is None or name.group(0) == "numpy":
+                continue
+            dist = _DISTRIBUTION.get(name.group(0), name.group(0))
+            try:
+                importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                missing.append(dist)
+        if missing:
+            out.append(f"{label.strip()} (pip install {' '.join(missing)})")
+    return out
+
+
+def _decode_error(filename: str | os.PathLike, ds: Any, error: BaseException) -> ValueError:
+    """The one-line error for pixel data that did not decode: the decoders' reasons and the fix."""
+    from pydicom.pixels import get_decoder
+
+    uid = _syntax(ds)
+    family = _syntax_family(uid)
+    head = f"{filename}: cannot decode the pixel data of {_transfer_syntax(ds)}"
+    reason = _one_line(error)
+    if family == "unknown" or isinstance(error, NotImplementedError):
+        return ValueError(
+            f"{head}: pydicom has no decoder for this transfer syntax, so no installed decoder can read this file "
+            f"(convert it to an uncompressed or a JPEG/JPEG-LS/JPEG 2000/RLE syntax)."
+        )
+    # RuntimeError: pydicom tried the plugins (or had none); other errors come from the header's
+    # values (group 0028, lengths), which no codec would change
+    if family != "encapsulated" or not isinstance(error, RuntimeError):
+        return ValueError(f"{head}: {reason}.")
+    packages = _missing_codec_packages(uid)
+    if not get_decoder(uid).is_available:
+        fix = (
+            f"pydicom's decoders for it: {' or '.join(packages)}"
+            if packages
+            else "pydicom lists no decoder to install"
+        )
+        return ValueError(f"{head}: no installed decoder can read this transfer syntax; {fix}.")
+    others = f"; pydicom's other decoders for it: {' or '.join(packages)}" if packages else ""
+    return ValueError(f"{head}: {reason}; no installed decoder can read this file{others}.")
+
+
+def _decode_dicom(ds: Any, filename: str | os.PathLike) -> np.ndarray:
+    """Decodes the pixel data as stored (frames first, samples last), palette colour through its LUT.
+
+    Raises:
+        ValueError: one line naming the file, the transfer syntax, the decoders' reasons and
+            what to install (see :func:`_decode_error`).
+    """
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        raw = ds.pixel_array
+        if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
+            # the stored values index the palette: colours come from the file's lookup tables
+            raw = apply_color_lut(raw, ds)
+    except Exception as e:  # decoders raise RuntimeError/NotImplementedError/ValueError/AttributeError
+        raise _decode_error(filename, ds, e) from e
+    return raw
+
+
+def _check_native_pixels(filename: str, ds: Any, inflated: bool) -> None:
+    """pydicom's size rule for uncompressed pixel data, without reading the pixels.
+
+    The expected length comes from pydicom's decoder (YBR_FULL_422 holds two bytes per pixel,
+    1-bit data is packed, an odd length is padded to even); the element must hold at least that
+    and, when its value was left on disk (a read with ``defer_size``), lie inside the file.
+    The loader applies it too, so that a short file is refused with the same message.
+
+    Args:
+        filename: the file.
+        ds: the dataset (its pixel data loaded or deferred).
+        inflated: the dataset came from a deflated file (offsets refer to the inflated stream).
+
+    Raises:
+        ValueError: for missing or invalid group 0028 values and truncated pixel data.
+    """
+    from pydicom.pixels import as_pixel_options
+    from pydicom.pixels.decoders.base import DecodeRunner
+
+    keyword = next(k for k in _PIXEL_KEYWORDS if k in ds)
+    runner = DecodeRunner(_syntax(ds))
+    try:
+        runner.set_options(**as_pixel_options(ds))
+        runner.set_option("pixel_keyword", keyword)
+        # the decoder's own checks of Bits Allocated/Stored, Photometric Interpretation, ...;
+        # its public validate() also wants the pixel bytes, which this check leaves on disk
+        runner._validate_options()
+        expected = math.ceil(runner.frame_length(unit="bytes") * runner.number_of_frames)
+    except (AttributeError, ValueError, TypeError) as e:
+        raise ValueError(
+            f"{filename}: cannot decode the pixel data of {_transfer_syntax(ds)}: {_one_line(e)}."
+        ) from e
+    elem = ds.get_item(keyword, keep_deferred=True)
+    value = getattr(elem, "value", None)
+    length = len(value) if value is not None else getattr(elem, "length", None)
+    if length is None or length == 0xFFFFFFFF:
+        return
+    held = length
+    offset = getattr(elem, "value_tell", None)
+    if value is None and not inflated and offset is not None:
+        held = min(length, max(0, os.path.getsize(filename) - offset))
+    padded = expected + expected % 2
+    if held < padded and held != expected:
+        bits = runner.bits_allocated
+        raise ValueError(
+            f"{filename}: truncated pixel data: expected {expected} bytes for {runner.rows}x{runner.columns}"
+            f"x{runner.number_of_frames} frame(s) of {bits} bits ({runner.photometric_interpretation}), "
+            f"the file holds {held}."
+        )
+    if (
+        runner.photometric_interpretation == "YBR_FULL_422"
+        and held >= expected // 2 * 3 + (expected // 2 * 3) % 2
+    ):
+        raise ValueError(
+            f"{filename}: cannot decode the pixel data of {_transfer_syntax(ds)}: the pixel data is a third larger "
+            f"than YBR_FULL_422 allows ({held} vs {expected} bytes): the Photometric Interpretation is likely RGB "
+            f"or YBR_FULL."
+        )
 
 
 class DicomReader(PydicomReader):
@@ -105,11 +418,16 @@ class DicomReader(PydicomReader):
     On top of the parent (modality LUT: RescaleSlope/Intercept, affine from the patient
     position, series stacking by InstanceNumber), this reader:
 
-    * applies the VOI LUT or the window stored in the file when ``voi_lut`` is set;
+    * refuses what :func:`dicom_image_problem` names (no pixels, SEG, multi-frame colour, ...);
+    * maps palette colour through the file's lookup tables (pydicom's ``apply_color_lut``);
+    * applies the VOI LUT or the window stored in the file to grey images when ``voi_lut`` is set;
     * inverts MONOCHROME1 images (after the VOI step) so that bright means dense for every file;
     * puts the frames of a multi-frame file last, (rows, columns, frames), like a series;
-    * refuses a series whose slices have different sizes, naming the folder and the sizes;
-    * turns pixel-decoding failures into a ``ValueError`` naming the file and transfer syntax.
+    * refuses a series folder that would not stack into one volume (mixed sizes or series,
+      colour or multi-frame files, missing or repeated InstanceNumber, no slice direction),
+      naming the folder;
+    * turns reading and decoding failures into a one-line ``ValueError`` naming the file, the
+      transfer syntax, each decoder's reason and the package that would add a decoder.
 
     Args:
         voi_lut: apply the file's VOI LUT Sequence, else its WindowCenter/WindowWidth.
@@ -130,16 +448,15 @@ class DicomReader(PydicomReader):
 
     def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
         """Reads a file or a series folder (see ``PydicomReader.read``) with clear errors."""
-        import pydicom
-
-        for name in [data] if isinstance(data, (str, os.PathLike)) else list(data):
+        names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+        for name in names:
             if Path(name).is_dir() and not list_series_files(name):
                 raise ValueError(f"{name}: the folder holds no DICOM files (expected one series).")
         try:
             return super().read(data, **kwargs)
-        except pydicom.errors.InvalidDicomError as e:
-            shown = data[0] if isinstance(data, (list, tuple)) and len(data) == 1 else data
-            raise ValueError(f"{shown}: not a readable DICOM file ({e}).") from e
+        except Exception as e:  # pydicom raises InvalidDicomError, EOFError, OSError, ValueError, ...
+            shown = names[0] if len(names) == 1 else data
+            raise ValueError(f"{shown}: not a readable DICOM file ({_one_line(e)}).") from e
 
     def get_data(self, data: Any) -> tuple[np.ndarray, dict]:
         """Array and metadata (see ``PydicomReader.get_data``).
@@ -170,41 +487,162 @@ class DicomReader(PydicomReader):
         return meta
 
     def _combine_dicom_series(self, data: Any, filenames: Sequence[Any]) -> Any:
-        shapes = {(int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))) for ds in data}
-        if len(shapes) > 1:
-            folder = os.path.dirname(str(filenames[0])) if filenames else "?"
-            raise ValueError(f"{folder}: the series mixes slice sizes {sorted(shapes)}; expected one size.")
+        folder = os.path.dirname(str(filenames[0])) if filenames else "?"
+        problem = _series_problem([(ds, str(f)) for ds, f in zip(data, filenames, strict=True)])
+        if problem:
+            raise ValueError(f"{folder}: {problem}")
         return super()._combine_dicom_series(data, filenames)
 
     def _get_array_data(self, img: Any, filename: Any) -> np.ndarray:
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-        if "PixelData" not in img and "FloatPixelData" not in img and "DoubleFloatPixelData" not in img:
-            raise ValueError(
-                f"{filename}: no pixel data (Modality {img.get('Modality', '?')}, SOP class "
-                f"{getattr(img.get('SOPClassUID'), 'name', img.get('SOPClassUID', '?'))}); expected an image."
-            )
-        try:
-            raw = img.pixel_array
-        except Exception as e:  # decoders raise RuntimeError/NotImplementedError/ValueError
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(
-                f"{filename}: cannot decode the pixel data (transfer syntax {_transfer_syntax(img)}): {reason}. "
-                f"Supported: uncompressed, deflated, RLE, JPEG baseline/extended/lossless, JPEG-LS and "
-                f"JPEG 2000 with pylibjpeg (pip install 'lilaw-med[dicom-codecs]')."
-            ) from e
-        data = apply_modality_lut(raw, img).astype(np.float32, copy=False)
-        if self.voi_lut and ("VOILUTSequence" in img or "WindowCenter" in img):
-            data = apply_voi_lut(data, img).astype(np.float32, copy=False)
-        if self.invert_monochrome1 and img.get("PhotometricInterpretation") == "MONOCHROME1":
-            data = data.max() + data.min() - data
-        frames = int(img.get("NumberOfFrames", 1) or 1)
-        samples = int(img.get("SamplesPerPixel", 1) or 1)
+        problem = dicom_image_problem(img, filename)
+        if problem:
+            raise ValueError(f"{filename}: {problem}")
+        _, _, frames, samples = _dicom_geometry(img, filename)
+        family = _syntax_family(_syntax(img))
+        if family in ("native", "deflated"):
+            # the pre-flight's size rule, so that a short file gets the same message here
+            _check_native_pixels(str(filename), img, inflated=family == "deflated")
+        raw = _decode_dicom(img, filename)
+        photometric = img.get("PhotometricInterpretation")
+        if photometric == "PALETTE COLOR":
+            samples = 3  # the palette gave RGB; no modality or VOI LUT applies to palette colour
+            data = raw.astype(np.float32, copy=False)
+        else:
+            data = apply_modality_lut(raw, img).astype(np.float32, copy=False)
+            if self.voi_lut and samples == 1 and ("VOILUTSequence" in img or "WindowCenter" in img):
+                data = apply_voi_lut(data, img).astype(np.float32, copy=False)
+            if self.invert_monochrome1 and photometric == "MONOCHROME1":
+                data = data.max() + data.min() - data
         self._samples = max(getattr(self, "_samples", 1), samples)
         if frames > 1 and data.ndim == (3 if samples == 1 else 4):
             # (frames, rows, cols[, samples]) -> (rows, cols, frames[, samples]) like a stacked series
             data = np.moveaxis(data, 0, 2)
         return np.ascontiguousarray(data)
+
+
+def _series_problem(slices: Sequence[tuple[Any, str]]) -> str | None:
+    """Why datasets cannot be stacked into one volume, or ``None``.
+
+    MONAI stacks the slices of a folder in InstanceNumber order, leaves out (with a warning) a
+    slice without InstanceNumber, and takes the slice direction from the first and last
+    ImagePositionPatient; so a folder must hold one series of single-frame grey slices of one
+    size, each with its own InstanceNumber, not all at one position.
+    """
+    sizes: dict[tuple[int, int], list[str]] = {}
+    series: dict[str, str] = {}
+    numbers: list[tuple[Any, str]] = []
+    for ds, f in slices:
+        name = os.path.basename(f)
+        rows, cols, frames, samples = _dicom_geometry(ds, f)
+        if frames > 1:
+            return (
+                f"a series of multi-frame files (e.g. {name}: {frames} frames); expected single-frame slices."
+            )
+        if samples > 1 or ds.get("PhotometricInterpretation") == "PALETTE COLOR":
+            return f"a series of colour images (e.g. {name}: {ds.get('PhotometricInterpretation')}); expected grey slices."
+        sizes.setdefault((rows, cols), []).append(name)
+        series.setdefault(str(ds.get("SeriesInstanceUID", "")), name)
+        numbers.append((ds.get("InstanceNumber"), name))
+    if len(sizes) > 1:
+        desc = ", ".join(f"{r}x{c} ({len(v)} files, e.g. {v[0]})" for (r, c), v in sorted(sizes.items()))
+        return f"the series mixes slice sizes: {desc}; expected one size."
+    if len(series) > 1:
+        examples = ", ".join(list(series.values())[:3])
+        return f"the folder mixes {len(series)} series (different SeriesInstanceUID, e.g. {examples}); expected one series."
+    seen: dict[int, str] = {}
+    for number, name in numbers:
+        if number is None or number == "":
+            return f"slice {name} has no InstanceNumber (the loader would leave it out); expected every slice numbered."
+        try:
+            n = int(number)
+        except (TypeError, ValueError):
+            return f"slice {name} has an invalid InstanceNumber {number!r}; expected an integer."
+        if n in seen:
+            return (
+                f"slices {seen[n]} and {name} share InstanceNumber {n}: the slice order is ambiguous; "
+                f"expected one number per slice."
+            )
+        seen[n] = name
+    ordered = sorted((ds for ds, _ in slices), key=lambda d: int(d.InstanceNumber))
+    first, last = ordered[0], ordered[-1]
+    if all("ImagePositionPatient" in d and "ImageOrientationPatient" in d for d in (first, last)):
+        a = np.asarray(first.ImagePositionPatient, dtype=float)
+        b = np.asarray(last.ImagePositionPatient, dtype=float)
+        if a.shape == b.shape and np.allclose(a, b):
+            return (
+                f"the first and last slices lie at one position (ImagePositionPatient {a.tolist()}): no slice "
+                f"direction; expected slices along an axis."
+            )
+    return None
+
+
+# ---------------------------------------------------------------------------------------- NIfTI
+def nifti_problem(img: Any) -> str | None:
+    """Why a nibabel image is not a 2D/3D image this toolkit classifies, or ``None`` when it is one.
+
+    The rules (the loader and the pre-flight both apply them): CIFTI-2 files (and NIfTI files
+    with a connectivity intent) hold grayordinate or connectivity matrices, not an image grid;
+    a 4D (or 5D...) image whose extra axes hold more than one value (a time series, vectors, a
+    tensor) is not one volume, and averaging its time points is not a reading of it; voxels
+    must be real numbers (not RGB24 or complex).
+
+    Args:
+        img: the image from ``nibabel.load``.
+
+    Returns:
+        The reason (one line, without the file name), or ``None``.
+    """
+    import nibabel as nib
+
+    header = getattr(img, "nifti_header", None) or img.header
+    intent = header.get_intent(code_repr="code")[0] if hasattr(header, "get_intent") else 0
+    if isinstance(img, nib.cifti2.Cifti2Image) or 3000 <= int(intent) < 3100:
+        name = header.get_intent()[0] if hasattr(header, "get_intent") else "?"
+        return (
+            f"a CIFTI-2 file (intent {name}, matrix {tuple(int(s) for s in img.shape)}): grayordinate/connectivity "
+            f"data, not an image grid; expected a 2D or 3D NIfTI image."
+        )
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) > 3 and math.prod(shape[3:]) > 1:
+        return (
+            f"a {len(shape)}D NIfTI image (shape {shape}: {math.prod(shape[3:])} volumes of {shape[:3]}): expected one "
+            f"2D or 3D image; save the volume to classify on its own (e.g. nibabel's img.slicer[..., t])."
+        )
+    dtype = np.dtype(img.get_data_dtype())
+    if dtype.fields is not None or np.issubdtype(dtype, np.complexfloating):
+        return f"voxel type {dtype} (RGB or complex) is not supported; expected real-valued voxels."
+    return None
+
+
+class NiftiReader(NibabelReader):
+    """MONAI's ``NibabelReader`` that refuses what :func:`nifti_problem` names.
+
+    MONAI reads the axes after the third as channels, which the presets then average: a 4D time
+    series would silently become its mean volume; CIFTI files fail deep inside the reader.
+    """
+
+    def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
+        """Reads as ``NibabelReader.read`` after the checks.
+
+        Raises:
+            ValueError: naming the file and what :func:`nifti_problem` found.
+        """
+        import nibabel as nib
+
+        for name in [data] if isinstance(data, (str, os.PathLike)) else list(data):
+            # nibabel reads the header only (the voxels are mapped lazily)
+            problem = nifti_problem(nib.load(str(name)))
+            if problem:
+                raise ValueError(f"{name}: {problem}")
+        return super().read(data, **kwargs)
+
+
+def _pil_convert(image: Any) -> Any:
+    """Palette, CMYK and YCbCr pictures as RGB and grey+alpha as grey (bands that are colour samples)."""
+    mode = _PIL_CONVERT.get(image.mode)
+    return image.convert(mode) if mode else image
 
 
 class MedicalImageReader(ImageReader):
@@ -221,9 +659,9 @@ class MedicalImageReader(ImageReader):
         self.invert_monochrome1 = invert_monochrome1
         self._readers: dict[str, ImageReader] = {
             "dicom": DicomReader(voi_lut=voi_lut, invert_monochrome1=invert_monochrome1),
-            "nifti": NibabelReader(),
+            "nifti": NiftiReader(),
             "numpy": NumpyReader(),
-            "pil": PILReader(),
+            "pil": PILReader(converter=_pil_convert),
         }
 
     def _backend(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> ImageReader:
@@ -247,14 +685,39 @@ class MedicalImageReader(ImageReader):
         return True
 
     def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
-        """Reads with the backend for the path; returns ``(backend, image object)``."""
+        """Reads with the backend for the path; returns ``(backend, image object, paths)``.
+
+        Raises:
+            FileNotFoundError: for a missing path.
+            ValueError: one line naming the file, for an unsupported format or a file the
+                backend cannot read.
+        """
         backend = self._backend(data)
-        return backend, backend.read(data, **kwargs)
+        names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
+        shown = str(names[0]) if len(names) == 1 else str([str(n) for n in names])
+        try:
+            return backend, backend.read(data, **kwargs), shown
+        except (ValueError, FileNotFoundError):
+            raise
+        except Exception as e:  # nibabel, PIL and NumPy raise their own types for broken files
+            raise ValueError(
+                f"{shown}: not a readable image file ({type(e).__name__}: {_one_line(e)})."
+            ) from e
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
-        """Array and metadata from what :meth:`read` returned."""
-        backend, obj = img
-        return backend.get_data(obj)
+        """Array and metadata from what :meth:`read` returned.
+
+        Raises:
+            ValueError: one line naming the file, for pixels that cannot be read (a truncated
+                PNG, a refused DICOM or NIfTI file, ...).
+        """
+        backend, obj, shown = img
+        try:
+            return backend.get_data(obj)
+        except ValueError:
+            raise
+        except Exception as e:  # e.g. OSError from PIL for a truncated picture
+            raise ValueError(f"{shown}: cannot read the pixels ({type(e).__name__}: {_one_line(e)}).") from e
 
 
 class LoadMedicalImaged(MapTransform):
@@ -297,12 +760,13 @@ class LoadMedicalImaged(MapTransform):
 
 @dataclass(frozen=True)
 class ImageHeader:
-    """What the pre-flight check needs to know about an image without decoding it all.
+    """What the pre-flight check needs to know about an image, in the loader's terms.
 
     Attributes:
         kind: the reader family (see :func:`image_kind`).
-        shape: the spatial shape (channels and samples excluded), file order.
-        channels: samples per pixel / colour channels (1 for grey).
+        shape: the spatial shape the loader gives (channels, samples, NIfTI's singleton fourth
+            axis excluded), x first.
+        channels: samples per pixel / colour channels (1 for grey; 3 for palette colour).
         decoded: whether pixel values were read (so NaN/inf could be checked).
         finite: ``False`` when decoded pixels hold NaN or inf; ``None`` when not decoded.
     """
@@ -315,68 +779,132 @@ class ImageHeader:
 
     @property
     def ndim(self) -> int:
-        """The number of spatial dimensions."""
-        return sum(1 for s in self.shape if s > 1) if len(self.shape) > 2 else len(self.shape)
+        """The spatial dimensions the image is used with: trailing one-pixel axes beyond two dropped.
+
+        A (W, H, 1) NIfTI is 2D, as the presets read it; a model of :attr:`ndim` dimensions
+        loads the image, any other refuses it (:meth:`dims_problem`).
+        """
+        shape = list(self.shape)
+        while len(shape) > 2 and shape[-1] == 1:
+            shape.pop()
+        return len(shape)
+
+    def dims_problem(self, expected_dims: int) -> str | None:
+        """Why the image does not fit a model of ``expected_dims`` spatial dimensions, or ``None``."""
+        if self.ndim != expected_dims:
+            return (
+                f"wrong dimensionality: expected a {expected_dims}D image but got a {self.ndim}D one "
+                f"(shape {tuple(self.shape)})"
+            )
+        return None
 
 
 def read_header(path: str | os.PathLike, decode: bool = False) -> ImageHeader:
-    """Reads an image's header (shape, channels) without decoding pixels where possible.
+    """The verdict on one input: its header when the loader will read it, else a one-line error.
 
-    Pixels are decoded when ``decode`` is set, and always for floating-point data that can hold
-    NaN/inf cheaply (NIfTI and ``.npy`` float arrays, DICOM float pixel data), so the check can
-    report them.
+    This is the check every command runs on its inputs (the pre-flight of ``train`` and
+    ``validate-data``, ``predict``), so they all refuse the same files for the same reasons. It
+    applies the loader's rules (:func:`dicom_image_problem`, :func:`nifti_problem`, series
+    checks) and reads only what the truth needs: DICOM headers with pydicom's size rule for
+    uncompressed and deflated pixel data, a full decode for compressed (encapsulated) pixel data;
+    NIfTI and ``.npy`` headers; PNG/JPEG/TIFF/BMP pixels (Pillow decodes them as the loader
+    will). Pixels are also decoded when ``decode`` is set, and always for floating-point data
+    that can hold NaN/inf cheaply (NIfTI and ``.npy`` float arrays), so the check can report them.
 
     Args:
         path: an image file or a DICOM series folder.
-        decode: decode the pixels too (checks decodability and finiteness).
+        decode: decode every file's pixels (also finds NaN/inf in DICOM float pixel data and
+            integer NIfTI data that does not read).
 
     Returns:
         The :class:`ImageHeader`.
 
     Raises:
         FileNotFoundError: when the path does not exist.
-        ValueError: for an unreadable, truncated or pixel-less file, a series with mixed sizes,
-            or an unsupported format; the message names the file and what is wrong.
+        ValueError: for an unreadable, truncated, undecodable or pixel-less file, a SEG, CIFTI,
+            4D NIfTI or multi-frame colour file, a series that cannot form one volume, a
+            degenerate (one-pixel) axis, NaN/inf in decoded pixels, or an unsupported format;
+            one line naming the file and what is wrong.
     """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"image not found: {p}")
     kind = image_kind(p)
-    if kind in ("dicom", "dicom_series"):
-        return _dicom_header(p, kind, decode)
-    if kind == "nifti":
-        import nibabel as nib
+    try:
+        if kind in ("dicom", "dicom_series"):
+            header = _dicom_header(p, kind, decode)
+        elif kind == "nifti":
+            header = _nifti_header(p, decode)
+        elif kind == "numpy":
+            header = _numpy_header(p)
+        else:
+            header = _pil_header(p)
+    except (ValueError, FileNotFoundError):
+        raise
+    except Exception as e:  # a library's own error on a file it cannot handle: still one line per item
+        raise ValueError(f"{p}: cannot read the image ({type(e).__name__}: {_one_line(e)}).") from e
+    shape = list(header.shape)
+    while len(shape) > 2 and shape[-1] == 1:
+        shape.pop()
+    if len(shape) < 2 or min(shape) < 2:
+        # a one-pixel axis inside the image: a line or a point, or axes in an unexpected order
+        raise ValueError(
+            f"{p}: degenerate image shape {tuple(header.shape)}: every axis needs 2 pixels or more."
+        )
+    if header.finite is False:
+        # it would load, but one NaN makes every loss and gradient NaN
+        raise ValueError(f"{p}: NaN or inf pixel values.")
+    return header
 
+
+def _numpy_header(p: Path) -> ImageHeader:
+    # NumPy's reader gives the array as stored: every axis is spatial (no channel axis)
+    try:
+        arr = np.load(p, mmap_mode="r", allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"{p}: not a readable .npy file ({type(e).__name__}: {_one_line(e)}).") from e
+    shape = tuple(int(s) for s in arr.shape)
+    finite = bool(np.isfinite(arr).all()) if np.issubdtype(arr.dtype, np.floating) else True
+    return ImageHeader("numpy", shape, 1, True, finite)
+
+
+def _nifti_header(p: Path, decode: bool) -> ImageHeader:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(p))
+        problem = nifti_problem(img)
+    except Exception as e:
+        raise ValueError(f"{p}: not a readable NIfTI file ({type(e).__name__}: {_one_line(e)}).") from e
+    if problem:
+        raise ValueError(f"{p}: {problem}")
+    # MONAI reads the first three axes as space and the rest as channels (one, by nifti_problem)
+    shape = tuple(int(s) for s in img.shape[:3])
+    finite = None
+    is_float = np.issubdtype(img.get_data_dtype(), np.floating)
+    if decode or is_float:
         try:
-            img = nib.load(str(p))
-            shape = tuple(int(s) for s in img.shape)
-            finite = None
-            is_float = np.issubdtype(img.get_data_dtype(), np.floating)
-            if decode or is_float:
-                arr = np.asanyarray(img.dataobj)
-                finite = bool(np.isfinite(arr).all())
-        except Exception as e:
-            raise ValueError(f"{p}: not a readable NIfTI file ({type(e).__name__}: {e}).") from e
-        return ImageHeader(kind, shape, 1, decode or is_float, finite)
-    if kind == "numpy":
-        try:
-            arr = np.load(p, mmap_mode="r", allow_pickle=False)
-        except Exception as e:
-            raise ValueError(f"{p}: not a readable .npy file ({type(e).__name__}: {e}).") from e
-        shape = tuple(int(s) for s in arr.shape)
-        finite = bool(np.isfinite(arr).all()) if np.issubdtype(arr.dtype, np.floating) else True
-        return ImageHeader(kind, shape, 1, True, finite)
-    # PIL formats: the header gives size and mode; decoding detects truncation
+            arr = np.asanyarray(img.dataobj)
+        except Exception as e:  # truncated data, bad scaling
+            raise ValueError(f"{p}: not a readable NIfTI file ({type(e).__name__}: {_one_line(e)}).") from e
+        finite = bool(np.isfinite(arr).all())
+    return ImageHeader("nifti", shape, 1, decode or is_float, finite)
+
+
+def _pil_header(p: Path) -> ImageHeader:
+    # PNG and JPEG are compressed: as for compressed DICOM, only decoding tells whether the data
+    # is complete (Pillow reads a PNG without its last chunk but not a JPEG cut a few bytes
+    # short), so the pixels are decoded, as the loader will
     from PIL import Image
 
     try:
         with Image.open(p) as im:
-            size, bands = im.size, len(im.getbands())
-            if decode:
-                im.load()
+            size = im.size
+            bands = Image.getmodebands(_PIL_CONVERT.get(im.mode, im.mode))
+            im.load()
     except Exception as e:
-        raise ValueError(f"{p}: not a readable image file ({type(e).__name__}: {e}).") from e
-    return ImageHeader(kind, (int(size[0]), int(size[1])), bands, decode, True if decode else None)
+        raise ValueError(f"{p}: not a readable image file ({type(e).__name__}: {_one_line(e)}).") from e
+    return ImageHeader("pil", (int(size[0]), int(size[1])), bands, True, True)
 
 
 def _dicom_header(p: Path, kind: str, decode: bool) -> ImageHeader:
@@ -385,69 +913,47 @@ def _dicom_header(p: Path, kind: str, decode: bool) -> ImageHeader:
     files = [str(p)] if kind == "dicom" else list_series_files(p)
     if not files:
         raise ValueError(f"{p}: the folder holds no DICOM files (expected one series).")
-    sizes: dict[tuple[int, int], list[str]] = {}
-    frames, channels, finite = 1, 1, None
+    slices: list[tuple[Any, str, str]] = []
     for f in files:
         try:
-            # header mode: large values (the pixels) stay on disk, their position and length known
-            ds = pydicom.dcmread(f, defer_size=None if decode else 1024)
+            # large values (the pixels) stay on disk, their position and length known
+            ds = pydicom.dcmread(f, defer_size=1024)
+            family = _syntax_family(_syntax(ds))
+            if family == "deflated":
+                # pydicom inflates the whole file in memory: deferred offsets point into the
+                # inflated stream, not the file, so read the values themselves
+                ds = pydicom.dcmread(f)
         except Exception as e:
-            raise ValueError(f"{f}: not a readable DICOM file ({type(e).__name__}: {e}).") from e
-        if "Rows" not in ds or "Columns" not in ds:
-            raise ValueError(
-                f"{f}: no image (no Rows/Columns; Modality {ds.get('Modality', '?')}); expected pixel data."
-            )
-        try:
-            sizes.setdefault((int(ds.Rows), int(ds.Columns)), []).append(os.path.basename(f))
-            frames = max(frames, int(ds.get("NumberOfFrames", 1) or 1))
-            channels = int(ds.get("SamplesPerPixel", 1) or 1)
-        except (ValueError, TypeError) as e:
-            raise ValueError(
-                f"{f}: invalid image header value ({e}); expected integers in Rows, Columns, NumberOfFrames, SamplesPerPixel."
-            ) from e
-        if not decode:
-            # the pixels were not read: check they are there and complete
-            _check_pixel_element(f, ds)
-        if decode:
-            arr = DicomReader()._get_array_data(ds, f)
+            raise ValueError(f"{f}: not a readable DICOM file ({type(e).__name__}: {_one_line(e)}).") from e
+        problem = dicom_image_problem(ds, f)
+        if problem:
+            raise ValueError(f"{f}: {problem}")
+        slices.append((ds, f, family))
+    if kind == "dicom_series" and len(slices) > 1:
+        problem = _series_problem([(ds, f) for ds, f, _ in slices])
+        if problem:
+            raise ValueError(f"{p}: {problem}")
+    finite = None
+    reader = DicomReader()
+    for ds, f, family in slices:
+        if decode or family in ("encapsulated", "unknown"):
+            # only a decoder can tell whether it reads a compressed stream: decode as training will,
+            # from a fresh read, so the header kept for the series check does not hold the pixels
+            try:
+                full = ds if family == "deflated" else pydicom.dcmread(f)
+            except Exception as e:  # e.g. the encapsulated pixel data ends early
+                raise ValueError(
+                    f"{f}: not a readable DICOM file ({type(e).__name__}: {_one_line(e)})."
+                ) from e
+            arr = reader._get_array_data(full, f)
             ok = bool(np.isfinite(arr).all())
             finite = ok if finite is None else (finite and ok)
-    if len(sizes) > 1:
-        desc = ", ".join(f"{r}x{c} ({len(v)} files, e.g. {v[0]})" for (r, c), v in sorted(sizes.items()))
-        raise ValueError(f"{p}: the series mixes slice sizes: {desc}; expected one size.")
-    (rows, cols) = next(iter(sizes))
-    if kind == "dicom_series":
-        if frames > 1:
-            raise ValueError(f"{p}: a series of multi-frame files; expected single-frame slices.")
-        shape: tuple[int, ...] = (cols, rows, len(files)) if len(files) > 1 else (cols, rows)
-    else:
-        shape = (cols, rows, frames) if frames > 1 else (cols, rows)
-    return ImageHeader(kind, shape, channels, decode, finite)
-
-
-def _check_pixel_element(filename: str, ds: Any) -> None:
-    """Checks, from a header read with deferred values, that the pixel data is there and complete."""
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise ValueError(
-            f"{filename}: no pixel data (Modality {ds.get('Modality', '?')}); expected an image."
-        )
-    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if syntax is not None and syntax.is_compressed:
-        return  # encapsulated: the length is not known from the header
-    elem = ds.get_item(0x7FE00010, keep_deferred=True)
-    if elem is None:
-        return
-    bits = int(ds.get("BitsAllocated", 8) or 8)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    expected = int(ds.Rows) * int(ds.Columns) * frames * samples * bits // 8
-    size = os.path.getsize(filename)
-    offset = getattr(elem, "value_tell", None)
-    length = getattr(elem, "length", None)
-    if length is None or length == 0xFFFFFFFF:
-        return
-    if length < expected or (offset is not None and offset + length > size):
-        raise ValueError(
-            f"{filename}: truncated pixel data: expected {expected} bytes for {ds.Rows}x{ds.Columns}"
-            f"x{frames} frame(s) of {bits} bits, the file holds {min(length, size - (offset or 0))}."
-        )
+            del full, arr
+        else:
+            _check_native_pixels(f, ds, inflated=family == "deflated")
+    rows, cols, frames, samples = _dicom_geometry(slices[0][0], slices[0][1])
+    if kind == "dicom_series" and len(slices) > 1:
+        return ImageHeader(kind, (cols, rows, len(slices)), 1, finite is not None, finite)
+    channels = 3 if slices[0][0].get("PhotometricInterpretation") == "PALETTE COLOR" else samples
+    shape = (cols, rows, frames) if frames > 1 else (cols, rows)
+    return ImageHeader(kind, shape, channels, finite is not None, finite)

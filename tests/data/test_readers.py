@@ -128,16 +128,26 @@ def test_series_with_mixed_slice_sizes_is_refused(tmp_path: Path) -> None:
 
 
 def test_nibabel_shipped_nifti_files_load_with_their_shape() -> None:
-    for name in ("example4d.nii.gz", "anatomical.nii"):
+    for name in ("anatomical.nii", "standard.nii.gz"):
         path = Path(nib_data) / name
         if not path.exists():
             continue
         img = nib.load(path)
-        out = _load(path)
-        assert out.shape[-3:] == img.shape[:3] or out.shape[1:] == img.shape
+        assert _load(path).shape == (1, *img.shape)
         assert read_header(path).shape == img.shape
     path = Path(nib_data) / "anatomical.nii"
     np.testing.assert_allclose(_load(path)[0], np.asarray(nib.load(path).dataobj, dtype=np.float32))
+
+
+def test_4d_nifti_is_refused_by_the_loader_not_averaged() -> None:
+    path = Path(nib_data) / "example4d.nii.gz"
+    if not path.exists():
+        pytest.skip(f"{path.name} is not shipped with this nibabel")
+    for check in (read_header, _load):
+        with pytest.raises(
+            ValueError, match=r"example4d\.nii\.gz: a 4D NIfTI image \(shape \(128, 96, 24, 2\)"
+        ):
+            check(path)
 
 
 def test_png_nifti_npy_and_dicom_of_one_picture_give_the_same_array(tmp_path: Path) -> None:
@@ -167,13 +177,18 @@ def test_tiff_and_jpeg_files_load(tmp_path: Path) -> None:
     assert _load(tmp_path / "a.jpg").shape == (3, 30, 20)
 
 
-def test_nan_in_float_nifti_is_seen_by_the_header_check(tmp_path: Path) -> None:
+def test_nan_in_float_nifti_or_npy_is_refused_by_the_header_check(tmp_path: Path) -> None:
     arr = np.zeros((6, 6, 6), np.float32)
     arr[1, 2, 3] = np.nan
     nib.save(nib.Nifti1Image(arr, np.eye(4)), tmp_path / "n.nii.gz")
-    assert read_header(tmp_path / "n.nii.gz").finite is False
+    with pytest.raises(ValueError, match=r"n\.nii\.gz: NaN or inf"):
+        read_header(tmp_path / "n.nii.gz")
     np.save(tmp_path / "i.npy", np.full((4, 4), np.inf))
-    assert read_header(tmp_path / "i.npy").finite is False
+    with pytest.raises(ValueError, match=r"i\.npy: NaN or inf"):
+        read_header(tmp_path / "i.npy")
+    arr[1, 2, 3] = 0
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), tmp_path / "n.nii.gz")
+    assert read_header(tmp_path / "n.nii.gz").finite is True
 
 
 def test_missing_and_unknown_files_are_clear_errors(tmp_path: Path) -> None:
