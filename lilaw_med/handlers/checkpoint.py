@@ -1,13 +1,19 @@
-"""CheckpointHandler: atomic, verifiable training checkpoints at an interval of iterations or epochs.
+"""CheckpointHandler: atomic, self-verifying training checkpoints at an interval of iterations or epochs.
 
 MONAI's ``CheckpointSaver`` (over ignite's ``Checkpoint``/``DiskSaver``) writes the file in place or
 renames it without an fsync, so a kill or a full disk can leave a truncated "latest" checkpoint and
 lose the previous one. This handler replaces it for the training state: each checkpoint is
 serialised in memory, hashed, written through :func:`lilaw_med.utils.atomic_write` (a temporary file
 in the same folder, fsync, ``os.replace``, fsync of the folder), then recorded in ``index.json``
-(also atomic); only then are checkpoints older than the newest ``keep_last`` deleted. A loader
-(:func:`load_latest_checkpoint`) takes the newest checkpoint whose hash matches the index and that
-``torch.load(weights_only=True)`` reads, and reports every one it had to skip.
+(also atomic); only then are checkpoints older than the newest ``keep_last`` deleted.
+
+Each file verifies itself, with or without the index: a 56-byte header (:data:`MAGIC`, the SHA-256
+of the payload, the payload's length) precedes the ``torch.save`` payload. A reader
+(:func:`read_checkpoint`) checks the file's size against a limit before reading it, the length and
+digest before unpickling anything, then the structure of every field a resume trusts (iteration,
+epoch, epoch length, batch size, the trainer's counters) and reports in one line what is wrong.
+:func:`load_latest_checkpoint` takes the newest checkpoint that passes and reports every one it had
+to skip.
 
 A checkpoint holds only tensors and plain Python values: the ``state_dict()`` of every object given,
 the engine's counters, the AMP scaler of a MONAI trainer and the random number generator states of
@@ -22,6 +28,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -38,13 +45,17 @@ from lilaw_med.utils import atomic_write
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "MAGIC",
     "CheckpointHandler",
     "CheckpointInfo",
     "find_checkpoints",
     "load_latest_checkpoint",
     "load_object_state",
     "object_state",
+    "encode_checkpoint",
     "read_checkpoint",
+    "state_nbytes",
+    "validate_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,6 +63,11 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "lilaw_med.checkpoint/1"
 INDEX_NAME = "index.json"
 _NAME = re.compile(r"^ckpt_(\d{9})\.pt$")
+MAGIC = b"LILAW-MED-CKPT\x00\x02"
+"""The first 16 bytes of a self-verifying checkpoint (format 2); the SHA-256 (32 bytes) and the
+payload length (8 bytes, little-endian) follow, then the ``torch.save`` payload."""
+_HEADER = len(MAGIC) + 32 + 8
+_ZIP = b"PK\x03\x04"  # a bare torch.save file: a checkpoint of the first format, verifiable by the index only
 # engine.state attributes worth keeping besides ignite's counters (MONAI's best metric bookkeeping)
 _ENGINE_EXTRAS = ("best_metric", "best_metric_epoch")
 
@@ -64,9 +80,10 @@ class CheckpointInfo:
     Attributes:
         path: the file.
         iteration: the engine iteration it was saved at (from its name).
-        sha256: the hash ``index.json`` recorded for it, ``None`` when the index does not list it
-            (a kill between writing the file and the index).
-        nbytes: the size the index recorded, or ``None``.
+        sha256: the SHA-256 of the payload ``index.json`` recorded for it, ``None`` when the index does
+            not list it (a kill between writing the file and the index); the file's own digest is
+            checked in any case.
+        nbytes: the file size the index recorded, or ``None``.
     """
 
     path: Path
@@ -114,63 +131,188 @@ def find_checkpoints(save_dir: str | Path) -> list[CheckpointInfo]:
     return sorted(found, key=lambda c: c.iteration, reverse=True)
 
 
-def read_checkpoint(
-    info: CheckpointInfo | str | Path, map_location: str | torch.device = "cpu"
-) -> dict[str, Any]:
-    """Reads and verifies one checkpoint with ``torch.load(weights_only=True)``.
+def encode_checkpoint(payload: bytes) -> bytes:
+    """A self-verifying checkpoint file: :data:`MAGIC`, the payload's SHA-256 and length, the payload.
 
     Args:
-        info: the checkpoint (a :class:`CheckpointInfo` also checks the recorded size and hash).
+        payload: the ``torch.save`` bytes.
+
+    Returns:
+        The file's bytes.
+    """
+    return MAGIC + hashlib.sha256(payload).digest() + len(payload).to_bytes(8, "little") + payload
+
+
+def _header_digest(path: Path) -> tuple[str, int] | None:
+    """``(payload SHA-256, file size)`` from a format-2 file's header, without reading the payload."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEADER)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return None
+    if len(head) < _HEADER or not head.startswith(MAGIC):
+        return None
+    return head[len(MAGIC) : len(MAGIC) + 32].hex(), size
+
+
+def _read_payload(info: CheckpointInfo, max_bytes: int | None) -> bytes:
+    """The verified payload of a checkpoint file: size, then length and digest, before anything is unpickled."""
+    name = info.path.name
+    with open(info.path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if info.nbytes is not None and size != info.nbytes:
+            raise ValueError(f"{name} has {size} bytes but {info.nbytes} were written (truncated file)")
+        if max_bytes is not None and size > max_bytes:
+            raise ValueError(
+                f"{name} has {size} bytes, more than the {max_bytes} allowed for this run's checkpoints "
+                "(train.max_checkpoint_ratio times the expected size); it was not read"
+            )
+        head = f.read(_HEADER)
+        if head.startswith(MAGIC) and len(head) == _HEADER:
+            digest = head[len(MAGIC) : len(MAGIC) + 32]
+            length = int.from_bytes(head[len(MAGIC) + 32 :], "little")
+            if length != size - _HEADER:
+                raise ValueError(
+                    f"{name} declares a {length}-byte payload but holds {size - _HEADER} bytes after its header "
+                    "(truncated or extended file)"
+                )
+            data = f.read(length)
+            if hashlib.sha256(data).digest() != digest:
+                raise ValueError(f"{name} does not match the SHA-256 stored in it (corrupt file)")
+            if info.sha256 is not None and info.sha256 != digest.hex():
+                raise ValueError(f"{name} does not match the SHA-256 recorded in {INDEX_NAME} (replaced file)")
+            return data
+        if head.startswith(_ZIP):  # the first format: a bare torch.save file, with its digest in the index only
+            if info.sha256 is None:
+                raise ValueError(
+                    f"{name} holds no digest of its own (an older checkpoint format) and {INDEX_NAME} records none "
+                    "for it: it cannot be verified"
+                )
+            data = head + f.read()
+            if hashlib.sha256(data).hexdigest() != info.sha256:
+                raise ValueError(
+                    f"{name} does not match the SHA-256 recorded when it was written (corrupt file)"
+                )
+            return data
+    raise ValueError(
+        f"{name} is not a lilaw-med checkpoint (it starts with {head[:16]!r}, expected {MAGIC!r}; truncated or "
+        "corrupt file)"
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate_checkpoint(payload: Mapping[str, Any], name: str, iteration: int | None = None) -> None:
+    """Checks the structure of every field a resume trusts, and that they agree with each other.
+
+    Args:
+        payload: a loaded checkpoint.
+        name: the file name (for the message).
+        iteration: the iteration the file name says (``None``: not known).
+
+    Raises:
+        ValueError: one line naming the field and what is wrong with it.
+    """
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{name} is not a lilaw-med checkpoint (format {payload.get('format')!r}, expected {CHECKPOINT_FORMAT!r})"
+        )
+    missing = {"iteration", "epoch", "objects", "rng"} - set(payload)
+    if missing:
+        raise ValueError(f"{name} lacks {sorted(missing)} (incomplete checkpoint)")
+    it, epoch, length = payload["iteration"], payload["epoch"], payload.get("epoch_length")
+
+    def bad(field: str, why: str) -> ValueError:
+        return ValueError(f"{name}: field '{field}' {why} (corrupt or crafted checkpoint)")
+
+    if not _is_int(it) or it < 0:
+        raise bad("iteration", f"must be a non-negative integer but is {it!r}")
+    if iteration is not None and it != iteration:
+        raise bad("iteration", f"is {it} but the file name says {iteration}")
+    if not _is_int(epoch) or epoch < 0:
+        raise bad("epoch", f"must be a non-negative integer but is {epoch!r}")
+    if length is None:
+        if it:
+            raise bad("epoch_length", "is missing but the run had started")
+    elif not _is_int(length) or length < 1:
+        raise bad("epoch_length", f"must be a positive integer but is {length!r}")
+    elif epoch != -(-it // length):  # ignite's epoch counter during (or at the end of) epoch ceil(it / length)
+        raise bad("epoch", f"is {epoch} but iteration {it} at {length} iterations per epoch is in epoch {-(-it // length)}")
+    for field in ("batch_size", "sampler_length"):
+        value = payload.get(field)
+        if value is not None and (not _is_int(value) or value < (1 if field == "batch_size" else 0)):
+            raise bad(field, f"must be a positive integer or null but is {value!r}")
+    if not isinstance(payload["objects"], Mapping) or not isinstance(payload["rng"], Mapping):
+        raise bad("objects", "must map names to saved states")
+    engine = payload["objects"].get("trainer")
+    if isinstance(engine, Mapping) and isinstance(engine.get("engine"), Mapping):
+        engine = engine["engine"]  # what ignite restores its counters from
+        for field, value in (("iteration", it), ("epoch_length", length)):
+            if field in engine and engine[field] != value:
+                raise bad(f"objects.trainer.{field}", f"is {engine[field]!r} but the checkpoint's {field} is {value!r}")
+        max_epochs = engine.get("max_epochs")
+        if max_epochs is not None and (not _is_int(max_epochs) or max_epochs < 1):
+            raise bad("objects.trainer.max_epochs", f"must be a positive integer but is {max_epochs!r}")
+        if max_epochs is not None and length is not None and it > length * max_epochs:
+            raise bad("iteration", f"is {it}, past the run's end ({max_epochs} epochs of {length} iterations)")
+
+
+def read_checkpoint(
+    info: CheckpointInfo | str | Path, map_location: str | torch.device = "cpu", max_bytes: int | None = None
+) -> dict[str, Any]:
+    """Reads and verifies one checkpoint: size, digest, ``torch.load(weights_only=True)``, structure.
+
+    Args:
+        info: the checkpoint (a :class:`CheckpointInfo` also checks the size and hash the index recorded).
         map_location: where tensors are loaded.
+        max_bytes: refuse, before reading it, a file larger than this (``None``: no limit).
 
     Returns:
         The checkpoint dict (``format``, ``iteration``, ``epoch``, ``epoch_length``, ``objects``, ``rng``, ...).
 
     Raises:
-        ValueError: when the file is truncated, corrupt, not a lilaw-med checkpoint, or does not match
-            the hash recorded in the index; the message says which.
+        ValueError: when the file is too large, truncated, corrupt, not a lilaw-med checkpoint, does not
+            match its own digest or the index's, or a field a resume trusts is malformed; the one-line
+            message says which.
         FileNotFoundError: when the file does not exist.
     """
     if not isinstance(info, CheckpointInfo):
-        info = CheckpointInfo(Path(info), -1)
-    data = info.path.read_bytes()
-    if info.nbytes is not None and len(data) != info.nbytes:
-        raise ValueError(
-            f"{info.path.name} has {len(data)} bytes but {info.nbytes} were written (truncated file)"
-        )
-    if info.sha256 is not None and hashlib.sha256(data).hexdigest() != info.sha256:
-        raise ValueError(
-            f"{info.path.name} does not match the SHA-256 recorded when it was written (corrupt file)"
-        )
+        match = _NAME.match(Path(info).name)
+        info = CheckpointInfo(Path(info), int(match.group(1)) if match else -1)
+    data = _read_payload(info, max_bytes)
     try:
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on bad files
         raise ValueError(
             f"{info.path.name} cannot be read: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
         ) from e
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(
-            f"{info.path.name} is not a lilaw-med checkpoint (format {got!r}, expected {CHECKPOINT_FORMAT!r})"
-        )
-    missing = {"iteration", "epoch", "objects", "rng"} - set(payload)
-    if missing:
-        raise ValueError(f"{info.path.name} lacks {sorted(missing)} (incomplete checkpoint)")
+    if not isinstance(payload, dict):
+        raise ValueError(f"{info.path.name} is not a lilaw-med checkpoint (it holds a {type(payload).__name__})")
+    validate_checkpoint(payload, info.path.name, info.iteration if info.iteration >= 0 else None)
     return payload
 
 
 def load_latest_checkpoint(
-    save_dir: str | Path, map_location: str | torch.device = "cpu"
+    save_dir: str | Path,
+    map_location: str | torch.device = "cpu",
+    max_bytes: int | None = None,
+    validate: Callable[[CheckpointInfo, dict[str, Any]], None] | None = None,
 ) -> tuple[CheckpointInfo, dict[str, Any], list[tuple[CheckpointInfo, str]]]:
     """The newest valid checkpoint of ``save_dir``; newer invalid ones are skipped and reported.
 
     Args:
         save_dir: the checkpoint folder.
         map_location: where tensors are loaded.
+        max_bytes: a file larger than this is refused before it is read.
+        validate: a further check of a loaded checkpoint (e.g. its tensors' shapes against the model);
+            a ``ValueError`` it raises makes the checkpoint skipped like a corrupt one.
 
     Returns:
         ``(info, checkpoint, rejected)``: the checkpoint used, its content, and ``(info, reason)`` for
-        every newer checkpoint that was partial or corrupt.
+        every newer checkpoint that was partial, corrupt or invalid.
 
     Raises:
         FileNotFoundError: when the folder holds no checkpoint at all.
@@ -182,11 +324,37 @@ def load_latest_checkpoint(
     rejected: list[tuple[CheckpointInfo, str]] = []
     for info in candidates:
         try:
-            return info, read_checkpoint(info, map_location), rejected
+            ckpt = read_checkpoint(info, map_location, max_bytes)
+            if validate is not None:
+                validate(info, ckpt)
+            return info, ckpt, rejected
         except (ValueError, OSError) as e:
             rejected.append((info, str(e)))
     reasons = "; ".join(reason for _, reason in rejected)
     raise ValueError(f"every checkpoint in {save_dir} is unusable: {reasons}.")
+
+
+def state_nbytes(value: Any) -> int:
+    """The bytes of the tensors, arrays, strings and numbers in a (nested) state: about what
+    ``torch.save`` writes for it.
+
+    Args:
+        value: a state (dicts, lists, tensors, arrays, plain values).
+
+    Returns:
+        The estimate in bytes.
+    """
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if hasattr(value, "nbytes") and not isinstance(value, (str, bytes)):
+        return int(value.nbytes)
+    if isinstance(value, Mapping):
+        return sum(state_nbytes(k) + state_nbytes(v) for k, v in value.items())
+    if isinstance(value, (list, tuple, set)):
+        return sum(state_nbytes(v) for v in value)
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    return 8
 
 
 # ------------------------------------------------------------------ writing
@@ -330,7 +498,7 @@ class CheckpointHandler:
             engine.add_event_handler(event, fn)
         self._last_saved_iteration = engine.state.iteration
         self.save_dir.mkdir(parents=True, exist_ok=True)
-        for tmp in self.save_dir.glob(".ckpt_*.tmp"):  # left by a kill during a write
+        for tmp in self.save_dir.glob(".*.tmp"):  # left by a kill during a write (checkpoint or index)
             tmp.unlink(missing_ok=True)
         for info in find_checkpoints(self.save_dir):
             if info.iteration > engine.state.iteration:
@@ -400,9 +568,11 @@ class CheckpointHandler:
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         data = buffer.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
         path = self.save_dir / f"ckpt_{state.iteration:09d}.pt"
         try:
-            atomic_write(path, data)
+            blob = encode_checkpoint(data)
+            atomic_write(path, blob)
             entries = {c.path.name: c for c in find_checkpoints(self.save_dir)}
             keep = sorted(entries.values(), key=lambda c: c.iteration, reverse=True)[: self.keep_last]
             old_index = _read_index(self.save_dir)
@@ -413,10 +583,14 @@ class CheckpointHandler:
                     entry = {
                         "iteration": int(state.iteration),
                         "epoch": int(state.epoch),
-                        "bytes": len(data),
-                        "sha256": hashlib.sha256(data).hexdigest(),
+                        "bytes": len(blob),
+                        "sha256": digest,
                         "saved_at": payload["saved_at"],
                     }
+                elif "sha256" not in entry and (own := _header_digest(c.path)) is not None:
+                    # written just before a kill that prevented its index update: its own header gives
+                    # the digest (it is checked against the payload whenever the file is read)
+                    entry.update(iteration=c.iteration, sha256=own[0], bytes=own[1])
                 entry["file"] = c.path.name
                 index.append(entry)
             atomic_write(

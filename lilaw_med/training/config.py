@@ -246,6 +246,10 @@ class TrainConfig:
         None, (int,), minimum=1, nullable=True, help="checkpoint interval in iterations (null: off)"
     )
     keep_last: int = setting(2, (int,), minimum=1, help="checkpoints kept")
+    max_checkpoint_ratio: float = setting(
+        8.0, _NUM, minimum=1.0,
+        help="on resume, refuse before reading it a checkpoint larger than this many times the expected size (+64 MiB)",
+    )
     progress: bool = setting(True, (bool,), help="show a progress bar")
     sync_batchnorm: bool = setting(
         False, (bool,), help="distributed (torchrun) on CUDA: synchronise batch-norm statistics across ranks"

@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from lilaw_med.data.sampler import ResumableSampler
 from lilaw_med.handlers.checkpoint import (
@@ -43,6 +45,8 @@ from lilaw_med.handlers.checkpoint import (
     find_checkpoints,
     load_latest_checkpoint,
     load_object_state,
+    object_state,
+    state_nbytes,
 )
 from lilaw_med.handlers.meta_step import LiLAWHandler
 from lilaw_med.rng import restore_loader_rng_state, restore_rng_state
@@ -52,6 +56,9 @@ __all__ = ["RESUME_CHANGEABLE", "attach_checkpointing", "check_resume_config", "
 
 logger = logging.getLogger(__name__)
 
+CHECKPOINT_SIZE_SLACK = 64 * 2**20
+"""Bytes allowed on top of ``max_size_ratio`` times the expected checkpoint size (small runs, loggers)."""
+
 RESUME_CHANGEABLE: dict[str, str] = {
     "train.epochs": "may grow (the run goes on for more epochs), never shrink",
     "train.device": "where the run continues",
@@ -60,6 +67,7 @@ RESUME_CHANGEABLE: dict[str, str] = {
     "train.checkpoint_every_n_iterations": "when checkpoints are written, not what they hold",
     "train.checkpoint_every_n_epochs": "when checkpoints are written, not what they hold",
     "train.keep_last": "how many checkpoints are kept",
+    "train.max_checkpoint_ratio": "how large a checkpoint may be before it is read",
 }
 """The config keys ``--resume`` accepts a change of (key -> why it is harmless); any other change is refused."""
 
@@ -182,6 +190,7 @@ def resume_from(
     objects: Mapping[str, Any],
     train_sampler: Any | None = None,
     map_location: str | torch.device = "cpu",
+    max_size_ratio: float | None = 8.0,
 ) -> int:
     """Loads the newest valid checkpoint of ``RUN_DIR/checkpoints`` into freshly built objects so that
     ``trainer.run()`` continues exactly where the interrupted run stopped.
@@ -197,13 +206,17 @@ def resume_from(
             ``set_epoch``/``set_start`` such as the class-balanced one); required to resume inside an epoch.
         map_location: where saved tensors are loaded (e.g. ``"cpu"``; tensors are then moved by each
             object's ``load_state_dict``).
+        max_size_ratio: a checkpoint file larger than this many times the expected size (the largest
+            size ``index.json`` records, or the size of the freshly built objects' states), plus
+            :data:`CHECKPOINT_SIZE_SLACK`, is refused before it is read (``None``: no limit).
 
     Returns:
         The iteration the run resumes from (the number of iterations already done); 0 when the run folder
         has no checkpoint yet (killed before its first one): nothing is loaded and training starts over.
 
     Raises:
-        ValueError: when every checkpoint is unusable, the checkpoint lacks an object that is given
+        ValueError: when every checkpoint is unusable (too large, corrupt, malformed, or its tensors do
+            not fit the objects' shapes), the checkpoint lacks an object that is given
             (or vice versa), the data changed (a different number of samples per epoch or batch size),
             or a mid-epoch checkpoint is resumed without a :class:`ResumableSampler`.
     """
@@ -215,8 +228,9 @@ def resume_from(
             save_dir,
         )
         return 0
-    info, ckpt = _load_newest(save_dir, map_location)
     objects = {k: v for k, v in objects.items() if v is not None}
+    max_bytes = None if max_size_ratio is None else _max_checkpoint_bytes(save_dir, objects, max_size_ratio)
+    info, ckpt = _load_newest(save_dir, map_location, max_bytes, objects)
     _check_objects(info, ckpt["objects"], objects)
     _check_position(info, ckpt, trainer, train_sampler)
 
@@ -249,9 +263,87 @@ def resume_from(
     return iteration
 
 
-def _load_newest(save_dir: Path, map_location: str | torch.device) -> tuple[CheckpointInfo, dict[str, Any]]:
-    """The newest valid checkpoint; every newer unusable one is reported and renamed ``*.corrupt``."""
-    info, ckpt, rejected = load_latest_checkpoint(save_dir, map_location=map_location)
+def _max_checkpoint_bytes(save_dir: Path, objects: Mapping[str, Any], ratio: float) -> int:
+    """The largest checkpoint file this run reads: ``ratio`` times the expected size, plus a slack.
+
+    The expected size is the largest the index records (sizes written by this run), or, without an
+    index, the size of the freshly built objects' states (an optimizer's moments are created by its
+    first step, hence a ratio well above 1).
+    """
+    recorded = [c.nbytes for c in find_checkpoints(save_dir) if c.nbytes]
+    expected = max([*recorded, sum(state_nbytes(object_state(obj)) for obj in objects.values())])
+    return int(ratio * expected) + CHECKPOINT_SIZE_SLACK
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else None
+
+
+def _check_fits(objects: Mapping[str, Any]) -> Any:
+    """A check that a checkpoint's tensors have the shapes of the objects they are loaded into (network
+    and loss parameters and buffers, optimizer moments), and that the network's weights are finite."""
+
+    def check(info: CheckpointInfo, ckpt: Mapping[str, Any]) -> None:
+        for name, obj in objects.items():
+            saved = ckpt["objects"].get(name)
+            if saved is None:
+                continue  # _check_objects names what is missing
+            obj = obj.module if isinstance(obj, DistributedDataParallel) else obj
+            if isinstance(obj, nn.Module):
+                _check_module(info, name, obj, saved)
+            elif isinstance(obj, torch.optim.Optimizer):
+                _check_optimizer(info, name, obj, saved)
+
+    return check
+
+
+def _check_module(info: CheckpointInfo, name: str, module: nn.Module, saved: Any) -> None:
+    expected = module.state_dict()
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"{info.path.name}: the state of {name!r} is a {type(saved).__name__}, not a state dict")
+    for key in sorted(set(expected) ^ set(saved)):
+        where = "missing from the checkpoint" if key in expected else "unknown to this run's model"
+        raise ValueError(f"{info.path.name}: {name} tensor {key!r} is {where}")
+    for key, tensor in expected.items():
+        got = saved[key]
+        if _shape(got) != _shape(tensor):
+            raise ValueError(
+                f"{info.path.name}: {name} tensor {key!r} has shape {_shape(got)} but this run's model has {_shape(tensor)}"
+            )
+        if name == "network" and got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise ValueError(f"{info.path.name}: {name} tensor {key!r} holds NaN or infinite values")
+
+
+def _check_optimizer(info: CheckpointInfo, name: str, optimizer: torch.optim.Optimizer, saved: Any) -> None:
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not isinstance(saved, Mapping) or not isinstance(saved.get("state"), Mapping):
+        raise ValueError(f"{info.path.name}: the state of {name!r} is not an optimizer state dict")
+    saved_params = [i for group in saved.get("param_groups", []) for i in group.get("params", [])]
+    if len(saved_params) != len(params):
+        raise ValueError(
+            f"{info.path.name}: {name} holds {len(saved_params)} parameters but this run's model has {len(params)}"
+        )
+    index = {i: p for i, p in zip(saved_params, params, strict=True)}
+    for i, state in saved["state"].items():
+        if i not in index or not isinstance(state, Mapping):
+            raise ValueError(f"{info.path.name}: {name} has state for an unknown parameter {i!r}")
+        for key, value in state.items():
+            # per-parameter moments (exp_avg, momentum_buffer, ...) have the parameter's shape; step counters are scalars
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != tuple(index[i].shape):
+                raise ValueError(
+                    f"{info.path.name}: {name} {key} of parameter {i} has shape {tuple(value.shape)} but the "
+                    f"parameter has {tuple(index[i].shape)}"
+                )
+
+
+def _load_newest(
+    save_dir: Path, map_location: str | torch.device, max_bytes: int | None, objects: Mapping[str, Any]
+) -> tuple[CheckpointInfo, dict[str, Any]]:
+    """The newest valid checkpoint that fits the objects; every newer unusable one is reported and renamed
+    ``*.corrupt``."""
+    info, ckpt, rejected = load_latest_checkpoint(
+        save_dir, map_location=map_location, max_bytes=max_bytes, validate=_check_fits(objects)
+    )
     for bad, reason in rejected:
         corrupt = bad.path.with_name(bad.path.name + ".corrupt")
         with contextlib.suppress(FileNotFoundError):  # another rank of a distributed run moved it first

@@ -246,7 +246,10 @@ def _resume(c: TrainingComponents, run_dir: RunDir) -> int:
     """Restores the newest valid checkpoint; rank 0 reads first (it renames corrupt checkpoints)."""
     if c.rank != 0:
         distributed.barrier()
-    resumed_from = int(resume_from(run_dir.root, c.trainer, checkpoint_objects(c, c.handlers), c.data.train_sampler))
+    resumed_from = int(resume_from(
+        run_dir.root, c.trainer, checkpoint_objects(c, c.handlers), c.data.train_sampler,
+        max_size_ratio=c.config.train.max_checkpoint_ratio,
+    ))
     if c.rank == 0:
         distributed.barrier()
     logger.info("resumed %s at iteration %d", run_dir.root, resumed_from)

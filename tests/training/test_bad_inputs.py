@@ -6,6 +6,7 @@ every bad item and its reason; nothing already written is lost."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lilaw_med.data.sampler import ResumableSampler
-from lilaw_med.handlers.checkpoint import find_checkpoints, read_checkpoint
+from lilaw_med.handlers.checkpoint import encode_checkpoint, find_checkpoints, read_checkpoint
 from lilaw_med.handlers.nonfinite import NonFiniteLossError, NonFiniteLossHandler
 from lilaw_med.losses import LiLAWLoss
 from lilaw_med.training.resume import attach_checkpointing
@@ -305,10 +306,10 @@ def test_crafted_checkpoint_is_refused_by_weights_only_loading(corpus: dict[str,
     run, log = root / "run_crafted", root / "crafted.log"
     assert run_cli(["train", "--config", str(config), "--output", str(run)], kill=_kill_at(3), log=log) == -9
     marker = root / "pwned_by_checkpoint"
-    torch.save(
-        {"format": "lilaw_med.checkpoint/1", "objects": _Payload(marker)},
-        run / "checkpoints" / "ckpt_000000099.pt",
-    )
+    pickled = io.BytesIO()
+    torch.save({"format": "lilaw_med.checkpoint/1", "objects": _Payload(marker)}, pickled)
+    # with a valid digest of its own, so that it is the unpickling that refuses it
+    (run / "checkpoints" / "ckpt_000000099.pt").write_bytes(encode_checkpoint(pickled.getvalue()))
     assert run_cli(["train", "--resume", str(run)], log=log) == 0
     assert not marker.exists()
     assert (

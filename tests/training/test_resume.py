@@ -284,7 +284,7 @@ def test_checkpoints_are_atomic_pruned_and_load_with_weights_only(tmp_path: Path
     folder = tmp_path / "checkpoints"
     names = sorted(p.name for p in folder.iterdir())
     assert names == ["ckpt_000000008.pt", "ckpt_000000012.pt", "index.json"]  # keep_last=2, no temp files
-    ckpt = torch.load(folder / "ckpt_000000012.pt", weights_only=True)
+    ckpt = read_checkpoint(folder / "ckpt_000000012.pt")  # its own digest verified, then weights_only loading
     assert set(ckpt["objects"]) == {"network", "optimizer", "scheduler", "lilaw", "trainer", "recorder"}
     assert all(isinstance(v, torch.Tensor) for v in ckpt["rng"].values())
     assert ckpt["objects"]["trainer"]["engine"]["iteration"] == 12
@@ -358,7 +358,7 @@ def test_amp_grad_scaler_state_is_restored(tmp_path: Path, monkeypatch: pytest.M
     _crash_at(run, 9)
     with pytest.raises(_Crash):
         run["trainer"].run()
-    saved = torch.load(tmp_path / "run" / "checkpoints" / "ckpt_000000008.pt", weights_only=True)["scaler"]
+    saved = read_checkpoint(tmp_path / "run" / "checkpoints" / "ckpt_000000008.pt")["scaler"]
     assert saved["scale"] == 128.0  # 8 doubled after steps 2, 4, 6 and 8
     run = _build(tmp_path / "run", init_seed=5, every_n_iterations=4, max_epochs=2, amp=True)
     assert (

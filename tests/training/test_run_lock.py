@@ -140,7 +140,7 @@ def test_resume_refuses_a_changed_seed_and_fewer_epochs_naming_the_key(tiny: dic
     assert _error_lines(log)[-1] == (
         f"lilaw-med train: error: cannot resume with 'train.seed' changed from 0 (in {run / 'config.yaml'}) to 5: "
         "only train.checkpoint_every_n_epochs, train.checkpoint_every_n_iterations, train.device, train.epochs, "
-        "train.keep_last, train.num_workers, train.progress may change on --resume; start a new run (a new "
+        "train.keep_last, train.max_checkpoint_ratio, train.num_workers, train.progress may change on --resume; start a new run (a new "
         "--output) instead."
     )
     assert run_cli(["train", "--resume", str(run), "--set", "train.epochs=1"], log=log) == 1
