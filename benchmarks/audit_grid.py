@@ -341,6 +341,19 @@ def evaluate_cell(cell: Cell, folds: int = 4) -> dict[str, Any]:
             n_flag = np.rint(rates * np.bincount(run.labels, minlength=run.num_classes)).astype(np.int64)
             flags, _ = find_label_issues(score_probs(run.labels, window_probs, "self_confidence"), run.labels, n_flag)
             out["counts"][f"cj_val/{w}"] = flag_quality(flags, wrong)
+    at = window_of(run, "best_meta_loss")
+    at = ScoringWindow(at.stop - 1, at.stop, "at_best", "the best epoch alone")
+    at_probs = window_pred_probs(run.dynamics, run.labels, at, run.num_classes)
+    sc = score_probs(run.labels, probs_by_window["best_meta_loss"], "self_confidence")
+    est = estimate_noise(run.labels, at_probs, n_bootstrap=0)
+    out["counts"]["cj/at_best"] = flag_quality(find_label_issues(sc, run.labels, est.n_wrong)[0], wrong)
+    if run.val_labels is not None and at.stop <= run.val_dynamics["probs"].shape[0]:
+        from lilaw_med.audit.rank import confident_thresholds
+
+        val_at = window_pred_probs(run.val_dynamics, run.val_labels, at, run.num_classes)
+        thr = confident_thresholds(run.val_labels, val_at)
+        est = estimate_noise(run.labels, at_probs, n_bootstrap=0, thresholds=thr)
+        out["counts"]["cj/at_best_valthr"] = flag_quality(find_label_issues(sc, run.labels, est.n_wrong)[0], wrong)
     from lilaw_med.audit.difficulty import lilaw_term_difficulty
 
     d = run.dynamics

@@ -25,7 +25,9 @@ from lilaw_med.audit.rank import check_inputs, confident_thresholds, order_label
 __all__ = ["NoiseEstimate", "confident_joint", "estimate_noise", "find_label_issues"]
 
 
-def confident_joint(labels: np.ndarray, pred_probs: np.ndarray, calibrate: bool = True) -> np.ndarray:
+def confident_joint(
+    labels: np.ndarray, pred_probs: np.ndarray, calibrate: bool = True, thresholds: np.ndarray | None = None
+) -> np.ndarray:
     """The confident joint ``C[i, j]``: items given label i whose confident class is j.
 
     An item's confident class is the most probable class among those whose probability reaches
@@ -37,13 +39,15 @@ def confident_joint(labels: np.ndarray, pred_probs: np.ndarray, calibrate: bool 
         labels: int (N,) given labels.
         pred_probs: (N, C) probabilities (NaN rows are left out).
         calibrate: rescale rows to the label counts.
+        thresholds: (C,) per-class thresholds to use instead of those of ``labels`` and ``pred_probs``
+            (e.g. from out-of-sample items).
 
     Returns:
         float64 (C, C).
     """
     y, p = check_inputs(labels, pred_probs)
     c = p.shape[1]
-    t = confident_thresholds(y, p)
+    t = confident_thresholds(y, p) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     ok = np.isfinite(p).all(axis=1)
     above = (p >= t[None, :] - 1e-9) & ok[:, None]
     has = above.any(axis=1)
@@ -57,8 +61,8 @@ def confident_joint(labels: np.ndarray, pred_probs: np.ndarray, calibrate: bool 
     return joint
 
 
-def _rates(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
-    joint = confident_joint(labels, pred_probs)
+def _rates(labels: np.ndarray, pred_probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+    joint = confident_joint(labels, pred_probs, thresholds=thresholds)
     rows = joint.sum(axis=1)
     return np.where(rows > 0, 1 - np.diag(joint) / np.maximum(rows, 1e-12), 0.0)
 
@@ -95,6 +99,7 @@ def estimate_noise(
     n_bootstrap: int = 200,
     confidence: float = 0.95,
     seed: int = 0,
+    thresholds: np.ndarray | None = None,
 ) -> NoiseEstimate:
     """Per-class and overall noise rates from the calibrated confident joint, with intervals.
 
@@ -105,6 +110,7 @@ def estimate_noise(
             interval is then the point estimate).
         confidence: the interval's level.
         seed: the bootstrap's seed (the estimate is deterministic).
+        thresholds: (C,) per-class thresholds to use instead of the items' own (kept fixed in the bootstrap).
 
     Returns:
         The :class:`NoiseEstimate`.
@@ -114,7 +120,7 @@ def estimate_noise(
     y, p = y[ok], p[ok]
     c = p.shape[1]
     counts = np.bincount(y, minlength=c).astype(np.float64)
-    rates = _rates(y, p)
+    rates = _rates(y, p, thresholds)
     overall = float((rates * counts).sum() / max(counts.sum(), 1))
     if n_bootstrap <= 0 or y.size < 2:
         return NoiseEstimate(rates, np.stack([rates, rates], axis=1), overall, (overall, overall), counts, confidence)
@@ -123,7 +129,7 @@ def estimate_noise(
     boot_overall = np.empty(n_bootstrap)
     for b in range(n_bootstrap):
         idx = rng.integers(0, y.size, y.size)
-        r = _rates(y[idx], p[idx])
+        r = _rates(y[idx], p[idx], thresholds)
         n = np.bincount(y[idx], minlength=c)
         boot[b] = np.where(n > 0, r, np.nan)
         boot_overall[b] = (r * n).sum() / max(n.sum(), 1)

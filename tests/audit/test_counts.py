@@ -169,3 +169,13 @@ def test_a_class_with_no_items_counts_nothing_and_flags_nothing():
     assert est.overall == pytest.approx(0.25)  # (0.5 * 2) / 4
     flags, thresholds = find_label_issues(np.array([0.9, 0.05, 0.9, 0.8]), labels, [1, 5, 1])
     assert np.nonzero(flags)[0].tolist() == [1, 3] and np.isnan(thresholds[1])
+
+
+def test_thresholds_passed_in_replace_the_items_own():
+    # with t = (0.3, 0.3, 0.3) every item reaches a threshold and its confident class is its argmax:
+    # given 0: a -> 0, b -> 0, c -> 1, d -> 0;  given 1: e -> 1, f -> 1, g -> 2;  given 2: h -> 2, i -> 2
+    # raw [[3, 1, 0], [0, 2, 1], [0, 0, 2]]: off-diagonal shares 1/4, 1/3, 0
+    raw = confident_joint(LABELS3, PROBS3, calibrate=False, thresholds=np.full(3, 0.3))
+    np.testing.assert_allclose(raw, [[3, 1, 0], [0, 2, 1], [0, 0, 2]])
+    est = estimate_noise(LABELS3, PROBS3, n_bootstrap=0, thresholds=np.full(3, 0.3))
+    np.testing.assert_allclose(est.per_class, [1 / 4, 1 / 3, 0.0])
