@@ -139,6 +139,7 @@ class RunRecord:
         val_accuracy: (E,) ``val_accuracy`` of ``metrics.csv``.
         lilaw_iterations: ``(iterations, {"alpha": [...], ...})`` from ``lilaw_iterations.csv``, or None.
         truth: id -> true label when the datalist's noise sidecar gives it, else None.
+        val_loss_source: where :attr:`val_loss` comes from (``"meta step"`` or ``"metrics.csv"``).
     """
 
     root: Path
@@ -151,6 +152,7 @@ class RunRecord:
     val_accuracy: np.ndarray
     lilaw_iterations: tuple[list[float], dict[str, list[float]]] | None = None
     truth: dict[str, int] | None = None
+    val_loss_source: str = "metrics.csv"
 
     @classmethod
     def read(cls, run_dir: str | os.PathLike, splits: Sequence[str] = ("training", "validation")) -> RunRecord:
@@ -195,6 +197,7 @@ class RunRecord:
             root=rd.root, config=config, datalist=datalist, items=items,
             class_names=list(datalist.get("class_names") or []), dynamics=dynamics,
             val_loss=meta_loss if np.isfinite(meta_loss).any() else curves["val_loss"], val_accuracy=curves["val_accuracy"],
+            val_loss_source="meta step" if np.isfinite(meta_loss).any() else "metrics.csv",
             lilaw_iterations=_iteration_series(rd.lilaw_iterations), truth=_load_truth(rd.datalist, datalist),
         )
 

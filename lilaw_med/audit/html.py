@@ -93,13 +93,17 @@ def _split_context(result: AuditResult) -> list[dict[str, Any]]:
 def _window_plot(result: AuditResult) -> str | None:
     rec = result.record
     epochs = rec.dynamics["training"].epochs
-    series = {k: list(v) for k, v in (("validation loss", rec.val_loss), ("validation accuracy", rec.val_accuracy))
+    loss_name = ("validation loss (meta step's forwards)" if rec.val_loss_source == "meta step"
+                 else "validation loss (end-of-epoch evaluation)")
+    series = {k: list(v) for k, v in ((loss_name, rec.val_loss),
+                                       ("validation accuracy (end-of-epoch evaluation)", rec.val_accuracy))
               if np.isfinite(v).any()}
     if not series:
         return None
     w = result.splits["training"].window
     title = f"noisy validation curve; scoring window: epochs {w.start + 1}-{w.stop}"
-    return plots.data_uri(plots.lines_png(list(epochs), series, title, "epoch"))
+    span = (epochs[w.start] - 0.5, epochs[w.stop - 1] + 0.5, "scoring window")
+    return plots.data_uri(plots.lines_png(list(epochs), series, title, "epoch", span=span))
 
 
 def _lilaw_plots(result: AuditResult) -> list[dict[str, str]]:

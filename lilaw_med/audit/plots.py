@@ -76,9 +76,20 @@ def thumbnail_png(display: np.ndarray, size: int = 112) -> bytes:
     return buf.getvalue()
 
 
-def lines_png(x: Sequence[float], series: Mapping[str, Sequence[float]], title: str, xlabel: str) -> bytes:
-    """One line per series over ``x`` (e.g. alpha, beta, delta over iterations)."""
+def lines_png(x: Sequence[float], series: Mapping[str, Sequence[float]], title: str, xlabel: str,
+              span: tuple[float, float, str] | None = None) -> bytes:
+    """One line per series over ``x`` (e.g. alpha, beta, delta over iterations).
+
+    Args:
+        x: the x values.
+        series: name -> y values.
+        title: the title.
+        xlabel: the x axis label.
+        span: ``(x0, x1, label)``: a shaded band (e.g. the audit's scoring window).
+    """
     plt, fig, ax = _figure()
+    if span is not None:
+        ax.axvspan(span[0], span[1], color="tab:green", alpha=0.12, label=span[2])
     for name, y in series.items():
         ax.plot(np.asarray(x), np.asarray(y, dtype=float), label=name)
     ax.set_title(title)
