@@ -231,13 +231,11 @@ def model_spec_from_run(run_dir: str | os.PathLike, dropout: float = 0.0) -> tup
 
     Raises:
         FileNotFoundError: when the run has no model checkpoint.
-        KeyError: when the checkpoint lacks the network description.
+        ValueError: when the checkpoint cannot be loaded or lacks the network description (one line).
     """
-    path = _run_checkpoint(Path(run_dir))
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    missing = {"network", "network_name", "spatial_dims", "in_channels", "num_outputs"} - set(ckpt)
-    if missing:
-        raise KeyError(f"{path}: checkpoint lacks {sorted(missing)}; expected a lilaw-med model checkpoint.")
+    from lilaw_med.training.model import read_model_file
+
+    ckpt = read_model_file(_run_checkpoint(Path(run_dir)))
     n = int(ckpt["num_outputs"])
     names = [str(c) for c in ckpt.get("class_names") or []] or [str(i) for i in range(max(n, 2))]
     spec = ModelSpec(
@@ -265,9 +263,12 @@ def install_model(run_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
 
     Raises:
         FileNotFoundError: when the run has no model checkpoint.
+        ValueError: when it cannot be loaded (one line).
     """
     run_dir = getattr(run_dir, "run_dir", run_dir)  # a RunResult from the bundle's training step
-    ckpt = torch.load(_run_checkpoint(Path(run_dir)), map_location="cpu", weights_only=True)
+    from lilaw_med.training.model import read_model_file
+
+    ckpt = read_model_file(_run_checkpoint(Path(run_dir)))
     atomic_save_torch({k: v.detach().cpu() for k, v in ckpt["network"].items()}, dest)
     logger.info("installed the network weights of %s as %s", run_dir, dest)
     return Path(dest)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -173,10 +174,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             batch_size=args.batch_size, calibrated=not args.uncalibrated, slide_aggregation=args.slide_aggregation,
             tissue_threshold=args.tissue_threshold,
         )
-    print(f"{result['n']} prediction(s) written to {result['output']}")
+    failed = result.get("failed", [])
+    print(f"{result['n'] - len(failed)} prediction(s) and {len(failed)} error(s) written to {result['output']}")
     for path in result.get("slide_maps", []):
         print(f"slide probability map: {path}")
-    return 0
+    if not failed:
+        return 0
+    shown = 10  # a batch of thousands of bad files must not flood the terminal: the CSV has them all
+    for path, error in failed[:shown]:
+        print(f"lilaw-med predict: {error if path in error else f'{path}: {error}'}", file=sys.stderr)
+    if len(failed) > shown:
+        print(f"lilaw-med predict: ... and {len(failed) - shown} more", file=sys.stderr)
+    print(f"lilaw-med predict: error: {len(failed)} of {result['n']} input(s) could not be predicted; their rows in "
+          f"{result['output']} give the reason in the 'error' column.", file=sys.stderr)
+    return 1
 
 
 # ------------------------------------------------------------------------------------------ init-config

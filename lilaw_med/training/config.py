@@ -58,11 +58,24 @@ __all__ = [
     "get_value",
     "load_config",
     "load_preset_config",
+    "load_yaml_file",
     "parse_override",
     "validate_config",
 ]
 
 KEY_METRICS = ("auroc", "accuracy", "balanced_accuracy", "loss", "ece")
+
+MAX_SPATIAL_VOXELS = 512**3
+"""Upper bound of ``data.options.spatial_size``'s pixels/voxels per image (a 512^3 volume, 512 MiB as float32)."""
+MAX_BATCH_SIZE = 65536
+"""Upper bound of the batch sizes (``train.batch_size``, ``lilaw.val_batch_size``)."""
+MAX_CONFIG_DEPTH = 32
+"""The deepest nesting of mappings and lists a config file or ``--set`` value may have (a config is
+sections of keys with small values: 4 levels are used)."""
+MAX_CONFIG_BYTES = 16 * 2**20
+"""The largest config file read (configs are a few kB)."""
+_INT64 = 2**63 - 1
+_SEED_MAX = 2**32 - 1  # NumPy's legacy seeding (MONAI's set_determinism) takes seeds below 2**32
 
 
 class ConfigError(ValueError):
@@ -141,7 +154,9 @@ class DataConfig:
         0.15, _NUM, minimum=0.0, maximum=0.9, exclusive_minimum=True,
         help="fraction of training split off as (noisy) validation when the datalist has none",
     )
-    split_seed: int | None = setting(None, (int,), nullable=True, help="seed of the validation split (null: train.seed)")
+    split_seed: int | None = setting(
+        None, (int,), nullable=True, minimum=0, maximum=_SEED_MAX, help="seed of the validation split (null: train.seed)"
+    )
     options: dict[str, Any] = setting({}, (dict,), help="options of the transform preset (see lilaw_med.data.transforms)")
     cache: str = setting("none", (str,), choices=("none", "memory", "disk"), help="dataset caching")
     cache_dir: str | None = setting(None, (str,), nullable=True, help="folder of the disk cache (null: RUN_DIR/cache)")
@@ -205,7 +220,9 @@ class LiLAWConfig:
     detach_weights: bool = setting(
         _signature_default(_L, "detach_weights"), (bool,), help="treat w as a constant in the model step"
     )
-    val_batch_size: int | None = setting(None, (int,), minimum=1, nullable=True, help="meta batch size (null: train.batch_size)")
+    val_batch_size: int | None = setting(
+        None, (int,), minimum=1, maximum=MAX_BATCH_SIZE, nullable=True, help="meta batch size (null: train.batch_size)"
+    )
 
 
 @dataclass(frozen=True)
@@ -234,12 +251,12 @@ class ScheduleConfig:
 class TrainConfig:
     """``train``: the training loop: epochs, batches, seed, device, checkpoints."""
 
-    epochs: int = setting(10, (int,), minimum=1, help="training epochs")
-    batch_size: int = setting(64, (int,), minimum=1, help="training batch size")
-    seed: int = setting(0, (int,), minimum=0, help="random seed (network init, shuffles, augmentations)")
+    epochs: int = setting(10, (int,), minimum=1, maximum=1_000_000, help="training epochs")
+    batch_size: int = setting(64, (int,), minimum=1, maximum=MAX_BATCH_SIZE, help="training batch size")
+    seed: int = setting(0, (int,), minimum=0, maximum=_SEED_MAX, help="random seed (network init, shuffles, augmentations)")
     device: str = setting("auto", (str,), help="auto (CUDA when present), cpu, cuda or cuda:N")
     amp: str | bool = setting("auto", (str, bool), choices=("auto", True, False), help="mixed precision (auto: on for CUDA)")
-    num_workers: int = setting(0, (int,), minimum=0, help="data-loader worker processes")
+    num_workers: int = setting(0, (int,), minimum=0, maximum=1024, help="data-loader worker processes")
     deterministic: bool = setting(True, (bool,), help="seed every RNG (reproducible CPU runs)")
     checkpoint_every_n_epochs: int | None = setting(1, (int,), minimum=1, nullable=True, help="checkpoint interval in epochs")
     checkpoint_every_n_iterations: int | None = setting(
@@ -367,6 +384,9 @@ def _check_value(path: str, spec: Field, value: Any) -> Any:
             f"config field '{path}' must be one of {list(spec.choices)} but is {value!r}"
             + (_suggest(value, [str(c) for c in spec.choices]) if isinstance(value, str) else ".")
         )
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _INT64:
+        # YAML reads any number of digits; torch and NumPy would overflow later, mid-run
+        raise ConfigError(f"config field '{path}' must fit in a 64-bit integer but is {value}.")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise ConfigError(f"config field '{path}' must be finite but is {value}.")
@@ -389,11 +409,32 @@ def _check_value(path: str, spec: Field, value: Any) -> Any:
 
 
 def _check_options(preset: str, options: Mapping[str, Any]) -> None:
-    """Checks ``data.options`` keys against the preset's documented options."""
-    valid = get_preset(preset).default_options()
+    """Checks ``data.options`` keys against the preset's documented options, and the image size
+    against :data:`MAX_SPATIAL_VOXELS` (before anything of that size is allocated)."""
+    spec = get_preset(preset)
+    valid = spec.default_options()
     for key in options:
         if key not in valid:
             raise ConfigError(f"config key 'data.options.{key}' is unknown for preset '{preset}'" + _suggest(key, valid))
+    size = options.get("spatial_size")
+    if size is None:
+        return
+    sizes = [size] * spec.spatial_dims if isinstance(size, int) and not isinstance(size, bool) else size
+    if (
+        not isinstance(sizes, list)
+        or len(sizes) != spec.spatial_dims
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes)
+    ):
+        raise ConfigError(
+            f"config field 'data.options.spatial_size' must be {spec.spatial_dims} positive integers (or null) for "
+            f"preset '{preset}' but is {size!r}."
+        )
+    voxels = math.prod(sizes)
+    if voxels > MAX_SPATIAL_VOXELS:
+        raise ConfigError(
+            f"config field 'data.options.spatial_size' asks for {voxels} pixels per image ({'x'.join(map(str, sizes))}), "
+            f"more than the limit of {MAX_SPATIAL_VOXELS} (512^3); choose a smaller size."
+        )
 
 
 def validate_config(config: Config | Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -460,6 +501,62 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
 
 
+def _load_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` of ``text`` after checking its nesting depth on the parser's event stream.
+
+    PyYAML's parser is iterative but its composer recurses once per level, so a 20,000-deep document
+    would end in a ``RecursionError``; the depth is checked first, without building anything.
+
+    Raises:
+        ConfigError: naming ``source``, when the text is not YAML or nests deeper than :data:`MAX_CONFIG_DEPTH`.
+    """
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_CONFIG_DEPTH:
+                    raise ConfigError(
+                        f"{source}: nested deeper than {MAX_CONFIG_DEPTH} levels (at line {event.start_mark.line + 1}); "
+                        "a config holds sections of keys with small values."
+                    )
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
+
+
+def load_yaml_file(path: str | os.PathLike) -> Any:
+    """Reads a YAML file (safe-loaded) with the limits of a config: size, text encoding, depth.
+
+    Args:
+        path: the file.
+
+    Returns:
+        What it holds (``None`` for an empty file).
+
+    Raises:
+        FileNotFoundError: when it does not exist.
+        ConfigError: naming the file, when it is larger than :data:`MAX_CONFIG_BYTES`, not UTF-8 text
+            (a binary file), not YAML, or nested deeper than :data:`MAX_CONFIG_DEPTH`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {size} bytes; a config is a small YAML text file (at most {MAX_CONFIG_BYTES} bytes).")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not a YAML text file (byte 0x{data[e.start]:02x} at offset {e.start} is not UTF-8; a binary file?)"
+        ) from None
+    return _load_yaml(text, str(path))
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """Parses one ``--set`` override ``section.key[.sub]=value``.
 
@@ -479,10 +576,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.epochs=1).")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: the value is not valid YAML ({_yaml_problem(e)}).") from None
+    value = _load_yaml(raw, f"override {text!r}: the value") if raw.strip() else None
     return key, value
 
 
@@ -529,17 +623,13 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
-        ConfigError: when the file is not YAML or the config is invalid (the message names the file).
+        ConfigError: when the file is not YAML (binary, too large, too deeply nested) or the config is
+            invalid (the message names the file).
     """
     raw: Any = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
+        raw = load_yaml_file(path) or {}
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{path}: a config must be a mapping of sections but is {type(raw).__name__}.")
     try:

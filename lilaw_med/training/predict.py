@@ -35,7 +35,7 @@ from lilaw_med.training.distributed import resolve_device
 from lilaw_med.training.evaluation import apply_calibration, classification_metrics, run_inference
 from lilaw_med.training.model import load_model
 from lilaw_med.training.run_dir import RunDir
-from lilaw_med.utils import atomic_write
+from lilaw_med.utils import atomic_write, guard_csv_text
 
 __all__ = ["SLIDE_SUFFIXES", "aggregate_patches", "evaluate_run", "predict_inputs", "tissue_mask"]
 
@@ -305,26 +305,119 @@ def _predict_slide(
 
 
 # ------------------------------------------------------------------------------------------ predict
-def _expand_inputs(inputs: Sequence[str | os.PathLike], spatial_dims: int, skip: Sequence[Path] = ()) -> list[Path]:
-    """Checks every input exists, has a supported format and the model's dimensionality."""
+def _one_line(error: BaseException) -> str:
+    """An exception as one short line (readers' messages may span lines or quote whole headers)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if not isinstance(error, (ValueError, OSError)):
+        text = f"{type(error).__name__}: {text}"
+    return text[:500]
+
+
+def _check_input(p: Path, spatial_dims: int) -> None:
+    """Checks one input exists, has a supported format and the model's dimensionality.
+
+    Raises:
+        FileNotFoundError, ValueError: what is wrong with it (as the readers' own checks say).
+    """
     from lilaw_med.data.readers import image_kind, list_series_files, read_header
 
+    if not p.exists():
+        raise FileNotFoundError(f"input not found: {p}")
+    if p.is_dir() and not list_series_files(p):
+        raise ValueError(f"{p}: a folder must be a DICOM series (it holds no DICOM file).")
+    image_kind(p)  # raises a clear error on an unsupported format
+    header = read_header(p)
+    if header.ndim != spatial_dims:
+        raise ValueError(
+            f"{p}: a {header.ndim}D image (shape {tuple(header.shape)}) but the run's model is {spatial_dims}D."
+        )
+
+
+def _expand_inputs(inputs: Sequence[str | os.PathLike], spatial_dims: int) -> list[Path]:
+    """:func:`_check_input` over every input, stopping at the first bad one (the verdict test's entry).
+
+    Returns:
+        The absolute paths.
+    """
     out = []
     for raw in inputs:
-        p = Path(raw)
-        if not p.exists():
-            raise FileNotFoundError(f"input not found: {p}")
-        if p.is_dir() and not list_series_files(p):
-            raise ValueError(f"{p}: a folder must be a DICOM series (it holds no DICOM file).")
-        image_kind(p)  # raises a clear error on an unsupported format
-        if p.absolute() not in skip:
-            header = read_header(p)
-            if header.ndim != spatial_dims:
-                raise ValueError(
-                    f"{p}: a {header.ndim}D image (shape {tuple(header.shape)}) but the run's model is {spatial_dims}D."
-                )
-        out.append(p.absolute())
+        _check_input(Path(raw), spatial_dims)
+        out.append(Path(raw).absolute())
     return out
+
+
+def _finite(image: Any) -> bool:
+    return bool(torch.isfinite(torch.as_tensor(image)).all())
+
+
+class _Prepared:
+    """The run's evaluation transforms split after the loader, so the raw pixels can be checked:
+    a NaN or infinite pixel is refused before intensity scaling could clip it into a valid-looking image."""
+
+    def __init__(self, cfg: Config) -> None:
+        from monai.transforms import Compose
+
+        from lilaw_med.data.transforms import build_transforms
+
+        chain = build_transforms(cfg.data.preset, transform_options(cfg), train=False)
+        self.load, self.rest = chain.transforms[0], Compose(list(chain.transforms[1:]))
+
+    def __call__(self, path: Path) -> dict[str, Any]:
+        item = self.load({"image": str(path), "id": str(path)})
+        if not _finite(item["image"]):
+            raise ValueError(f"{path}: NaN or infinite pixel values; no prediction is made for it.")
+        item = self.rest(item)
+        if not _finite(item["image"]):
+            raise ValueError(f"{path}: NaN or infinite values after the run's transforms; no prediction is made for it.")
+        return item
+
+
+def _predict_images(
+    images: Sequence[tuple[int, Path]], network: Any, cfg: Config, dev: torch.device, cal: Mapping[str, Any],
+    batch_size: int, names: list[str],
+) -> dict[int, list[Any]]:
+    """Rows (``predicted_label, predicted_class, num_patches, probs..., error``) by input index; a bad input
+    gets its error and no class, and never stops the others."""
+    from monai.data import DataLoader, Dataset
+
+    multi = cfg.data.multi_label
+    prepare = _Prepared(cfg)
+    rows: dict[int, list[Any]] = {}
+    for start in range(0, len(images), batch_size):  # chunk by chunk: memory bounded by one batch of images
+        good: list[tuple[int, Path, dict[str, Any]]] = []
+        for i, p in images[start : start + batch_size]:
+            try:
+                good.append((i, p, prepare(p)))
+            except Exception as e:  # any reader or transform failure is this input's, not the run's
+                rows[i] = _error_row(names, _one_line(e))
+        if not good:
+            continue
+        loader = DataLoader(Dataset([item for _, _, item in good]), batch_size=len(good), shuffle=False, num_workers=0)
+        logits, _, _ = run_inference(network, loader, dev)
+        finite = torch.isfinite(logits).all(dim=1).tolist()
+        probs, pred = apply_calibration(logits, cal.get("temperature") or 1.0, cal.get("threshold"), multi)
+        for (i, p, _), ok, pr, pd in zip(good, finite, probs, pred, strict=True):
+            if not ok:  # an extreme input can overflow the network: no class rather than a made-up one
+                rows[i] = _error_row(names, f"{p}: the model's output is not finite; no prediction is made for it.")
+            elif multi:
+                rows[i] = [";".join(str(int(v)) for v in pd), ";".join(n for n, v in zip(names, pd, strict=True) if v),
+                           "", *pr.tolist(), ""]
+            else:
+                rows[i] = [int(pd), names[int(pd)], "", *pr.tolist(), ""]
+    return rows
+
+
+def _error_row(names: list[str], error: str) -> list[Any]:
+    return ["", "", "", *([""] * len(names)), error]
+
+
+def _csv_cell(value: Any) -> Any:
+    """Numbers as numbers (floats to 6 decimals), text guarded against spreadsheet formulas."""
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    if isinstance(value, str):
+        return guard_csv_text(value)
+    return value
 
 
 def predict_inputs(
@@ -340,12 +433,18 @@ def predict_inputs(
 ) -> dict[str, Any]:
     """Class probabilities for images, DICOM series and (pathology runs) whole slides, to a CSV.
 
+    Every input gets a row, in the order given. An input that cannot be predicted (missing, an
+    unsupported or unreadable file, the wrong dimensionality, NaN or infinite pixels, a non-finite
+    model output) gets its reason in the ``error`` column and no class or probabilities; the other
+    inputs are predicted as usual.
+
     Args:
         run_dir: the run folder.
         inputs: image files (DICOM, NIfTI, PNG/JPEG/TIFF, .npy), DICOM series folders, slides.
-        output: the CSV to write: ``id, path, kind, predicted_label, predicted_class, prob_<class>...``
-            (``kind`` is ``image`` or ``slide``; a slide row holds its aggregated scores and
-            ``num_patches``).
+        output: the CSV to write: ``id, path, kind, predicted_label, predicted_class, num_patches,
+            prob_<class>..., error`` (``kind`` is ``image`` or ``slide``; a slide row holds its
+            aggregated scores and ``num_patches``). Text cells that a spreadsheet would run as a
+            formula (starting with ``=``, ``+``, ``-``, ``@``, tab or CR) get a leading ``'`` (OWASP).
         which: ``"best"`` or ``"final"`` model.
         device: overrides the run's device.
         batch_size: inference batch size.
@@ -354,53 +453,68 @@ def predict_inputs(
         tissue_threshold: minimum tissue fraction of a slide patch.
 
     Returns:
-        ``{"n": rows written, "output": path, "slide_maps": [paths]}``.
+        ``{"n": rows written, "output": path, "slide_maps": [paths], "failed": [(input, error)]}``.
 
     Raises:
-        FileNotFoundError: when the run, its model or an input is missing.
-        ValueError: on an unsupported input.
+        FileNotFoundError: when the run or its model is missing.
+        ValueError: on an unloadable model, or invalid options.
     """
     rd, cfg, network, meta, dev = _run_context(run_dir, which, device)
     if not 0 <= tissue_threshold <= 1:
         raise ValueError(f"tissue_threshold must lie in [0, 1] but is {tissue_threshold}.")
     if slide_aggregation not in ("mean", "max", "top10"):
         raise ValueError(f"slide aggregation must be 'mean', 'max' or 'top10' but is {slide_aggregation!r}.")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be a positive integer but is {batch_size}.")
     cal = _calibration(rd, which, calibrated)
-    multi = cfg.data.multi_label
     num = int(meta.get("num_outputs", 2))
-    names = _class_names(meta, 2 if num == 1 and not multi else num)
+    names = _class_names(meta, 2 if num == 1 and not cfg.data.multi_label else num)
     out_path = Path(output)
     patch = _training_tile_size(rd) if get_preset(cfg.data.preset).patches else 0
-    for raw in inputs:
-        if not Path(raw).exists():
-            raise FileNotFoundError(f"input not found: {raw}")
-    slides = [Path(p).absolute() for p in inputs if patch and _is_slide(Path(p), patch)]
-    paths = _expand_inputs(inputs, int(meta.get("spatial_dims", 2)), skip=slides)
-    images = [p for p in paths if p not in slides]
-    rows: list[list[Any]] = []
+    spatial_dims = int(meta.get("spatial_dims", 2))
+    results: dict[int, list[Any]] = {}
+    kinds: dict[int, str] = {}
+    images: list[tuple[int, Path]] = []
+    slides: list[tuple[int, Path]] = []
+    for i, raw in enumerate(inputs):
+        p = Path(raw).absolute()
+        kinds[i] = "image"
+        try:
+            if patch and p.exists() and _is_slide(p, patch):
+                kinds[i] = "slide"
+                slides.append((i, p))
+                continue
+            _check_input(p, spatial_dims)
+            images.append((i, p))
+        except Exception as e:  # this input's problem: reported in its row, the others go on
+            results[i] = _error_row(names, _one_line(e))
+    results.update(_predict_images(images, network, cfg, dev, cal, batch_size, names))
     maps: list[Path] = []
-    if images:
-        items = [{"image": str(p), "id": str(p)} for p in images]
-        logits, _, _ = run_inference(network, _loader(items, cfg, batch_size), dev)
-        probs, pred = apply_calibration(logits, cal.get("temperature") or 1.0, cal.get("threshold"), multi)
-        for p, pr, pd in zip(images, probs, pred, strict=True):
-            if multi:
-                rows.append([p.name, str(p), "image", ";".join(str(int(v)) for v in pd),
-                             ";".join(n for n, v in zip(names, pd, strict=True) if v), "", *pr.tolist()])
-            else:
-                rows.append([p.name, str(p), "image", int(pd), names[int(pd)], "", *pr.tolist()])
-    for p in slides:
-        prefix = out_path.with_name(f"{out_path.stem}_{p.name.split('.')[0]}")
-        scores, written, n_patches = _predict_slide(
-            p, network, cfg, dev, cal, patch, prefix, names, batch_size, slide_aggregation, tissue_threshold
-        )
+    for i, p in slides:
+        try:
+            prefix = out_path.with_name(f"{out_path.stem}_{p.name.split('.')[0]}")
+            scores, written, n_patches = _predict_slide(
+                p, network, cfg, dev, cal, patch, prefix, names, batch_size, slide_aggregation, tissue_threshold
+            )
+        except Exception as e:
+            results[i] = _error_row(names, _one_line(e))
+            continue
         maps += [w for w in written if w.suffix == ".png"]
-        label = int(np.nanargmax(scores)) if np.isfinite(scores).any() else -1
-        rows.append([p.name, str(p), "slide", label, names[label] if label >= 0 else "", n_patches, *scores.tolist()])
+        if np.isfinite(scores).all():
+            label = int(np.nanargmax(scores))
+            results[i] = [label, names[label], n_patches, *scores.tolist(), ""]
+        else:
+            why = "the model's output is not finite on some patches" if n_patches else "no patch on tissue was scored"
+            results[i] = ["", "", n_patches, *([""] * len(names)), f"{p}: {why}; no prediction is made for it."]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "path", "kind", "predicted_label", "predicted_class", "num_patches", *[f"prob_{n}" for n in names]])
-    for row in rows:
-        writer.writerow([f"{v:.6f}" if isinstance(v, float) else v for v in row])
+    writer.writerow(["id", "path", "kind", "predicted_label", "predicted_class", "num_patches",
+                     *[f"prob_{n}" for n in names], "error"])
+    failed: list[tuple[str, str]] = []
+    for i, raw in enumerate(inputs):
+        row = results[i]
+        if row[-1]:
+            failed.append((str(raw), row[-1]))
+        writer.writerow([_csv_cell(v) for v in [Path(raw).name, str(Path(raw).absolute()), kinds[i], *row]])
     atomic_write(out_path, buf.getvalue())
-    return {"n": len(rows), "output": str(out_path), "slide_maps": [str(m) for m in maps]}
+    return {"n": len(inputs), "output": str(out_path), "slide_maps": [str(m) for m in maps], "failed": failed}

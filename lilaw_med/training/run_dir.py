@@ -35,8 +35,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from lilaw_med.utils import atomic_write
 
 __all__ = ["RunDir", "RunDirBusyError", "RunLock", "default_run_name", "to_jsonable"]
@@ -359,10 +357,13 @@ class RunDir:
 
         Raises:
             FileNotFoundError: when the folder is not a run folder.
+            ConfigError: naming the file, when it is not YAML text (binary, too large, too deeply nested).
         """
+        from lilaw_med.training.config import load_yaml_file
+
         if not self.config.is_file():
             raise FileNotFoundError(f"{self.root} is not a run folder: {self.CONFIG} is missing.")
-        return yaml.safe_load(self.config.read_text(encoding="utf-8"))
+        return load_yaml_file(self.config)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"

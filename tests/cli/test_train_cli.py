@@ -184,3 +184,118 @@ def test_predict_refuses_an_input_of_the_wrong_dimensionality(run_2d: Path, tmp_
     assert main(["predict", str(run_2d), str(series), "-o", str(tmp_path / "p.csv")]) == 1
     assert "a 3D image (shape (20, 20, 6)) but the run's model is 2D" in capsys.readouterr().err
     assert main(["predict", str(run_2d), str(tmp_path / "absent.dcm"), "-o", str(tmp_path / "p.csv")]) == 1
+
+
+def _bad_and_hostile_inputs(run_2d: Path, folder: Path) -> tuple[list[str], dict[str, str]]:
+    """Good DICOM files (two of them under spreadsheet-formula names) among inputs that cannot be
+    predicted; returns the inputs and, for each bad one, a word its error must contain."""
+    import shutil
+
+    good = json.loads((run_2d / "datalist.json").read_text())["test"][0]["image"]
+    folder.mkdir()
+    formula = shutil.copy(good, folder / '=HYPERLINK("evil","x").dcm')
+    at = shutil.copy(good, folder / "@SUM(1+1).dcm")
+    nan = np.full((32, 32), 100.0, np.float32)
+    nan[5, 5] = np.nan
+    np.save(folder / "nan.npy", nan)
+    inf = np.full((32, 32), 100.0, np.float32)
+    inf[7, 7] = np.inf  # a percentile scaling would clip it into a valid-looking image
+    np.save(folder / "inf.npy", inf)
+    (folder / "empty.dcm").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
+    bad = {
+        str(folder / "nan.npy"): "NaN",
+        str(folder / "absent.dcm"): "not found",
+        str(folder / "inf.npy"): "inf",
+        str(folder / "empty.dcm"): "empty.dcm",
+        str(folder / "notes.txt"): "notes.txt",
+    }
+    inputs = [good, str(folder / "nan.npy"), str(formula), str(folder / "absent.dcm"), str(folder / "inf.npy"),
+              str(at), str(folder / "empty.dcm"), str(folder / "notes.txt")]
+    return inputs, bad
+
+
+def test_predict_keeps_going_past_bad_inputs_and_guards_formula_cells(run_2d: Path, tmp_path: Path, capsys) -> None:
+    from lilaw_med.utils import FORMULA_START
+
+    inputs, bad = _bad_and_hostile_inputs(run_2d, tmp_path / "in")
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(run_2d), *inputs, "-o", str(out), "--batch-size", "2"]) == 1
+    rows = _read_csv(out)
+    assert [r["path"] for r in rows] == [str(Path(p).absolute()) for p in inputs]  # every input, in order
+    probs_of = {}
+    for r, path in zip(rows, inputs, strict=True):
+        probs = [v for k, v in r.items() if k.startswith("prob_")]
+        if path in bad:
+            assert bad[path].lower() in r["error"].lower(), r
+            assert (r["predicted_label"], r["predicted_class"], set(probs)) == ("", "", {""})  # no class, ever
+        else:
+            assert r["error"] == "" and r["predicted_class"] in ("normal", "opacity")
+            assert abs(sum(map(float, probs)) - 1) < 1e-5
+            probs_of[path] = probs
+    assert len(set(map(tuple, probs_of.values()))) == 1  # the same image under three names: the same output
+    assert rows[2]["id"] == '\'=HYPERLINK("evil","x").dcm' and rows[5]["id"] == "'@SUM(1+1).dcm"
+    with open(out, newline="") as f:
+        cells = [cell for row in csv.reader(f) for cell in row]
+    assert not [c for c in cells if c.startswith(FORMULA_START)]  # nothing a spreadsheet would run
+    err = capsys.readouterr()
+    assert "3 prediction(s) and 5 error(s) written to" in err.out
+    assert err.err.strip().splitlines()[-1] == (
+        f"lilaw-med predict: error: 5 of 8 input(s) could not be predicted; their rows in {out} give the reason "
+        "in the 'error' column."
+    )
+    assert "Traceback" not in err.err
+
+
+def test_non_finite_pixels_or_outputs_never_get_a_class(run_2d: Path, tmp_path: Path) -> None:
+    from torch import nn
+
+    from lilaw_med.training.config import Config
+    from lilaw_med.training.predict import _predict_images, _Prepared
+
+    cfg = Config.from_mapping(yaml.safe_load((run_2d / "config.yaml").read_text()))
+    for value in (np.nan, np.inf, -np.inf):
+        image = np.full((32, 32), 100.0, np.float32)
+        image[3, 3] = value
+        np.save(tmp_path / "x.npy", image)
+        with pytest.raises(ValueError, match="NaN or infinite pixel values; no prediction is made for it"):
+            _Prepared(cfg)(tmp_path / "x.npy")
+
+    class Overflowing(nn.Module):  # a finite image the network cannot score (as an overflow would)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(x.shape[0], 2)
+            out[0] = float("nan")
+            return out
+
+    good = Path(json.loads((run_2d / "datalist.json").read_text())["test"][0]["image"])
+    rows = _predict_images([(0, good), (1, good)], Overflowing(), cfg, torch.device("cpu"), {}, 8, ["a", "b"])
+    assert rows[0] == ["", "", "", "", "", f"{good}: the model's output is not finite; no prediction is made for it."]
+    assert rows[1][:2] == [0, "a"] and rows[1][-1] == ""
+
+
+def test_unloadable_model_is_one_line_for_evaluate_predict_and_export(run_2d: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(run_2d, broken)
+    image = json.loads((run_2d / "datalist.json").read_text())["test"][0]["image"]
+    commands = (
+        ["evaluate", str(broken)],
+        ["predict", str(broken), image, "-o", str(tmp_path / "p.csv")],
+        ["bundle", "export", "--run", str(broken), str(tmp_path / "bundle")],
+    )
+    for content, expected in (
+        (b"\x00garbage" * 100, "cannot load the model file (UnpicklingError: not a torch file"),
+        (b"PK\x03\x04" + b"\x00" * 100, "cannot load the model file (RuntimeError: "),  # a torn zip
+        (None, "not a lilaw-med model file (it lacks ['network', 'network_name'"),
+    ):
+        for name in ("best_model.pt", "final_model.pt"):
+            if content is None:
+                torch.save({"weights": torch.zeros(2)}, broken / "checkpoints" / name)
+            else:
+                (broken / "checkpoints" / name).write_bytes(content)
+        for argv in commands:
+            assert main(argv) == 1, argv
+            err = capsys.readouterr().err.strip()
+            assert "Traceback" not in err and len(err.splitlines()) == 1, err
+            assert str(broken / "checkpoints" / "best_model.pt") in err and expected in err, err
