@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
 
 from lilaw_med.losses import LiLAWLoss
 
@@ -20,6 +21,39 @@ if TYPE_CHECKING:
 __all__ = ["LiLAWHandler"]
 
 logger = logging.getLogger(__name__)
+
+# One device type's autocast state: (enabled, dtype, cache_enabled).
+AutocastState = tuple[bool, torch.dtype, bool]
+
+
+def autocast_state(device_types: Iterable[str]) -> dict[str, AutocastState]:
+    """The autocast state in force now, for each of ``device_types``.
+
+    Args:
+        device_types: device types such as ``"cpu"``, ``"cuda"``.
+
+    Returns:
+        ``{device_type: (enabled, dtype, cache_enabled)}``.
+    """
+    cache = torch.is_autocast_cache_enabled()
+    return {t: (torch.is_autocast_enabled(t), torch.get_autocast_dtype(t), cache) for t in device_types}
+
+
+def enter_autocast_state(state: Mapping[str, AutocastState]) -> contextlib.ExitStack:
+    """A context that reproduces ``state`` (from :func:`autocast_state`): autocast on, with the
+    recorded dtype, for every device type that had it on, and explicitly off for the others (so an
+    enclosing autocast does not leak in).
+
+    Args:
+        state: ``{device_type: (enabled, dtype, cache_enabled)}``.
+
+    Returns:
+        an ``ExitStack`` to use in a ``with`` statement.
+    """
+    stack = contextlib.ExitStack()
+    for device_type, (enabled, dtype, cache) in state.items():
+        stack.enter_context(torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache))
+    return stack
 
 
 class LiLAWHandler:
@@ -31,6 +65,15 @@ class LiLAWHandler:
     runs through the weight formula alone: network parameters, their ``.grad`` and the optimizer
     state are never touched (nor, with ``val_mode="eval"``, the batch-norm statistics). The update
     is exactly ``theta <- theta - lr * (dL_val/dtheta + weight_decay * theta)``.
+
+    The validation forward runs under exactly the autocast the trainer's own forward ran under
+    (device types, dtype, on or off): the handler records the autocast state at MONAI's
+    ``IterationEvents.FORWARD_COMPLETED``, which the trainer fires inside its autocast context,
+    and re-enters it. It never decides from ``engine.amp`` itself: MONAI 1.6 enters
+    ``torch.autocast("cuda", **amp_kwargs)`` when ``amp`` is set, which is off on a CPU run, so
+    an ``amp: true`` bundle on CPU trains in float32 and its meta step must too. On an engine
+    without ``IterationEvents`` the handler falls back to MONAI's rule
+    (``amp`` and a ``scaler``: ``torch.autocast("cuda", **amp_kwargs)``).
 
     Under ``torch.distributed`` every rank takes its own validation batch and the three gradients
     (and the loss) are averaged across ranks before the step, so all ranks hold identical scalars:
@@ -98,6 +141,7 @@ class LiLAWHandler:
         self._val_iter: Iterator | None = None
         self.last_val_batch: Any = None  # raw batch of the last meta step (ids for the dynamics recorder)
         self.last_val_pred: torch.Tensor | None = None  # its logits (class probabilities for the recorder)
+        self.train_autocast: dict[str, AutocastState] | None = None  # recorded at the trainer's forward
 
     # ---------------------------------------------------------------- ignite wiring
     def attach(self, engine: Engine) -> None:
@@ -106,15 +150,47 @@ class LiLAWHandler:
 
         Args:
             engine: a MONAI ``SupervisedTrainer`` (or an engine with the same attributes:
-                ``network``, ``prepare_batch``, ``inferer``, ``non_blocking``, ``amp``).
+                ``network``, ``prepare_batch``, ``inferer``, ``non_blocking``, ``amp``). On an
+                engine with MONAI's ``IterationEvents`` the trainer's autocast state is also
+                recorded at ``FORWARD_COMPLETED``.
         """
         if not engine.has_event_handler(self._epoch_started, Events.EPOCH_STARTED):
             engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        forward_done = IterationEvents.FORWARD_COMPLETED
+        # MONAI fires FORWARD_COMPLETED inside the trainer's autocast context: the one place where
+        # the trainer's actual autocast state (not a re-derivation of it) can be read.
+        if engine.has_registered_events(forward_done) and not engine.has_event_handler(
+            self._record_autocast, forward_done
+        ):
+            engine.add_event_handler(forward_done, self._record_autocast)
         if not engine.has_event_handler(self, Events.ITERATION_COMPLETED):
             engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def _epoch_started(self, engine: Engine) -> None:
         self.loss.set_epoch(engine.state.epoch)
+
+    @staticmethod
+    def _device_types(engine: Engine) -> list[str]:
+        types = ["cpu", "cuda"]
+        device = getattr(engine.state, "device", None)
+        if device is not None and torch.device(device).type not in types:
+            types.append(torch.device(device).type)
+        return types
+
+    def _record_autocast(self, engine: Engine) -> None:
+        self.train_autocast = autocast_state(self._device_types(engine))
+
+    def _meta_autocast(self, engine: Engine) -> contextlib.AbstractContextManager:
+        """The autocast context of the validation forward: the trainer's recorded one, else the
+        context MONAI 1.6's ``SupervisedTrainer._iteration`` enters (``amp`` and a ``scaler``:
+        ``torch.autocast("cuda", **amp_kwargs)``, which torch turns off without CUDA)."""
+        if self.train_autocast is not None:
+            return enter_autocast_state(self.train_autocast)
+        if getattr(engine, "amp", False) and getattr(engine, "scaler", None) is not None:
+            if not torch.cuda.is_available():  # torch would warn and turn it off: say off quietly
+                return contextlib.nullcontext()
+            return torch.autocast("cuda", **(getattr(engine, "amp_kwargs", None) or {}))
+        return contextlib.nullcontext()
 
     def __call__(self, engine: SupervisedTrainer) -> None:
         """Runs the meta step when warm-up has ended.
@@ -183,9 +259,7 @@ class LiLAWHandler:
         network = engine.network
         was_training = network.training
         network.train(self.val_mode == "train")
-        autocast: contextlib.AbstractContextManager = contextlib.nullcontext()
-        if getattr(engine, "amp", False):
-            autocast = torch.autocast(inputs.device.type, **(getattr(engine, "amp_kwargs", None) or {}))
+        autocast = self._meta_autocast(engine)
         try:
             with torch.no_grad(), autocast:
                 pred = engine.inferer(inputs, network, *args, **kwargs)

@@ -263,3 +263,55 @@ def test_supervised_trainer_with_lilaw_learns_a_noisy_task_better_than_plain_ce(
     # weight decay pulls alpha down too), dL/dbeta = -mean(sigmoid'(m - beta x) * x * L) < 0
     scalars = loss.weighting.as_dict()
     assert scalars["alpha"] < 2.0 < scalars["beta"]
+
+
+# ---------------------------------------------------------------- autocast (issue 13, item 3)
+class _CPUBFloat16Trainer(SupervisedTrainer):
+    """A trainer whose forward genuinely runs under CPU autocast (MONAI's own only autocasts CUDA)."""
+
+    def _iteration(self, engine, batchdata):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return super()._iteration(engine, batchdata)
+
+
+def _output_dtypes(trainer_cls: type[SupervisedTrainer], device: str, **trainer_kwargs) -> dict[str, set]:
+    """Runs 2 iterations and returns the dtypes of the network's output in the training forward
+    and in the meta step's forward, captured by a forward hook."""
+    torch.manual_seed(0)
+    net = _BNNet().to(device)
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    trainer = trainer_cls(
+        device=torch.device(device), max_epochs=1, epoch_length=2,
+        train_data_loader=DataLoader(_items(32, 1), batch_size=16), network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=1e-2), loss_function=loss, **trainer_kwargs,
+    )
+    seen: dict[str, set] = {"train": set(), "meta": set()}
+    phase = {"now": "train"}
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: phase.update(now="train"))
+    # registered before the handler, so it runs before the meta step on ITERATION_COMPLETED
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: phase.update(now="meta"))
+    net.register_forward_hook(lambda m, i, out: seen[phase["now"]].add(out.dtype))
+    handler = LiLAWHandler(DataLoader(_items(16, 2), batch_size=8), loss)
+    handler.attach(trainer)
+    trainer.run()
+    assert handler.steps == 2
+    return seen
+
+
+def test_meta_step_with_amp_on_cpu_runs_in_float32_like_the_trainer():
+    # MONAI enters torch.autocast("cuda") for amp=True, which is off on CPU (it warns once)
+    with pytest.warns(UserWarning, match="(?i)cuda"):
+        seen = _output_dtypes(SupervisedTrainer, "cpu", amp=True, amp_kwargs={"dtype": torch.bfloat16})
+    assert seen == {"train": {torch.float32}, "meta": {torch.float32}}
+
+
+def test_meta_step_follows_a_trainer_that_really_autocasts_on_cpu():
+    seen = _output_dtypes(_CPUBFloat16Trainer, "cpu")
+    assert seen == {"train": {torch.bfloat16}, "meta": {torch.bfloat16}}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: MONAI's amp autocasts CUDA only")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_meta_step_with_amp_on_cuda_uses_the_trainers_dtype(dtype):
+    seen = _output_dtypes(SupervisedTrainer, "cuda", amp=True, amp_kwargs={"dtype": dtype})
+    assert seen == {"train": {dtype}, "meta": {dtype}}
