@@ -63,6 +63,13 @@ class LiLAWLoss(nn.Module):
             per label.
         detach_weights: treat ``w`` as a constant in the model step (a pure reweighting). ``False``
             (the paper prototype's behaviour) lets the model gradient also flow through ``w``.
+        normalize_weights: in the model step, divide the weights by their batch mean (detached):
+            ``mean_i(w_i / mean_j(w_j) * L_i)``, so the loss keeps the base loss's scale. The
+            spec's initial scalars put the weights near 2, so without it a ``mean`` loss, and its
+            gradient, are about twice the base loss's: harmless with Adam/AdamW (invariant to a
+            constant loss scale), a doubled step size with SGD. The mean is a constant of the
+            step (detached), so only the relative weights shape the gradient. ``last_stats``
+            keeps the raw weights; the meta step is never normalised (see :meth:`meta_loss`).
 
     Raises:
         TypeError: when ``base_loss`` is not callable.
@@ -77,6 +84,7 @@ class LiLAWLoss(nn.Module):
         reduce_classes: Literal["sum", "mean"] | None = None,
         multi_label: bool = False,
         detach_weights: bool = False,
+        normalize_weights: bool = False,
     ):
         super().__init__()
         if not callable(base_loss):
@@ -91,6 +99,7 @@ class LiLAWLoss(nn.Module):
         self.reduce_classes = reduce_classes
         self.multi_label = bool(multi_label)
         self.detach_weights = bool(detach_weights)
+        self.normalize_weights = bool(normalize_weights)
         self.epoch = 1
         self.last_stats: LiLAWStats | None = None
         self.last_loss: torch.Tensor | None = None
@@ -152,7 +161,8 @@ class LiLAWLoss(nn.Module):
         return per_sample.sum(dim=1) if self.reduce_classes == "sum" else per_sample.mean(dim=1)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The model step's loss: ``mean(w * L)`` with alpha, beta, delta held constant.
+        """The model step's loss: ``mean(w * L)`` with alpha, beta, delta held constant
+        (``mean(w / mean(w).detach() * L)`` with ``normalize_weights``).
 
         Args:
             pred: logits (N, C), (N, 1) or (N, L) with ``multi_label``.
@@ -165,7 +175,12 @@ class LiLAWLoss(nn.Module):
         if self.is_active:
             terms = self.weighting(pred, target, multi_label=self.multi_label, detach_params=True)
             w = terms.weight.detach() if self.detach_weights else terms.weight
-            loss = (w.to(losses.dtype) * losses).mean()
+            w = w.to(losses.dtype)
+            if self.normalize_weights:
+                # a constant rescaling of the step: detached, so it does not add a gradient path
+                # through the batch's other samples; clamped so all-zero weights give a zero loss
+                w = w / w.detach().mean().clamp_min(torch.finfo(w.dtype).tiny)
+            loss = (w * losses).mean()
         else:
             with torch.no_grad():
                 terms = self.weighting(pred.detach(), target, multi_label=self.multi_label, detach_params=True)
@@ -178,6 +193,12 @@ class LiLAWLoss(nn.Module):
         """The meta step's loss: ``mean(w * L)`` with the network's outputs held constant.
 
         Gradients reach alpha, beta and delta only. Its statistics go to ``last_val_stats``.
+
+        It is never normalised, whatever ``normalize_weights`` says: divided by ``mean(w)``, the
+        loss would be invariant to a common scale of the weights, so its gradient would lose the
+        direction that raises or lowers all weights together (e.g. alpha for a batch of easy
+        samples), and the meta step would optimise another objective than the spec's. The
+        normalisation is a matter of the network optimizer's step size only.
 
         Args:
             pred: logits of a validation batch (detached here).

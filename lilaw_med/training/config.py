@@ -220,6 +220,10 @@ class LiLAWConfig:
     detach_weights: bool = setting(
         _signature_default(_L, "detach_weights"), (bool,), help="treat w as a constant in the model step"
     )
+    normalize_weights: bool = setting(
+        _signature_default(_L, "normalize_weights"), (bool,),
+        help="divide w by its batch mean in the model step (the base loss's scale; for SGD)",
+    )
     val_batch_size: int | None = setting(
         None, (int,), minimum=1, maximum=MAX_BATCH_SIZE, nullable=True, help="meta batch size (null: train.batch_size)"
     )

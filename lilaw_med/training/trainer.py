@@ -135,7 +135,8 @@ def build_lilaw_loss(cfg: Config, base_loss: nn.Module) -> LiLAWLoss:
     weighting = LiLAWWeighting(lilaw.alpha, lilaw.beta, lilaw.delta, alpha_min=lilaw.alpha_min)
     warmup = lilaw.warmup_epochs if lilaw.enabled else cfg.train.epochs
     return LiLAWLoss(
-        base_loss, weighting, warmup_epochs=warmup, multi_label=cfg.data.multi_label, detach_weights=lilaw.detach_weights,
+        base_loss, weighting, warmup_epochs=warmup, multi_label=cfg.data.multi_label,
+        detach_weights=lilaw.detach_weights, normalize_weights=lilaw.normalize_weights,
     )
 
 

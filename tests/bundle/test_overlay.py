@@ -152,7 +152,7 @@ def test_overlay_defaults_are_the_cores_defaults() -> None:
     settings = yaml.safe_load(OVERLAY.read_text())["lilaw"]
     for cls, names in (
         (LiLAWWeighting, ("alpha", "beta", "delta")),
-        (LiLAWLoss, ("warmup_epochs", "reduce_classes", "multi_label", "detach_weights")),
+        (LiLAWLoss, ("warmup_epochs", "reduce_classes", "multi_label", "detach_weights", "normalize_weights")),
         (LiLAWHandler, ("lr", "weight_decay", "val_mode")),
     ):
         params = inspect.signature(cls.__init__).parameters

@@ -143,3 +143,99 @@ def test_sce_matches_its_formula():
 def test_gce_refuses_q_outside_its_range():
     with pytest.raises(ValueError, match="q"):
         GCELoss(q=0.0)
+
+
+# ---------------------------------------------------------------- normalize_weights (issue 13, item 6)
+def _normalize_case():
+    """Fixed logits (double) and labels, and the weights and CE losses computed from the formula."""
+    logits = torch.tensor(
+        [[2.0, -1.0, 0.5], [0.1, 0.2, 0.3], [-1.5, 3.0, 0.0], [0.7, 0.9, -2.0], [1.0, -0.5, 2.5]],  # no ties: max(s) is differentiable
+        dtype=torch.float64,
+    )
+    labels = torch.tensor([0, 2, 0, 1, 2])
+    return logits, labels
+
+
+def _by_hand(logits: torch.Tensor, labels: torch.Tensor, a: float, b: float, d: float):
+    s = logits.softmax(dim=1)
+    x, m = s[torch.arange(len(labels)), labels], s.max(dim=1).values
+    w = torch.sigmoid(a * x - m) + torch.sigmoid(-(b * x - m)) + torch.exp(-((d * x - m) ** 2) / 2)
+    ce = -torch.log(x)
+    return w, ce
+
+
+def test_normalized_loss_is_the_mean_of_w_over_its_batch_mean_times_the_loss():
+    logits, labels = _normalize_case()
+    w, ce = _by_hand(logits, labels, 1.5, 1.0, 2.5)
+    expected = (w / w.mean() * ce).mean()
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), LiLAWWeighting(1.5, 1.0, 2.5), normalize_weights=True)
+    torch.testing.assert_close(loss(logits, labels), expected, rtol=1e-6, atol=1e-9)
+    # unnormalised: the mean weight times larger (about 2 with the spec's scalars)
+    plain = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), LiLAWWeighting(1.5, 1.0, 2.5))
+    torch.testing.assert_close(plain(logits, labels), (w * ce).mean(), rtol=1e-6, atol=1e-9)
+    spec_w, _ = _by_hand(logits, labels, 2.0, 2.0, 2.0)
+    assert 1.5 < spec_w.mean().item() <= 2.0
+    torch.testing.assert_close(loss.last_stats.weight, w, rtol=1e-6, atol=1e-9)  # the raw weights are logged
+
+
+def test_normalized_loss_gradient_matches_finite_differences_with_the_mean_held_constant():
+    logits, labels = _normalize_case()
+    weighting = LiLAWWeighting(1.5, 1.0, 2.5)
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), weighting, normalize_weights=True)
+    z = logits.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss(z, labels), z)
+    w0, _ = _by_hand(logits, labels, 1.5, 1.0, 2.5)
+    c0 = w0.mean()  # the batch mean is detached: a constant of the step
+
+    def f(zz: torch.Tensor) -> torch.Tensor:
+        w, ce = _by_hand(zz, labels, 1.5, 1.0, 2.5)
+        return (w / c0 * ce).mean()
+
+    eps = 1e-6
+    numeric = torch.zeros_like(logits)
+    for idx in torch.cartesian_prod(torch.arange(logits.shape[0]), torch.arange(logits.shape[1])):
+        i, j = int(idx[0]), int(idx[1])
+        up, down = logits.clone(), logits.clone()
+        up[i, j] += eps
+        down[i, j] -= eps
+        numeric[i, j] = (f(up) - f(down)) / (2 * eps)
+    torch.testing.assert_close(grad, numeric, rtol=1e-6, atol=1e-8)
+    # and w itself is differentiated (detach_weights=False): not the pure reweighting's gradient
+    w_const = w0.detach()
+    (reweighting,) = torch.autograd.grad(
+        (w_const / c0 * nn.functional.cross_entropy(z, labels, reduction="none")).mean(), z
+    )
+    assert not torch.allclose(grad, reweighting)
+
+
+def test_normalized_loss_with_equal_weights_is_the_base_loss_mean():
+    # label 0 is the most probable with s = 0.6 in both rows, so x and m (hence w) are equal, while
+    # the label-smoothed CE (it reads every class) differs between them
+    logits = torch.tensor([[0.6, 0.2, 0.2], [0.6, 0.3, 0.1]], dtype=torch.float64).log()
+    labels = torch.tensor([0, 0])
+    base = nn.CrossEntropyLoss(reduction="none", label_smoothing=0.2)
+    loss = LiLAWLoss(base, normalize_weights=True)
+    value = loss(logits, labels)
+    w = loss.last_stats.weight
+    torch.testing.assert_close(w[0], w[1])
+    assert w[0].item() > 1.5  # unnormalised, the loss would be almost twice the base loss
+    per_sample = base(logits, labels)
+    assert not torch.isclose(per_sample[0], per_sample[1])
+    torch.testing.assert_close(value, per_sample.mean())
+
+
+def test_meta_loss_is_never_normalised():
+    logits, labels = _normalize_case()
+    w, ce = _by_hand(logits, labels, 2.0, 2.0, 2.0)
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), normalize_weights=True)
+    torch.testing.assert_close(loss.meta_loss(logits, labels).double(), (w * ce).mean(), rtol=1e-5, atol=1e-7)
+
+
+def test_normalize_weights_comes_from_the_config():
+    from lilaw_med.training.config import Config
+    from lilaw_med.training.trainer import build_lilaw_loss
+
+    for value in (False, True):
+        cfg = Config.from_mapping({"data": {"sample_data": True}, "lilaw": {"normalize_weights": value}})
+        assert build_lilaw_loss(cfg, nn.CrossEntropyLoss(reduction="none")).normalize_weights is value
+    assert Config.from_mapping({"data": {"sample_data": True}}).lilaw.normalize_weights is False
