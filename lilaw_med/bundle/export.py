@@ -8,6 +8,7 @@ The bundle's folder::
       configs/evaluate.yaml      metrics of models/model.pt on the test split (MONAI SupervisedEvaluator)
       configs/inference.yaml     predictions for image files (MONAI SupervisedEvaluator + ClassificationSaver)
       configs/multi_gpu_train.yaml   torchrun override of train.yaml (DDP, one process per GPU)
+      configs/logging.conf       MONAI's standard logging config (INFO to stdout), applied by ``monai.bundle run``
       docs/README.md             what the model is, the exact commands
       LICENSE
       models/model.pt            the network's state dict (when a run is given, or after training)
@@ -71,6 +72,33 @@ _PATH_FIELDS = (
     ("model", "weights"),
 )
 _MULTI_GPU = "multi_gpu_train.yaml"
+
+# configs/logging.conf: the standard file of MONAI model-zoo bundles. `monai.bundle run` applies
+# configs/logging.conf by default (and warns when it is missing); INFO to stdout, so the bundle's
+# training and evaluation logs are seen. Only stdlib classes and `sys.stdout`: MONAI refuses others.
+_LOGGING_CONF = """\
+[loggers]
+keys=root
+
+[handlers]
+keys=consoleHandler
+
+[formatters]
+keys=fullFormatter
+
+[logger_root]
+level=INFO
+handlers=consoleHandler
+
+[handler_consoleHandler]
+class=StreamHandler
+level=INFO
+formatter=fullFormatter
+args=(sys.stdout,)
+
+[formatter_fullFormatter]
+format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
+"""
 
 
 @dataclass
@@ -766,6 +794,7 @@ def _write_bundle(
     }
     for name, content in configs.items():
         write(f"configs/{name}", _yaml(content, _COMMENTS[name]))
+    write("configs/logging.conf", _LOGGING_CONF)
     write("docs/README.md", _readme(spec, meta, cfg, state_dict is not None, True))
     if license_file is not None:
         if not Path(license_file).is_file():

@@ -64,7 +64,7 @@ def _monai_bundle(bundle: Path, *args: str) -> subprocess.CompletedProcess:
 def test_export_writes_a_complete_bundle_with_the_runs_weights(exported: dict[str, Path]) -> None:
     bundle = exported["bundle"]
     for rel in ("configs/metadata.json", "configs/train.yaml", "configs/evaluate.yaml", "configs/inference.yaml",
-                "configs/multi_gpu_train.yaml", "docs/README.md", "LICENSE", "models/model.pt"):
+                "configs/multi_gpu_train.yaml", "configs/logging.conf", "docs/README.md", "LICENSE", "models/model.pt"):
         assert (bundle / rel).is_file(), rel
     meta = json.loads((bundle / "configs/metadata.json").read_text())
     assert missing_metadata_keys(meta) == []
@@ -87,6 +87,24 @@ def test_export_writes_a_complete_bundle_with_the_runs_weights(exported: dict[st
     installed = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert installed.keys() == best.keys()
     assert all(torch.equal(installed[k], best[k]) for k in best)
+
+
+def test_monai_bundle_applies_the_bundles_logging_conf(exported: dict[str, Path]) -> None:
+    # MONAI's ConfigWorkflow (what `monai.bundle run` builds) applies configs/logging.conf itself and
+    # warns "Default logging file ... does not exist" without it; in a subprocess, because it
+    # reconfigures the root logger
+    code = (
+        "import logging; from monai.bundle import ConfigWorkflow; "
+        "ConfigWorkflow(config_file='configs/inference.yaml', meta_file='configs/metadata.json', workflow_type='infer'); "
+        "logging.getLogger('lilaw_med.check').info('logged')"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=exported["bundle"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "does not exist" not in out.stdout + out.stderr
+    assert "lilaw_med.check - INFO - logged" in out.stdout
 
 
 def test_monai_bundle_run_trains_with_lilaw_exactly_like_the_cli(exported: dict[str, Path]) -> None:
