@@ -45,6 +45,7 @@ __all__ = [
     "RunRecord",
     "SplitAudit",
     "audit_split",
+    "scoring_window",
 ]
 
 logger = logging.getLogger(__name__)
@@ -322,7 +323,8 @@ class SplitAudit:
         return int(self.pred_probs.shape[1])
 
 
-def _choose(record: RunRecord, rule: str, options: AuditOptions) -> ScoringWindow:
+def scoring_window(record: RunRecord, rule: str, options: AuditOptions) -> ScoringWindow:
+    """The window ``rule`` gives for the run's training epochs and its noisy validation curves."""
     return choose_window(len(record.dynamics["training"].epochs), rule, val_loss=record.val_loss,
                          val_accuracy=record.val_accuracy, fraction=options.window_fraction)
 
@@ -359,13 +361,13 @@ def audit_split(
     labels = record.labels(dyn.ids)
     num_classes = max(len(record.class_names), int(labels.max()) + 1,
                       int(d["probs"].shape[-1]) if "probs" in d else 0, int(np.nanmax(d["pred_label"])) + 1)
-    window = _fit(window or _choose(record, options.window, options), len(dyn.epochs))
+    window = _fit(window or scoring_window(record, options.window, options), len(dyn.epochs))
     w_probs = window_pred_probs(d, labels, window, num_classes)
     probs = w_probs
     if oof_probs is not None:
         probs = oof_probs if options.fold_combine == "oof" else np.where(
             np.isfinite(w_probs), (w_probs + oof_probs) / 2, oof_probs)
-    count_window = _fit(_choose(record, options.count_window, options), len(dyn.epochs))
+    count_window = _fit(scoring_window(record, options.count_window, options), len(dyn.epochs))
     count_probs = window_pred_probs(d, labels, count_window, num_classes)
     scores = get_label_quality_scores(labels, probs, method=options.method, adjust_pred_probs=options.adjust_pred_probs)
     noise = estimate_noise(labels, count_probs, n_bootstrap=options.n_bootstrap)

@@ -32,11 +32,19 @@ from typing import Any
 
 import numpy as np
 
-from lilaw_med.audit.core import AuditOptions, RunRecord, SplitAudit, audit_split, level_counts
+from lilaw_med.audit.core import (
+    AuditOptions,
+    RunRecord,
+    SplitAudit,
+    audit_split,
+    level_counts,
+    scoring_window,
+)
 from lilaw_med.audit.detection import detection_curves, detection_quality
 from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS
 from lilaw_med.audit.rank import self_confidence
-from lilaw_med.audit.window import choose_window
+from lilaw_med.audit.window import choose_window, window_pred_probs
+from lilaw_med.training.run_dir import RunDir
 from lilaw_med.utils import atomic_write, guard_csv_text
 
 __all__ = ["COLUMNS", "AuditFiles", "AuditResult", "dicom_uids", "run_audit"]
@@ -120,10 +128,9 @@ def run_audit(
 
     opts = replace(options or AuditOptions(), **overrides)
     record = RunRecord.read(run_dir, opts.splits)
-    out = Path(out_dir) if out_dir is not None else record.root / "audit"
+    out = Path(out_dir) if out_dir is not None else record.root / RunDir.AUDIT
     train_dyn = record.dynamics["training"]
-    window = choose_window(len(train_dyn.epochs), opts.window, val_loss=record.val_loss,
-                           val_accuracy=record.val_accuracy, fraction=opts.window_fraction)
+    window = scoring_window(record, opts.window, opts)
     oof = None
     if opts.folds:
         from lilaw_med.audit.crossfit import cross_fit
@@ -229,8 +236,6 @@ def _detection(record: RunRecord, a: SplitAudit, opts: AuditOptions) -> dict[str
     wrong = true != a.labels
     dyn = record.dynamics["training"].as_dict()
     last = choose_window(len(record.dynamics["training"].epochs), "last")
-    from lilaw_med.audit.window import window_pred_probs
-
     scores = {"label_score": a.scores,
               "final_epoch_self_confidence": self_confidence(
                   a.labels, np.nan_to_num(window_pred_probs(dyn, a.labels, last, a.num_classes), nan=0.0))}
