@@ -531,7 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.evaluate:
         results = []
         for cell in cells_for(args.stage, args.cells):
-            if (run_dir(cell, "lilaw") / "summary.json").is_file():
+            done = run_dir(cell, "lilaw").parent / f"crossfit{args.folds}_ce" / "oof_probs.npy"
+            if (run_dir(cell, "lilaw") / "summary.json").is_file() and (done.is_file() or args.stage == "dev"):
                 results.append(evaluate_cell(cell, args.folds))
         out = cache_root() / f"eval_{args.stage}.json"
         out.write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
