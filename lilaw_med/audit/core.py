@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 from lilaw_med.audit.counts import NoiseEstimate, estimate_noise, find_label_issues
 from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS, difficulty
 from lilaw_med.audit.rank import SCORE_METHODS, get_label_quality_scores, order_label_issues
-from lilaw_med.audit.window import WINDOW_RULES, ScoringWindow, choose_window, window_pred_probs
+from lilaw_med.audit.window import WINDOW_RULES, ScoringWindow, choose_window, epoch_mean, window_pred_probs
 from lilaw_med.handlers.dynamics import Dynamics, load_dynamics
 
 __all__ = [
@@ -266,12 +265,6 @@ def _load_truth(path: Path, datalist: Mapping[str, Any]) -> dict[str, int] | Non
 
 
 # ----------------------------------------------------------------------------- one split
-def _nanmean(a: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(a, axis=0)
-
-
 @dataclass
 class SplitAudit:
     """The audit of one split's items.
@@ -377,7 +370,7 @@ def audit_split(
     flags, thresholds = find_label_issues(scores, labels, n_flag)
     rank = np.empty(len(scores), dtype=np.int64)
     rank[order_label_issues(scores)] = np.arange(1, len(scores) + 1)
-    terms = {k: _nanmean(np.asarray(d[k], dtype=np.float64)[window.start:window.stop])
+    terms = {k: epoch_mean(np.asarray(d[k], dtype=np.float64)[window.start:window.stop])
              for k in ("w_alpha", "w_beta", "w_delta", "weight")}
     audit = SplitAudit(
         split=split, ids=list(dyn.ids), labels=labels, window=window, pred_probs=probs, window_probs=w_probs,

@@ -44,7 +44,7 @@ from lilaw_med.audit.detection import detection_curves, detection_quality
 from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS
 from lilaw_med.audit.rank import self_confidence
 from lilaw_med.audit.window import choose_window, window_pred_probs
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.training.run_dir import RunDir, to_jsonable
 from lilaw_med.utils import atomic_write, guard_csv_text
 
 __all__ = ["COLUMNS", "AuditFiles", "AuditResult", "dicom_uids", "run_audit"]
@@ -147,14 +147,14 @@ def run_audit(
 
     files: dict[str, Path] = {}
     files[AuditFiles.CSV] = atomic_write(out / AuditFiles.CSV, _csv(rows))
-    files[AuditFiles.JSON] = atomic_write(out / AuditFiles.JSON, json.dumps(_jsonable({"summary": summary, "items": rows}), indent=1))
+    files[AuditFiles.JSON] = atomic_write(out / AuditFiles.JSON, json.dumps(to_jsonable({"summary": summary, "items": rows}), indent=1))
     flagged = sorted((r for r in rows if r["is_label_issue"]), key=lambda r: (r["split"] != "training", r["rank"]))
     reason = f"label issue ({opts.method}, {window.rule} window, confident-joint count)"
     files[AuditFiles.EXCLUDE] = atomic_write(
         out / AuditFiles.EXCLUDE, _csv([{**r, "reason": reason} for r in flagged], EXCLUDE_COLUMNS))
     if detection is not None:
         files[AuditFiles.DETECTION] = atomic_write(
-            out / AuditFiles.DETECTION, json.dumps(_jsonable({k: v for k, v in detection.items() if k != "curves"}), indent=1))
+            out / AuditFiles.DETECTION, json.dumps(to_jsonable({k: v for k, v in detection.items() if k != "curves"}), indent=1))
     result = AuditResult(out_dir=out, record=record, options=opts, splits=splits, rows=rows, summary=summary,
                          detection=detection, files=files)
     from lilaw_med.audit.html import render_html
@@ -324,20 +324,6 @@ def dicom_uids(path: str, include_identifying: bool = False) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------- writers
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return _f(obj)
-    return obj
-
-
 def _cell(v: Any) -> Any:
     if v is None:
         return ""

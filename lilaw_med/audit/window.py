@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["WINDOW_RULES", "ScoringWindow", "choose_window", "window_pred_probs"]
+__all__ = ["WINDOW_RULES", "ScoringWindow", "choose_window", "epoch_mean", "window_pred_probs"]
 
 WINDOW_RULES = ("val_loss_at_least_fraction", "best_val_loss", "best_val_accuracy", "all", "last", "fraction")
 """How the scoring window ends:
@@ -129,7 +129,8 @@ def choose_window(
     )
 
 
-def _nanmean(a: np.ndarray) -> np.ndarray:
+def epoch_mean(a: np.ndarray) -> np.ndarray:
+    """The mean over axis 0 (epochs) ignoring NaN (epochs an item was not seen); NaN for never seen."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an item not seen in the window: NaN
         return np.nanmean(a, axis=0)
@@ -154,8 +155,8 @@ def window_pred_probs(dynamics: Mapping[str, np.ndarray], labels: np.ndarray, wi
     y = np.asarray(labels, dtype=np.int64)
     if "probs" in dynamics:
         p = np.asarray(dynamics["probs"], dtype=np.float64)[window.start:window.stop]
-        return _nanmean(p)
-    x = _nanmean(np.asarray(dynamics["prob_label"], dtype=np.float64)[window.start:window.stop])
+        return epoch_mean(p)
+    x = epoch_mean(np.asarray(dynamics["prob_label"], dtype=np.float64)[window.start:window.stop])
     rest = (1 - x) / max(num_classes - 1, 1)
     out = np.repeat(rest[:, None], num_classes, axis=1)
     out[np.arange(y.size), y] = x
