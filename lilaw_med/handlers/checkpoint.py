@@ -19,6 +19,11 @@ A checkpoint holds only tensors and plain Python values: the ``state_dict()`` of
 the engine's counters, the AMP scaler of a MONAI trainer and the random number generator states of
 Python, NumPy, torch and CUDA and of the training loader (:mod:`lilaw_med.rng`), so it loads with
 ``weights_only=True`` and a crafted file cannot run code.
+
+Under ``torch.distributed`` the handler runs on every rank: the state that differs between ranks (the
+``rank_objects``, such as the dynamics recorder's partial epoch, the random generators, the training
+loader's random state and its sampler) is gathered to rank 0 at each save and stored per rank under
+``"ranks"``, so a resume gives each rank back its own. Rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from torch.nn.parallel import DistributedDataParallel
 
@@ -49,6 +56,7 @@ __all__ = [
     "CheckpointHandler",
     "CheckpointInfo",
     "find_checkpoints",
+    "gather_rank_states",
     "load_latest_checkpoint",
     "load_object_state",
     "object_state",
@@ -247,6 +255,8 @@ def validate_checkpoint(payload: Mapping[str, Any], name: str, iteration: int | 
             raise bad(field, f"must be a positive integer or null but is {value!r}")
     if not isinstance(payload["objects"], Mapping) or not isinstance(payload["rng"], Mapping):
         raise bad("objects", "must map names to saved states")
+    if "ranks" in payload:
+        _validate_ranks(payload, bad)
     engine = payload["objects"].get("trainer")
     if isinstance(engine, Mapping) and isinstance(engine.get("engine"), Mapping):
         engine = engine["engine"]  # what ignite restores its counters from
@@ -258,6 +268,22 @@ def validate_checkpoint(payload: Mapping[str, Any], name: str, iteration: int | 
             raise bad("objects.trainer.max_epochs", f"must be a positive integer but is {max_epochs!r}")
         if max_epochs is not None and length is not None and it > length * max_epochs:
             raise bad("iteration", f"is {it}, past the run's end ({max_epochs} epochs of {length} iterations)")
+
+
+def _validate_ranks(payload: Mapping[str, Any], bad: Callable[[str, str], ValueError]) -> None:
+    """The per-rank part of a checkpoint: one entry per process, in rank order, each with its states."""
+    ranks, world_size = payload["ranks"], payload.get("world_size")
+    if not _is_int(world_size) or world_size < 1:
+        raise bad("world_size", f"must be a positive integer but is {world_size!r}")
+    if not isinstance(ranks, list) or len(ranks) != world_size:
+        got = len(ranks) if isinstance(ranks, list) else type(ranks).__name__
+        raise bad("ranks", f"must list the states of {world_size} process(es) but holds {got}")
+    for r, entry in enumerate(ranks):
+        if not isinstance(entry, Mapping) or entry.get("rank") != r:
+            raise bad(f"ranks[{r}]", "must be the state of rank {r} (a mapping with 'rank': {r})".format(r=r))
+        for field in ("objects", "rng"):
+            if not isinstance(entry.get(field), Mapping):
+                raise bad(f"ranks[{r}].{field}", "must map names to saved states")
 
 
 def read_checkpoint(
@@ -405,6 +431,35 @@ def load_object_state(obj: Any, state: Any) -> None:
         obj.load_state_dict(state)
 
 
+def gather_rank_states(state: Mapping[str, Any], dst: int = 0) -> list[dict[str, Any]] | None:
+    """Gathers every rank's state (tensors and plain values) on rank ``dst``, in rank order.
+
+    A collective: every rank of the process group must call it at the same point. Each state travels
+    as ``torch.save`` bytes and is read back with ``torch.load(weights_only=True)``, so what rank
+    ``dst`` receives is exactly what a checkpoint file may hold. ``torch.distributed.gather_object``
+    (not ignite's ``all_gather``) sends the states to the one rank that writes instead of to all.
+
+    Args:
+        state: this rank's state.
+        dst: the receiving rank.
+
+    Returns:
+        ``[state of rank 0, state of rank 1, ...]`` on rank ``dst`` (``[state]`` when not distributed),
+        ``None`` on the other ranks.
+    """
+    world_size = idist.get_world_size()
+    if world_size == 1:
+        return [dict(state)]
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    rank = idist.get_rank()
+    received: list[Any] | None = [None] * world_size if rank == dst else None
+    dist.gather_object(buffer.getvalue(), received, dst=dst)
+    if received is None:
+        return None
+    return [torch.load(io.BytesIO(b), map_location="cpu", weights_only=True) for b in received]
+
+
 class CheckpointHandler:
     """Writes an atomic checkpoint of ``objects`` every ``every_n_iterations`` iterations and/or every
     ``every_n_epochs`` epochs, and at the end of the run; keeps the newest ``keep_last``.
@@ -419,8 +474,12 @@ class CheckpointHandler:
     Besides each object's ``state_dict()``, a checkpoint holds the engine's counters, the RNG states,
     the training loader's batch size and sampler length (to place the resumable sampler on resume) and its
     random state (its generator and those of its random transforms, see :func:`capture_loader_rng_state`)
-    and,
-    for a MONAI trainer with AMP, ``engine.scaler.state_dict()``.
+    and, for a MONAI trainer with AMP, ``engine.scaler.state_dict()``.
+
+    Per rank (``"ranks"``, one entry per process; one entry without ``torch.distributed``): the states
+    of ``rank_objects``, the RNG states, the loader's random state and its sampler's ``state_dict()``.
+    Under ``torch.distributed`` attach the handler on EVERY rank (each save is a collective that
+    gathers these to rank 0); only the writer (rank 0) touches files.
 
     Args:
         save_dir: the checkpoint folder (created when missing).
@@ -430,6 +489,10 @@ class CheckpointHandler:
         every_n_epochs: save every this many epochs (``None``: not by epoch).
         keep_last: how many checkpoints to keep (>= 1; 2 keeps the previous good one beside the newest).
         save_on_completed: also save when the run completes (so a finished run is recognised on resume).
+        rank_objects: name -> object whose state differs between ranks (e.g. the dynamics recorder, which
+            accumulates the items of its own rank's batches); saved per rank.
+        writer: whether this process writes the files; by default rank 0 (or the only process), which
+            is also the rank the states are gathered to.
 
     Raises:
         ValueError: on a non-positive interval or ``keep_last``, or when ``objects`` is empty.
@@ -444,6 +507,8 @@ class CheckpointHandler:
         every_n_epochs: int | None = 1,
         keep_last: int = 2,
         save_on_completed: bool = True,
+        rank_objects: Mapping[str, Any] | None = None,
+        writer: bool | None = None,
     ) -> None:
         for name, value in (("every_n_iterations", every_n_iterations), ("every_n_epochs", every_n_epochs)):
             if value is not None and int(value) < 1:
@@ -451,15 +516,21 @@ class CheckpointHandler:
         if int(keep_last) < 1:
             raise ValueError(f"keep_last must be >= 1 but is {keep_last}.")
         objects = {k: v for k, v in objects.items() if v is not None}
+        rank_objects = {k: v for k, v in (rank_objects or {}).items() if v is not None}
         if not objects:
             raise ValueError("objects is empty: give at least the network and the trainer to checkpoint.")
-        for name, obj in objects.items():
+        both = sorted(set(objects) & set(rank_objects))
+        if both:
+            raise ValueError(f"{both} given both as objects and as rank_objects; a state is shared or per rank.")
+        for name, obj in {**objects, **rank_objects}.items():
             if not callable(getattr(_unwrap(obj), "state_dict", None)):
                 raise TypeError(
                     f"objects[{name!r}] ({type(obj).__name__}) has no state_dict() to checkpoint."
                 )
         self.save_dir = Path(save_dir)
         self.objects = objects
+        self.rank_objects = rank_objects
+        self._writer = writer
         self.every_n_iterations = None if every_n_iterations is None else int(every_n_iterations)
         self.every_n_epochs = None if every_n_epochs is None else int(every_n_epochs)
         self.keep_last = int(keep_last)
@@ -467,6 +538,11 @@ class CheckpointHandler:
         self.last_checkpoint: Path | None = None
         self._last_saved_iteration: int | None = None
         self._pending = False  # an iteration-level save deferred to EPOCH_COMPLETED
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this process writes the checkpoint files (rank 0, or the only process)."""
+        return idist.get_rank() == 0 if self._writer is None else bool(self._writer)
 
     # ------------------------------------------------------------ ignite wiring
     def _handlers(self) -> list[tuple[Any, Callable[[Engine], None]]]:
@@ -497,6 +573,8 @@ class CheckpointHandler:
                 engine.remove_event_handler(fn, event)
             engine.add_event_handler(event, fn)
         self._last_saved_iteration = engine.state.iteration
+        if not self.is_writer:
+            return  # the folder is rank 0's
         self.save_dir.mkdir(parents=True, exist_ok=True)
         for tmp in self.save_dir.glob(".*.tmp"):  # left by a kill during a write (checkpoint or index)
             tmp.unlink(missing_ok=True)
@@ -534,20 +612,50 @@ class CheckpointHandler:
             self(engine)
 
     # ------------------------------------------------------------ saving
-    def __call__(self, engine: Engine) -> Path:
-        """Saves a checkpoint now.
+    def rank_state(self, engine: Engine) -> dict[str, Any]:
+        """This process's own part of a checkpoint.
 
         Args:
             engine: the trainer.
 
         Returns:
-            The checkpoint's path.
+            ``{"rank", "objects" (the rank_objects' states), "rng", "loader_rng", "sampler" (when the
+            training loader's sampler has a ``state_dict``)}``.
+        """
+        loader = getattr(engine, "data_loader", None) or getattr(engine.state, "dataloader", None)
+        sampler = getattr(loader, "sampler", None)
+        state: dict[str, Any] = {
+            "rank": idist.get_rank(),
+            "objects": {name: object_state(obj) for name, obj in self.rank_objects.items()},
+            "rng": capture_rng_state(),
+            "loader_rng": capture_loader_rng_state(loader),
+        }
+        if callable(getattr(sampler, "state_dict", None)):
+            state["sampler"] = sampler.state_dict()
+        return state
+
+    def __call__(self, engine: Engine) -> Path:
+        """Saves a checkpoint now (on every rank: the per-rank states are gathered to the writer).
+
+        Args:
+            engine: the trainer.
+
+        Returns:
+            The checkpoint's path (on every rank; only the writer writes it).
 
         Raises:
             OSError: when it cannot be written (no space, no permission); the message names the file,
                 and the previous checkpoints and the index are left as they were.
         """
         state = engine.state
+        path = self.save_dir / f"ckpt_{state.iteration:09d}.pt"
+        # before anything else of this save: the random states as the uninterrupted run has them here
+        ranks = gather_rank_states(self.rank_state(engine))
+        if ranks is None or not self.is_writer:  # not the writer: its part is with rank 0 now
+            self.last_checkpoint = path
+            engine.state.last_checkpoint = str(path)
+            self._last_saved_iteration = int(state.iteration)
+            return path
         loader = getattr(engine, "data_loader", None) or getattr(state, "dataloader", None)
         sampler = getattr(loader, "sampler", None)
         payload: dict[str, Any] = {
@@ -559,8 +667,11 @@ class CheckpointHandler:
             "sampler_length": len(sampler) if sampler is not None and hasattr(sampler, "__len__") else None,
             "saved_at": time.time(),
             "objects": {name: object_state(obj) for name, obj in self.objects.items()},
-            "rng": capture_rng_state(),
-            "loader_rng": capture_loader_rng_state(loader),
+            # rank 0's, also under "ranks": read by checkpoints' older readers
+            "rng": ranks[0]["rng"],
+            "loader_rng": ranks[0]["loader_rng"],
+            "world_size": len(ranks),
+            "ranks": ranks,
         }
         scaler = getattr(engine, "scaler", None)
         if scaler is not None and callable(getattr(scaler, "state_dict", None)):
@@ -569,7 +680,6 @@ class CheckpointHandler:
         torch.save(payload, buffer)
         data = buffer.getvalue()
         digest = hashlib.sha256(data).hexdigest()
-        path = self.save_dir / f"ckpt_{state.iteration:09d}.pt"
         try:
             blob = encode_checkpoint(data)
             atomic_write(path, blob)

@@ -541,13 +541,18 @@ class DynamicsRecorder:
     def state_dict(self) -> dict[str, Any]:
         """The current epoch's accumulators and the epochs written, for resuming.
 
-        Under DDP this is the calling rank's part of the current epoch (rank 0 saves it); a
-        mid-epoch resume then keeps rank 0's partial records of that epoch only.
+        Under DDP this is the calling rank's part of the current epoch (the items of its own
+        batches), tagged with its rank: the checkpoint keeps one per rank
+        (:class:`~lilaw_med.handlers.checkpoint.CheckpointHandler`'s ``rank_objects``) and each rank
+        restores its own, so the reduction at the epoch's end sums every rank's part once.
 
         Returns:
             A dict of tensors and plain Python values (``torch.load(weights_only=True)`` reads it).
         """
+        distributed = self._is_distributed()
         return {
+            "rank": idist.get_rank() if distributed else 0,
+            "world_size": idist.get_world_size() if distributed else 1,
             "buffer_epoch": -1 if self.buffer_epoch is None else int(self.buffer_epoch),
             "epochs": {k: list(v) for k, v in self.epochs.items()},
             "lilaw": {k: dict(v) for k, v in self.lilaw_by_epoch.items()},
@@ -592,8 +597,22 @@ class DynamicsRecorder:
                 self.buffers[split] = _EpochBuffer(len(self.ids[split]), self.label_shape or ())
             if split in self.buffers:
                 self.buffers[split].load(state)
-                if self._is_distributed() and not self.is_writer:
-                    self.buffers[split].reset()  # rank 0's partial epoch is kept once, not once per rank
+                if not self._owns(state_dict):
+                    # another rank's partial epoch (a checkpoint that kept rank 0's only): kept by the
+                    # writer alone, so the epoch's reduction counts it once, not once per rank
+                    self.buffers[split].reset()
+
+    def _owns(self, state_dict: Mapping[str, Any]) -> bool:
+        """Whether a saved state is this process's own part of the epoch (the same rank of as many ranks);
+        a state without a rank (older checkpoints) is rank 0's."""
+        if not self._is_distributed():
+            return True
+        if idist.get_world_size() == 1:  # a launcher of one's own (reduce_fn): ranks unknown here
+            return self.is_writer
+        rank, world_size = int(state_dict.get("rank", 0)), state_dict.get("world_size")
+        if world_size is not None and int(world_size) != idist.get_world_size():
+            return self.is_writer  # cannot be split again: the writer keeps it all
+        return rank == idist.get_rank()
 
 
 # ==================================================================== reading

@@ -23,6 +23,10 @@ How a resumed run continues *exactly* as the uninterrupted one would (on CPU, de
   (augmentations) are saved and restored at the same moment, so augmented runs with ``num_workers=0``
   resume exactly too (with worker processes, see docs/fault_tolerance.md).
 * AMP: MONAI's ``Trainer.run`` creates a new ``GradScaler``; its saved state is loaded at ``STARTED``.
+* distributed runs: what differs between ranks (the dynamics recorder's part of the interrupted epoch,
+  the random generators, the loader's random state, the sampler) is saved per rank (the checkpoint's
+  ``"ranks"``) and each rank restores its own; a checkpoint written by another number of processes is
+  refused.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
@@ -78,12 +83,14 @@ def attach_checkpointing(
     every_n_iterations: int | None = None,
     every_n_epochs: int | None = 1,
     keep_last: int = 2,
+    rank_objects: Mapping[str, Any] | None = None,
 ) -> CheckpointHandler:
     """Attaches atomic checkpoints of ``objects`` to ``trainer``, written to ``RUN_DIR/checkpoints``.
 
     Attach it after the other handlers if you can; it moves itself after them when the run starts in
     any case, so each checkpoint holds the state after the iteration's meta step and the epoch's
-    validation.
+    validation. Under ``torch.distributed`` attach it on every rank: each save gathers the per-rank
+    states to rank 0, which alone writes.
 
     Args:
         trainer: the training engine (a MONAI ``SupervisedTrainer``).
@@ -95,6 +102,8 @@ def attach_checkpointing(
         every_n_iterations: also save every this many iterations (for resuming inside long epochs).
         every_n_epochs: save every this many epochs.
         keep_last: checkpoints kept (the newest and, with 2, the previous good one).
+        rank_objects: name -> object whose state differs between ranks (the dynamics recorder); saved
+            per rank and restored into each rank's own by :func:`resume_from`.
 
     Returns:
         The attached handler (its ``last_checkpoint`` names the newest file written).
@@ -105,6 +114,7 @@ def attach_checkpointing(
         every_n_iterations=every_n_iterations,
         every_n_epochs=every_n_epochs,
         keep_last=keep_last,
+        rank_objects=rank_objects,
     )
     handler.attach(trainer)
     return handler
@@ -191,6 +201,7 @@ def resume_from(
     train_sampler: Any | None = None,
     map_location: str | torch.device = "cpu",
     max_size_ratio: float | None = 8.0,
+    rank_objects: Mapping[str, Any] | None = None,
 ) -> int:
     """Loads the newest valid checkpoint of ``RUN_DIR/checkpoints`` into freshly built objects so that
     ``trainer.run()`` continues exactly where the interrupted run stopped.
@@ -209,6 +220,9 @@ def resume_from(
         max_size_ratio: a checkpoint file larger than this many times the expected size (the largest
             size ``index.json`` records, or the size of the freshly built objects' states), plus
             :data:`CHECKPOINT_SIZE_SLACK`, is refused before it is read (``None``: no limit).
+        rank_objects: the same names as given to :func:`attach_checkpointing`'s ``rank_objects``: each
+            rank loads its own saved state into them (a checkpoint without per-rank states, from an
+            older version, gives every rank rank 0's).
 
     Returns:
         The iteration the run resumes from (the number of iterations already done); 0 when the run folder
@@ -218,7 +232,8 @@ def resume_from(
         ValueError: when every checkpoint is unusable (too large, corrupt, malformed, or its tensors do
             not fit the objects' shapes), the checkpoint lacks an object that is given
             (or vice versa), the data changed (a different number of samples per epoch or batch size),
-            or a mid-epoch checkpoint is resumed without a :class:`ResumableSampler`.
+            or a mid-epoch checkpoint is resumed without a :class:`ResumableSampler`, or the checkpoint was
+            written by another number of processes.
     """
     save_dir = RunDir(run_dir).checkpoints
     if not find_checkpoints(save_dir):
@@ -229,15 +244,24 @@ def resume_from(
         )
         return 0
     objects = {k: v for k, v in objects.items() if v is not None}
-    max_bytes = None if max_size_ratio is None else _max_checkpoint_bytes(save_dir, objects, max_size_ratio)
+    rank_objects = {k: v for k, v in (rank_objects or {}).items() if v is not None}
+    max_bytes = (
+        None
+        if max_size_ratio is None
+        else _max_checkpoint_bytes(save_dir, objects, rank_objects, max_size_ratio)
+    )
     info, ckpt = _load_newest(save_dir, map_location, max_bytes, objects)
-    _check_objects(info, ckpt["objects"], objects)
+    own = _own_rank_state(info, ckpt)
+    saved_rank_objects = own["objects"] if own is not None else ckpt["objects"]
+    _check_objects(info, ckpt["objects"], objects, saved_rank_objects, rank_objects)
     _check_position(info, ckpt, trainer, train_sampler)
 
     max_epochs = getattr(trainer.state, "max_epochs", None)
-    for name, obj in objects.items():
+    restore = [(name, obj, ckpt["objects"][name]) for name, obj in objects.items()]
+    restore += [(name, obj, saved_rank_objects[name]) for name, obj in rank_objects.items()]
+    for name, obj, state in restore:
         try:
-            load_object_state(obj, ckpt["objects"][name])
+            load_object_state(obj, state)
         except Exception as e:
             raise ValueError(f"cannot restore {name!r} from checkpoint {info.path.name}: {e}") from e
     if max_epochs and trainer.state.max_epochs and max_epochs > trainer.state.max_epochs:
@@ -252,8 +276,13 @@ def resume_from(
     iteration, epoch_length = int(ckpt["iteration"]), ckpt.get("epoch_length")
     in_epoch = iteration % epoch_length if epoch_length else 0
     if train_sampler is not None:
+        if own is not None and "sampler" in own and callable(getattr(train_sampler, "load_state_dict", None)):
+            try:  # checks that the data and its partitioning are the ones this rank trained on
+                train_sampler.load_state_dict(own["sampler"])
+            except ValueError as e:
+                raise ValueError(f"checkpoint {info.path.name}: {e}") from e
         _place_sampler(train_sampler, trainer, ckpt, in_epoch)
-    _restore_at_start(trainer, info, ckpt, in_epoch)
+    _restore_at_start(trainer, info, ckpt, in_epoch, own)
     where = (
         f"inside epoch {iteration // epoch_length + 1} (iteration {in_epoch} of {epoch_length})"
         if in_epoch
@@ -263,16 +292,45 @@ def resume_from(
     return iteration
 
 
-def _max_checkpoint_bytes(save_dir: Path, objects: Mapping[str, Any], ratio: float) -> int:
+def _max_checkpoint_bytes(
+    save_dir: Path, objects: Mapping[str, Any], rank_objects: Mapping[str, Any], ratio: float
+) -> int:
     """The largest checkpoint file this run reads: ``ratio`` times the expected size, plus a slack.
 
     The expected size is the largest the index records (sizes written by this run), or, without an
-    index, the size of the freshly built objects' states (an optimizer's moments are created by its
-    first step, hence a ratio well above 1).
+    index, the size of the freshly built objects' states, the per-rank ones once per rank (an
+    optimizer's moments are created by its first step, hence a ratio well above 1).
     """
     recorded = [c.nbytes for c in find_checkpoints(save_dir) if c.nbytes]
-    expected = max([*recorded, sum(state_nbytes(object_state(obj)) for obj in objects.values())])
+    built = sum(state_nbytes(object_state(obj)) for obj in objects.values())
+    built += idist.get_world_size() * sum(state_nbytes(object_state(obj)) for obj in rank_objects.values())
+    expected = max([*recorded, built])
     return int(ratio * expected) + CHECKPOINT_SIZE_SLACK
+
+
+def _own_rank_state(info: CheckpointInfo, ckpt: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """This process's entry of the checkpoint's per-rank states (``None`` for a checkpoint without them).
+
+    Raises:
+        ValueError: when the checkpoint was written by another number of processes: its per-rank states
+            (the partial epoch of each rank's items, each rank's data position) cannot be split again.
+    """
+    rank, world_size = idist.get_rank(), idist.get_world_size()
+    ranks = ckpt.get("ranks")
+    if ranks is None:
+        if world_size > 1:
+            logger.warning(
+                "checkpoint %s holds rank 0's random and dynamics states only (an older format): the other "
+                "ranks continue with rank 0's random streams and the interrupted epoch's dynamics keep rank "
+                "0's items only.", info.path.name,
+            )
+        return None
+    if len(ranks) != world_size:
+        raise ValueError(
+            f"checkpoint {info.path.name} was written by {len(ranks)} process(es) but this run has {world_size}: "
+            f"resume with the same number (torchrun --nproc_per_node {len(ranks)}), or start a new run."
+        )
+    return ranks[rank]
 
 
 def _shape(value: Any) -> tuple[int, ...] | None:
@@ -355,8 +413,23 @@ def _load_newest(
     return info, ckpt
 
 
-def _check_objects(info: CheckpointInfo, saved: Mapping[str, Any], objects: Mapping[str, Any]) -> None:
-    """Every object to restore has a saved state (states nobody takes are reported)."""
+def _check_objects(
+    info: CheckpointInfo,
+    saved: Mapping[str, Any],
+    objects: Mapping[str, Any],
+    saved_rank: Mapping[str, Any] | None = None,
+    rank_objects: Mapping[str, Any] | None = None,
+) -> None:
+    """Every object to restore has a saved state (states nobody takes are reported); per-rank objects
+    are looked up in this rank's states (``saved_rank``)."""
+    saved_rank, rank_objects = saved_rank or {}, rank_objects or {}
+    missing_rank = sorted(set(rank_objects) - set(saved_rank))
+    if missing_rank:
+        raise ValueError(
+            f"checkpoint {info.path} has no state of this rank for {missing_rank} (it holds "
+            f"{sorted(saved_rank)}): it was written by a run with a different configuration."
+        )
+    saved = {k: v for k, v in saved.items() if k not in rank_objects}  # an older checkpoint keeps them here
     missing = sorted(set(objects) - set(saved))
     if missing:
         raise ValueError(
@@ -416,10 +489,13 @@ def _place_sampler(train_sampler: Any, trainer: Engine, ckpt: Mapping[str, Any],
         train_sampler.attach(trainer)
 
 
-def _restore_at_start(trainer: Engine, info: CheckpointInfo, ckpt: Mapping[str, Any], in_epoch: int) -> None:
+def _restore_at_start(
+    trainer: Engine, info: CheckpointInfo, ckpt: Mapping[str, Any], in_epoch: int, own: Mapping[str, Any] | None
+) -> None:
     """Restores the AMP scaler once the run has started (MONAI's ``Trainer.run`` creates it) and the random
-    states: now, or after a mid-epoch checkpoint just before the first batch (after ignite re-created
-    the loader's iterator, which draws from torch's generator)."""
+    states (this rank's own, ``own``, when the checkpoint has them): now, or after a mid-epoch checkpoint
+    just before the first batch (after ignite re-created the loader's iterator, which draws from torch's
+    generator)."""
     if "scaler" in ckpt:
 
         def _load_scaler(engine: Engine) -> None:
@@ -435,7 +511,8 @@ def _restore_at_start(trainer: Engine, info: CheckpointInfo, ckpt: Mapping[str, 
 
     trainer.state.last_checkpoint = str(info.path)
     loader = getattr(trainer, "data_loader", None)
-    rng, loader_rng = ckpt["rng"], ckpt.get("loader_rng", {})
+    source = ckpt if own is None else own
+    rng, loader_rng = source["rng"], source.get("loader_rng", {})
 
     def _restore(_: Any = None) -> None:
         restore_rng_state(rng)

@@ -37,7 +37,7 @@ from lilaw_med.training.summary import finish_run
 from lilaw_med.training.trainer import TrainingComponents, build_components
 from lilaw_med.training.validation import EpochValidation
 
-__all__ = ["RunResult", "attach_run_handlers", "checkpoint_objects", "run_training"]
+__all__ = ["RunResult", "attach_run_handlers", "checkpoint_objects", "rank_checkpoint_objects", "run_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ def attach_run_handlers(c: TrainingComponents, run_dir: RunDir, progress: bool) 
         progress: show progress (a bar on a terminal, a line per epoch elsewhere).
 
     Returns:
-        The stateful handlers by name (``validation``, ``dynamics``, ``run_logger``, ``nonfinite``,
-        ``checkpoint``).
+        The stateful handlers by name (``validation``, ``dynamics``, ``run_logger`` (rank 0), ``nonfinite``,
+        ``checkpoint`` (every rank; rank 0 writes)).
     """
     cfg = c.config
     writer = c.rank == 0
@@ -116,15 +116,15 @@ def attach_run_handlers(c: TrainingComponents, run_dir: RunDir, progress: bool) 
     # before the checkpoint handler: a non-finite loss stops the run before anything is saved
     handlers["nonfinite"] = NonFiniteLossHandler(loss=c.loss)
     handlers["nonfinite"].attach(c.trainer)
-    if writer:
-        train = cfg.train
-        handlers["checkpoint"] = attach_checkpointing(
-            c.trainer, run_dir.root, checkpoint_objects(c, handlers),
-            every_n_iterations=train.checkpoint_every_n_iterations, every_n_epochs=train.checkpoint_every_n_epochs,
-            keep_last=train.keep_last,
-        )
-        if progress:
-            TrainingProgress(_progress_values(c)).attach(c.trainer)
+    # on every rank: each save gathers the ranks' own states (dynamics, random streams, sampler) to rank 0
+    train = cfg.train
+    handlers["checkpoint"] = attach_checkpointing(
+        c.trainer, run_dir.root, checkpoint_objects(c, handlers),
+        every_n_iterations=train.checkpoint_every_n_iterations, every_n_epochs=train.checkpoint_every_n_epochs,
+        keep_last=train.keep_last, rank_objects=rank_checkpoint_objects(handlers),
+    )
+    if writer and progress:
+        TrainingProgress(_progress_values(c)).attach(c.trainer)
     return handlers
 
 
@@ -140,10 +140,17 @@ def checkpoint_objects(c: TrainingComponents, handlers: Mapping[str, Any]) -> di
         objects["scheduler"] = c.scheduler
     if c.lilaw_handler is not None:
         objects["lilaw"] = c.lilaw_handler
-    for name in ("validation", "dynamics", "run_logger"):
+    for name in ("validation", "run_logger"):
         if name in handlers and hasattr(handlers[name], "state_dict"):
             objects[name] = handlers[name]
     return objects
+
+
+def rank_checkpoint_objects(handlers: Mapping[str, Any]) -> dict[str, Any]:
+    """The stateful objects whose state differs between the ranks of a distributed run, saved and restored
+    per rank: the dynamics recorder (each rank accumulates the items of its own batches until the
+    epoch's end)."""
+    return {"dynamics": handlers["dynamics"]} if "dynamics" in handlers else {}
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -248,7 +255,7 @@ def _resume(c: TrainingComponents, run_dir: RunDir) -> int:
         distributed.barrier()
     resumed_from = int(resume_from(
         run_dir.root, c.trainer, checkpoint_objects(c, c.handlers), c.data.train_sampler,
-        max_size_ratio=c.config.train.max_checkpoint_ratio,
+        max_size_ratio=c.config.train.max_checkpoint_ratio, rank_objects=rank_checkpoint_objects(c.handlers),
     ))
     if c.rank == 0:
         distributed.barrier()

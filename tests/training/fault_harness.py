@@ -18,7 +18,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,13 +129,69 @@ class Pause:
         SupervisedTrainer.run = run  # type: ignore[method-assign]
 
 
-def start_cli(argv: Sequence[str], hook: Kill | Pause | None = None, log: Path | None = None) -> int:
+@dataclass(frozen=True)
+class RankSeeds:
+    """Gives every rank of a distributed run its own random streams: at the start of a fresh run
+    (``STARTED`` at iteration 0) Python's, NumPy's and torch's generators are seeded with ``base + rank``.
+
+    The toolkit seeds every rank alike, so rank 0's random state happens to be every rank's; with this
+    hook (dropout masks then differ between ranks) only a checkpoint that keeps each rank's own random
+    state resumes exactly.
+    """
+
+    base: int = 1000
+
+    def install(self) -> None:
+        """Arms the seeding in this (child) process."""
+        import random
+
+        import torch
+        from ignite.engine import Events
+        from monai.engines import SupervisedTrainer
+
+        original_run = SupervisedTrainer.run
+        base = self.base
+
+        def seed(engine: Any) -> None:
+            if engine.state.iteration == 0:
+                rank = int(os.environ.get("RANK", "0"))
+                random.seed(base + rank)
+                np.random.seed(base + rank)
+                torch.manual_seed(base + rank)
+
+        def run(trainer: SupervisedTrainer) -> None:
+            trainer.add_event_handler(Events.STARTED, seed)
+            original_run(trainer)
+
+        SupervisedTrainer.run = run  # type: ignore[method-assign]
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """Several hooks armed together, in order."""
+
+    hooks: tuple[Any, ...]
+
+    def install(self) -> None:
+        """Arms every hook in this (child) process."""
+        for hook in self.hooks:
+            hook.install()
+
+
+def start_cli(
+    argv: Sequence[str],
+    hook: Kill | Pause | Hooks | RankSeeds | None = None,
+    log: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
     """Starts ``lilaw_med.cli.main(argv)`` in a forked child and returns at once.
 
     Args:
         argv: the command line after ``lilaw-med``.
-        hook: a :class:`Kill` or :class:`Pause` armed in the child (``None``: none).
+        hook: a :class:`Kill`, :class:`Pause` (or anything with ``install()``) armed in the child
+            (``None``: none).
         log: where the child's stdout and stderr go (``None``: discarded).
+        env: environment variables set in the child only (e.g. torchrun's ``RANK``, ``WORLD_SIZE``, ...).
 
     Returns:
         The child's pid (pass it to :func:`wait_cli`).
@@ -160,6 +216,11 @@ def start_cli(argv: Sequence[str], hook: Kill | Pause | None = None, log: Path |
             import logging
 
             logging.getLogger().handlers.clear()  # pytest's capture handlers belong to the parent
+            if env:
+                os.environ.update(env)
+                import torch
+
+                torch.set_num_threads(1)  # two ranks share the machine's cores
             if hook is not None:
                 hook.install()
             code = int(main(list(argv)) or 0)
@@ -197,6 +258,63 @@ def run_cli(argv: Sequence[str], kill: Kill | Pause | None = None, log: Path | N
         The exit status, or ``-signal`` when the child was killed by a signal.
     """
     return wait_cli(start_cli(argv, kill, log))
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a process group's rendezvous)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_cli_ranks(
+    argv: Sequence[str],
+    world_size: int = 2,
+    hook: Any = None,
+    log: Path | None = None,
+    timeout: float = 180.0,
+) -> list[int]:
+    """Runs ``lilaw_med.cli.main(argv)`` as the ``world_size`` ranks of a CPU (gloo) process group, as
+    ``torchrun --nproc_per_node world_size`` would, each rank a child forked from this process.
+
+    Args:
+        argv: the command line after ``lilaw-med`` (the same for every rank).
+        world_size: the number of ranks.
+        hook: armed in every rank (see :func:`start_cli`).
+        log: rank ``r`` writes to ``log.rank<r>`` (``None``: discarded).
+        timeout: seconds before the ranks still running are SIGKILLed.
+
+    Returns:
+        The ranks' exit statuses (``-signal`` when killed by a signal), in rank order.
+    """
+    import time
+
+    port = free_port()
+    pids = []
+    for rank in range(world_size):
+        env = {
+            "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+            "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+        }  # fmt: skip
+        pids.append(start_cli(argv, hook, None if log is None else log.with_name(f"{log.name}.rank{rank}"), env))
+    deadline = time.monotonic() + timeout
+    statuses: dict[int, int] = {}
+    while len(statuses) < len(pids):
+        for pid in pids:
+            if pid in statuses:
+                continue
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                statuses[pid] = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        if len(statuses) < len(pids):
+            if time.monotonic() > deadline:
+                for pid in pids:
+                    if pid not in statuses:
+                        os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+    return [statuses[pid] for pid in pids]
 
 
 # ------------------------------------------------------------------ the tiny task
