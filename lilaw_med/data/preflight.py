@@ -69,7 +69,7 @@ def _fingerprint(path: Path) -> str | None:
             stats = [os.stat(f) for f in files]
             return f"dir{len(files)}:{sum(s.st_size for s in stats)}:{max((s.st_mtime_ns for s in stats), default=0)}"
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a looping link in a series folder; read_header names it
         return None
     return f"{st.st_size}:{st.st_mtime_ns}"
 

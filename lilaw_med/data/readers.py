@@ -27,15 +27,24 @@ little as the format allows while staying truthful:
 * NIfTI: the header (float data is read to look for NaN/inf); ``.npy``: the array header;
 * PNG/JPEG/TIFF/BMP: decoded by Pillow, as the loader will (only decoding tells whether a PNG
   or JPEG stream is complete).
+
+**Bounded resources.** Before any pixel is allocated, the size a header declares (NIfTI: shape x
+voxel type; DICOM: Rows x Columns x frames x samples x bits, summed over a series; PIL/TIFF: the
+page's width x height x bands x bits) is checked against :func:`max_image_bytes` (4 GiB, or
+``$LILAW_MED_MAX_IMAGE_BYTES``); a larger one is refused in one line naming the file and the size.
+Only regular files are ever opened: a FIFO, socket or device given as an input, or lying in a DICOM
+series folder, is never opened (opening a FIFO blocks until a writer comes); a symbolic link in a
+series folder that loops or points nowhere is one line naming it.
 """
 
 from __future__ import annotations
 
-import glob
+import errno
 import importlib.metadata
 import math
 import os
 import re
+import stat
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,6 +68,7 @@ __all__ = [
     "image_kind",
     "is_dicom_file",
     "list_series_files",
+    "max_image_bytes",
     "nifti_problem",
     "read_header",
 ]
@@ -87,20 +97,111 @@ _CODEC_DISTRIBUTIONS = (
 )
 # PIL modes whose bands are not grey or RGB(A) samples: converted when read (PILReader's converter)
 _PIL_CONVERT = {"P": "RGB", "PA": "RGB", "LA": "L", "CMYK": "RGB", "YCbCr": "RGB"}
+# bits per band of PIL modes other than 8-bit ones
+_PIL_BITS = {"1": 1, "I": 32, "F": 32, "I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16}
+
+MAX_IMAGE_BYTES_ENV = "LILAW_MED_MAX_IMAGE_BYTES"
+"""The environment variable that sets the largest image (declared bytes) a reader accepts."""
+DEFAULT_MAX_IMAGE_BYTES = 4 * 2**30
+"""4 GiB: a 2048 x 2048 x 512 float32 volume; far beyond a 2D radiograph or a CT series."""
+
+
+def max_image_bytes() -> int:
+    """The largest size in bytes an image's header may declare: ``$LILAW_MED_MAX_IMAGE_BYTES``, else
+    :data:`DEFAULT_MAX_IMAGE_BYTES`.
+
+    Returns:
+        The limit.
+
+    Raises:
+        ValueError: when the variable is set but not a positive integer.
+    """
+    value = os.environ.get(MAX_IMAGE_BYTES_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_IMAGE_BYTES
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise ValueError(f"{MAX_IMAGE_BYTES_ENV} must be a positive number of bytes but is {value!r}.")
+    return limit
+
+
+def _human(nbytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if nbytes < 1024 or unit == "PiB":
+            return f"{nbytes:.0f} bytes" if unit == "bytes" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} PiB"  # pragma: no cover
+
+
+def _size_problem(shape: Sequence[int], bits: int, what: str) -> str | None:
+    """Why an image whose header declares ``shape`` elements of ``bits`` bits is too large to read, or ``None``.
+
+    Args:
+        shape: the declared dimensions.
+        bits: bits per element.
+        what: what the elements are (``"voxels of int16"``), for the message.
+
+    Returns:
+        One line (without the file name), or ``None`` when it is within :func:`max_image_bytes`.
+    """
+    dims = " x ".join(str(int(d)) for d in shape)
+    return _bytes_problem(-(-math.prod(int(d) for d in shape) * int(bits) // 8), f"{dims} {what}")
+
+
+def _bytes_problem(nbytes: int, what: str) -> str | None:
+    """Why ``nbytes`` declared by a header (described by ``what``) are too many, or ``None``."""
+    limit = max_image_bytes()
+    if nbytes <= limit:
+        return None
+    return (
+        f"the header declares {what} ({_human(nbytes)}), more than the {_human(limit)} an image may take "
+        f"(${MAX_IMAGE_BYTES_ENV}); not read."
+    )
+
+
+def _not_regular(path: str | os.PathLike) -> str | None:
+    """Why a path that is not a folder must not be opened (a FIFO, socket or device), or ``None``."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # missing or unreadable: the caller's open says so
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = (
+        "a FIFO" if stat.S_ISFIFO(mode)
+        else "a socket" if stat.S_ISSOCK(mode)
+        else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "not a regular file"
+    )  # fmt: skip
+    return f"{kind}, not an image file; it was not opened (reading one can block forever)."
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a DICOM file: a DICOM suffix, or the ``DICM`` marker at byte 128."""
+    """Whether ``path`` is a regular DICOM file: a DICOM suffix, or the ``DICM`` marker at byte 128.
+
+    A FIFO, socket or device is never one, and is never opened: opening a FIFO blocks until a writer
+    comes (``O_NONBLOCK`` keeps even a FIFO swapped in after the check from blocking).
+    """
     p = Path(path)
-    if not p.is_file():
+    if not p.is_file():  # follows links; False for FIFOs, devices, sockets, folders, loops
         return False
     if p.suffix.lower() in DICOM_SUFFIXES:
         return True
     try:
-        with p.open("rb") as f:
-            head = f.read(132)
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.pread(fd, 132, 0)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
@@ -129,8 +230,41 @@ def image_kind(path: str | os.PathLike) -> str:
 
 
 def list_series_files(folder: str | os.PathLike) -> list[str]:
-    """The DICOM files of a series folder (non-recursive, sorted by name)."""
-    return sorted(f for f in glob.glob(os.path.join(str(folder), "*")) if is_dicom_file(f))
+    """The DICOM files of a series folder: its regular files (or links to one) that are DICOM files,
+    non-recursive, hidden names excluded, sorted by name.
+
+    Nothing but regular files is opened: FIFOs, sockets, devices and sub-folders are left out (MONAI's
+    reader would open every entry, and a FIFO blocks it forever).
+
+    Args:
+        folder: the series folder.
+
+    Returns:
+        The file paths.
+
+    Raises:
+        ValueError: for a symbolic link in the folder that loops or points nowhere (one line naming it:
+            a slice of the series may be missing).
+        OSError: when the folder cannot be listed.
+    """
+    files = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                mode = os.stat(entry.path).st_mode  # through links
+            except OSError as e:
+                if entry.is_symlink():
+                    how = "loops" if e.errno == errno.ELOOP else "points nowhere"
+                    raise ValueError(
+                        f"{entry.path}: a symbolic link that {how} ({e.strerror}) in the series folder; expected "
+                        f"the series' DICOM files."
+                    ) from None
+                continue  # removed while listing
+            if stat.S_ISREG(mode) and is_dicom_file(entry.path):
+                files.append(entry.path)
+    return sorted(files)
 
 
 def decoder_environment() -> str:
@@ -218,6 +352,15 @@ def _dicom_geometry(ds: Any, filename: str | os.PathLike) -> tuple[int, int, int
         ) from e
 
 
+def _dicom_bits(ds: Any) -> int:
+    """BitsAllocated (16 when absent or not a positive integer: the size check still bounds the rest)."""
+    try:
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+    except (TypeError, ValueError):
+        return 16
+    return bits if bits > 0 else 16
+
+
 def dicom_image_problem(ds: Any, filename: str | os.PathLike) -> str | None:
     """Why a DICOM dataset is not an image this toolkit classifies, or ``None`` when it is one.
 
@@ -229,7 +372,8 @@ def dicom_image_problem(ds: Any, filename: str | os.PathLike) -> str | None:
       1-bit): a label map, not an image to classify;
     * a multi-frame colour file (RGB, YBR or palette colour with more than one frame, e.g. an
       ultrasound cine or a 2-frame RGB capture): frames of colour pictures are not a volume;
-    * palette colour without its lookup tables.
+    * palette colour without its lookup tables;
+    * Rows x Columns x frames x samples x BitsAllocated above :func:`max_image_bytes`.
 
     Grey multi-frame files are volumes (frames last); single colour pictures are 2D with 3 channels.
 
@@ -251,7 +395,13 @@ def dicom_image_problem(ds: Any, filename: str | os.PathLike) -> str | None:
         return f"no image: the file holds no pixel data ({where}); expected an image."
     if "Rows" not in ds or "Columns" not in ds:
         return f"no image: pixel data without Rows/Columns ({where}); expected an image."
-    _, _, frames, samples = _dicom_geometry(ds, filename)
+    rows, cols, frames, samples = _dicom_geometry(ds, filename)
+    bits = _dicom_bits(ds)
+    too_large = _size_problem(
+        (rows, cols, frames, samples), bits, f"(Rows x Columns x frames x samples) pixels of {bits} bits"
+    )
+    if too_large:
+        return too_large
     if (
         ds.get("Modality") == "SEG"
         or str(ds.get("SOPClassUID", "")) == _SEGMENTATION_STORAGE
@@ -447,16 +597,57 @@ class DicomReader(PydicomReader):
         return all(Path(n).is_dir() or is_dicom_file(n) for n in names)
 
     def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
-        """Reads a file or a series folder (see ``PydicomReader.read``) with clear errors."""
+        """Reads a file or a series folder (see ``PydicomReader.read``) with clear errors.
+
+        A series folder's files are those :func:`list_series_files` names (regular DICOM files only):
+        MONAI's reader opens every entry of the folder, and a FIFO there would block it forever.
+
+        Raises:
+            ValueError: one line naming the file or folder: not a regular file, an empty series folder,
+                a looping or dangling link in it, or a file pydicom cannot read.
+        """
         names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-        for name in names:
-            if Path(name).is_dir() and not list_series_files(name):
-                raise ValueError(f"{name}: the folder holds no DICOM files (expected one series).")
+        series: dict[int, list[str]] = {}
+        for i, name in enumerate(names):
+            problem = _not_regular(name)
+            if problem:
+                raise ValueError(f"{name}: {problem}")
+            if Path(name).is_dir():
+                try:
+                    series[i] = list_series_files(name)
+                except OSError as e:
+                    raise ValueError(f"{name}: cannot list the series folder ({_one_line(e)}).") from e
+                if not series[i]:
+                    raise ValueError(f"{name}: the folder holds no DICOM files (expected one series).")
         try:
-            return super().read(data, **kwargs)
+            return self._read_files(names, series, kwargs) if series else super().read(data, **kwargs)
         except Exception as e:  # pydicom raises InvalidDicomError, EOFError, OSError, ValueError, ...
             shown = names[0] if len(names) == 1 else data
             raise ValueError(f"{shown}: not a readable DICOM file ({_one_line(e)}).") from e
+
+    def _read_files(self, names: list[Any], series: Mapping[int, list[str]], kwargs: Mapping[str, Any]) -> Any:
+        """``PydicomReader.read`` with the series folders' files given (what it leaves for ``get_data``:
+        ``filenames`` and ``has_series``, set the same way)."""
+        import pydicom
+
+        options = {**self.kwargs, **kwargs}
+        self.filenames = [str(n) for n in names]
+        self.has_series = False
+        images: list[Any] = []
+        for i, name in enumerate(names):
+            files = series.get(i)
+            if files is None:
+                images.append(pydicom.dcmread(fp=str(name), **options))
+                continue
+            slices = [pydicom.dcmread(fp=f, **options) for f in files]
+            if len(slices) > 1:
+                self.has_series = True
+                images.append(slices)
+                self.filenames[i] = files  # type: ignore[call-overload]
+            else:
+                images.append(slices[0])
+                self.filenames[i] = files[0]
+        return images[0] if len(names) == 1 else images
 
     def get_data(self, data: Any) -> tuple[np.ndarray, dict]:
         """Array and metadata (see ``PydicomReader.get_data``).
@@ -533,9 +724,11 @@ def _series_problem(slices: Sequence[tuple[Any, str]]) -> str | None:
     sizes: dict[tuple[int, int], list[str]] = {}
     series: dict[str, str] = {}
     numbers: list[tuple[Any, str]] = []
+    total_bits = 0
     for ds, f in slices:
         name = os.path.basename(f)
         rows, cols, frames, samples = _dicom_geometry(ds, f)
+        total_bits += rows * cols * frames * samples * _dicom_bits(ds)  # each slice passed on its own
         if frames > 1:
             return (
                 f"a series of multi-frame files (e.g. {name}: {frames} frames); expected single-frame slices."
@@ -545,6 +738,9 @@ def _series_problem(slices: Sequence[tuple[Any, str]]) -> str | None:
         sizes.setdefault((rows, cols), []).append(name)
         series.setdefault(str(ds.get("SeriesInstanceUID", "")), name)
         numbers.append((ds.get("InstanceNumber"), name))
+    too_large = _bytes_problem(-(-total_bits // 8), f"{len(slices)} slices of pixels together")
+    if too_large:
+        return too_large
     if len(sizes) > 1:
         desc = ", ".join(f"{r}x{c} ({len(v)} files, e.g. {v[0]})" for (r, c), v in sorted(sizes.items()))
         return f"the series mixes slice sizes: {desc}; expected one size."
@@ -586,7 +782,8 @@ def nifti_problem(img: Any) -> str | None:
     with a connectivity intent) hold grayordinate or connectivity matrices, not an image grid;
     a 4D (or 5D...) image whose extra axes hold more than one value (a time series, vectors, a
     tensor) is not one volume, and averaging its time points is not a reading of it; voxels
-    must be real numbers (not RGB24 or complex).
+    must be real numbers (not RGB24 or complex); the voxels the header declares, read as floats,
+    must fit :func:`max_image_bytes`.
 
     Args:
         img: the image from ``nibabel.load``.
@@ -613,7 +810,8 @@ def nifti_problem(img: Any) -> str | None:
     dtype = np.dtype(img.get_data_dtype())
     if dtype.fields is not None or np.issubdtype(dtype, np.complexfloating):
         return f"voxel type {dtype} (RGB or complex) is not supported; expected real-valued voxels."
-    return None
+    # the loader's array is float32 at least; bound what the header declares before a voxel is read
+    return _size_problem(shape, 8 * max(dtype.itemsize, 4), f"voxels of {dtype} (read as {max(dtype.itemsize, 4) * 8}-bit floats)")
 
 
 class NiftiReader(NibabelReader):
@@ -637,6 +835,15 @@ class NiftiReader(NibabelReader):
             if problem:
                 raise ValueError(f"{name}: {problem}")
         return super().read(data, **kwargs)
+
+
+def _pil_size_problem(image: Any) -> str | None:
+    """Why a Pillow image (header read, pixels not yet) declares too many bytes, or ``None``."""
+    width, height = (int(v) for v in image.size)
+    mode = str(image.mode)
+    bands = len(image.getbands())
+    bits = _PIL_BITS.get(mode, 8)
+    return _size_problem((width, height, bands), bits, f"(width x height x bands) pixels of {bits} bits ({mode})")
 
 
 def _pil_convert(image: Any) -> Any:
@@ -670,6 +877,9 @@ class MedicalImageReader(ImageReader):
         for name in names:
             if not Path(name).exists():
                 raise FileNotFoundError(f"image not found: {name}")
+            problem = _not_regular(name)
+            if problem:
+                raise ValueError(f"{name}: {problem}")
             kind = image_kind(name)
             kinds.add("dicom" if kind == "dicom_series" else kind)
         if len(kinds) != 1:
@@ -696,13 +906,20 @@ class MedicalImageReader(ImageReader):
         names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
         shown = str(names[0]) if len(names) == 1 else str([str(n) for n in names])
         try:
-            return backend, backend.read(data, **kwargs), shown
+            obj = backend.read(data, **kwargs)
         except (ValueError, FileNotFoundError):
             raise
         except Exception as e:  # nibabel, PIL and NumPy raise their own types for broken files
             raise ValueError(
                 f"{shown}: not a readable image file ({type(e).__name__}: {_one_line(e)})."
             ) from e
+        if backend is self._readers["pil"]:
+            # Pillow has read the header only: bound the page before get_data decodes it
+            for name, image in zip(names, obj if isinstance(obj, list) else [obj], strict=False):
+                problem = _pil_size_problem(image)
+                if problem:
+                    raise ValueError(f"{name}: {problem}")
+        return backend, obj, shown
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
         """Array and metadata from what :meth:`read` returned.
@@ -829,6 +1046,9 @@ def read_header(path: str | os.PathLike, decode: bool = False) -> ImageHeader:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"image not found: {p}")
+    problem = _not_regular(p)
+    if problem:
+        raise ValueError(f"{p}: {problem}")
     kind = image_kind(p)
     try:
         if kind in ("dicom", "dicom_series"):
@@ -898,12 +1118,19 @@ def _pil_header(p: Path) -> ImageHeader:
     from PIL import Image
 
     try:
-        with Image.open(p) as im:
+        im = Image.open(p)
+    except Exception as e:
+        raise ValueError(f"{p}: not a readable image file ({type(e).__name__}: {_one_line(e)}).") from e
+    with im:
+        problem = _pil_size_problem(im)  # from the header, before a pixel is decoded
+        if problem:
+            raise ValueError(f"{p}: {problem}")
+        try:
             size = im.size
             bands = Image.getmodebands(_PIL_CONVERT.get(im.mode, im.mode))
             im.load()
-    except Exception as e:
-        raise ValueError(f"{p}: not a readable image file ({type(e).__name__}: {_one_line(e)}).") from e
+        except Exception as e:
+            raise ValueError(f"{p}: not a readable image file ({type(e).__name__}: {_one_line(e)}).") from e
     return ImageHeader("pil", (int(size[0]), int(size[1])), bands, True, True)
 
 
