@@ -93,6 +93,8 @@ GRID_CELLS = [
     if d != "adrenalmnist3d" or k == "symmetric"
 ]
 """Seed 0 of every cell first, then seed 1 (a run stopped half-way leaves whole seeds)."""
+REFINE_CELLS = [Cell("pneumoniamnist_balanced", "symmetric", 0.4, s) for s in range(5)]
+"""Issue 12 item 4: ``train --refine`` at 40% symmetric noise, clean-test AUROC of the refined run."""
 
 
 def cache_root() -> Path:
@@ -204,6 +206,67 @@ def crossfit(cell: Cell, lilaw_on: bool, folds: int = 4) -> Path:
     overrides = [] if lilaw_on else ["lilaw.enabled=false"]
     cross_fit(rd, folds=folds, out_dir=out, overrides=overrides)
     return out
+
+
+def refine(cell: Cell) -> Path:
+    """``lilaw-med train --refine`` on the cell, LiLAW on, the preset's defaults (cached by ``refine.json``)."""
+    rd = run_dir(cell, "refine")
+    if not (rd / "refine.json").is_file():
+        if rd.exists():
+            import shutil
+
+            shutil.rmtree(rd)
+        _run(lilaw(*train_args(cell, True), "--refine", "-o", str(rd)), rd.parent / "train_refine.log")
+    return rd
+
+
+def evaluate_refine(cell: Cell) -> dict[str, Any]:
+    """Clean-test AUROC of both runs of a refine, and how many of its exclusions were wrong labels."""
+    import csv
+
+    from lilaw_med.data.noise import load_noise_truth
+    from lilaw_med.utils import unguard_csv_text
+
+    rd = run_dir(cell, "refine")
+    info = json.loads((rd / "refine.json").read_text(encoding="utf-8"))
+    initial = rd / "initial"
+    datalist = json.loads((initial / "datalist.json").read_text(encoding="utf-8"))
+    given = {str(it["id"]): int(it["label"]) for it in datalist["training"]}
+    truth = load_noise_truth(initial / "datalist.json")
+    wrong = {i for i, y in given.items() if int(truth.get(i, y)) != y}
+    with (rd / "refine_exclude.csv").open(newline="", encoding="utf-8") as f:
+        excluded = {unguard_csv_text(r["id"]) for r in csv.DictReader(f)}
+    out: dict[str, Any] = {"cell": cell.name, "n": len(given), "n_wrong": len(wrong), "n_excluded": len(excluded),
+                           "excluded_wrong": len(excluded & wrong)}
+    for run in ("initial", "refined"):
+        for ckpt in ("best", "final"):
+            out[f"{run}_{ckpt}_auroc"] = float(info[run][ckpt]["test"]["auroc"])
+            out[f"{run}_{ckpt}_accuracy"] = float(info[run][ckpt]["test_calibrated"]["accuracy"])
+    return out
+
+
+def refine_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    """The refine table: per seed, then the mean with a t-interval over seeds."""
+    lines = ["| cell | n (wrong) | excluded (wrong among them) | initial AUROC best / final | refined AUROC best / final "
+             "| refined accuracy (calibrated) best / final |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['cell']} | {r['n']} ({r['n_wrong']}) | {r['n_excluded']} ({r['excluded_wrong']}) | "
+                     f"{_fmt(r['initial_best_auroc'])} / {_fmt(r['initial_final_auroc'])} | "
+                     f"{_fmt(r['refined_best_auroc'])} / {_fmt(r['refined_final_auroc'])} | "
+                     f"{_fmt(r['refined_best_accuracy'])} / {_fmt(r['refined_final_accuracy'])} |")
+    if len(rows) >= 2:
+        from scipy import stats
+
+        lines += ["", "| clean-test AUROC (mean over seeds, 95% t-interval) | best checkpoint | final checkpoint |",
+                  "|---|---|---|"]
+        for run in ("initial", "refined"):
+            cells = []
+            for ckpt in ("best", "final"):
+                v = np.array([r[f"{run}_{ckpt}_auroc"] for r in rows])
+                h = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+                cells.append(f"{v.mean():.3f} [{v.mean() - h:.3f}, {v.mean() + h:.3f}]")
+            lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -513,12 +576,12 @@ def grid_report(results: Sequence[dict[str, Any]]) -> str:
 def cells_for(stage: str, only: Iterable[str] | None) -> list[Cell]:
     if only:
         return [Cell.parse(c) for c in only]
-    return DEV_CELLS if stage == "dev" else GRID_CELLS
+    return {"dev": DEV_CELLS, "grid": GRID_CELLS, "refine": REFINE_CELLS}[stage]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=("dev", "grid"), default="dev")
+    parser.add_argument("--stage", choices=("dev", "grid", "refine"), default="dev")
     parser.add_argument("--cells", nargs="*", help="DATASET:KIND:RATE:SEED cells instead of the stage's")
     parser.add_argument("--train-only", action="store_true", help="train the one-run audits only (no cross-fitting)")
     parser.add_argument("--fold-models", choices=("ce", "lilaw", "both"), default="ce",
@@ -528,6 +591,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evaluate", action="store_true", help="score the cached runs (no training)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.stage == "refine":
+        rows = []
+        for cell in cells_for(args.stage, args.cells):
+            if not args.evaluate:
+                refine(cell)
+            if (run_dir(cell, "refine") / "refine.json").is_file():
+                rows.append(evaluate_refine(cell))
+        if args.evaluate and rows:
+            from lilaw_med.utils import atomic_write
+
+            atomic_write(REPO / "benchmarks" / "audit_refine.md", refine_markdown(rows) + "\n")
+            print(refine_markdown(rows))
+        return 0
     if args.evaluate:
         results = []
         for cell in cells_for(args.stage, args.cells):

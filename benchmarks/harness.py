@@ -91,6 +91,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lilaw_med import GCELoss, LiLAWHandler, LiLAWLoss, SCELoss
+from lilaw_med.training.evaluation import choose_threshold
 from lilaw_med.utils import atomic_write
 
 __all__ = [
@@ -119,7 +120,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("ce", "lilaw", "focal", "lilaw_focal", "gce", "sce")
 LILAW_METHODS = ("lilaw", "lilaw_focal")
 DYNAMICS_FIELDS = ("prob_label", "prob_max", "pred_label", "w_alpha", "w_beta", "w_delta", "weight", "loss")
-NETWORKS = ("resnet18_w0.25", "resnet18_w0.25_s2", "resnet18")
+NETWORKS = ("resnet18_w0.25", "resnet18_w0.25_s2", "resnet18", "small_cnn", "resnet18_medmnist")
 # the network of the accuracy and choices tables (see the module docstring for why)
 BENCH_NETWORK = "resnet18_w0.25_s2"
 # LiLAW runs use the library's default validation-forward mode unless a benchmark asks otherwise
@@ -287,19 +288,29 @@ def build_network(name: str, spatial_dims: int, in_channels: int, num_classes: i
     """The benchmark network (see the module docstring).
 
     Args:
-        name: ``"resnet18_w0.25"``, ``"resnet18_w0.25_s2"`` or ``"resnet18"``.
+        name: one of :data:`NETWORKS`.
         spatial_dims: 2 or 3.
         in_channels: image channels.
         num_classes: outputs (logits).
 
     Returns:
-        An untrained MONAI ResNet-18.
+        An untrained network.
 
     Raises:
         ValueError: on an unknown name.
     """
     if name not in NETWORKS:
         raise ValueError(f"network must be one of {NETWORKS} but is {name!r}.")
+    if name == "small_cnn":  # what the presets train: the toolkit's own factory, not a copy
+        from lilaw_med.training.networks import build_network as toolkit_network
+
+        return toolkit_network("small_cnn", spatial_dims, in_channels, num_classes)
+    if name == "resnet18_medmnist":  # MedMNIST v2's 28-px ResNet-18: 3x3 stride-1 stem, no max-pool, full width
+        from monai.networks.nets import ResNet
+
+        return ResNet("basic", [2, 2, 2, 2], [64, 128, 256, 512], spatial_dims=spatial_dims,
+                      n_input_channels=in_channels, num_classes=num_classes, conv1_t_size=3, conv1_t_stride=1,
+                      no_max_pool=True)
     widen = 0.25 if name.startswith("resnet18_w0.25") else 1.0
     stride = 2 if name.endswith("_s2") else 1  # MONAI's default stem keeps stride 1; "_s2" is the ImageNet stem
     return resnet18(
@@ -387,17 +398,18 @@ def _predict(network: nn.Module, images: torch.Tensor, batch_size: int = 256) ->
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float | None = None) -> dict[str, float]:
     """Accuracy, balanced accuracy and AUROC (binary; macro one-vs-rest for more classes).
 
     Args:
         labels: int (N,) labels.
         probs: (N, C) class probabilities.
+        threshold: binary only: predict class 1 when P(class 1) >= threshold (default: argmax).
 
     Returns:
         ``{"accuracy", "balanced_accuracy", "auroc"}``; AUROC is NaN when only one class is present.
     """
-    pred = probs.argmax(axis=1)
+    pred = probs.argmax(axis=1) if threshold is None or probs.shape[1] != 2 else (probs[:, 1] >= threshold).astype(int)
     out = {
         "accuracy": float(accuracy_score(labels, pred)),
         "balanced_accuracy": float(balanced_accuracy_score(labels, pred)),
@@ -612,12 +624,16 @@ def run_one(
         running["n"] += len(engine.state.batch["index"])
 
     def _evaluate(engine: SupervisedTrainer) -> None:
+        val_probs, test_probs = _predict(net, val_images), _predict(net, test_images)
         entry: dict[str, Any] = {
             "epoch": engine.state.epoch,
             "train_loss": running["sum"] / max(running["n"], 1),
-            "val": classification_metrics(noisy[val_idx], _predict(net, val_images)),
-            "test": classification_metrics(data.test_labels, _predict(net, test_images)),
+            "val": classification_metrics(noisy[val_idx], val_probs),
+            "test": classification_metrics(data.test_labels, test_probs),
         }
+        if val_probs.shape[1] == 2:  # the toolkit's calibration: Youden's J threshold on the NOISY validation split
+            entry["threshold"] = choose_threshold(val_probs[:, 1], noisy[val_idx])
+            entry["test_calibrated"] = classification_metrics(data.test_labels, test_probs, entry["threshold"])
         entry.update(loss.weighting.as_dict())
         history.append(entry)
         running.update(sum=0.0, n=0)
@@ -634,8 +650,8 @@ def run_one(
     predict_idx = np.asarray(predict_items if predict_items is not None else [], dtype=np.int64)
     outcome = RunOutcome(
         config=config,
-        final=history[-1]["test"],
-        best=history[best_i]["test"],
+        final={**history[-1]["test"], **_calibrated(history[-1])},
+        best={**history[best_i]["test"], **_calibrated(history[best_i])},
         best_epoch=best_i + 1,
         final_val=history[-1]["val"],
         history=history,
@@ -652,6 +668,15 @@ def run_one(
     if handler is not None:
         outcome.lilaw = {**loss.weighting.as_dict(), "steps": handler.steps, "skipped_steps": handler.skipped_steps}
     return outcome
+
+
+def _calibrated(entry: dict[str, Any]) -> dict[str, float]:
+    """The epoch's calibrated test accuracies as ``accuracy_calibrated``/``balanced_accuracy_calibrated``."""
+    cal = entry.get("test_calibrated")
+    if cal is None:
+        return {}
+    return {"accuracy_calibrated": cal["accuracy"], "balanced_accuracy_calibrated": cal["balanced_accuracy"],
+            "threshold": entry["threshold"]}
 
 
 # ----------------------------------------------------------------------------- caching, statistics
