@@ -81,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 on success, 1 on a user error, 2 on a usage error.
     """
+    from lilaw_med.allocator import tune_malloc
+
+    tune_malloc()  # before any large allocation: no mmap/munmap of 3D activations every step
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -15,7 +15,7 @@ Augmentations are options and all off by default (the LiLAW method needs none).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,9 +33,9 @@ from monai.transforms import (
     ResizeWithPadOrCropd,
     ScaleIntensityd,
     ScaleIntensityRanged,
-    ScaleIntensityRangePercentilesd,
     Spacingd,
 )
+from monai.utils import convert_to_dst_type
 
 from lilaw_med.data.presets import get_preset
 from lilaw_med.data.readers import LoadMedicalImaged
@@ -46,7 +46,9 @@ __all__ = [
     "FillNoned",
     "LoadImageOrPatchd",
     "PrepareChannelsd",
+    "ScaleIntensityPercentilesd",
     "build_transforms",
+    "percentiles",
     "preset_defaults",
     "resolve_options",
 ]
@@ -182,7 +184,7 @@ def _intensity(keys: str, opts: Mapping[str, Any]) -> list[Any]:
     intensity = opts["intensity"]
     if intensity == "percentile":
         lo, hi = opts["percentiles"]
-        return [ScaleIntensityRangePercentilesd(keys, lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)]
+        return [ScaleIntensityPercentilesd(keys, lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)]
     if intensity in ("window", "ct_window"):
         center, width = (float(v) for v in opts["window"])
         return [
@@ -236,6 +238,117 @@ class LoadImageOrPatchd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         return self.patch_loader(data) if "location" in data else self.loader(data)
+
+
+def percentiles(arr: np.ndarray, qs: Sequence[float]) -> list[float]:
+    """Exact percentiles of an array, as ``np.percentile(arr, qs)`` (its default ``linear`` method).
+
+    Percentiles near the ends (such as 0.5 and 99.5) need only a few order statistics from each
+    tail: a threshold from a sorted subsample of about 16k values picks the candidates of each
+    tail (one comparison pass), their count proves the wanted ranks lie among them, and only the
+    candidates are partitioned. When the proof fails (ties, an unlucky subsample, a percentile
+    near the middle, NaN values), the whole array is partitioned by ``np.percentile``.
+
+    Args:
+        arr: any shape, real values; flattened.
+        qs: percentiles in [0, 100].
+
+    Returns:
+        One float per percentile, in the order given.
+    """
+    flat = np.ravel(arr)
+    n = flat.size
+    if n < 65536 or (flat.dtype.kind == "f" and np.isnan(flat).any()):
+        return [float(v) for v in np.percentile(flat, list(qs))]
+    sample = np.sort(flat[:: max(1, n // 16384)])
+    out: list[float] = []
+    for q in qs:
+        h = (n - 1) * float(q) / 100.0
+        k = int(np.floor(h))
+        ranks = [k, min(k + 1, n - 1)]
+        if max(ranks) < n // 8:  # lower tail: the smallest values
+            cut = sample[min(len(sample) - 1, int(2 * (k + 2) / n * len(sample)) + 8)]
+            cand = flat[flat <= cut]
+            idx = ranks
+        elif min(ranks) > n - 1 - n // 8:  # upper tail: the largest values
+            cut = sample[max(0, len(sample) - 1 - int(2 * (n - k + 1) / n * len(sample)) - 8)]
+            cand = flat[flat >= cut]
+            idx = [r - (n - cand.size) for r in ranks]
+        else:
+            cand, idx = flat, ranks
+        if min(idx) < 0 or max(idx) >= cand.size:  # the candidates do not hold the ranks: all values
+            cand, idx = flat, ranks
+        part = np.partition(cand, sorted(set(idx)))
+        lo, hi = float(part[idx[0]]), float(part[idx[1]])
+        out.append(float(np.percentile([lo, hi], 100.0 * (h - k))) if hi != lo else lo)
+    return out
+
+
+class ScaleIntensityPercentilesd(MapTransform):
+    """Scales intensities from the ``lower``-``upper`` percentile range to ``[b_min, b_max]``.
+
+    The same result as MONAI's ``ScaleIntensityRangePercentilesd`` (``relative=False``,
+    ``channel_wise=False``; linear interpolation between order statistics, float32 output) to
+    float32 rounding, at a fraction of the cost: MONAI calls ``torch.quantile`` once per
+    percentile, each a full sort of the image (about 70 ms of user and 13 ms of system time for
+    a 96^3 volume), where one ``np.percentile`` call partitions the array once for both
+    percentiles (about 7 ms). Like MONAI's transform, an image whose two percentiles are equal
+    is shifted (``x - lower_value + b_min``), not scaled.
+
+    Args:
+        keys: the image keys.
+        lower: the lower percentile, in [0, 100].
+        upper: the upper percentile, in [0, 100].
+        b_min: the output value of the lower percentile.
+        b_max: the output value of the upper percentile.
+        clip: clip the output to ``[b_min, b_max]``.
+        allow_missing_keys: skip missing keys.
+
+    Raises:
+        ValueError: when a percentile lies outside [0, 100].
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        lower: float,
+        upper: float,
+        b_min: float = 0.0,
+        b_max: float = 1.0,
+        clip: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        for name, q in (("lower", lower), ("upper", upper)):
+            if not 0.0 <= float(q) <= 100.0:
+                raise ValueError(f"percentile {name} must lie in [0, 100] but is {q}.")
+        self.lower, self.upper = float(lower), float(upper)
+        self.b_min, self.b_max = float(b_min), float(b_max)
+        self.clip = clip
+
+    def scale(self, img: Any) -> Any:
+        """Scales one image (numpy array or tensor, any shape); returns the input's type, float32.
+
+        Args:
+            img: the image; a ``MetaTensor`` keeps its metadata.
+        """
+        arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+        a_min, a_max = percentiles(arr, (self.lower, self.upper))
+        if a_max != a_min:
+            scale = (self.b_max - self.b_min) / (a_max - a_min)
+            out = np.multiply(arr, np.float32(scale), dtype=np.float32)  # one new buffer, the rest in place
+            out += np.float32(self.b_min - a_min * scale)
+            if self.clip:
+                np.clip(out, self.b_min, self.b_max, out=out)
+        else:  # MONAI's rule for a constant range: shift only, no scaling and no clip
+            out = np.subtract(arr, np.float32(a_min - self.b_min), dtype=np.float32)
+        return convert_to_dst_type(out, dst=img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.scale(d[key])
+        return d
 
 
 class PrepareChannelsd(MapTransform):

@@ -118,3 +118,55 @@ def test_a_3d_file_in_a_2d_preset_names_the_item(files: dict[str, str]) -> None:
         build_transforms("radiology_2d")({"id": "vol-7", "image": files["v"], "label": 0})
     text = str(err.value) + str(err.value.__cause__)
     assert "vol-7" in text and "expected a 2D image" in text
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, lower, upper, clip",  # dtype: of the values drawn
+    [((1, 40, 50), np.float32, 0.5, 99.5, True), ((1, 20, 22, 24), np.float32, 2.0, 98.0, False),
+     ((3, 30, 30), np.int64, 0.0, 100.0, True), ((1, 16, 16, 16), np.int64, 5.0, 95.0, True)],
+)
+def test_numpy_percentile_scaling_equals_monais_transform(shape, dtype, lower, upper, clip) -> None:
+    from monai.data import MetaTensor
+    from monai.transforms import ScaleIntensityRangePercentiles
+
+    from lilaw_med.data.transforms import ScaleIntensityPercentilesd
+
+    rng = np.random.default_rng(7)
+    # integer-valued images (ties between order statistics) as float32: torch.quantile takes floats only
+    raw = rng.normal(0, 100, shape) if dtype == np.float32 else rng.integers(0, 200, shape)
+    img = MetaTensor(torch.as_tensor(raw.astype(np.float32)), meta={"filename_or_obj": "x.nii.gz"})
+    expected = ScaleIntensityRangePercentiles(lower, upper, 0.0, 1.0, clip=clip)(img)
+    ours = ScaleIntensityPercentilesd("image", lower, upper, 0.0, 1.0, clip=clip)({"image": img})["image"]
+    assert isinstance(ours, MetaTensor) and ours.meta["filename_or_obj"] == "x.nii.gz"
+    assert ours.dtype == torch.float32 and ours.shape == img.shape
+    np.testing.assert_allclose(ours.numpy(), np.asarray(expected), atol=1e-6)
+    # a numpy image stays numpy; a constant image is shifted like MONAI's (no division by zero)
+    flat = np.full((1, 8, 8), 5.0, np.float32)
+    shifted = ScaleIntensityPercentilesd("image", lower, upper, 0.0, 1.0, clip=clip)({"image": flat})["image"]
+    assert isinstance(shifted, np.ndarray) and np.array_equal(shifted, np.zeros_like(flat))
+
+
+def test_percentile_scaling_refuses_percentiles_outside_0_to_100() -> None:
+    from lilaw_med.data.transforms import ScaleIntensityPercentilesd
+
+    with pytest.raises(ValueError, match="upper must lie in"):
+        ScaleIntensityPercentilesd("image", 1.0, 101.0)
+
+
+@pytest.mark.parametrize("kind", ["normal", "integers", "ct_air", "constant_tail"])
+def test_tail_selected_percentiles_equal_numpys_on_large_arrays_with_ties(kind: str) -> None:
+    from lilaw_med.data.transforms import percentiles
+
+    rng = np.random.default_rng(3)
+    n = 96**3
+    arr = {
+        "normal": rng.normal(0, 100, n),
+        "integers": rng.integers(-1000, 3000, n),
+        "ct_air": np.where(rng.random(n) < 0.6, -1000.0, rng.normal(40, 30, n)),  # 60% ties at the bottom
+        "constant_tail": np.where(rng.random(n) < 0.99, 5.0, rng.normal(0, 1, n)),
+    }[kind].astype(np.float32)
+    qs = [0.0, 0.5, 2.0, 50.0, 98.0, 99.5, 100.0]
+    np.testing.assert_allclose(percentiles(arr, qs), np.percentile(arr, qs), rtol=1e-12, atol=1e-9)
+    with_nan = arr.copy()
+    with_nan[7] = np.nan
+    assert np.isnan(percentiles(with_nan, [0.5, 99.5])).all()  # numpy's answer: NaN propagates
