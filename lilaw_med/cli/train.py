@@ -139,17 +139,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ evaluate
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import contextlib
+
     from lilaw_med.training.predict import evaluate_run
-    from lilaw_med.training.run_dir import RunDir
+    from lilaw_med.training.run_dir import RunDir, RunDirBusyError
 
     _quiet_engines(args)
+    run = RunDir(args.run_dir)
+    out = Path(args.output) if args.output else run.evaluation
+    # a report written into the run folder is written under its lock, as train and audit write it: never
+    # beside a live training process (whose start-up removes temporary files there) or another evaluate;
+    # a report written elsewhere only reads the run (its model files are replaced atomically)
+    inside = run.exists() and out.absolute().parent.resolve().is_relative_to(run.root.absolute().resolve())
     with user_errors():
-        report = evaluate_run(
-            args.run_dir, datalist=args.datalist, splits=args.split, which=args.checkpoint, device=args.device,
-            calibrated=not args.uncalibrated,
-        )
-        out = Path(args.output) if args.output else RunDir(args.run_dir).evaluation
-        RunDir(out.parent).write_json(out.name, report)
+        try:
+            lock = run.lock("lilaw-med evaluate") if inside else contextlib.nullcontext()
+        except RunDirBusyError as e:
+            raise RunDirBusyError(f"{e} Or write the report elsewhere: --output PATH.") from None
+        with lock:
+            report = evaluate_run(
+                args.run_dir, datalist=args.datalist, splits=args.split, which=args.checkpoint, device=args.device,
+                calibrated=not args.uncalibrated,
+            )
+            RunDir(out.parent).write_json(out.name, report)
     print(f"model: {report['checkpoint']} (epoch {report.get('epoch')})")
     print(f"{'split':12}{'n':>6}{'accuracy':>10}{'bal.acc':>9}{'AUROC':>8}{'ECE':>7}{'loss':>8}")
     for split, m in report["splits"].items():

@@ -105,16 +105,23 @@ def test_a_live_run_refuses_train_resume_and_audit_then_resumes_once_killed(tiny
             ("second", ["train", "--config", str(config), "-o", str(run)]),
             ("resume", ["train", "--resume", str(run)]),
             ("audit", ["audit", str(run), "--no-thumbnails"]),
+            ("evaluate", ["evaluate", str(run)]),  # its report goes into the run folder
         ):
             log = root / f"{name}.log"
             assert run_cli(argv, log=log) == 1, log.read_text()[-2000:]
-            command = "audit" if name == "audit" else "train"
+            command = name if name in ("audit", "evaluate") else "train"
+            hint = " Or write the report elsewhere: --output PATH." if name == "evaluate" else ""
             assert _error_lines(log) == [
                 f"lilaw-med {command}: error: run folder {run} is in use by lilaw-med train, pid {pid} on "
                 f"{socket.gethostname()}, since {_since(run)}; wait until it finishes (a folder whose process was "
-                "killed is free again at once)."
+                f"killed is free again at once).{hint}"
             ]
-        assert not (run / "audit").exists()
+        assert not (run / "audit").exists() and not (run / "evaluation.json").exists()
+        # a report written elsewhere only reads the run: no lock (here: no best model yet, one line)
+        log = root / "evaluate_elsewhere.log"
+        assert run_cli(["evaluate", str(run), "-o", str(root / "eval.json")], log=log) == 1
+        (line,) = _error_lines(log)
+        assert "in use" not in line and "best_model.pt" in line, line
     finally:
         os.kill(pid, signal.SIGKILL)  # killed while holding the lock
         assert wait_cli(pid) == -signal.SIGKILL
