@@ -76,7 +76,11 @@ ITERATIONS_PER_EPOCH = 5  # 20 training items, batch 4
 CHECKPOINT_EVERY = 2
 WORLD_SIZE = 2
 DDP_ITERATIONS_PER_EPOCH = 3  # 10 items per rank, batch 4: 4, 4, 2
-DDP_KILL_KINDS = ("iteration", "batch", "epoch_end")  # a kill inside rank 0's write would leave rank 1 waiting
+DDP_KILL_KINDS = (
+    "iteration",
+    "batch",
+    "epoch_end",
+)  # a kill inside rank 0's write would leave rank 1 waiting
 CHILD_TIMEOUT_S = 60.0
 
 
@@ -103,7 +107,9 @@ def _kill_at(rng: random.Random, k: int, total: int) -> Kill:
 
 
 # ------------------------------------------------------------------ distributed kills
-def run_distributed(root: Path, config: Path, kills: int, epochs: int, rng: random.Random) -> tuple[list[tuple], bool]:
+def run_distributed(
+    root: Path, config: Path, kills: int, epochs: int, rng: random.Random
+) -> tuple[list[tuple], bool]:
     """A 2-process run killed ``kills`` times inside the run and resumed, against an uninterrupted one.
 
     Returns:
@@ -113,7 +119,9 @@ def run_distributed(root: Path, config: Path, kills: int, epochs: int, rng: rand
     seeds = RankSeeds()
     total = epochs * DDP_ITERATIONS_PER_EPOCH
     reference, run = root / "ddp_uninterrupted", root / "ddp_killed"
-    if run_cli_ranks(["train", "--config", str(config), "-o", str(reference)], WORLD_SIZE, seeds, root / "ddp_ref.log") != [0, 0]:
+    if run_cli_ranks(
+        ["train", "--config", str(config), "-o", str(reference)], WORLD_SIZE, seeds, root / "ddp_ref.log"
+    ) != [0, 0]:
         print(f"the uninterrupted 2-process run failed; see {root / 'ddp_ref.log.rank0'}", file=sys.stderr)
         return [], False
     rows, start, argv = [], 0, ["train", "--config", str(config), "-o", str(run)]
@@ -126,7 +134,17 @@ def run_distributed(root: Path, config: Path, kills: int, epochs: int, rng: rand
         kill = Kill(kind, (k - 1) // DDP_ITERATIONS_PER_EPOCH + 1 if kind == "epoch_end" else k)
         status = run_cli_ranks(argv, WORLD_SIZE, Hooks((seeds, kill)), root / "ddp_killed.log")
         newest = _newest_valid(run)
-        rows.append((n, kind, kill.at, "SIGKILL" if status == [-9, -9] else status, start, newest, len(half_written_files(run))))
+        rows.append(
+            (
+                n,
+                kind,
+                kill.at,
+                "SIGKILL" if status == [-9, -9] else status,
+                start,
+                newest,
+                len(half_written_files(run)),
+            )
+        )
         if status != [-9, -9]:
             return rows, False
         start, argv = newest, ["train", "--resume", str(run)]
@@ -183,10 +201,16 @@ def _huge_tiff(folder: Path) -> Path:
     # a hand-written TIFF header: one 16-bit grey page of 100000 x 100000 pixels, one byte of data
     entries = [(256, 4, 1, 100_000), (257, 4, 1, 100_000), (258, 3, 1, 16), (259, 3, 1, 1), (262, 3, 1, 1),
                (273, 4, 1, 8), (277, 3, 1, 1), (278, 4, 1, 100_000), (279, 4, 1, 1)]  # fmt: skip
-    ifd = struct.pack("<H", len(entries)) + b"".join(
-        struct.pack("<HHII", tag, typ, count, value) if typ == 4 else struct.pack("<HHIHH", tag, typ, count, value, 0)
-        for tag, typ, count, value in entries
-    ) + struct.pack("<I", 0)
+    ifd = (
+        struct.pack("<H", len(entries))
+        + b"".join(
+            struct.pack("<HHII", tag, typ, count, value)
+            if typ == 4
+            else struct.pack("<HHIHH", tag, typ, count, value, 0)
+            for tag, typ, count, value in entries
+        )
+        + struct.pack("<I", 0)
+    )
     path = folder / "huge_page.tif"
     path.write_bytes(b"II*\x00" + struct.pack("<I", 9) + b"\x00" + ifd)
     return path
@@ -336,11 +360,19 @@ def run_hostile(root: Path, run_dir: Path | None) -> list[tuple[str, str, bool]]
             with open(out, newline="") as f:
                 rows_out = list(csv.DictReader(f))
             # every input a row with its reason, none with a class (the 2D model refuses the 3D series too)
-            ok = len(rows_out) == len(paths) and all(r["error"] and not r["predicted_class"] for r in rows_out)
+            ok = len(rows_out) == len(paths) and all(
+                r["error"] and not r["predicted_class"] for r in rows_out
+            )
             return 0 if status == 1 and ok else 1
 
         status = _in_child(predict, 3 * CHILD_TIMEOUT_S)
-        rows.append((f"lilaw-med predict over all {len(paths)} inputs: a row each, exit 1", {0: "as expected"}.get(status, str(status)), status == 0))  # type: ignore[arg-type]
+        rows.append(
+            (
+                f"lilaw-med predict over all {len(paths)} inputs: a row each, exit 1",
+                {0: "as expected"}.get(status, str(status)),
+                status == 0,
+            )
+        )  # type: ignore[arg-type]
     return rows
 
 
@@ -354,8 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=20, help="number of SIGKILLs (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill points (default 0)")
     parser.add_argument("--epochs", type=int, default=6, help="epochs of the run (default 6: 30 iterations)")
-    parser.add_argument("--distributed-kills", type=int, default=4,
-                        help="SIGKILLs of a 2-process gloo run (default 4; 0: skip)")
+    parser.add_argument(
+        "--distributed-kills",
+        type=int,
+        default=4,
+        help="SIGKILLs of a 2-process gloo run (default 4; 0: skip)",
+    )
     parser.add_argument("--no-hostile", action="store_true", help="skip the hostile input files")
     parser.add_argument("--out", help="work folder (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
@@ -456,20 +492,33 @@ def main(argv: list[str] | None = None) -> int:
         + ("" if not diffs else f" -- {len(diffs)} differences, e.g. {diffs[:3]}")
     )
     print(f"half-written files after any kill or at the end: {sum(r[6] for r in rows) + len(broken_final)}")
-    counts = [("single-process SIGKILLs, resumed to an identical run folder", kills_done, kills_done if same else 0)]
+    counts = [
+        ("single-process SIGKILLs, resumed to an identical run folder", kills_done, kills_done if same else 0)
+    ]
 
     if args.distributed_kills > 0:
         t = time.perf_counter()
         ddp_rows, ddp_same = run_distributed(root, config, args.distributed_kills, args.epochs, rng)
-        print(f"\n## Distributed: a 2-process (gloo) run SIGKILLed {len(ddp_rows)} time(s), resumed with 2 processes\n")
-        print("| # | kill kind | at (iteration, or epoch) | exit | started from iteration | newest valid checkpoint | half-written files |")
+        print(
+            f"\n## Distributed: a 2-process (gloo) run SIGKILLed {len(ddp_rows)} time(s), resumed with 2 processes\n"
+        )
+        print(
+            "| # | kill kind | at (iteration, or epoch) | exit | started from iteration | newest valid checkpoint | half-written files |"
+        )
         print("|---|---|---|---|---|---|---|")
         for r in ddp_rows:
             print("| " + " | ".join(str(v) for v in r) + " |")
-        print(f"\nidentical to the uninterrupted 2-process run (weights, metrics, every rank's dynamics): {ddp_same} "
-              f"({time.perf_counter() - t:.1f} s)")
-        counts.append(("2-process SIGKILLs inside the run, resumed exactly", args.distributed_kills,
-                       len(ddp_rows) if ddp_same else 0))
+        print(
+            f"\nidentical to the uninterrupted 2-process run (weights, metrics, every rank's dynamics): {ddp_same} "
+            f"({time.perf_counter() - t:.1f} s)"
+        )
+        counts.append(
+            (
+                "2-process SIGKILLs inside the run, resumed exactly",
+                args.distributed_kills,
+                len(ddp_rows) if ddp_same else 0,
+            )
+        )
         same = same and ddp_same
 
     if not args.no_hostile:

@@ -625,7 +625,9 @@ class DicomReader(PydicomReader):
             shown = names[0] if len(names) == 1 else data
             raise ValueError(f"{shown}: not a readable DICOM file ({_one_line(e)}).") from e
 
-    def _read_files(self, names: list[Any], series: Mapping[int, list[str]], kwargs: Mapping[str, Any]) -> Any:
+    def _read_files(
+        self, names: list[Any], series: Mapping[int, list[str]], kwargs: Mapping[str, Any]
+    ) -> Any:
         """``PydicomReader.read`` with the series folders' files given (what it leaves for ``get_data``:
         ``filenames`` and ``has_series``, set the same way)."""
         import pydicom
@@ -811,7 +813,11 @@ def nifti_problem(img: Any) -> str | None:
     if dtype.fields is not None or np.issubdtype(dtype, np.complexfloating):
         return f"voxel type {dtype} (RGB or complex) is not supported; expected real-valued voxels."
     # the loader's array is float32 at least; bound what the header declares before a voxel is read
-    return _size_problem(shape, 8 * max(dtype.itemsize, 4), f"voxels of {dtype} (read as {max(dtype.itemsize, 4) * 8}-bit floats)")
+    return _size_problem(
+        shape,
+        8 * max(dtype.itemsize, 4),
+        f"voxels of {dtype} (read as {max(dtype.itemsize, 4) * 8}-bit floats)",
+    )
 
 
 class NiftiReader(NibabelReader):
@@ -843,7 +849,9 @@ def _pil_size_problem(image: Any) -> str | None:
     mode = str(image.mode)
     bands = len(image.getbands())
     bits = _PIL_BITS.get(mode, 8)
-    return _size_problem((width, height, bands), bits, f"(width x height x bands) pixels of {bits} bits ({mode})")
+    return _size_problem(
+        (width, height, bands), bits, f"(width x height x bands) pixels of {bits} bits ({mode})"
+    )
 
 
 def _pil_convert(image: Any) -> Any:

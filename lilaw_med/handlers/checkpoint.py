@@ -280,7 +280,7 @@ def _validate_ranks(payload: Mapping[str, Any], bad: Callable[[str, str], ValueE
         raise bad("ranks", f"must list the states of {world_size} process(es) but holds {got}")
     for r, entry in enumerate(ranks):
         if not isinstance(entry, Mapping) or entry.get("rank") != r:
-            raise bad(f"ranks[{r}]", "must be the state of rank {r} (a mapping with 'rank': {r})".format(r=r))
+            raise bad(f"ranks[{r}]", f"must be the state of rank {r} (a mapping with 'rank': {r})")
         for field in ("objects", "rng"):
             if not isinstance(entry.get(field), Mapping):
                 raise bad(f"ranks[{r}].{field}", "must map names to saved states")
@@ -521,7 +521,9 @@ class CheckpointHandler:
             raise ValueError("objects is empty: give at least the network and the trainer to checkpoint.")
         both = sorted(set(objects) & set(rank_objects))
         if both:
-            raise ValueError(f"{both} given both as objects and as rank_objects; a state is shared or per rank.")
+            raise ValueError(
+                f"{both} given both as objects and as rank_objects; a state is shared or per rank."
+            )
         for name, obj in {**objects, **rank_objects}.items():
             if not callable(getattr(_unwrap(obj), "state_dict", None)):
                 raise TypeError(

@@ -322,7 +322,8 @@ def _own_rank_state(info: CheckpointInfo, ckpt: Mapping[str, Any]) -> Mapping[st
             logger.warning(
                 "checkpoint %s holds rank 0's random and dynamics states only (an older format): the other "
                 "ranks continue with rank 0's random streams and the interrupted epoch's dynamics keep rank "
-                "0's items only.", info.path.name,
+                "0's items only.",
+                info.path.name,
             )
         return None
     if len(ranks) != world_size:

@@ -111,16 +111,24 @@ def test_limit_is_configurable_and_bounds_nifti_dicom_tiff_and_series(tmp_path: 
     monkeypatch.setenv(MAX_IMAGE_BYTES_ENV, "1000")
     assert "8 x 8 x 8 voxels of float32" in _refusals(volume)[0]
     for message in _refusals(tiff):
-        assert message.startswith(f"{tiff}: the header declares 30 x 40 x 1 (width x height x bands) pixels of 16 bits")
+        assert message.startswith(
+            f"{tiff}: the header declares 30 x 40 x 1 (width x height x bands) pixels of 16 bits"
+        )
     for message in _refusals(CT_SMALL):  # 128 x 128 x 16 bits = 32 KiB
-        assert message.startswith(f"{CT_SMALL}: the header declares 128 x 128 x 1 x 1 (Rows x Columns x frames x samples)")
+        assert message.startswith(
+            f"{CT_SMALL}: the header declares 128 x 128 x 1 x 1 (Rows x Columns x frames x samples)"
+        )
     series = _series(tmp_path)
-    assert len(list_series_files(series)) == 4  # 4 slices of 16 x 16 x 16 bits: 512 bytes each, 2 KiB together
+    assert (
+        len(list_series_files(series)) == 4
+    )  # 4 slices of 16 x 16 x 16 bits: 512 bytes each, 2 KiB together
     monkeypatch.setenv(MAX_IMAGE_BYTES_ENV, "1000")  # each slice fits, the series does not
     for message in _refusals(series):
         assert message.startswith(f"{series}: the header declares") and "slices of pixels together" in message
     monkeypatch.setenv(MAX_IMAGE_BYTES_ENV, "many")
-    with pytest.raises(ValueError, match=f"{MAX_IMAGE_BYTES_ENV} must be a positive number of bytes but is 'many'"):
+    with pytest.raises(
+        ValueError, match=f"{MAX_IMAGE_BYTES_ENV} must be a positive number of bytes but is 'many'"
+    ):
         read_header(volume)
 
 
@@ -144,7 +152,10 @@ def test_fifo_given_as_an_input_is_one_line(tmp_path: Path) -> None:
 
     def refuse() -> int:
         for message in _refusals(fifo):
-            if message != f"{fifo}: a FIFO, not an image file; it was not opened (reading one can block forever).":
+            if (
+                message
+                != f"{fifo}: a FIFO, not an image file; it was not opened (reading one can block forever)."
+            ):
                 return 1
         return 0
 

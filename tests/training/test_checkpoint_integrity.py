@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +253,38 @@ def test_resume_of_a_crafted_checkpoint_is_one_line_through_the_cli(tmp_path: Pa
     assert "Traceback" not in text and len(errors) == 1
     assert errors[0].startswith(f"lilaw-med train: error: every checkpoint in {run / 'checkpoints'} is unusable: ")
     assert "ckpt_000000002.pt: field 'epoch_length' must be a positive integer but is 0" in errors[0]
+
+
+def test_checkpoint_of_another_number_of_processes_is_refused(two_checkpoints: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = two_checkpoints / "checkpoints"
+    for info in find_checkpoints(folder):  # as if a 2-process run had written them
+        payload = _payload(info.path)
+        assert payload["world_size"] == 1 and payload["ranks"][0]["rank"] == 0
+        payload["ranks"] = [payload["ranks"][0], {**payload["ranks"][0], "rank": 1}]
+        payload["world_size"] = 2
+        _rewrite(info.path, payload)
+    (folder / "index.json").unlink()
+    with pytest.raises(ValueError, match=(
+        r"^checkpoint ckpt_000000012\.pt was written by 2 process\(es\) but this run has 1: resume with the same "
+        r"number \(torchrun --nproc_per_node 2\), or start a new run\.$"
+    )):
+        _resume(two_checkpoints, caplog)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda p: p.update(world_size=0), "field 'world_size' must be a positive integer but is 0"),
+        (lambda p: p.update(world_size=2), "field 'ranks' must list the states of 2 process(es) but holds 1"),
+        (lambda p: p["ranks"][0].update(rank=3), "field 'ranks[0]' must be the state of rank 0"),
+        (lambda p: p["ranks"][0].update(rng=[1]), "field 'ranks[0].rng' must map names to saved states"),
+    ],
+    ids=["world_size", "count", "rank", "rng"],
+)
+def test_malformed_per_rank_states_are_one_line(two_checkpoints: Path, edit: Any, message: str) -> None:
+    newest = two_checkpoints / "checkpoints" / "ckpt_000000012.pt"
+    payload = _payload(newest)
+    edit(payload)
+    _rewrite(newest, payload)
+    with pytest.raises(ValueError, match=re.escape(f"ckpt_000000012.pt: {message}")):
+        read_checkpoint(newest)

@@ -53,7 +53,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     config = write_tiny_config(root / "tiny.yaml", datalist, epochs=EPOCHS, every_n_iterations=2)
     seeds = RankSeeds()
     full, cut = root / "full", root / "cut"
-    status = run_cli_ranks(["train", "--config", str(config), "-o", str(full)], WORLD_SIZE, seeds, root / "full.log")
+    status = run_cli_ranks(
+        ["train", "--config", str(config), "-o", str(full)], WORLD_SIZE, seeds, root / "full.log"
+    )
     assert status == [0, 0], (root / "full.log.rank0").read_text()[-3000:]
     argv = ["train", "--config", str(config), "-o", str(cut)]
     killed = run_cli_ranks(argv, WORLD_SIZE, Hooks((seeds, Kill("batch", KILL_AT))), root / "cut.log")
