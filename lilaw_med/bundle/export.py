@@ -811,17 +811,19 @@ def _write_bundle(
         (result.root / "models").mkdir(parents=True, exist_ok=True)
 
 
-def copy_overlay(dest: str | os.PathLike) -> Path:
-    """Copies the LiLAW overlay for existing bundles (``lilaw_overlay.yaml``) to ``dest``.
+def copy_overlay(dest: str | os.PathLike, name: str = "lilaw_overlay.yaml") -> Path:
+    """Copies a packaged bundle template (the generic LiLAW overlay ``lilaw_overlay.yaml``, or
+    ``multi_gpu_train.yaml``) to ``dest``. :mod:`lilaw_med.bundle.overlay` writes one for a given bundle.
 
     Args:
         dest: a file path, or a folder to copy it into.
+        name: the packaged file under ``lilaw_med.configs.bundle``.
 
     Returns:
         The written file.
     """
-    source = resources.files("lilaw_med.configs.bundle") / "lilaw_overlay.yaml"
+    source = resources.files("lilaw_med.configs.bundle") / name
     target = Path(dest)
     if target.is_dir():
-        target = target / "lilaw_overlay.yaml"
+        target = target / name
     return atomic_write(target, source.read_bytes())

@@ -65,15 +65,49 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_overlay(args: argparse.Namespace) -> int:
     from lilaw_med.bundle.export import copy_overlay
+    from lilaw_med.bundle.overlay import find_layout, run_command, write_overlays
 
     with user_errors():
         target = Path(args.output)
-        if target.is_file() and not args.overwrite:
-            raise UserError(f"{target} exists; pass --overwrite to replace it.")
-        written = copy_overlay(target)
-    print(f"LiLAW overlay written to {written}")
-    print(f"use: python -m monai.bundle run --config_file \"['configs/train.json','{written}']\" "
-          "--meta_file configs/metadata.json")
+        if target.is_dir():
+            target = target / "lilaw_overlay.yaml"
+        second = target.with_name(f"{target.stem}_multi_gpu.yaml") if args.multi_gpu else None
+        for path in (target, second):
+            if path is not None and path.is_file() and not args.overwrite:
+                raise UserError(f"{path} exists; pass --overwrite to replace it.")
+        if args.bundle is None:
+            ids = [o for o in ("trainer_id", "loss_id", "handlers_id", "val_dataset_id", "train_config") if getattr(args, o)]
+            if ids:
+                raise UserError(f"--{ids[0].replace('_', '-')} needs --bundle BUNDLE_DIR.")
+            written = copy_overlay(target)
+            print(f"generic LiLAW overlay (model-zoo ids: loss, train#trainer, train#handlers, validate#dataset, "
+                  f"ckpt_dir) written to {written}")
+            if second is not None:
+                second = copy_overlay(second, "multi_gpu_train.yaml")
+                print(f"generic multi-GPU override written to {second}")
+            print("for a bundle with other ids: lilaw-med bundle overlay --bundle BUNDLE_DIR (finds them itself)")
+            files = f"'configs/train.json','{written}'" + (f",'{second}'" if second is not None else "")
+            launcher = "torchrun --standalone --nnodes 1 --nproc_per_node 2 -m" if second is not None else "python -m"
+            print(f"use (from the bundle folder; configs/train.yaml for a YAML bundle): {launcher} monai.bundle run "
+                  f"--config_file \"[{files}]\" --bundle_root . --meta_file configs/metadata.json")
+            return 0
+        layout = find_layout(
+            args.bundle, train_config=args.train_config, trainer_id=args.trainer_id, loss_id=args.loss_id,
+            handlers_id=args.handlers_id, val_dataset_id=args.val_dataset_id, val_batch_size=args.val_batch_size,
+            ckpt_dir=args.ckpt_dir,
+        )
+        written, second = write_overlays(layout, target, multi_gpu=args.multi_gpu)
+    loss = layout.loss_id or f"{layout.trainer_id}#loss_function"
+    print(f"LiLAW overlay for {layout.bundle_root} written to {written}")
+    print(f"  trainer {layout.trainer_id}, loss {loss} ({'component' if layout.loss_is_component else 'expression'}), "
+          f"handlers {layout.handlers_id or layout.trainer_id + '#train_handlers'}, validation dataset "
+          f"{layout.val_dataset_id}, models {layout.ckpt_dir}")
+    if second is not None:
+        print(f"multi-GPU override written to {second}")
+    print(f"run from {layout.bundle_root}:")
+    print(f"  {run_command(layout, written)}")
+    if second is not None:
+        print(f"  {run_command(layout, written, second)}")
     return 0
 
 
@@ -148,14 +182,32 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(
-        "overlay", help="copy the LiLAW overlay that adds LiLAW to an existing classification bundle",
-        description="Copy lilaw_overlay.yaml, which adds LiLAW to a MONAI model-zoo classification bundle\n"
-        "by config merging (nothing in the bundle is edited); see docs/bundle.md.",
+        "overlay", help="write the LiLAW overlay that adds LiLAW to an existing classification bundle",
+        description="Write a LiLAW overlay, which adds LiLAW to a MONAI classification bundle by config merging\n"
+        "(nothing in the bundle is edited); see docs/bundle.md.\n\n"
+        "With --bundle, the bundle's training config (configs/train.json or .yaml) is read and the trainer,\n"
+        "its loss, its train handler list, the validation dataset and the model folder are found by\n"
+        "structure; the overlay then uses the bundle's own ids, and the exact monai.bundle command is\n"
+        "printed. Where a piece cannot be found, the one-line error names the option that sets it.\n"
+        "Without --bundle, the generic overlay for model-zoo ids is copied.\n\n"
+        "examples:\n"
+        "  lilaw-med bundle overlay --bundle my_bundle -o lilaw_overlay.yaml\n"
+        "  lilaw-med bundle overlay --bundle my_bundle --multi-gpu --loss-id train#loss",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--bundle", "-b", metavar="BUNDLE_DIR", help="the bundle to write the overlay for")
     p.add_argument("--output", "-o", default="lilaw_overlay.yaml", metavar="PATH",
                    help="file or folder to write (default ./lilaw_overlay.yaml)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.add_argument("--multi-gpu", action="store_true",
+                   help="also write the multi-GPU (torchrun, DDP) override beside it: <name>_multi_gpu.yaml")
+    p.add_argument("--train-config", metavar="FILE", help="the bundle's training config (default configs/train.json|yaml)")
+    p.add_argument("--trainer-id", metavar="ID", help="id of the SupervisedTrainer")
+    p.add_argument("--loss-id", metavar="ID", help="id of the loss to wrap (a component or a $ expression)")
+    p.add_argument("--handlers-id", metavar="ID", help="id of the train handler list to append LiLAW's handlers to")
+    p.add_argument("--val-dataset-id", metavar="ID", help="id of the dataset the meta step reads (validation data)")
+    p.add_argument("--val-batch-size", type=int, metavar="N", help="the meta step's batch size (default: the validation loader's)")
+    p.add_argument("--ckpt-dir", metavar="VALUE", help="where lilaw.pt goes, as a config value (default: the bundle's model folder)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.set_defaults(func=_cmd_overlay)
 
     p = sub.add_parser(

@@ -286,7 +286,9 @@ class LiLAWHandler:
         with torch.enable_grad():
             meta = self.loss.meta_loss(pred, targets)
             grads = torch.autograd.grad(meta, params)
-        packed = torch.stack([meta.detach(), *grads]).float()
+        # plain tensors: a loss of MONAI MetaTensors carries the batch's metadata, and slicing a
+        # "batched" MetaTensor whose length differs from the batch size fails
+        packed = torch.stack([t.detach().as_subclass(torch.Tensor) for t in (meta, *grads)]).float()
         if self._is_distributed():  # every rank then takes the same step
             packed = idist.all_reduce(packed) / idist.get_world_size()
         train_w = (self.loss.last_stats.weight if self.loss.last_stats is not None else packed.new_ones(1)).float()

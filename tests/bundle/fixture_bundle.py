@@ -1,5 +1,13 @@
-"""A tiny classification bundle in the layout and with the ids of MONAI model-zoo classification
-bundles (network_def, loss, optimizer, train#..., validate#...), written for the tests.
+"""Tiny classification bundles in the layouts and with the ids of MONAI model-zoo classification
+bundles, written for the tests, in each id style (``STYLES``):
+
+- ``"nested"``: ``configs/train.json`` with ``loss``, ``train#trainer``, ``train#handlers``,
+  ``validate#dataset``, ``validate#dataloader``, ``ckpt_dir`` (the endoscopic-classification layout);
+- ``"flat"``: ``configs/train.yaml`` with flat ids (``lossfn``, ``trainer``, ``handlers``,
+  ``train_dataset``, ``val_dataset``, ``val_dataloader``, ``evaluator``) and no ``ckpt_dir`` (the
+  best-model saver writes to ``$@bundle_root + '/models'`` itself), as MONAI's classification template;
+- ``"expression"``: the nested JSON with the loss written as an expression
+  (``"$torch.nn.CrossEntropyLoss(reduction='mean')"``), so no config key reaches its arguments.
 
 Like the model-zoo bundles it loads image files listed in JSON datalists with ``LoadImaged``, trains
 a ``SupervisedTrainer`` with a REDUCING ``CrossEntropyLoss`` (``reduction="sum"``), validates every
@@ -13,11 +21,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image
 
-__all__ = ["write_classification_bundle", "write_images"]
+__all__ = ["STYLES", "write_classification_bundle", "write_images"]
 
 IMAGE_SIZE = 16
+STYLES = ("nested", "flat", "expression")
 
 
 def write_images(folder: Path, n: int, rng: np.random.Generator, prefix: str) -> list[dict]:
@@ -182,6 +192,49 @@ def _train_config(batch_size: int, max_epochs: int) -> dict:
     }
 
 
+def _flat_config(batch_size: int, max_epochs: int) -> dict:
+    """The ``"flat"`` style: the nested config's components under flat ids, no ``ckpt_dir``."""
+    nested = _train_config(batch_size, max_epochs)
+    train, validate = nested["train"], nested["validate"]
+    refs = {  # nested id -> flat id, for every reference inside the moved components
+        "@train#": "@train_", "@validate#": "@val_", "%train#": "%train_",
+    }
+
+    def rename(node: object) -> object:
+        if isinstance(node, dict):
+            return {k: rename(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [rename(v) for v in node]
+        if isinstance(node, str):
+            for old, new in refs.items():
+                node = node.replace(old, new)
+            for old, new in (("@train_trainer", "@trainer"), ("@val_evaluator", "@evaluator"),
+                             ("@train_handlers", "@handlers"), ("@loss", "@lossfn")):
+                node = node.replace(old, new)
+            return node
+        return node
+
+    flat = {k: v for k, v in nested.items() if k not in ("train", "validate", "ckpt_dir", "output_dir", "loss")}
+    flat["lossfn"] = nested["loss"]
+    for key, value in train.items():
+        flat[{"trainer": "trainer", "handlers": "handlers"}.get(key, f"train_{key}")] = value
+    for key, value in validate.items():
+        flat[{"evaluator": "evaluator"}.get(key, f"val_{key}")] = value
+    flat = rename(flat)
+    # no ckpt_dir: the best-model saver names the folder itself
+    saver = flat["val_handlers"][1]
+    saver["save_dir"] = "$@bundle_root + '/models'"
+    flat["run"] = ["$@trainer.run()"]
+    return flat
+
+
+def _expression_config(batch_size: int, max_epochs: int) -> dict:
+    """The ``"expression"`` style: the nested config with the loss written as an expression."""
+    cfg = _train_config(batch_size, max_epochs)
+    cfg["loss"] = "$torch.nn.CrossEntropyLoss(reduction='mean')"
+    return cfg
+
+
 def _metadata() -> dict:
     image = {
         "type": "image",
@@ -221,10 +274,16 @@ def _metadata() -> dict:
 
 
 def write_classification_bundle(
-    root: str | Path, n_train: int = 24, n_val: int = 8, batch_size: int = 8, max_epochs: int = 2, seed: int = 0
+    root: str | Path,
+    n_train: int = 24,
+    n_val: int = 8,
+    batch_size: int = 8,
+    max_epochs: int = 2,
+    seed: int = 0,
+    style: str = "nested",
 ) -> Path:
-    """Writes the fixture bundle: ``configs/train.json``, ``configs/metadata.json``, PNG images and
-    the datalists under ``data/``.
+    """Writes the fixture bundle: ``configs/train.json`` (``train.yaml`` for the flat style),
+    ``configs/metadata.json``, PNG images and the datalists under ``data/``.
 
     Args:
         root: the bundle's folder (created).
@@ -233,10 +292,16 @@ def write_classification_bundle(
         batch_size: batch size of both loaders.
         max_epochs: training epochs.
         seed: seed of the image noise.
+        style: the id style, one of ``STYLES``.
 
     Returns:
         The bundle folder.
+
+    Raises:
+        ValueError: on an unknown style.
     """
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES} but is {style!r}.")
     root = Path(root)
     rng = np.random.default_rng(seed)
     data = root / "data"
@@ -246,7 +311,12 @@ def write_classification_bundle(
     (data / "val_samples.json").write_text(json.dumps(val_items, indent=1))
     configs = root / "configs"
     configs.mkdir(parents=True, exist_ok=True)
-    (configs / "train.json").write_text(json.dumps(_train_config(batch_size, max_epochs), indent=4))
+    if style == "flat":
+        text = yaml.safe_dump(_flat_config(batch_size, max_epochs), sort_keys=False)
+        (configs / "train.yaml").write_text(text)
+    else:
+        build = _expression_config if style == "expression" else _train_config
+        (configs / "train.json").write_text(json.dumps(build(batch_size, max_epochs), indent=4))
     (configs / "metadata.json").write_text(json.dumps(_metadata(), indent=4))
     (root / "models").mkdir(exist_ok=True)
     return root

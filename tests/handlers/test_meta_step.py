@@ -315,3 +315,18 @@ def test_meta_step_follows_a_trainer_that_really_autocasts_on_cpu():
 def test_meta_step_with_amp_on_cuda_uses_the_trainers_dtype(dtype):
     seen = _output_dtypes(SupervisedTrainer, "cuda", amp=True, amp_kwargs={"dtype": dtype})
     assert seen == {"train": {dtype}, "meta": {dtype}}
+
+
+def test_meta_step_takes_a_validation_batch_of_metatensors_of_any_size():
+    # MONAI loaders yield MetaTensors; a loss computed from them is a "batched" MetaTensor, and
+    # slicing the packed (loss, 3 gradients) vector failed unless the batch held exactly 4 items
+    from monai.data import MetaTensor, list_data_collate
+
+    trainer, handler, *_ = _trainer(epochs=1, epoch_length=1)
+    val = [{"image": MetaTensor(item["image"], meta={"filename_or_obj": item["id"]}), "label": item["label"],
+            "id": item["id"]} for item in _items(6, 2)]
+    handler.val_loader = DataLoader(val, batch_size=2, shuffle=False, collate_fn=list_data_collate)
+    handler.attach(trainer)
+    trainer.run()
+    assert handler.steps == 1 and handler.skipped_steps == 0
+    assert all(abs(v - 2.0) > 0 for v in handler.loss.weighting.as_dict().values())
