@@ -10,11 +10,13 @@ corner in level-0 pixels (MONAI's order), and optionally ``"size"`` ``[h, w]`` (
 patch level) and ``"level"`` (MONAI's ``WSIPatchKeys``; ``patch_size``/``patch_level`` are
 accepted too). :class:`LoadWSIPatchd` reads it inside a transform chain
 (the ``pathology`` preset uses it for items with a location); :func:`patch_dataset` gives a
-MONAI ``PatchWSIDataset`` over the same items.
+MONAI ``PatchWSIDataset`` over the same items. :func:`read_thumbnail` gives a small overview of a
+slide, tile by tile, in the memory of the thumbnail and one tile.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Hashable, Mapping, Sequence
 from os.path import abspath
@@ -27,7 +29,7 @@ from monai.data.wsi_reader import BaseWSIReader
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple
 
-__all__ = ["LoadWSIPatchd", "TiffSlideWSIReader", "patch_dataset"]
+__all__ = ["LoadWSIPatchd", "TiffSlideWSIReader", "patch_dataset", "read_thumbnail"]
 
 
 class TiffSlideWSIReader(BaseWSIReader):
@@ -246,3 +248,70 @@ def patch_dataset(
         reader=TiffSlideWSIReader(channel_dim=0, level=patch_level or 0),
         additional_meta_keys=["id"],
     )
+
+
+def _bins(start: int, size: int, factor: int) -> tuple[np.ndarray, int, int]:
+    """reduceat starts of the pixels ``start .. start + size`` binned by ``factor``; first and last bin."""
+    bins = np.arange(start, start + size) // factor
+    return np.flatnonzero(np.diff(bins, prepend=-1)), int(bins[0]), int(bins[-1]) + 1
+
+
+def read_thumbnail(path: str | os.PathLike, max_side: int = 1024) -> np.ndarray:
+    """An RGB overview of a TIFF slide whose longest side is at most ``max_side`` pixels.
+
+    The smallest pyramid level with a side of at least ``max_side`` is read tile by tile (or strip
+    by strip) and each tile is averaged into ``factor x factor`` blocks of the thumbnail at once,
+    so memory holds the thumbnail's sums and one decoded tile, never a whole level: a
+    single-level 20k x 20k slide (1.2 GB decoded) costs a few MB. ``factor`` is the integer
+    ``ceil(side / max_side)``; the last row and column of blocks may be partial (their mean is
+    over the pixels they have).
+
+    Args:
+        path: a TIFF-based slide (TIFF, SVS, NDPI, ...) that tifffile reads.
+        max_side: the longest side of the thumbnail in pixels.
+
+    Returns:
+        (h, w, 3) uint8 RGB, covering level 0 with ``level0_height / h`` pixels per row (and
+        likewise for columns).
+
+    Raises:
+        ValueError: when the file is not a slide tifffile can read tile by tile, or ``max_side < 1``.
+    """
+    import tifffile
+
+    if max_side < 1:
+        raise ValueError(f"max_side must be a positive int but is {max_side}.")
+    try:
+        tf = tifffile.TiffFile(path)
+    except Exception as e:
+        raise ValueError(f"{path}: not a TIFF slide ({type(e).__name__}: {e}).") from e
+    with tf:
+        levels = list(tf.series[0].levels)
+        sizes = [(int(lv.keyframe.imagelength), int(lv.keyframe.imagewidth)) for lv in levels]
+        # the smallest level that is still at least max_side (level 0 when none is)
+        fitting = [i for i, (h, w) in enumerate(sizes) if max(h, w) >= max_side] or [0]
+        index = min(fitting, key=lambda i: sizes[i][0] * sizes[i][1])
+        page = levels[index].keyframe
+        if page.planarconfig != 1 and page.samplesperpixel > 1:  # 1: contiguous samples
+            raise ValueError(f"{path}: planar (separate-sample) TIFF slides are not supported.")
+        height, width = sizes[index]
+        factor = max(1, math.ceil(max(height, width) / max_side))
+        out_h, out_w = math.ceil(height / factor), math.ceil(width / factor)
+        sums = np.zeros((out_h, out_w, 3), np.float64)
+        # bounded reads: 16 MB of compressed data at a time, one decoding thread
+        for segment, index5, _shape in levels[index].pages[0].segments(maxworkers=1, buffersize=16 << 20):
+            if segment is None:  # an empty tile: zeros
+                continue
+            y0, x0 = int(index5[2]), int(index5[3])
+            tile = segment[0, : height - y0, : width - x0]  # full-size edge tiles hang over the image
+            tile = np.repeat(tile[..., :1], 3, axis=-1) if tile.shape[-1] < 3 else tile[..., :3]
+            rows, r0, r1 = _bins(y0, tile.shape[0], factor)
+            cols, c0, c1 = _bins(x0, tile.shape[1], factor)
+            block = np.add.reduceat(np.add.reduceat(tile.astype(np.float32), rows, axis=0), cols, axis=1)
+            sums[r0:r1, c0:c1] += block
+        count_y = np.bincount(np.arange(height) // factor, minlength=out_h)
+        count_x = np.bincount(np.arange(width) // factor, minlength=out_w)
+        mean = sums / (count_y[:, None, None] * count_x[None, :, None])
+        if np.issubdtype(page.dtype, np.integer) and page.dtype.itemsize > 1:  # 16-bit slides to 8 bit
+            mean = mean / np.iinfo(page.dtype).max * 255.0
+        return np.clip(np.rint(mean), 0, 255).astype(np.uint8)

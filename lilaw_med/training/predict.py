@@ -1,13 +1,15 @@
 """Using a trained run: :func:`evaluate_run` (metrics on labelled data) and :func:`predict_inputs`
 (class probabilities for image files, DICOM series folders and whole slides).
 
-Whole slides (pathology runs): a tissue mask is computed on a low-resolution thumbnail (HSV
-saturation above Otsu's threshold, which separates stained tissue from the bright background); a
-grid of non-overlapping patches of the training tile size is laid over level 0, patches whose
-tissue fraction in the mask is at least ``tissue_threshold`` are read (only those regions, through
-tiffslide) and scored by the network through the run's own evaluation transforms. Outputs per
-slide: a patch CSV (x, y, tissue fraction, class probabilities), a probability map ``.npy``
-(grid rows x grid columns x classes; NaN off tissue) and a PNG of it, and the slide row of the
+Whole slides (pathology runs): a thumbnail of at most 1024 px is read tile by tile
+(:func:`lilaw_med.data.wsi.read_thumbnail`, never a whole level) and split into tissue, pen ink
+and background (:func:`lilaw_med.data.tissue.tissue_classes`); a grid of non-overlapping patches
+of the training tile size is laid over level 0, and the patches whose tissue fraction is at least
+``tissue_threshold`` are read as arrays (only those regions, through tiffslide) by the run's own
+evaluation transforms, the way its slide-patch training items are. Outputs per slide: a patch CSV
+(x, y, tissue fraction, class probabilities), a probability map ``.npy`` (grid rows x grid
+columns x classes; NaN off tissue), one PNG per class probability, a PNG of the predicted class,
+a PNG of the tissue mask on the thumbnail, and the slide row of the
 predictions CSV, whose class scores aggregate the patch probabilities of each class by
 ``slide_aggregation``: ``mean`` (mean over tissue patches), ``max`` (the most confident patch),
 or ``top10`` (the mean of the top 10% of patches, at least one: robust to a few false-positive
@@ -20,7 +22,6 @@ import csv
 import io
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from lilaw_med.data.presets import get_preset
+from lilaw_med.data.tissue import tissue_mask
 from lilaw_med.training.config import Config
 from lilaw_med.training.data import transform_options
 from lilaw_med.training.distributed import resolve_device
@@ -37,7 +39,7 @@ from lilaw_med.training.model import load_model
 from lilaw_med.training.run_dir import RunDir
 from lilaw_med.utils import atomic_write, guard_csv_text
 
-__all__ = ["SLIDE_SUFFIXES", "aggregate_patches", "evaluate_run", "predict_inputs", "tissue_mask"]
+__all__ = ["SLIDE_SUFFIXES", "aggregate_patches", "evaluate_run", "mask_overlay", "predict_inputs", "tissue_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,40 +137,6 @@ def evaluate_run(
 
 
 # ------------------------------------------------------------------------------------------ slides
-def _otsu(values: np.ndarray) -> float:
-    hist, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
-    p = hist.astype(np.float64) / max(hist.sum(), 1)
-    omega = np.cumsum(p)
-    mu = np.cumsum(p * (edges[:-1] + edges[1:]) / 2)
-    between = (mu[-1] * omega - mu) ** 2 / np.maximum(omega * (1 - omega), 1e-12)
-    return float(edges[int(np.argmax(between)) + 1])
-
-
-def tissue_mask(rgb: np.ndarray, min_saturation: float = 0.05, max_saturation: float = 0.15) -> np.ndarray:
-    """Tissue mask of an RGB thumbnail: HSV saturation above Otsu's threshold, clipped to
-    ``[min_saturation, max_saturation]``.
-
-    Unstained background has a saturation near 0 and H&E-stained tissue well above 0.15. Otsu's
-    threshold separates the two when both are present; the clip keeps it meaningful when they are
-    not (a slide that is all tissue would otherwise be split into nuclei vs stroma, one with no
-    tissue into noise).
-
-    Args:
-        rgb: (H, W, 3) uint8 or float in [0, 1].
-        min_saturation: floor of the threshold.
-        max_saturation: ceiling of the threshold.
-
-    Returns:
-        (H, W) bool mask.
-    """
-    x = rgb.astype(np.float64)
-    if x.max() > 1.0:
-        x = x / 255.0
-    mx, mn = x.max(axis=2), x.min(axis=2)
-    sat = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-12), 0.0)
-    return sat > float(np.clip(_otsu(sat), min_saturation, max_saturation))
-
-
 def aggregate_patches(probs: np.ndarray, method: str = "top10") -> np.ndarray:
     """Slide-level class scores from patch probabilities.
 
@@ -233,48 +201,108 @@ def _training_tile_size(rd: RunDir) -> int:
     raise ValueError(f"{rd.datalist}: no training item to take the tile size from.")
 
 
+_THUMBNAIL_SIDE = 1024
+# class colours of the predicted-class map (tab10's first colours), grey off tissue
+_PALETTE = np.array(
+    [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
+     [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]], dtype=np.float32,
+)
+
+
+def _png(rgb: np.ndarray, scale: int = 1) -> bytes:
+    from PIL import Image
+
+    img = Image.fromarray(rgb)
+    if scale > 1:
+        img = img.resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "class"
+
+
+def _map_pngs(prob_map: np.ndarray, names: list[str], out_prefix: Path) -> list[Path]:
+    """One PNG per class probability (blue 0 to red 1), the predicted class, grey off tissue."""
+    rows, cols, num = prob_map.shape
+    on = np.isfinite(prob_map).all(axis=2)
+    scale = max(1, min(8, 2048 // max(rows, cols, 1)))
+    written = []
+    for k, name in enumerate(names):
+        img = np.full((rows, cols, 3), 128, dtype=np.uint8)
+        p = prob_map[on, k]
+        img[on] = (np.stack([p, np.zeros_like(p), 1 - p], axis=1) * 255).astype(np.uint8)
+        written.append(atomic_write(Path(f"{out_prefix}_probmap_{_safe_name(name)}.png"), _png(img, scale)))
+    # the predicted class in its colour, darker where the model is less sure
+    img = np.full((rows, cols, 3), 128, dtype=np.uint8)
+    top = prob_map[on].argmax(axis=1) if on.any() else np.zeros(0, dtype=int)
+    conf = prob_map[on].max(axis=1) if on.any() else np.zeros(0)
+    img[on] = (_PALETTE[top % len(_PALETTE)] * (0.35 + 0.65 * conf[:, None])).astype(np.uint8)
+    written.insert(0, atomic_write(Path(f"{out_prefix}_probmap.png"), _png(img, scale)))
+    return written
+
+
+def mask_overlay(thumb: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """The thumbnail with background greyed out and pen ink marked yellow (tissue as it is).
+
+    Args:
+        thumb: (H, W, 3) uint8 RGB thumbnail.
+        classes: (H, W) from :func:`lilaw_med.data.tissue.tissue_classes`.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    from lilaw_med.data.tissue import BACKGROUND, PEN
+
+    out = thumb.copy()
+    grey = thumb.mean(axis=2, keepdims=True)
+    back = classes == BACKGROUND
+    out[back] = (0.3 * grey[back] + 0.7 * 40).astype(np.uint8).repeat(3, axis=-1)
+    out[classes == PEN] = (255, 230, 0)
+    return out
+
+
 def _predict_slide(
     path: Path, network: Any, cfg: Config, dev: torch.device, cal: Mapping[str, Any], patch: int,
     out_prefix: Path, names: list[str], batch_size: int, aggregation: str, tissue_threshold: float,
 ) -> tuple[np.ndarray, list[Path], int]:
-    from PIL import Image
+    from lilaw_med.data.tissue import TISSUE, tissue_classes
+    from lilaw_med.data.wsi import read_thumbnail
 
     slide = _open_slide(path)
     try:
         w, h = slide.dimensions
-        thumb_scale = max(w, h) / 1024 if max(w, h) > 1024 else 1.0
-        thumb = np.asarray(slide.get_thumbnail((max(1, int(w / thumb_scale)), max(1, int(h / thumb_scale)))).convert("RGB"))
-        mask = tissue_mask(thumb)
-        sy, sx = mask.shape[0] / h, mask.shape[1] / w
-        rows, cols = h // patch, w // patch
-        grid: list[tuple[int, int, float]] = []
-        for r in range(rows):
-            for c in range(cols):
-                y0, y1 = int(r * patch * sy), max(int((r + 1) * patch * sy), int(r * patch * sy) + 1)
-                x0, x1 = int(c * patch * sx), max(int((c + 1) * patch * sx), int(c * patch * sx) + 1)
-                frac = float(mask[y0:y1, x0:x1].mean()) if mask[y0:y1, x0:x1].size else 0.0
-                if frac >= tissue_threshold:
-                    grid.append((r, c, frac))
-        logger.info("%s: %d x %d px, %d of %d patches on tissue", path.name, w, h, len(grid), rows * cols)
-        probs_all: list[np.ndarray] = []
-        with tempfile.TemporaryDirectory(prefix="lilaw_slide_") as tmp:
-            # patches go through the run's own evaluation transforms, exactly as its training tiles did
-            for start in range(0, len(grid), 256):
-                chunk = grid[start : start + 256]
-                items = []
-                for r, c, _ in chunk:
-                    region = slide.read_region((c * patch, r * patch), 0, (patch, patch)).convert("RGB")
-                    f = Path(tmp) / f"p_{r}_{c}.png"
-                    region.save(f)
-                    items.append({"image": str(f), "id": f"{path.name}:{r}:{c}"})
-                logits, _, _ = run_inference(network, _loader(items, cfg, batch_size), dev)
-                probs, _ = apply_calibration(logits, cal.get("temperature") or 1.0, cal.get("threshold"))
-                probs_all.append(probs)
-                for f in Path(tmp).iterdir():
-                    f.unlink()
     finally:
         slide.close()
-    probs = np.concatenate(probs_all) if probs_all else np.zeros((0, len(names)))
+    thumb = read_thumbnail(path, _THUMBNAIL_SIDE)
+    classes = tissue_classes(thumb)
+    mask = classes == TISSUE
+    sy, sx = mask.shape[0] / h, mask.shape[1] / w
+    rows, cols = h // patch, w // patch
+    grid: list[tuple[int, int, float]] = []
+    for r in range(rows):
+        for c in range(cols):
+            y0, y1 = int(r * patch * sy), max(int((r + 1) * patch * sy), int(r * patch * sy) + 1)
+            x0, x1 = int(c * patch * sx), max(int((c + 1) * patch * sx), int(c * patch * sx) + 1)
+            frac = float(mask[y0:y1, x0:x1].mean()) if mask[y0:y1, x0:x1].size else 0.0
+            if frac >= tissue_threshold:
+                grid.append((r, c, frac))
+    logger.info("%s: %d x %d px, %d of %d patches on tissue", path.name, w, h, len(grid), rows * cols)
+    written = [atomic_write(Path(f"{out_prefix}_tissue.png"), _png(mask_overlay(thumb, classes)))]
+    if grid:
+        # patch items, read as arrays by the run's own evaluation chain (its slide-patch loader),
+        # exactly as slide-patch training items are; the loader reads them batch by batch
+        items = [
+            {"image": str(path), "location": [r * patch, c * patch], "size": [patch, patch], "id": f"{path.name}:{r}:{c}"}
+            for r, c, _ in grid
+        ]
+        logits, _, _ = run_inference(network, _loader(items, cfg, batch_size), dev)
+        probs, _ = apply_calibration(logits, cal.get("temperature") or 1.0, cal.get("threshold"))
+        probs = np.asarray(probs)
+    else:
+        probs = np.zeros((0, len(names)))
     num = probs.shape[1] if probs.ndim == 2 and probs.shape[1] else len(names)
     names = names if len(names) == num else [str(i) for i in range(num)]
     prob_map = np.full((rows, cols, num), np.nan, dtype=np.float32)
@@ -284,23 +312,11 @@ def _predict_slide(
     for (r, c, frac), p in zip(grid, probs, strict=True):
         prob_map[r, c] = p
         writer.writerow([c * patch, r * patch, patch, patch, f"{frac:.3f}", *[f"{v:.6f}" for v in p]])
-    written = [atomic_write(Path(f"{out_prefix}_patches.csv"), buf.getvalue())]
+    written.append(atomic_write(Path(f"{out_prefix}_patches.csv"), buf.getvalue()))
     npy = io.BytesIO()
     np.save(npy, prob_map)
     written.append(atomic_write(Path(f"{out_prefix}_probmap.npy"), npy.getvalue()))
-    # the PNG shows P(class 1) for a binary model, else the top-class probability; grey = no tissue
-    if num == 2:
-        shown = prob_map[..., 1]
-    else:
-        shown = np.full((rows, cols), np.nan, dtype=np.float32)
-        on = np.isfinite(prob_map).all(axis=2)
-        shown[on] = prob_map[on].max(axis=1)
-    img = np.full((rows, cols, 3), 128, dtype=np.uint8)
-    ok = np.isfinite(shown)
-    img[ok] = (np.stack([shown[ok], np.zeros(ok.sum()), 1 - shown[ok]], axis=1) * 255).astype(np.uint8)
-    png = io.BytesIO()
-    Image.fromarray(img).resize((max(cols * 8, 1), max(rows * 8, 1)), Image.NEAREST).save(png, format="PNG")
-    written.append(atomic_write(Path(f"{out_prefix}_probmap.png"), png.getvalue()))
+    written += _map_pngs(prob_map, names, out_prefix)
     return aggregate_patches(probs, aggregation), written, len(grid)
 
 

@@ -122,3 +122,48 @@ def test_preflight_flags_patches_outside_the_slide(small_sample: dict[str, Path]
     path.write_text(json.dumps(src))
     problems = check_datalist(load_datalist(path), expected_dims=2)
     assert len(problems) == 1 and "outside the slide" in problems[0].reason
+
+
+def test_tissue_classes_reject_blue_green_and_black_pen_and_background() -> None:
+    from lilaw_med.data.tissue import BACKGROUND, PEN, TISSUE, tissue_classes, tissue_mask
+
+    img = np.full((60, 60, 3), 242, dtype=np.uint8)  # bright, unsaturated glass
+    img[5:55, 5:30] = (205, 120, 175)  # eosin-pink tissue
+    img[5:55, 30:55] = (120, 70, 160)  # haematoxylin-purple tissue
+    img[10:14, :] = (30, 60, 170)  # blue marker across tissue and glass
+    img[30:34, :] = (40, 140, 60)  # green marker
+    img[45:49, :] = (25, 25, 30)  # black marker
+    classes = tissue_classes(img, pen_margin=0)
+    for rows in (slice(10, 14), slice(30, 34), slice(45, 49)):
+        assert (classes[rows] == PEN).all()
+    assert (classes[20:28, 5:55] == TISSUE).all() and (classes[36:44, 5:55] == TISSUE).all()
+    assert (classes[56:, :] == BACKGROUND).all() and (classes[20:28, 56:] == BACKGROUND).all()
+    # ink grows by pen_margin (the blurred stroke edge), and the bool mask is the tissue class
+    assert (tissue_classes(img)[9] == PEN).all()
+    assert np.array_equal(tissue_mask(img), tissue_classes(img) == TISSUE)
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_thumbnail_is_the_block_mean_of_a_tiled_slide_read_tile_by_tile(tmp_path: Path, levels: int) -> None:
+    import tifffile
+
+    from lilaw_med.data.wsi import read_thumbnail
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (1000, 1300, 3), dtype=np.uint8)
+    path = tmp_path / "slide.tif"
+    with tifffile.TiffWriter(path) as tw:
+        for level in range(levels):
+            tw.write(img[:: 2**level, :: 2**level], tile=(256, 256), photometric="rgb", subfiletype=1 if level else 0)
+    # a 130 px thumbnail: level 1 (650 px wide) when there is one, in 5 x 5 blocks; else level 0 in 10 x 10
+    thumb = read_thumbnail(path, max_side=130)
+    src, f = (img[::2, ::2], 5) if levels == 2 else (img, 10)
+    expected = src.reshape(src.shape[0] // f, f, src.shape[1] // f, f, 3).mean(axis=(1, 3))
+    assert thumb.shape == (100, 130, 3) and thumb.dtype == np.uint8
+    assert np.abs(thumb.astype(float) - expected).max() <= 0.5 + 1e-9
+    # a side that does not divide: partial last blocks are the mean of the pixels they have
+    odd = read_thumbnail(path, max_side=120)
+    f = -(-src.shape[1] // 120)  # ceil: 11 on level 0, 6 on level 1
+    assert odd.shape[:2] == (-(-src.shape[0] // f), -(-src.shape[1] // f))
+    last = src[(odd.shape[0] - 1) * f :, (odd.shape[1] - 1) * f :, 0]
+    assert abs(float(odd[-1, -1, 0]) - last.mean()) <= 0.5 + 1e-9

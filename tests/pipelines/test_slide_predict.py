@@ -55,3 +55,7 @@ def test_predict_on_a_whole_slide_writes_a_probability_map_and_a_slide_score(tmp
     assert np.allclose(scores, per_patch.mean(axis=0), atol=1e-5)  # "mean" aggregation
     assert np.allclose(np.nansum(pmap, axis=2)[np.isfinite(pmap[..., 0])], 1.0, atol=1e-5)
     assert open(f"{stem}_probmap.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    names = [k[len("prob_"):] for k in row if k.startswith("prob_")]
+    for name in names:  # one map per class probability, and the tissue mask on the thumbnail
+        assert open(f"{stem}_probmap_{name}.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert open(f"{stem}_tissue.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
