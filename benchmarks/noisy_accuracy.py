@@ -236,6 +236,43 @@ def main(
     return report
 
 
+def cli_summary(seed: int, lilaw_on: bool, rate: float = 0.4) -> dict[str, Any]:
+    """One ``lilaw-med train`` run with the radiology_2d preset's defaults at 28 px (cached by the audit grid).
+
+    The LiLAW run is the ``initial/`` run of the audit grid's refine stage when that exists (the same command,
+    config and seed), so the refine benchmark and this one share it.
+    """
+    from benchmarks.audit_grid import Cell, run_dir, train
+
+    cell = Cell(DATASET, "symmetric", rate, seed)
+    initial = run_dir(cell, "refine") / "initial"
+    rd = initial if lilaw_on and (initial / "summary.json").is_file() else train(cell, lilaw_on)
+    s = json.loads((rd / "summary.json").read_text(encoding="utf-8"))
+    out: dict[str, Any] = {}
+    for ckpt in ("final", "best"):
+        test, cal = s[ckpt]["test"], s[ckpt]["test_calibrated"]
+        out[ckpt] = {"accuracy": test["accuracy"], "accuracy_calibrated": cal["accuracy"],
+                     "balanced_accuracy": test["balanced_accuracy"], "auroc": test["auroc"]}
+    out["lilaw"] = {k: s["lilaw"][k] for k in ("alpha", "beta", "delta")} if s.get("lilaw") else {}
+    out["seconds"] = s["seconds"]
+    return out
+
+
+def preset_protocol(seeds: int = 5, out_dir: Path = OUT_DIR) -> dict[str, Any]:
+    """CE vs LiLAW through ``lilaw-med train`` (the preset's protocol: batch 16, 12 epochs, 64->28 px, threshold
+    calibration), PneumoniaMNIST-balanced at 40% symmetric noise, paired by seed."""
+    per_method: dict[str, dict[int, dict[str, Any]]] = {"ce": {}, "lilaw": {}}
+    for seed in range(seeds):
+        for method in ("ce", "lilaw"):
+            per_method[method][seed] = cli_summary(seed, method == "lilaw")
+    comp = compare_methods(per_method, "lilaw", "ce")
+    md = format_comparison(f"{DATASET}, symmetric 40%, the radiology_2d preset through `lilaw-med train` (28 px)", comp)
+    md += "\n\n" + lilaw_parameters_markdown({("symmetric", 0.4): per_method})
+    atomic_write(out_dir / "noisy_accuracy_preset.md", md + "\n")
+    atomic_write(out_dir / "noisy_accuracy_preset.json", json.dumps(comp, indent=1, default=float))
+    return {"comparison": comp, "markdown": md}
+
+
 def _parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=10)
@@ -250,6 +287,9 @@ def _parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cells", nargs="+", default=None, metavar="KIND:RATE",
                    help="noise cells, e.g. symmetric:0.4 none:0 (default: both)")
     p.add_argument("--report-name", default="noisy_accuracy", help="stem of the report files in --out")
+    p.add_argument("--protocol", choices=("paper", "preset"), default="paper",
+                   help="paper: the in-memory harness (batch 64, 10 epochs); preset: `lilaw-med train` with the "
+                   "radiology_2d preset's defaults (5 seeds by default)")
     p.add_argument("--reverse-seeds", action="store_true",
                    help="run seeds from the last down (a second process can then share the cache)")
     return p.parse_args(argv)
@@ -259,6 +299,10 @@ if __name__ == "__main__":
     args = _parse()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("ignite").setLevel(logging.WARNING)  # one line per run, not per epoch
+    if args.protocol == "preset":
+        args.out.mkdir(parents=True, exist_ok=True)
+        print(preset_protocol(args.seeds, args.out)["markdown"])
+        raise SystemExit(0)
     cells = DEFAULT_CELLS
     if args.cells:
         cells = tuple((c.split(":")[0], float(c.split(":")[1]) if ":" in c else 0.0) for c in args.cells)
