@@ -9,6 +9,7 @@ The bundle's folder::
       configs/inference.yaml     predictions for image files (MONAI SupervisedEvaluator + ClassificationSaver)
       configs/multi_gpu_train.yaml   torchrun override of train.yaml (DDP, one process per GPU)
       configs/logging.conf       MONAI's standard logging config (INFO to stdout), applied by ``monai.bundle run``
+      configs/datalist.json      the resolved items (ids, labels, splits), image paths relative to ``dataset_dir``
       docs/README.md             what the model is, the exact commands
       LICENSE
       models/model.pt            the network's state dict (when a run is given, or after training)
@@ -53,7 +54,10 @@ __all__ = [
     "export_bundle",
     "inference_config",
     "input_spatial_shape",
+    "bundle_datalist",
     "install_model",
+    "load_bundle_datalist",
+    "log_final_metrics",
     "model_spec_from_config",
     "multi_gpu_config",
     "model_spec_from_run",
@@ -302,6 +306,79 @@ def install_model(run_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
     return Path(dest)
 
 
+def log_final_metrics(result: Any) -> None:
+    """Logs one line with the final metrics of a bundle's training run (the last step of
+    ``train.yaml``; ``monai.bundle run`` shows it through ``configs/logging.conf``). Ranks other
+    than 0 of a distributed run have no summary and log nothing.
+
+    Args:
+        result: the :class:`~lilaw_med.training.run.RunResult` of the ``training`` component.
+    """
+    summary = getattr(result, "summary", None) or {}
+    if not summary:
+        return
+    parts = []
+    for which in ("best", "final"):
+        for split, metrics in (summary.get(which) or {}).items():
+            values = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("auroc", "accuracy") if isinstance(metrics.get(k), float))
+            if values:
+                parts.append(f"{which} {split}: {values}")
+    lilaw = summary.get("lilaw") or {}
+    scalars = ", ".join(f"{k} {lilaw[k]:.4f}" for k in ("alpha", "beta", "delta") if isinstance(lilaw.get(k), float))
+    logger.info(
+        "final metrics: %s%s; run folder %s", "; ".join(parts) or "none",
+        f"; LiLAW {scalars}" if scalars else "", getattr(result, "run_dir", "?"),
+    )
+
+
+def bundle_datalist(datalist: Any) -> tuple[dict[str, Any], str]:
+    """The datalist a bundle ships (``configs/datalist.json``): the resolved items with their image
+    paths relative to their common folder, and that folder (``dataset_dir`` of ``evaluate.yaml``).
+
+    Args:
+        datalist: a resolved :class:`~lilaw_med.data.datalist.Datalist` (absolute image paths).
+
+    Returns:
+        ``(json_dict, data_root)``.
+    """
+    content = datalist.to_json_dict()
+    content.pop("noise_sidecar", None)  # a file of the exporting machine
+    images = [it["image"] for split in ("training", "validation", "test") for it in content[split]
+              if isinstance(it.get("image"), str)]
+    root = os.path.commonpath([os.path.dirname(p) for p in images]) if images else ""
+    for split in ("training", "validation", "test"):
+        for item in content[split]:
+            if isinstance(item.get("image"), str) and root:
+                item["image"] = Path(os.path.relpath(item["image"], root)).as_posix()
+    return content, root
+
+
+def load_bundle_datalist(path: str | os.PathLike, dataset_dir: str | os.PathLike, lilaw_config: Mapping[str, Any]) -> Any:
+    """Reads a bundle's ``configs/datalist.json`` with its image paths under ``dataset_dir``.
+
+    Args:
+        path: the bundle's datalist.
+        dataset_dir: the folder the images' relative paths start from (``--dataset_dir``).
+        lilaw_config: the embedded config (class names, multi-label).
+
+    Returns:
+        The :class:`~lilaw_med.data.datalist.Datalist`.
+
+    Raises:
+        FileNotFoundError: when ``dataset_dir`` is not a folder (the message names the override).
+    """
+    from lilaw_med.data.datalist import load_datalist
+
+    if not Path(dataset_dir).is_dir():
+        raise FileNotFoundError(
+            f"dataset_dir {dataset_dir} is not a folder: pass --dataset_dir with the folder that holds the images "
+            "(the paths in configs/datalist.json are relative to it)."
+        )
+    data = lilaw_config["data"]
+    return load_datalist(path, class_names=data.get("class_names"), multi_label=bool(data.get("multi_label")),
+                         base_dir=dataset_dir, strict=False)
+
+
 # ---------------------------------------------------------------------------------------- configs
 _HEADER = """\
 # MONAI bundle config written by `lilaw-med bundle export` (lilaw-med {version}).
@@ -344,8 +421,14 @@ def train_config(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[str, 
                 "_target_": "lilaw_med.training.run.run_training",
                 "config": "@lilaw_config",
                 "output_dir": "@output_dir",
+                # a line per epoch (a bar on a terminal) through the bundle's logging.conf
+                "progress": True,
             },
-            "run": ["$@training", "$lilaw_med.bundle.export.install_model(@output_dir, @ckpt_path)"],
+            "run": [
+                "$@training",
+                "$lilaw_med.bundle.export.install_model(@output_dir, @ckpt_path)",
+                "$lilaw_med.bundle.export.log_final_metrics(@training)",
+            ],
         }
     )
     return cfg
@@ -370,8 +453,10 @@ def _postprocessing(spec: ModelSpec, with_label: bool) -> dict[str, Any]:
     return {"_target_": "monai.transforms.Compose", "transforms": transforms}
 
 
-def evaluate_config(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[str, Any]:
-    """``configs/evaluate.yaml``: AUROC and accuracy of ``models/model.pt`` on a datalist split."""
+def evaluate_config(spec: ModelSpec, lilaw_config: Mapping[str, Any], data_root: str | None = None) -> dict[str, Any]:
+    """``configs/evaluate.yaml``: AUROC and accuracy of ``models/model.pt`` on a split of the bundle's
+    datalist (``configs/datalist.json``, image paths relative to ``dataset_dir``, default ``data_root``);
+    with ``data_root=None`` (no datalist shipped), of the embedded config's datalist."""
     cfg = _common(spec, lilaw_config)
     batch_size = int(lilaw_config["train"]["batch_size"])
     multi_class = not (spec.multi_label or spec.num_outputs == 1)
@@ -401,7 +486,13 @@ def evaluate_config(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[st
             "device": "$torch.device('cuda:0' if torch.cuda.is_available() else 'cpu')",
             "output_dir": "$@bundle_root + '/eval'",
             "split": "test",
-            "datalist": "$lilaw_med.training.data.prepare_datalist(@lilaw_config)",
+            # the bundle's own datalist (configs/datalist.json), its image paths relative to dataset_dir:
+            # a bundle copied to another machine evaluates with --dataset_dir /where/the/images/are
+            **({"datalist": "$lilaw_med.training.data.prepare_datalist(@lilaw_config)"} if data_root is None else {
+                "dataset_dir": data_root,
+                "datalist": "$lilaw_med.bundle.export.load_bundle_datalist("
+                "@bundle_root + '/configs/datalist.json', @dataset_dir, @lilaw_config)",
+            }),
             "network": "$@network_def.to(@device)",
             "preprocessing": _preprocessing(lilaw_config),
             "dataset": {"_target_": "monai.data.Dataset", "data": "$getattr(@datalist, @split)", "transform": "@preprocessing"},
@@ -541,11 +632,15 @@ def _readme(spec: ModelSpec, meta: Mapping[str, Any], cfg: Mapping[str, Any], ha
         "`--output_dir runs/other` picks another run folder (an existing one is never overwritten).",
         "Values are Python literals: `True`/`False`, not `true`/`false`.",
         "",
-        "Evaluate `models/model.pt` on the test split (AUROC and accuracy in `eval/`):",
+        "Evaluate `models/model.pt` on the test split of `configs/datalist.json` (AUROC and accuracy in `eval/`):",
         "",
         "```bash",
         "python -m monai.bundle run --config_file configs/evaluate.yaml --meta_file configs/metadata.json",
         "```",
+        "",
+        "The image paths in `configs/datalist.json` are relative to `dataset_dir`, the folder they lay in when the",
+        "bundle was exported. On another machine, or after moving the images, name their folder:",
+        "`--dataset_dir /data/my_images` (the same relative layout below it).",
         "",
         "Predict every file of a folder (`eval/predictions.csv`):",
         "",
@@ -630,12 +725,13 @@ def export_bundle(
     license_file: str | os.PathLike | None = None,
     overwrite: bool = False,
     datalist: Any = None,
+    base_dir: str | os.PathLike | None = None,
 ) -> BundleExport:
     """Writes a MONAI bundle for a lilaw-med config, with the trained weights of ``run_dir``.
 
     Args:
         config: a config mapping or YAML file (validated here; relative paths are resolved
-            against the current folder and written as absolute paths).
+            against ``base_dir`` and written as absolute paths).
         out_dir: the bundle folder (created).
         run_dir: a finished run of this config: its best weights become ``models/model.pt``, its
             test metrics the metadata's ``eval_metrics``; its network must be the config's.
@@ -648,7 +744,10 @@ def export_bundle(
         value_range: ``[min, max]`` of the preprocessed input, when known.
         license_file: a licence text to ship as ``LICENSE`` (default: Apache-2.0 notice).
         overwrite: allow writing into an existing non-empty folder.
-        datalist: the prepared datalist (``None``: read from the config when no run is given).
+        datalist: the prepared datalist (``None``: the run's ``datalist.json``, else read from the config).
+        base_dir: the folder the config's relative paths are resolved against (default: the run
+            folder when ``config`` is the run's own ``config.yaml``, else the current folder). With
+            the run's own config, the bundle reads the run's ``datalist.json`` (never sample data).
 
     Returns:
         The :class:`BundleExport`.
@@ -662,11 +761,30 @@ def export_bundle(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another folder or pass overwrite.")
     cfg = load_config(config) if isinstance(config, (str, os.PathLike)) else validate_config(config)
-    cfg = _absolute_paths(cfg, Path.cwd())
+    run = RunDir(run_dir) if run_dir is not None else None
+    # the run's own config.yaml: its relative paths belong to the run folder, never to the current one
+    own = run is not None and (
+        (isinstance(config, (str, os.PathLike)) and Path(config).absolute() == run.config.absolute())
+        or (base_dir is not None and Path(base_dir).absolute() == run.root.absolute())
+    )
+    cfg = _absolute_paths(cfg, Path(os.path.abspath(base_dir)) if base_dir is not None else (
+        Path(os.path.abspath(run.root)) if own else Path.cwd()))
+    if run is not None and run.datalist.is_file() and (own or not cfg["data"]["datalist"]):
+        # the items the run trained on (absolute paths, ids, splits): sample data is never regenerated
+        cfg["data"]["datalist"] = os.path.abspath(run.datalist)
     _check_no_config_syntax(cfg)
-    if run_dir is not None:
-        spec, state_dict, summary = _from_run(cfg, run_dir)
+    if run is not None:
+        spec, state_dict, summary = _from_run(cfg, run.root)
+        if datalist is None and cfg["data"]["datalist"]:
+            from lilaw_med.data.datalist import load_datalist
+
+            data = cfg["data"]
+            datalist = load_datalist(cfg["data"]["datalist"], class_names=data["class_names"], multi_label=bool(
+                data["multi_label"]), val_fraction=data["val_fraction"], seed=data["split_seed"] if data["split_seed"]
+                is not None else cfg["train"]["seed"], strict=False)
     else:
+        if datalist is None:
+            datalist = prepare_datalist(cfg)
         spec, state_dict, summary = model_spec_from_config(cfg, datalist), None, {}
     shape = list(spatial_shape) if spatial_shape else input_spatial_shape(cfg, spec.spatial_dims)
     if len(shape) != spec.spatial_dims:
@@ -676,7 +794,7 @@ def export_bundle(
         copyright=copyright, value_range=value_range,
     )
     result = BundleExport(root=out.absolute(), metadata=meta, model=spec)
-    _write_bundle(result, cfg, state_dict, license_file, authors)
+    _write_bundle(result, cfg, state_dict, license_file, authors, datalist)
     logger.info("bundle written to %s (%d files)", result.root, len(result.files))
     return result
 
@@ -698,7 +816,13 @@ def _from_run(cfg: Mapping[str, Any], run_dir: str | os.PathLike) -> tuple[Model
         )
     run = RunDir(run_dir)
     if run.config.is_file():
-        differences = _differences(cfg, _absolute_paths(load_config(run.config), Path.cwd()))
+        own = _absolute_paths(load_config(run.config), run.root.absolute())
+        given = copy.deepcopy(dict(cfg))
+        if given["data"]["datalist"] == os.path.abspath(run.datalist):
+            given["data"]["datalist"] = own["data"]["datalist"]  # the run's datalist.json is the run's own data
+        if given["data"]["datalist"] and own["data"]["datalist"]:
+            given["data"]["sample_dir"] = own["data"]["sample_dir"]  # not read when a datalist is given
+        differences = _differences(given, own)
         if differences:
             logger.warning(
                 "the bundle's train.yaml follows the given config, which differs from the run's %s in %s: "
@@ -758,7 +882,8 @@ _COMMENTS: dict[str, str] = {
         "python -m monai.bundle run --config_file configs/train.yaml --meta_file configs/metadata.json"
     ),
     "evaluate.yaml": (
-        "Evaluates models/model.pt on the `split` (default test) of the config's datalist.\n"
+        "Evaluates models/model.pt on the `split` (default test) of configs/datalist.json, whose image paths are\n"
+        "relative to `dataset_dir` (on another machine: --dataset_dir /where/the/images/are).\n"
         "python -m monai.bundle run --config_file configs/evaluate.yaml --meta_file configs/metadata.json"
     ),
     "inference.yaml": (
@@ -777,7 +902,7 @@ _COMMENTS: dict[str, str] = {
 
 def _write_bundle(
     result: BundleExport, cfg: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor] | None,
-    license_file: str | os.PathLike | None, authors: str,
+    license_file: str | os.PathLike | None, authors: str, datalist: Any = None,
 ) -> None:
     """Writes the bundle's files under ``result.root``, listing each in ``result.files``."""
     spec, meta = result.model, result.metadata
@@ -788,8 +913,12 @@ def _write_bundle(
         result.files.append(rel)
 
     write("configs/metadata.json", json.dumps(meta, indent=4) + "\n")
+    data_root = None
+    if datalist is not None:
+        content, data_root = bundle_datalist(datalist)
+        write("configs/datalist.json", json.dumps(content, indent=1) + "\n")
     configs = {
-        "train.yaml": train_config(spec, cfg), "evaluate.yaml": evaluate_config(spec, cfg),
+        "train.yaml": train_config(spec, cfg), "evaluate.yaml": evaluate_config(spec, cfg, data_root),
         "inference.yaml": inference_config(spec, cfg), _MULTI_GPU: multi_gpu_config(),
     }
     for name, content in configs.items():

@@ -52,6 +52,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
             spatial_shape=_parse_shape(args.spatial_shape),
             license_file=args.license,
             overwrite=args.overwrite,
+            # the run's own config.yaml: relative paths are the run folder's, not this folder's
+            base_dir=run.root if run is not None and not args.config else None,
         )
     print(f"bundle written to {result.root}:")
     for rel in result.files:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +117,9 @@ def test_monai_bundle_run_trains_with_lilaw_exactly_like_the_cli(exported: dict[
         "--output_dir", str(out),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # progress and the final metrics through the bundle's logging.conf (stdout), as monai.bundle shows them
+    assert re.search(r"epoch 1/2: train loss \d", proc.stdout), proc.stdout[-2000:]
+    assert re.search(r"final metrics: best validation: auroc \d.*; LiLAW alpha \d", proc.stdout), proc.stdout[-2000:]
     # per-iteration alpha/beta/delta, losses and weights, and per-epoch metrics: identical
     assert (out / "lilaw_iterations.csv").read_text() == (cli_run / "lilaw_iterations.csv").read_text()
     assert (out / "metrics.csv").read_text() == (cli_run / "metrics.csv").read_text()
@@ -257,3 +262,52 @@ def test_export_from_a_run_alone_uses_the_runs_config_and_warns_when_another_dif
         assert main([*args, str(tmp_path / "b")]) == 0
     warnings = [r.getMessage() for r in caplog.records if "differs from the run" in r.getMessage()]
     assert len(warnings) == 1 and "train.epochs" in warnings[0]
+
+
+def test_export_from_another_folder_reads_the_run_folder_and_writes_nothing_there(
+    exported: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run = exported["run"]
+    assert main(["bundle", "export", "--run", os.path.relpath(run, elsewhere), str(tmp_path / "b")]) == 0
+    assert list(elsewhere.iterdir()) == []  # no sample data, no cache, nothing resolved against this folder
+    embedded = yaml.safe_load((tmp_path / "b" / "configs/train.yaml").read_text())["lilaw_config"]
+    assert embedded["data"]["datalist"] == str((run / "datalist.json").absolute())
+    shipped = json.loads((tmp_path / "b" / "configs/datalist.json").read_text())
+    trained = json.loads((run / "datalist.json").read_text())
+    assert [it["id"] for it in shipped["test"]] == [it["id"] for it in trained["test"]]
+    assert all(not Path(it["image"]).is_absolute() for split in ("training", "test") for it in shipped[split])
+
+
+def test_a_moved_bundle_evaluates_with_a_dataset_dir_override(
+    exported: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from monai.bundle.scripts import create_workflow
+
+    # the bundle and the images copied elsewhere (another machine): only --dataset_dir names the images
+    bundle = shutil.copytree(exported["bundle"], tmp_path / "moved_bundle")
+    shutil.copytree(exported["root"] / "images", tmp_path / "new_place" / "images")
+    evaluate = yaml.safe_load((bundle / "configs/evaluate.yaml").read_text())
+    assert evaluate["dataset_dir"] == str(exported["root"] / "images")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    workflow = create_workflow(
+        config_file=str(bundle / "configs/evaluate.yaml"), meta_file=str(bundle / "configs/metadata.json"),
+        logging_file=False, bundle_root=str(bundle), dataset_dir=str(tmp_path / "new_place" / "images"),
+    )
+    datalist = workflow.parser.get_parsed_content("datalist")
+    assert all(it["image"].startswith(str(tmp_path / "new_place")) for it in datalist.test)
+    workflow.run()
+    workflow.finalize()
+    metrics = dict(csv.reader((bundle / "eval" / "metrics.csv").open()))
+    test = json.loads((exported["run"] / "summary.json").read_text())["best"]["test"]
+    assert float(metrics["auroc"]) == pytest.approx(test["auroc"], abs=1e-6)
+
+    missing = create_workflow(
+        config_file=str(bundle / "configs/evaluate.yaml"), meta_file=str(bundle / "configs/metadata.json"),
+        logging_file=False, bundle_root=str(bundle), dataset_dir=str(tmp_path / "nowhere"),
+    )
+    with pytest.raises(RuntimeError) as info:  # MONAI wraps the error of a config expression
+        missing.parser.get_parsed_content("datalist")
+    assert isinstance(info.value.__cause__, FileNotFoundError) and "--dataset_dir" in str(info.value.__cause__)
