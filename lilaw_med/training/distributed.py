@@ -19,8 +19,10 @@ single-process run with batch ``N * B`` on the union of the ranks' batches.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
+import gc
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -234,6 +236,9 @@ def init_distributed(
         **kwargs,
     )
     _sync_ignite(local_rank)
+    if not _AT_EXIT:  # objects that still hold the group when the program ends: freed before shutdown
+        atexit.register(_release_process_groups)
+        _AT_EXIT.append(True)
     logger.info(
         "distributed: rank %d/%d (local rank %d) on %s, backend %s",
         rank,
@@ -260,6 +265,25 @@ def cleanup_distributed(context: DistributedContext | None = None) -> None:
             dist.barrier()
         dist.destroy_process_group()
         idist.sync(temporary=True)  # ignite.distributed forgets the group too
+        _release_process_groups()
+
+
+def _release_process_groups() -> None:
+    """Frees the process group objects that outlive ``destroy_process_group`` while Python is alive.
+
+    ``destroy_process_group`` only unregisters the group: DDP's reducer (and ignite engines, which
+    sit in reference cycles with their handlers) keep the C++ ``ProcessGroupGloo`` alive. Left to
+    interpreter shutdown, its destructor joins gloo's worker threads, whose finished work still
+    holds tensors with Python references; releasing those needs the GIL of an interpreter that is
+    being torn down, and the process can abort with "terminate called without an active exception"
+    after the run has finished (torchrun then reports the rank as failed). A cyclic collection here
+    and once more at exit (a bundle's ConfigParser holds the DDP network until ``monai.bundle run``
+    returns) destroys them in an orderly way.
+    """
+    gc.collect()
+
+
+_AT_EXIT: list[bool] = []  # whether _release_process_groups is registered with atexit (once)
 
 
 def _sync_ignite(local_rank: int) -> None:
