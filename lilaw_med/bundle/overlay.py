@@ -68,6 +68,7 @@ _SETTINGS: dict[str, Any] = {
     "val_mode": "train",
     "detach_weights": False,
     "normalize_weights": False,
+    "meta_every": 1,
     "reduce_classes": None,
     "multi_label": False,
 }
@@ -506,6 +507,7 @@ def lilaw_overlay(layout: BundleLayout) -> dict[str, Any]:
                 "lr": "@lilaw#lr",
                 "weight_decay": "@lilaw#weight_decay",
                 "val_mode": "@lilaw#val_mode",
+                "every": "@lilaw#meta_every",
             },
             "saver": {
                 "_target_": "monai.handlers.CheckpointSaver",

@@ -58,7 +58,7 @@ def enter_autocast_state(state: Mapping[str, AutocastState]) -> contextlib.ExitS
 
 class LiLAWHandler:
     """Takes ONE gradient step on alpha, beta, delta on a validation mini-batch after every
-    training iteration (once warm-up has ended), then applies the clamps.
+    training iteration (or every ``every``-th; once warm-up has ended), then applies the clamps.
 
     The gradient of the validation loss w.r.t. the three scalars needs the network's outputs
     only, so the validation batch is forwarded once without gradient tracking and the backward
@@ -101,10 +101,14 @@ class LiLAWHandler:
         distributed: average the meta gradient across ranks; ``None`` decides from whether a
             process group of more than one rank is initialised.
         metrics_prefix: prefix of the keys written to ``engine.state.metrics``.
+        every: take the meta step after every ``every``-th training iteration (by the trainer's global
+            iteration count, so a resumed run steps at the same iterations). 1 (the spec's) after
+            each one; a larger value trades the meta step's cost (its validation forward is about a
+            quarter of a training step) against fewer updates of the three scalars; see docs/method.md.
 
     Raises:
         TypeError: when ``loss`` is not a :class:`LiLAWLoss`.
-        ValueError: on a non-positive ``lr``, negative ``weight_decay`` or unknown ``val_mode``.
+        ValueError: on a non-positive ``lr`` or ``every``, negative ``weight_decay`` or unknown ``val_mode``.
     """
 
     def __init__(
@@ -116,6 +120,7 @@ class LiLAWHandler:
         val_mode: Literal["eval", "train"] = "train",
         distributed: bool | None = None,
         metrics_prefix: str = "lilaw_",
+        every: int = 1,
     ) -> None:
         if not isinstance(loss, LiLAWLoss):
             raise TypeError(f"loss must be a LiLAWLoss but is {type(loss).__name__}.")
@@ -125,6 +130,8 @@ class LiLAWHandler:
             raise ValueError(f"weight_decay must be >= 0 but is {weight_decay}.")
         if val_mode not in ("eval", "train"):
             raise ValueError(f"val_mode must be 'eval' or 'train' but is {val_mode!r}.")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1 but is {every!r}.")
         self.val_loader = val_loader
         self.loss = loss
         self.lr = float(lr)
@@ -132,6 +139,7 @@ class LiLAWHandler:
         self.val_mode = val_mode
         self.distributed = distributed
         self.metrics_prefix = metrics_prefix
+        self.every = every
         self.steps = 0
         self.skipped_steps = 0
         self.last_values: dict[str, float] = {}
@@ -193,12 +201,12 @@ class LiLAWHandler:
         return contextlib.nullcontext()
 
     def __call__(self, engine: SupervisedTrainer) -> None:
-        """Runs the meta step when warm-up has ended.
+        """Runs the meta step when warm-up has ended, on every ``every``-th iteration.
 
         Args:
             engine: the trainer the handler is attached to.
         """
-        if self.loss.is_active:
+        if self.loss.is_active and engine.state.iteration % self.every == 0:
             self.step(engine)
 
     # ---------------------------------------------------------------- the meta step

@@ -33,7 +33,6 @@ from typing import Any
 import yaml
 
 from lilaw_med.data.presets import PRESETS, get_preset
-from lilaw_med.handlers.meta_step import LiLAWHandler
 from lilaw_med.losses import BASE_LOSSES, LiLAWLoss
 from lilaw_med.training.networks import NETWORKS
 from lilaw_med.weighting import LiLAWWeighting
@@ -135,7 +134,10 @@ def setting(default: Any, types: tuple[type, ...], **checks: Any) -> Any:
 _NUM = (int, float)
 _W = LiLAWWeighting.__init__
 _L = LiLAWLoss.__init__
-_H = LiLAWHandler.__init__
+# LiLAWHandler's defaults, written out: importing the handler imports ignite and MONAI's engines,
+# which a command that only reads a config (predict, validate-data) must not pay for;
+# tests/training/test_config.py pins them to the handler's signature
+_META_STEP_DEFAULTS: dict[str, Any] = {"lr": 0.01, "weight_decay": 0.01, "val_mode": "train", "every": 1}
 
 
 @dataclass(frozen=True)
@@ -207,14 +209,14 @@ class LiLAWConfig:
     delta: float = setting(_signature_default(_W, "delta"), _NUM, help="initial delta ('moderate')")
     alpha_min: float = setting(_signature_default(_W, "alpha_min"), _NUM, help="lower clamp of alpha")
     lr: float = setting(
-        _signature_default(_H, "lr"), _NUM, minimum=0.0, exclusive_minimum=True, help="meta step learning rate"
+        _META_STEP_DEFAULTS["lr"], _NUM, minimum=0.0, exclusive_minimum=True, help="meta step learning rate"
     )
-    weight_decay: float = setting(_signature_default(_H, "weight_decay"), _NUM, minimum=0.0, help="meta step weight decay")
+    weight_decay: float = setting(_META_STEP_DEFAULTS["weight_decay"], _NUM, minimum=0.0, help="meta step weight decay")
     warmup_epochs: int = setting(
         _signature_default(_L, "warmup_epochs"), (int,), minimum=0, help="epochs trained unweighted first"
     )
     val_mode: str = setting(
-        _signature_default(_H, "val_mode"), (str,), choices=("eval", "train"),
+        _META_STEP_DEFAULTS["val_mode"], (str,), choices=("eval", "train"),
         help="network mode of the meta step's validation forward",
     )
     detach_weights: bool = setting(
@@ -226,6 +228,10 @@ class LiLAWConfig:
     )
     val_batch_size: int | None = setting(
         None, (int,), minimum=1, maximum=MAX_BATCH_SIZE, nullable=True, help="meta batch size (null: train.batch_size)"
+    )
+    meta_every: int = setting(
+        _META_STEP_DEFAULTS["every"], (int,), minimum=1,
+        help="meta step after every k-th training iteration (1: every one, the spec's)",
     )
 
 

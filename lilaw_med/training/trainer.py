@@ -214,7 +214,8 @@ def _build_trainer(
         trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: loss.set_epoch(e.state.epoch))
         return trainer, None
     handler = LiLAWHandler(
-        data.meta_loader, loss, lr=cfg.lilaw.lr, weight_decay=cfg.lilaw.weight_decay, val_mode=cfg.lilaw.val_mode
+        data.meta_loader, loss, lr=cfg.lilaw.lr, weight_decay=cfg.lilaw.weight_decay, val_mode=cfg.lilaw.val_mode,
+        every=cfg.lilaw.meta_every,
     )
     handler.attach(trainer)
     return trainer, handler

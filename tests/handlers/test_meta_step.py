@@ -330,3 +330,23 @@ def test_meta_step_takes_a_validation_batch_of_metatensors_of_any_size():
     trainer.run()
     assert handler.steps == 1 and handler.skipped_steps == 0
     assert all(abs(v - 2.0) > 0 for v in handler.loss.weighting.as_dict().values())
+
+
+def test_meta_every_k_steps_on_every_kth_global_iteration_only():
+    trainer, handler, _, loss, _ = _trainer(epochs=2, every=2)  # 3 iterations per epoch
+    seen = []
+    handler.attach(trainer)  # before the probe below: it reads the count after the handler ran
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append((e.state.iteration, handler.steps)))
+    values = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: values.append(loss.weighting.alpha.item()))
+    trainer.run()
+    # iterations 1..6: steps after 2, 4 and 6 (the global iteration decides, across the epoch boundary)
+    assert seen == [(1, 0), (2, 1), (3, 1), (4, 2), (5, 2), (6, 3)]
+    assert values[0] == 2.0 and values[1] != 2.0 and values[2] == values[1]
+
+
+def test_meta_every_must_be_a_positive_integer():
+    _, _, _, loss, _ = _trainer()
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="every must be an integer >= 1"):
+            LiLAWHandler([], loss, every=bad)
