@@ -166,11 +166,13 @@ def _train_run(cache: Path) -> Path:
     return run
 
 
-# the child: lilaw-med predict, then its own peak RSS (VmHWM) on the last line of stderr
+# the child: lilaw-med predict as the program runs it (main() reads sys.argv, so predict imports
+# MONAI lean: lilaw_med.lean), then its own peak RSS (VmHWM) on the last line of stderr
 _CHILD = (
     "import sys\n"
     "from lilaw_med.cli import main\n"
-    "rc = main(sys.argv[1:])\n"
+    "sys.argv = ['lilaw-med', *sys.argv[1:]]\n"
+    "rc = main()\n"
     "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
     "print('VMHWM_KB', hwm[0].split()[1] if hwm else 0, file=sys.stderr)\n"
     "sys.exit(rc)\n"

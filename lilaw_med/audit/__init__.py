@@ -9,12 +9,18 @@
   :mod:`~lilaw_med.audit.html`: its files.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from lilaw_med.audit.core import AuditOptions, RunRecord, SplitAudit, audit_split
 from lilaw_med.audit.counts import NoiseEstimate, confident_joint, estimate_noise, find_label_issues
 from lilaw_med.audit.difficulty import difficulty
 from lilaw_med.audit.rank import get_label_quality_scores, order_label_issues
-from lilaw_med.audit.report import AuditResult, run_audit
 from lilaw_med.audit.window import ScoringWindow, choose_window, window_pred_probs
+
+if TYPE_CHECKING:
+    from lilaw_med.audit.report import AuditResult, run_audit
 
 __all__ = [
     "AuditOptions",
@@ -34,3 +40,18 @@ __all__ = [
     "run_audit",
     "window_pred_probs",
 ]
+
+# the report's names load on first access (PEP 562): the command line's parser reads AuditOptions'
+# defaults, and must not import the report's scikit-learn, Jinja2 and plots for it
+_REPORT = ("AuditResult", "run_audit")
+
+
+def __getattr__(name: str) -> Any:
+    """Imports :mod:`lilaw_med.audit.report` on first access of its public names."""
+    if name not in _REPORT:
+        raise AttributeError(f"module 'lilaw_med.audit' has no attribute {name!r}")
+    from lilaw_med.audit import report
+
+    value = getattr(report, name)
+    globals()[name] = value
+    return value

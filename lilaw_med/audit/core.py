@@ -23,7 +23,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,7 +31,9 @@ from lilaw_med.audit.counts import NoiseEstimate, estimate_noise, find_label_iss
 from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS, difficulty
 from lilaw_med.audit.rank import SCORE_METHODS, get_label_quality_scores, order_label_issues
 from lilaw_med.audit.window import WINDOW_RULES, ScoringWindow, choose_window, epoch_mean, window_pred_probs
-from lilaw_med.handlers.dynamics import Dynamics, load_dynamics
+
+if TYPE_CHECKING:  # the recorder's module imports ignite; reading its files does not need it
+    from lilaw_med.handlers.dynamics import Dynamics
 
 __all__ = [
     "DEFAULT_ADJUST",
@@ -173,6 +175,8 @@ class RunRecord:
         config = rd.read_config() if rd.config.is_file() else {}
         items = {str(it["id"]): (split, it) for split in ("training", "validation", "test")
                  for it in datalist.get(split, [])}
+        from lilaw_med.handlers.dynamics import load_dynamics
+
         dynamics: dict[str, Dynamics] = {}
         for split in splits:
             try:

@@ -76,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lilaw-med`` console script.
 
     Args:
-        argv: the arguments (``sys.argv[1:]`` when ``None``).
+        argv: the arguments (``sys.argv[1:]`` when ``None``). ``None`` also means this process is the
+            ``lilaw-med`` program: ``predict`` then imports MONAI lean (:mod:`lilaw_med.lean`).
 
     Returns:
         The exit status: 0 on success, 1 on a user error, 2 on a usage error.
@@ -89,9 +90,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    from lilaw_med.quiet import warn_once_per_process
+
+    warn_once_per_process()  # a library warning repeated per file or per chunk: shown once
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if argv is None and args.command == "predict":
+        from lilaw_med.lean import import_monai_lean
+
+        # a program that only predicts: MONAI without pandas, matplotlib, scikit-learn, scipy and
+        # ignite (about 190 MB); not for a caller's interpreter, which may train afterwards
+        import_monai_lean()
     try:
         return int(args.func(args) or 0)
     except UserError as e:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ignite.engine import Engine, Events
 from torch.utils.data import DistributedSampler
+
+if TYPE_CHECKING:  # ignite loads in attach(): building a datalist's loaders needs no engine
+    from ignite.engine import Engine
 
 __all__ = ["ResumableSampler"]
 
@@ -142,6 +144,8 @@ class ResumableSampler(DistributedSampler):
         Args:
             engine: the engine whose loader uses this sampler.
         """
+        from ignite.engine import Events
+
         if not engine.has_event_handler(self._set_epoch_from_engine, Events.EPOCH_STARTED):
             engine.add_event_handler(Events.EPOCH_STARTED, self._set_epoch_from_engine)
 

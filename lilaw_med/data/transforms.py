@@ -35,7 +35,7 @@ from monai.transforms import (
     ScaleIntensityRanged,
     Spacingd,
 )
-from monai.utils import convert_to_dst_type
+from monai.utils import convert_to_dst_type, ensure_tuple
 
 from lilaw_med.data.presets import get_preset
 from lilaw_med.data.readers import LoadMedicalImaged
@@ -45,7 +45,9 @@ __all__ = [
     "CastLabeld",
     "FillNoned",
     "LoadImageOrPatchd",
+    "OrientIfNeededd",
     "PrepareChannelsd",
+    "ResizeScalePercentilesd",
     "ScaleIntensityPercentilesd",
     "build_transforms",
     "percentiles",
@@ -156,18 +158,24 @@ def build_transforms(preset: str, options: Mapping[str, Any] | None = None, trai
     ]
     if opts.get("orientation"):
         # explicit RAS labels: MONAI's default is changing and warns about it
-        chain.append(Orientationd(keys, axcodes=opts["orientation"], labels=(("L", "R"), ("P", "A"), ("I", "S"))))
+        chain.append(OrientIfNeededd(keys, axcodes=opts["orientation"], labels=(("L", "R"), ("P", "A"), ("I", "S"))))
     if opts.get("pixdim"):
         chain.append(Spacingd(keys, pixdim=opts["pixdim"], mode="bilinear"))
 
-    # resize first: percentiles of the (smaller) resized image cost less and barely differ
+    # the order of resizing and intensity scaling (docs/data.md, "resize and scale"): percentile
+    # scaling runs on the smaller grid (ResizeScalePercentilesd); any other scaling after the resize
     size = opts["spatial_size"]
-    if size is not None:
-        if opts.get("resize") == "crop_or_pad":
-            chain.append(ResizeWithPadOrCropd(keys, spatial_size=size))
-        else:
-            chain.append(Resized(keys, spatial_size=size, mode=opts["resize_mode"]))
-    chain.extend(_intensity(keys, opts))
+    intensity = _intensity(keys, opts)
+    percentile = intensity[0] if intensity and isinstance(intensity[0], ScaleIntensityPercentilesd) else None
+    if size is not None and opts.get("resize") != "crop_or_pad" and percentile is not None:
+        chain.append(ResizeScalePercentilesd(keys, Resized(keys, spatial_size=size, mode=opts["resize_mode"]), percentile))
+    else:
+        if size is not None:
+            if opts.get("resize") == "crop_or_pad":
+                chain.append(ResizeWithPadOrCropd(keys, spatial_size=size))
+            else:
+                chain.append(Resized(keys, spatial_size=size, mode=opts["resize_mode"]))
+        chain.extend(intensity)
 
     if opts["channels"] != spec.channels:
         chain.append(PrepareChannelsd(keys, spatial_dims=dims, channels=opts["channels"]))
@@ -326,19 +334,21 @@ class ScaleIntensityPercentilesd(MapTransform):
         self.b_min, self.b_max = float(b_min), float(b_max)
         self.clip = clip
 
-    def scale(self, img: Any) -> Any:
+    def scale(self, img: Any, clip: bool | None = None) -> Any:
         """Scales one image (numpy array or tensor, any shape); returns the input's type, float32.
 
         Args:
             img: the image; a ``MetaTensor`` keeps its metadata.
+            clip: overrides the transform's ``clip`` (``None``: the transform's).
         """
+        clip = self.clip if clip is None else clip
         arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
         a_min, a_max = percentiles(arr, (self.lower, self.upper))
         if a_max != a_min:
             scale = (self.b_max - self.b_min) / (a_max - a_min)
             out = np.multiply(arr, np.float32(scale), dtype=np.float32)  # one new buffer, the rest in place
             out += np.float32(self.b_min - a_min * scale)
-            if self.clip:
+            if clip:
                 np.clip(out, self.b_min, self.b_max, out=out)
         else:  # MONAI's rule for a constant range: shift only, no scaling and no clip
             out = np.subtract(arr, np.float32(a_min - self.b_min), dtype=np.float32)
@@ -348,6 +358,74 @@ class ScaleIntensityPercentilesd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.scale(d[key])
+        return d
+
+
+class ResizeScalePercentilesd(MapTransform):
+    """Resizes and scales by percentiles, the percentiles taken on the smaller grid of the two.
+
+    The rule (docs/data.md): when the resize enlarges an image (more output voxels than input
+    voxels, e.g. a 40^3 volume to 96^3), the percentiles are those of the stored voxels and the
+    linear map ``b_min + (x - lower) * (b_max - b_min) / (upper - lower)`` is applied before
+    resizing, the clip to ``[b_min, b_max]`` after it; otherwise the image is resized first and
+    scaled after (percentiles of the resized image). Resizing (nearest, linear, area, cubic) is a
+    linear map whose weights sum to one, so it commutes with the affine intensity map: the
+    enlarging path gives ``clip(a * resize(x) + b)`` exactly as resize-then-scale does, except that
+    ``lower``/``upper`` come from the stored voxels instead of the interpolated ones (for the sample
+    volumes at most 0.7% of the output range; see the test). Sorting the stored voxels
+    costs a fraction of sorting the enlarged image (64k against 885k values for 40^3 -> 96^3).
+
+    Args:
+        keys: the image keys.
+        resize: MONAI's ``Resized`` for the same keys.
+        scale: the percentile scaling (its ``clip`` is applied last).
+        allow_missing_keys: skip missing keys.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, resize: Resized, scale: ScaleIntensityPercentilesd, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.resize = resize
+        self.scale = scale
+        self._size = [int(v) for v in ensure_tuple(resize.resizer.spatial_size)]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            if int(np.prod(img.shape[1:])) < int(np.prod(self._size)):  # enlarging: scale the stored voxels
+                d[key] = self.scale.scale(img, clip=False)
+                d = dict(self.resize(d))
+                if self.scale.clip:
+                    d[key] = torch.clamp_(d[key], self.scale.b_min, self.scale.b_max) if isinstance(
+                        d[key], torch.Tensor) else np.clip(d[key], self.scale.b_min, self.scale.b_max)
+            else:
+                d = dict(self.resize(d))
+                d[key] = self.scale.scale(d[key])
+        return d
+
+
+class OrientIfNeededd(Orientationd):
+    """MONAI's ``Orientationd``, skipped for an image whose affine already has the wanted axis codes.
+
+    Reorienting a volume that is already oriented copies nothing but still costs MONAI about 2.5 ms
+    (the affine's orientation, a no-op flip and transpose, metadata); the chain drops the metadata
+    at its end (``EnsureTyped(track_meta=False)``), so skipping it gives the same pixels. Images
+    without an affine (not a ``MetaTensor``) go to MONAI, which handles them as it does.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
+        from monai.data import MetaTensor
+        from nibabel.orientations import aff2axcodes
+
+        d = dict(data)
+        wanted = tuple(self.ornt_transform.axcodes)
+        labels = self.ornt_transform.labels
+        for key in self.key_iterator(d):
+            img = d[key]
+            if not isinstance(img, MetaTensor) or tuple(aff2axcodes(np.asarray(img.affine), labels=labels)) != wanted:
+                return super().__call__(d, lazy)
         return d
 
 

@@ -36,6 +36,8 @@ from ignite.engine import Engine, Events
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from lilaw_med.training.devices import resolve_device  # re-exported: its home is ignite-free
+
 __all__ = [
     "AverageLossAcrossRanks",
     "DistributedContext",
@@ -124,46 +126,6 @@ def _env_int(env: Mapping[str, str], name: str) -> int:
         return int(value)
     except ValueError:
         raise RuntimeError(f"environment variable {name} must be an integer but is {value!r}.") from None
-
-
-def resolve_device(device: str | torch.device | None = "auto", local_rank: int | None = None) -> torch.device:
-    """The device a process trains on.
-
-    Args:
-        device: ``"auto"`` (``None``; CUDA when present, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        local_rank: under torchrun, this process's ``LOCAL_RANK``: CUDA then means
-            ``cuda:<local_rank>`` (one GPU per process), whatever index a shared config names.
-
-    Returns:
-        The device.
-
-    Raises:
-        ValueError: when CUDA is asked for but not available, the GPU does not exist (or a node runs
-            more processes than it has GPUs), or the name is unknown.
-    """
-    name = "auto" if device is None else str(device).strip().lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return torch.device("cpu")
-    if not name.startswith("cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' but is '{name}'.")
-    if not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' was asked for but CUDA is not available on this machine; use --device cpu.")
-    dev = torch.device(name)
-    count = torch.cuda.device_count()
-    if local_rank is None:
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device '{name}' does not exist: {count} CUDA device(s) visible.")
-        return dev
-    if dev.index is not None and dev.index != local_rank:
-        logger.warning("device %s ignored under torchrun: rank with LOCAL_RANK %d uses cuda:%d.", dev, local_rank, local_rank)
-    if local_rank >= count:
-        raise ValueError(
-            f"LOCAL_RANK {local_rank} needs GPU cuda:{local_rank} but this node has {count} GPU(s); "
-            f"start at most {count} processes per node (torchrun --nproc_per_node {count})."
-        )
-    return torch.device("cuda", local_rank)
 
 
 def init_distributed(

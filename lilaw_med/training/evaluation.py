@@ -1,7 +1,9 @@
 """Evaluation: metrics over logits, calibration (temperature, binary threshold), inference.
 
-Pure functions over arrays (cleanlab/sklearn style) plus :func:`run_inference`, which runs a MONAI
-``SupervisedEvaluator`` over a loader and returns the logits, labels and ids.
+Pure functions over arrays (cleanlab/sklearn style) plus :func:`run_inference`, which runs a network
+over a loader (MONAI's ``eval_mode`` and ``default_prepare_batch``) and returns the logits, labels and ids.
+scikit-learn loads inside the metric functions and no ignite engine is built, so ``predict``
+(probabilities only) imports neither.
 
 Tasks:
     * single-label with C >= 2 outputs: softmax probabilities (N, C);
@@ -19,14 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Events
-from sklearn.metrics import (
-    accuracy_score,
-    balanced_accuracy_score,
-    confusion_matrix,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
 from torch import nn
 
 from lilaw_med.weighting import class_probabilities
@@ -148,6 +142,8 @@ def choose_threshold(prob_positive: np.ndarray, labels: np.ndarray) -> float:
     Returns:
         The threshold (0.5 when only one class is present).
     """
+    from sklearn.metrics import balanced_accuracy_score
+
     p = np.asarray(prob_positive, dtype=np.float64).reshape(-1)
     y = np.asarray(labels).reshape(-1).astype(int)
     if len(np.unique(y)) < 2:
@@ -188,6 +184,8 @@ def apply_calibration(
 
 
 def _auroc(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> float:
+    from sklearn.metrics import roc_auc_score
+
     present = np.unique(labels)
     if len(present) < 2:
         return float("nan")
@@ -226,6 +224,13 @@ def classification_metrics(
         {"precision", "recall", "support"}}, "confusion_matrix": [[...]] (rows = true)}``;
         undefined values (e.g. AUROC with one class present) are NaN.
     """
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
+
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     y = np.asarray(labels)
     n = int(z.shape[0])
@@ -293,53 +298,50 @@ def run_inference(
     prepare_batch: Callable | None = None,
     channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
-    """Runs a MONAI ``SupervisedEvaluator`` over ``loader`` and collects its outputs.
+    """Runs ``network`` over ``loader`` without gradients and collects its outputs.
+
+    The forward of MONAI's ``SupervisedEvaluator`` (``eval_mode``: eval mode and ``no_grad``, the
+    network's own mode restored afterwards; ``autocast`` on CUDA with ``amp``), as a plain loop: an
+    ignite engine would import ignite (and through it ``torch.distributed``'s sympy), which the
+    ``predict`` command does not need.
 
     Args:
-        network: the classifier (put in eval mode by the evaluator).
+        network: the classifier (in eval mode for the loop, then back in its own mode).
         loader: batches of dicts with ``"image"``, optionally ``"label"`` and ``"id"``.
         device: where to run.
-        amp: autocast the forward.
-        prepare_batch: MONAI-style ``prepare_batch`` (default: MONAI's ``default_prepare_batch``).
+        amp: autocast the forward (CUDA).
+        prepare_batch: MONAI-style ``prepare_batch(batch, device, non_blocking)`` returning
+            ``(image, label)`` (default: MONAI's ``default_prepare_batch``).
         channels_last: convert 4-D inputs to channels-last memory format.
 
     Returns:
         ``(logits, labels, ids)``: float32 logits (N, K) on CPU; labels (N,) or (N, L) on CPU, or
         ``None`` when the batches hold no labels; the item ids (``""`` when absent).
     """
-    from monai.engines import SupervisedEvaluator
     from monai.engines.utils import default_prepare_batch
+    from monai.networks.utils import eval_mode
 
     prepare = prepare_batch or default_prepare_batch
-    if channels_last:
-        base = prepare
-
-        def prepare(batchdata, device=None, non_blocking=False, **kwargs):  # type: ignore[no-redef]
-            image, label = base(batchdata, device, non_blocking, **kwargs)[:2]
-            if image.ndim == 4:
-                image = image.contiguous(memory_format=torch.channels_last)
-            return image, label
-
-    evaluator = SupervisedEvaluator(
-        device=torch.device(device), val_data_loader=loader, network=network, prepare_batch=prepare,
-        amp=amp, decollate=False,
-    )
+    device = torch.device(device)
     logits: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     ids: list[str] = []
-
-    def collect(engine: Any) -> None:
-        out = engine.state.output
-        logits.append(out["pred"].detach().float().cpu())
-        label = out.get("label")
-        if isinstance(label, torch.Tensor):
-            labels.append(label.detach().cpu())
-        batch_ids = engine.state.batch.get("id") if isinstance(engine.state.batch, dict) else None
-        n = out["pred"].shape[0]
-        ids.extend([str(i) for i in batch_ids] if batch_ids is not None else [""] * n)
-
-    evaluator.add_event_handler(Events.ITERATION_COMPLETED, collect)
-    evaluator.run()
+    with eval_mode(network):
+        for batch in loader:
+            image, label = prepare(batch, device, False)[:2]
+            if channels_last and image.ndim == 4:
+                image = image.contiguous(memory_format=torch.channels_last)
+            if amp:
+                with torch.autocast("cuda"):
+                    pred = network(image)
+            else:
+                pred = network(image)
+            logits.append(pred.detach().float().cpu())
+            if isinstance(label, torch.Tensor):
+                labels.append(label.detach().cpu())
+            batch_ids = batch.get("id") if isinstance(batch, dict) else None
+            n = pred.shape[0]
+            ids.extend([str(i) for i in batch_ids] if batch_ids is not None else [""] * n)
     all_logits = torch.cat(logits) if logits else torch.zeros(0, 1)
     all_labels = torch.cat(labels) if labels and len(labels) == len(logits) else None
     return all_logits, all_labels, ids

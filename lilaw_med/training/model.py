@@ -23,7 +23,6 @@ from torch import nn
 
 from lilaw_med.data.presets import get_preset
 from lilaw_med.losses import BASE_LOSSES
-from lilaw_med.training import distributed
 from lilaw_med.training.config import Config, ConfigError
 from lilaw_med.training.networks import build_network
 from lilaw_med.training.run_dir import RunDir
@@ -133,6 +132,9 @@ def build_model(
     ).to(device)
     if channels_last:
         network = network.to(memory_format=torch.channels_last)
+    # ignite: only a network that trains needs it (predict loads a model without it)
+    from lilaw_med.training import distributed
+
     if distributed.get_world_size() == 1:
         return network, network
     # distributed: DDP, with SyncBatchNorm on request (CUDA only); the plain module is the one inside

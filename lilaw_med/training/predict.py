@@ -33,7 +33,7 @@ from lilaw_med.data.presets import get_preset
 from lilaw_med.data.tissue import tissue_mask
 from lilaw_med.training.config import Config
 from lilaw_med.training.data import transform_options
-from lilaw_med.training.distributed import resolve_device
+from lilaw_med.training.devices import resolve_device
 from lilaw_med.training.evaluation import apply_calibration, classification_metrics, run_inference
 from lilaw_med.training.model import load_model
 from lilaw_med.training.run_dir import RunDir

@@ -59,3 +59,34 @@ def test_predict_on_a_whole_slide_writes_a_probability_map_and_a_slide_score(tmp
     for name in names:  # one map per class probability, and the tissue mask on the thumbnail
         assert open(f"{stem}_probmap_{name}.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert open(f"{stem}_tissue.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_on_a_slide_as_a_program_imports_no_pandas_matplotlib_sklearn_scipy_ignite_sympy(tmp_path_factory) -> None:
+    """The slide predict path stays lean (lilaw_med.lean): the command, run as a program, in a child."""
+    import json
+    import subprocess
+    import sys
+
+    sample = small_sample_data(tmp_path_factory.mktemp("sample"))
+    run = pathology_patch.run(output_dir=tmp_path_factory.mktemp("runs") / "path", overrides=tiny_overrides("pathology_patch", sample))
+    slide = json.loads(sample["slide"].read_text())["training"][0]["image"]
+    slide = str((sample["slide"].parent / slide).resolve())
+    out = tmp_path_factory.mktemp("pred") / "preds.csv"
+    child = (
+        "import sys\n"
+        "from lilaw_med.cli import main\n"
+        "sys.argv = ['lilaw-med', *sys.argv[1:]]\n"
+        "rc = main()\n"  # argv None: the program's own arguments, as the console script runs it
+        "heavy = {'pandas', 'matplotlib', 'sklearn', 'scipy', 'ignite', 'sympy'}\n"
+        "print('IMPORTED', sorted({m.split('.')[0] for m in sys.modules} & heavy))\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", child, "predict", str(run.run_dir), slide, "-o", str(out), "--uncalibrated"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "IMPORTED []" in proc.stdout, proc.stdout[-500:]
+    with open(out, newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["kind"] == "slide" and int(row["num_patches"]) > 0
