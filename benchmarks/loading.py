@@ -10,6 +10,11 @@ Three tables (``--tables``, default all):
   alternate between the chains (the machine may be shared); medians. Both run with the ``malloc``
   settings the ``lilaw-med`` command applies (:func:`lilaw_med.allocator.tune_malloc`).
 
+``readers``: the loader alone, ``LoadMedicalImaged`` (the presets' first step: format, size and
+  file-type checks, MONOCHROME1, ...) against MONAI's ``LoadImaged`` + ``EnsureChannelFirstd`` on
+  the same files (2D DICOM, 3D NIfTI): user + system CPU ms per item, medians of alternating
+  repetitions (CPU time, not wall time, so that a shared machine's load moves the figures less).
+
 ``step``: the system-time share of a 3D training step (``small_cnn``, forward + backward + Adam),
   each setting in its own child process: glibc's default ``malloc`` against
   :func:`lilaw_med.allocator.tune_malloc` (what ``lilaw-med`` applies), with minor page faults
@@ -27,7 +32,7 @@ Three tables (``--tables``, default all):
 
 Usage::
 
-    python -m benchmarks.loading [--sample-dir DIR] [--tables chains,step,keepup] [--items N]
+    python -m benchmarks.loading [--sample-dir DIR] [--tables chains,readers,step,keepup] [--items N]
         [--reps 3] [--step-size 64] [--step-batch 2] [--steps 5] [--threads 1] [--batch-size 16]
 
 A quick look (under a minute on 2 cores): ``--tables chains,step --items 8 --reps 1 --steps 3``.
@@ -54,6 +59,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized, 
 
 from lilaw_med.data.datalist import load_datalist
 from lilaw_med.data.dataset import build_dataset
+from lilaw_med.data.readers import LoadMedicalImaged
 from lilaw_med.data.sample import write_sample_data
 from lilaw_med.data.transforms import build_transforms, preset_defaults
 
@@ -162,6 +168,28 @@ def chains_table(paths: dict[str, Path], items_limit: int | None, reps: int) -> 
                   f"{user:8.1f} {system:7.1f}")
 
 
+def readers_table(paths: dict[str, Path], items_limit: int | None, reps: int) -> None:
+    """Prints the presets' loader against MONAI's plain loader, CPU ms per item, 2D DICOM and 3D NIfTI."""
+    header = f"{'data':22s} {'items':>5s} {'loader':>18s} {'cpu ms':>7s} {'min ms':>7s}"
+    print("\nloader alone: LoadMedicalImaged vs LoadImaged + EnsureChannelFirstd (user + system CPU per item)\n")
+    print(header)
+    print("-" * len(header))
+    for key, what in (("radiology_2d", "radiology_2d (DICOM)"), ("radiology_3d", "radiology_3d (NIfTI)")):
+        items = [{"image": it["image"]} for it in load_datalist(paths[key]).training]
+        items = items[:items_limit] if items_limit else items
+        loaders = {
+            "LoadMedicalImaged": LoadMedicalImaged("image"),
+            "monai LoadImaged": Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image")]),
+        }
+        cpu: dict[str, list[float]] = {k: [] for k in loaders}
+        for _ in range(max(reps, 1) * 5):  # a pass takes milliseconds: more of them for a steadier median
+            for name, loader in loaders.items():
+                _, user, system = _chain_rate(loader, items)
+                cpu[name].append(user + system)
+        for name, runs in cpu.items():
+            print(f"{what:22s} {len(items):5d} {name:>18s} {statistics.median(runs):7.2f} {min(runs):7.2f}")
+
+
 # ------------------------------------------------------------------------------------ 3D step
 def step_child(mode: str, size: int, batch: int, steps: int) -> dict[str, float]:
     """Runs in a child process: ``steps`` 3D training steps; returns CPU times and page faults."""
@@ -234,7 +262,9 @@ def main() -> None:
     parser.add_argument(
         "--sample-dir", type=Path, help="generated sample data (written to a temp folder if absent)"
     )
-    parser.add_argument("--tables", default="chains,step,keepup", help="comma-separated: chains, step, keepup")
+    parser.add_argument(
+        "--tables", default="chains,readers,step,keepup", help="comma-separated: chains, readers, step, keepup"
+    )
     parser.add_argument("--items", type=int, help="at most this many training items per data set")
     parser.add_argument("--reps", type=int, default=3, help="alternating repetitions of the chains table")
     parser.add_argument("--step-size", type=int, default=64, help="side of the 3D step's input")
@@ -248,14 +278,14 @@ def main() -> None:
         print(json.dumps(step_child(args.step_child, args.step_size, args.step_batch, args.steps)))
         return
     tables = {t.strip() for t in args.tables.split(",") if t.strip()}
-    unknown = tables - {"chains", "step", "keepup"}
+    unknown = tables - {"chains", "readers", "step", "keepup"}
     if unknown:
-        parser.error(f"unknown tables {sorted(unknown)}; valid: chains, step, keepup")
+        parser.error(f"unknown tables {sorted(unknown)}; valid: chains, readers, step, keepup")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     tmp = None
-    if tables & {"chains", "keepup"}:
+    if tables & {"chains", "readers", "keepup"}:
         if args.sample_dir is None or not (args.sample_dir / "radiology_2d" / "datalist.json").is_file():
             tmp = tempfile.TemporaryDirectory()
             out = args.sample_dir or Path(tmp.name)
@@ -276,6 +306,8 @@ def main() -> None:
         # the malloc settings of the lilaw-med command, for both chains alike (this process is not the CLI)
         tune_malloc(environ={})
         chains_table(paths, args.items, args.reps)
+    if "readers" in tables:
+        readers_table(paths, args.items, args.reps)
     if "step" in tables:
         step_table(args.step_size, args.step_batch, args.steps)
     if "keepup" in tables:

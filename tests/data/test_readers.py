@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import shutil
 from pathlib import Path
@@ -200,3 +202,127 @@ def test_missing_and_unknown_files_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.png"):
         _load(tmp_path / "nope.png")
     assert os.path.exists(tmp_path / "x.xyz")
+
+
+# ------------------------------------------------------------- one read of a small .nii.gz
+def _plain(path: str | Path, reader: object) -> object:
+    """MONAI's own loader (LoadImaged + EnsureChannelFirstd) with the given MONAI reader."""
+    from monai.transforms import EnsureChannelFirstd, LoadImaged
+
+    d = LoadImaged("image", reader=reader, image_only=True)({"image": str(path)})
+    return EnsureChannelFirstd("image")(d)["image"]
+
+
+def _same_as_monai(path: str | Path, reader: object, invert: bool = False) -> None:
+    """Our loader gives MONAI's values (MONOCHROME1 inverted when ``invert``), dtype, shape and affine."""
+    ours = LoadMedicalImaged("image")({"image": str(path)})["image"]
+    plain = _plain(path, reader)
+    assert ours.dtype == plain.dtype
+    assert ours.shape == plain.shape
+    expected = np.asarray(plain)
+    if invert:  # the one departure from MONAI: bright means dense for every photometric interpretation
+        expected = expected.max() + expected.min() - expected
+    np.testing.assert_array_equal(np.asarray(ours), expected)
+    np.testing.assert_array_equal(np.asarray(ours.affine), np.asarray(plain.affine))
+
+
+@pytest.mark.parametrize(
+    "dtype, slope, order",
+    [
+        (np.int16, None, "<"),
+        (np.int16, (2.5, -10.0), "<"),
+        (np.uint8, None, "<"),
+        (np.float32, None, "<"),
+        (np.float64, None, ">"),
+        (np.int16, (0.5, 3.0), ">"),
+    ],
+)
+def test_small_nii_gz_read_in_one_go_equals_monai_nibabel_reader(
+    tmp_path: Path, dtype: type, slope: tuple[float, float] | None, order: str
+) -> None:
+    from monai.data import NibabelReader
+
+    from lilaw_med.data.readers import _read_nifti_gz
+
+    rng = np.random.default_rng(1)
+    data = (rng.random((11, 7, 5)) * 200).astype(dtype)
+    affine = np.array([[-0.9, 0, 0, 30], [0, 1.1, 0.1, -12], [0, 0, 2.5, 7], [0, 0, 0, 1]])
+    img = nib.Nifti1Image(data, affine)
+    img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"an extension before the voxels"))
+    if slope:
+        img.header.set_slope_inter(*slope)
+    if order == ">":
+        img = nib.Nifti1Image(data, affine, img.header.as_byteswapped(">"))
+    path = tmp_path / "v.nii.gz"
+    nib.save(img, path)
+    assert _read_nifti_gz(path) is not None  # the one-read path, not nibabel.load's
+    _same_as_monai(path, NibabelReader())
+
+
+def test_nii_gz_that_one_read_does_not_take_loads_through_nibabel(tmp_path: Path) -> None:
+    from monai.data import NibabelReader
+
+    from lilaw_med.data.readers import _read_nifti_gz
+
+    data = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
+    raw = tmp_path / "v.nii"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), raw)
+    blob = raw.read_bytes()
+    # two gzip members (as bgzip writes): valid gzip, which only nibabel's stream reads whole
+    members = tmp_path / "members.nii.gz"
+    members.write_bytes(gzip.compress(blob[:400]) + gzip.compress(blob[400:]))
+    nifti2 = tmp_path / "two.nii.gz"
+    nib.save(nib.Nifti2Image(data, np.eye(4)), nifti2)
+    for path in (members, nifti2, raw):
+        assert _read_nifti_gz(path) is None
+        _same_as_monai(path, NibabelReader())
+
+
+def test_truncated_nii_gz_gets_the_same_error_as_through_nibabel(tmp_path: Path, monkeypatch) -> None:
+    from lilaw_med.data import readers
+
+    path = tmp_path / "cut.nii.gz"
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(0).random((20, 20, 20)).astype(np.float32), np.eye(4)), path
+    )
+    path.write_bytes(path.read_bytes()[:-2000])
+    assert readers._read_nifti_gz(path) is None
+    with pytest.raises(ValueError) as fast:
+        _load(path)
+    monkeypatch.setattr(readers, "_read_nifti_gz", lambda _: None)
+    with pytest.raises(ValueError) as slow:
+        _load(path)
+    assert str(fast.value) == str(slow.value) and str(path) in str(fast.value)
+
+
+def test_nii_gz_declaring_too_many_voxels_is_refused_from_its_header(tmp_path: Path) -> None:
+    from lilaw_med.data.readers import _read_nifti_gz
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((30000, 30000, 30000))
+    header.set_data_dtype(np.int16)
+    header["vox_offset"] = 352
+    path = tmp_path / "huge.nii.gz"
+    path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * 1000))
+    for check in (_read_nifti_gz, _load):
+        with pytest.raises(
+            ValueError, match=r"huge\.nii\.gz: the header declares 30000 x 30000 x 30000 voxels"
+        ):
+            check(path)
+
+
+def test_sample_nifti_and_dicom_load_as_monai_plain_loader_does(tmp_path: Path) -> None:
+    from monai.data import NibabelReader, PydicomReader
+
+    from lilaw_med.data.sample import write_sample_data
+
+    paths = write_sample_data(tmp_path, n_2d=16, n_3d=16, n_tiles=40, n_slides=3)
+    for key, reader in (("radiology_3d", NibabelReader()), ("radiology_2d", PydicomReader())):
+        folder = paths[key].parent
+        items = json.loads(paths[key].read_text())["training"][:4]
+        for item in items:
+            path = folder / item["image"]
+            invert = (
+                key == "radiology_2d" and pydicom.dcmread(path).PhotometricInterpretation == "MONOCHROME1"
+            )
+            _same_as_monai(path, reader, invert=invert)
