@@ -50,8 +50,13 @@ train_items=None, val_items=None, predict_items=None, val_mode=DEFAULT_VAL_MODE,
   the weighting is off) and ``loss`` (the per-sample base loss), each ``(epochs, len(train_idx))``,
   columns in the order of ``RunOutcome.train_idx``.
 
-Networks (one option, ``network``), all MONAI's 2D/3D ResNet-18 (same depth, batch norm and
-residual blocks):
+Networks (one option, ``network``):
+
+* ``"small_cnn"``: the presets' default network (``lilaw_med.training.networks``, 16-32-64-64 channels,
+  batch norm), what ``lilaw-med train`` trains; the network of the issue-17 accuracy floor.
+* ``"resnet18_medmnist"``: MedMNIST v2's 28-px ResNet-18 (3x3 stride-1 stem, no max-pool, full width).
+
+and MONAI's 2D/3D ResNet-18 variants (same depth, batch norm and residual blocks):
 
 * ``"resnet18"``: full width, MONAI's default stem (7x7 convolution with stride 1, then max-pool).
   Measured with one thread at 28 px, batch 64: 1.1 s per training step + 0.28 s per no-grad
