@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -112,7 +113,11 @@ def _prepare_bundle(work: Path) -> list[str]:
 
 def _one_run(kind: str, work: Path, i: int, setup: Path | list[str]) -> tuple[int, str, float]:
     if kind == "cli":
-        args = ["-m", "lilaw_med", "train", "--config", str(setup), "--output", str(work / "runs" / f"r{i:03d}")]
+        run_dir = work / "runs" / f"r{i:03d}"
+        # a run folder left by an earlier loop in the same --out would make train refuse it (rc 1, and
+        # torchrun's SIGTERM of the other rank would read as an abort)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        args = ["-m", "lilaw_med", "train", "--config", str(setup), "--output", str(run_dir)]
         cwd = work
     else:
         args, cwd = list(setup), work / "bundle"
