@@ -22,6 +22,7 @@ from lilaw_med.bundle.overlay import LayoutError, find_layout, lilaw_overlay, pe
 from lilaw_med.cli import main
 from tests.bundle.fixture_bundle import STYLES, write_classification_bundle
 from tests.training.test_distributed_bundle import torchrun_command
+from tests.write_audit import write_audit_env, writes_by_rank
 
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file")
 
@@ -215,11 +216,17 @@ def test_generated_multi_gpu_override_trains_under_torchrun_with_two_gloo_proces
     assert multi.startswith("torchrun --standalone --nnodes 1 --nproc_per_node 2 -m monai.bundle run")
     args = shlex.split(multi)
     run_args = args[args.index("-m"):]  # torchrun with a fixed local port instead of --standalone
-    proc = subprocess.run(torchrun_command(2, *run_args), cwd=bundle, env=_env(), capture_output=True, text=True,
+    env = write_audit_env(tmp_path, bundle, _env())
+    proc = subprocess.run(torchrun_command(2, *run_args), cwd=bundle, env=env, capture_output=True, text=True,
                           timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert "terminate called" not in log
+    # rank 0 writes the bundle's checkpoints and LiLAW's state; rank 1 writes nothing at all under the bundle
+    writes = writes_by_rank(tmp_path, 2)
+    assert writes[0] is not None and writes[1] is not None, "the write-audit hook did not run in the ranks"
+    assert any("/models/" in w for w in writes[0]), writes[0]
+    assert writes[1] == [], f"rank 1 wrote under the bundle: {writes[1][:10]}"
     # each rank takes half of every epoch: one iteration of 2 x 4 items; logged once (rank 0's StatsHandler)
     assert re.findall(r"Iter: \d+/(\d+)", log) == ["1"], log[-2000:]
     saved = torch.load(bundle / "models" / "lilaw.pt", weights_only=True)

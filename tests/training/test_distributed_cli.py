@@ -15,51 +15,12 @@ import pytest
 import yaml
 from PIL import Image
 
+from tests.write_audit import write_audit_env, writes_by_rank
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 N = {"training": 23, "validation": 8, "test": 8}  # 23: the sampler pads one item (seen twice)
 ITERS_PER_EPOCH = 3  # ceil(ceil(23 / 2 ranks) / 4)
 BATCH, EPOCHS, WORLD_SIZE = 4, 2, 2
-
-# Installed through PYTHONPATH into every rank (not the torchrun launcher: it has no RANK): a Python
-# audit hook that logs every write under the run folder (open for writing, os.open with O_CREAT,
-# rename/replace, mkdir, remove) to a per-rank file outside it.
-SITECUSTOMIZE = '''
-import atexit, os, sys
-_root = os.environ.get("LILAW_TEST_RUN_ROOT")
-_rank = os.environ.get("RANK")
-if _root and _rank is not None:
-    _events = []
-    _busy = [False]
-    _write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-
-    def _under_root(path):
-        try:
-            return os.path.abspath(os.fsdecode(path)).startswith(_root)
-        except TypeError:
-            return False
-
-    def _hook(event, args):
-        if _busy[0]:
-            return
-        if event == "open":
-            path, mode, flags = args
-            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
-                mode is None and isinstance(flags, int) and flags & _write_flags
-            )
-            if writing and not isinstance(path, int) and _under_root(path):
-                _events.append(f"open {os.fsdecode(path)}")
-        elif event in ("os.rename", "os.mkdir", "os.remove", "os.rmdir", "shutil.rmtree"):
-            if args and not isinstance(args[0], int) and _under_root(args[0]):
-                _events.append(f"{event} {os.fsdecode(args[0])}")
-
-    def _dump():
-        _busy[0] = True
-        with open(os.environ["LILAW_TEST_WRITE_LOG"] + f".rank{_rank}", "w") as f:
-            f.write("\\n".join(_events))
-
-    sys.addaudithook(_hook)
-    atexit.register(_dump)
-'''
 
 
 def _free_port() -> int:
@@ -101,27 +62,16 @@ def ddp_cli_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "output": {"dir": str(run_root), "name": "ddp"},
     }
     (tmp / "tiny.yaml").write_text(yaml.safe_dump(config))
-    hook_dir = tmp / "hook"
-    hook_dir.mkdir()
-    (hook_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(hook_dir), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-        "LILAW_TEST_RUN_ROOT": str(run_root),
-        "LILAW_TEST_WRITE_LOG": str(tmp / "writes"),
-    }
+    base = {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = write_audit_env(tmp, run_root, base)
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(WORLD_SIZE),
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
         "-m", "lilaw_med", "train", "--config", str(tmp / "tiny.yaml"),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=240)
-    writes = {}
-    for r in range(WORLD_SIZE):
-        log = tmp / f"writes.rank{r}"
-        writes[r] = [line for line in log.read_text().splitlines() if line] if log.is_file() else None
-    return {"proc": proc, "run_dir": run_root / "ddp", "writes": writes}
+    return {"proc": proc, "run_dir": run_root / "ddp", "writes": writes_by_rank(tmp, WORLD_SIZE)}
 
 
 def test_torchrun_train_succeeds_and_reports_once(ddp_cli_run: dict) -> None:
