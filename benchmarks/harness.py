@@ -96,7 +96,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lilaw_med import GCELoss, LiLAWHandler, LiLAWLoss, SCELoss
-from lilaw_med.training.evaluation import choose_threshold
+from lilaw_med.training.evaluation import choose_class_bias, choose_threshold
 from lilaw_med.utils import atomic_write
 
 __all__ = [
@@ -403,6 +403,11 @@ def _predict(network: nn.Module, images: torch.Tensor, batch_size: int = 256) ->
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float | None = None) -> dict[str, float]:
     """Accuracy, balanced accuracy and AUROC (binary; macro one-vs-rest for more classes).
 
@@ -547,6 +552,7 @@ def run_one(
     val_mode: Literal["eval", "train"] = DEFAULT_VAL_MODE,
     detach_weights: bool = False,
     num_threads: int | None = 1,
+    meta_every: int = 1,
 ) -> RunOutcome:
     """Trains one model and evaluates it (see the module docstring for every argument's meaning).
 
@@ -569,6 +575,7 @@ def run_one(
         val_mode: ``LiLAWHandler(val_mode=...)`` for the LiLAW methods.
         detach_weights: ``LiLAWLoss(detach_weights=...)`` for the LiLAW methods.
         num_threads: ``torch.set_num_threads`` for the run (``None`` leaves it).
+        meta_every: ``LiLAWHandler(every=...)``: the meta step after every k-th iteration (LiLAW methods).
 
     Returns:
         The :class:`RunOutcome`.
@@ -583,7 +590,7 @@ def run_one(
         "dataset": dataset, "noise_kind": noise_kind, "noise_rate": float(noise_rate), "seed": int(seed),
         "method": method, "epochs": int(epochs), "batch_size": int(batch_size), "lr": lr,
         "weight_decay": weight_decay, "network": network, "val_fraction": val_fraction,
-        "val_mode": val_mode, "detach_weights": bool(detach_weights),
+        "val_mode": val_mode, "detach_weights": bool(detach_weights), "meta_every": int(meta_every),
     }
     data = load_dataset(dataset)
     n_all = len(data.train_labels)
@@ -614,7 +621,7 @@ def run_one(
     handler = None
     if method in LILAW_METHODS:
         meta_loader = _loader(data.train_images[val_idx], noisy[val_idx], val_idx, batch_size, True, seed * 1000 + 2)
-        handler = LiLAWHandler(meta_loader, loss, val_mode=val_mode)
+        handler = LiLAWHandler(meta_loader, loss, val_mode=val_mode, every=int(meta_every))
         handler.attach(trainer)
     table = _DynamicsTable(loss, train_idx, int(epochs)) if record_dynamics else None
     if table is not None:
@@ -639,6 +646,11 @@ def run_one(
         if val_probs.shape[1] == 2:  # the toolkit's calibration: Youden's J threshold on the NOISY validation split
             entry["threshold"] = choose_threshold(val_probs[:, 1], noisy[val_idx])
             entry["test_calibrated"] = classification_metrics(data.test_labels, test_probs, entry["threshold"])
+        else:  # eval.calibration "prior": the class-prior correction fitted on the NOISY validation split
+            bias, entry["prior_strength"] = choose_class_bias(np.log(np.clip(val_probs, 1e-12, None)), noisy[val_idx])
+            entry["test_calibrated"] = classification_metrics(
+                data.test_labels, _softmax(np.log(np.clip(test_probs, 1e-12, None)) + np.asarray(bias))
+            )
         entry.update(loss.weighting.as_dict())
         history.append(entry)
         running.update(sum=0.0, n=0)
@@ -681,7 +693,7 @@ def _calibrated(entry: dict[str, Any]) -> dict[str, float]:
     if cal is None:
         return {}
     return {"accuracy_calibrated": cal["accuracy"], "balanced_accuracy_calibrated": cal["balanced_accuracy"],
-            "threshold": entry["threshold"]}
+            **{k: entry[k] for k in ("threshold", "prior_strength") if k in entry}}
 
 
 # ----------------------------------------------------------------------------- caching, statistics

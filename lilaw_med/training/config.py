@@ -290,8 +290,9 @@ class EvalConfig:
     key_metric: str = setting("auroc", (str,), choices=KEY_METRICS, help="metric that selects the best checkpoint")
     interval: int = setting(1, (int,), minimum=1, help="validate every N epochs")
     calibration: str = setting(
-        "none", (str,), choices=("none", "temperature", "threshold"),
-        help="fit a temperature (any task) or a decision threshold (binary) on the noisy validation split",
+        "none", (str,), choices=("none", "temperature", "threshold", "prior"),
+        help="fit on the noisy validation split: a temperature (any task), a decision threshold (binary), or a "
+        "temperature and a class-prior correction for balanced accuracy (prior: single-label, 3+ classes)",
     )
     ece_bins: int = setting(15, (int,), minimum=2, help="bins of the expected calibration error")
     test_each_epoch: bool = setting(False, (bool,), help="also evaluate the test split every epoch (monitoring only)")

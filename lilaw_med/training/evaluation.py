@@ -1,4 +1,4 @@
-"""Evaluation: metrics over logits, calibration (temperature, binary threshold), inference.
+"""Evaluation: metrics over logits, calibration (temperature, binary threshold, class-prior correction), inference.
 
 Pure functions over arrays (cleanlab/sklearn style) plus :func:`run_inference`, which runs a network
 over a loader (MONAI's ``eval_mode`` and ``default_prepare_batch``) and returns the logits, labels and ids.
@@ -28,6 +28,7 @@ from lilaw_med.weighting import class_probabilities
 __all__ = [
     "LOWER_IS_BETTER",
     "apply_calibration",
+    "choose_class_bias",
     "choose_threshold",
     "classification_metrics",
     "expected_calibration_error",
@@ -161,8 +162,63 @@ def choose_threshold(prob_positive: np.ndarray, labels: np.ndarray) -> float:
     return best_t
 
 
+PRIOR_STRENGTHS = tuple(round(0.1 * i, 1) for i in range(21))
+"""The strengths tau tried by :func:`choose_class_bias`: 0 (no correction) to 2 in steps of 0.1."""
+
+
+def choose_class_bias(
+    logits: np.ndarray | torch.Tensor, labels: np.ndarray, temperature: float = 1.0,
+    strengths: Sequence[float] = PRIOR_STRENGTHS,
+) -> tuple[list[float], float]:
+    """A class-prior correction of single-label logits that maximises balanced accuracy on a split.
+
+    Post-hoc logit adjustment (Menon et al., ICLR 2021): the predicted class is
+    ``argmax_k(z_k / T - tau * log(prior_k))``, with ``prior`` the split's label frequencies
+    (add-one smoothed) and one strength ``tau`` chosen from ``strengths`` by balanced accuracy
+    (ties: the smallest tau). A network trained on imbalanced labels favours the frequent classes;
+    tau = 1 undoes that prior exactly, as balanced accuracy asks. One scalar is fitted, so a few
+    hundred noisy validation items are enough. Under symmetric noise the noisy balanced accuracy of
+    a classifier is an increasing affine function of its clean one when the classes are balanced
+    (``(1 - r K / (K - 1)) BA + r / (K - 1)``), so the maximiser is the same; with unequal classes or
+    class-dependent noise it is approximate (docs/method.md).
+
+    Args:
+        logits: (N, C) logits, C >= 2.
+        labels: (N,) integer labels of the split (may be noisy).
+        temperature: divides the logits first (does not change the choice; kept for the probabilities).
+        strengths: the candidate values of tau.
+
+    Returns:
+        ``(class_bias, tau)``: the (C,) bias added to ``logits / temperature`` and the chosen tau.
+
+    Raises:
+        ValueError: when the logits are not (N, C >= 2) or the labels do not match them.
+    """
+    from sklearn.metrics import balanced_accuracy_score
+
+    z = np.asarray(torch.as_tensor(np.asarray(logits), dtype=torch.float64)) / float(temperature)
+    y = np.asarray(labels).reshape(-1).astype(int)
+    if z.ndim != 2 or z.shape[1] < 2 or len(y) != len(z):
+        raise ValueError(f"class-prior correction needs (N, C >= 2) logits and N labels, got {z.shape} and {len(y)}.")
+    num_classes = z.shape[1]
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes - 1}], got [{y.min()}, {y.max()}].")
+    log_prior = np.log((np.bincount(y, minlength=num_classes) + 1.0) / (len(y) + num_classes))
+    if len(np.unique(y)) < 2:
+        return [0.0] * num_classes, 0.0
+    best_tau, best_score = 0.0, -1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a class absent from the split
+        for tau in sorted(float(t) for t in strengths):
+            score = balanced_accuracy_score(y, (z - tau * log_prior).argmax(axis=1))
+            if score > best_score + 1e-12:
+                best_tau, best_score = tau, score
+    return [float(-best_tau * v) for v in log_prior], best_tau
+
+
 def apply_calibration(
-    logits: np.ndarray | torch.Tensor, temperature: float = 1.0, threshold: float | None = None, multi_label: bool = False
+    logits: np.ndarray | torch.Tensor, temperature: float = 1.0, threshold: float | None = None, multi_label: bool = False,
+    class_bias: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and predicted classes after calibration.
 
@@ -171,10 +227,21 @@ def apply_calibration(
         temperature: divides the logits.
         threshold: binary only: predict class 1 when P(class 1) >= threshold (default argmax / 0.5).
         multi_label: independent sigmoids (threshold applies per label).
+        class_bias: single-label (N, C >= 2) only: added to ``logits / temperature`` (see
+            :func:`choose_class_bias`); the probabilities are then those of a balanced class prior.
 
     Returns:
         ``(probs, predicted)``: (N, C) and (N,) for single-label; (N, L) and (N, L) for multi-label.
+
+    Raises:
+        ValueError: when ``class_bias`` does not match the logits' classes.
     """
+    if class_bias is not None and not multi_label:
+        z = torch.as_tensor(np.asarray(logits), dtype=torch.float64) / float(temperature)
+        bias = torch.as_tensor(np.asarray(class_bias, dtype=np.float64))
+        if z.ndim != 2 or bias.shape != (z.shape[1],) or z.shape[1] < 2:
+            raise ValueError(f"class_bias of shape {tuple(bias.shape)} does not fit logits of shape {tuple(z.shape)}.")
+        logits, temperature = z + bias, 1.0
     probs = probabilities(logits, temperature, multi_label)
     if multi_label:
         return probs, (probs >= (0.5 if threshold is None else threshold)).astype(int)
@@ -207,6 +274,7 @@ def classification_metrics(
     threshold: float | None = None,
     multi_label: bool = False,
     n_bins: int = 15,
+    class_bias: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Every evaluation metric of a split.
 
@@ -218,6 +286,8 @@ def classification_metrics(
         threshold: binary decision threshold on P(class 1) (default: argmax).
         multi_label: per-label metrics averaged over labels.
         n_bins: ECE bins.
+        class_bias: single-label class-prior correction (see :func:`apply_calibration`); the loss
+            and ECE are then those of the corrected probabilities.
 
     Returns:
         ``{"n", "accuracy", "balanced_accuracy", "auroc", "ece", "loss", "per_class": {name:
@@ -234,8 +304,10 @@ def classification_metrics(
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     y = np.asarray(labels)
     n = int(z.shape[0])
-    probs, pred = apply_calibration(z, temperature, threshold, multi_label)
+    probs, pred = apply_calibration(z, temperature, threshold, multi_label, class_bias)
     zt = z / temperature
+    if class_bias is not None and not multi_label:
+        zt = zt + torch.as_tensor(np.asarray(class_bias, dtype=np.float64))
     if n == 0:
         return {"n": 0, "accuracy": float("nan"), "balanced_accuracy": float("nan"), "auroc": float("nan"),
                 "ece": float("nan"), "loss": float("nan"), "per_class": {}, "confusion_matrix": []}

@@ -131,6 +131,7 @@ def evaluate_run(
         logits, labels, _ = run_inference(network, _loader(items, cfg, batch_size), dev)
         report["splits"][name] = classification_metrics(
             logits, labels, names, temperature=cal.get("temperature") or 1.0, threshold=cal.get("threshold"),
+            class_bias=cal.get("class_bias"),
             multi_label=multi, n_bins=cfg.eval.ece_bins,
         )
     return report
@@ -299,7 +300,8 @@ def _predict_slide(
             for r, c, _ in grid
         ]
         logits, _, _ = run_inference(network, _loader(items, cfg, batch_size), dev)
-        probs, _ = apply_calibration(logits, cal.get("temperature") or 1.0, cal.get("threshold"))
+        probs, _ = apply_calibration(logits, cal.get("temperature") or 1.0, cal.get("threshold"),
+                                     class_bias=cal.get("class_bias"))
         probs = np.asarray(probs)
     else:
         probs = np.zeros((0, len(names)))
@@ -411,7 +413,8 @@ def _predict_images(
         loader = DataLoader(Dataset([item for _, _, item in good]), batch_size=len(good), shuffle=False, num_workers=0)
         logits, _, _ = run_inference(network, loader, dev)
         finite = torch.isfinite(logits).all(dim=1).tolist()
-        probs, pred = apply_calibration(logits, cal.get("temperature") or 1.0, cal.get("threshold"), multi)
+        probs, pred = apply_calibration(logits, cal.get("temperature") or 1.0, cal.get("threshold"), multi,
+                                        cal.get("class_bias"))
         for (i, p, _), ok, pr, pd in zip(good, finite, probs, pred, strict=True):
             if not ok:  # an extreme input can overflow the network: no class rather than a made-up one
                 rows[i] = _error_row(names, f"{p}: the model's output is not finite; no prediction is made for it.")

@@ -11,6 +11,7 @@ import torch
 from lilaw_med.training.config import ConfigError
 from lilaw_med.training.evaluation import (
     apply_calibration,
+    choose_class_bias,
     choose_threshold,
     classification_metrics,
     fit_temperature,
@@ -26,12 +27,14 @@ __all__ = ["finish_run"]
 
 
 def _split_metrics(
-    c: TrainingComponents, loader: Any, temperature: float = 1.0, threshold: float | None = None
+    c: TrainingComponents, loader: Any, cal: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], Any, Any]:
+    cal = cal or {}
     logits, labels, _ = run_inference(c.network, loader, c.device, c.amp, channels_last=c.channels_last)
     metrics = classification_metrics(
-        logits, labels, c.datalist.class_names, temperature=temperature, threshold=threshold,
-        multi_label=c.config.data.multi_label, n_bins=c.config.eval.ece_bins,
+        logits, labels, c.datalist.class_names, temperature=cal.get("temperature") or 1.0,
+        threshold=cal.get("threshold"), multi_label=c.config.data.multi_label, n_bins=c.config.eval.ece_bins,
+        class_bias=cal.get("class_bias"),
     )
     return metrics, logits, labels
 
@@ -40,8 +43,14 @@ def _calibrate(c: TrainingComponents, val_logits: Any, val_labels: Any) -> dict[
     """Fits the configured calibration on the (noisy) validation split."""
     method, multi = c.config.eval.calibration, c.config.data.multi_label
     out: dict[str, Any] = {"method": method, "temperature": 1.0, "threshold": None, "fitted_on": "validation"}
-    if method == "temperature":
+    if method in ("temperature", "prior"):
         out["temperature"] = fit_temperature(val_logits, val_labels, multi_label=multi)
+    if method == "prior":
+        if multi or c.num_outputs < 3:
+            raise ConfigError("eval.calibration 'prior' applies to single-label tasks with 3 or more classes.")
+        out["class_bias"], out["prior_strength"] = choose_class_bias(
+            val_logits, val_labels.numpy(), temperature=out["temperature"]
+        )
     elif method == "threshold":
         if multi or c.num_outputs > 2:
             raise ConfigError("eval.calibration 'threshold' applies to binary tasks only; use 'temperature'.")
@@ -68,7 +77,7 @@ def _evaluate(c: TrainingComponents, run_dir: RunDir) -> tuple[dict[str, Any], d
         if c.data.test_loader is not None:
             entry["test"] = _split_metrics(c, c.data.test_loader)[0]
             if cal["method"] != "none":
-                entry["test_calibrated"] = _split_metrics(c, c.data.test_loader, cal["temperature"], cal["threshold"])[0]
+                entry["test_calibrated"] = _split_metrics(c, c.data.test_loader, cal)[0]
         results[which] = entry
         calibration[which] = cal
     return results, calibration

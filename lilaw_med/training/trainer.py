@@ -236,6 +236,12 @@ def _check_calibration(cfg: Config, num_classes: int) -> None:
             "config field 'eval.calibration' is 'threshold', which applies to binary tasks only, but the data "
             f"has {num_classes} {'labels' if cfg.data.multi_label else 'classes'}; use 'temperature' or 'none'."
         )
+    if cfg.eval.calibration == "prior" and (cfg.data.multi_label or num_classes < 3):
+        raise ConfigError(
+            "config field 'eval.calibration' is 'prior', which applies to single-label tasks with 3 or more classes, "
+            f"but the data has {num_classes} {'labels' if cfg.data.multi_label else 'classes'}; "
+            "use 'threshold' (binary), 'temperature' or 'none'."
+        )
 
 
 # ---------------------------------------------------------------------------------------- assembly

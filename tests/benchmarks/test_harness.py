@@ -112,3 +112,41 @@ def test_run_one_pairs_methods_by_seed_and_records_every_item(shared_data) -> No
     assert lilaw.lilaw["steps"] == 2 * 3  # ceil(136 / 64) meta steps per epoch
     np.testing.assert_allclose(ce.predict_probs.sum(axis=1), 1.0, rtol=1e-5)
     assert ce.predict_probs.shape == (2, 2)
+
+
+def test_multiclass_runs_are_calibrated_on_noisy_validation_and_meta_every_thins_the_meta_steps(shared_data) -> None:
+    kw = dict(dataset="retinamnist", noise_kind="symmetric", noise_rate=0.4, seed=0, epochs=1,
+              train_items=np.arange(160), network="small_cnn")
+    every1 = run_one(method="lilaw", **kw)
+    every2 = run_one(method="lilaw", meta_every=2, **kw)
+    # 136 training items, batch 64: 3 iterations; the meta step after iterations 1, 2, 3 or after 2 only
+    assert every1.lilaw["steps"] == 3 and every2.lilaw["steps"] == 1
+    assert every2.config["meta_every"] == 2
+    for ckpt in (every1.final, every1.best):
+        # the class-prior correction was fitted (a strength on the grid) and scored on the clean test labels
+        assert ckpt["prior_strength"] in [round(0.1 * i, 1) for i in range(21)]
+        assert 0.0 <= ckpt["accuracy_calibrated"] <= 1.0 and 0.0 <= ckpt["balanced_accuracy_calibrated"] <= 1.0
+        assert "threshold" not in ckpt
+
+
+def test_meta_every_rule_takes_the_largest_k_within_the_tolerance() -> None:
+    from benchmarks.meta_every import choose_k
+
+    assert choose_k({1: 0.0, 2: -0.004, 4: 0.01, 8: -0.02}) == 4
+    assert choose_k({1: 0.0, 2: -0.006, 4: -0.01, 8: -0.02}) == 1
+
+
+def test_noise_table_pairs_each_method_with_ce_by_seed() -> None:
+    from benchmarks.noise_table import table_markdown
+
+    def run(auroc: float) -> dict:
+        m = {"auroc": auroc, "accuracy": 0.5, "balanced_accuracy": 0.5, "accuracy_calibrated": 0.6,
+             "balanced_accuracy_calibrated": 0.6}
+        return {"final": m, "best": m}
+
+    results = {"toy": {("symmetric", 0.4): {"ce": {0: run(0.80), 1: run(0.90)},
+                                           "lilaw": {0: run(0.85), 1: run(0.97), 2: run(0.5)}}}}
+    md = table_markdown(results)
+    # seed 2 has no CE partner: the means use 3 seeds, the difference the 2 paired ones (+5 and +7 points)
+    assert "| symmetric 40% | lilaw | 3 | 77.3 ± " in md
+    assert "| symmetric 40% | lilaw | 2 | +6.0 [" in md and "2/2 |" in md

@@ -129,3 +129,19 @@ def test_multi_label_trains_with_per_label_weights(sample: dict, tmp_path) -> No
     s = result.summary
     assert s["lilaw"]["meta_steps"] == s["iterations"] and set(s["final"]["test"]["per_class"]) == {"opacity", "first_view"}
     assert torch.load(RunDir(result.run_dir).final_model, weights_only=True)["num_outputs"] == 2
+
+
+def test_prior_calibration_is_fitted_on_validation_and_reused_by_evaluate(sample: dict, tmp_path) -> None:
+    from lilaw_med.training.predict import evaluate_run
+
+    overrides = tiny_overrides("pathology_patch", sample, "eval.calibration=prior")
+    result = pathology_patch.run(output_dir=tmp_path / "run", overrides=overrides)
+    cal = result.summary["calibration"]["final"]
+    num_classes = len(result.summary["final"]["test"]["per_class"])
+    assert num_classes >= 3 and len(cal["class_bias"]) == num_classes
+    assert cal["prior_strength"] in [round(0.1 * i, 1) for i in range(21)] and cal["temperature"] > 0
+    # evaluate with the saved calibration reproduces the summary's calibrated test metrics
+    report = evaluate_run(result.run_dir, splits="test", which="final", calibrated=True)
+    expected = result.summary["final"]["test_calibrated"]
+    for key in ("accuracy", "balanced_accuracy", "loss"):
+        assert report["splits"]["test"][key] == pytest.approx(expected[key], abs=1e-6), key

@@ -70,3 +70,28 @@ def test_device_resolution() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda:0")
+
+
+@pytest.mark.parametrize(
+    ("method", "num_classes", "multi_label", "message"),
+    [
+        ("threshold", 3, False, "applies to binary tasks only"),
+        ("prior", 2, False, "single-label tasks with 3 or more classes"),
+        ("prior", 4, True, "single-label tasks with 3 or more classes"),
+    ],
+)
+def test_calibration_that_does_not_fit_the_task_is_refused_by_field(
+    method: str, num_classes: int, multi_label: bool, message: str
+) -> None:
+    from lilaw_med.training.config import ConfigError
+    from lilaw_med.training.trainer import _check_calibration
+
+    loss = {"loss": {"name": "bce"}} if multi_label else {}
+    cfg = Config.from_mapping(
+        {"data": {"sample_data": True, "multi_label": multi_label}, "eval": {"calibration": method}, **loss}
+    )
+    with pytest.raises(ConfigError, match=f"'eval.calibration' is '{method}'.*{message}"):
+        _check_calibration(cfg, num_classes)
+    # the same method on a task it fits passes
+    fitting = Config.from_mapping({"data": {"sample_data": True}, "eval": {"calibration": method}})
+    _check_calibration(fitting, 3 if method == "prior" else 2)
