@@ -153,12 +153,12 @@ def test_percentile_scaling_refuses_percentiles_outside_0_to_100() -> None:
         ScaleIntensityPercentilesd("image", 1.0, 101.0)
 
 
+@pytest.mark.parametrize("n", [96**3, 40**3, 9000])  # 16k-value sample; 4k-value sample (40^3, 9000)
 @pytest.mark.parametrize("kind", ["normal", "integers", "ct_air", "constant_tail"])
-def test_tail_selected_percentiles_equal_numpys_on_large_arrays_with_ties(kind: str) -> None:
+def test_tail_selected_percentiles_equal_numpys_on_large_arrays_with_ties(kind: str, n: int) -> None:
     from lilaw_med.data.transforms import percentiles
 
     rng = np.random.default_rng(3)
-    n = 96**3
     arr = {
         "normal": rng.normal(0, 100, n),
         "integers": rng.integers(-1000, 3000, n),
@@ -217,3 +217,19 @@ def test_orientation_is_skipped_only_when_the_image_is_already_ras(affine_diag) 
     monai = Orientationd("image", axcodes="RAS", labels=labels)({"image": img})["image"]
     assert torch.equal(torch.as_tensor(ours), torch.as_tensor(monai))
     assert (ours is img) == (min(affine_diag) > 0)  # RAS already: the same object, nothing done
+
+
+def test_one_orientation_transform_keeps_each_affines_verdict_apart() -> None:
+    from monai.data import MetaTensor
+    from monai.transforms import Orientationd
+
+    from lilaw_med.data.transforms import OrientIfNeededd
+
+    labels = (("L", "R"), ("P", "A"), ("I", "S"))
+    orient = OrientIfNeededd("image", axcodes="RAS", labels=labels)
+    data = torch.arange(4 * 5 * 6, dtype=torch.float32).reshape(1, 4, 5, 6)
+    for diag in [(2.0, 2.0, 2.5), (-2.0, -2.0, 2.5)] * 2:  # the second pass reads the cached axis codes
+        img = MetaTensor(data.clone(), affine=torch.diag(torch.tensor([*diag, 1.0], dtype=torch.float64)))
+        ours = orient({"image": img})["image"]
+        monai = Orientationd("image", axcodes="RAS", labels=labels)({"image": img})["image"]
+        assert torch.equal(torch.as_tensor(ours), torch.as_tensor(monai)) and (ours is img) == (diag[0] > 0)
