@@ -404,6 +404,7 @@ def _predict(network: nn.Module, images: torch.Tensor, batch_size: int = 256) ->
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) scores (the class-prior corrected log-probabilities)."""
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 

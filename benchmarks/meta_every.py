@@ -59,7 +59,15 @@ def _runs(dataset: str, k: int, seeds: int, cache: Path) -> dict[int, dict[str, 
 
 
 def choose_k(diffs: dict[int, float], tolerance: float = TOLERANCE) -> int:
-    """The largest k whose mean paired noisy-validation AUROC difference to k = 1 is >= ``tolerance``."""
+    """The rule: the largest k whose mean paired noisy-validation AUROC difference to k = 1 is >= ``tolerance``.
+
+    Args:
+        diffs: ``{k: mean paired difference to k = 1}`` (fractions, not points).
+        tolerance: the smallest difference accepted.
+
+    Returns:
+        The chosen k (1 when no other k qualifies).
+    """
     ok = [k for k, d in diffs.items() if k == 1 or d >= tolerance]
     return max(ok)
 

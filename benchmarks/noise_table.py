@@ -54,7 +54,15 @@ def _cell_name(kind: str, rate: float) -> str:
 
 
 def table_markdown(results: dict[str, dict[tuple[str, float], dict[str, dict[int, dict[str, Any]]]]]) -> str:
-    """Two tables per data set: the methods' means (± std) and each method minus CE (paired, 95% CI)."""
+    """The report's tables: per data set and checkpoint, the methods' means (± std) and each method minus CE.
+
+    Args:
+        results: ``{dataset: {(kind, rate): {method: {seed: run summary}}}}``.
+
+    Returns:
+        Markdown: for each data set and checkpoint (final, best noisy-validation epoch) a table of means
+        and a table of paired differences to CE (95% t-interval, seeds better).
+    """
     out = []
     for dataset, cells in results.items():
         for ckpt, label in (("final", "final model"), ("best", "best noisy-validation epoch")):

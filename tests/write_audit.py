@@ -19,7 +19,7 @@ __all__ = ["write_audit_env", "writes_by_rank"]
 # Active in the ranks only (the torchrun launcher has no RANK).
 SITECUSTOMIZE = '''
 import atexit, os, sys
-_root = os.environ.get("LILAW_TEST_RUN_ROOT")
+_root = os.environ.get("LILAW_TEST_RUN_ROOT")  # a realpath
 _rank = os.environ.get("RANK")
 if _root and _rank is not None:
     _events = []
@@ -28,7 +28,7 @@ if _root and _rank is not None:
 
     def _under_root(path):
         try:
-            p = os.path.abspath(os.fsdecode(path))
+            p = os.path.realpath(os.fsdecode(path))
             return p == _root or p.startswith(_root + os.sep)
         except TypeError:
             return False
@@ -44,8 +44,12 @@ if _root and _rank is not None:
             if writing and not isinstance(path, int) and _under_root(path):
                 _events.append(f"open {os.fsdecode(path)}")
         elif event in ("os.rename", "os.mkdir", "os.remove", "os.rmdir", "shutil.rmtree"):
-            if args and not isinstance(args[0], int) and _under_root(args[0]):
-                _events.append(f"{event} {os.fsdecode(args[0])}")
+            # a rename's target (args[1]) counts too: os.replace(outside, inside) writes inside
+            paths = args[:2] if event == "os.rename" else args[:1]
+            for path in paths:
+                if not isinstance(path, int) and _under_root(path):
+                    _events.append(f"{event} {os.fsdecode(path)}")
+                    break
 
     def _dump():
         _busy[0] = True
@@ -87,13 +91,22 @@ def write_audit_env(scratch: Path, watched: Path, env: dict[str, str]) -> dict[s
         **env,
         "PYTHONPATH": os.pathsep.join(p for p in [str(hook_dir), env.get("PYTHONPATH", "")] if p),
         "PYTHONDONTWRITEBYTECODE": "1",
-        "LILAW_TEST_RUN_ROOT": str(Path(watched).resolve()),
+        "LILAW_TEST_RUN_ROOT": os.path.realpath(watched),
         "LILAW_TEST_WRITE_LOG": str(hook_dir / "writes"),
     }
 
 
 def writes_by_rank(scratch: Path, world_size: int) -> dict[int, list[str] | None]:
-    """Each rank's logged writes (``None`` for a rank whose hook never dumped: it did not run or crashed)."""
+    """Each rank's logged writes.
+
+    Args:
+        scratch: the folder given to :func:`write_audit_env`.
+        world_size: the number of ranks.
+
+    Returns:
+        ``{rank: ["<event> <path>", ...]}``; ``None`` for a rank whose hook never dumped (it did not
+        run or the rank crashed).
+    """
     out: dict[int, list[str] | None] = {}
     for r in range(world_size):
         log = scratch / "write_audit" / f"writes.rank{r}"

@@ -617,6 +617,17 @@ def _readme(spec: ModelSpec, meta: Mapping[str, Any], cfg: Mapping[str, Any], ha
     if meta.get("eval_metrics"):
         lines += ["", "## Results of the exported run", ""]
         lines += [f"- {k}: {v:.4f}" for k, v in meta["eval_metrics"].items()]
+    cal = meta.get("lilaw_med_calibration")
+    if cal:
+        lines += [
+            "", "## Calibration", "",
+            f"The configs below output the uncalibrated softmax. The exported run fitted `{cal['method']}` calibration "
+            "on its noisy validation split (`lilaw_med_calibration` in `configs/metadata.json`): divide the logits by "
+            f"the temperature {cal.get('temperature', 1.0):.4g}"
+            + (", add `class_bias` (a balanced class prior)" if "class_bias" in cal else "")
+            + (f", and predict class 1 when its probability is at least {cal['threshold']:.4g}" if "threshold" in cal else "")
+            + "; `lilaw-med predict` on the run folder does this.",
+        ]
     lines += [
         "",
         "## Commands (run from this folder)",
@@ -867,6 +878,12 @@ def _metadata(
         if cfg["data"]["datalist"]
         else "lilaw-med synthetic sample data",
     )
+    calibration = (summary.get("calibration") or {})
+    calibration = calibration.get("best") if summary.get("best") else calibration.get("final")
+    if calibration and calibration.get("method", "none") != "none":
+        # the bundle's configs output the plain softmax; the run's calibration is recorded to apply by hand
+        meta["lilaw_med_calibration"] = {k: calibration[k] for k in
+                                         ("method", "temperature", "threshold", "class_bias") if calibration.get(k) is not None}
     missing = missing_metadata_keys(meta)
     if missing:  # a bug here, not a user error
         raise RuntimeError(f"exported metadata lacks {missing}.")

@@ -55,9 +55,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             )
     cal = summary.get("calibration", {}).get("best") or summary.get("calibration", {}).get("final")
     if cal and cal.get("method") not in (None, "none"):
-        lines.append(f"calibration ({cal['method']}, fitted on the noisy validation split): "
-                     f"temperature {_fmt(cal.get('temperature'))}, threshold {_fmt(cal.get('threshold'))}"
-                     + (f", prior strength {_fmt(cal['prior_strength'])}" if cal.get("prior_strength") is not None else ""))
+        fitted = [f"temperature {_fmt(cal.get('temperature'))}"]
+        if cal.get("threshold") is not None:
+            fitted.append(f"threshold {_fmt(cal['threshold'])}")
+        if cal.get("prior_strength") is not None:
+            fitted.append(f"prior strength {_fmt(cal['prior_strength'])}")
+        lines.append(f"calibration ({cal['method']}, fitted on the noisy validation split): " + ", ".join(fitted))
     lines.append("(validation labels are as noisy as the training labels; test labels are as given)")
     return "\n".join(lines)
 

@@ -173,19 +173,21 @@ def choose_class_bias(
     """A class-prior correction of single-label logits that maximises balanced accuracy on a split.
 
     Post-hoc logit adjustment (Menon et al., ICLR 2021): the predicted class is
-    ``argmax_k(z_k / T - tau * log(prior_k))``, with ``prior`` the split's label frequencies
-    (add-one smoothed) and one strength ``tau`` chosen from ``strengths`` by balanced accuracy
-    (ties: the smallest tau). A network trained on imbalanced labels favours the frequent classes;
-    tau = 1 undoes that prior exactly, as balanced accuracy asks. One scalar is fitted, so a few
-    hundred noisy validation items are enough. Under symmetric noise the noisy balanced accuracy of
-    a classifier is an increasing affine function of its clean one when the classes are balanced
-    (``(1 - r K / (K - 1)) BA + r / (K - 1)``), so the maximiser is the same; with unequal classes or
-    class-dependent noise it is approximate (docs/method.md).
+    ``argmax_k(z_k - tau * log(prior_k))`` on the raw logits ``z``, with ``prior`` the split's label
+    frequencies (add-one smoothed) and one strength ``tau`` chosen from ``strengths`` by balanced
+    accuracy (ties: the smallest tau). A network trained on imbalanced labels favours the frequent
+    classes; tau = 1 undoes that prior exactly, as balanced accuracy asks. One scalar is fitted, so
+    a few hundred noisy validation items are enough. Under symmetric noise the noisy balanced
+    accuracy of a classifier is an increasing affine function of its clean one
+    (``(1 - r K / (K - 1)) BA + r / (K - 1)``), so the maximiser is the same; with class-dependent
+    noise it is approximate (docs/method.md). The returned bias is scaled by ``1 / temperature``,
+    so that ``logits / temperature + class_bias = (logits - tau * log prior) / temperature``: the
+    temperature changes the probabilities, never the decision or the choice of tau.
 
     Args:
         logits: (N, C) logits, C >= 2.
         labels: (N,) integer labels of the split (may be noisy).
-        temperature: divides the logits first (does not change the choice; kept for the probabilities).
+        temperature: the temperature the bias will be applied with (see :func:`apply_calibration`).
         strengths: the candidate values of tau.
 
     Returns:
@@ -196,7 +198,7 @@ def choose_class_bias(
     """
     from sklearn.metrics import balanced_accuracy_score
 
-    z = np.asarray(torch.as_tensor(np.asarray(logits), dtype=torch.float64)) / float(temperature)
+    z = np.asarray(torch.as_tensor(np.asarray(logits), dtype=torch.float64))
     y = np.asarray(labels).reshape(-1).astype(int)
     if z.ndim != 2 or z.shape[1] < 2 or len(y) != len(z):
         raise ValueError(f"class-prior correction needs (N, C >= 2) logits and N labels, got {z.shape} and {len(y)}.")
@@ -213,7 +215,7 @@ def choose_class_bias(
             score = balanced_accuracy_score(y, (z - tau * log_prior).argmax(axis=1))
             if score > best_score + 1e-12:
                 best_tau, best_score = tau, score
-    return [float(-best_tau * v) for v in log_prior], best_tau
+    return [float(-best_tau * v / float(temperature)) for v in log_prior], best_tau
 
 
 def apply_calibration(
@@ -228,7 +230,9 @@ def apply_calibration(
         threshold: binary only: predict class 1 when P(class 1) >= threshold (default argmax / 0.5).
         multi_label: independent sigmoids (threshold applies per label).
         class_bias: single-label (N, C >= 2) only: added to ``logits / temperature`` (see
-            :func:`choose_class_bias`); the probabilities are then those of a balanced class prior.
+            :func:`choose_class_bias`). The probabilities are then those of a balanced class prior,
+            not of the training data's class frequencies (their loss and ECE against imbalanced
+            labels are usually worse; their argmax is what balanced accuracy asks for).
 
     Returns:
         ``(probs, predicted)``: (N, C) and (N,) for single-label; (N, L) and (N, L) for multi-label.

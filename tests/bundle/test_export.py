@@ -44,7 +44,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                  "options": {"spatial_size": [16, 16]}},
         "model": {"network": "small_cnn"},
         "train": {"epochs": 2, "batch_size": 8, "seed": 3, "device": "cpu", "progress": False},
-        "eval": {"calibration": "none"},
+        "eval": {"calibration": "threshold"},
         "output": {"plots": False, "tensorboard": False},
     }
     config_path = root / "tiny.yaml"
@@ -79,6 +79,11 @@ def test_export_writes_a_complete_bundle_with_the_runs_weights(exported: dict[st
         verify_metadata_schema(bundle / "configs/metadata.json", schema)
     summary = json.loads((exported["run"] / "summary.json").read_text())
     assert meta["eval_metrics"]["test_auroc"] == pytest.approx(summary["best"]["test"]["auroc"])
+    # the configs output the plain softmax; the run's calibration is recorded and explained
+    cal = summary["calibration"]["best"]
+    assert meta["lilaw_med_calibration"] == {"method": "threshold", "temperature": cal["temperature"],
+                                             "threshold": cal["threshold"]}
+    assert f"at least {cal['threshold']:.4g}" in (bundle / "docs/README.md").read_text()
 
     train = yaml.safe_load((bundle / "configs/train.yaml").read_text())
     assert train["network_def"]["_target_"] == "lilaw_med.training.networks.build_network"

@@ -155,7 +155,9 @@ def test_percentile_scaling_refuses_percentiles_outside_0_to_100() -> None:
 
 @pytest.mark.parametrize("n", [96**3, 40**3, 9000])  # 16k-value sample; 4k-value sample (40^3, 9000)
 @pytest.mark.parametrize("kind", ["normal", "integers", "ct_air", "constant_tail"])
-def test_tail_selected_percentiles_equal_numpys_on_large_arrays_with_ties(kind: str, n: int) -> None:
+def test_tail_selected_percentiles_equal_numpys_on_large_arrays_with_ties(
+    kind: str, n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lilaw_med.data.transforms import percentiles
 
     rng = np.random.default_rng(3)
@@ -167,6 +169,14 @@ def test_tail_selected_percentiles_equal_numpys_on_large_arrays_with_ties(kind: 
     }[kind].astype(np.float32)
     qs = [0.0, 0.5, 2.0, 50.0, 98.0, 99.5, 100.0]
     np.testing.assert_allclose(percentiles(arr, qs), np.percentile(arr, qs), rtol=1e-12, atol=1e-9)
+    if kind in ("normal", "integers"):  # no mass of ties at a tail: the tails are partitioned from candidates only
+        full = []
+        real_partition = np.partition
+        monkeypatch.setattr(np, "partition", lambda a, kth, *args, **kw: (full.append(a.size == n),
+                                                                          real_partition(a, kth, *args, **kw))[1])
+        percentiles(arr, [0.5, 99.5])
+        assert full == [False, False]
+        monkeypatch.undo()
     with_nan = arr.copy()
     with_nan[7] = np.nan
     assert np.isnan(percentiles(with_nan, [0.5, 99.5])).all()  # numpy's answer: NaN propagates
@@ -233,3 +243,4 @@ def test_one_orientation_transform_keeps_each_affines_verdict_apart() -> None:
         ours = orient({"image": img})["image"]
         monai = Orientationd("image", axcodes="RAS", labels=labels)({"image": img})["image"]
         assert torch.equal(torch.as_tensor(ours), torch.as_tensor(monai)) and (ours is img) == (diag[0] > 0)
+    assert len(orient._axcodes_cache) == 2  # one entry per distinct affine

@@ -136,14 +136,18 @@ def test_class_bias_undoes_a_learned_prior_by_hand() -> None:
     z[6:8] = [np.log(2.0), 0.0, -1.0]
     z[8] = [np.log(2.0), -1.0, 0.0]
     bias, tau = choose_class_bias(z, y)
-    # smoothed prior (7, 3, 2) / 12: tau = 0.1..0.7 moves items 6-8 to their classes only once
-    # tau * (log 7/12 - log 3/12) > log 2, i.e. tau > 0.818; the smallest such tau on the grid is 0.9
+    # smoothed prior (7, 3, 2) / 12: item 8 moves to class 2 once tau * log(7/2) > log 2 (tau > 0.553),
+    # items 6-7 to class 1 once tau * log(7/3) > log 2 (tau > 0.818); the smallest tau with all three is 0.9
     assert tau == pytest.approx(0.9)
     np.testing.assert_allclose(bias, -0.9 * np.log(np.array([7, 3, 2]) / 12.0))
     _, pred = apply_calibration(z, class_bias=bias)
     np.testing.assert_array_equal(pred, y)
     _, plain = apply_calibration(z)
     assert (plain[6:] == 0).all()
+    # a temperature changes the probabilities, not the choice of tau or the decision
+    bias_t, tau_t = choose_class_bias(z, y, temperature=2.0)
+    assert tau_t == tau and np.allclose(bias_t, np.asarray(bias) / 2.0)
+    np.testing.assert_array_equal(apply_calibration(z, temperature=2.0, class_bias=bias_t)[1], y)
 
 
 def test_class_bias_is_zero_for_one_class_and_refuses_mismatched_shapes() -> None:
