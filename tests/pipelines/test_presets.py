@@ -6,6 +6,7 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -145,3 +146,31 @@ def test_prior_calibration_is_fitted_on_validation_and_reused_by_evaluate(sample
     expected = result.summary["final"]["test_calibrated"]
     for key in ("accuracy", "balanced_accuracy", "loss"):
         assert report["splits"]["test"][key] == pytest.approx(expected[key], abs=1e-6), key
+    # predict applies the saved bias: a bias of +8 on class 1 makes every prediction class 1, and the
+    # calibrated probabilities are softmax(log(uncalibrated) / T + class_bias)
+    from lilaw_med.data.presets import get_preset
+    from lilaw_med.training.predict import predict_inputs
+
+    summary_path = RunDir(result.run_dir).summary
+    saved = json.loads(summary_path.read_text())
+    bias = [0.0] * num_classes
+    bias[1] = 8.0
+    for which in ("best", "final"):
+        saved["calibration"][which] = {"method": "prior", "temperature": 1.5, "threshold": None, "class_bias": bias}
+    summary_path.write_text(json.dumps(saved))
+    images = sorted(str(p) for p in sample[get_preset("pathology").sample_key].parent.rglob("*.png"))[:6]
+    assert images
+    rows = {}
+    for calibrated in (False, True):
+        out = tmp_path / f"pred_{calibrated}.csv"
+        predict_inputs(result.run_dir, images, out, which="best", calibrated=calibrated)
+        with open(out, newline="") as f:
+            rows[calibrated] = list(csv.DictReader(f))
+    cols = [c for c in rows[False][0] if c.startswith("prob_")]
+    plain = np.array([[float(r[c]) for c in cols] for r in rows[False]])
+    z = np.log(plain) / 1.5 + np.asarray(bias)
+    expected_probs = np.exp(z - z.max(axis=1, keepdims=True))
+    expected_probs /= expected_probs.sum(axis=1, keepdims=True)
+    got = np.array([[float(r[c]) for c in cols] for r in rows[True]])
+    np.testing.assert_allclose(got, expected_probs, atol=1e-4)
+    assert [int(r["predicted_label"]) for r in rows[True]] == [1] * len(images)
