@@ -96,7 +96,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lilaw_med import GCELoss, LiLAWHandler, LiLAWLoss, SCELoss
-from lilaw_med.training.evaluation import choose_class_bias, choose_threshold
+from lilaw_med.training.evaluation import apply_calibration, choose_class_bias, choose_threshold
 from lilaw_med.utils import atomic_write
 
 __all__ = [
@@ -403,12 +403,6 @@ def _predict(network: nn.Module, images: torch.Tensor, batch_size: int = 256) ->
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (N, C) scores (the class-prior corrected log-probabilities)."""
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float | None = None) -> dict[str, float]:
     """Accuracy, balanced accuracy and AUROC (binary; macro one-vs-rest for more classes).
 
@@ -649,9 +643,8 @@ def run_one(
             entry["test_calibrated"] = classification_metrics(data.test_labels, test_probs, entry["threshold"])
         else:  # eval.calibration "prior": the class-prior correction fitted on the NOISY validation split
             bias, entry["prior_strength"] = choose_class_bias(np.log(np.clip(val_probs, 1e-12, None)), noisy[val_idx])
-            entry["test_calibrated"] = classification_metrics(
-                data.test_labels, _softmax(np.log(np.clip(test_probs, 1e-12, None)) + np.asarray(bias))
-            )
+            corrected, _ = apply_calibration(np.log(np.clip(test_probs, 1e-12, None)), class_bias=bias)
+            entry["test_calibrated"] = classification_metrics(data.test_labels, corrected)
         entry.update(loss.weighting.as_dict())
         history.append(entry)
         running.update(sum=0.0, n=0)

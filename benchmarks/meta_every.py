@@ -32,7 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.harness import DEFAULT_VAL_MODE, DataUnavailable, load_dataset, mean_ci, paired_difference, run_cached
+from benchmarks.harness import (
+    DEFAULT_VAL_MODE,
+    DataUnavailable,
+    load_dataset,
+    mean_ci,
+    paired_difference,
+    run_cached,
+)
 from lilaw_med.utils import atomic_write
 
 __all__ = ["CHOICE_CELL", "KS", "choose_k", "main"]
@@ -72,7 +79,7 @@ def choose_k(diffs: dict[int, float], tolerance: float = TOLERANCE) -> int:
     return max(ok)
 
 
-def _rows(runs: dict[int, dict[int, dict[str, Any]]], metrics: tuple[tuple[str, str, str], ...]) -> list[str]:
+def _rows(runs: dict[int, dict[int, dict[str, Any]]], metrics: tuple[tuple[str, str], ...]) -> list[str]:
     base = runs[1]
     lines = []
     for k, per_seed in runs.items():
@@ -81,7 +88,7 @@ def _rows(runs: dict[int, dict[int, dict[str, Any]]], metrics: tuple[tuple[str, 
         steps = np.mean([per_seed[s]["lilaw"].get("steps", np.nan) for s in seeds])
         cells = [f"{k}", f"{sec['mean']:.1f}", f"{100 * (sec['mean'] / mean_ci([base[s]['seconds'] for s in seeds])['mean'] - 1):+.0f}%",
                  f"{steps:.0f}"]
-        for where, metric, _ in metrics:
+        for where, metric in metrics:
             v = [per_seed[s][where][metric] for s in seeds]
             d = paired_difference(v, [base[s][where][metric] for s in seeds])
             cells.append(f"{100 * np.mean(v):.1f} ({100 * d['mean']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}])")
@@ -106,11 +113,11 @@ def main(seeds: int = 5, cache: Path = CACHE) -> dict[str, Any] | None:
     md = [f"**{CHOICE_CELL}, 40% symmetric (development cell; the rule's criterion)**, {seeds} paired seeds; "
           "points: mean (difference to k = 1 [95% CI])", "",
           head + "noisy-val AUROC, final | clean-test AUROC, final |", "|---|---|---|---|---|---|",
-          *_rows(choice, (("final_val", "auroc", ""), ("final", "auroc", ""))), "",
+          *_rows(choice, (("final_val", "auroc"), ("final", "auroc"))), "",
           f"Rule: the largest k with mean noisy-val AUROC difference >= {100 * TOLERANCE:+.1f} points: **k = {k_star}**.", "",
           f"**{REPORT_CELL}, 40% symmetric (reported, not used to choose)**", "",
           head + "clean-test AUROC, final | calibrated accuracy, final |", "|---|---|---|---|---|---|",
-          *_rows(report, (("final", "auroc", ""), ("final", "accuracy_calibrated", "")))]
+          *_rows(report, (("final", "auroc"), ("final", "accuracy_calibrated")))]
     text = "\n".join(md)
     cache.mkdir(parents=True, exist_ok=True)
     atomic_write(cache / "meta_every.md", text + "\n")

@@ -878,7 +878,7 @@ def _metadata(
         if cfg["data"]["datalist"]
         else "lilaw-med synthetic sample data",
     )
-    calibration = (summary.get("calibration") or {})
+    calibration = summary.get("calibration") or {}
     calibration = calibration.get("best") if summary.get("best") else calibration.get("final")
     if calibration and calibration.get("method", "none") != "none":
         # the bundle's configs output the plain softmax; the run's calibration is recorded to apply by hand

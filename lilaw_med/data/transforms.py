@@ -268,7 +268,7 @@ def percentiles(arr: np.ndarray, qs: Sequence[float]) -> list[float]:
     n = flat.size
     if n < 8192 or (flat.dtype.kind == "f" and np.isnan(flat).any()):
         return [float(v) for v in np.percentile(flat, list(qs))]
-    # a 4-16k sample: sorting it must stay cheap against one pass over the array
+    # 4k-8k values below 1M, about 16k above: sorting the sample must stay cheap against one pass over the array
     sample = np.sort(flat[:: max(1, n // (16384 if n >= 1 << 20 else 4096))])
     out: list[float] = []
     for q in qs:

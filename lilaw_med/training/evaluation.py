@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,7 @@ from lilaw_med.weighting import class_probabilities
 __all__ = [
     "LOWER_IS_BETTER",
     "apply_calibration",
+    "calibration_args",
     "choose_class_bias",
     "choose_threshold",
     "classification_metrics",
@@ -216,6 +217,21 @@ def choose_class_bias(
             if score > best_score + 1e-12:
                 best_tau, best_score = tau, score
     return [float(-best_tau * v / float(temperature)) for v in log_prior], best_tau
+
+
+def calibration_args(calibration: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The keyword arguments of :func:`apply_calibration` / :func:`classification_metrics` for a fitted
+    calibration (a run summary's ``calibration[which]``; ``None`` or ``{}``: uncalibrated).
+
+    Args:
+        calibration: ``{"temperature", "threshold", "class_bias", ...}`` as written by training.
+
+    Returns:
+        ``{"temperature", "threshold", "class_bias"}`` (temperature 1.0 when unset).
+    """
+    cal = calibration or {}
+    return {"temperature": cal.get("temperature") or 1.0, "threshold": cal.get("threshold"),
+            "class_bias": cal.get("class_bias")}
 
 
 def apply_calibration(

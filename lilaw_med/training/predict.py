@@ -34,7 +34,12 @@ from lilaw_med.data.tissue import tissue_mask
 from lilaw_med.training.config import Config
 from lilaw_med.training.data import transform_options
 from lilaw_med.training.devices import resolve_device
-from lilaw_med.training.evaluation import apply_calibration, classification_metrics, run_inference
+from lilaw_med.training.evaluation import (
+    apply_calibration,
+    calibration_args,
+    classification_metrics,
+    run_inference,
+)
 from lilaw_med.training.model import load_model
 from lilaw_med.training.run_dir import RunDir
 from lilaw_med.utils import atomic_write, guard_csv_text
@@ -130,9 +135,7 @@ def evaluate_run(
     for name, items in groups.items():
         logits, labels, _ = run_inference(network, _loader(items, cfg, batch_size), dev)
         report["splits"][name] = classification_metrics(
-            logits, labels, names, temperature=cal.get("temperature") or 1.0, threshold=cal.get("threshold"),
-            class_bias=cal.get("class_bias"),
-            multi_label=multi, n_bins=cfg.eval.ece_bins,
+            logits, labels, names, multi_label=multi, n_bins=cfg.eval.ece_bins, **calibration_args(cal),
         )
     return report
 
@@ -300,8 +303,7 @@ def _predict_slide(
             for r, c, _ in grid
         ]
         logits, _, _ = run_inference(network, _loader(items, cfg, batch_size), dev)
-        probs, _ = apply_calibration(logits, cal.get("temperature") or 1.0, cal.get("threshold"),
-                                     class_bias=cal.get("class_bias"))
+        probs, _ = apply_calibration(logits, **calibration_args(cal))
         probs = np.asarray(probs)
     else:
         probs = np.zeros((0, len(names)))
@@ -413,8 +415,7 @@ def _predict_images(
         loader = DataLoader(Dataset([item for _, _, item in good]), batch_size=len(good), shuffle=False, num_workers=0)
         logits, _, _ = run_inference(network, loader, dev)
         finite = torch.isfinite(logits).all(dim=1).tolist()
-        probs, pred = apply_calibration(logits, cal.get("temperature") or 1.0, cal.get("threshold"), multi,
-                                        cal.get("class_bias"))
+        probs, pred = apply_calibration(logits, multi_label=multi, **calibration_args(cal))
         for (i, p, _), ok, pr, pd in zip(good, finite, probs, pred, strict=True):
             if not ok:  # an extreme input can overflow the network: no class rather than a made-up one
                 rows[i] = _error_row(names, f"{p}: the model's output is not finite; no prediction is made for it.")

@@ -11,6 +11,7 @@ import torch
 from lilaw_med.training.config import ConfigError
 from lilaw_med.training.evaluation import (
     apply_calibration,
+    calibration_args,
     choose_class_bias,
     choose_threshold,
     classification_metrics,
@@ -29,12 +30,10 @@ __all__ = ["finish_run"]
 def _split_metrics(
     c: TrainingComponents, loader: Any, cal: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], Any, Any]:
-    cal = cal or {}
     logits, labels, _ = run_inference(c.network, loader, c.device, c.amp, channels_last=c.channels_last)
     metrics = classification_metrics(
-        logits, labels, c.datalist.class_names, temperature=cal.get("temperature") or 1.0,
-        threshold=cal.get("threshold"), multi_label=c.config.data.multi_label, n_bins=c.config.eval.ece_bins,
-        class_bias=cal.get("class_bias"),
+        logits, labels, c.datalist.class_names, multi_label=c.config.data.multi_label,
+        n_bins=c.config.eval.ece_bins, **calibration_args(cal),
     )
     return metrics, logits, labels
 
