@@ -17,6 +17,7 @@ out-of-fold probabilities of the same preset and network trained by the same CLI
 Stages::
 
     python -m benchmarks.audit_grid --stage dev     # development cells (BreastMNIST, sample tiles): choose
+    python -m benchmarks.audit_grid --stage count_dev --train-only   # round 6: held-out multi-class cells
     python -m benchmarks.audit_grid --stage grid    # the evaluation grid -> benchmarks/RESULTS.md section
     python -m benchmarks.audit_grid --stage dev --cells breastmnist:symmetric:0.3:0  # one cell
 
@@ -55,6 +56,13 @@ DATASETS: dict[str, dict[str, Any]] = {
     "pathmnist_1000": {"npz": "pathmnist_1000.npz", "preset": "pathology", "format": "png",
                        "names": "adipose,background,debris,lymphocytes,mucus,smooth_muscle,normal_mucosa,stroma,"
                                 "tumor_epithelium", "set": []},
+    # held-out images of two grid data sets (their npz val + test splits, never in a grid cell): round 6's
+    # multi-class development cells for the counts
+    "retinamnist_heldout": {"npz": "retinamnist.npz", "heldout": True, "preset": "pathology", "format": "png",
+                            "names": "grade0,grade1,grade2,grade3,grade4", "set": []},
+    "pathmnist_heldout": {"npz": "pathmnist_1000.npz", "heldout": True, "preset": "pathology", "format": "png",
+                          "names": "adipose,background,debris,lymphocytes,mucus,smooth_muscle,normal_mucosa,stroma,"
+                                   "tumor_epithelium", "set": []},
     "adrenalmnist3d": {"npz": "adrenalmnist3d.npz", "preset": "radiology_3d", "format": "nifti",
                        "names": "normal,hyperplasia", "set": ["data.options.spatial_size=[28,28,28]"]},
     # the presets' own sample data (seed 11, not the quick start's 0), re-noised from their clean labels
@@ -93,6 +101,11 @@ GRID_CELLS = [
     if d != "adrenalmnist3d" or k == "symmetric"
 ]
 """Seed 0 of every cell first, then seed 1 (a run stopped half-way leaves whole seeds)."""
+COUNT_DEV_CELLS = [Cell(d, k, 0.3, s) for s in (0, 1) for d in ("pathmnist_heldout", "retinamnist_heldout")
+                   for k in ("symmetric", "asymmetric", "instance")]
+"""Round 6 (counts): multi-class development cells on images no grid cell holds (the npz's val and test
+splits as training items), the failure the first development cells lacked (a slowly learning or ambiguous
+multi-class task)."""
 REFINE_CELLS = [Cell("pneumoniamnist_balanced", "symmetric", 0.4, s) for s in range(5)]
 """Issue 12 item 4: ``train --refine`` at 40% symmetric noise, clean-test AUROC of the refined run."""
 
@@ -144,6 +157,12 @@ def clean_datalist(dataset: str) -> Path:
         npz = shared_data() / spec["npz"]
         if not npz.is_file():
             raise FileNotFoundError(f"{npz} is absent: set LILAW_SHARED_DATA to the folder of the MedMNIST npz files.")
+        if spec.get("heldout"):  # the val and test images become the training items (no other split)
+            arrays = np.load(npz)
+            root.mkdir(parents=True, exist_ok=True)
+            npz = root / "heldout.npz"
+            np.savez(npz, train_images=np.concatenate([arrays["val_images"], arrays["test_images"]]),
+                     train_labels=np.concatenate([arrays["val_labels"].reshape(-1), arrays["test_labels"].reshape(-1)]))
         _run(lilaw("import-npz", str(npz), "--format", spec["format"], "--class-names", spec["names"],
                    "-o", str(root / "files")), root / "import.log")
         src = root / "files" / "datalist.json"
@@ -576,12 +595,12 @@ def grid_report(results: Sequence[dict[str, Any]]) -> str:
 def cells_for(stage: str, only: Iterable[str] | None) -> list[Cell]:
     if only:
         return [Cell.parse(c) for c in only]
-    return {"dev": DEV_CELLS, "grid": GRID_CELLS, "refine": REFINE_CELLS}[stage]
+    return {"dev": DEV_CELLS, "count_dev": COUNT_DEV_CELLS, "grid": GRID_CELLS, "refine": REFINE_CELLS}[stage]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=("dev", "grid", "refine"), default="dev")
+    parser.add_argument("--stage", choices=("dev", "count_dev", "grid", "refine"), default="dev")
     parser.add_argument("--cells", nargs="*", help="DATASET:KIND:RATE:SEED cells instead of the stage's")
     parser.add_argument("--train-only", action="store_true", help="train the one-run audits only (no cross-fitting)")
     parser.add_argument("--fold-models", choices=("ce", "lilaw", "both"), default="ce",
@@ -608,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = []
         for cell in cells_for(args.stage, args.cells):
             done = run_dir(cell, "lilaw").parent / f"crossfit{args.folds}_ce" / "oof_probs.npy"
-            if (run_dir(cell, "lilaw") / "summary.json").is_file() and (done.is_file() or args.stage == "dev"):
+            if (run_dir(cell, "lilaw") / "summary.json").is_file() and (done.is_file() or args.stage != "grid"):
                 results.append(evaluate_cell(cell, args.folds))
         out = cache_root() / f"eval_{args.stage}.json"
         out.write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
