@@ -46,13 +46,14 @@ __all__ = [
     "RunRecord",
     "SplitAudit",
     "audit_split",
+    "count_scoring_window",
     "scoring_window",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = "best_val_loss"
-DEFAULT_COUNT_WINDOW = "fraction"
+DEFAULT_COUNT_WINDOW = "val_loss_at_least_fraction"
 DEFAULT_METHOD = "self_confidence"
 DEFAULT_ADJUST = False
 FOLD_COMBINE = ("oof", "mean")
@@ -70,10 +71,12 @@ class AuditOptions:
 
     Attributes:
         window: which epochs the scores read (:data:`lilaw_med.audit.window.WINDOW_RULES`).
-        count_window: which epochs the per-class noise estimate reads (a confident joint on in-sample
-            probabilities undercounts once the network has memorised wrong labels, so it reads the
-            early epochs; on the development cells this was closer to the truth than the
-            out-of-fold probabilities of ``folds`` too).
+        count_window: which epochs the per-class noise estimate reads, chosen on the end-of-epoch
+            validation loss (:func:`count_scoring_window`). A confident joint on in-sample
+            probabilities undercounts once the network has memorised wrong labels and overcounts
+            while it is still learning (its own confusions pass the thresholds); on the development
+            cells this window was closer to the truth than any other window, the validation items'
+            probabilities, or the out-of-fold probabilities of ``folds`` (docs/audit.md, round 6).
         window_fraction: the share of epochs for the ``"fraction"`` rules.
         method: the label quality score (:data:`lilaw_med.audit.rank.SCORE_METHODS`).
         adjust_pred_probs: subtract the per-class confident thresholds before scoring.
@@ -139,6 +142,8 @@ class RunRecord:
             dynamics) when recorded, else ``val_loss`` of ``metrics.csv`` (the end-of-epoch evaluation);
             NaN where absent.
         val_accuracy: (E,) ``val_accuracy`` of ``metrics.csv``.
+        epoch_val_loss: (E,) ``val_loss`` of ``metrics.csv``: the model at the end of each epoch on
+            the validation split (NaN where absent); the count window reads it.
         lilaw_iterations: ``(iterations, {"alpha": [...], ...})`` from ``lilaw_iterations.csv``, or None.
         truth: id -> true label when the datalist's noise sidecar gives it, else None.
         val_loss_source: where :attr:`val_loss` comes from (``"meta step"`` or ``"metrics.csv"``).
@@ -155,6 +160,7 @@ class RunRecord:
     lilaw_iterations: tuple[list[float], dict[str, list[float]]] | None = None
     truth: dict[str, int] | None = None
     val_loss_source: str = "metrics.csv"
+    epoch_val_loss: np.ndarray | None = None
 
     @classmethod
     def read(cls, run_dir: str | os.PathLike, splits: Sequence[str] = ("training", "validation")) -> RunRecord:
@@ -203,6 +209,7 @@ class RunRecord:
             val_loss=meta_loss if np.isfinite(meta_loss).any() else curves["val_loss"], val_accuracy=curves["val_accuracy"],
             val_loss_source="meta step" if np.isfinite(meta_loss).any() else "metrics.csv",
             lilaw_iterations=_iteration_series(rd.lilaw_iterations), truth=_load_truth(rd.datalist, datalist),
+            epoch_val_loss=curves["val_loss"],
         )
 
     def labels(self, ids: Sequence[str]) -> np.ndarray:
@@ -290,6 +297,7 @@ class SplitAudit:
         terms: field -> (N,) means over the window of the recorded LiLAW terms and weight.
         epochs_seen: int (N,) epochs in which the item was seen.
         warnings: sentences for the user.
+        count_window: the epochs whose probabilities the noise estimate read.
     """
 
     split: str
@@ -308,6 +316,7 @@ class SplitAudit:
     terms: dict[str, np.ndarray] = field(default_factory=dict)
     epochs_seen: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
+    count_window: ScoringWindow | None = None
 
     @property
     def predicted(self) -> np.ndarray:
@@ -320,10 +329,36 @@ class SplitAudit:
         return int(self.pred_probs.shape[1])
 
 
-def scoring_window(record: RunRecord, rule: str, options: AuditOptions) -> ScoringWindow:
-    """The window ``rule`` gives for the run's training epochs and its noisy validation curves."""
-    return choose_window(len(record.dynamics["training"].epochs), rule, val_loss=record.val_loss,
+def scoring_window(record: RunRecord, rule: str, options: AuditOptions,
+                   val_loss: np.ndarray | None = None) -> ScoringWindow:
+    """The window ``rule`` gives for the run's training epochs and its noisy validation curves.
+
+    Args:
+        record: the run folder.
+        rule: one of :data:`lilaw_med.audit.window.WINDOW_RULES`.
+        options: the audit options (``window_fraction``).
+        val_loss: the loss curve the loss rules read (default: :attr:`RunRecord.val_loss`).
+
+    Returns:
+        The :class:`ScoringWindow`.
+    """
+    return choose_window(len(record.dynamics["training"].epochs), rule,
+                         val_loss=record.val_loss if val_loss is None else val_loss,
                          val_accuracy=record.val_accuracy, fraction=options.window_fraction)
+
+
+def count_scoring_window(record: RunRecord, options: AuditOptions) -> ScoringWindow:
+    """The epochs the per-class noise estimate reads: ``options.count_window`` on the end-of-epoch
+    validation loss (``metrics.csv``), or on :attr:`RunRecord.val_loss` when the run has none.
+
+    The confident joint is a statement about one model's probabilities, so its window follows the
+    loss of the model as it stands at the end of each epoch; the meta step's loss (which the scoring
+    window follows) averages a model that changes during the epoch. The development cells chose this
+    curve (docs/audit.md, round 6).
+    """
+    curve = record.epoch_val_loss
+    has = curve is not None and bool(np.isfinite(curve).any())
+    return scoring_window(record, options.count_window, options, val_loss=curve if has else None)
 
 
 def _fit(window: ScoringWindow, n_epochs: int) -> ScoringWindow:
@@ -364,7 +399,7 @@ def audit_split(
     if oof_probs is not None:
         probs = oof_probs if options.fold_combine == "oof" else np.where(
             np.isfinite(w_probs), (w_probs + oof_probs) / 2, oof_probs)
-    count_window = _fit(scoring_window(record, options.count_window, options), len(dyn.epochs))
+    count_window = _fit(count_scoring_window(record, options), len(dyn.epochs))
     count_probs = window_pred_probs(d, labels, count_window, num_classes)
     scores = get_label_quality_scores(labels, probs, method=options.method, adjust_pred_probs=options.adjust_pred_probs)
     noise = estimate_noise(labels, count_probs, n_bootstrap=options.n_bootstrap)
@@ -380,6 +415,7 @@ def audit_split(
         split=split, ids=list(dyn.ids), labels=labels, window=window, pred_probs=probs, window_probs=w_probs,
         oof_probs=oof_probs, scores=scores, rank=rank, noise=noise, is_label_issue=flags, thresholds=thresholds,
         levels=difficulty(labels, probs), terms=terms, epochs_seen=(np.asarray(d["count"]) > 0).sum(axis=0),
+        count_window=count_window,
     )
     audit.warnings.extend(_learning_warnings(audit, counts))
     for w in audit.warnings:

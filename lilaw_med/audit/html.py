@@ -166,7 +166,7 @@ def render_html(result: AuditResult) -> str:
     hardest = sorted((r for r in training if not r["is_label_issue"] and r["predicted_label"] == r["given_label"]
                       and r["p_given"] is not None), key=lambda r: r["p_given"])[:opts.top_k]
     return env.get_template("report.html").render(
-        run_name=result.record.root.name, options=opts, window=train.window, window_plot=_window_plot(result),
+        run_name=result.record.root.name, options=opts, window=train.window, count_window=train.count_window, window_plot=_window_plot(result),
         levels=DIFFICULTY_LEVELS, splits=_split_context(result), top_k=opts.top_k, suspects=suspects,
         val_suspects=_figures(result, val_flagged, load), hardest=_figures(result, hardest, load),
         lilaw_plots=_lilaw_plots(result), detection=_detection_context(result),

@@ -212,6 +212,9 @@ def _summary(record: RunRecord, opts: AuditOptions, splits: Mapping[str, SplitAu
             "n_items": len(a.ids), "n_label_issues": int(a.is_label_issue.sum()),
             "window": {"first_epoch": a.window.start + 1, "last_epoch": a.window.stop, "rule": a.window.rule,
                        "reason": a.window.reason, "n_epochs_recorded": len(record.dynamics[split].epochs)},
+            "count_window": None if a.count_window is None else {
+                "first_epoch": a.count_window.start + 1, "last_epoch": a.count_window.stop, "rule": a.count_window.rule,
+                "reason": a.count_window.reason},
             "estimated_noise_rate": _f(noise.overall),
             "estimated_noise_rate_interval": [_f(v) for v in noise.overall_interval],
             "interval_confidence": noise.confidence,

@@ -39,7 +39,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         print(f"{split}: {info['n_items']} items, {info['n_label_issues']} suspected mislabels (estimated noise rate "
               f"{_fmt(info['estimated_noise_rate'])}, {100 * info['interval_confidence']:.0f}% interval "
               f"[{_fmt(lo)}, {_fmt(hi)}]); scoring window: epochs {info['window']['first_epoch']}-"
-              f"{info['window']['last_epoch']} ({info['window']['rule']})")
+              f"{info['window']['last_epoch']} ({info['window']['rule']})"
+              + (f"; count window: epochs {cw['first_epoch']}-{cw['last_epoch']} ({cw['rule']})"
+                 if (cw := info.get("count_window")) else ""))
         for w in info.get("warnings", []):
             print(f"  warning: {w}")
     if result.detection is not None:

@@ -15,9 +15,10 @@ wrong training item        -3        0         4     (confidently contradicted, 
 validation item            1         2         0.5   (mean CE 0.313, 0.127, 0.474: best at epoch 2)
 =========================  ========  ========  ========
 
-``metrics.csv`` has ``val_loss`` 0.6, 0.4, 0.5 (also best at epoch 2). The scoring window
-(``best_val_loss``) is therefore epochs 1-2; the count window (``fraction`` 0.2 of 3 epochs) is
-epoch 1.
+``metrics.csv`` has ``val_loss`` 0.4, 0.6, 0.5 (the end-of-epoch evaluation: best at epoch 1).
+The scoring window (``best_val_loss`` on the meta step's validation forwards) is therefore epochs
+1-2; the count window (``val_loss_at_least_fraction`` on ``metrics.csv``: best at epoch 1, no
+earlier than the first 0.2 of 3 epochs) is epoch 1.
 
 Given labels: class 0 = items 0,2,4,8,10,12,14 (correct) + 1,11 (wrong): 9 items, 2 wrong;
 class 1 = items 3,5,7,9,13,15 (correct) + 6 (wrong): 7 items, 1 wrong.
@@ -49,7 +50,7 @@ WRONG = {1, 6, 11}  # training items whose given label is wrong
 HOSTILE_ID = 'img-<b>&"x'  # item 5 (a correctly labelled class-1 item)
 WRONG_LOGITS = (-3.0, 0.0, 4.0)
 VAL_LOGITS = (1.0, 2.0, 0.5)
-METRICS_VAL_LOSS = (0.6, 0.4, 0.5)
+METRICS_VAL_LOSS = (0.4, 0.6, 0.5)
 
 
 def item_id(i: int, ids: Mapping[int, str] | None = None) -> str:

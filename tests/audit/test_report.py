@@ -91,7 +91,7 @@ def test_audit_json_reports_the_estimated_counts_and_the_scoring_window(run_fold
     assert [c["threshold"] for c in per_class] == pytest.approx([WRONG_SCORE] * 2, abs=1e-3)
     val = summary["splits"]["validation"]
     assert val["n_items"] == N_VAL and val["n_label_issues"] == 0 and val["estimated_noise_rate"] == 0
-    assert summary["options"]["window"] == "best_val_loss" and summary["options"]["count_window"] == "fraction"
+    assert summary["options"]["window"] == "best_val_loss" and summary["options"]["count_window"] == "val_loss_at_least_fraction"
 
 
 def test_detection_json_scores_the_audit_against_the_noise_sidecar(run_folder):
@@ -121,6 +121,25 @@ def test_the_meta_steps_validation_loss_chooses_the_window_before_metrics_csv(tm
     run = make_run_folder(tmp_path / "c", record_validation=False, metrics_val_loss=None)
     w = _quiet(run).splits["training"].window
     assert (w.start, w.stop, w.rule) == (0, 3, "all") and "no validation loss" in w.reason
+
+
+def test_the_count_window_follows_the_end_of_epoch_validation_loss(tmp_path):
+    # the fixture: meta step's validation loss best at epoch 2 (scoring window 1-2), metrics.csv's best at
+    # epoch 1 (count window 1): counted on epoch 1 every wrong label is contradicted (p[other] 0.953)
+    result = _quiet(make_run_folder(tmp_path / "a"))
+    train = result.splits["training"]
+    assert (train.window.stop, train.count_window.stop) == (2, 1)
+    assert train.noise.n_wrong.tolist() == [2, 1]
+    cw = result.summary["splits"]["training"]["count_window"]
+    assert (cw["first_epoch"], cw["last_epoch"]) == (1, 1) and "best at epoch 1" in cw["reason"]
+    # metrics.csv best at epoch 3: the count window is epochs 1-3, where the wrong labels' mean p[other]
+    # (0.953 + 0.5 + 0.018) / 3 = 0.490 stays below the thresholds: the late window counts nothing
+    late = _quiet(make_run_folder(tmp_path / "b", metrics_val_loss=(0.6, 0.5, 0.4)))
+    assert late.splits["training"].count_window.stop == 3
+    assert late.splits["training"].noise.n_wrong.tolist() == [0, 0]
+    # without metrics.csv the meta step's curve decides (epochs 1-2)
+    meta = _quiet(make_run_folder(tmp_path / "c", metrics_val_loss=None))
+    assert meta.splits["training"].count_window.stop == 2
 
 
 def test_the_early_count_window_counts_labels_the_network_memorised_later(run_folder, tmp_path):
