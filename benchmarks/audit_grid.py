@@ -10,7 +10,8 @@ Every cell goes through the real commands (as subprocesses, one at a time)::
 
 The npz's own validation split is dropped, so the pipeline splits a stratified 15% of the noisy
 training items off as its (noisy) validation split, as it does for a user's datalist; the npz test
-split stays clean and unused here. cleanlab 2.9 (AGPL: a benchmark-only extra) gets 4-fold
+split stays clean and unused here (the ``count_dev`` cells train on the val and test images of two
+data sets instead: held-out images, no grid cell holds them). cleanlab 2.9 (AGPL: a benchmark-only extra) gets 4-fold
 out-of-fold probabilities of the same preset and network trained by the same CLI with LiLAW off
 (``lilaw_med.audit.crossfit``, the code behind ``audit --folds``).
 
@@ -18,6 +19,7 @@ Stages::
 
     python -m benchmarks.audit_grid --stage dev     # development cells (BreastMNIST, sample tiles): choose
     python -m benchmarks.audit_grid --stage count_dev --train-only   # round 6: held-out multi-class cells
+    python -m benchmarks.audit_grid --stage count_dev --evaluate
     python -m benchmarks.audit_grid --stage grid    # the evaluation grid -> benchmarks/RESULTS.md section
     python -m benchmarks.audit_grid --stage dev --cells breastmnist:symmetric:0.3:0  # one cell
 
@@ -392,6 +394,10 @@ def level_table(levels: np.ndarray, wrong: np.ndarray) -> dict[str, dict[str, fl
             for lv in ("easy", "moderate", "hard")}
 
 
+SHIPPED_COUNT_WINDOW = "val_loss_at_least_fraction"
+"""The library's ``count_window`` default in this benchmark's window names (on ``metrics.csv``'s curve, as there)."""
+
+
 def evaluate_cell(cell: Cell, folds: int = 4) -> dict[str, Any]:
     """Every variant's detection figures on one cell (the truth is used only here, to score)."""
     from lilaw_med.audit.counts import estimate_noise, find_label_issues
@@ -436,6 +442,9 @@ def evaluate_cell(cell: Cell, folds: int = 4) -> dict[str, Any]:
         thr = confident_thresholds(run.val_labels, val_at)
         est = estimate_noise(run.labels, at_probs, n_bootstrap=0, thresholds=thr)
         out["counts"]["cj/at_best_valthr"] = flag_quality(find_label_issues(sc, run.labels, est.n_wrong)[0], wrong)
+    # the shipped audit as the library runs it: the count from the count window, the flags from the scores
+    shipped_n = estimate_noise(run.labels, probs_by_window[SHIPPED_COUNT_WINDOW], n_bootstrap=0).n_wrong
+    out["counts"]["shipped/one_run"] = flag_quality(find_label_issues(sc, run.labels, shipped_n)[0], wrong)
     from lilaw_med.audit.difficulty import lilaw_term_difficulty
 
     d = run.dynamics
@@ -457,6 +466,9 @@ def evaluate_cell(cell: Cell, folds: int = 4) -> dict[str, Any]:
         est = estimate_noise(run.labels, oof, n_bootstrap=0)
         flags, _ = find_label_issues(score_probs(run.labels, oof, "self_confidence"), run.labels, est.n_wrong)
         out["counts"][f"cj/oof_{variant}"] = flag_quality(flags, wrong)
+        if variant == "ce":  # --folds: scores on the mean of the out-of-fold and the window's probabilities
+            mixed = score_probs(run.labels, (oof + probs_by_window["best_meta_loss"]) / 2, "self_confidence")
+            out["counts"]["shipped/folds"] = flag_quality(find_label_issues(mixed, run.labels, shipped_n)[0], wrong)
         if variant == "ce":
             try:
                 from cleanlab.filter import find_label_issues as cl_find
@@ -494,8 +506,8 @@ def count_table(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["count_error"])
 
 
-SHIPPED = {"one_run": "best_meta_loss/self_confidence", "one_run_counts": "cj/val_loss_at_least_fraction",
-           "folds": "oof_ce+best_meta_loss/self_confidence", "folds_counts": "cj/val_loss_at_least_fraction"}
+SHIPPED = {"one_run": "best_meta_loss/self_confidence", "one_run_counts": "shipped/one_run",
+           "folds": "oof_ce+best_meta_loss/self_confidence", "folds_counts": "shipped/folds"}
 """The shipped defaults in this benchmark's variant names (``best_meta_loss`` is the library's
 ``best_val_loss`` window when the meta step's validation records exist; this benchmark's ``best_val_loss`` and
 ``val_loss_at_least_fraction`` read ``metrics.csv``'s end-of-epoch validation loss, as the library's count window

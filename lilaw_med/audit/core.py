@@ -8,9 +8,9 @@ score), :mod:`lilaw_med.audit.counts` (how many labels are wrong, per class, wit
 which) and :mod:`lilaw_med.audit.difficulty` (easy / moderate / hard).
 
 The defaults below were fixed by a rule written before the development figures were seen, on
-development data only (BreastMNIST and the presets' sample generators with another seed), never
-on the data of the benchmark grid; the rule, every variant tried and its figures are in
-``docs/audit.md``.
+development cells only (BreastMNIST, the presets' sample generators with another seed, and held-out
+images of two grid data sets), never on the items of the benchmark grid; the rule, every variant
+tried and its figures are in ``docs/audit.md``.
 """
 
 from __future__ import annotations
@@ -75,8 +75,9 @@ class AuditOptions:
             validation loss (:func:`count_scoring_window`). A confident joint on in-sample
             probabilities undercounts once the network has memorised wrong labels and overcounts
             while it is still learning (its own confusions pass the thresholds); on the development
-            cells this window was closer to the truth than any other window, the validation items'
-            probabilities, or the out-of-fold probabilities of ``folds`` (docs/audit.md, round 6).
+            cells this window was closer to the truth than any other window or the validation items'
+            probabilities (docs/audit.md, round 6), and than the out-of-fold probabilities of
+            ``folds`` (5.3).
         window_fraction: the share of epochs for the ``"fraction"`` rules.
         method: the label quality score (:data:`lilaw_med.audit.rank.SCORE_METHODS`).
         adjust_pred_probs: subtract the per-class confident thresholds before scoring.
@@ -142,11 +143,12 @@ class RunRecord:
             dynamics) when recorded, else ``val_loss`` of ``metrics.csv`` (the end-of-epoch evaluation);
             NaN where absent.
         val_accuracy: (E,) ``val_accuracy`` of ``metrics.csv``.
-        epoch_val_loss: (E,) ``val_loss`` of ``metrics.csv``: the model at the end of each epoch on
-            the validation split (NaN where absent); the count window reads it.
         lilaw_iterations: ``(iterations, {"alpha": [...], ...})`` from ``lilaw_iterations.csv``, or None.
         truth: id -> true label when the datalist's noise sidecar gives it, else None.
         val_loss_source: where :attr:`val_loss` comes from (``"meta step"`` or ``"metrics.csv"``).
+        epoch_val_loss: (E,) ``val_loss`` of ``metrics.csv``: the model at the end of each epoch on
+            the validation split; NaN where absent, and all NaN when the run validated less often
+            than every epoch (``eval.interval`` > 1: the skipped epochs repeat a stale value).
     """
 
     root: Path
@@ -209,7 +211,7 @@ class RunRecord:
             val_loss=meta_loss if np.isfinite(meta_loss).any() else curves["val_loss"], val_accuracy=curves["val_accuracy"],
             val_loss_source="meta step" if np.isfinite(meta_loss).any() else "metrics.csv",
             lilaw_iterations=_iteration_series(rd.lilaw_iterations), truth=_load_truth(rd.datalist, datalist),
-            epoch_val_loss=curves["val_loss"],
+            epoch_val_loss=curves["val_loss"] if _eval_every_epoch(config) else np.full(len(epochs), np.nan),
         )
 
     def labels(self, ids: Sequence[str]) -> np.ndarray:
@@ -235,6 +237,15 @@ def _metric_curves(path: Path, epochs: Sequence[int], keys: Sequence[str]) -> di
             return math.nan
 
     return {k: np.array([value(e, k) for e in epochs], dtype=np.float64) for k in keys}
+
+
+def _eval_every_epoch(config: Mapping[str, Any]) -> bool:
+    """Whether the run validated after every epoch (``eval.interval`` 1, the default)."""
+    ev = config.get("eval") if isinstance(config, Mapping) else None
+    try:
+        return int((ev or {}).get("interval", 1)) == 1
+    except (TypeError, ValueError):
+        return False
 
 
 def _meta_loss_curve(val: Dynamics | None, epochs: Sequence[int]) -> np.ndarray:
@@ -348,17 +359,31 @@ def scoring_window(record: RunRecord, rule: str, options: AuditOptions,
 
 
 def count_scoring_window(record: RunRecord, options: AuditOptions) -> ScoringWindow:
-    """The epochs the per-class noise estimate reads: ``options.count_window`` on the end-of-epoch
-    validation loss (``metrics.csv``), or on :attr:`RunRecord.val_loss` when the run has none.
+    """The epochs the per-class noise estimate reads.
 
     The confident joint is a statement about one model's probabilities, so its window follows the
-    loss of the model as it stands at the end of each epoch; the meta step's loss (which the scoring
-    window follows) averages a model that changes during the epoch. The development cells chose this
-    curve (docs/audit.md, round 6).
+    loss of the model as it stands at the end of each epoch (:attr:`RunRecord.epoch_val_loss`); the
+    meta step's loss (which the scoring window follows) averages a model that changes during the
+    epoch. The development cells chose this curve (docs/audit.md, round 6). A run without it falls
+    back to :attr:`RunRecord.val_loss`, and a run with no validation loss at all to the first
+    ``window_fraction`` of the epochs (counting on every epoch would miss the memorised labels).
+
+    Args:
+        record: the run folder.
+        options: the audit options (``count_window``, ``window_fraction``).
+
+    Returns:
+        The :class:`ScoringWindow`; its ``reason`` names the curve it read.
     """
-    curve = record.epoch_val_loss
-    has = curve is not None and bool(np.isfinite(curve).any())
-    return scoring_window(record, options.count_window, options, val_loss=curve if has else None)
+    if options.count_window not in ("best_val_loss", "val_loss_at_least_fraction"):  # rules that read no loss
+        return scoring_window(record, options.count_window, options)
+    for curve, name in ((record.epoch_val_loss, "the end-of-epoch validation loss of metrics.csv"),
+                        (record.val_loss, f"the validation loss of the {record.val_loss_source}")):
+        if curve is not None and bool(np.isfinite(curve).any()):
+            w = scoring_window(record, options.count_window, options, val_loss=curve)
+            return ScoringWindow(w.start, w.stop, w.rule, f"{w.reason} (read on {name})")
+    w = scoring_window(record, "fraction", options)
+    return ScoringWindow(w.start, w.stop, w.rule, f"{w.reason}: the run has no validation loss")
 
 
 def _fit(window: ScoringWindow, n_epochs: int) -> ScoringWindow:

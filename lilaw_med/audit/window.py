@@ -28,9 +28,10 @@ WINDOW_RULES = ("val_loss_at_least_fraction", "best_val_loss", "best_val_accurac
 * ``"val_loss_at_least_fraction"``: at the later of the best-validation-loss epoch and the end
   of the first ``ceil(fraction * E)`` epochs (a minimum at epoch 1 or 2 of a small, noisy
   validation split is mostly chance; the fraction guards the lower end);
-* ``"best_val_loss"``: at the epoch with the lowest validation loss (the noisy validation split
-  as the run saw it: the meta step's validation forwards when recorded, else ``val_loss`` of
-  ``metrics.csv``), i.e. where memorisation begins;
+* ``"best_val_loss"``: at the epoch with the lowest validation loss, i.e. where memorisation
+  begins (the curve is the caller's: the audit's scoring window reads the meta step's validation
+  forwards when recorded, else ``val_loss`` of ``metrics.csv``; its count window reads
+  ``metrics.csv`` first);
 * ``"best_val_accuracy"``: at the epoch with the highest validation accuracy (later epochs win ties);
 * ``"all"``: every recorded epoch;
 * ``"last"``: the last epoch only (the final-epoch self-confidence baseline);

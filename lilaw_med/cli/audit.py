@@ -80,7 +80,8 @@ def register(subparsers: Any) -> None:
                    help="which epochs are scored (default %(default)s: up to the epoch of the lowest noisy "
                    "validation loss, where the network starts memorising wrong labels)")
     p.add_argument("--window-fraction", type=float, default=default.window_fraction,
-                   help="share of epochs for the fraction rules (default %(default)s)")
+                   help="share of epochs for the fraction rules, also the count window's earliest end "
+                   "(default %(default)s)")
     p.add_argument("--method", choices=sorted(SCORE_METHODS), default=default.method,
                    help="label quality score (default %(default)s)")
     p.add_argument("--adjust", action="store_true", help="subtract the per-class confident thresholds before scoring")

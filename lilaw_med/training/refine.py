@@ -131,7 +131,8 @@ def run_refine(
 
     train_info = audit.summary["splits"]["training"]
     summary = {
-        "rule": {**REFINE_RULE, "audit_options": asdict(audit.options), "exclude_validation": exclude_validation},
+        "rule": {**REFINE_RULE, "audit_options": asdict(audit.options), "exclude_validation": exclude_validation,
+                 **({} if audit.options == AuditOptions() else {"audit": "the given audit_options"})},
         "n_excluded": len(excluded),
         "estimated_noise_rate": train_info["estimated_noise_rate"],
         "estimated_noise_rate_interval": train_info["estimated_noise_rate_interval"],

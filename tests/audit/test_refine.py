@@ -16,7 +16,6 @@ from lilaw_med.data.curation import read_id_csv
 from lilaw_med.training.refine import REFINE_RULE, run_refine
 from tests.audit.conftest import FLIPS, make_image_datalist, tiny_config
 
-
 AUDIT = AuditOptions(count_window="fraction")
 """The loop, not the count, is under test: the 3-epoch tiny run's validation loss is lowest at its last
 epoch, where the shipped count window would count the memorised flips as clean; its first epoch counts them."""
@@ -90,6 +89,7 @@ def test_refine_json_counts_match_the_audit_and_the_runs(refined):
     assert summary["estimated_noise_rate"] == audit["estimated_noise_rate"]
     assert summary["estimated_noise_rate_interval"] == audit["estimated_noise_rate_interval"]
     assert summary["rule"]["exclude"] == REFINE_RULE["exclude"] and summary["rule"]["exclude_validation"] is False
+    assert summary["rule"]["audit"] == "the given audit_options"  # not the shipped defaults
     assert summary["rule"]["audit_options"] == json.loads(json.dumps(asdict(AUDIT)))
     assert summary["initial"]["run_dir"] == str(root / "initial") and summary["refined"]["run_dir"] == str(root / "refined")
     assert summary["audit"] == str(root / "audit" / "report.html")

@@ -16,6 +16,7 @@ import re
 
 import numpy as np
 import pytest
+import yaml
 
 from lilaw_med.audit import report
 from lilaw_med.audit.report import COLUMNS, run_audit
@@ -140,6 +141,17 @@ def test_the_count_window_follows_the_end_of_epoch_validation_loss(tmp_path):
     # without metrics.csv the meta step's curve decides (epochs 1-2)
     meta = _quiet(make_run_folder(tmp_path / "c", metrics_val_loss=None))
     assert meta.splits["training"].count_window.stop == 2
+    assert meta.splits["training"].count_window.reason.endswith("(read on the validation loss of the meta step)")
+    # a run that validated every 2nd epoch repeats stale values in metrics.csv: the meta step's curve decides
+    sparse = make_run_folder(tmp_path / "d")
+    cfg = yaml.safe_load((sparse / "config.yaml").read_text())
+    cfg.setdefault("eval", {})["interval"] = 2
+    (sparse / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert _quiet(sparse).splits["training"].count_window.stop == 2
+    # no validation loss at all: the first 0.2 of the epochs (epoch 1), not every epoch
+    bare = _quiet(make_run_folder(tmp_path / "e", record_validation=False, metrics_val_loss=None))
+    w = bare.splits["training"].count_window
+    assert (w.stop, w.rule) == (1, "fraction") and w.reason.endswith("the run has no validation loss")
 
 
 def test_the_early_count_window_counts_labels_the_network_memorised_later(run_folder, tmp_path):
@@ -243,6 +255,9 @@ def test_report_shows_the_estimated_counts_with_their_interval_the_window_and_th
     assert f"<b>0.188</b> (95% interval [{lo:.3f}, {hi:.3f}])" in text
     assert "Training items: 16 items audited, 3 suspected mislabels" in text
     assert "<b>Scoring window:</b> epochs 1-2 of 3" in text and "<code>best_val_loss</code>" in text
+    assert ("<b>Count window</b> (the epochs whose probabilities the estimated numbers of wrong labels read): epochs 1-1 "
+            "of 3: the noisy validation loss was best at epoch 1") in text
+    assert "(read on the end-of-epoch validation loss of metrics.csv)" in text
     assert 'alt="validation curve and scoring window"' in text
     for level in ("easy", "moderate", "hard"):
         assert f"<dt>{level}</dt><dd>" in text
