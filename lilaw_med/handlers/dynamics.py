@@ -640,8 +640,12 @@ class Dynamics:
     def __getitem__(self, name: str) -> np.ndarray:
         """A field over epochs: float32 (E, N) (or (E, N, L)); ``probs`` float32 (E, N, C);
         ``pred_label`` int16, ``count`` int32."""
-        if name in FLOAT_FIELDS or (name == "probs" and self.has_probs):
+        if name in FLOAT_FIELDS:
             return np.stack([np.asarray(r[name], dtype=np.float32) for r in self.records])
+        if name == "probs" and self.has_probs:
+            c = next(r for r in self.records if "probs" in (r.dtype.names or ())).dtype["probs"].shape[0]
+            return np.stack([np.asarray(r["probs"], dtype=np.float32) if "probs" in (r.dtype.names or ())
+                             else np.full((len(r), c), np.nan, dtype=np.float32) for r in self.records])
         if name == "pred_label":
             return np.stack([np.asarray(r[name]) for r in self.records])
         if name == "count":
@@ -650,8 +654,11 @@ class Dynamics:
 
     @property
     def has_probs(self) -> bool:
-        """Whether every epoch holds all class probabilities (``probs``, (E, N, C))."""
-        return bool(self.records) and all("probs" in (r.dtype.names or ()) for r in self.records)
+        """Whether the class probabilities (``probs``, (E, N, C)) are recorded: in every epoch that saw
+        an item (an epoch that saw none, e.g. the validation split during a LiLAW warm-up, has no
+        ``probs`` field and reads as NaN)."""
+        with_probs = ["probs" in (r.dtype.names or ()) for r in self.records]
+        return any(with_probs) and all(h or not np.asarray(r["count"]).any() for h, r in zip(with_probs, self.records, strict=True))
 
     def keys(self) -> list[str]:
         return list(FLOAT_FIELDS) + ["pred_label", "count"] + (["probs"] if self.has_probs else [])

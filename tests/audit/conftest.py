@@ -77,6 +77,7 @@ def make_run_folder(
     with_truth: bool = True,
     learned: bool = True,
     record_validation: bool = True,
+    val_from_epoch: int = 1,
     with_probs: bool = True,
     ids: Mapping[int, str] | None = None,
     class_names: Sequence[str] = ("normal", "pneumonia"),
@@ -88,6 +89,7 @@ def make_run_folder(
         with_truth: write the noise sidecar (detection figures).
         learned: ``False``: every logit is 0 (an unlearnt network).
         record_validation: record the meta step's validation items (and their loss curve).
+        val_from_epoch: the first epoch with meta steps (later than 1: a LiLAW warm-up).
         with_probs: ``False`` writes format-version-1 dynamics (no ``probs`` field).
         ids: item index -> id, replacing the default ids.
         class_names: the datalist's class names.
@@ -158,7 +160,7 @@ def make_run_folder(
                 rec._forward_completed(eng)  # MONAI's FORWARD_COMPLETED: the logits the trainer computed
             loss(z, labels[list(rows)])
             rec(eng)
-            if record_validation:  # the meta step after the training step: one pass over the validation items
+            if record_validation and epoch >= val_from_epoch:  # the meta step: one pass over the validation items
                 vz = logits_of(range(N_TRAIN, N_TRAIN + N_VAL), epoch)
                 meta.last_val_batch = {"id": val_ids}
                 meta.last_val_pred = vz if with_probs else None

@@ -154,6 +154,24 @@ def test_the_count_window_follows_the_end_of_epoch_validation_loss(tmp_path):
     assert (w.stop, w.rule) == (1, "fraction") and w.reason.endswith("the run has no validation loss")
 
 
+def test_a_warm_up_without_meta_steps_keeps_the_validation_items_class_probabilities(tmp_path):
+    # no meta step in epoch 1 (a LiLAW warm-up): that epoch's validation record has no probs field, the
+    # later ones have; the validation items keep their class probabilities (epoch 1 NaN) and are audited
+    from lilaw_med.handlers.dynamics import load_dynamics
+
+    run = make_run_folder(tmp_path / "run", val_from_epoch=2)
+    val = load_dynamics(run / "dynamics", split="validation")
+    assert val.epochs == [1, 2, 3] and val.has_probs
+    probs = val["probs"]
+    assert probs.shape == (3, N_VAL, 2) and np.isnan(probs[0]).all()
+    assert probs[1:, :, 0] + probs[1:, :, 1] == pytest.approx(np.ones((2, N_VAL)), abs=2e-3)
+    result = _quiet(run)
+    v = result.splits["validation"]
+    assert np.isfinite(v.window_probs).all() and v.window.stop == 2
+    # epoch 2 alone was seen: p[given] = sigmoid(2) = 0.881 for every validation item
+    assert v.window_probs[np.arange(N_VAL), v.labels] == pytest.approx(np.full(N_VAL, 0.881), abs=2e-3)
+
+
 def test_the_early_count_window_counts_labels_the_network_memorised_later(run_folder, tmp_path):
     # counted on the last epoch, where every wrong label is memorised (p[given] 0.982), the confident
     # joint is diagonal: nothing estimated wrong, nothing flagged
