@@ -11,8 +11,8 @@ Every cell goes through the real commands (as subprocesses, one at a time)::
 The npz's own validation split is dropped, so the pipeline splits a stratified 15% of the noisy
 training items off as its (noisy) validation split, as it does for a user's datalist; the npz test
 split stays clean and unused here (the ``count_dev`` cells train on the val and test images of two
-data sets instead: held-out images, no grid cell holds them). cleanlab 2.9 (AGPL: a benchmark-only extra) gets 4-fold
-out-of-fold probabilities of the same preset and network trained by the same CLI with LiLAW off
+data sets instead: held-out images, no grid cell holds them). cleanlab 2.9 (AGPL: a benchmark-only
+extra) gets 4-fold out-of-fold probabilities of the same preset and network trained by the same CLI with LiLAW off
 (``lilaw_med.audit.crossfit``, the code behind ``audit --folds``).
 
 Stages::
@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lilaw_med.audit.core import DEFAULT_COUNT_WINDOW
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("benchmarks.audit_grid")
@@ -394,8 +396,9 @@ def level_table(levels: np.ndarray, wrong: np.ndarray) -> dict[str, dict[str, fl
             for lv in ("easy", "moderate", "hard")}
 
 
-SHIPPED_COUNT_WINDOW = "val_loss_at_least_fraction"
-"""The library's ``count_window`` default in this benchmark's window names (on ``metrics.csv``'s curve, as there)."""
+SHIPPED_COUNT_WINDOW = DEFAULT_COUNT_WINDOW
+"""The library's ``count_window`` default; this benchmark's window of that name reads ``metrics.csv``'s curve, as the
+library's count window does."""
 
 
 def evaluate_cell(cell: Cell, folds: int = 4) -> dict[str, Any]:

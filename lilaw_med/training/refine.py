@@ -14,7 +14,8 @@ flags (``is_label_issue`` of ``lilaw-med audit`` with its shipped defaults: per 
 the lowest-scored items as the confident joint estimates wrong labels in that class). The first
 audit's counts (the share of items the network disagreed with) over-counted whenever the network
 was weak, so refine then excluded only half of them; the confident joint's counts track the truth
-(docs/audit.md), so refine excludes them all. The validation split is kept as it is by default
+more closely (docs/audit.md: at 40% noise on PneumoniaMNIST refine excludes 200-830 items per seed
+for about 820 wrong labels, 79-89% of them wrong). The validation split is kept as it is by default
 (``exclude_validation=False``). ``audit_options`` with ``folds`` cross-fits first (K extra trainings).
 """
 
