@@ -30,7 +30,14 @@ import numpy as np
 from lilaw_med.audit.counts import NoiseEstimate, estimate_noise, find_label_issues
 from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS, difficulty
 from lilaw_med.audit.rank import SCORE_METHODS, get_label_quality_scores, order_label_issues
-from lilaw_med.audit.window import WINDOW_RULES, ScoringWindow, choose_window, epoch_mean, window_pred_probs
+from lilaw_med.audit.window import (
+    LOSS_RULES,
+    WINDOW_RULES,
+    ScoringWindow,
+    choose_window,
+    epoch_mean,
+    window_pred_probs,
+)
 
 if TYPE_CHECKING:  # the recorder's module imports ignite; reading its files does not need it
     from lilaw_med.handlers.dynamics import Dynamics
@@ -375,7 +382,7 @@ def count_scoring_window(record: RunRecord, options: AuditOptions) -> ScoringWin
     Returns:
         The :class:`ScoringWindow`; its ``reason`` names the curve it read.
     """
-    if options.count_window not in ("best_val_loss", "val_loss_at_least_fraction"):  # rules that read no loss
+    if options.count_window not in LOSS_RULES:
         return scoring_window(record, options.count_window, options)
     for curve, name in ((record.epoch_val_loss, "the end-of-epoch validation loss of metrics.csv"),
                         (record.val_loss, f"the validation loss of the {record.val_loss_source}")):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["WINDOW_RULES", "ScoringWindow", "choose_window", "epoch_mean", "window_pred_probs"]
+__all__ = ["LOSS_RULES", "WINDOW_RULES", "ScoringWindow", "choose_window", "epoch_mean", "window_pred_probs"]
 
 WINDOW_RULES = ("val_loss_at_least_fraction", "best_val_loss", "best_val_accuracy", "all", "last", "fraction")
 """How the scoring window ends:
@@ -37,6 +37,8 @@ WINDOW_RULES = ("val_loss_at_least_fraction", "best_val_loss", "best_val_accurac
 * ``"last"``: the last epoch only (the final-epoch self-confidence baseline);
 * ``"fraction"``: the first ``ceil(fraction * E)`` epochs (the first audit's rule, fraction 0.2).
 """
+LOSS_RULES = ("val_loss_at_least_fraction", "best_val_loss")
+"""The rules that read a validation loss curve."""
 
 
 @dataclass(frozen=True)
