@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from lilaw_med.cli import UserError
+from lilaw_med.data.noise import NOISE_KINDS
 from lilaw_med.data.presets import PRESETS, get_preset
 
 __all__ = ["register"]
@@ -37,10 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "add-noise",
         help="write a noisy copy of a datalist and a sidecar with the true labels",
-        description="Injects simulated label noise (symmetric, asymmetric, instance-dependent) into a datalist.",
+        description="Injects simulated label noise (symmetric, uniform, asymmetric, instance-dependent) into a datalist.",
     )
     p.add_argument("datalist", type=Path, help="datalist .json or .csv")
-    p.add_argument("--kind", choices=("symmetric", "asymmetric", "instance"), default="symmetric")
+    p.add_argument("--kind", choices=NOISE_KINDS, default="symmetric",
+                   help="symmetric: RATE is the share of wrong labels; uniform: the LiLAW prototype's "
+                   "noise, RATE is the share redrawn from all K classes (wrong: RATE * (K-1) / K)")
     p.add_argument("--rate", type=float, default=None, help="noise rate (required unless --transition)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", type=Path, required=True, help="noisy datalist .json to write")

@@ -1,9 +1,13 @@
 """Label-noise simulation with the truth recorded (cleanlab-style pure functions over arrays).
 
-Three kinds, named by a string (``kind``) so that benchmarks can swap them:
+Four kinds, named by a string (``kind``) so that benchmarks can swap them:
 
 * ``"symmetric"``: each label is replaced, with probability ``rate``, by one of the *other*
-  ``K - 1`` classes chosen uniformly (multi-label: each flag flips with probability ``rate``);
+  ``K - 1`` classes chosen uniformly (multi-label: each flag flips with probability ``rate``), so
+  ``rate`` is the share of wrong labels;
+* ``"uniform"``: the LiLAW authors' prototype's "uniform" noise: each label is redrawn, with
+  probability ``rate``, from all ``K`` classes, its own included, so the share of wrong labels is
+  ``rate * (K - 1) / K`` (binary ``rate = 0.4``: 20% wrong); the papers' noise levels mean this;
 * ``"asymmetric"`` (class-conditional): the noisy label is drawn from row ``y`` of a transition
   matrix ``T`` (``T[i, j] = P(noisy = j | true = i)``), given directly or built from class pairs
   ``{i: j}`` flipped with probability ``rate`` (default pairs: ``i -> (i + 1) mod K``);
@@ -42,11 +46,12 @@ __all__ = [
     "load_noise_truth",
     "pairs_to_transition",
     "symmetric_noise",
+    "uniform_noise",
 ]
 
 logger = logging.getLogger(__name__)
 
-NOISE_KINDS = ("symmetric", "asymmetric", "instance")
+NOISE_KINDS = ("symmetric", "uniform", "asymmetric", "instance")
 
 
 def _check_labels(labels: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
@@ -87,6 +92,31 @@ def symmetric_noise(
     # an offset in [1, K-1] added mod K gives a uniform choice among the other classes
     offset = rng.integers(1, num_classes, size=y.shape[0])
     noisy = np.where(flip, (y + offset) % num_classes, y)
+    return noisy, float(np.mean(noisy != y)) if y.size else 0.0
+
+
+def uniform_noise(
+    labels: Sequence[int] | np.ndarray, rate: float, num_classes: int, seed: int = 0
+) -> tuple[np.ndarray, float]:
+    """The prototype's uniform noise: each label is redrawn, with probability ``rate``, from all classes.
+
+    A redrawn label keeps its class with probability ``1 / K``, so the expected share of wrong
+    labels is ``rate * (K - 1) / K``; ``actual_rate`` reports the share that differs.
+
+    Args:
+        labels: true class indices, shape (N,), values in [0, num_classes).
+        rate: redraw probability in [0, 1].
+        num_classes: K >= 2.
+        seed: random seed.
+
+    Returns:
+        ``(noisy, actual_rate)``: noisy labels (N,) int64 and ``mean(noisy != labels)``.
+    """
+    y = _check_labels(labels, num_classes)
+    rate = _check_rate(rate)
+    rng = np.random.default_rng(seed)
+    redraw = rng.random(y.shape[0]) < rate
+    noisy = np.where(redraw, rng.integers(0, num_classes, size=y.shape[0]), y)
     return noisy, float(np.mean(noisy != y)) if y.size else 0.0
 
 
@@ -237,7 +267,7 @@ def add_noise(
 
     Args:
         labels: true class indices (N,), or 0/1 flags (N, L) for multi-label (symmetric only).
-        kind: ``"symmetric"``, ``"asymmetric"`` or ``"instance"``.
+        kind: ``"symmetric"``, ``"uniform"``, ``"asymmetric"`` or ``"instance"``.
         num_classes: K.
         rate: the noise rate.
         seed: random seed.
@@ -261,6 +291,10 @@ def add_noise(
         if rate is None:
             raise ValueError("symmetric noise needs a rate.")
         return symmetric_noise(arr, rate, num_classes, seed)
+    if kind == "uniform":
+        if rate is None:
+            raise ValueError("uniform noise needs a rate.")
+        return uniform_noise(arr, rate, num_classes, seed)
     if kind == "asymmetric":
         return asymmetric_noise(arr, num_classes, rate=rate, transition=transition, pairs=pairs, seed=seed)
     if features is None or rate is None:
@@ -333,7 +367,7 @@ def add_noise_to_datalist(
     Args:
         datalist: a datalist path or a loaded :class:`Datalist`.
         out_path: the noisy datalist JSON to write.
-        kind: ``"symmetric"``, ``"asymmetric"`` or ``"instance"``.
+        kind: ``"symmetric"``, ``"uniform"``, ``"asymmetric"`` or ``"instance"``.
         rate: the noise rate (see the simulators).
         seed: random seed.
         splits: the splits to corrupt.

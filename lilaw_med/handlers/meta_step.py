@@ -64,7 +64,8 @@ class LiLAWHandler:
     only, so the validation batch is forwarded once without gradient tracking and the backward
     runs through the weight formula alone: network parameters, their ``.grad`` and the optimizer
     state are never touched (nor, with ``val_mode="eval"``, the batch-norm statistics). The update
-    is exactly ``theta <- theta - lr * (dL_val/dtheta + weight_decay * theta)``.
+    is exactly ``theta <- theta - lr * (dL_val/dtheta + weight_decay * theta)`` (``lr`` scaled per
+    epoch with ``epoch_budget``).
 
     The validation forward runs under exactly the autocast the trainer's own forward ran under
     (device types, dtype, on or off): the handler records the autocast state at MONAI's
@@ -105,10 +106,17 @@ class LiLAWHandler:
             iteration count, so a resumed run steps at the same iterations). 1 (the spec's) after
             each one; a larger value trades the meta step's cost (its validation forward is about a
             quarter of a training step) against fewer updates of the three scalars; see docs/method.md.
+        epoch_budget: how far one epoch moves the scalars, in the spec's steps. ``None`` takes the
+            spec's step (``lr``, ``weight_decay``) at every meta step, so the scalars' end point
+            follows the number of meta steps (batch size, data-set size, epochs). A number ``S``
+            scales each step's ``lr`` by ``S / k``, with ``k`` the meta steps of an epoch
+            (``epoch_length // every``): an epoch then moves the scalars as ``S`` spec steps
+            would, whatever the batch size and the number of items.
 
     Raises:
         TypeError: when ``loss`` is not a :class:`LiLAWLoss`.
-        ValueError: on a non-positive ``lr`` or ``every``, negative ``weight_decay`` or unknown ``val_mode``.
+        ValueError: on a non-positive ``lr``, ``every`` or ``epoch_budget``, negative ``weight_decay`` or
+            unknown ``val_mode``.
     """
 
     def __init__(
@@ -121,6 +129,7 @@ class LiLAWHandler:
         distributed: bool | None = None,
         metrics_prefix: str = "lilaw_",
         every: int = 1,
+        epoch_budget: float | None = None,
     ) -> None:
         if not isinstance(loss, LiLAWLoss):
             raise TypeError(f"loss must be a LiLAWLoss but is {type(loss).__name__}.")
@@ -132,6 +141,8 @@ class LiLAWHandler:
             raise ValueError(f"val_mode must be 'eval' or 'train' but is {val_mode!r}.")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1 but is {every!r}.")
+        if epoch_budget is not None and not (epoch_budget > 0 and math.isfinite(epoch_budget)):
+            raise ValueError(f"epoch_budget must be None or a positive finite number but is {epoch_budget!r}.")
         self.val_loader = val_loader
         self.loss = loss
         self.lr = float(lr)
@@ -140,6 +151,7 @@ class LiLAWHandler:
         self.distributed = distributed
         self.metrics_prefix = metrics_prefix
         self.every = every
+        self.epoch_budget = None if epoch_budget is None else float(epoch_budget)
         self.steps = 0
         self.skipped_steps = 0
         self.last_values: dict[str, float] = {}
@@ -210,6 +222,22 @@ class LiLAWHandler:
             self.step(engine)
 
     # ---------------------------------------------------------------- the meta step
+    def step_lr(self, engine: Engine) -> float:
+        """The learning rate of the next meta step: ``lr``, scaled by ``epoch_budget / k`` when set.
+
+        Args:
+            engine: the trainer; ``engine.state.epoch_length`` gives the iterations of an epoch.
+
+        Returns:
+            The step size applied to the gradient and to the weight decay alike.
+        """
+        if self.epoch_budget is None:
+            return self.lr
+        length = getattr(engine.state, "epoch_length", None)
+        if not length:  # a loader without len(): no epoch to spread a budget over
+            return self.lr
+        return self.lr * self.epoch_budget / max(1, int(length) // self.every)
+
     def _is_distributed(self) -> bool:
         if self.distributed is not None:
             return self.distributed
@@ -310,9 +338,10 @@ class LiLAWHandler:
                 engine.state.iteration, val_loss, self.skipped_steps,
             )
             return False
+        lr = self.step_lr(engine)
         with torch.no_grad():
             for p, g in zip(params, packed[1:4], strict=True):
-                p.sub_(self.lr * (g.to(p.dtype) + self.weight_decay * p))
+                p.sub_(lr * (g.to(p.dtype) + self.weight_decay * p))
             weighting.clamp_()
         self.steps += 1
         values = weighting.as_dict()

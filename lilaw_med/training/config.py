@@ -137,7 +137,9 @@ _L = LiLAWLoss.__init__
 # LiLAWHandler's defaults, written out: importing the handler imports ignite and MONAI's engines,
 # which a command that only reads a config (predict, validate-data) must not pay for;
 # tests/training/test_config.py pins them to the handler's signature
-_META_STEP_DEFAULTS: dict[str, Any] = {"lr": 0.01, "weight_decay": 0.01, "val_mode": "train", "every": 1}
+_META_STEP_DEFAULTS: dict[str, Any] = {
+    "lr": 0.01, "weight_decay": 0.01, "val_mode": "train", "every": 1, "epoch_budget": None,
+}
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,11 @@ class LiLAWConfig:
     meta_every: int = setting(
         _META_STEP_DEFAULTS["every"], (int,), minimum=1,
         help="meta step after every k-th training iteration (1: every one, the spec's)",
+    )
+    epoch_budget: float | None = setting(
+        _META_STEP_DEFAULTS["epoch_budget"], _NUM, minimum=0.0, exclusive_minimum=True, nullable=True,
+        help="how far an epoch moves alpha/beta/delta, in spec meta steps (null: the spec's lr at every "
+        "meta step, so the scalars follow the number of steps)",
     )
 
 

@@ -215,7 +215,7 @@ def _build_trainer(
         return trainer, None
     handler = LiLAWHandler(
         data.meta_loader, loss, lr=cfg.lilaw.lr, weight_decay=cfg.lilaw.weight_decay, val_mode=cfg.lilaw.val_mode,
-        every=cfg.lilaw.meta_every,
+        every=cfg.lilaw.meta_every, epoch_budget=cfg.lilaw.epoch_budget,
     )
     handler.attach(trainer)
     return trainer, handler
