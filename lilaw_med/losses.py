@@ -53,6 +53,8 @@ class LiLAWLoss(nn.Module):
             ``nn.BCEWithLogitsLoss(reduction="none")`` or MONAI's ``FocalLoss(reduction="none")``.
         weighting: the three scalars; a fresh :class:`LiLAWWeighting` (spec defaults) when ``None``.
         warmup_epochs: epochs trained unweighted first (the weighting starts at ``epoch > warmup_epochs``).
+            1, the authors' prototype's (its ``warmup = 0`` with epochs counted from 0): the first
+            epoch trains unweighted and takes no meta step.
         reduce_classes: how a base loss that returns several values per sample ((N, C), as MONAI's
             FocalLoss or BCE over one-hot targets do) is reduced to one value per sample: ``"sum"``
             (the loss of the sample over its classes; for a softmax focal loss with one-hot
@@ -80,7 +82,7 @@ class LiLAWLoss(nn.Module):
         self,
         base_loss: nn.Module,
         weighting: LiLAWWeighting | None = None,
-        warmup_epochs: int = 0,
+        warmup_epochs: int = 1,
         reduce_classes: Literal["sum", "mean"] | None = None,
         multi_label: bool = False,
         detach_weights: bool = False,

@@ -64,7 +64,7 @@ _SETTINGS: dict[str, Any] = {
     "delta": 2.0,
     "lr": 0.01,
     "weight_decay": 0.01,
-    "warmup_epochs": 0,
+    "warmup_epochs": 1,
     "val_mode": "train",
     "detach_weights": False,
     "normalize_weights": False,

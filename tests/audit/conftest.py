@@ -135,7 +135,7 @@ def make_run_folder(
                 w.writerow([e, 2 * e, 0.5, 0.75, v])
 
     # the dynamics, recorded by the real recorder from the fixed logits
-    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0)
     train_ids = [it["id"] for it in items[:N_TRAIN]]
     val_ids = [it["id"] for it in items[N_TRAIN:]]
     meta = SimpleNamespace(last_val_batch=None, last_val_pred=None, val_loader=None)  # stands in for LiLAWHandler

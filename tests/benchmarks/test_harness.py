@@ -71,7 +71,7 @@ def _trainer(meta: str) -> tuple[SupervisedTrainer, LiLAWLoss]:
     g = torch.Generator().manual_seed(1)
     train = [{"image": torch.randn(6, 8, generator=g), "label": torch.randint(0, 3, (6,), generator=g)}]
     val = [{"image": torch.randn(5, 8, generator=g), "label": torch.randint(0, 3, (5,), generator=g)}]
-    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0)
     trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=train, network=net,
                                 optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=loss,
                                 decollate=False)

@@ -74,7 +74,7 @@ def test_model_zoo_reducing_loss_is_refused_by_lilaw_loss(bundle: Path) -> None:
     reducing = parser.get_parsed_content("loss")
     assert reducing.reduction == "sum"
     with pytest.raises(ValueError, match="reduction='none'"):
-        LiLAWLoss(reducing)(torch.randn(4, 2), torch.tensor([0, 1, 1, 0]))
+        LiLAWLoss(reducing, warmup_epochs=0)(torch.randn(4, 2), torch.tensor([0, 1, 1, 0]))
 
 
 def test_overlay_wraps_the_bundles_own_loss_and_keeps_its_ids(bundle: Path) -> None:
@@ -104,9 +104,9 @@ def test_overlay_loss_is_the_sum_loss_over_the_batch_size_before_weighting(bundl
     loss = parser.get_parsed_content("lilaw#loss")
     pred, target = torch.randn(8, 2), torch.randint(0, 2, (8,))
     summed = nn.CrossEntropyLoss(reduction="sum")(pred, target)
-    loss.set_epoch(0)  # inside warm-up: every weight is 1
+    loss.set_epoch(1)  # inside the one-epoch warm-up: every weight is 1
     torch.testing.assert_close(loss(pred, target), summed / 8)
-    loss.set_epoch(1)  # alpha = beta = 2: w = 1 + W_delta, so the loss lies between sum/N and 2 sum/N
+    loss.set_epoch(2)  # alpha = beta = 2: w = 1 + W_delta, so the loss lies between sum/N and 2 sum/N
     weighted = loss(pred, target)
     assert summed / 8 < weighted < 2 * summed / 8
 
@@ -127,7 +127,7 @@ def test_overlay_trains_the_fixture_bundle_and_learns_alpha_beta_delta(
     handler = workflow.parser.get_parsed_content("lilaw#handler")
     trainer = workflow.parser.get_parsed_content("train#trainer")
     assert trainer.state.iteration == 6  # 2 epochs x 3 batches of 8
-    assert handler.steps == 6 and handler.skipped_steps == 0
+    assert handler.steps == 3 and handler.skipped_steps == 0  # epoch 1 is the warm-up
     learnt = handler.loss.weighting.as_dict()
     assert all(abs(v - 2.0) > 1e-5 for v in learnt.values()), learnt
     assert learnt["alpha"] >= 1.0 and learnt["delta"] >= learnt["beta"]  # the spec's clamps held
@@ -137,7 +137,7 @@ def test_overlay_trains_the_fixture_bundle_and_learns_alpha_beta_delta(
     assert (bundle / "models" / "model.pt").is_file()
     # ignite stores a lone object's state_dict un-nested: LiLAWHandler.state_dict() itself
     saved = torch.load(bundle / "models" / "lilaw.pt", weights_only=True)
-    assert saved["steps"] == 6
+    assert saved["steps"] == 3
     for name, value in learnt.items():
         assert saved["weighting"][name].item() == pytest.approx(value)
 

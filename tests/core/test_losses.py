@@ -19,7 +19,7 @@ def _batch(n: int = 8, c: int = 3, seed: int = 0):
 
 def test_loss_is_mean_of_weight_times_per_sample_loss():
     logits, labels = _batch()
-    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), LiLAWWeighting(1.5, 1.0, 2.5))
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), LiLAWWeighting(1.5, 1.0, 2.5), warmup_epochs=0)
     per_sample = nn.functional.cross_entropy(logits, labels, reduction="none")
     w = lilaw_weights(logits, labels, 1.5, 1.0, 2.5)
     torch.testing.assert_close(loss(logits, labels), (w * per_sample).mean())
@@ -39,7 +39,7 @@ def test_weights_are_one_until_warmup_ends():
 
 def test_a_reducing_base_loss_is_refused_with_a_clear_error():
     logits, labels = _batch()
-    loss = LiLAWLoss(nn.CrossEntropyLoss())  # reduction="mean"
+    loss = LiLAWLoss(nn.CrossEntropyLoss(), warmup_epochs=0)  # reduction="mean"
     with pytest.raises(ValueError, match="reduction='none'"):
         loss(logits, labels)
 
@@ -49,18 +49,18 @@ def test_several_values_per_sample_need_an_explicit_reduction_rule():
     one_hot = nn.functional.one_hot(labels, 4).float()
     focal = FocalLoss(reduction="none", use_softmax=True, gamma=2.0)
     with pytest.raises(ValueError, match="reduce_classes"):
-        LiLAWLoss(focal)(logits, one_hot)
+        LiLAWLoss(focal, warmup_epochs=0)(logits, one_hot)
     values = focal(logits, one_hot)
     assert values.shape == (8, 4)
     w = lilaw_weights(logits, one_hot, 2.0, 2.0, 2.0)
-    torch.testing.assert_close(LiLAWLoss(focal, reduce_classes="sum")(logits, one_hot), (w * values.sum(1)).mean())
-    torch.testing.assert_close(LiLAWLoss(focal, reduce_classes="mean")(logits, one_hot), (w * values.mean(1)).mean())
+    torch.testing.assert_close(LiLAWLoss(focal, reduce_classes="sum", warmup_epochs=0)(logits, one_hot), (w * values.sum(1)).mean())
+    torch.testing.assert_close(LiLAWLoss(focal, reduce_classes="mean", warmup_epochs=0)(logits, one_hot), (w * values.mean(1)).mean())
 
 
 def test_binary_single_logit_with_bce():
     z = torch.tensor([[0.4], [-1.0], [2.0]], requires_grad=True)
     y = torch.tensor([[1.0], [0.0], [0.0]])
-    loss = LiLAWLoss(nn.BCEWithLogitsLoss(reduction="none"))
+    loss = LiLAWLoss(nn.BCEWithLogitsLoss(reduction="none"), warmup_epochs=0)
     per_sample = nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none").reshape(-1)
     w = lilaw_weights(z, y, 2.0, 2.0, 2.0)
     torch.testing.assert_close(loss(z, y), (w * per_sample).mean())
@@ -71,7 +71,7 @@ def test_binary_single_logit_with_bce():
 def test_multi_label_weights_each_sample_label_pair():
     z = torch.randn(4, 3, requires_grad=True)
     y = torch.randint(0, 2, (4, 3)).float()
-    loss = LiLAWLoss(nn.BCEWithLogitsLoss(reduction="none"), multi_label=True)
+    loss = LiLAWLoss(nn.BCEWithLogitsLoss(reduction="none"), multi_label=True, warmup_epochs=0)
     values = nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none")
     w = lilaw_weights(z, y, 2.0, 2.0, 2.0, multi_label=True)
     torch.testing.assert_close(loss(z, y), (w * values).mean())
@@ -79,7 +79,7 @@ def test_multi_label_weights_each_sample_label_pair():
 
 def test_model_step_leaves_the_scalars_without_gradient():
     logits, labels = _batch()
-    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0)
     loss(logits, labels).backward()
     assert all(p.grad is None for p in loss.weighting.parameters())
     assert logits.grad is not None
@@ -91,10 +91,10 @@ def test_detached_weights_make_a_pure_reweighting():
     (grad_expected,) = torch.autograd.grad(
         (w * nn.functional.cross_entropy(logits, labels, reduction="none")).mean(), logits
     )
-    detached = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), detach_weights=True)
+    detached = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), detach_weights=True, warmup_epochs=0)
     (grad_detached,) = torch.autograd.grad(detached(logits, labels), logits)
     torch.testing.assert_close(grad_detached, grad_expected)
-    flowing = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    flowing = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0)
     (grad_flowing,) = torch.autograd.grad(flowing(logits, labels), logits)
     assert not torch.allclose(grad_flowing, grad_expected)
 
@@ -102,7 +102,7 @@ def test_detached_weights_make_a_pure_reweighting():
 def test_meta_loss_statistics_never_overwrite_the_training_statistics():
     logits, labels = _batch(seed=1)
     val_logits, val_labels = _batch(n=5, seed=2)
-    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0)
     loss(logits, labels)
     train_weight = loss.last_stats.weight.clone()
     meta = loss.meta_loss(val_logits, val_labels)
@@ -168,10 +168,10 @@ def test_normalized_loss_is_the_mean_of_w_over_its_batch_mean_times_the_loss():
     logits, labels = _normalize_case()
     w, ce = _by_hand(logits, labels, 1.5, 1.0, 2.5)
     expected = (w / w.mean() * ce).mean()
-    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), LiLAWWeighting(1.5, 1.0, 2.5), normalize_weights=True)
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), LiLAWWeighting(1.5, 1.0, 2.5), normalize_weights=True, warmup_epochs=0)
     torch.testing.assert_close(loss(logits, labels), expected, rtol=1e-6, atol=1e-9)
     # unnormalised: the mean weight times larger (about 2 with the spec's scalars)
-    plain = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), LiLAWWeighting(1.5, 1.0, 2.5))
+    plain = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), LiLAWWeighting(1.5, 1.0, 2.5), warmup_epochs=0)
     torch.testing.assert_close(plain(logits, labels), (w * ce).mean(), rtol=1e-6, atol=1e-9)
     spec_w, _ = _by_hand(logits, labels, 2.0, 2.0, 2.0)
     assert 1.5 < spec_w.mean().item() <= 2.0
@@ -181,7 +181,7 @@ def test_normalized_loss_is_the_mean_of_w_over_its_batch_mean_times_the_loss():
 def test_normalized_loss_gradient_matches_finite_differences_with_the_mean_held_constant():
     logits, labels = _normalize_case()
     weighting = LiLAWWeighting(1.5, 1.0, 2.5)
-    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), weighting, normalize_weights=True)
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), weighting, normalize_weights=True, warmup_epochs=0)
     z = logits.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(loss(z, labels), z)
     w0, _ = _by_hand(logits, labels, 1.5, 1.0, 2.5)
@@ -214,7 +214,7 @@ def test_normalized_loss_with_equal_weights_is_the_base_loss_mean():
     logits = torch.tensor([[0.6, 0.2, 0.2], [0.6, 0.3, 0.1]], dtype=torch.float64).log()
     labels = torch.tensor([0, 0])
     base = nn.CrossEntropyLoss(reduction="none", label_smoothing=0.2)
-    loss = LiLAWLoss(base, normalize_weights=True)
+    loss = LiLAWLoss(base, normalize_weights=True, warmup_epochs=0)
     value = loss(logits, labels)
     w = loss.last_stats.weight
     torch.testing.assert_close(w[0], w[1])
@@ -227,7 +227,7 @@ def test_normalized_loss_with_equal_weights_is_the_base_loss_mean():
 def test_meta_loss_is_never_normalised():
     logits, labels = _normalize_case()
     w, ce = _by_hand(logits, labels, 2.0, 2.0, 2.0)
-    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), normalize_weights=True)
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), normalize_weights=True, warmup_epochs=0)
     torch.testing.assert_close(loss.meta_loss(logits, labels).double(), (w * ce).mean(), rtol=1e-5, atol=1e-7)
 
 

@@ -31,7 +31,7 @@ ORDER = [[3, 1, 7, 0], [9, 2, 5, 8], [4, 6]]  # the batches of every epoch (item
 
 
 def _loss() -> LiLAWLoss:
-    return LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), LiLAWWeighting(alpha=3.0, beta=1.5, delta=2.5))
+    return LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), LiLAWWeighting(alpha=3.0, beta=1.5, delta=2.5), warmup_epochs=0)
 
 
 def _hand_engine(loss: LiLAWLoss) -> Engine:
@@ -104,7 +104,7 @@ def _trainer(recorder_first: bool, tmp_path, decollate: bool) -> tuple[DynamicsR
     torch.manual_seed(0)
     train, val = _Dataset("t", 12, 1), _Dataset("v", 6, 2)
     net = nn.Linear(4, N_CLASSES)
-    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0)
     trainer = SupervisedTrainer(
         device=torch.device("cpu"), max_epochs=2,
         train_data_loader=DataLoader(train, batch_size=4, shuffle=False),

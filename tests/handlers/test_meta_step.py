@@ -209,7 +209,7 @@ def test_handler_refuses_a_plain_loss_and_bad_hyper_parameters():
     val = DataLoader(_items(4, 0), batch_size=2)
     with pytest.raises(TypeError, match="LiLAWLoss"):
         LiLAWHandler(val, nn.CrossEntropyLoss())
-    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0)
     with pytest.raises(ValueError, match="lr"):
         LiLAWHandler(val, loss, lr=0.0)
     with pytest.raises(ValueError, match="val_mode"):
@@ -279,7 +279,7 @@ def _output_dtypes(trainer_cls: type[SupervisedTrainer], device: str, **trainer_
     and in the meta step's forward, captured by a forward hook."""
     torch.manual_seed(0)
     net = _BNNet().to(device)
-    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0)
     trainer = trainer_cls(
         device=torch.device(device), max_epochs=1, epoch_length=2,
         train_data_loader=DataLoader(_items(32, 1), batch_size=16), network=net,

@@ -235,7 +235,7 @@ def test_nonfinite_handler_names_the_item_and_keeps_the_last_checkpoint(tmp_path
     sampler = ResumableSampler(12, shuffle=False)
     loader = DataLoader(data, batch_size=3, sampler=sampler)
     net = nn.Linear(4, 2)
-    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0)
     trainer = SupervisedTrainer(
         device=torch.device("cpu"), max_epochs=1, train_data_loader=loader, network=net,
         optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=loss, decollate=False,

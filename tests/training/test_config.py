@@ -25,7 +25,7 @@ def test_defaults_are_filled_and_lilaw_defaults_come_from_the_core() -> None:
     cfg = validate_config(MINIMAL)
     assert cfg["lilaw"]["alpha"] == LiLAWWeighting().alpha.item() == 2.0
     assert cfg["lilaw"]["lr"] == 0.01 and cfg["lilaw"]["weight_decay"] == 0.01
-    assert cfg["lilaw"]["val_mode"] == "train" and cfg["lilaw"]["warmup_epochs"] == 0
+    assert cfg["lilaw"]["val_mode"] == "train" and cfg["lilaw"]["warmup_epochs"] == 1
     import inspect
 
     assert cfg["lilaw"]["detach_weights"] == inspect.signature(LiLAWLoss).parameters["detach_weights"].default

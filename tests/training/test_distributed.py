@@ -71,7 +71,7 @@ def _train(rank: int, world_size: int, batch_size: int, context: D.DistributedCo
                 p.add_(1.0)
     if context is not None:
         network = D.wrap_ddp(network, context)
-    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
     trainer = SupervisedTrainer(
         device=torch.device("cpu"),
@@ -277,7 +277,7 @@ def test_handlers_for_rank_keeps_lilaw_and_drops_only_writers_on_other_ranks(tmp
 
     saver = CheckpointSaver(save_dir=str(tmp_path), save_dict={"net": nn.Linear(1, 1)}, save_final=True)
     stats = StatsHandler()
-    lilaw = LiLAWHandler([], LiLAWLoss(nn.CrossEntropyLoss(reduction="none")))
+    lilaw = LiLAWHandler([], LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0))
     handlers = [saver, lilaw, stats]
     assert D.handlers_for_rank(handlers, rank=0) == handlers
     assert D.handlers_for_rank(handlers, rank=1) == [lilaw]

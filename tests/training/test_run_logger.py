@@ -57,7 +57,7 @@ def test_rows_hold_the_effective_weights_and_epoch_records(tmp_path) -> None:
 
 def test_state_dict_round_trips_through_weights_only_load(tmp_path) -> None:
     rd = RunDir(tmp_path).create()
-    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0)
     first = RunLogger(loss, rd, plots=False, tensorboard=False)
     _drive(first, loss, epochs=1)
     path = tmp_path / "state.pt"
@@ -89,7 +89,7 @@ def test_tensorboard_gets_scalars_when_installed(tmp_path, monkeypatch) -> None:
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
     rd = RunDir(tmp_path).create()
-    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0)
     _drive(RunLogger(loss, rd, plots=False, tensorboard="auto"), loss, epochs=1)
     assert calls[0] == ("init", str(rd.tensorboard))
     assert ("scalar", "lilaw/alpha", 3) in calls and ("scalar", "epoch/val_auroc", 1) in calls
