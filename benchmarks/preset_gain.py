@@ -22,6 +22,7 @@ Usage::
     python -m benchmarks.preset_gain --stage dev              # train what is missing, then report
     python -m benchmarks.preset_gain --stage eval --seeds 10
     python -m benchmarks.preset_gain --stage eval --report    # report from the cache only
+    python -m benchmarks.preset_gain --stage refine           # train --refine at 40%: the share won back
 
 Runs are cached under ``$LILAW_BENCH_CACHE/preset_gain`` (a run with a ``summary.json`` is never
 trained again). Set ``PYTHONPATH`` to a frozen copy of the tree to keep a long queue on one code
@@ -42,7 +43,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.audit_grid import DATASETS, REPO, Cell, _run, cache_root, clean_datalist, lilaw, noisy_datalist
+from benchmarks.audit_grid import (
+    DATASETS,
+    REPO,
+    Cell,
+    _run,
+    cache_root,
+    clean_datalist,
+    lilaw,
+    noisy_datalist,
+)
 from benchmarks.harness import mean_ci, paired_difference
 from lilaw_med.utils import atomic_write
 
@@ -73,6 +83,10 @@ EVAL_LEVELS = {
 }
 
 
+REFINE_DATASETS = ("pneumoniamnist_balanced", "pathmnist_1000")
+"""``train --refine`` with LiLAW at 40% noise, against CE with clean and with noisy labels."""
+
+
 def eval_cells(seeds: int) -> list[Cell]:
     """Seed-major: a queue stopped half-way leaves whole seeds of every cell."""
     return [Cell(d, "symmetric" if r > 0 else "none", r, s)
@@ -87,10 +101,11 @@ def run_path(cell: Cell, variant: str) -> Path:
     return cache_root() / "preset_gain" / cell.name / variant
 
 
-def train(cell: Cell, variant: str) -> Path:
-    """Trains one (cell, variant) through ``lilaw-med train`` once (cached by ``summary.json``)."""
-    rd = run_path(cell, variant)
-    if (rd / "summary.json").is_file():
+def train(cell: Cell, variant: str, refine: bool = False) -> Path:
+    """Trains one (cell, variant) through ``lilaw-med train`` once (cached by ``summary.json``;
+    ``refine``: ``train --refine``, cached by ``refine.json``)."""
+    rd = run_path(cell, f"refine_{variant}" if refine else variant)
+    if (rd / ("refine.json" if refine else "summary.json")).is_file():
         return rd
     if rd.exists():
         shutil.rmtree(rd)
@@ -101,7 +116,9 @@ def train(cell: Cell, variant: str) -> Path:
     args = ["train", "--config", str(REPO / "configs" / f"{preset}.yaml")]
     for s in sets:
         args += ["--set", s]
-    _run(lilaw(*args, "-o", str(rd)), rd.parent / f"train_{variant}.log")
+    if refine:
+        args.append("--refine")
+    _run(lilaw(*args, "-o", str(rd)), rd.parent / f"train_{rd.name}.log")
     return rd
 
 
@@ -225,9 +242,46 @@ def eval_report(variant: str, seeds: int) -> dict[str, Any]:
     return {"rows": out, "markdown": "\n".join(md)}
 
 
+def refine_report(variant: str, seeds: int) -> dict[str, Any]:
+    """The share of the clean-test AUROC that 40% noise costs CE which ``train --refine`` wins back."""
+    md = [f"`train --refine` with LiLAW ({variant}) at 40% symmetric noise: clean-test AUROC (best checkpoint / "
+          "final), and the share of CE's noise cost won back, (refined - CE noisy) / (CE clean - CE noisy)",
+          "", "| data set | seeds | CE clean | CE 40% | refined | won back (best) | won back (final) |",
+          "|---|---|---|---|---|---|---|"]
+    rows = []
+    for dataset in REFINE_DATASETS:
+        per_seed = []
+        for seed in range(seeds):
+            clean, noisy = Cell(dataset, "none", 0.0, seed), Cell(dataset, "symmetric", 0.4, seed)
+            paths = (run_path(clean, "ce") / "summary.json", run_path(noisy, "ce") / "summary.json",
+                     run_path(noisy, f"refine_{variant}") / "refine.json")
+            if not all(p.is_file() for p in paths):
+                continue
+            info = json.loads(paths[2].read_text(encoding="utf-8"))
+            refined = {k: float(info["refined"][k]["test"]["auroc"]) for k in ("best", "final")}
+            per_seed.append((read(paths[0].parent).test, read(paths[1].parent).test, refined))
+        if not per_seed:
+            continue
+        row: dict[str, Any] = {"dataset": dataset, "seeds": len(per_seed)}
+        for k in ("best", "final"):
+            c = [p[0][k]["auroc"] for p in per_seed]
+            n = [p[1][k]["auroc"] for p in per_seed]
+            r = [p[2][k] for p in per_seed]
+            cost = sum(c) / len(c) - sum(n) / len(n)
+            row[k] = {"ce_clean": mean_ci(c), "ce_noisy": mean_ci(n), "refined": mean_ci(r),
+                      "won_back": (sum(r) / len(r) - sum(n) / len(n)) / cost if cost > 0 else math.nan}
+        rows.append(row)
+        b = row["best"]
+        md.append(f"| {dataset} | {len(per_seed)} | {b['ce_clean']['mean']:.3f} / {row['final']['ce_clean']['mean']:.3f} | "
+                  f"{b['ce_noisy']['mean']:.3f} / {row['final']['ce_noisy']['mean']:.3f} | "
+                  f"{b['refined']['mean']:.3f} / {row['final']['refined']['mean']:.3f} | {b['won_back']:.2f} | "
+                  f"{row['final']['won_back']:.2f} |")
+    return {"rows": rows, "markdown": "\n".join(md)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stage", choices=("dev", "eval"), required=True)
+    p.add_argument("--stage", choices=("dev", "eval", "refine"), required=True)
     p.add_argument("--seeds", type=int, default=10, help="eval stage: seeds 0..N-1")
     p.add_argument("--variant", default=None, help="eval stage: the LiLAW variant (default: the dev stage's choice)")
     p.add_argument("--report", action="store_true", help="report from the cache, train nothing")
@@ -259,6 +313,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("no variant: run the dev stage to the end first or pass --variant", file=sys.stderr)
             return 2
         variant = chosen
+    if args.stage == "refine":
+        seeds = min(args.seeds, 5)
+        if not args.report:
+            for seed in range(seeds):
+                for dataset in REFINE_DATASETS:
+                    if out_of_time():
+                        break
+                    train(Cell(dataset, "none", 0.0, seed), "ce")
+                    train(Cell(dataset, "symmetric", 0.4, seed), "ce")
+                    train(Cell(dataset, "symmetric", 0.4, seed), variant, refine=True)
+        rep = refine_report(variant, seeds)
+        atomic_write(out / f"refine_{variant}.md", rep["markdown"] + "\n")
+        print(rep["markdown"])
+        return 0
     if not args.report:
         for cell in eval_cells(args.seeds):
             for v in ("ce", variant):
