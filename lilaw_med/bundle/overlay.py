@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import os
 import pydoc
 import re
@@ -35,7 +36,10 @@ from typing import Any
 import yaml
 from torch import nn
 
+from lilaw_med.losses import LiLAWLoss
+from lilaw_med.meta_step_defaults import META_STEP_DEFAULTS
 from lilaw_med.utils import atomic_write
+from lilaw_med.weighting import LiLAWWeighting
 
 __all__ = [
     "TRAIN_CONFIG_NAMES",
@@ -56,21 +60,23 @@ TRAIN_CONFIG_NAMES = ("train.json", "train.yaml", "train.yml")
 _PLAIN_REF = re.compile(r"^@([A-Za-z0-9_#:\-.]+)$")
 _MODELS_FALLBACK = "$@bundle_root + '/models'"
 
-# the LiLAW settings of the overlay: the spec's defaults, as in the packaged lilaw_overlay.yaml
-# (tests/bundle keeps both equal to the classes' defaults)
+def _signature_defaults(func: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    params = inspect.signature(func).parameters
+    return {name: params[name].default for name in names}
+
+
+# the LiLAW settings of the overlay: the classes' own defaults (the packaged lilaw_overlay.yaml
+# writes them out for readers; tests/bundle keeps it equal)
 _SETTINGS: dict[str, Any] = {
-    "alpha": 2.0,
-    "beta": 2.0,
-    "delta": 2.0,
-    "lr": 0.01,
-    "weight_decay": 0.01,
-    "warmup_epochs": 1,
-    "val_mode": "train",
-    "detach_weights": False,
-    "normalize_weights": False,
-    "meta_every": 1,
-    "reduce_classes": None,
-    "multi_label": False,
+    **_signature_defaults(LiLAWWeighting.__init__, ("alpha", "beta", "delta")),
+    "lr": META_STEP_DEFAULTS["lr"],
+    "weight_decay": META_STEP_DEFAULTS["weight_decay"],
+    **_signature_defaults(LiLAWLoss.__init__, ("warmup_epochs",)),
+    "val_mode": META_STEP_DEFAULTS["val_mode"],
+    **_signature_defaults(LiLAWLoss.__init__, ("detach_weights", "normalize_weights")),
+    "meta_every": META_STEP_DEFAULTS["every"],
+    "epoch_budget": META_STEP_DEFAULTS["epoch_budget"],
+    **_signature_defaults(LiLAWLoss.__init__, ("reduce_classes", "multi_label")),
 }
 
 
@@ -508,6 +514,7 @@ def lilaw_overlay(layout: BundleLayout) -> dict[str, Any]:
                 "weight_decay": "@lilaw#weight_decay",
                 "val_mode": "@lilaw#val_mode",
                 "every": "@lilaw#meta_every",
+                "epoch_budget": "@lilaw#epoch_budget",
             },
             "saver": {
                 "_target_": "monai.handlers.CheckpointSaver",

@@ -14,6 +14,7 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
 from lilaw_med.losses import LiLAWLoss
+from lilaw_med.meta_step_defaults import META_STEP_DEFAULTS
 
 if TYPE_CHECKING:
     from monai.engines import SupervisedTrainer
@@ -123,13 +124,13 @@ class LiLAWHandler:
         self,
         val_loader: Iterable,
         loss: LiLAWLoss,
-        lr: float = 0.01,
-        weight_decay: float = 0.01,
-        val_mode: Literal["eval", "train"] = "train",
+        lr: float = META_STEP_DEFAULTS["lr"],
+        weight_decay: float = META_STEP_DEFAULTS["weight_decay"],
+        val_mode: Literal["eval", "train"] = META_STEP_DEFAULTS["val_mode"],
         distributed: bool | None = None,
         metrics_prefix: str = "lilaw_",
-        every: int = 1,
-        epoch_budget: float | None = None,
+        every: int = META_STEP_DEFAULTS["every"],
+        epoch_budget: float | None = META_STEP_DEFAULTS["epoch_budget"],
     ) -> None:
         if not isinstance(loss, LiLAWLoss):
             raise TypeError(f"loss must be a LiLAWLoss but is {type(loss).__name__}.")

@@ -34,6 +34,7 @@ import yaml
 
 from lilaw_med.data.presets import PRESETS, get_preset
 from lilaw_med.losses import BASE_LOSSES, LiLAWLoss
+from lilaw_med.meta_step_defaults import META_STEP_DEFAULTS
 from lilaw_med.training.networks import NETWORKS
 from lilaw_med.weighting import LiLAWWeighting
 
@@ -134,12 +135,7 @@ def setting(default: Any, types: tuple[type, ...], **checks: Any) -> Any:
 _NUM = (int, float)
 _W = LiLAWWeighting.__init__
 _L = LiLAWLoss.__init__
-# LiLAWHandler's defaults, written out: importing the handler imports ignite and MONAI's engines,
-# which a command that only reads a config (predict, validate-data) must not pay for;
-# tests/training/test_config.py pins them to the handler's signature
-_META_STEP_DEFAULTS: dict[str, Any] = {
-    "lr": 0.01, "weight_decay": 0.01, "val_mode": "train", "every": 1, "epoch_budget": None,
-}
+
 
 
 @dataclass(frozen=True)
@@ -211,14 +207,14 @@ class LiLAWConfig:
     delta: float = setting(_signature_default(_W, "delta"), _NUM, help="initial delta ('moderate')")
     alpha_min: float = setting(_signature_default(_W, "alpha_min"), _NUM, help="lower clamp of alpha")
     lr: float = setting(
-        _META_STEP_DEFAULTS["lr"], _NUM, minimum=0.0, exclusive_minimum=True, help="meta step learning rate"
+        META_STEP_DEFAULTS["lr"], _NUM, minimum=0.0, exclusive_minimum=True, help="meta step learning rate"
     )
-    weight_decay: float = setting(_META_STEP_DEFAULTS["weight_decay"], _NUM, minimum=0.0, help="meta step weight decay")
+    weight_decay: float = setting(META_STEP_DEFAULTS["weight_decay"], _NUM, minimum=0.0, help="meta step weight decay")
     warmup_epochs: int = setting(
         _signature_default(_L, "warmup_epochs"), (int,), minimum=0, help="epochs trained unweighted first"
     )
     val_mode: str = setting(
-        _META_STEP_DEFAULTS["val_mode"], (str,), choices=("eval", "train"),
+        META_STEP_DEFAULTS["val_mode"], (str,), choices=("eval", "train"),
         help="network mode of the meta step's validation forward",
     )
     detach_weights: bool = setting(
@@ -232,11 +228,11 @@ class LiLAWConfig:
         None, (int,), minimum=1, maximum=MAX_BATCH_SIZE, nullable=True, help="meta batch size (null: train.batch_size)"
     )
     meta_every: int = setting(
-        _META_STEP_DEFAULTS["every"], (int,), minimum=1,
+        META_STEP_DEFAULTS["every"], (int,), minimum=1,
         help="meta step after every k-th training iteration (1: every one, the spec's)",
     )
     epoch_budget: float | None = setting(
-        _META_STEP_DEFAULTS["epoch_budget"], _NUM, minimum=0.0, exclusive_minimum=True, nullable=True,
+        META_STEP_DEFAULTS["epoch_budget"], _NUM, minimum=0.0, exclusive_minimum=True, nullable=True,
         help="how far an epoch moves alpha/beta/delta, in spec meta steps (null: the spec's lr at every "
         "meta step, so the scalars follow the number of steps)",
     )

@@ -32,14 +32,13 @@ class SmallCNN(nn.Module):
 
     Four blocks of conv-norm-ReLU with stride-2 downsampling after the first, global average
     pooling, optional dropout and a linear classifier. ``norm="batch"`` (default) trains fastest;
-    ``"group"`` behaves the same in train and eval mode at any batch size but learned much more
-    slowly on the sample data (validation AUROC 0.51 vs 0.84 after 12 epochs).
+    ``"group"`` behaves the same in train and eval mode at any batch size but learns much more
+    slowly on small data (docs/pipelines.md).
 
     The batch-norm momentum is 0.3, not PyTorch's 0.1: a quick CPU run has few iterations per
     epoch, and with 0.1 the running statistics lag the fast-changing weights so far that the
     eval-mode outputs (validation, and LiLAW's meta step with ``val_mode="eval"``) collapse to
-    one class (validation accuracy of the best checkpoint on the sample data, seeds 0/1/2:
-    0.50/0.56/0.69 with 0.1, 0.75/0.78/0.75 with 0.3; the train-mode outputs were fine).
+    one class (figures in docs/pipelines.md).
 
     Args:
         spatial_dims: 2 or 3.

@@ -11,12 +11,17 @@ The run folder of a refine holds both runs and the audit::
 
 The exclusion rule needs no clean labels: the second run leaves out exactly the items the audit
 flags (``is_label_issue`` of ``lilaw-med audit`` with its shipped defaults: per class, as many of
-the lowest-scored items as the confident joint estimates wrong labels in that class). The first
-audit's counts (the share of items the network disagreed with) over-counted whenever the network
-was weak, so refine then excluded only half of them; the confident joint's counts track the truth
-more closely (docs/audit.md: at 40% noise on PneumoniaMNIST refine excludes 200-830 items per seed
-for about 820 wrong labels, 79-89% of them wrong). The validation split is kept as it is by default
+the lowest-scored items as the confident joint estimates wrong labels in that class; how many
+that is on real data: docs/audit.md). The validation split is kept as it is by default
 (``exclude_validation=False``). ``audit_options`` with ``folds`` cross-fits first (K extra trainings).
+
+Example::
+
+    from lilaw_med.training.config import load_config
+    from lilaw_med.training.refine import run_refine
+
+    result = run_refine(load_config("configs/radiology_2d.yaml"), "runs/refined")
+
 """
 
 from __future__ import annotations

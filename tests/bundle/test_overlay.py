@@ -153,8 +153,9 @@ def test_overlay_defaults_are_the_cores_defaults() -> None:
     for cls, names in (
         (LiLAWWeighting, ("alpha", "beta", "delta")),
         (LiLAWLoss, ("warmup_epochs", "reduce_classes", "multi_label", "detach_weights", "normalize_weights")),
-        (LiLAWHandler, ("lr", "weight_decay", "val_mode")),
+        (LiLAWHandler, ("lr", "weight_decay", "val_mode", "epoch_budget")),
     ):
         params = inspect.signature(cls.__init__).parameters
         for name in names:
             assert settings[name] == params[name].default, name
+    assert settings["meta_every"] == inspect.signature(LiLAWHandler.__init__).parameters["every"].default

@@ -191,7 +191,7 @@ def test_generated_overlay_trains_each_bundle_style_with_the_printed_command(
     ext = "yaml" if style == "flat" else "json"
     assert command.startswith(f"python -m monai.bundle run --config_file \"['configs/train.{ext}','../lilaw_overlay.yaml']\"")
     assert "--bundle_root ." in command
-    args = shlex.split(command)
+    args = shlex.split(command) + ["--lilaw#warmup_epochs", "0"]  # the fixture trains one epoch
     args[0] = sys.executable
     proc = subprocess.run(args, cwd=bundle, env=_env(), capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
@@ -216,6 +216,7 @@ def test_generated_multi_gpu_override_trains_under_torchrun_with_two_gloo_proces
     assert multi.startswith("torchrun --standalone --nnodes 1 --nproc_per_node 2 -m monai.bundle run")
     args = shlex.split(multi)
     run_args = args[args.index("-m"):]  # torchrun with a fixed local port instead of --standalone
+    run_args += ["--lilaw#warmup_epochs", "0"]  # the fixture trains one epoch
     env = write_audit_env(tmp_path, bundle, _env())
     proc = subprocess.run(torchrun_command(2, *run_args), cwd=bundle, env=env, capture_output=True, text=True,
                           timeout=300)
