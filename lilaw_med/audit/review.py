@@ -195,10 +195,11 @@ def _image_loader(record: RunRecord) -> tuple[Callable[[Mapping[str, Any]], np.n
     """``(item -> transformed image, spatial dims)``: the run's own loading chain (reader, DICOM VOI
     window, orientation, spacing, intensity window, slide tile) without the resize to the network's
     input, so a reader sees the image at its own resolution."""
+    # MONAI's transforms load only when a page reads images (merging decision files needs none)
     from lilaw_med.data.presets import get_preset
     from lilaw_med.data.transforms import build_transforms
-    from lilaw_med.training.data import transform_options
     from lilaw_med.training.config import validate_config
+    from lilaw_med.training.data import transform_options
 
     cfg = validate_config(record.config)
     preset = cfg["data"]["preset"]

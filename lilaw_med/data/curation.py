@@ -35,6 +35,7 @@ __all__ = [
     "DECISIONS",
     "DECISION_COLUMNS",
     "LABEL_COLUMNS",
+    "RECORD_KEYS",
     "apply_exclusions",
     "apply_relabels",
     "decision_rows",
@@ -48,6 +49,9 @@ DECISION_COLUMNS = ("id", "decision", "new_label", "note", "reviewer", "time")
 """Columns of a reader's decision file, as the review page saves it: ``decision`` one of
 :data:`DECISIONS`, ``new_label`` the class a ``relabel`` gives (name, or index where the names are
 numbers), ``note`` free text, ``reviewer`` the reader's name, ``time`` ISO 8601 (UTC)."""
+RECORD_KEYS = ("label_before_relabel",)
+"""Keys curation adds to some items for the run's record (``datalist.json``), never for loading: the
+transform chain drops them, since a batch of relabelled and untouched items would not collate."""
 DECISIONS = ("keep", "relabel", "exclude", "skip")
 """A reader's decisions: the label is right (``keep``), wrong with another class (``relabel``), the
 case cannot be used (``exclude``), or not decided (``skip``)."""
@@ -191,7 +195,7 @@ def apply_relabels(datalist: Datalist, csv_path: str | os.PathLike) -> Datalist:
     source = Path(csv_path)
     rows = read_id_csv(source)
     if rows and "decision" in rows[0]:
-        _check_unknown((r["id"] for r in rows), _known_ids(datalist), source)
+        # only the relabel rows' ids must be here: --exclude (applied first) removes the excluded ones
         rows = decision_rows(rows, "relabel", source)
         if not rows:
             return datalist
