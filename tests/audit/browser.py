@@ -23,7 +23,7 @@ _DRIVERS = ("chromedriver",)
 
 def _which(names: tuple[str, ...], env: str) -> str | None:
     if os.environ.get(env):
-        return os.environ[env]
+        return os.environ[env] if os.path.isfile(os.environ[env]) else None
     return next((p for p in map(shutil.which, names) if p), None)
 
 
