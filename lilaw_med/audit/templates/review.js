@@ -70,19 +70,20 @@
   // ---------------------------------------------------------------- decision buttons (right)
   (function buildButtons() {
     var box = $("buttons");
-    var keep = el("button", {"class": "b-keep", "data-act": "keep"});
-    keep.appendChild(el("span", {}, "Keep (label right)")); keep.appendChild(el("kbd", {}, "K"));
+    var keep = el("button", {"class": "b-keep", "data-act": "keep", title: "the given label is right"});
+    keep.appendChild(el("span", {}, "Keep label")); keep.appendChild(el("kbd", {}, "K"));
     box.appendChild(keep);
-    var ex = el("button", {"class": "b-exclude", "data-act": "exclude"});
-    ex.appendChild(el("span", {}, "Exclude (unusable)")); ex.appendChild(el("kbd", {}, "X"));
+    var ex = el("button", {"class": "b-exclude", "data-act": "exclude", title: "leave the item out of training (not gradable, wrong study, ...)"});
+    ex.appendChild(el("span", {}, "Exclude")); ex.appendChild(el("kbd", {}, "X"));
     box.appendChild(ex);
+    box.appendChild(el("div", {"class": "sub"}, "Relabel as"));
     for (var k = 0; k < NAMES.length; k++) {
-      var b = el("button", {"data-act": "relabel", "data-class": String(k)});
-      b.appendChild(el("span", {}, "Relabel as " + className(k)));
+      var b = el("button", {"data-act": "relabel", "data-class": String(k), title: "relabel as " + className(k)});
+      b.appendChild(el("span", {}, className(k)));
       if (keyOf(k)) { b.appendChild(el("kbd", {}, keyOf(k))); }
       box.appendChild(b);
     }
-    var sk = el("button", {"data-act": "skip"});
+    var sk = el("button", {"data-act": "skip", title: "not decided: go to the next item"});
     sk.appendChild(el("span", {}, "Skip")); sk.appendChild(el("kbd", {}, "S"));
     box.appendChild(sk);
     var un = el("button", {"data-act": "undo"});
@@ -102,7 +103,7 @@
     box.textContent = ""; legend.textContent = "";
     var sp = D.splits[item.split];
     if (!item.probs || !sp) { box.appendChild(el("p", {"class": "path"}, "no training dynamics recorded for this item")); return; }
-    var W = 380, H = 170, L = 34, R = 8, T = 8, B = 24, ep = sp.epochs, E = ep.length;
+    var W = 380, H = 150, L = 30, R = 8, T = 8, B = 22, ep = sp.epochs, E = ep.length;
     var x = function (j) { return L + (E > 1 ? j * (W - L - R) / (E - 1) : (W - L - R) / 2); };
     var y = function (p) { return T + (1 - p) * (H - T - B); };
     var s = svg("svg", {viewBox: "0 0 " + W + " " + H, role: "img", "aria-label": "class probabilities per epoch"});
