@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import csv
 import hashlib
+import io
 import json
 import math
 import re
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from lilaw_med.audit.report import AuditFiles, run_audit
 from lilaw_med.audit.review import (
@@ -111,15 +113,11 @@ def test_the_page_embeds_the_queue_probabilities_and_an_exact_script_hash(audite
 
 
 def test_page_images_are_embedded_pngs_no_larger_than_asked(audited):
-    from PIL import Image
-
     html = write_review_page(audited, image_size=64).read_text()
     data = _page_data(html)
     assert len(data["items"]) == 3  # the flagged items; none other is hard
     uris = re.findall(r'<script type="text/plain" id="img-(\d+)">data:image/png;base64,([^<]*)</script>', html)
     assert [int(i) for i, _ in uris] == [v["image"] for it in data["items"] for v in it["views"]] == [0, 1, 2]
-    import io
-
     img = Image.open(io.BytesIO(base64.b64decode(uris[0][1])))
     assert img.size == (16, 16)  # a 16-pixel image stays 16 pixels (never enlarged in the file)
     with pytest.raises(ValueError, match="at least 32"):
@@ -235,3 +233,30 @@ def test_training_with_a_decision_file_applies_it_and_records_it_in_the_summary(
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     digest = hashlib.sha256(d.read_bytes()).hexdigest()
     assert summary["curation"] == {"exclude": {"path": str(d), "sha256": digest}, "relabel": {"path": str(d), "sha256": digest}}
+
+
+def test_a_3d_run_shows_three_slices_per_item_through_its_ct_window(run_folder, tmp_path):
+    import nibabel as nib
+    import yaml
+
+    datalist = json.loads((run_folder / "datalist.json").read_text())
+    for split in ("training", "validation"):
+        for n, item in enumerate(datalist[split]):
+            vol = np.full((6, 8, 10), -1000.0, dtype=np.float32)  # air; a bright block in the centre
+            vol[2:4, 3:5, 4:6] = 40.0 + n  # soft tissue: the middle of the window [40, 400]
+            path = tmp_path / f"{split}{n}.nii.gz"
+            nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
+            item["image"] = str(path)
+    (run_folder / "datalist.json").write_text(json.dumps(datalist))
+    (run_folder / "config.yaml").write_text(yaml.safe_dump({"data": {
+        "preset": "radiology_3d", "datalist": str(run_folder / "datalist.json"),
+        "options": {"spatial_size": [4, 4, 4], "intensity": "ct_window", "window": [40.0, 400.0]}}}))
+    run_audit(run_folder, thumbnails=False, final_model_baseline=False)
+    html = write_review_page(run_folder).read_text()
+    item = _page_data(html)["items"][0]
+    assert [v["title"] for v in item["views"]] == ["axial", "coronal", "sagittal"] and item["image_error"] is None
+    uri = re.search(rf'id="img-{item["views"][0]["image"]}">data:image/png;base64,([^<]*)<', html).group(1)
+    axial = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri))))
+    assert axial.shape == (8, 6)  # (H, W) of the 6 x 8 x 10 volume at its own size, not the network's 4^3
+    # the window maps -160..240 HU to 0..1: air is black, 40 HU mid-grey (0.5 -> 128)
+    assert axial.min() == 0 and abs(int(axial.max()) - 128) <= 1
