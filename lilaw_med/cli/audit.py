@@ -59,7 +59,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
     review = result.out_dir / AuditFiles.REVIEW
     where = f" --audit-dir {result.out_dir}" if args.output else ""
-    print(f"review page: {review} (decide on the flagged items: lilaw-med review {args.run_dir}{where})")
+    print(f"next: lilaw-med review {args.run_dir}{where}   (writes {review}: decide on the flagged items)")
     return 0
 
 

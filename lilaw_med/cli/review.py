@@ -23,10 +23,14 @@ _IMAGE_SIZE = 512
 
 
 def _open_in_browser(path: Path) -> bool:
-    """Opens the page where a person sits at a browser: an interactive terminal, not CI, a browser found."""
+    """Opens the page where a person sits at a browser: an interactive terminal, not CI, a graphical
+    session (a console browser such as lynx cannot run the page), a browser found."""
     import webbrowser
 
     if not sys.stdout.isatty() or os.environ.get("CI"):
+        return False
+    if sys.platform.startswith(("linux", "freebsd", "openbsd")) and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return False
     try:
         return webbrowser.get().open(path.absolute().as_uri())

@@ -57,6 +57,7 @@ def start_chromium(download_dir: Path | None = None, width: int = 1400, height: 
                 f"--window-size={width},{height}", "--disable-extensions", "--no-first-run"):
         options.add_argument(arg)
     options.binary_location = _which(_BINARIES, "LILAW_MED_CHROMIUM")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console errors (CSP violations)
     if download_dir is not None:
         options.add_experimental_option("prefs", {
             "download.default_directory": str(download_dir), "download.prompt_for_download": False,

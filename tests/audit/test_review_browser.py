@@ -103,6 +103,7 @@ def test_ten_keyboard_decisions_persist_save_as_csv_and_train_the_next_run(brows
             _keys(browser, "k")
             plan[item["id"]] = ("keep", "")
     assert (_text(browser, "n-decided"), _text(browser, "n-left")) == ("10", "6")
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []  # no script error, no CSP refusal
 
     browser.refresh()  # the reader closes the page and comes back
     _open(browser, page)
@@ -150,6 +151,10 @@ def test_markup_typed_into_a_note_is_shown_as_text(browser, page):
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert.text  # noqa: B018 - reading it raises when no alert opened
     assert f"\nimg-01,keep,,{MARKUP},," in browser.execute_script("return window.__review.csv()")  # saved as typed
+    # a script that reaches the page some other way does not run: the policy runs the page's own script only
+    browser.execute_script("var s = document.createElement('script'); s.textContent = 'window.injected = 1';"
+                           "document.body.appendChild(s);")
+    assert browser.execute_script("return window.injected === undefined")
     # the id with markup in it (the fixture's 'img-<b>&"x') is shown as text in the queue
     ids = browser.execute_script("return Array.from(document.querySelectorAll('#queue .id')).map(e => e.textContent)")
     assert 'img-<b>&"x' in ids and browser.execute_script("return document.querySelectorAll('#queue b').length") == 0
