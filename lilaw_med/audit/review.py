@@ -42,14 +42,18 @@ from lilaw_med.utils import atomic_write, guard_csv_text
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
+    "REASONS",
     "MergeResult",
     "QueueEntry",
+    "ReviewContext",
     "display_images",
     "embed_json",
     "merge_decisions",
     "render_review",
     "review_context",
     "review_queue",
+    "run_key",
+    "write_decisions",
     "write_review_page",
 ]
 

@@ -209,6 +209,8 @@ def test_cli_review_audits_first_when_needed_and_the_report_links_the_page(run_f
     assert [it["id"] for it in _page_data(page.read_text())["items"]] == ["img-01", "img-06", "img-11", "img-00"]
     assert '<a href="review.html">' in (run_folder / "audit" / AuditFiles.HTML).read_text()
     assert main(["review", str(run_folder), "--no-open", "--include-class", "cat"]) == 1
+    assert main(["audit", str(run_folder), "--no-final-model-baseline", "--no-thumbnails"]) == 0
+    assert f"next: lilaw-med review {run_folder}   (writes {page}" in capsys.readouterr().out
     assert main(["review", str(run_folder.parent / "nothing"), "--no-open"]) == 1
 
 
