@@ -6,7 +6,9 @@
 * :mod:`~lilaw_med.audit.difficulty`: easy / moderate / hard;
 * :mod:`~lilaw_med.audit.crossfit`: out-of-fold probabilities (``lilaw-med audit --folds K``);
 * :mod:`~lilaw_med.audit.core`: the typed audit of a run folder; :mod:`~lilaw_med.audit.report` and
-  :mod:`~lilaw_med.audit.html`: its files.
+  :mod:`~lilaw_med.audit.html`: its files;
+* :mod:`~lilaw_med.audit.review`: the review page where a reader decides (``lilaw-med review``), and
+  the merge of several readers' decision files.
 """
 
 from __future__ import annotations

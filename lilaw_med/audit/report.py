@@ -10,7 +10,9 @@ the files named in :class:`AuditFiles`:
   with intervals, thresholds, difficulty counts);
 * ``exclude.csv``: the flagged items, accepted by ``lilaw-med train --exclude``;
 * ``detection.json``: detection figures when the datalist's noise sidecar gives the truth;
-* ``report.html``: the self-contained report (:mod:`lilaw_med.audit.html`).
+* ``report.html``: the self-contained report (:mod:`lilaw_med.audit.html`), which links to
+  ``review.html``, the page where a reader decides on the flagged items (``lilaw-med review``,
+  :mod:`lilaw_med.audit.review`).
 
 DICOM UIDs are read with pydicom (``stop_before_pixels``) so a reader can open the case in a
 PACS; no patient name, id or other identifying tag is written unless ``include_identifying``.
@@ -75,6 +77,8 @@ class AuditFiles:
     EXCLUDE = "exclude.csv"
     DETECTION = "detection.json"
     HTML = "report.html"
+    REVIEW = "review.html"
+    """Written by ``lilaw-med review`` (:mod:`lilaw_med.audit.review`), linked from the report."""
 
 
 @dataclass

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 __all__ = ["UserError", "build_parser", "main", "user_errors"]
 
 # modules under lilaw_med.cli, each with register(subparsers)
-_COMMAND_MODULES = ("train", "data", "audit", "bundle")
+_COMMAND_MODULES = ("train", "data", "audit", "review", "bundle")
 
 
 class UserError(Exception):

@@ -55,6 +55,11 @@ def _cmd_audit(args: argparse.Namespace) -> int:
               f"count error {_fmt(f['count_error'])}")
     for name, path in result.files.items():
         print(f"{name}: {path}")
+    from lilaw_med.audit.report import AuditFiles
+
+    review = result.out_dir / AuditFiles.REVIEW
+    where = f" --audit-dir {result.out_dir}" if args.output else ""
+    print(f"next: lilaw-med review {args.run_dir}{where}   (writes {review}: decide on the flagged items)")
     return 0
 
 

@@ -258,8 +258,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its newest valid checkpoint")
     p.add_argument("--skip-bad", action="store_true",
                    help="drop items the pre-flight check rejects (listed in RUN_DIR/rejected_items.csv) instead of stopping")
-    p.add_argument("--exclude", metavar="CSV", help="exclude the item ids listed in this CSV (e.g. the audit's exclude.csv)")
-    p.add_argument("--relabel", metavar="CSV", help="relabel items: a CSV of item ids and new labels")
+    p.add_argument("--exclude", metavar="CSV", help="exclude the item ids listed in this CSV (e.g. the audit's exclude.csv; a review decision "
+                   "file: its exclude rows)")
+    p.add_argument("--relabel", metavar="CSV", help="relabel items: a CSV of item ids and new labels (a review decision file: its relabel rows)")
     p.add_argument("--refine", action="store_true",
                    help="train, audit, exclude suspected mislabels by the documented rule, and retrain")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

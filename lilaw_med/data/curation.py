@@ -7,7 +7,11 @@ Both read a CSV with a header and an ``id`` column (the ids of ``datalist.json``
   from whichever split holds it;
 * relabels: ``id`` and ``label`` (also accepted: ``new_label``, ``corrected_label``), a class index
   or a class name; for multi-label datalists, ``;``-separated class names or 0/1 flags. The item's
-  previous label is kept as ``"label_before_relabel"``.
+  previous label is kept as ``"label_before_relabel"``;
+* a reader's decision file (the review page's "Save decisions", :data:`DECISION_COLUMNS`): a CSV
+  with a ``decision`` column. ``--exclude`` reads its ``exclude`` rows and ``--relabel`` its
+  ``relabel`` rows (label in ``new_label``); ``keep`` and ``skip`` rows change nothing. The same
+  file goes to both flags.
 
 An id the datalist does not hold is an error (a typo or a CSV from another data set must not pass
 silently); so is a CSV without an ``id`` column, an empty id, or an unknown class.
@@ -16,7 +20,9 @@ silently); so is a CSV without an ``id`` column, an empty id, or an unknown clas
 from __future__ import annotations
 
 import csv
+import logging
 import os
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -25,9 +31,32 @@ from typing import Any
 from lilaw_med.data.datalist import SPLITS, Datalist
 from lilaw_med.utils import unguard_csv_text
 
-__all__ = ["LABEL_COLUMNS", "apply_exclusions", "apply_relabels", "read_id_csv"]
+__all__ = [
+    "DECISIONS",
+    "DECISION_COLUMNS",
+    "LABEL_COLUMNS",
+    "RECORD_KEYS",
+    "apply_exclusions",
+    "apply_relabels",
+    "decision_rows",
+    "read_id_csv",
+]
+
+logger = logging.getLogger(__name__)
 
 LABEL_COLUMNS = ("label", "new_label", "corrected_label")
+DECISION_COLUMNS = ("id", "decision", "new_label", "note", "reviewer", "time")
+"""Columns of a reader's decision file, as the review page saves it: ``decision`` one of
+:data:`DECISIONS`, ``new_label`` the class a ``relabel`` gives (name, or index where the names are
+numbers), ``note`` free text, ``reviewer`` the reader's name, ``time`` ISO 8601 (UTC)."""
+RECORD_KEYS = ("label_before_relabel",)
+"""Keys curation adds to some items for the run's record (``datalist.json``), never for loading: the
+transform chain drops them, since a batch of relabelled and untouched items would not collate."""
+DECISIONS = ("keep", "relabel", "exclude", "skip")
+"""A reader's decisions: the label is right (``keep``), wrong with another class (``relabel``), the
+case cannot be used (``exclude``), or not decided (``skip``)."""
+
+
 def read_id_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     """Reads a CSV with an ``id`` column (UTF-8, a BOM allowed).
 
@@ -59,6 +88,30 @@ def read_id_csv(path: str | os.PathLike) -> list[dict[str, str]]:
     return rows
 
 
+def decision_rows(rows: list[dict[str, str]], decision: str, source: str | os.PathLike) -> list[dict[str, str]]:
+    """The rows of a decision file with one decision; every row's decision is checked.
+
+    Args:
+        rows: the file's rows (:func:`read_id_csv`), with a ``decision`` column.
+        decision: one of :data:`DECISIONS`.
+        source: the file, for messages.
+
+    Returns:
+        The rows whose ``decision`` is ``decision``.
+
+    Raises:
+        ValueError: on a decision that is not one of :data:`DECISIONS`.
+    """
+    for line, r in enumerate(rows, start=2):
+        if r.get("decision", "") not in DECISIONS:
+            raise ValueError(f"{source}, line {line} (id {r['id']!r}): decision {r.get('decision', '')!r} is not one "
+                             f"of {list(DECISIONS)}.")
+    counts = Counter(r["decision"] for r in rows)
+    logger.info("%s: a decision file (%s); applying its %d %s row(s).", source,
+                ", ".join(f"{counts[d]} {d}" for d in DECISIONS if counts[d]), counts[decision], decision)
+    return [r for r in rows if r["decision"] == decision]
+
+
 def _known_ids(datalist: Datalist) -> dict[str, str]:
     return {str(item["id"]): split for split, item in datalist.iter_items()}
 
@@ -80,7 +133,8 @@ def apply_exclusions(datalist: Datalist, csv_path: str | os.PathLike) -> Datalis
 
     Args:
         datalist: the datalist (not modified).
-        csv_path: a CSV with an ``id`` column (e.g. the audit's ``exclude.csv``).
+        csv_path: a CSV with an ``id`` column (e.g. the audit's ``exclude.csv``), or a decision file
+            (a ``decision`` column: its ``exclude`` rows).
 
     Returns:
         A new :class:`Datalist` without those items.
@@ -90,6 +144,9 @@ def apply_exclusions(datalist: Datalist, csv_path: str | os.PathLike) -> Datalis
         ValueError: on an id the datalist does not hold, or a malformed CSV.
     """
     rows = read_id_csv(csv_path)
+    if rows and "decision" in rows[0]:
+        _check_unknown((r["id"] for r in rows), _known_ids(datalist), Path(csv_path))
+        rows = decision_rows(rows, "exclude", csv_path)
     ids = {r["id"] for r in rows}
     _check_unknown(ids, _known_ids(datalist), Path(csv_path))
     return datalist.without_ids(frozenset(ids))
@@ -123,7 +180,8 @@ def apply_relabels(datalist: Datalist, csv_path: str | os.PathLike) -> Datalist:
 
     Args:
         datalist: the datalist (not modified).
-        csv_path: a CSV with ``id`` and ``label`` (or ``new_label`` / ``corrected_label``) columns.
+        csv_path: a CSV with ``id`` and ``label`` (or ``new_label`` / ``corrected_label``) columns, or a
+            decision file (a ``decision`` column: its ``relabel`` rows, label in ``new_label``).
 
     Returns:
         A new :class:`Datalist` whose listed items carry the new labels (and
@@ -136,6 +194,11 @@ def apply_relabels(datalist: Datalist, csv_path: str | os.PathLike) -> Datalist:
     """
     source = Path(csv_path)
     rows = read_id_csv(source)
+    if rows and "decision" in rows[0]:
+        # only the relabel rows' ids must be here: --exclude (applied first) removes the excluded ones
+        rows = decision_rows(rows, "relabel", source)
+        if not rows:
+            return datalist
     column = next((c for c in LABEL_COLUMNS if rows and c in rows[0]), None)
     if rows and column is None:
         raise ValueError(

@@ -23,6 +23,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import (
     Compose,
+    DeleteItemsd,
     EnsureTyped,
     MapTransform,
     Orientationd,
@@ -37,6 +38,7 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_dst_type, ensure_tuple
 
+from lilaw_med.data.curation import RECORD_KEYS
 from lilaw_med.data.presets import get_preset
 from lilaw_med.data.readers import LoadMedicalImaged
 from lilaw_med.data.wsi import LoadWSIPatchd
@@ -182,6 +184,7 @@ def build_transforms(preset: str, options: Mapping[str, Any] | None = None, trai
     chain.append(EnsureTyped(keys, dtype=torch.float32, track_meta=False))
     chain.append(CastLabeld("label", multi_label=bool(opts["multi_label"])))
     chain.append(FillNoned(("group",)))
+    chain.append(DeleteItemsd(RECORD_KEYS))  # the record of a relabel: only some items carry it
     if train:
         chain.extend(_augmentations(keys, opts, dims))
     return Compose(chain)

@@ -161,8 +161,12 @@ class DataConfig:
     cache: str = setting("none", (str,), choices=("none", "memory", "disk"), help="dataset caching")
     cache_dir: str | None = setting(None, (str,), nullable=True, help="folder of the disk cache (null: RUN_DIR/cache)")
     skip_bad: bool = setting(False, (bool,), help="drop items the pre-flight check rejects instead of stopping")
-    exclude: str | None = setting(None, (str,), nullable=True, help="CSV of item ids to exclude (from `lilaw-med audit`)")
-    relabel: str | None = setting(None, (str,), nullable=True, help="CSV of item ids and new labels")
+    exclude: str | None = setting(
+        None, (str,), nullable=True,
+        help="CSV of item ids to exclude (from `lilaw-med audit`; or a review decision file: its exclude rows)")
+    relabel: str | None = setting(
+        None, (str,), nullable=True,
+        help="CSV of item ids and new labels (or a review decision file: its relabel rows)")
     max_items: int | None = setting(
         None, (int,), nullable=True, minimum=1, help="keep at most this many items per split (quick runs)"
     )

@@ -3,7 +3,9 @@ best models' metrics on validation and test, and ``summary.json`` (:func:`finish
 
 from __future__ import annotations
 
+import hashlib
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,6 +84,16 @@ def _evaluate(c: TrainingComponents, run_dir: RunDir) -> tuple[dict[str, Any], d
     return results, calibration
 
 
+def _curation_file(path: str | None) -> dict[str, Any] | None:
+    """``{"path", "sha256"}`` of a ``--exclude`` / ``--relabel`` CSV (a reader's decision file or a typed
+    list), so a run names the exact decisions it trained on; ``sha256`` is ``None`` when the file is gone."""
+    if not path:
+        return None
+    p = Path(path)
+    digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+    return {"path": str(p.absolute()), "sha256": digest}
+
+
 def finish_run(c: TrainingComponents, run_dir: RunDir, t0: float, resumed_from: int) -> dict[str, Any]:
     """Writes the final model and ``summary.json`` of a trained run (rank 0 only).
 
@@ -93,7 +105,8 @@ def finish_run(c: TrainingComponents, run_dir: RunDir, t0: float, resumed_from: 
 
     Returns:
         The summary: run folder, preset, network, device, counts, the best epoch, LiLAW's scalars and
-        meta steps, calibration, the final and best models' metrics, checkpoint paths.
+        meta steps, calibration, the final and best models' metrics, checkpoint paths, and the
+        ``--exclude`` / ``--relabel`` files the datalist went through (``curation``: path and sha256).
     """
     cfg = c.config
     meta = checkpoint_meta(cfg, c.shape, c.datalist.class_names)
@@ -130,6 +143,7 @@ def finish_run(c: TrainingComponents, run_dir: RunDir, t0: float, resumed_from: 
             "final": str(run_dir.final_model),
         },
         "rejected_items": str(run_dir.rejected) if run_dir.rejected.is_file() else None,
+        "curation": {"exclude": _curation_file(cfg.data.exclude), "relabel": _curation_file(cfg.data.relabel)},
     }
     run_dir.write_json(RunDir.SUMMARY, summary)
     return summary

@@ -221,3 +221,15 @@ def tiny_config(datalist: Path, *extra: str) -> dict:
         "data.options.spatial_size=[16,16]", "train.epochs=3", "train.batch_size=8", "train.progress=false",
         "train.device=cpu", "output.tensorboard=false", "output.plots=false", *extra,
     ])
+
+
+def train_with_decisions(datalist: Path, out: Path, decisions: Path) -> dict:
+    """Trains one tiny epoch through ``lilaw-med train --relabel D --exclude D``; returns the new run's
+    ``datalist.json``."""
+    from lilaw_med.cli import main
+
+    config = out.parent / f"{out.name}_config.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(datalist, "train.epochs=1")))
+    assert main(["train", "--config", str(config), "-o", str(out), "--relabel", str(decisions),
+                 "--exclude", str(decisions)]) == 0
+    return json.loads((out / "datalist.json").read_text())

@@ -1,0 +1,541 @@
+"""The review page: a reader decides on the audit's suspected labels, and the decisions flow back into
+training.
+
+:func:`write_review_page` reads a run folder (:class:`lilaw_med.audit.core.RunRecord`) and its audit
+(``audit.json``), puts the items to review in order (:func:`review_queue`), renders each one's image
+through the run's own loading transforms at display size (:func:`display_images`), and writes one
+self-contained ``review.html`` (``templates/review.html`` + ``templates/review.js``) beside the
+report. The page needs no server and makes no network request: the items, their class
+probabilities over the epochs and their images are embedded (JSON escaped for a ``<script>``
+element, images as ``data:image/png;base64`` URIs), and a Content-Security-Policy lets only the
+page's own script run (by its sha256).
+
+In the page a reader keeps, relabels or excludes each item (keyboard or mouse), with a note; the
+progress is kept in the browser's ``localStorage`` under the run's key after every action, and
+"Save decisions" downloads one CSV of :data:`lilaw_med.data.curation.DECISION_COLUMNS`, which
+``lilaw-med train --exclude`` and ``--relabel`` read as it is. :func:`merge_decisions` combines the
+files of several readers and lists, never resolves, their disagreements.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import importlib.resources
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lilaw_med.audit.core import RunRecord
+from lilaw_med.audit.window import ScoringWindow, window_pred_probs
+from lilaw_med.data.curation import DECISION_COLUMNS, DECISIONS, read_id_csv
+from lilaw_med.utils import atomic_write, guard_csv_text
+
+__all__ = [
+    "DEFAULT_IMAGE_SIZE",
+    "REASONS",
+    "MergeResult",
+    "QueueEntry",
+    "ReviewContext",
+    "display_images",
+    "embed_json",
+    "merge_decisions",
+    "render_review",
+    "review_context",
+    "review_queue",
+    "run_key",
+    "write_decisions",
+    "write_review_page",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_IMAGE_SIZE = 512
+"""Longest side, in pixels, of an embedded image: large on a screen, about 100-250 kB per item."""
+_SPLIT_ORDER = ("training", "validation", "test")
+REASONS = ("flagged", "hard", "asked for")
+"""Why an item is in the queue: the audit flagged it, the audit grades it hard, or the user asked."""
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """One item of the review queue.
+
+    Attributes:
+        id: the item's id.
+        reason: one of :data:`REASONS`.
+    """
+
+    id: str
+    reason: str
+
+
+# ----------------------------------------------------------------------------- the queue
+def review_queue(
+    rows: Sequence[Mapping[str, Any]],
+    items: Mapping[str, tuple[str, Mapping[str, Any]]],
+    include: Sequence[str] = (),
+    include_classes: Iterable[int] = (),
+    include_splits: Iterable[str] = (),
+    hard: bool = True,
+) -> list[QueueEntry]:
+    """The items a reader reviews, in order, each once.
+
+    The order: the flagged items (``is_label_issue``) by rank, training before validation; then, with
+    ``hard``, the other items whose difficulty is ``"hard"`` by rank; then the ids of ``include`` as
+    given; then every item whose given label is in ``include_classes``, then every item of
+    ``include_splits`` (both in the datalist's order). An item already queued keeps its first place.
+
+    Args:
+        rows: the audit's rows (``audit.json``'s ``items``: ``id``, ``split``, ``rank``,
+            ``is_label_issue``, ``difficulty``).
+        items: id -> (split, datalist item) of every item of the run (:attr:`RunRecord.items`).
+        include: ids to add.
+        include_classes: class indices whose items to add.
+        include_splits: splits whose items to add (``"training"``, ``"validation"``, ``"test"``).
+        hard: add the audit's hard items after the flagged ones.
+
+    Returns:
+        The :class:`QueueEntry` list.
+
+    Raises:
+        ValueError: for an id of ``include`` the run does not hold, or an unknown split.
+    """
+    def split_rank(r: Mapping[str, Any]) -> tuple[int, int]:
+        split = str(r["split"])
+        return (_SPLIT_ORDER.index(split) if split in _SPLIT_ORDER else len(_SPLIT_ORDER), int(r["rank"]))
+
+    queue: dict[str, str] = {}
+    for r in sorted((r for r in rows if r["is_label_issue"]), key=split_rank):
+        queue.setdefault(str(r["id"]), "flagged")
+    if hard:
+        for r in sorted((r for r in rows if r["difficulty"] == "hard"), key=split_rank):
+            queue.setdefault(str(r["id"]), "hard")
+    unknown = [i for i in include if str(i) not in items]
+    if unknown:
+        raise ValueError(f"--include: {len(unknown)} id(s) not in the run's datalist.json: "
+                         + ", ".join(repr(u) for u in unknown[:5]))
+    for i in include:
+        queue.setdefault(str(i), "asked for")
+    classes = {int(k) for k in include_classes}
+    splits = set(include_splits)
+    bad = sorted(splits - set(_SPLIT_ORDER))
+    if bad:
+        raise ValueError(f"--split: unknown split(s) {bad}; the splits are {list(_SPLIT_ORDER)}.")
+    if classes:
+        for i, (_, item) in items.items():
+            label = item.get("label")
+            if isinstance(label, (int, np.integer)) and int(label) in classes:
+                queue.setdefault(i, "asked for")
+    for split in (s for s in _SPLIT_ORDER if s in splits):
+        for i, (s, _) in items.items():
+            if s == split:
+                queue.setdefault(i, "asked for")
+    return [QueueEntry(i, reason) for i, reason in queue.items()]
+
+
+# ----------------------------------------------------------------------------- images
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    """(C, W, H) float -> (H, W) or (H, W, 3) uint8: values the chain scaled to [0, 1] (a window, a
+    percentile range, x/255) keep that scale; any other range is min-max scaled."""
+    a = np.transpose(a, (0, 2, 1))  # MONAI's x-first (W, H) -> (H, W)
+    a = a[:3] if a.shape[0] >= 3 else a[:1]
+    finite = np.isfinite(a)
+    lo, hi = (float(a[finite].min()), float(a[finite].max())) if finite.any() else (0.0, 1.0)
+    if not (lo >= 0.0 and hi <= 1.0):
+        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    out = (np.clip(np.where(finite, a, 0.0), 0, 1) * 255).round().astype(np.uint8)
+    return out[0] if out.shape[0] == 1 else np.transpose(out, (1, 2, 0))
+
+
+def display_images(image: np.ndarray, spatial_dims: int) -> list[tuple[str, np.ndarray]]:
+    """The views of a transformed image a reader looks at.
+
+    Args:
+        image: (C, W, H) for 2D or (C, W, H, D) for 3D, MONAI's axis order (x first), as the run's
+            loading transforms give it (intensity window or scaling applied).
+        spatial_dims: 2 or 3.
+
+    Returns:
+        ``[(title, uint8 (H, W) or (H, W, 3))]``: one view for 2D; for 3D the three orthogonal slices
+        through the volume's centre (axial, coronal, sagittal), superior and anterior up.
+
+    Raises:
+        ValueError: when the shape does not match ``spatial_dims``.
+    """
+    a = np.asarray(image, dtype=np.float32)
+    if a.ndim != spatial_dims + 1:
+        raise ValueError(f"expected a {spatial_dims}D image with a channel axis but got shape {a.shape}.")
+    if spatial_dims == 2:
+        return [("", _to_uint8(a))]
+    _, w, h, d = a.shape
+    views = [("axial", a[:, :, :, d // 2]), ("coronal", a[:, :, h // 2, :]), ("sagittal", a[:, w // 2, :, :])]
+    return [(title, np.flipud(_to_uint8(v))) for title, v in views]
+
+
+def _png_uri(display: np.ndarray, max_size: int) -> str:
+    from PIL import Image
+
+    img = Image.fromarray(display)
+    scale = max_size / max(img.size)
+    if scale < 1:  # only down: a small image is enlarged by the browser, not by the file
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                         Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _image_loader(record: RunRecord) -> tuple[Callable[[Mapping[str, Any]], np.ndarray], int]:
+    """``(item -> transformed image, spatial dims)``: the run's own loading chain (reader, DICOM VOI
+    window, orientation, spacing, intensity window, slide tile) without the resize to the network's
+    input, so a reader sees the image at its own resolution."""
+    # MONAI's transforms load only when a page reads images (merging decision files needs none)
+    from lilaw_med.data.presets import get_preset
+    from lilaw_med.data.transforms import build_transforms
+    from lilaw_med.training.config import validate_config
+    from lilaw_med.training.data import transform_options
+
+    cfg = validate_config(record.config)
+    preset = cfg["data"]["preset"]
+    options = {**transform_options(cfg), "spatial_size": None, "multi_label": False}
+    chain = build_transforms(preset, options, train=False)
+    return (lambda item: np.asarray(chain({**item, "label": item.get("label", 0)})["image"])), get_preset(preset).spatial_dims
+
+
+# ----------------------------------------------------------------------------- the page's data
+def _finite(v: Any, digits: int = 4) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return round(f, digits) if math.isfinite(f) else None
+
+
+def _epoch_probs(record: RunRecord, split: str, ids: Sequence[str]) -> dict[str, list[list[float | None]]]:
+    """id -> per recorded epoch the item's class probabilities (None where the epoch did not see it)."""
+    dyn = record.dynamics[split]
+    index = {i: j for j, i in enumerate(dyn.ids)}
+    cols = [index[i] for i in ids if i in index]
+    if not cols:
+        return {}
+    d = {k: np.asarray(v)[:, cols] for k, v in dyn.as_dict().items()}
+    labels = record.labels([dyn.ids[j] for j in cols])
+    n_classes = max(len(record.class_names), int(labels.max()) + 1, int(d["probs"].shape[-1]) if "probs" in d else 2)
+    per_epoch = np.stack([window_pred_probs(d, labels, ScoringWindow(e, e + 1, "epoch", ""), n_classes)
+                          for e in range(len(dyn.epochs))], axis=1)  # (N, E, C)
+    return {dyn.ids[j]: [[_finite(p, 3) for p in epoch] if np.isfinite(epoch).all() else None for epoch in per_epoch[n]]
+            for n, j in enumerate(cols)}
+
+
+def _read_audit(audit_dir: Path) -> dict[str, Any]:
+    from lilaw_med.audit.report import AuditFiles
+
+    path = audit_dir / AuditFiles.JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"no audit at {audit_dir} ({AuditFiles.JSON} is missing): run `lilaw-med audit RUN_DIR` first.")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or "items" not in data or "summary" not in data:
+        raise ValueError(f"{path}: not an audit.json written by `lilaw-med audit` (no 'summary' and 'items').")
+    return data
+
+
+def run_key(record: RunRecord) -> str:
+    """The key of a run's review progress in the browser: the run folder's name and the first 16 hex
+    digits of its datalist's sha256 (a copy of the folder keeps it; another run's datalist does not)."""
+    from lilaw_med.training.run_dir import RunDir
+
+    digest = hashlib.sha256(RunDir(record.root).datalist.read_bytes()).hexdigest()[:16]
+    return f"{record.root.name}:{digest}"
+
+
+@dataclass
+class ReviewContext:
+    """What the page shows (JSON-ready), built by :func:`review_context`.
+
+    Attributes:
+        data: run name and key, class names, per split the recorded epochs and the scoring window,
+            and one dict per queued item (id, split, reason, given and predicted class, scores,
+            difficulty, path, class probabilities per epoch, views).
+        images: one ``data:`` URI per view, indexed by the items' ``views``.
+    """
+
+    data: dict[str, Any]
+    images: list[str] = field(default_factory=list)
+
+
+def review_context(
+    record: RunRecord,
+    audit: Mapping[str, Any],
+    queue: Sequence[QueueEntry],
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    images: bool = True,
+) -> ReviewContext:
+    """The page's data for a queue.
+
+    Args:
+        record: the run folder.
+        audit: the run's ``audit.json`` (``summary`` and ``items``).
+        queue: the items to review (:func:`review_queue`).
+        image_size: the longest side of an embedded image, in pixels.
+        images: read the images (``False``: every item shows "no image").
+
+    Returns:
+        The :class:`ReviewContext`.
+    """
+    rows = {str(r["id"]): r for r in audit["items"]}
+    splits: dict[str, Any] = {}
+    for split, dyn in record.dynamics.items():
+        w = audit["summary"].get("splits", {}).get(split, {}).get("window")
+        splits[split] = {"epochs": [int(e) for e in dyn.epochs],
+                         "window": None if w is None else [int(w["first_epoch"]), int(w["last_epoch"])]}
+    probs: dict[str, Any] = {}
+    for split in record.dynamics:
+        probs.update(_epoch_probs(record, split, [e.id for e in queue if record.items[e.id][0] == split]))
+    load, dims = (None, 2)
+    if images:
+        try:
+            load, dims = _image_loader(record)
+        except (KeyError, ValueError, TypeError) as e:  # a config this version cannot read: no images
+            logger.warning("the review page shows no images: the run's config cannot build its loading "
+                           "transforms (%s: %s).", type(e).__name__, e)
+    uris: list[str] = []
+    out_items = []
+    for entry in queue:
+        split, item = record.items[entry.id]
+        r = rows.get(entry.id, {})
+        given = item.get("label")
+        views, error = [], None
+        if load is None:
+            error = "images switched off" if not images else "the run's transforms could not be built"
+        else:
+            try:
+                for title, view in display_images(load(item), dims):
+                    views.append({"title": title, "image": len(uris)})
+                    uris.append(_png_uri(view, image_size))
+            except Exception as e:  # noqa: BLE001 - one unreadable image must not stop the page
+                views, error = [], f"{type(e).__name__}: {e}"
+        out_items.append({
+            "id": entry.id, "split": split, "reason": entry.reason,
+            "given": int(given) if isinstance(given, (int, np.integer)) else None,
+            "predicted": r.get("predicted_label"), "p_given": _finite(r.get("p_given"), 3),
+            "p_predicted": _finite(r.get("p_predicted"), 3), "score": _finite(r.get("label_score")),
+            "rank": r.get("rank"), "flagged": bool(r.get("is_label_issue", False)), "difficulty": r.get("difficulty"),
+            "path": str(item.get("image", "")), "probs": probs.get(entry.id), "views": views, "image_error": error,
+        })
+    n_split = {s: sum(1 for _, (sp, _) in record.items.items() if sp == s) for s in splits}
+    data = {
+        "run_name": record.root.name, "run_key": run_key(record), "class_names": _class_names(record),
+        "splits": splits, "split_sizes": n_split, "items": out_items,
+    }
+    return ReviewContext(data=data, images=uris)
+
+
+def _class_names(record: RunRecord) -> list[str]:
+    n = max([len(record.class_names)] + [int(it["label"]) + 1 for _, it in record.items.values()
+                                          if isinstance(it.get("label"), (int, np.integer))])
+    return [record.class_name(k) for k in range(n)]
+
+
+# ----------------------------------------------------------------------------- the HTML
+def embed_json(value: Any) -> str:
+    """JSON text safe inside an HTML ``<script>`` element: ``<``, ``>``, ``&`` and the JavaScript line
+    separators are written as ``\\uXXXX`` escapes, so no data can close the element (``</script>``)
+    or open a comment; ``JSON.parse`` gives the same value back.
+
+    Args:
+        value: JSON-serialisable data (NaN and infinities are an error: write ``None``).
+
+    Returns:
+        The escaped JSON text.
+    """
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    for ch, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(ch, esc)
+    return text
+
+
+def render_review(context: ReviewContext) -> str:
+    """The self-contained review page.
+
+    Args:
+        context: what it shows (:func:`review_context`).
+
+    Returns:
+        The HTML text.
+    """
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    env = Environment(loader=PackageLoader("lilaw_med.audit", "templates"),
+                      autoescape=select_autoescape(default=True, default_for_string=True))
+    script = importlib.resources.files("lilaw_med.audit").joinpath("templates/review.js").read_text(encoding="utf-8")
+    script_hash = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    for uri in context.images:  # what goes between the tags of an inert <script> element
+        if not uri.startswith("data:image/png;base64,") or "<" in uri:
+            raise ValueError("an embedded image must be a data:image/png;base64 URI.")
+    return env.get_template("review.html").render(
+        run_name=context.data["run_name"], n_items=len(context.data["items"]), data_json=embed_json(context.data),
+        images=context.images, script=script, script_hash=script_hash,
+    )
+
+
+def write_review_page(
+    run_dir: str | os.PathLike,
+    audit_dir: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    include: Sequence[str] = (),
+    include_classes: Iterable[int | str] = (),
+    include_splits: Iterable[str] = (),
+    hard: bool = True,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    images: bool = True,
+) -> Path:
+    """Writes the review page of an audited run.
+
+    Args:
+        run_dir: the run folder.
+        audit_dir: its audit (default ``RUN_DIR/audit``).
+        out: the page's path (default ``review.html`` in the audit folder).
+        include: ids to add to the queue.
+        include_classes: classes (names or indices) whose items to add.
+        include_splits: splits whose items to add.
+        hard: queue the audit's hard items after the flagged ones.
+        image_size: the longest side of an embedded image, in pixels (at least 32).
+        images: read the images.
+
+    Returns:
+        The page's path.
+
+    Raises:
+        FileNotFoundError: without a run folder or an audit.
+        ValueError: on an unknown id, class or split, or an image size below 32.
+    """
+    from lilaw_med.audit.report import AuditFiles
+    from lilaw_med.training.run_dir import RunDir
+
+    if image_size < 32:
+        raise ValueError(f"image_size must be at least 32 pixels but is {image_size}.")
+    record = RunRecord.read(run_dir)
+    folder = Path(audit_dir) if audit_dir is not None else record.root / RunDir.AUDIT
+    audit = _read_audit(folder)
+    names = _class_names(record)
+    classes = [_class_index(c, names) for c in include_classes]
+    queue = review_queue(audit["items"], record.items, include, classes, include_splits, hard)
+    if not queue:
+        logger.warning("the review queue is empty: the audit flags no item and grades none hard; "
+                       "add items with --include, --include-class or --split.")
+    page = render_review(review_context(record, audit, queue, image_size, images))
+    path = atomic_write(Path(out) if out is not None else folder / AuditFiles.REVIEW, page)
+    logger.info("review page of %s: %d items queued; written to %s", record.root, len(queue), path)
+    return path
+
+
+def _class_index(value: int | str, names: Sequence[str]) -> int:
+    s = str(value).strip()
+    if s in names:
+        return list(names).index(s)
+    if s.lstrip("-").isdigit() and 0 <= int(s) < len(names):
+        return int(s)
+    raise ValueError(f"--include-class: unknown class {value!r}; the classes are {list(names)} (or their indices).")
+
+
+# ----------------------------------------------------------------------------- several readers
+@dataclass
+class MergeResult:
+    """What :func:`merge_decisions` found.
+
+    Attributes:
+        rows: one decision row per id on which the readers agree (:data:`DECISION_COLUMNS`).
+        disagreements: one row per reader's decision on each id on which they disagree.
+        n_disagreed: how many ids the readers disagree on.
+    """
+
+    rows: list[dict[str, str]]
+    disagreements: list[dict[str, str]]
+    n_disagreed: int
+
+
+def merge_decisions(paths: Sequence[str | os.PathLike]) -> MergeResult:
+    """Combines the decision files of several readers.
+
+    An id on which every reader who decided it (``skip`` is no decision) made the same decision with
+    the same ``new_label`` gets one row: that decision, the readers joined by ``;``, the notes as
+    ``reader: note`` joined by `` | ``, the latest time. An id no reader decided keeps a ``skip`` row
+    with the notes. An id the readers decided differently gets no row: each reader's row goes to
+    ``disagreements`` (with the file it came from), for the readers to settle.
+
+    Args:
+        paths: two or more decision files (the page's "Save decisions").
+
+    Returns:
+        The :class:`MergeResult`.
+
+    Raises:
+        FileNotFoundError: when a file is missing.
+        ValueError: for fewer than two files, a file without a ``decision`` column, an unknown
+            decision, or an id a file lists twice with different decisions.
+    """
+    if len(paths) < 2:
+        raise ValueError(f"--merge needs two or more decision files but got {len(paths)}.")
+    by_id: dict[str, list[dict[str, str]]] = {}
+    for path in paths:
+        rows = read_id_csv(path)
+        if rows and "decision" not in rows[0]:
+            raise ValueError(f"{path}: not a decision file (no 'decision' column; found {sorted(rows[0])}).")
+        seen: dict[str, dict[str, str]] = {}
+        for line, r in enumerate(rows, start=2):
+            if r["decision"] not in DECISIONS:
+                raise ValueError(f"{path}, line {line}: decision {r['decision']!r} is not one of {list(DECISIONS)}.")
+            r = {c: r.get(c, "") for c in DECISION_COLUMNS}
+            r["reviewer"] = r["reviewer"] or Path(path).stem
+            if r["id"] in seen and (seen[r["id"]]["decision"], seen[r["id"]]["new_label"]) != (r["decision"], r["new_label"]):
+                raise ValueError(f"{path}: id {r['id']!r} is listed twice with different decisions.")
+            seen[r["id"]] = {**r, "file": str(path)}
+        for i, r in seen.items():
+            by_id.setdefault(i, []).append(r)
+    merged, disagreements, n_disagreed = [], [], 0
+    for i, rs in by_id.items():
+        decided = [r for r in rs if r["decision"] != "skip"]
+        verdicts = {(r["decision"], r["new_label"] if r["decision"] == "relabel" else "") for r in decided}
+        if len(verdicts) > 1:
+            n_disagreed += 1
+            disagreements.extend(rs)
+            continue
+        decision, label = next(iter(verdicts)) if verdicts else ("skip", "")
+        voters = decided or rs
+        merged.append({
+            "id": i, "decision": decision, "new_label": label,
+            "note": " | ".join(f"{r['reviewer']}: {r['note']}" for r in rs if r["note"]),
+            "reviewer": ";".join(dict.fromkeys(r["reviewer"] for r in voters)),
+            "time": max((r["time"] for r in voters), default=""),
+        })
+    return MergeResult(rows=merged, disagreements=disagreements, n_disagreed=n_disagreed)
+
+
+def write_decisions(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
+                    columns: Sequence[str] = DECISION_COLUMNS) -> Path:
+    """Writes decision rows as CSV (text cells guarded against spreadsheet formulas), atomically.
+
+    Args:
+        path: the file.
+        rows: dicts with (at least) ``columns``.
+        columns: the header.
+
+    Returns:
+        The path written.
+    """
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: guard_csv_text(str(r.get(c, "") or "")) for c in columns})
+    return atomic_write(path, buf.getvalue())
