@@ -23,6 +23,7 @@ Usage::
     python -m benchmarks.preset_gain --stage eval --seeds 10
     python -m benchmarks.preset_gain --stage eval --report    # report from the cache only
     python -m benchmarks.preset_gain --stage refine           # train --refine at 40%: the share won back
+    python -m benchmarks.preset_gain --stage resnet           # model.network=resnet18, PathMNIST-1000 40%, 5 seeds
 
 Runs are cached under ``$LILAW_BENCH_CACHE/preset_gain`` (a run with a ``summary.json`` is never
 trained again). Set ``PYTHONPATH`` to a frozen copy of the tree to keep a long queue on one code
@@ -101,10 +102,15 @@ def run_path(cell: Cell, variant: str) -> Path:
     return cache_root() / "preset_gain" / cell.name / variant
 
 
-def train(cell: Cell, variant: str, refine: bool = False) -> Path:
+RESNET_CELLS = [Cell("pathmnist_1000", "symmetric", 0.4, s) for s in range(5)]
+"""The presets' GPU-class network (``model.network: resnet18``) on the cheapest noisy multi-class cell."""
+
+
+def train(cell: Cell, variant: str, refine: bool = False, network: str | None = None) -> Path:
     """Trains one (cell, variant) through ``lilaw-med train`` once (cached by ``summary.json``;
-    ``refine``: ``train --refine``, cached by ``refine.json``)."""
-    rd = run_path(cell, f"refine_{variant}" if refine else variant)
+    ``refine``: ``train --refine``, cached by ``refine.json``; ``network``: another ``model.network``)."""
+    name = f"refine_{variant}" if refine else variant
+    rd = run_path(cell, f"{network}_{name}" if network else name)
     if (rd / ("refine.json" if refine else "summary.json")).is_file():
         return rd
     if rd.exists():
@@ -113,6 +119,8 @@ def train(cell: Cell, variant: str, refine: bool = False) -> Path:
     preset = "pathology_patch" if spec["preset"] == "pathology" else spec["preset"]
     sets = [f"data.datalist={datalist_of(cell)}", "data.sample_data=false", f"train.seed={cell.seed}",
             "train.progress=false", *spec["set"], *VARIANTS[variant]]
+    if network:
+        sets.append(f"model.network={network}")
     args = ["train", "--config", str(REPO / "configs" / f"{preset}.yaml")]
     for s in sets:
         args += ["--set", s]
@@ -214,20 +222,24 @@ def dev_report(seeds: Sequence[int] = (0, 1, 2)) -> dict[str, Any]:
     return {"rows": rows, "scores": scores, "chosen": chosen, "markdown": "\n".join(md)}
 
 
-def eval_report(variant: str, seeds: int) -> dict[str, Any]:
-    """CE against ``variant`` on every evaluation cell, paired by seed, from the cache."""
+def eval_report(variant: str, seeds: int, network: str | None = None) -> dict[str, Any]:
+    """CE against ``variant`` on every evaluation cell (``network``: the ResNet cells), paired by seed."""
     md = [f"LiLAW ({variant}) - CE, clean-test figures in points, mean [95% CI] over paired seeds",
           "", "| data set | noise | seeds | final AUROC | best AUROC | final cal. acc. | best cal. acc. | "
           "CE final / best AUROC | alpha / beta / delta |", "|---|---|---|---|---|---|---|---|---|"]
     out = []
-    for dataset, levels in EVAL_LEVELS.items():
+    pre = f"{network}_" if network else ""
+    levels_of = {"pathmnist_1000": (0.4,)} if network else EVAL_LEVELS
+    cells = RESNET_CELLS if network else eval_cells(seeds)
+    for dataset, levels in levels_of.items():
         for rate in levels:
-            group = [c for c in eval_cells(seeds) if c.dataset == dataset and c.rate == rate]
-            done = [c for c in group if all((run_path(c, v) / "summary.json").is_file() for v in ("ce", variant))]
+            group = [c for c in cells if c.dataset == dataset and c.rate == rate]
+            done = [c for c in group
+                    if all((run_path(c, pre + v) / "summary.json").is_file() for v in ("ce", variant))]
             if not done:
                 continue
-            ce = [read(run_path(c, "ce")) for c in done]
-            li = [read(run_path(c, variant)) for c in done]
+            ce = [read(run_path(c, pre + "ce")) for c in done]
+            li = [read(run_path(c, pre + variant)) for c in done]
             row = {"dataset": dataset, "rate": rate, "seeds": len(done)}
             for ckpt in ("final", "best"):
                 for m in ("auroc", "accuracy_calibrated"):
@@ -281,7 +293,7 @@ def refine_report(variant: str, seeds: int) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--stage", choices=("dev", "eval", "refine"), required=True)
+    p.add_argument("--stage", choices=("dev", "eval", "refine", "resnet"), required=True)
     p.add_argument("--seeds", type=int, default=10, help="eval stage: seeds 0..N-1")
     p.add_argument("--variant", default=None, help="eval stage: the LiLAW variant (default: the dev stage's choice)")
     p.add_argument("--report", action="store_true", help="report from the cache, train nothing")
@@ -313,6 +325,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("no variant: run the dev stage to the end first or pass --variant", file=sys.stderr)
             return 2
         variant = chosen
+    if args.stage == "resnet":
+        if not args.report:
+            for cell in RESNET_CELLS:
+                for v in ("ce", variant):
+                    if out_of_time():
+                        break
+                    train(cell, v, network="resnet18")
+        rep = eval_report(variant, 5, network="resnet18")
+        atomic_write(out / f"resnet18_{variant}.md", rep["markdown"] + "\n")
+        print(rep["markdown"])
+        return 0
     if args.stage == "refine":
         seeds = min(args.seeds, 5)
         if not args.report:
