@@ -14,8 +14,8 @@ duplicate ids, whole-slide patches outside the slide. Headers only are read wher
 unchanged 50k-series data set reads nothing, and installing a codec re-checks what it may fix.
 
 Training calls :func:`preflight_or_raise`: by default it refuses to start on any problem and
-names every bad item; with ``skip_bad`` it drops them and writes ``rejected_items.csv`` (id,
-path, split, reason) to the run folder. Nothing is dropped silently.
+names every bad item; with ``skip_bad`` it drops them and writes them (id, path, split, reason) to
+the CSV file the caller names (training: the run folder's ``RunDir.rejected``). Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -31,12 +31,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lilaw_med.data.datalist import Datalist, Problem
+from lilaw_med.data.datalist import Datalist, Problem, ProblemKind
 from lilaw_med.data.readers import ImageHeader, decoder_environment, list_series_files, read_header
 from lilaw_med.utils import atomic_write
 
 __all__ = [
-    "REJECTED_ITEMS_CSV",
     "Problem",
     "check_datalist",
     "default_cache_dir",
@@ -46,7 +45,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REJECTED_ITEMS_CSV = "rejected_items.csv"
 _MANIFEST = "preflight_manifest.json"
 # 2: verdicts from the loader's rules (issue 15); entries of another version are checked anew
 _MANIFEST_VERSION = 2
@@ -178,6 +176,8 @@ def check_datalist(
     splits = tuple(splits)
     problems: list[Problem] = [p for p in datalist.problems if any(s in splits for s in p.split.split(","))]
     already = {(p.id, p.split, p.reason) for p in problems}
+    # (id, kind) already reported: an id is named a duplicate, or its label missing, once
+    flagged = {(p.id, p.kind) for p in problems}
     k = (
         num_classes
         if num_classes is not None
@@ -198,45 +198,48 @@ def check_datalist(
         image = item.get("image") or ""
         path_s = str(image)
 
-        def add(reason: str, split: str = split, item_id: str = item_id, path_s: str = path_s) -> None:
+        def add(
+            reason: str, kind: ProblemKind, split: str = split, item_id: str = item_id, path_s: str = path_s
+        ) -> None:
             if (item_id, split, reason) not in already:
                 already.add((item_id, split, reason))
-                problems.append(Problem(item_id, path_s, split, reason))
+                flagged.add((item_id, kind))
+                problems.append(Problem(item_id, path_s, split, reason, kind))
 
-        if ids[item.get("id")] > 1 and not any(p.id == item_id and "duplicate" in p.reason for p in problems):
-            add(f"duplicate id: {ids[item.get('id')]} items share it")
+        if ids[item.get("id")] > 1 and (item_id, "duplicate") not in flagged:
+            add(f"duplicate id: {ids[item.get('id')]} items share it", "duplicate")
         label = item.get("label")
         if label is None:
-            if split != "test" and not any(p.id == item_id and "label" in p.reason for p in problems):
-                add("label missing")
+            if split != "test" and not {(item_id, "missing_label"), (item_id, "bad_label")} & flagged:
+                add("label missing", "missing_label")
         elif k is not None:
             if isinstance(label, list):
                 if len(label) != k or any(v not in (0, 1) for v in label):
-                    add(f"label out of range: expected {k} flags of 0/1 but got {label}")
+                    add(f"label out of range: expected {k} flags of 0/1 but got {label}", "bad_label")
             elif not 0 <= int(label) < k:
-                add(f"label out of range: expected a class index in [0, {k - 1}] but got {label}")
+                add(f"label out of range: expected a class index in [0, {k - 1}] but got {label}", "bad_label")
         if not image:
             continue
         paths = [Path(p) for p in image] if isinstance(image, list) else [Path(image)]
         for path in paths:
             if not path.exists():
-                add(f"missing file: {path}")
+                add(f"missing file: {path}", "missing_file")
                 continue
             if "location" in item:
                 reason = _check_patch(path, item, slides)
                 if reason:
-                    add(reason)
+                    add(reason, "bad_patch")
                 continue
             header, error = manifest.header(path, decode)
             if error is not None:
                 # the reader names the file; the Problem already carries the path
-                add(error[len(str(path)) + 2 :] if error.startswith(f"{path}: ") else error)
+                add(error[len(str(path)) + 2 :] if error.startswith(f"{path}: ") else error, "unreadable")
                 continue
             assert header is not None
             if expected_dims is not None:
                 reason = _dims_problem(header, expected_dims)
                 if reason:
-                    add(reason)
+                    add(reason, "wrong_dims")
     manifest.save()
     for slide in slides.values():
         if slide is not None and hasattr(slide, "close"):
@@ -288,7 +291,7 @@ def write_problems_csv(problems: Iterable[Problem], path: str | os.PathLike) -> 
 def preflight_or_raise(
     datalist: Datalist,
     skip_bad: bool,
-    run_dir: str | os.PathLike | None,
+    rejected_csv: str | os.PathLike | None,
     expected_dims: int | None = None,
     num_classes: int | None = None,
     cache_dir: str | os.PathLike | None = "default",
@@ -298,9 +301,9 @@ def preflight_or_raise(
 
     Args:
         datalist: the loaded datalist.
-        skip_bad: drop bad items (and write them to ``run_dir/rejected_items.csv``) instead of
-            refusing to start.
-        run_dir: the run folder (``None``: nothing written).
+        skip_bad: drop bad items (and write them to ``rejected_csv``) instead of refusing to start.
+        rejected_csv: where the dropped items go (the run folder's ``RunDir.rejected``; ``None``:
+            nothing written).
         expected_dims: 2 or 3 spatial dimensions expected.
         num_classes: labels must lie under this (default: ``len(class_names)``).
         cache_dir: the manifest cache folder; ``"default"`` uses :func:`default_cache_dir`,
@@ -317,8 +320,8 @@ def preflight_or_raise(
     """
     cache = default_cache_dir() if cache_dir == "default" else cache_dir
     problems = check_datalist(datalist, expected_dims, num_classes, decode=decode, cache_dir=cache)
-    if skip_bad and run_dir is not None:
-        write_problems_csv(problems, Path(run_dir) / REJECTED_ITEMS_CSV)
+    if skip_bad and rejected_csv is not None:
+        write_problems_csv(problems, rejected_csv)
     if not problems:
         return datalist
     if not skip_bad:
@@ -332,7 +335,7 @@ def preflight_or_raise(
     logger.warning(
         "pre-flight: leaving out %d bad item(s) (listed with reasons in %s)",
         len(bad),
-        Path(run_dir) / REJECTED_ITEMS_CSV if run_dir is not None else "the log",
+        rejected_csv if rejected_csv is not None else "the log",
     )
     for p in problems:
         logger.warning("rejected %s", p)

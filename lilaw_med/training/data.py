@@ -136,7 +136,7 @@ def prepare_datalist(
             datalist.training[:n], datalist.validation[:n], datalist.test[:n]
         )
     datalist = preflight_or_raise(
-        datalist, data.skip_bad, run_dir.root if run_dir is not None else None, expected_dims=input_shape(cfg)[0],
+        datalist, data.skip_bad, run_dir.rejected if run_dir is not None else None, expected_dims=input_shape(cfg)[0],
     )
     if not datalist.training:
         raise ValueError(f"datalist {datalist_path}: the training split is empty.")
