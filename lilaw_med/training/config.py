@@ -162,6 +162,10 @@ class DataConfig:
     options: dict[str, Any] = setting({}, (dict,), help="options of the transform preset (see lilaw_med.data.transforms)")
     cache: str = setting("none", (str,), choices=("none", "memory", "disk"), help="dataset caching")
     cache_dir: str | None = setting(None, (str,), nullable=True, help="folder of the disk cache (null: RUN_DIR/cache)")
+    cache_memory_fraction: float = setting(
+        0.5, _NUM, minimum=0.0, maximum=1.0, exclusive_minimum=True,
+        help="share of the available memory a memory cache may take (split among a node's ranks); above it: disk",
+    )
     skip_bad: bool = setting(False, (bool,), help="drop items the pre-flight check rejects instead of stopping")
     exclude: str | None = setting(None, (str,), nullable=True, help="CSV of item ids to exclude (from `lilaw-med audit`)")
     relabel: str | None = setting(None, (str,), nullable=True, help="CSV of item ids and new labels")

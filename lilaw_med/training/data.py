@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 
 from lilaw_med.data.curation import apply_exclusions, apply_relabels
 from lilaw_med.data.datalist import Datalist, load_datalist
-from lilaw_med.data.dataset import build_dataset
+from lilaw_med.data.dataset import available_memory_bytes, build_dataset, plan_cache, shard_indices
 from lilaw_med.data.preflight import preflight_or_raise
 from lilaw_med.data.presets import PresetSpec, get_preset
 from lilaw_med.data.sampler import ResumableSampler
@@ -29,7 +30,7 @@ from lilaw_med.training.run_dir import RunDir
 from lilaw_med.training.sampling import ClassBalancedSampler
 from lilaw_med.utils import atomic_write
 
-__all__ = ["TrainingData", "build_data", "prepare_datalist", "training_labels", "transform_options"]
+__all__ = ["TrainingData", "build_data", "cache_budget_bytes", "prepare_datalist", "training_labels", "transform_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,10 +156,33 @@ def _loader(dataset: Any, batch_size: int, sampler: Any, num_workers: int, seed:
     )
 
 
+def cache_budget_bytes(cfg: Config, world_size: int = 1) -> float:
+    """The memory one process's cache may take: ``data.cache_memory_fraction`` of the available memory,
+    split among the processes of this node (they fill their caches at once).
+
+    Args:
+        cfg: the config.
+        world_size: the number of processes (the node's count is asked of ``ignite.distributed``).
+
+    Returns:
+        Bytes.
+    """
+    per_node = 1
+    if world_size > 1:
+        import ignite.distributed as idist
+
+        per_node = max(1, min(world_size, int(idist.get_nproc_per_node() or world_size)))
+    return cfg.data.cache_memory_fraction * available_memory_bytes() / per_node
+
+
 def build_data(
     cfg: Config, datalist: Datalist, run_dir: RunDir | None, device: torch.device, rank: int = 0, world_size: int = 1
 ) -> TrainingData:
     """The transforms, datasets, samplers and loaders of a run.
+
+    With ``data.cache: memory`` the cache is planned first (:func:`~lilaw_med.data.dataset.plan_cache`:
+    above the budget of :func:`cache_budget_bytes` it falls back to the disk cache) and, under torchrun,
+    each rank caches and draws from its own shard of every split (its samplers are ``shard=True``).
 
     Args:
         cfg: the config.
@@ -183,19 +207,44 @@ def build_data(
     eval_tf = build_transforms(data.preset, options, train=False)
     with contextlib.suppress(AttributeError):
         train_tf.set_random_state(seed=seed)
-    train_ds = build_dataset(datalist.training, train_tf, cache=data.cache, cache_dir=cache_dir)
-    val_ds = build_dataset(datalist.validation, eval_tf, cache=data.cache, cache_dir=cache_dir)
-    test_ds = build_dataset(datalist.test, eval_tf, cache=data.cache, cache_dir=cache_dir) if datalist.test else None
+
+    # a rank holds only its own shard in memory, and its samplers draw from it (decided by the config,
+    # not by the budget, so the order of a run does not depend on the machine's memory)
+    sharded = data.cache == "memory" and world_size > 1
+    splits = {"training": datalist.training, "validation": datalist.validation, "test": datalist.test}
+    cached = {
+        name: shard_indices(len(items), rank, world_size) if sharded else list(range(len(items)))
+        for name, items in splits.items()
+    }
+    plan = plan_cache(
+        data.cache, datalist.training, train_tf, sum(len(c) for c in cached.values()),
+        cache_budget_bytes(cfg, world_size), cache_dir,
+    )  # fmt: skip
+    fill = max(1, len(os.sched_getaffinity(0)) // max(1, world_size))  # every core fills the memory cache
+
+    def dataset(name: str, transforms: Any) -> Any:
+        return build_dataset(
+            splits[name], transforms, cache=plan.mode, cache_dir=cache_dir, num_workers=fill,
+            cached=cached[name] if sharded else None,
+        )  # fmt: skip
+
+    train_ds = dataset("training", train_tf)
+    val_ds = dataset("validation", eval_tf)
+    test_ds = dataset("test", eval_tf) if datalist.test else None
     has_test_labels = bool(datalist.test) and all(it.get("label") is not None for it in datalist.test)
 
     if cfg.loss.class_balance == "sampler":
         train_sampler: Any = ClassBalancedSampler(
-            training_labels(datalist.training), seed=seed, rank=rank, world_size=world_size
+            training_labels(datalist.training), seed=seed, rank=rank, world_size=world_size, shard=sharded
         )
     else:
-        train_sampler = ResumableSampler(len(train_ds), shuffle=True, seed=seed, rank=rank, world_size=world_size)
+        train_sampler = ResumableSampler(
+            len(train_ds), shuffle=True, seed=seed, rank=rank, world_size=world_size, shard=sharded
+        )
     # the meta step's own sampler: seeded apart from the training order, reshuffled every pass
-    meta_sampler = ResumableSampler(len(val_ds), shuffle=True, seed=seed + 1, rank=rank, world_size=world_size)
+    meta_sampler = ResumableSampler(
+        len(val_ds), shuffle=True, seed=seed + 1, rank=rank, world_size=world_size, shard=sharded
+    )
     pin, nw, batch = device.type == "cuda", train.num_workers, train.batch_size
     return TrainingData(
         datalist=datalist,
