@@ -30,7 +30,17 @@ from lilaw_med.training.run_dir import RunDir
 from lilaw_med.training.sampling import ClassBalancedSampler
 from lilaw_med.utils import atomic_write
 
-__all__ = ["TrainingData", "build_data", "cache_budget_bytes", "prepare_datalist", "training_labels", "transform_options"]
+__all__ = [
+    "AUTO_WORKERS_MAX",
+    "AUTO_WORKERS_MIN_ITEMS",
+    "TrainingData",
+    "build_data",
+    "cache_budget_bytes",
+    "prepare_datalist",
+    "resolve_num_workers",
+    "training_labels",
+    "transform_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -146,14 +156,55 @@ def prepare_datalist(
     return datalist
 
 
-def _loader(dataset: Any, batch_size: int, sampler: Any, num_workers: int, seed: int, pin: bool) -> Any:
+def _loader(
+    dataset: Any, batch_size: int, sampler: Any, num_workers: int, seed: int, pin: bool, persistent: bool
+) -> Any:
     from monai.data import DataLoader
 
-    # every loader owns its generator, so no global random number is drawn by iterating it
+    # every loader owns its generator, so no global random number is drawn by iterating it; MONAI's
+    # DataLoader seeds each worker's transforms from it, so a seed and a worker count give one result
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
-        generator=torch.Generator().manual_seed(seed), pin_memory=pin, persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed), pin_memory=pin,
+        persistent_workers=persistent and num_workers > 0,
     )
+
+
+AUTO_WORKERS_MAX = 8
+"""``train.num_workers: auto`` never starts more worker processes than this per process."""
+AUTO_WORKERS_MIN_ITEMS = 1000
+"""``train.num_workers: auto`` starts none for a training split smaller than this: starting the
+processes costs more than they save on an epoch of a few batches."""
+
+
+def _ranks_per_node(world_size: int) -> int:
+    if world_size <= 1:
+        return 1
+    import ignite.distributed as idist
+
+    return max(1, min(world_size, int(idist.get_nproc_per_node() or world_size)))
+
+
+def resolve_num_workers(value: int | str, items: int, ranks_per_node: int = 1, cores: int | None = None) -> int:
+    """The loader worker processes of ``train.num_workers``: a number as given; ``"auto"``: the cores this
+    process may run on (``os.sched_getaffinity``) split among the node's ranks, at most
+    :data:`AUTO_WORKERS_MAX`, and none when that leaves one (a single worker only moves the decoding to
+    another process) or the training split has fewer than :data:`AUTO_WORKERS_MIN_ITEMS` items.
+
+    Args:
+        value: the config value (an int or ``"auto"``).
+        items: the number of training items.
+        ranks_per_node: the processes sharing this node's cores.
+        cores: the usable cores (``None``: ``len(os.sched_getaffinity(0))``).
+
+    Returns:
+        The number of worker processes of each loader.
+    """
+    if value != "auto":
+        return int(value)
+    cores = len(os.sched_getaffinity(0)) if cores is None else int(cores)
+    n = min(AUTO_WORKERS_MAX, cores // max(1, ranks_per_node))
+    return 0 if n <= 1 or items < AUTO_WORKERS_MIN_ITEMS else n
 
 
 def cache_budget_bytes(cfg: Config, world_size: int = 1) -> float:
@@ -167,12 +218,7 @@ def cache_budget_bytes(cfg: Config, world_size: int = 1) -> float:
     Returns:
         Bytes.
     """
-    per_node = 1
-    if world_size > 1:
-        import ignite.distributed as idist
-
-        per_node = max(1, min(world_size, int(idist.get_nproc_per_node() or world_size)))
-    return cfg.data.cache_memory_fraction * available_memory_bytes() / per_node
+    return cfg.data.cache_memory_fraction * available_memory_bytes() / _ranks_per_node(world_size)
 
 
 def build_data(
@@ -220,7 +266,8 @@ def build_data(
         data.cache, datalist.training, train_tf, sum(len(c) for c in cached.values()),
         cache_budget_bytes(cfg, world_size), cache_dir,
     )  # fmt: skip
-    fill = max(1, len(os.sched_getaffinity(0)) // max(1, world_size))  # every core fills the memory cache
+    per_node = _ranks_per_node(world_size)
+    fill = max(1, len(os.sched_getaffinity(0)) // per_node)  # every core fills the memory cache
 
     def dataset(name: str, transforms: Any) -> Any:
         return build_dataset(
@@ -245,12 +292,17 @@ def build_data(
     meta_sampler = ResumableSampler(
         len(val_ds), shuffle=True, seed=seed + 1, rank=rank, world_size=world_size, shard=sharded
     )
-    pin, nw, batch = device.type == "cuda", train.num_workers, train.batch_size
+    pin, batch = device.type == "cuda", train.batch_size
+    nw = resolve_num_workers(train.num_workers, len(datalist.training), per_node)
+    # the training and meta loaders are iterated all epoch long: their workers persist; validation and
+    # test run once per epoch, so their workers end with the pass instead of idling beside the others
     return TrainingData(
         datalist=datalist,
-        train_loader=_loader(train_ds, batch, train_sampler, nw, seed, pin),
+        train_loader=_loader(train_ds, batch, train_sampler, nw, seed, pin, persistent=True),
         train_sampler=train_sampler,
-        meta_loader=_loader(val_ds, cfg.lilaw.val_batch_size or batch, meta_sampler, nw, seed + 1, pin),
-        val_loader=_loader(val_ds, batch, None, nw, seed + 2, pin),
-        test_loader=_loader(test_ds, batch, None, nw, seed + 3, pin) if has_test_labels else None,
+        meta_loader=_loader(
+            val_ds, cfg.lilaw.val_batch_size or batch, meta_sampler, nw, seed + 1, pin, persistent=True
+        ),
+        val_loader=_loader(val_ds, batch, None, nw, seed + 2, pin, persistent=False),
+        test_loader=_loader(test_ds, batch, None, nw, seed + 3, pin, persistent=False) if has_test_labels else None,
     )
