@@ -514,7 +514,7 @@ def test_manifest_verdicts_are_dropped_when_the_decoders_change(
     monkeypatch.setattr(preflight, "decoder_environment", lambda: environment)
     check_datalist(dl, 2, cache_dir=tmp_path)
     assert calls == [str(path)]  # a codec was installed: checked again
-    manifest = json.loads((tmp_path / "preflight_manifest.json").read_text())
+    manifest = json.loads(preflight.manifest_path(tmp_path, dl.source).read_text().splitlines()[0])
     assert manifest["environment"] == environment
 
 
