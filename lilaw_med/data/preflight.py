@@ -29,6 +29,7 @@ import json
 import logging
 import multiprocessing
 import os
+import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -90,17 +91,17 @@ def manifest_path(cache_dir: str | os.PathLike, source: str | os.PathLike) -> Pa
     return Path(cache_dir) / _MANIFEST_FOLDER / f"{digest}.jsonl"
 
 
-def _fingerprint(path: str) -> str | None:
-    """``size:mtime_ns`` of a file, or of a series folder's DICOM files together; None if missing."""
+def _fingerprint(path: str, st: os.stat_result) -> str | None:
+    """``size:mtime_ns`` of a file (``st``: its ``stat``), or of a series folder's DICOM files together;
+    ``None`` when a series file cannot be read."""
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{st.st_size}:{st.st_mtime_ns}"
     try:
-        if os.path.isdir(path):
-            files = list_series_files(path)
-            stats = [os.stat(f) for f in files]
-            return f"dir{len(files)}:{sum(s.st_size for s in stats)}:{max((s.st_mtime_ns for s in stats), default=0)}"
-        st = os.stat(path)
+        files = list_series_files(path)
+        stats = [os.stat(f) for f in files]
     except (OSError, ValueError):  # ValueError: a looping link in a series folder; read_header names it
         return None
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    return f"dir{len(files)}:{sum(s.st_size for s in stats)}:{max((s.st_mtime_ns for s in stats), default=0)}"
 
 
 def _header_dict(header: ImageHeader) -> dict[str, Any]:
@@ -237,8 +238,15 @@ def _prune_manifests(folder: Path, keep: Path) -> None:
 
 
 def _image_paths(image: Any) -> list[str]:
-    # normalised as Path does, so the reader's messages (which name str(Path(p))) start with them
-    return [str(Path(p)) for p in image] if isinstance(image, list) else [str(Path(image))]
+    return [str(p) for p in image] if isinstance(image, list) else [str(image)]
+
+
+def _without_path(error: str, path: str) -> str:
+    """The reader's message without the file name it starts with (the Problem carries the path)."""
+    for shown in (path, str(Path(path))):  # the reader names str(Path(path))
+        if error.startswith(f"{shown}: "):
+            return error[len(shown) + 2 :]
+    return error
 
 
 def _read_files(
@@ -371,7 +379,9 @@ def _file_verdicts(
         for path in _image_paths(image):
             if path in files and "location" not in item:
                 continue
-            if not os.path.exists(path):
+            try:
+                st = os.stat(path)
+            except OSError:
                 files[path] = None
                 continue
             if "location" in item:
@@ -379,7 +389,7 @@ def _file_verdicts(
                 slides.setdefault(path, []).append((index, item))
                 continue
             key = manifest.key(os.path.abspath(path), decode)
-            fp = _fingerprint(path)
+            fp = _fingerprint(path, st)
             cached = manifest.lookup(key, fp)
             files[path] = cached if cached is not None else (None, None)
             if cached is None:
@@ -450,8 +460,7 @@ def _item_problems(
                 continue
             header, error = verdict
             if error is not None:
-                # the reader names the file; the Problem already carries the path
-                add(error[len(path) + 2 :] if error.startswith(f"{path}: ") else error, "unreadable")
+                add(_without_path(error, path), "unreadable")
                 continue
             if expected_dims is not None and header is not None:
                 # the rule predict applies too (header.ndim), so both give one verdict per file

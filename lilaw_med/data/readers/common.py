@@ -105,6 +105,11 @@ def _not_regular(path: str | os.PathLike) -> str | None:
         mode = os.stat(path).st_mode
     except OSError:
         return None  # missing or unreadable: the caller's open says so
+    return _mode_problem(mode)
+
+
+def _mode_problem(mode: int) -> str | None:
+    """Why a file of this ``st_mode`` must not be opened (a FIFO, socket or device), or ``None``."""
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
     kind = (

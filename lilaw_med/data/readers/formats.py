@@ -9,7 +9,9 @@ pre-flight, ``validate-data`` and ``predict``) both dispatch through :data:`FORM
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 
 from monai.data import ImageReader, NumpyReader
 
-from lilaw_med.data.readers.common import ImageHeader, _not_regular, _one_line_errors
+from lilaw_med.data.readers.common import ImageHeader, _mode_problem, _one_line_errors
 from lilaw_med.data.readers.dicom import DicomReader, dicom_header, is_dicom_file
 from lilaw_med.data.readers.nifti import NIFTI_SUFFIXES, NiftiReader, nifti_header
 from lilaw_med.data.readers.npy import NUMPY_SUFFIXES, numpy_header
@@ -79,30 +81,45 @@ def image_kind(path: str | os.PathLike) -> str:
         ValueError: when the format is not recognised (the message lists the supported ones).
     """
     p = Path(path)
-    if p.is_dir():
-        return "dicom_series"
+    return "dicom_series" if p.is_dir() else _file_kind(p)
+
+
+def _file_kind(p: Path) -> str:
+    """:func:`image_kind` of a path that is not a folder."""
     for kind, fmt in FORMATS.items():
         if fmt.matches(p):
             return kind
     raise ValueError(
-        f"{path}: unsupported image format; expected DICOM (file or series folder), NIfTI (.nii/.nii.gz), "
+        f"{p}: unsupported image format; expected DICOM (file or series folder), NIfTI (.nii/.nii.gz), "
         f".npy, or PNG/JPEG/TIFF/BMP."
     )
 
 
+# what Path.exists() takes for "not there" (any other error of stat is not a missing file)
+_MISSING_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+
+
 def checked_kind(path: str | os.PathLike) -> str:
-    """:func:`image_kind` of a path that exists and is a regular file or a folder.
+    """:func:`image_kind` of a path that exists and is a regular file or a folder, from one ``stat``.
 
     Raises:
         FileNotFoundError: when the path does not exist.
         ValueError: for a FIFO, socket or device (never opened), or an unsupported format.
     """
-    if not Path(path).exists():
-        raise FileNotFoundError(f"image not found: {path}")
-    problem = _not_regular(path)
-    if problem:
-        raise ValueError(f"{path}: {problem}")
-    return image_kind(path)
+    p = Path(path)
+    try:
+        mode: int | None = os.stat(p).st_mode
+    except OSError as e:
+        if e.errno in _MISSING_ERRNOS:
+            raise FileNotFoundError(f"image not found: {path}") from None
+        mode = None  # e.g. no permission: the reader's open says so
+    if mode is not None:
+        if stat.S_ISDIR(mode):
+            return "dicom_series"
+        problem = _mode_problem(mode)
+        if problem:
+            raise ValueError(f"{path}: {problem}")
+    return _file_kind(p)
 
 
 def read_header(path: str | os.PathLike, decode: bool = False) -> ImageHeader:
