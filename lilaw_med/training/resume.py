@@ -69,7 +69,6 @@ RESUME_CHANGEABLE: dict[str, str] = {
     "train.device": "where the run continues",
     "train.progress": "display only",
     "train.num_workers": "loader processes (with random augmentations, see docs/fault_tolerance.md)",
-    "data.cache_memory_fraction": "where the cache lives (memory or disk), not what it holds",
     "train.checkpoint_every_n_iterations": "when checkpoints are written, not what they hold",
     "train.checkpoint_every_n_epochs": "when checkpoints are written, not what they hold",
     "train.keep_last": "how many checkpoints are kept",
