@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,11 @@ from lilaw_med.quiet import filter_known_warnings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LILAW_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+# the suite's own cache folder (pre-flight manifests), removed at exit: no test writes to ~/.cache;
+# set before any test runs, so subprocesses (torchrun, the CLI) inherit it
+_CACHE_DIR = tempfile.TemporaryDirectory(prefix="lilaw-med-test-cache-")
+os.environ["LILAW_MED_CACHE_DIR"] = _CACHE_DIR.name
 
 torch.set_num_threads(1)  # CI has 2 cores; small models run fastest single-threaded and deterministic
 

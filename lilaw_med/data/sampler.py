@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch.utils.data import DistributedSampler
 
 if TYPE_CHECKING:  # ignite loads in attach(): building a datalist's loaders needs no engine
@@ -42,6 +43,10 @@ class ResumableSampler(DistributedSampler):
         rank: this process's rank in ``[0, world_size)``.
         world_size: the number of processes sharing the data.
         drop_last: drop the tail so that the data divides evenly across ranks, instead of padding.
+        shard: each rank draws only from its own items, ``rank, rank + world_size, ...`` (shuffled among
+            themselves every epoch, padded by repeating its first ones): the items a rank holds in a memory
+            cache (:func:`lilaw_med.data.dataset.shard_indices`). ``False``: every epoch deals a permutation
+            of all items to the ranks, as ``DistributedSampler`` does.
 
     Raises:
         ValueError: on a non-positive ``length`` or ``world_size``, or a ``rank`` outside ``[0, world_size)``.
@@ -61,6 +66,7 @@ class ResumableSampler(DistributedSampler):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        shard: bool = False,
     ) -> None:
         if int(length) < 1:
             raise ValueError(f"length must be a positive number of items but is {length}.")
@@ -77,6 +83,7 @@ class ResumableSampler(DistributedSampler):
             drop_last=bool(drop_last),
         )
         self.length = int(length)
+        self.shard = bool(shard) and int(world_size) > 1
         self.start = 0
 
     @property
@@ -121,7 +128,13 @@ class ResumableSampler(DistributedSampler):
         if epoch is not None:
             self.epoch = int(epoch)
         try:
-            return [int(i) for i in super().__iter__()]
+            own = torch.arange(self.rank, self.length, self.num_replicas)
+            if not self.shard or len(own) == 0:  # a rank with no item of its own is dealt others'
+                return [int(i) for i in super().__iter__()]
+            if self.shuffle:
+                own = own[torch.randperm(len(own), generator=torch.Generator().manual_seed(self.seed + self.epoch))]
+            order = own.tolist()
+            return (order * -(-self.num_samples // len(order)))[: self.num_samples]
         finally:
             self.epoch = saved
 
@@ -156,7 +169,7 @@ class ResumableSampler(DistributedSampler):
         """The sampler's configuration and position.
 
         Returns:
-            ``{"length", "shuffle", "seed", "rank", "world_size", "drop_last", "epoch", "start"}`` (plain
+            ``{"length", "shuffle", "seed", "rank", "world_size", "drop_last", "shard", "epoch", "start"}`` (plain
             Python values, loadable with ``torch.load(weights_only=True)``).
         """
         return {
@@ -166,6 +179,7 @@ class ResumableSampler(DistributedSampler):
             "rank": self.rank,
             "world_size": self.num_replicas,
             "drop_last": self.drop_last,
+            "shard": self.shard,
             "epoch": self.epoch,
             "start": self.start,
         }
@@ -178,10 +192,10 @@ class ResumableSampler(DistributedSampler):
             state_dict: a dict from :meth:`state_dict`.
 
         Raises:
-            ValueError: when the saved length, seed, shuffle, world size or drop_last differ from this
+            ValueError: when the saved length, seed, shuffle, world size, drop_last or shard differ from this
                 sampler's (the resumed run would see a different order).
         """
-        for key in ("length", "shuffle", "seed", "world_size", "drop_last"):
+        for key in ("length", "shuffle", "seed", "world_size", "drop_last", "shard"):
             if key in state_dict and state_dict[key] != getattr(self, key):
                 raise ValueError(
                     f"cannot resume the sampler: the checkpoint has {key}={state_dict[key]!r} but this run has "

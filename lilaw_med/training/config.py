@@ -102,6 +102,7 @@ class Field:
         nullable: ``None`` (YAML ``null``) is allowed.
         help: one line describing the field (used in docs and error messages).
         item_types: accepted types of a list's items.
+        words: the strings a number field also accepts (``"auto"``: decided at run time).
     """
 
     default: Any
@@ -113,6 +114,7 @@ class Field:
     nullable: bool = False
     help: str = ""
     item_types: tuple[type, ...] | None = None
+    words: Collection[str] | None = None
 
 
 def setting(default: Any, types: tuple[type, ...], **checks: Any) -> Any:
@@ -160,6 +162,10 @@ class DataConfig:
     options: dict[str, Any] = setting({}, (dict,), help="options of the transform preset (see lilaw_med.data.transforms)")
     cache: str = setting("none", (str,), choices=("none", "memory", "disk"), help="dataset caching")
     cache_dir: str | None = setting(None, (str,), nullable=True, help="folder of the disk cache (null: RUN_DIR/cache)")
+    cache_memory_fraction: float = setting(
+        0.5, _NUM, minimum=0.0, maximum=1.0, exclusive_minimum=True,
+        help="share of the available memory a memory cache may take (split among a node's ranks); above it: disk",
+    )
     skip_bad: bool = setting(False, (bool,), help="drop items the pre-flight check rejects instead of stopping")
     exclude: str | None = setting(
         None, (str,), nullable=True,
@@ -273,7 +279,10 @@ class TrainConfig:
     seed: int = setting(0, (int,), minimum=0, maximum=_SEED_MAX, help="random seed (network init, shuffles, augmentations)")
     device: str = setting("auto", (str,), help="auto (CUDA when present), cpu, cuda or cuda:N")
     amp: str | bool = setting("auto", (str, bool), choices=("auto", True, False), help="mixed precision (auto: on for CUDA)")
-    num_workers: int = setting(0, (int,), minimum=0, maximum=1024, help="data-loader worker processes")
+    num_workers: int | str = setting(
+        "auto", (int, str), words=("auto",), minimum=0, maximum=1024,
+        help="data-loader worker processes (auto: the cores this process may use, split among a node's ranks, at most 8)",
+    )
     deterministic: bool = setting(True, (bool,), help="seed every RNG (reproducible CPU runs)")
     checkpoint_every_n_epochs: int | None = setting(1, (int,), minimum=1, nullable=True, help="checkpoint interval in epochs")
     checkpoint_every_n_iterations: int | None = setting(
@@ -397,6 +406,13 @@ def _check_value(path: str, spec: Field, value: Any) -> Any:
         raise ConfigError(
             f"config field '{path}' must be {_type_name(spec.types)} but is {type(value).__name__} {value!r}."
         )
+    if spec.words is not None and isinstance(value, str):
+        if value not in spec.words:
+            raise ConfigError(
+                f"config field '{path}' must be a number or one of {list(spec.words)} but is {value!r}"
+                + _suggest(value, list(spec.words))
+            )
+        return value
     if spec.choices is not None and value not in spec.choices:
         raise ConfigError(
             f"config field '{path}' must be one of {list(spec.choices)} but is {value!r}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch
 
 from lilaw_med.data.curation import apply_exclusions, apply_relabels
 from lilaw_med.data.datalist import Datalist, load_datalist
-from lilaw_med.data.dataset import build_dataset
+from lilaw_med.data.dataset import available_memory_bytes, build_dataset, plan_cache, shard_indices
 from lilaw_med.data.preflight import preflight_or_raise
 from lilaw_med.data.presets import PresetSpec, get_preset
 from lilaw_med.data.sampler import ResumableSampler
@@ -29,7 +30,17 @@ from lilaw_med.training.run_dir import RunDir
 from lilaw_med.training.sampling import ClassBalancedSampler
 from lilaw_med.utils import atomic_write
 
-__all__ = ["TrainingData", "build_data", "prepare_datalist", "training_labels", "transform_options"]
+__all__ = [
+    "AUTO_WORKERS_MAX",
+    "AUTO_WORKERS_MIN_ITEMS",
+    "TrainingData",
+    "build_data",
+    "cache_budget_bytes",
+    "prepare_datalist",
+    "resolve_num_workers",
+    "training_labels",
+    "transform_options",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +147,7 @@ def prepare_datalist(
             datalist.training[:n], datalist.validation[:n], datalist.test[:n]
         )
     datalist = preflight_or_raise(
-        datalist, data.skip_bad, run_dir.root if run_dir is not None else None, expected_dims=input_shape(cfg)[0],
+        datalist, data.skip_bad, run_dir.rejected if run_dir is not None else None, expected_dims=input_shape(cfg)[0],
     )
     if not datalist.training:
         raise ValueError(f"datalist {datalist_path}: the training split is empty.")
@@ -145,20 +156,79 @@ def prepare_datalist(
     return datalist
 
 
-def _loader(dataset: Any, batch_size: int, sampler: Any, num_workers: int, seed: int, pin: bool) -> Any:
+def _loader(
+    dataset: Any, batch_size: int, sampler: Any, num_workers: int, seed: int, pin: bool, persistent: bool
+) -> Any:
     from monai.data import DataLoader
 
-    # every loader owns its generator, so no global random number is drawn by iterating it
+    # every loader owns its generator, so no global random number is drawn by iterating it; MONAI's
+    # DataLoader seeds each worker's transforms from it, so a seed and a worker count give one result
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
-        generator=torch.Generator().manual_seed(seed), pin_memory=pin, persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed), pin_memory=pin,
+        persistent_workers=persistent and num_workers > 0,
     )
+
+
+AUTO_WORKERS_MAX = 8
+"""``train.num_workers: auto`` never starts more worker processes than this per process."""
+AUTO_WORKERS_MIN_ITEMS = 1000
+"""``train.num_workers: auto`` starts none for a training split smaller than this: starting the
+processes costs more than they save on an epoch of a few batches."""
+
+
+def _ranks_per_node(world_size: int) -> int:
+    if world_size <= 1:
+        return 1
+    import ignite.distributed as idist
+
+    return max(1, min(world_size, int(idist.get_nproc_per_node() or world_size)))
+
+
+def resolve_num_workers(value: int | str, items: int, ranks_per_node: int = 1, cores: int | None = None) -> int:
+    """The loader worker processes of ``train.num_workers``: a number as given; ``"auto"``: the cores this
+    process may run on (``os.sched_getaffinity``) split among the node's ranks, at most
+    :data:`AUTO_WORKERS_MAX`, and none when that leaves one (a single worker only moves the decoding to
+    another process) or the training split has fewer than :data:`AUTO_WORKERS_MIN_ITEMS` items.
+
+    Args:
+        value: the config value (an int or ``"auto"``).
+        items: the number of training items.
+        ranks_per_node: the processes sharing this node's cores.
+        cores: the usable cores (``None``: ``len(os.sched_getaffinity(0))``).
+
+    Returns:
+        The number of worker processes of each loader.
+    """
+    if value != "auto":
+        return int(value)
+    cores = len(os.sched_getaffinity(0)) if cores is None else int(cores)
+    n = min(AUTO_WORKERS_MAX, cores // max(1, ranks_per_node))
+    return 0 if n <= 1 or items < AUTO_WORKERS_MIN_ITEMS else n
+
+
+def cache_budget_bytes(cfg: Config, world_size: int = 1) -> float:
+    """The memory one process's cache may take: ``data.cache_memory_fraction`` of the available memory,
+    split among the processes of this node (they fill their caches at once).
+
+    Args:
+        cfg: the config.
+        world_size: the number of processes (the node's count is asked of ``ignite.distributed``).
+
+    Returns:
+        Bytes.
+    """
+    return cfg.data.cache_memory_fraction * available_memory_bytes() / _ranks_per_node(world_size)
 
 
 def build_data(
     cfg: Config, datalist: Datalist, run_dir: RunDir | None, device: torch.device, rank: int = 0, world_size: int = 1
 ) -> TrainingData:
     """The transforms, datasets, samplers and loaders of a run.
+
+    With ``data.cache: memory`` the cache is planned first (:func:`~lilaw_med.data.dataset.plan_cache`:
+    above the budget of :func:`cache_budget_bytes` it falls back to the disk cache) and, under torchrun,
+    each rank caches and draws from its own shard of every split (its samplers are ``shard=True``).
 
     Args:
         cfg: the config.
@@ -183,25 +253,56 @@ def build_data(
     eval_tf = build_transforms(data.preset, options, train=False)
     with contextlib.suppress(AttributeError):
         train_tf.set_random_state(seed=seed)
-    train_ds = build_dataset(datalist.training, train_tf, cache=data.cache, cache_dir=cache_dir)
-    val_ds = build_dataset(datalist.validation, eval_tf, cache=data.cache, cache_dir=cache_dir)
-    test_ds = build_dataset(datalist.test, eval_tf, cache=data.cache, cache_dir=cache_dir) if datalist.test else None
+
+    # a rank holds only its own shard in memory, and its samplers draw from it (decided by the config,
+    # not by the budget, so the order of a run does not depend on the machine's memory)
+    sharded = data.cache == "memory" and world_size > 1
+    splits = {"training": datalist.training, "validation": datalist.validation, "test": datalist.test}
+    cached = {
+        name: shard_indices(len(items), rank, world_size) if sharded else list(range(len(items)))
+        for name, items in splits.items()
+    }
+    plan = plan_cache(
+        data.cache, datalist.training, train_tf, sum(len(c) for c in cached.values()),
+        cache_budget_bytes(cfg, world_size), cache_dir,
+    )  # fmt: skip
+    per_node = _ranks_per_node(world_size)
+    fill = max(1, len(os.sched_getaffinity(0)) // per_node)  # every core fills the memory cache
+
+    def dataset(name: str, transforms: Any) -> Any:
+        return build_dataset(
+            splits[name], transforms, cache=plan.mode, cache_dir=cache_dir, num_workers=fill,
+            cached=cached[name] if sharded else None,
+        )  # fmt: skip
+
+    train_ds = dataset("training", train_tf)
+    val_ds = dataset("validation", eval_tf)
+    test_ds = dataset("test", eval_tf) if datalist.test else None
     has_test_labels = bool(datalist.test) and all(it.get("label") is not None for it in datalist.test)
 
     if cfg.loss.class_balance == "sampler":
         train_sampler: Any = ClassBalancedSampler(
-            training_labels(datalist.training), seed=seed, rank=rank, world_size=world_size
+            training_labels(datalist.training), seed=seed, rank=rank, world_size=world_size, shard=sharded
         )
     else:
-        train_sampler = ResumableSampler(len(train_ds), shuffle=True, seed=seed, rank=rank, world_size=world_size)
+        train_sampler = ResumableSampler(
+            len(train_ds), shuffle=True, seed=seed, rank=rank, world_size=world_size, shard=sharded
+        )
     # the meta step's own sampler: seeded apart from the training order, reshuffled every pass
-    meta_sampler = ResumableSampler(len(val_ds), shuffle=True, seed=seed + 1, rank=rank, world_size=world_size)
-    pin, nw, batch = device.type == "cuda", train.num_workers, train.batch_size
+    meta_sampler = ResumableSampler(
+        len(val_ds), shuffle=True, seed=seed + 1, rank=rank, world_size=world_size, shard=sharded
+    )
+    pin, batch = device.type == "cuda", train.batch_size
+    nw = resolve_num_workers(train.num_workers, len(datalist.training), per_node)
+    # the training and meta loaders are iterated all epoch long: their workers persist; validation and
+    # test run once per epoch, so their workers end with the pass instead of idling beside the others
     return TrainingData(
         datalist=datalist,
-        train_loader=_loader(train_ds, batch, train_sampler, nw, seed, pin),
+        train_loader=_loader(train_ds, batch, train_sampler, nw, seed, pin, persistent=True),
         train_sampler=train_sampler,
-        meta_loader=_loader(val_ds, cfg.lilaw.val_batch_size or batch, meta_sampler, nw, seed + 1, pin),
-        val_loader=_loader(val_ds, batch, None, nw, seed + 2, pin),
-        test_loader=_loader(test_ds, batch, None, nw, seed + 3, pin) if has_test_labels else None,
+        meta_loader=_loader(
+            val_ds, cfg.lilaw.val_batch_size or batch, meta_sampler, nw, seed + 1, pin, persistent=True
+        ),
+        val_loader=_loader(val_ds, batch, None, nw, seed + 2, pin, persistent=False),
+        test_loader=_loader(test_ds, batch, None, nw, seed + 3, pin, persistent=False) if has_test_labels else None,
     )

@@ -35,19 +35,24 @@ class ClassBalancedSampler(Sampler[int]):
     The order is a pure function of ``(seed, epoch)`` (like
     :class:`lilaw_med.data.sampler.ResumableSampler`, with the same ``set_epoch``/``set_start``/
     ``state_dict`` interface), so a resumed run sees the same samples. With ``world_size > 1``,
-    rank ``r`` takes every ``world_size``-th index of the same draw, starting at ``r``.
+    rank ``r`` takes every ``world_size``-th index of the same draw, starting at ``r``; with ``shard``,
+    rank ``r`` draws from its own items ``r, r + world_size, ...`` only (those it holds in a memory cache).
 
     Args:
         labels: integer label of every item (N,).
         seed: base seed; epoch ``e`` is drawn with ``seed + e``.
         rank: this process's rank.
         world_size: number of processes.
+        shard: each rank draws from its own items only (still each class equally likely, by the classes'
+            frequencies over all items).
 
     Raises:
         ValueError: on empty labels or a bad rank.
     """
 
-    def __init__(self, labels: Sequence[int], seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, labels: Sequence[int], seed: int = 0, rank: int = 0, world_size: int = 1, shard: bool = False
+    ) -> None:
         labels_np = np.asarray(labels, dtype=np.int64)
         if labels_np.size == 0:
             raise ValueError("ClassBalancedSampler needs at least one label.")
@@ -60,6 +65,7 @@ class ClassBalancedSampler(Sampler[int]):
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.num_samples = -(-self.length // self.world_size)
+        self.shard = bool(shard) and self.world_size > 1 and self.rank < self.length
         self.epoch = 0
         self.start = 0
 
@@ -79,6 +85,11 @@ class ClassBalancedSampler(Sampler[int]):
 
     def epoch_indices(self) -> list[int]:
         """This rank's indices of the current epoch (without the start offset)."""
+        if self.shard:
+            own = torch.arange(self.rank, self.length, self.world_size)
+            g = torch.Generator().manual_seed((self.seed + self.epoch) * self.world_size + self.rank)
+            draw = torch.multinomial(self.probs[own], self.num_samples, replacement=True, generator=g)
+            return own[draw].tolist()
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         total = self.num_samples * self.world_size
         draw = torch.multinomial(self.probs, total, replacement=True, generator=g).tolist()
@@ -93,17 +104,17 @@ class ClassBalancedSampler(Sampler[int]):
         return self.num_samples
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"length", "seed", "world_size", "epoch", "start"}``."""
-        return {"length": self.length, "seed": self.seed, "world_size": self.world_size,
+        """``{"length", "seed", "world_size", "shard", "epoch", "start"}``."""
+        return {"length": self.length, "seed": self.seed, "world_size": self.world_size, "shard": self.shard,
                 "epoch": self.epoch, "start": self.start}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restores epoch and start.
 
         Raises:
-            ValueError: when the saved length, seed or world size differ.
+            ValueError: when the saved length, seed, world size or shard differ.
         """
-        for key in ("length", "seed", "world_size"):
+        for key in ("length", "seed", "world_size", "shard"):
             if key in state_dict and state_dict[key] != getattr(self, key):
                 raise ValueError(f"cannot resume the sampler: saved {key}={state_dict[key]!r}, now {getattr(self, key)!r}.")
         self.epoch = int(state_dict.get("epoch", self.epoch))

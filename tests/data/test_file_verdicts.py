@@ -34,6 +34,7 @@ from lilaw_med.data.datalist import Datalist, load_datalist
 from lilaw_med.data.preflight import check_datalist, preflight_or_raise
 from lilaw_med.data.readers import LoadMedicalImaged, read_header
 from lilaw_med.data.transforms import build_transforms
+from lilaw_med.training.run_dir import RunDir
 
 PYDICOM_DIR = Path(pydicom.__file__).parent / "data" / "test_files"
 NIBABEL_DIR = Path(nibabel.__file__).parent / "tests" / "data"
@@ -449,7 +450,9 @@ def test_skip_bad_and_validate_data_record_the_same_refusals_over_the_corpus(tmp
     run.mkdir()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        kept = preflight_or_raise(dl, skip_bad=True, run_dir=run, expected_dims=2, cache_dir=None)
+        kept = preflight_or_raise(
+            dl, skip_bad=True, rejected_csv=RunDir(run).rejected, expected_dims=2, cache_dir=None
+        )
     with (run / "rejected_items.csv").open(newline="") as f:
         rejected = {r["id"]: r["reason"] for r in csv.DictReader(f) if r["split"] == "training"}
     assert {it["id"] for it in kept.training} == {i for i, v in expected.items() if v == "2D"}
@@ -511,7 +514,7 @@ def test_manifest_verdicts_are_dropped_when_the_decoders_change(
     monkeypatch.setattr(preflight, "decoder_environment", lambda: environment)
     check_datalist(dl, 2, cache_dir=tmp_path)
     assert calls == [str(path)]  # a codec was installed: checked again
-    manifest = json.loads((tmp_path / "preflight_manifest.json").read_text())
+    manifest = json.loads(preflight.manifest_path(tmp_path, dl.source).read_text().splitlines()[0])
     assert manifest["environment"] == environment
 
 

@@ -17,6 +17,7 @@ from lilaw_med.cli import main
 from lilaw_med.data import preflight
 from lilaw_med.data.datalist import load_datalist
 from lilaw_med.data.preflight import check_datalist, preflight_or_raise
+from lilaw_med.training.run_dir import RunDir
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def test_manifest_cache_skips_unchanged_files_and_rereads_changed_ones(
 def test_training_refuses_to_start_and_names_every_bad_item(bad_datalist: Path, tmp_path: Path) -> None:
     dl = load_datalist(bad_datalist, strict=False)
     with pytest.raises(ValueError) as err:
-        preflight_or_raise(dl, skip_bad=False, run_dir=tmp_path / "run", expected_dims=2, cache_dir=None)
+        preflight_or_raise(dl, skip_bad=False, rejected_csv=RunDir(tmp_path / "run").rejected, expected_dims=2, cache_dir=None)
     for item_id in EXPECTED:
         assert item_id in str(err.value)
     assert not (tmp_path / "run" / "rejected_items.csv").exists()
@@ -115,7 +116,7 @@ def test_skip_bad_trains_on_the_rest_and_writes_the_rejected_items(
     bad_datalist: Path, tmp_path: Path
 ) -> None:
     dl = load_datalist(bad_datalist, strict=False)
-    kept = preflight_or_raise(dl, skip_bad=True, run_dir=tmp_path / "run", expected_dims=2, cache_dir=None)
+    kept = preflight_or_raise(dl, skip_bad=True, rejected_csv=RunDir(tmp_path / "run").rejected, expected_dims=2, cache_dir=None)
     ids = {it["id"] for _, it in kept.iter_items()}
     assert ids == {"img/ok0.png", "img/ok1.png", "img/ok2.png", "img/ok3.png"}
     with (tmp_path / "run" / "rejected_items.csv").open() as f:

@@ -242,7 +242,7 @@ def test_small_nii_gz_read_in_one_go_equals_monai_nibabel_reader(
 ) -> None:
     from monai.data import NibabelReader
 
-    from lilaw_med.data.readers import _read_nifti_gz
+    from lilaw_med.data.readers.nifti import _read_nifti_gz
 
     rng = np.random.default_rng(1)
     data = (rng.random((11, 7, 5)) * 200).astype(dtype)
@@ -262,7 +262,7 @@ def test_small_nii_gz_read_in_one_go_equals_monai_nibabel_reader(
 def test_nii_gz_that_one_read_does_not_take_loads_through_nibabel(tmp_path: Path) -> None:
     from monai.data import NibabelReader
 
-    from lilaw_med.data.readers import _read_nifti_gz
+    from lilaw_med.data.readers.nifti import _read_nifti_gz
 
     data = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
     raw = tmp_path / "v.nii"
@@ -279,7 +279,7 @@ def test_nii_gz_that_one_read_does_not_take_loads_through_nibabel(tmp_path: Path
 
 
 def test_truncated_nii_gz_gets_the_same_error_as_through_nibabel(tmp_path: Path, monkeypatch) -> None:
-    from lilaw_med.data import readers
+    from lilaw_med.data.readers import nifti as readers
 
     path = tmp_path / "cut.nii.gz"
     nib.save(
@@ -296,7 +296,7 @@ def test_truncated_nii_gz_gets_the_same_error_as_through_nibabel(tmp_path: Path,
 
 
 def test_nii_gz_declaring_too_many_voxels_is_refused_from_its_header(tmp_path: Path) -> None:
-    from lilaw_med.data.readers import _read_nifti_gz
+    from lilaw_med.data.readers.nifti import _read_nifti_gz
 
     header = nib.Nifti1Header()
     header.set_data_shape((30000, 30000, 30000))
