@@ -145,7 +145,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import contextlib
 
-    from lilaw_med.training.predict import evaluate_run
+    from lilaw_med.training.evaluate import evaluate_run
     from lilaw_med.training.run_dir import RunDir, RunDirBusyError
 
     _quiet_engines(args)
