@@ -257,7 +257,7 @@ def test_non_finite_pixels_or_outputs_never_get_a_class(run_2d: Path, tmp_path: 
         image = np.full((32, 32), 100.0, np.float32)
         image[3, 3] = value
         np.save(tmp_path / "x.npy", image)
-        with pytest.raises(ValueError, match="NaN or infinite pixel values; no prediction is made for it"):
+        with pytest.raises(ValueError, match="x.npy: NaN or inf"):  # the pre-flight's verdict
             ImagePreparer(run)(tmp_path / "x.npy")
 
     class Overflowing(nn.Module):  # a finite image the network cannot score (as an overflow would)
@@ -268,7 +268,7 @@ def test_non_finite_pixels_or_outputs_never_get_a_class(run_2d: Path, tmp_path: 
 
     good = Path(json.loads((run_2d / "datalist.json").read_text())["test"][0]["image"])
     run.network = Overflowing()
-    rows = predict_images([(0, good), (1, good)], run, {}, 8)
+    rows = [row for batch in predict_images([good, good], run, {}, 8) for row in batch]
     assert rows[0] == ["", "", "", "", "", f"{good}: the model's output is not finite; no prediction is made for it."]
     assert rows[1][:2] == [0, run.output_names[0]] and rows[1][-1] == ""
 

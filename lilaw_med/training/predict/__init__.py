@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from lilaw_med.training.predict.core import predict_inputs
+from lilaw_med.training.predict.inputs import collect_inputs
 from lilaw_med.training.predict.slides import SLIDE_SUFFIXES, aggregate_patches, mask_overlay
 
-__all__ = ["SLIDE_SUFFIXES", "aggregate_patches", "mask_overlay", "predict_inputs"]
+__all__ = ["SLIDE_SUFFIXES", "aggregate_patches", "collect_inputs", "mask_overlay", "predict_inputs"]

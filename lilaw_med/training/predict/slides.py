@@ -86,6 +86,8 @@ def is_slide(path: Path, patch: int) -> bool:
     try:
         w, h = slide.dimensions
         return slide.level_count > 1 or max(w, h) > 8 * patch
+    except Exception:  # a header tiffslide cannot make sense of: read as an image, whose check says why
+        return False
     finally:
         slide.close()
 
