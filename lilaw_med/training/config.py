@@ -281,6 +281,11 @@ class TrainConfig:
     sync_batchnorm: bool = setting(
         False, (bool,), help="distributed (torchrun) on CUDA: synchronise batch-norm statistics across ranks"
     )
+    dist_timeout_minutes: float = setting(
+        30.0, _NUM, minimum=0.0, exclusive_minimum=True,
+        help="distributed (torchrun): how long a collective waits for the other ranks, and a rank for a sign of "
+        "rank 0 while rank 0 alone works (pre-flight, final evaluation)",
+    )
 
 
 @dataclass(frozen=True)
