@@ -311,6 +311,11 @@ class OutputConfig:
     name: str | None = setting(None, (str,), nullable=True, help="run folder name (null: PRESET-YYYYmmdd-HHMMSS)")
     plots: bool = setting(True, (bool,), help="write PNG plots")
     tensorboard: str | bool = setting("auto", (str, bool), choices=("auto", True, False), help="TensorBoard logs")
+    tracking: str | list[str] | None = setting(
+        None, (str, list), nullable=True, item_types=(str,),
+        help="experiment trackers besides the run folder's files: tensorboard, mlflow (a name or a list; MLflow "
+        "writes RUN_DIR/mlruns, no server; rank 0 only)",
+    )
     overwrite: bool = setting(False, (bool,), help="allow writing into an existing non-empty run folder")
 
 @dataclass(frozen=True)

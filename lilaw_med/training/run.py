@@ -27,6 +27,7 @@ from lilaw_med.handlers.dynamics import DynamicsRecorder
 from lilaw_med.handlers.nonfinite import NonFiniteLossHandler
 from lilaw_med.handlers.progress import TrainingProgress
 from lilaw_med.handlers.run_logger import RunLogger
+from lilaw_med.handlers.tracking import attach_tracking, tracking_backends
 from lilaw_med.training import distributed
 from lilaw_med.training.config import Config
 from lilaw_med.training.data import prepare_datalist
@@ -73,6 +74,14 @@ def _progress_values(c: TrainingComponents) -> Any:
     return values
 
 
+def _tracked_params(cfg: Config) -> dict[str, Any]:
+    """The config values an experiment tracker records once per run (MLflow's parameters)."""
+    return {
+        "preset": cfg.data.preset, "network": cfg.model.network, "loss": cfg.loss.name, "lilaw": cfg.lilaw.enabled,
+        "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size, "lr": cfg.optim.lr, "seed": cfg.train.seed,
+    }
+
+
 def attach_run_handlers(c: TrainingComponents, run_dir: RunDir, progress: bool) -> dict[str, Any]:
     """Attaches what makes a run folder, in this order: validation, dynamics, logging, LR schedule,
     non-finite stop, checkpoints, progress. Ranks other than 0 attach those that write nothing.
@@ -105,10 +114,12 @@ def attach_run_handlers(c: TrainingComponents, run_dir: RunDir, progress: bool) 
     )
     handlers["dynamics"].attach(c.trainer)
     if writer:
-        handlers["run_logger"] = RunLogger(
-            c.loss, run_dir, c.optimizer, plots=cfg.output.plots, tensorboard=cfg.output.tensorboard
-        )
+        handlers["run_logger"] = RunLogger(c.loss, run_dir, c.optimizer, plots=cfg.output.plots)
         handlers["run_logger"].attach(c.trainer)
+        handlers["tracking"] = attach_tracking(
+            c.trainer, handlers["run_logger"], run_dir, tracking_backends(cfg.output.tracking, cfg.output.tensorboard),
+            _tracked_params(cfg),
+        )
     if c.scheduler is not None:
         from monai.handlers import LrScheduleHandler
 
