@@ -67,6 +67,15 @@ def test_list_file_folder_and_glob_give_the_rows_of_the_argument_form(
         assert not Path(f"{out}.partial").exists()
 
 
+def test_predict_without_any_input_is_one_line(run_2d: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["predict", str(run_2d), "-o", str(tmp_path / "p.csv")]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "lilaw-med predict: error: no input: give image paths or patterns, --list FILE or --folder DIR."
+    )
+    assert main(["predict", str(run_2d), "--list", str(tmp_path / "absent.txt"), "-o", str(tmp_path / "p.csv")]) == 1
+    assert "--list " in capsys.readouterr().err
+
+
 def test_collect_inputs_keeps_the_order_and_refuses_what_matches_nothing(pngs: list[Path], tmp_path: Path) -> None:
     folder = pngs[0].parent
     assert collect_inputs(folder=folder) == [str(p) for p in pngs]  # notes.txt and hidden names left out
