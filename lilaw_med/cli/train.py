@@ -145,7 +145,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import contextlib
 
-    from lilaw_med.training.predict import evaluate_run
+    from lilaw_med.training.evaluate import evaluate_run
     from lilaw_med.training.run_dir import RunDir, RunDirBusyError
 
     _quiet_engines(args)
@@ -181,14 +181,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ predict
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from lilaw_med.training.predict import predict_inputs
+    from lilaw_med.training.predict import collect_inputs, predict_inputs
 
     _quiet_engines(args)
     with user_errors():
+        inputs = collect_inputs(args.inputs, list_file=args.list, folder=args.folder)
+        if not inputs:
+            raise UserError("no input: give image paths or patterns, --list FILE or --folder DIR.")
         result = predict_inputs(
-            args.run_dir, args.inputs, args.output, which=args.checkpoint, device=args.device,
+            args.run_dir, inputs, args.output, which=args.checkpoint, device=args.device,
             batch_size=args.batch_size, calibrated=not args.uncalibrated, slide_aggregation=args.slide_aggregation,
-            tissue_threshold=args.tissue_threshold,
+            tissue_threshold=args.tissue_threshold, num_workers=args.num_workers,
         )
     failed = result.get("failed", [])
     print(f"{result['n'] - len(failed)} prediction(s) and {len(failed)} error(s) written to {result['output']}")
@@ -285,10 +288,21 @@ def register(subparsers: Any) -> None:
         "class). Inputs: DICOM files, DICOM series folders (one 3D volume), NIfTI, PNG/JPEG/TIFF.\n"
         "With a pathology run, a whole-slide image is tiled on its tissue (tissue mask, patch grid):\n"
         "a patch probability map is written beside the CSV and the slide gets a score by\n"
-        "--slide-aggregation (mean: mean patch probability; max; top10: mean of the top 10%).",
+        "--slide-aggregation (mean: mean patch probability; max; top10: mean of the top 10%).\n"
+        "Rows are written as they are made to CSV.partial, renamed to CSV at the end.\n\n"
+        "examples:\n"
+        "  lilaw-med predict RUN_DIR scan1.dcm scan2.dcm -o preds.csv\n"
+        "  lilaw-med predict RUN_DIR --list paths.txt -o preds.csv\n"
+        "  lilaw-med predict RUN_DIR --folder scans/ -o preds.csv\n"
+        "  lilaw-med predict RUN_DIR 'scans/**/*.png' -o preds.csv",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder")
-    p.add_argument("inputs", metavar="INPUT", nargs="+", help="image files or DICOM series folders")
+    p.add_argument("inputs", metavar="INPUT", nargs="*",
+                   help="image files, DICOM series folders, or quoted glob patterns ('scans/**/*.png')")
+    p.add_argument("--list", metavar="FILE", help="a text file of input paths, one a line (relative to its folder)")
+    p.add_argument("--folder", metavar="DIR", help="predict every image file under this folder (recursive)")
+    p.add_argument("--num-workers", type=int, default=None, metavar="N",
+                   help="loader processes that read the images (default: one per core less one, at most 8)")
     p.add_argument("--output", "-o", required=True, metavar="CSV", help="the predictions CSV")
     p.add_argument("--checkpoint", choices=("best", "final"), default="best", help="which model (default: best)")
     p.add_argument("--uncalibrated", action="store_true", help="ignore the calibration fitted during training")

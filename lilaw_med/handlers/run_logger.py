@@ -1,4 +1,4 @@
-"""RunLogger: per-iteration LiLAW statistics and per-epoch metrics to the run folder (CSV, JSON, PNG, TensorBoard)."""
+"""RunLogger: per-iteration LiLAW statistics and per-epoch metrics to the run folder (CSV, JSON, PNG)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from lilaw_med.losses import LiLAWLoss
 from lilaw_med.training.run_dir import RunDir
 from lilaw_med.utils import atomic_write
 
-__all__ = ["ITERATION_COLUMNS", "RunLogger"]
+__all__ = ["HIST_EDGES", "ITERATION_COLUMNS", "RunLogger"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ ITERATION_COLUMNS = (
     "weight_mean", "weight_std", "weight_min", "weight_max", "lilaw_active", "meta_val_loss",
 )
 # weights lie in (0, 3): fixed bins make histograms comparable across epochs
-_HIST_EDGES = np.linspace(0.0, 3.0, 61)
+HIST_EDGES = np.linspace(0.0, 3.0, 61)
 
 
 def _scalar(value: Any) -> float | None:
@@ -47,15 +47,15 @@ class RunLogger:
     loss, learning rate, LiLAW scalars and every scalar in ``engine.state.metrics`` whose name
     starts with one of ``metric_prefixes`` (the builder's validation handler, attached before this
     one, puts ``val_*``/``test_*`` there), to ``metrics.csv`` and ``metrics.json``; plots of losses,
-    metrics, alpha/beta/delta and the weight histograms per epoch to ``plots/*.png``; the same
-    scalars to TensorBoard when it is installed and enabled.
+    metrics, alpha/beta/delta and the weight histograms per epoch to ``plots/*.png``. The experiment
+    trackers (TensorBoard, MLflow: :mod:`lilaw_med.handlers.tracking`) read :attr:`iterations`,
+    :attr:`epochs` and :attr:`histograms` after it.
 
     Args:
         loss: the trainer's :class:`LiLAWLoss` (its ``last_stats``/``last_loss`` and scalars are read).
         run_dir: the run folder.
         optimizer: read for the learning rate (first parameter group).
         plots: write PNG plots at every epoch end.
-        tensorboard: ``True``, ``False`` or ``"auto"`` (on when ``tensorboard`` is importable).
         metric_prefixes: prefixes of ``engine.state.metrics`` entries logged per epoch.
     """
 
@@ -65,7 +65,6 @@ class RunLogger:
         run_dir: RunDir,
         optimizer: torch.optim.Optimizer | None = None,
         plots: bool = True,
-        tensorboard: bool | str = "auto",
         metric_prefixes: tuple[str, ...] = ("val_", "test_"),
     ) -> None:
         if not isinstance(loss, LiLAWLoss):
@@ -77,32 +76,18 @@ class RunLogger:
         self.metric_prefixes = tuple(metric_prefixes)
         self.iterations: list[list[float]] = []
         self.epochs: list[dict[str, Any]] = []
-        self.histograms: list[list[int]] = []  # one row of counts per epoch over _HIST_EDGES
+        self.histograms: list[list[int]] = []  # one row of counts per epoch over HIST_EDGES
         self._epoch_losses: list[float] = []
-        self._epoch_hist = np.zeros(len(_HIST_EDGES) - 1, dtype=np.int64)
-        self._writer = self._make_writer(tensorboard)
+        self._epoch_hist = np.zeros(len(HIST_EDGES) - 1, dtype=np.int64)
 
     # ---------------------------------------------------------------- wiring
     def attach(self, engine: Engine) -> None:
         """Registers on ``ITERATION_COMPLETED`` and ``EPOCH_COMPLETED`` (attach after the LiLAW and
-        validation handlers so their values of the same event are visible)."""
+        validation handlers so their values of the same event are visible, and before the trackers)."""
         if not engine.has_event_handler(self.iteration_completed, Events.ITERATION_COMPLETED):
             engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
         if not engine.has_event_handler(self, Events.EPOCH_COMPLETED):
             engine.add_event_handler(Events.EPOCH_COMPLETED, self)
-        if not engine.has_event_handler(self.close, Events.COMPLETED):
-            engine.add_event_handler(Events.COMPLETED, self.close)
-
-    def _make_writer(self, tensorboard: bool | str) -> Any:
-        if tensorboard is False:
-            return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional
-            if tensorboard is True:
-                logger.warning("TensorBoard logging asked for but tensorboard is not installed (pip install tensorboard).")
-            return None
-        return SummaryWriter(log_dir=str(self.run_dir.tensorboard))
 
     # ---------------------------------------------------------------- events
     def iteration_completed(self, engine: Engine) -> None:
@@ -121,7 +106,7 @@ class RunLogger:
         else:
             w = torch.ones(1)
         w_np = w.numpy()
-        self._epoch_hist += np.histogram(np.clip(w_np, 0, 3), bins=_HIST_EDGES)[0]
+        self._epoch_hist += np.histogram(np.clip(w_np, 0, 3), bins=HIST_EDGES)[0]
         meta = engine.state.metrics.get("lilaw_val_loss", float("nan")) if active else float("nan")
         row = [
             float(engine.state.epoch), float(engine.state.iteration), float("nan") if loss_value is None else loss_value,
@@ -131,12 +116,6 @@ class RunLogger:
         self.iterations.append(row)
         if loss_value is not None and math.isfinite(loss_value):
             self._epoch_losses.append(loss_value)
-        if self._writer is not None:
-            it = engine.state.iteration
-            for name in ("alpha", "beta", "delta"):
-                self._writer.add_scalar(f"lilaw/{name}", scalars[name], it)
-            if loss_value is not None:
-                self._writer.add_scalar("train/loss_iteration", loss_value, it)
 
     def __call__(self, engine: Engine) -> None:
         """Epoch end: appends the epoch's record and rewrites every file."""
@@ -160,23 +139,8 @@ class RunLogger:
         self.epochs = [e for e in self.epochs if e["epoch"] != epoch] + [record]
         self.histograms = self.histograms[: epoch - 1] + [self._epoch_hist.tolist()]
         self._epoch_losses = []
-        self._epoch_hist = np.zeros(len(_HIST_EDGES) - 1, dtype=np.int64)
-        if self._writer is not None:
-            for key, value in record.items():
-                if key not in ("epoch", "iteration") and isinstance(value, float) and math.isfinite(value):
-                    self._writer.add_scalar(f"epoch/{key}", value, epoch)
-            centers = (_HIST_EDGES[:-1] + _HIST_EDGES[1:]) / 2
-            counts = np.asarray(self.histograms[-1])
-            if counts.sum() > 0:
-                self._writer.add_histogram("lilaw/weights", np.repeat(centers, counts), epoch)
-            self._writer.flush()
+        self._epoch_hist = np.zeros(len(HIST_EDGES) - 1, dtype=np.int64)
         self.write()
-
-    def close(self, engine: Engine | None = None) -> None:
-        """Flushes and closes the TensorBoard writer."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
 
     # ---------------------------------------------------------------- files
     def write(self) -> None:
@@ -252,7 +216,7 @@ class RunLogger:
         for i, counts in enumerate(self.histograms):
             c = np.asarray(counts, dtype=np.float64)
             if c.sum() > 0:
-                ax.stairs(c / c.sum(), _HIST_EDGES, color=cmap(i / max(n - 1, 1)), label=f"epoch {i + 1}")
+                ax.stairs(c / c.sum(), HIST_EDGES, color=cmap(i / max(n - 1, 1)), label=f"epoch {i + 1}")
         ax.set(xlabel="per-sample weight w", ylabel="fraction of samples", title="LiLAW weights per epoch")
         # a colour bar reads at any number of epochs, where a legend stops fitting after ten
         mappable = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, max(n, 2)))
@@ -265,7 +229,7 @@ class RunLogger:
         return {
             "iterations": torch.tensor(self.iterations, dtype=torch.float64).reshape(-1, len(ITERATION_COLUMNS)),
             "epochs": [{k: v for k, v in e.items()} for e in self.epochs],
-            "histograms": torch.tensor(self.histograms, dtype=torch.int64).reshape(-1, len(_HIST_EDGES) - 1),
+            "histograms": torch.tensor(self.histograms, dtype=torch.int64).reshape(-1, len(HIST_EDGES) - 1),
             "epoch_losses": torch.tensor(self._epoch_losses, dtype=torch.float64),
             "epoch_hist": torch.from_numpy(self._epoch_hist.copy()),
         }
@@ -285,7 +249,7 @@ class RunLogger:
         self._epoch_losses = torch.as_tensor(state_dict.get("epoch_losses", torch.zeros(0))).tolist()
         hist = state_dict.get("epoch_hist")
         self._epoch_hist = (
-            torch.as_tensor(hist).numpy().astype(np.int64) if hist is not None else np.zeros(len(_HIST_EDGES) - 1, np.int64)
+            torch.as_tensor(hist).numpy().astype(np.int64) if hist is not None else np.zeros(len(HIST_EDGES) - 1, np.int64)
         )
 
 

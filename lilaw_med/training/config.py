@@ -297,6 +297,11 @@ class TrainConfig:
     sync_batchnorm: bool = setting(
         False, (bool,), help="distributed (torchrun) on CUDA: synchronise batch-norm statistics across ranks"
     )
+    dist_timeout_minutes: float = setting(
+        30.0, _NUM, minimum=0.0, exclusive_minimum=True,
+        help="distributed (torchrun): how long a collective waits for the other ranks, and a rank for a sign of "
+        "rank 0 while rank 0 alone works (pre-flight, final evaluation)",
+    )
 
 
 @dataclass(frozen=True)
@@ -322,6 +327,11 @@ class OutputConfig:
     name: str | None = setting(None, (str,), nullable=True, help="run folder name (null: PRESET-YYYYmmdd-HHMMSS)")
     plots: bool = setting(True, (bool,), help="write PNG plots")
     tensorboard: str | bool = setting("auto", (str, bool), choices=("auto", True, False), help="TensorBoard logs")
+    tracking: str | list[str] | None = setting(
+        None, (str, list), nullable=True, item_types=(str,),
+        help="experiment trackers besides the run folder's files: tensorboard, mlflow (a name or a list; MLflow "
+        "writes RUN_DIR/mlruns, no server; rank 0 only)",
+    )
     overwrite: bool = setting(False, (bool,), help="allow writing into an existing non-empty run folder")
 
 @dataclass(frozen=True)

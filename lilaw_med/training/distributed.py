@@ -10,6 +10,11 @@ reads them and initialises the default process group (``nccl`` on CUDA, ``gloo``
 those variables (a plain ``lilaw-med train``) it returns a single-process context and no collective
 is ever called, so every helper here is safe to call unconditionally.
 
+Work that rank 0 alone does (the pre-flight check, resuming first, the final evaluation) runs
+through :func:`run_on_rank0`: the other ranks wait outside any collective, polling the process
+group's key-value store for rank 0's heartbeat, so no collective timeout bounds how long rank 0
+may work, and a rank 0 that stops is noticed after ``train.dist_timeout_minutes`` without a beat.
+
 What the pieces add up to (see docs/distributed.md): every rank trains on its own shard of each
 epoch's permutation (``ResumableSampler``/``DistributedSampler``: rank ``r`` takes positions
 ``r, r + N, ...``); DDP averages the gradients of the per-rank mean losses; the LiLAW handler
@@ -25,7 +30,9 @@ import datetime
 import gc
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -53,6 +60,7 @@ __all__ = [
     "is_rank0",
     "quiet_unless_rank0",
     "resolve_device",
+    "run_on_rank0",
     "torchrun_env_present",
     "unwrap_network",
     "wrap_ddp",
@@ -63,6 +71,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+DEFAULT_TIMEOUT_S = 1800.0
+"""How long a collective waits for the other ranks, and a waiting rank for a sign of rank 0, by default."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +142,7 @@ def _env_int(env: Mapping[str, str], name: str) -> int:
 def init_distributed(
     device: str | torch.device | None = "auto",
     backend: str | None = None,
-    timeout_s: float = 1800.0,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
     environ: Mapping[str, str] | None = None,
 ) -> DistributedContext:
     """Initialises the default process group from torchrun's environment variables.
@@ -143,7 +154,9 @@ def init_distributed(
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` (each process takes
             ``cuda:<LOCAL_RANK>``) or an explicit device.
         backend: the collective backend; ``None`` picks ``nccl`` for CUDA and ``gloo`` for CPU.
-        timeout_s: how long a collective may wait for the other ranks before failing.
+        timeout_s: how long a collective may wait for the other ranks before failing (the config's
+            ``train.dist_timeout_minutes``); work that only rank 0 does is not bounded by it
+            (:func:`run_on_rank0`).
         environ: the environment to read (``os.environ`` when ``None``).
 
     Returns:
@@ -394,6 +407,100 @@ def handlers_for_rank(handlers: Sequence[Any] | None, rank: int | None = None) -
     if rank == 0:
         return list(handlers)
     return [h for h in handlers if not any(c.__name__ in _RANK0_HANDLER_NAMES for c in type(h).__mro__)]
+
+
+# ------------------------------------------------------------------------------------ rank-0 work
+_RANK0_WORK_CALLS = [0]  # calls of run_on_rank0 so far: every rank makes them in the same order
+_HEARTBEAT_S = 1.0
+
+
+def _store() -> Any:
+    """The default process group's key-value store (the rendezvous store torchrun set up)."""
+    return dist.distributed_c10d._get_default_store()
+
+
+def _one_line(error: BaseException) -> str:
+    return (" ".join(str(error).split()) or type(error).__name__)[:500]
+
+
+def run_on_rank0(
+    work: Callable[[], T], what: str, timeout_s: float = DEFAULT_TIMEOUT_S, poll_s: float = 0.2
+) -> T | None:
+    """Runs ``work`` on rank 0 alone; the other ranks wait without a collective until it ends.
+
+    A collective has one fixed timeout, and rank 0's work (a pre-flight check of a million items, the
+    final evaluation) may take longer. Here rank 0 beats a counter in the process group's store
+    every second while it works, then posts ``done`` (or its error); the other ranks poll the store
+    and fail only after ``timeout_s`` without a beat (rank 0 killed or lost), however long the work
+    takes. Not distributed: ``work()`` is simply called. ``work`` must not call a collective.
+
+    Example::
+
+        datalist = broadcast_object(run_on_rank0(lambda: prepare_datalist(cfg, run_dir), "the pre-flight check"))
+
+    Args:
+        work: what rank 0 does.
+        what: the work in words (for the messages).
+        timeout_s: the longest a waiting rank waits without a beat from rank 0.
+        poll_s: how often a waiting rank looks at the store.
+
+    Returns:
+        ``work()``'s result on rank 0 (and in a single process); ``None`` on the other ranks.
+
+    Raises:
+        RuntimeError: on a waiting rank, when rank 0's work failed (naming its error).
+        TimeoutError: on a waiting rank, after ``timeout_s`` without a beat from rank 0.
+    """
+    if not is_distributed():
+        return work()
+    _RANK0_WORK_CALLS[0] += 1
+    # a torchrun restart starts new processes on the same store: its keys must not meet the last attempt's
+    key = f"lilaw_med/rank0_work/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{_RANK0_WORK_CALLS[0]}"
+    store = _store()
+    if is_rank0():
+        return _work_with_heartbeat(work, store, key)
+    _wait_for_rank0(store, key, what, timeout_s, poll_s)
+    return None
+
+
+def _work_with_heartbeat(work: Callable[[], T], store: Any, key: str) -> T:
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(_HEARTBEAT_S):
+            with contextlib.suppress(Exception):  # a store that went away: the waiting ranks time out
+                store.add(f"{key}/beat", 1)
+
+    thread = threading.Thread(target=beat, name="lilaw-med-rank0-heartbeat", daemon=True)
+    thread.start()
+    try:
+        result = work()
+    except BaseException as e:
+        store.set(f"{key}/state", f"failed: {type(e).__name__}: {_one_line(e)}")
+        raise
+    finally:
+        stop.set()
+        thread.join()
+    store.set(f"{key}/state", "done")
+    return result
+
+
+def _wait_for_rank0(store: Any, key: str, what: str, timeout_s: float, poll_s: float) -> None:
+    beats, last_sign = -1, time.monotonic()
+    while not store.check([f"{key}/state"]):
+        now = beats
+        beats = int(store.add(f"{key}/beat", 0))
+        if beats != now:
+            last_sign = time.monotonic()
+        elif time.monotonic() - last_sign > timeout_s:
+            raise TimeoutError(
+                f"rank {get_rank()}: no sign of rank 0 for {timeout_s / 60:g} minutes while it runs {what} "
+                "(train.dist_timeout_minutes); rank 0 stopped or lost its connection."
+            )
+        time.sleep(poll_s)
+    state = store.get(f"{key}/state").decode()
+    if state != "done":
+        raise RuntimeError(f"rank 0 failed while it ran {what}: {state.removeprefix('failed: ')}")
 
 
 # ------------------------------------------------------------------------------------ collectives

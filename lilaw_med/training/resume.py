@@ -73,6 +73,7 @@ RESUME_CHANGEABLE: dict[str, str] = {
     "train.checkpoint_every_n_epochs": "when checkpoints are written, not what they hold",
     "train.keep_last": "how many checkpoints are kept",
     "train.max_checkpoint_ratio": "how large a checkpoint may be before it is read",
+    "train.dist_timeout_minutes": "how long ranks wait for each other, not what they compute",
 }
 """The config keys ``--resume`` accepts a change of (key -> why it is harmless); any other change is refused."""
 

@@ -27,6 +27,7 @@ from lilaw_med.handlers.dynamics import DynamicsRecorder
 from lilaw_med.handlers.nonfinite import NonFiniteLossHandler
 from lilaw_med.handlers.progress import TrainingProgress
 from lilaw_med.handlers.run_logger import RunLogger
+from lilaw_med.handlers.tracking import attach_tracking, tracking_backends
 from lilaw_med.training import distributed
 from lilaw_med.training.config import Config
 from lilaw_med.training.data import prepare_datalist
@@ -73,6 +74,14 @@ def _progress_values(c: TrainingComponents) -> Any:
     return values
 
 
+def _tracked_params(cfg: Config) -> dict[str, Any]:
+    """The config values an experiment tracker records once per run (MLflow's parameters)."""
+    return {
+        "preset": cfg.data.preset, "network": cfg.model.network, "loss": cfg.loss.name, "lilaw": cfg.lilaw.enabled,
+        "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size, "lr": cfg.optim.lr, "seed": cfg.train.seed,
+    }
+
+
 def attach_run_handlers(c: TrainingComponents, run_dir: RunDir, progress: bool) -> dict[str, Any]:
     """Attaches what makes a run folder, in this order: validation, dynamics, logging, LR schedule,
     non-finite stop, checkpoints, progress. Ranks other than 0 attach those that write nothing.
@@ -105,10 +114,12 @@ def attach_run_handlers(c: TrainingComponents, run_dir: RunDir, progress: bool) 
     )
     handlers["dynamics"].attach(c.trainer)
     if writer:
-        handlers["run_logger"] = RunLogger(
-            c.loss, run_dir, c.optimizer, plots=cfg.output.plots, tensorboard=cfg.output.tensorboard
-        )
+        handlers["run_logger"] = RunLogger(c.loss, run_dir, c.optimizer, plots=cfg.output.plots)
         handlers["run_logger"].attach(c.trainer)
+        handlers["tracking"] = attach_tracking(
+            c.trainer, handlers["run_logger"], run_dir, tracking_backends(cfg.output.tracking, cfg.output.tensorboard),
+            _tracked_params(cfg),
+        )
     if c.scheduler is not None:
         from monai.handlers import LrScheduleHandler
 
@@ -191,12 +202,18 @@ def run_training(
     if not (distributed.torchrun_env_present() or distributed.is_distributed()):
         return _run(cfg, output_dir, resume, device=device, progress=progress, datalist=datalist)
     # distributed (started by torchrun): the process group lives for this run; one device per process
-    context = distributed.init_distributed(device=device or cfg.train.device)
+    context = distributed.init_distributed(device=device or cfg.train.device, timeout_s=_timeout_s(cfg))
     try:
         with distributed.quiet_unless_rank0():
             return _run(cfg, output_dir, resume, device=str(context.device), progress=progress, datalist=datalist)
     finally:
         distributed.cleanup_distributed(context)
+
+
+def _timeout_s(cfg: Config) -> float:
+    """``train.dist_timeout_minutes`` in seconds: the collective timeout, and the longest a rank waits
+    without a sign of rank 0 while rank 0 alone works (:func:`distributed.run_on_rank0`)."""
+    return float(cfg.train.dist_timeout_minutes) * 60.0
 
 
 def _open_run_dir(cfg: Config, output_dir: str | os.PathLike | None, resume: bool, rank: int) -> RunDir:
@@ -244,21 +261,26 @@ def _run_datalist(cfg: Config, run_dir: RunDir, resume: bool, datalist: Datalist
         return load_datalist(run_dir.datalist, class_names=cfg.data.class_names, multi_label=cfg.data.multi_label)
     if distributed.is_distributed():
         # rank 0 alone generates the sample data and runs the pre-flight check (it writes
-        # rejected_items.csv); every rank then trains on rank 0's datalist
-        return distributed.broadcast_object(prepare_datalist(cfg, run_dir) if distributed.is_rank0() else None)
+        # rejected_items.csv) while the others wait outside any collective, however long it takes;
+        # every rank then trains on rank 0's datalist
+        prepared = distributed.run_on_rank0(lambda: prepare_datalist(cfg, run_dir), "the pre-flight check",
+                                            _timeout_s(cfg))
+        return distributed.broadcast_object(prepared)
     return None
 
 
 def _resume(c: TrainingComponents, run_dir: RunDir) -> int:
-    """Restores the newest valid checkpoint; rank 0 reads first (it renames corrupt checkpoints)."""
-    if c.rank != 0:
-        distributed.barrier()
-    resumed_from = int(resume_from(
-        run_dir.root, c.trainer, checkpoint_objects(c, c.handlers), c.data.train_sampler,
-        max_size_ratio=c.config.train.max_checkpoint_ratio, rank_objects=rank_checkpoint_objects(c.handlers),
-    ))
-    if c.rank == 0:
-        distributed.barrier()
+    """Restores the newest valid checkpoint; rank 0 reads first (it renames corrupt checkpoints) while
+    the others wait outside any collective (every rank reads the run folder: see docs/distributed.md)."""
+
+    def restore() -> int:
+        return int(resume_from(
+            run_dir.root, c.trainer, checkpoint_objects(c, c.handlers), c.data.train_sampler,
+            max_size_ratio=c.config.train.max_checkpoint_ratio, rank_objects=rank_checkpoint_objects(c.handlers),
+        ))
+
+    first = distributed.run_on_rank0(restore, "the checkpoint check of --resume", _timeout_s(c.config))
+    resumed_from = first if c.rank == 0 else restore()
     logger.info("resumed %s at iteration %d", run_dir.root, resumed_from)
     return resumed_from
 
@@ -317,6 +339,9 @@ def _run_locked(
         logger.info("the run in %s had already finished; recomputing its summary only.", run_dir.root)
     else:
         c.trainer.run()
-    summary = finish_run(c, run_dir, t0, resumed_from) if rank == 0 else {}
+    # the final evaluation and summary: rank 0 alone, the others waiting outside any collective
+    summary = distributed.run_on_rank0(
+        lambda: finish_run(c, run_dir, t0, resumed_from), "the final evaluation", _timeout_s(cfg)
+    ) or {}
     epochs = c.handlers["run_logger"].epochs if "run_logger" in c.handlers else []
     return RunResult(run_dir=run_dir.root, summary=summary, epochs=epochs, rank=rank)

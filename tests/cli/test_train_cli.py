@@ -126,14 +126,13 @@ def test_predict_on_a_nifti_volume_and_a_dicom_series_folder(run_3d: Path, tmp_p
 
 def test_predict_probabilities_match_the_network(run_2d: Path, tmp_path: Path) -> None:
     from lilaw_med.training.builder import load_model
-    from lilaw_med.training.predict import _loader
+    from lilaw_med.training.trained_run import TrainedRun
 
     item = json.loads((run_2d / "datalist.json").read_text())["test"][0]
     out = tmp_path / "p.csv"
     assert main(["predict", str(run_2d), item["image"], "-o", str(out), "--uncalibrated"]) == 0
     network, _ = load_model(run_2d)
-    cfg = validate_config(yaml.safe_load((run_2d / "config.yaml").read_text()))
-    batch = next(iter(_loader([{"image": item["image"], "id": "x"}], cfg, 1)))
+    batch = next(iter(TrainedRun.load(run_2d).loader([{"image": item["image"], "id": "x"}], 1)))
     with torch.no_grad():
         expected = torch.softmax(network(batch["image"]), dim=1)[0].tolist()
     got = [float(v) for k, v in _read_csv(out)[0].items() if k.startswith("prob_")]
@@ -182,7 +181,7 @@ def test_evaluate_on_another_datalist(run_2d: Path, sample: dict, tmp_path: Path
 def test_predict_refuses_an_input_of_the_wrong_dimensionality(run_2d: Path, tmp_path: Path, capsys) -> None:
     series = _write_dicom_series(tmp_path / "series")
     assert main(["predict", str(run_2d), str(series), "-o", str(tmp_path / "p.csv")]) == 1
-    assert "a 3D image (shape (20, 20, 6)) but the run's model is 2D" in capsys.readouterr().err
+    assert "wrong dimensionality: expected a 2D image but got a 3D one (shape (20, 20, 6))" in capsys.readouterr().err
     assert main(["predict", str(run_2d), str(tmp_path / "absent.dcm"), "-o", str(tmp_path / "p.csv")]) == 1
 
 
@@ -250,16 +249,16 @@ def test_predict_keeps_going_past_bad_inputs_and_guards_formula_cells(run_2d: Pa
 def test_non_finite_pixels_or_outputs_never_get_a_class(run_2d: Path, tmp_path: Path) -> None:
     from torch import nn
 
-    from lilaw_med.training.config import Config
-    from lilaw_med.training.predict import _predict_images, _Prepared
+    from lilaw_med.training.predict.images import ImagePreparer, predict_images
+    from lilaw_med.training.trained_run import TrainedRun
 
-    cfg = Config.from_mapping(yaml.safe_load((run_2d / "config.yaml").read_text()))
+    run = TrainedRun.load(run_2d, device="cpu")
     for value in (np.nan, np.inf, -np.inf):
         image = np.full((32, 32), 100.0, np.float32)
         image[3, 3] = value
         np.save(tmp_path / "x.npy", image)
-        with pytest.raises(ValueError, match="NaN or infinite pixel values; no prediction is made for it"):
-            _Prepared(cfg)(tmp_path / "x.npy")
+        with pytest.raises(ValueError, match="x.npy: NaN or inf"):  # the pre-flight's verdict
+            ImagePreparer(run)(tmp_path / "x.npy")
 
     class Overflowing(nn.Module):  # a finite image the network cannot score (as an overflow would)
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -268,9 +267,10 @@ def test_non_finite_pixels_or_outputs_never_get_a_class(run_2d: Path, tmp_path: 
             return out
 
     good = Path(json.loads((run_2d / "datalist.json").read_text())["test"][0]["image"])
-    rows = _predict_images([(0, good), (1, good)], Overflowing(), cfg, torch.device("cpu"), {}, 8, ["a", "b"])
+    run.network = Overflowing()
+    rows = [row for batch in predict_images([good, good], run, {}, 8) for row in batch]
     assert rows[0] == ["", "", "", "", "", f"{good}: the model's output is not finite; no prediction is made for it."]
-    assert rows[1][:2] == [0, "a"] and rows[1][-1] == ""
+    assert rows[1][:2] == [0, run.output_names[0]] and rows[1][-1] == ""
 
 
 def test_unloadable_model_is_one_line_for_evaluate_predict_and_export(run_2d: Path, tmp_path: Path, capsys) -> None:

@@ -474,12 +474,8 @@ def test_skip_bad_and_validate_data_record_the_same_refusals_over_the_corpus(tmp
 
 
 def test_predict_checks_its_inputs_with_the_same_verdict() -> None:
-    predict = pytest.importorskip("lilaw_med.training.predict")
-    expand = getattr(predict, "_expand_inputs", None)
-    if expand is None:
-        pytest.skip(
-            "lilaw_med.training.predict._expand_inputs is gone (refactored): the ndim rule is tested above"
-        )
+    from lilaw_med.training.predict.inputs import check_input
+
     for name, ok2d in (
         ("MR_small.dcm", True),
         ("JPEG-lossy.dcm", _decodes(PYDICOM_DIR / "JPEG-lossy.dcm")),
@@ -491,10 +487,10 @@ def test_predict_checks_its_inputs_with_the_same_verdict() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if ok2d:
-                assert expand([path], 2) == [path.absolute()]
+                assert check_input(path, 2) == path.absolute()
             else:
                 with pytest.raises(ValueError, match=re.escape(name)):
-                    expand([path], 2)
+                    check_input(path, 2)
 
 
 def test_manifest_verdicts_are_dropped_when_the_decoders_change(

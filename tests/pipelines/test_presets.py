@@ -133,7 +133,7 @@ def test_multi_label_trains_with_per_label_weights(sample: dict, tmp_path) -> No
 
 
 def test_prior_calibration_is_fitted_on_validation_and_reused_by_evaluate(sample: dict, tmp_path) -> None:
-    from lilaw_med.training.predict import evaluate_run
+    from lilaw_med.training.evaluate import evaluate_run
 
     overrides = tiny_overrides("pathology_patch", sample, "eval.calibration=prior")
     result = pathology_patch.run(output_dir=tmp_path / "run", overrides=overrides)

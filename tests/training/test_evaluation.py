@@ -105,6 +105,59 @@ def test_class_balanced_sampler_balances_and_resumes() -> None:
     assert list(s) != draw
 
 
+def _threshold_by_one_sklearn_call_per_candidate(prob_positive: np.ndarray, labels: np.ndarray) -> float:
+    """The reference: the first implementation of ``choose_threshold`` (one scikit-learn call per candidate)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    p = np.asarray(prob_positive, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels).reshape(-1).astype(int)
+    if len(np.unique(y)) < 2:
+        return 0.5
+    u = np.unique(p)
+    candidates = np.unique(np.concatenate([(u[:-1] + u[1:]) / 2, [0.5]]))
+    best_t, best_score = 0.5, -1.0
+    for t in candidates:
+        score = balanced_accuracy_score(y, (p >= t).astype(int))
+        if score > best_score + 1e-12 or (abs(score - best_score) <= 1e-12 and abs(t - 0.5) < abs(best_t - 0.5)):
+            best_t, best_score = float(t), score
+    return best_t
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_threshold_by_sorting_equals_one_sklearn_call_per_candidate(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 300))
+    y = (rng.random(n) < rng.uniform(0.05, 0.95)).astype(int)
+    if seed % 3 == 0:  # few distinct scores: many ties between items and between candidates
+        score = rng.integers(0, 6, n) / 5.0
+    elif seed % 3 == 1:  # rounded scores, a few items exactly at 0.5
+        score = np.round(np.clip(rng.normal(0.4 + 0.2 * y, 0.2), 0, 1), 2)
+        score[rng.random(n) < 0.05] = 0.5
+    else:  # continuous scores that separate the classes perfectly: a plateau of equal optima
+        score = np.where(y == 1, rng.uniform(0.6, 1.0, n), rng.uniform(0.0, 0.3, n))
+    assert choose_threshold(score, y) == _threshold_by_one_sklearn_call_per_candidate(score, y)
+
+
+def test_threshold_at_hand_computed_cases() -> None:
+    # negatives 0, 0.125, positives 0.625, 1: candidates 0.0625, 0.375, 0.8125 and 0.5; balanced
+    # accuracy (TNR + TPR) / 2 = 0.75, 1, 0.75 and 1: the tie goes to 0.5, the candidate added by hand
+    assert choose_threshold(np.array([0.0, 0.125, 0.625, 1.0]), np.array([0, 0, 1, 1])) == 0.5
+    # negatives 0.125, 0.5, positives 0.75, 1: 0.5 itself predicts the negative at 0.5 positive (p >= t),
+    # (1/2 + 1) / 2; the midpoint 0.625 separates the classes
+    assert choose_threshold(np.array([0.125, 0.5, 0.75, 1.0]), np.array([0, 0, 1, 1])) == 0.625
+    # negatives 0, 0.625, 0.625, positives 0.375, 0.5, 1: at 0.1875 (1/3 + 1) / 2 = 2/3, at 0.4375 and
+    # 0.5 (1/3 + 2/3) / 2, at 0.5625 (1/3 + 1/3) / 2, at 0.8125 (1 + 1/3) / 2 = 2/3: two optima equally
+    # far from 0.5, the lower one (met first) is kept
+    p = np.array([0.0, 0.375, 0.5, 0.625, 0.625, 1.0])
+    y = np.array([0, 1, 1, 0, 0, 1])
+    assert choose_threshold(p, y) == 0.1875 == _threshold_by_one_sklearn_call_per_candidate(p, y)
+    # one class only, or no item: 0.5
+    assert choose_threshold(np.array([0.1, 0.9]), np.array([1, 1])) == 0.5
+    assert choose_threshold(np.zeros(0), np.zeros(0, dtype=int)) == 0.5
+    with pytest.raises(ValueError, match="labels must be 0 or 1"):
+        choose_threshold(np.array([0.1, 0.9]), np.array([0, 2]))
+
+
 @pytest.mark.parametrize(("flip_0", "flip_1"), [(0.4, 0.4), (0.1, 0.35), (0.3, 0.05)])
 def test_threshold_fitted_on_noisy_labels_keeps_the_clean_balanced_accuracy(flip_0: float, flip_1: float) -> None:
     # class-conditional noise scales Youden's J by a positive constant (docs/method.md), so the threshold

@@ -1,11 +1,9 @@
-"""RunLogger: per-iteration and per-epoch files from a hand-driven engine, resume state, TensorBoard."""
+"""RunLogger: per-iteration and per-epoch files from a hand-driven engine, resume state."""
 
 from __future__ import annotations
 
 import csv
 import json
-import sys
-import types
 
 import pytest
 import torch
@@ -36,7 +34,7 @@ def _drive(logger_: RunLogger, loss: LiLAWLoss, epochs: int = 2, per_epoch: int 
 def test_rows_hold_the_effective_weights_and_epoch_records(tmp_path) -> None:
     rd = RunDir(tmp_path).create()
     loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=1)
-    run_logger = RunLogger(loss, rd, plots=True, tensorboard=False)
+    run_logger = RunLogger(loss, rd, plots=True)
     _drive(run_logger, loss)
     with open(rd.lilaw_iterations, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -58,39 +56,12 @@ def test_rows_hold_the_effective_weights_and_epoch_records(tmp_path) -> None:
 def test_state_dict_round_trips_through_weights_only_load(tmp_path) -> None:
     rd = RunDir(tmp_path).create()
     loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0)
-    first = RunLogger(loss, rd, plots=False, tensorboard=False)
+    first = RunLogger(loss, rd, plots=False)
     _drive(first, loss, epochs=1)
     path = tmp_path / "state.pt"
     torch.save(first.state_dict(), path)
-    second = RunLogger(loss, rd, plots=False, tensorboard=False)
+    second = RunLogger(loss, rd, plots=False)
     second.load_state_dict(torch.load(path, weights_only=True))
     torch.testing.assert_close(torch.tensor(second.iterations), torch.tensor(first.iterations), equal_nan=True)
     assert second.epochs == first.epochs
     assert second.histograms == first.histograms
-
-
-def test_tensorboard_gets_scalars_when_installed(tmp_path, monkeypatch) -> None:
-    calls: list[tuple] = []
-
-    class FakeWriter:
-        def __init__(self, log_dir: str) -> None:
-            calls.append(("init", log_dir))
-
-        def add_scalar(self, tag: str, value: float, step: int) -> None:
-            calls.append(("scalar", tag, step))
-
-        def add_histogram(self, tag: str, values, step: int) -> None:
-            calls.append(("hist", tag, step))
-
-        def flush(self) -> None: ...
-
-        def close(self) -> None:
-            calls.append(("close",))
-
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
-    rd = RunDir(tmp_path).create()
-    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0)
-    _drive(RunLogger(loss, rd, plots=False, tensorboard="auto"), loss, epochs=1)
-    assert calls[0] == ("init", str(rd.tensorboard))
-    assert ("scalar", "lilaw/alpha", 3) in calls and ("scalar", "epoch/val_auroc", 1) in calls
-    assert ("hist", "lilaw/weights", 1) in calls and calls[-1] == ("close",)

@@ -1,0 +1,141 @@
+"""``lilaw-med predict``: class probabilities for images, DICOM series and whole slides, to one CSV."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lilaw_med.data.presets import get_preset
+from lilaw_med.training.predict.images import auto_num_workers, predict_images
+from lilaw_med.training.predict.output import PredictionWriter, error_row, header, one_line
+from lilaw_med.training.predict.slides import (
+    SLIDE_AGGREGATIONS,
+    SLIDE_SUFFIXES,
+    is_slide,
+    predict_slide,
+    training_tile_size,
+)
+from lilaw_med.training.trained_run import TrainedRun
+
+__all__ = ["predict_inputs"]
+
+logger = logging.getLogger(__name__)
+
+
+def _slide_row(
+    path: Path, run: TrainedRun, cal: Mapping[str, Any], patch: int, output: Path, batch_size: int,
+    aggregation: str, tissue_threshold: float, maps: list[str],
+) -> list[Any]:
+    """The row cells after ``kind`` of one slide; its PNG maps are added to ``maps``."""
+    names = run.output_names
+    try:
+        prefix = output.with_name(f"{output.stem}_{path.name.split('.')[0]}")
+        scores, written, n_patches = predict_slide(
+            path, run, cal, patch, prefix, batch_size, aggregation, tissue_threshold
+        )
+    except Exception as e:  # this slide's problem: reported in its row, the others go on
+        return error_row(names, one_line(e))
+    maps += [str(w) for w in written if w.suffix == ".png"]
+    if np.isfinite(scores).all():
+        label = int(np.nanargmax(scores))
+        return [label, names[label], n_patches, *scores.tolist(), ""]
+    why = "the model's output is not finite on some patches" if n_patches else "no patch on tissue was scored"
+    return ["", "", n_patches, *([""] * len(names)), f"{path}: {why}; no prediction is made for it."]
+
+
+def _image_rows(batches: Iterator[list[list[Any]]]) -> Iterator[tuple[list[Any], bool]]:
+    """The rows of :func:`predict_images` one by one, each with whether it ends its batch."""
+    for rows in batches:
+        for k, row in enumerate(rows):
+            yield row, k == len(rows) - 1
+
+
+def predict_inputs(
+    run_dir: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    which: str = "best",
+    device: str | None = None,
+    batch_size: int = 32,
+    calibrated: bool = True,
+    slide_aggregation: str = "top10",
+    tissue_threshold: float = 0.5,
+    num_workers: int | None = None,
+) -> dict[str, Any]:
+    """Class probabilities for images, DICOM series and (pathology runs) whole slides, to a CSV.
+
+    Every input gets a row, in the order given, written batch by batch as the rows are made (to
+    ``OUTPUT.partial``, renamed to ``OUTPUT`` when all are done; see
+    :class:`~lilaw_med.training.predict.output.PredictionWriter`). An input that cannot be
+    predicted (missing, an unsupported or unreadable file, the wrong dimensionality, NaN or infinite
+    pixels, a non-finite model output) gets its reason in the ``error`` column and no class or
+    probabilities; the other inputs are predicted as usual. Images are read, checked and
+    transformed in ``num_workers`` loader processes, each decoded once.
+
+    Example::
+
+        predict_inputs("runs/radiology_2d-20260101-120000", collect_inputs(folder="scans"), "preds.csv")
+
+    Args:
+        run_dir: the run folder.
+        inputs: image files (DICOM, NIfTI, PNG/JPEG/TIFF, .npy), DICOM series folders, slides (see
+            :func:`~lilaw_med.training.predict.inputs.collect_inputs` for list files, folders and patterns).
+        output: the CSV to write: ``id, path, kind, predicted_label, predicted_class, num_patches,
+            prob_<class>..., error`` (``kind`` is ``image`` or ``slide``; a slide row holds its
+            aggregated scores and ``num_patches``). Text cells that a spreadsheet would run as a
+            formula (starting with ``=``, ``+``, ``-``, ``@``, tab or CR) get a leading ``'`` (OWASP).
+        which: ``"best"`` or ``"final"`` model.
+        device: overrides the run's device.
+        batch_size: inference batch size.
+        calibrated: apply the calibration fitted during training.
+        slide_aggregation: ``"mean"``, ``"max"`` or ``"top10"`` (see :mod:`~lilaw_med.training.predict.slides`).
+        tissue_threshold: minimum tissue fraction of a slide patch.
+        num_workers: loader worker processes for images (``None``:
+            :func:`~lilaw_med.training.predict.images.auto_num_workers`).
+
+    Returns:
+        ``{"n": rows written, "output": path, "slide_maps": [paths], "failed": [(input, error)]}``.
+
+    Raises:
+        FileNotFoundError: when the run or its model is missing.
+        ValueError: on an unloadable model, or invalid options.
+    """
+    if not 0 <= tissue_threshold <= 1:
+        raise ValueError(f"tissue_threshold must lie in [0, 1] but is {tissue_threshold}.")
+    if slide_aggregation not in SLIDE_AGGREGATIONS:
+        raise ValueError(f"slide aggregation must be 'mean', 'max' or 'top10' but is {slide_aggregation!r}.")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be a positive integer but is {batch_size}.")
+    if num_workers is not None and num_workers < 0:
+        raise ValueError(f"num_workers must be 0 or more but is {num_workers}.")
+    run = TrainedRun.load(run_dir, which, device)
+    cal = run.calibration(calibrated)
+    out_path = Path(output)
+    patch = training_tile_size(run.run_dir) if get_preset(run.config.data.preset).patches else 0
+    absolute = [Path(raw).absolute() for raw in inputs]
+    # slides are told apart first (only a pathology run has any; a suffix check spares the rest an open)
+    slide = [bool(patch) and p.name.lower().endswith(SLIDE_SUFFIXES) and p.exists() and is_slide(p, patch)
+             for p in absolute]
+    workers = auto_num_workers() if num_workers is None else num_workers
+    images = [str(p) for p, s in zip(absolute, slide, strict=True) if not s]
+    image_rows = _image_rows(predict_images(images, run, cal, batch_size, workers))
+    maps: list[str] = []
+    failed: list[tuple[str, str]] = []
+    with PredictionWriter(out_path, header(run.output_names)) as writer:
+        for raw, p, is_a_slide in zip(inputs, absolute, slide, strict=True):
+            if is_a_slide:
+                row, batch_done = _slide_row(p, run, cal, patch, out_path, batch_size, slide_aggregation,
+                                             tissue_threshold, maps), True
+            else:
+                row, batch_done = next(image_rows)
+            if row[-1]:
+                failed.append((str(raw), row[-1]))
+            writer.write_rows([[Path(raw).name, str(p), "slide" if is_a_slide else "image", *row]])
+            if batch_done:
+                writer.flush()
+    return {"n": len(inputs), "output": str(out_path), "slide_maps": maps, "failed": failed}
