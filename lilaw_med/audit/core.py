@@ -23,7 +23,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -38,9 +38,7 @@ from lilaw_med.audit.window import (
     epoch_mean,
     window_pred_probs,
 )
-
-if TYPE_CHECKING:  # the recorder's module imports ignite; reading its files does not need it
-    from lilaw_med.handlers.dynamics import Dynamics
+from lilaw_med.run.dynamics_format import Dynamics, load_dynamics
 
 __all__ = [
     "DEFAULT_ADJUST",
@@ -190,13 +188,10 @@ class RunRecord:
         config = rd.read_config() if rd.config.is_file() else {}
         items = {str(it["id"]): (split, it) for split in ("training", "validation", "test")
                  for it in datalist.get(split, [])}
-        from lilaw_med.handlers.dynamics import load_dynamics
-
         dynamics: dict[str, Dynamics] = {}
         for split in splits:
             try:
-                dyn = load_dynamics(rd.root / RunDir.DYNAMICS if (rd.root / RunDir.DYNAMICS).is_dir() else rd.root,
-                                    split=split)
+                dyn = load_dynamics(rd.root, split=split)
             except ValueError:
                 if split == "training":
                     raise

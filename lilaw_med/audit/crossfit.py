@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from lilaw_med.run.dynamics_format import load_dynamics
 from lilaw_med.utils import atomic_write
 
 __all__ = ["CrossFitResult", "cross_fit", "item_probabilities", "load_cross_fit"]
@@ -153,7 +154,6 @@ def cross_fit(
         ValueError: for ``folds < 2`` or fewer groups than folds.
     """
     from lilaw_med.data.datalist import group_kfold
-    from lilaw_med.handlers.dynamics import load_dynamics
     from lilaw_med.training.builder import run_training
     from lilaw_med.training.config import load_config
     from lilaw_med.training.run_dir import RunDir

@@ -144,7 +144,7 @@ def window_pred_probs(dynamics: Mapping[str, np.ndarray], labels: np.ndarray, wi
     """Each item's class probabilities averaged over the window's epochs (an ensemble over time).
 
     Args:
-        dynamics: field -> array, as :meth:`lilaw_med.handlers.dynamics.Dynamics.as_dict` gives:
+        dynamics: field -> array, as :meth:`lilaw_med.run.dynamics_format.Dynamics.as_dict` gives:
             ``probs`` (E, N, C) when recorded; else (older runs) ``prob_label`` (E, N), from which
             two-class probabilities are exact (``(1 - s[y], s[y])``) and more classes spread the
             rest evenly.

@@ -11,7 +11,7 @@ import yaml
 
 import lilaw_med.training.builder as builder
 from lilaw_med.audit.crossfit import cross_fit, item_probabilities, load_cross_fit
-from lilaw_med.handlers.dynamics import load_dynamics
+from lilaw_med.run.dynamics_format import load_dynamics
 from lilaw_med.training.run import run_training
 from tests.audit.conftest import make_image_datalist, tiny_config
 

@@ -157,7 +157,7 @@ def test_the_count_window_follows_the_end_of_epoch_validation_loss(tmp_path):
 def test_a_warm_up_without_meta_steps_keeps_the_validation_items_class_probabilities(tmp_path):
     # no meta step in epoch 1 (a LiLAW warm-up): that epoch's validation record has no probs field, the
     # later ones have; the validation items keep their class probabilities (epoch 1 NaN) and are audited
-    from lilaw_med.handlers.dynamics import load_dynamics
+    from lilaw_med.run.dynamics_format import load_dynamics
 
     run = make_run_folder(tmp_path / "run", val_from_epoch=2)
     val = load_dynamics(run / "dynamics", split="validation")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lilaw_med.audit.window import WINDOW_RULES, ScoringWindow, choose_window, window_pred_probs
-from lilaw_med.handlers.dynamics import load_dynamics
+from lilaw_med.run.dynamics_format import load_dynamics
 from tests.audit.conftest import N_TRAIN, WRONG, make_run_folder
 
 NAN = math.nan

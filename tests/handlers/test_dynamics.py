@@ -15,7 +15,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lilaw_med import LiLAWHandler, LiLAWLoss, LiLAWWeighting, lilaw_terms
-from lilaw_med.handlers.dynamics import FLOAT_FIELDS, DynamicsRecorder, load_dynamics
+from lilaw_med.handlers.dynamics import DynamicsRecorder
+from lilaw_med.run.dynamics_format import FLOAT_FIELDS, load_dynamics
 
 N_ITEMS, N_CLASSES, BATCH = 10, 3, 4
 
