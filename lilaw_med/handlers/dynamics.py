@@ -198,6 +198,7 @@ class DynamicsRecorder:
         reduce_fn: replaces the all-reduce: ``reduce_fn(tensor, op)`` with ``op`` ``"sum"`` or
             ``"max"`` must return the tensor reduced over ranks (for a launcher of one's own).
         is_writer: whether this process writes the files; by default rank 0 (or the only process).
+        rank: this process's rank, named in the memory-mapped accumulator's file; by default ignite's.
 
     Raises:
         TypeError: when ``loss`` is not a :class:`LiLAWLoss`.
@@ -217,6 +218,7 @@ class DynamicsRecorder:
         distributed: bool | None = None,
         reduce_fn: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
         is_writer: bool | None = None,
+        rank: int | None = None,
     ) -> None:
         if not isinstance(loss, LiLAWLoss):
             raise TypeError(f"loss must be a LiLAWLoss but is {type(loss).__name__}.")
@@ -232,6 +234,7 @@ class DynamicsRecorder:
         self.distributed = distributed
         self.reduce_fn = reduce_fn
         self._is_writer = is_writer
+        self.rank = rank
         self.ids: dict[str, list[str]] = {"training": ids}
         self.index: dict[str, dict[str, int]] = {"training": self._index_of(ids, "ids")}
         self._pending_state: Mapping[str, Any] | None = None
@@ -262,7 +265,8 @@ class DynamicsRecorder:
         """Registers the recorder: ``EPOCH_STARTED`` (new accumulators), MONAI's
         ``FORWARD_COMPLETED`` when the engine has it (ids and the runner-up class probability from
         the logits the trainer computed), ``ITERATION_COMPLETED`` (the records) and
-        ``EPOCH_COMPLETED`` (reduce across ranks, write).
+        ``EPOCH_COMPLETED`` (reduce across ranks, write) and ``COMPLETED`` (remove the memory-mapped
+        accumulator file).
 
         Args:
             engine: a MONAI ``SupervisedTrainer`` or any ignite engine whose process function
@@ -279,6 +283,7 @@ class DynamicsRecorder:
             pass
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        engine.add_event_handler(Events.COMPLETED, self._remove_memmap)
 
     # ---------------------------------------------------------------- distributed helpers
     def _is_distributed(self) -> bool:
@@ -311,14 +316,29 @@ class DynamicsRecorder:
         self.label_shape = label_shape
         n = len(self.ids["training"])
         use_memmap = self.memmap if self.memmap is not None else n >= self.memmap_threshold
-        self.buffers["training"] = _EpochBuffer(
-            n, label_shape, memmap_path=self.out_dir / ".accumulators_training.npy" if use_memmap else None
-        )
+        self.buffers["training"] = _EpochBuffer(n, label_shape, memmap_path=self._memmap_path() if use_memmap else None)
         if self.record_validation and "validation" in self.ids:
             self.buffers["validation"] = _EpochBuffer(len(self.ids["validation"]), label_shape)
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
             self._load_buffers(state)
+
+    def _memmap_path(self) -> Path:
+        """This process's accumulator file: the rank and the process id in its name, so ranks on one
+        node (or processes of a launcher of one's own, which ignite sees as rank 0 each) never share
+        one. A file this rank's earlier, killed process left behind is removed."""
+        rank = self.rank if self.rank is not None else idist.get_rank()
+        for stale in self.out_dir.glob(f".accumulators_training.rank{rank}.pid*.npy"):
+            stale.unlink(missing_ok=True)
+        return self.out_dir / f".accumulators_training.rank{rank}.pid{os.getpid()}.npy"
+
+    def _remove_memmap(self, engine: Engine | None = None) -> None:
+        """Deletes this process's accumulator file once training has completed (the records are written)."""
+        buffer = self.buffers.get("training")
+        if buffer is not None and buffer.memmap_path is not None:
+            path, buffer.memmap_path = buffer.memmap_path, None
+            buffer.sums = np.array(buffer.sums)  # keeps the values readable after the file goes
+            path.unlink(missing_ok=True)
 
     def _ensure_val_buffer(self, handler: LiLAWHandler) -> bool:
         """Creates the validation accumulators at the first meta step; ``False`` when impossible."""
