@@ -233,6 +233,11 @@ class Dynamics:
                 return int(dtype["probs"].shape[0])
         raise KeyError("the dynamics hold no class probabilities ('probs').")
 
+    @property
+    def num_classes(self) -> int:
+        """C of the recorded class probabilities (0 without them)."""
+        return self._num_classes() if self.has_probs else 0
+
     def epoch_field(self, name: str, j: int) -> np.ndarray:
         """Field ``name`` of the ``j``-th recorded epoch (0-based), in the dtype :class:`EpochSeries` says.
 

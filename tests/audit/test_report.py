@@ -217,9 +217,9 @@ def test_text_cells_a_spreadsheet_would_run_are_neutralised_and_numbers_are_not(
     assert cell["given_label"] == "0" and cell["is_label_issue"] == "True"
     excluded = {r["id"] for r in _rows(result.files["exclude.csv"])}
     assert "'=wrong" in excluded
-    # the JSON keeps the ids as they are
-    items = json.loads(result.files["audit.json"].read_text())["items"]
-    assert {it["id"] for it in items} >= set(ids.values())
+    # the rows in memory keep the ids as they are; audit.json holds the summary only (no per-item rows)
+    assert {r["id"] for r in result.rows} >= set(ids.values())
+    assert set(json.loads(result.files["audit.json"].read_text())) == {"summary"}
 
 
 def test_the_csv_writer_leaves_numbers_alone_even_negative_ones():
@@ -270,7 +270,7 @@ def test_report_shows_the_estimated_counts_with_their_interval_the_window_and_th
         lo, hi = c["estimated_noise_rate_interval"]
         assert f"<td>{n_wrong} ({rate})</td><td>[{lo:.3f}, {hi:.3f}]</td>" in text
     lo, hi = summary["splits"]["training"]["estimated_noise_rate_interval"]
-    assert f"<b>0.188</b> (95% interval [{lo:.3f}, {hi:.3f}])" in text
+    assert f"<b>0.188</b> (95% interval [{lo:.3f}, {hi:.3f}], which carries" in text
     assert "Training items: 16 items audited, 3 suspected mislabels" in text
     assert "<b>Scoring window:</b> epochs 1-2 of 3" in text and "<code>best_val_loss</code>" in text
     assert ("<b>Count window</b> (the epochs whose probabilities the estimated numbers of wrong labels read): epochs 1-1 "
