@@ -66,6 +66,10 @@ COLUMNS = (
 predicted class over the scoring window; ``predicted_class``: the most probable class of the
 probabilities the score reads (the window's, averaged with the out-of-fold ones under ``--folds``);
 ``oof_p_given``: the out-of-fold probability of the given class (``--folds``)."""
+NOT_DICOM_SUFFIXES = (".nii", ".nii.gz", ".npy", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+"""The readers' NIfTI, numpy and PIL suffixes (``lilaw_med.data.readers``; a test keeps them equal): an
+item named so is no DICOM file and its UIDs are empty without opening it, or importing the readers'
+MONAI, which would take seconds of an audit that reads no image."""
 CSV_CHUNK = 50_000
 """Items formatted at a time when ``audit.csv`` is written (memory stays flat in the number of items)."""
 _FLOAT_COLUMNS = {"label_score", "p_given", "p_predicted", "oof_p_given", "mean_w_alpha", "mean_w_beta",
@@ -235,14 +239,11 @@ def item_columns(record: RunRecord, a: SplitAudit, idx: np.ndarray, include_iden
         **{f"mean_{k}": num(a.terms[k][idx]) for k in ("w_alpha", "w_beta", "w_delta", "weight")},
         "epochs_seen": (a.epochs_seen[idx] if a.epochs_seen is not None else np.zeros(idx.size, np.int64)).tolist(),
     }
-    from lilaw_med.data.readers import NIFTI_SUFFIXES, NUMPY_SUFFIXES, PIL_SUFFIXES
-
     keys = ("study_instance_uid", "series_instance_uid", "sop_instance_uid") + (("patient_id",) if include_identifying else ())
     for key in keys:
         cols[key] = [""] * idx.size
-    other_formats = NIFTI_SUFFIXES + NUMPY_SUFFIXES + PIL_SUFFIXES
     for k, path in enumerate(paths):
-        if not path.lower().endswith(other_formats):  # named as another format: no file is opened
+        if not path.lower().endswith(NOT_DICOM_SUFFIXES):  # named as another format: no file is opened
             for key, value in dicom_uids(path, include_identifying).items():
                 cols[key][k] = value
     if record.truth is not None:
@@ -408,19 +409,14 @@ def dicom_uids(path: str, include_identifying: bool = False) -> dict[str, str]:
         strings for a non-DICOM item. For a series folder the SOP Instance UID is left empty (one
         per slice).
     """
-    from lilaw_med.data.readers import (
-        NIFTI_SUFFIXES,
-        NUMPY_SUFFIXES,
-        PIL_SUFFIXES,
-        is_dicom_file,
-        list_series_files,
-    )
 
     out = {"study_instance_uid": "", "series_instance_uid": "", "sop_instance_uid": ""}
     if include_identifying:
         out["patient_id"] = ""
-    if path.lower().endswith(NIFTI_SUFFIXES + NUMPY_SUFFIXES + PIL_SUFFIXES):  # named as another format: no file access
+    if path.lower().endswith(NOT_DICOM_SUFFIXES):  # named as another format: no file access
         return out
+    from lilaw_med.data.readers import is_dicom_file, list_series_files
+
     p = Path(path)
     files = [str(p)] if is_dicom_file(p) else (list_series_files(p) if p.is_dir() else [])
     if not files:

@@ -64,3 +64,9 @@ def test_the_chunked_csv_equals_the_rows_written_at_once_and_the_json_holds_no_r
     with result.files["audit.csv"].open(newline="") as f:
         assert sum(1 for _ in csv.DictReader(f)) == 880
     assert set(json.loads(result.files["audit.json"].read_text())) == {"summary"}
+
+
+def test_the_suffixes_the_audit_skips_are_exactly_the_readers_non_dicom_ones():
+    from lilaw_med.data.readers import NIFTI_SUFFIXES, NUMPY_SUFFIXES, PIL_SUFFIXES
+
+    assert set(report.NOT_DICOM_SUFFIXES) == set(NIFTI_SUFFIXES + NUMPY_SUFFIXES + PIL_SUFFIXES)
