@@ -21,6 +21,7 @@ from lilaw_med.audit.counts import (
     estimate_noise,
     expected_precision,
     find_label_issues,
+    wrong_label_chances,
 )
 from lilaw_med.audit.difficulty import difficulty
 from lilaw_med.audit.rank import get_label_quality_scores, order_label_issues
@@ -48,6 +49,7 @@ __all__ = [
     "order_label_issues",
     "run_audit",
     "window_pred_probs",
+    "wrong_label_chances",
 ]
 
 # the report's names load on first access (PEP 562): the command line's parser reads AuditOptions'

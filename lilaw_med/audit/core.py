@@ -33,6 +33,7 @@ from lilaw_med.audit.counts import (
     estimate_noise,
     expected_precision,
     find_label_issues,
+    wrong_label_chances,
 )
 from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS, difficulty
 from lilaw_med.audit.rank import SCORE_METHODS, get_label_quality_scores, order_label_issues
@@ -350,8 +351,8 @@ class SplitAudit:
         window_estimates: ``(window, estimate)`` of every candidate count window (the count window first).
         not_identifiable: why one run cannot identify the noise rate (empty when it can); the
             interval of :attr:`noise` is then wide (see :func:`audit_split`).
-        expected_precision: the expected share of wrong labels among the flagged items
-            (:func:`lilaw_med.audit.counts.expected_precision`).
+        expected_precision: the expected share of wrong labels among the flagged items, by the count
+            window's confident joint (:func:`lilaw_med.audit.counts.expected_precision`).
         flag_rule: how the number of flagged items was set (``"estimate"``, ``"noise_rate"``, ``"review"``).
     """
 
@@ -476,16 +477,19 @@ def count_window_candidates(record: RunRecord, options: AuditOptions) -> list[Sc
 
 
 def _window_estimates(views: Mapping[str, Any], labels: np.ndarray, windows: Sequence[ScoringWindow],
-                      num_classes: int, options: AuditOptions) -> tuple[list[NoiseEstimate], np.ndarray]:
+                      num_classes: int, options: AuditOptions) -> tuple[list[NoiseEstimate], np.ndarray, np.ndarray]:
     """The noise estimate of each window (one pass over the epochs for the windows that start at the
-    first epoch) and the first window's share of items whose most probable class is not the label, per class."""
+    first epoch); for the first window, the share of items whose most probable class is not the label,
+    per class, and each item's chance of a wrong label (:func:`wrong_label_chances`)."""
     estimates: dict[tuple[int, int], NoiseEstimate] = {}
     disagree = np.zeros(num_classes)
+    chances = np.zeros(labels.size)
 
     def add(w: tuple[int, int], probs: np.ndarray) -> None:
-        nonlocal disagree
+        nonlocal disagree, chances
         estimates[w] = estimate_noise(labels, probs, n_bootstrap=options.n_bootstrap)
         if w == (windows[0].start, windows[0].stop):
+            chances = wrong_label_chances(labels, probs)
             ok = np.isfinite(probs).all(axis=1)
             wrong = ok & (np.nan_to_num(probs, nan=-1.0).argmax(axis=1) != labels)
             n = np.bincount(labels[ok], minlength=num_classes)
@@ -497,7 +501,7 @@ def _window_estimates(views: Mapping[str, Any], labels: np.ndarray, windows: Seq
     for w in windows:
         if w.start != 0:
             add((w.start, w.stop), window_pred_probs(views, labels, w, num_classes))
-    return [estimates[(w.start, w.stop)] for w in windows], disagree
+    return [estimates[(w.start, w.stop)] for w in windows], disagree, chances
 
 
 def not_identifiable_reasons(record: RunRecord, options: AuditOptions, estimate: NoiseEstimate) -> list[str]:
@@ -617,7 +621,7 @@ def audit_split(
             np.isfinite(w_probs), (w_probs + oof_probs) / 2, oof_probs)
     candidates = [_fit(w, len(dyn.epochs)) for w in count_window_candidates(record, options)]
     count_window = candidates[0]
-    estimates, disagree = _window_estimates(views, labels, candidates, num_classes, options)
+    estimates, disagree, chances = _window_estimates(views, labels, candidates, num_classes, options)
     scores = get_label_quality_scores(labels, probs, method=options.method, adjust_pred_probs=options.adjust_pred_probs)
     noise = combine_estimates(estimates[0], estimates[1:])
     reasons = not_identifiable_reasons(record, options, estimates[0])
@@ -626,7 +630,7 @@ def audit_split(
     rank = np.empty(len(scores), dtype=np.int64)
     rank[order_label_issues(scores)] = np.arange(1, len(scores) + 1)
     flags, thresholds, rule = _flag(scores, labels, rank, noise, options, num_classes)
-    precision, _ = expected_precision(labels, probs, noise.per_class * noise.counts, flags)
+    precision = expected_precision(chances, flags)
     terms = {k: epoch_mean(views[k][window.start:window.stop]) for k in ("w_alpha", "w_beta", "w_delta", "weight")}
     epochs_seen = np.zeros(len(dyn.ids), dtype=np.int64)
     for c in views["count"]:

@@ -9,7 +9,8 @@ typically is for items labelled j (the per-class thresholds of
 label count. Its off-diagonal share of row k estimates the share of wrong labels among the items
 given class k. A bootstrap of the confident joint's cell counts gives the estimate's sampling
 interval (:func:`estimate_noise`); :func:`combine_estimates` widens it by the spread over candidate
-windows, and :func:`expected_precision` says how many of a set of flagged items are likely wrong.
+windows, and :func:`expected_precision` says how many of a set of flagged items are likely wrong
+(:func:`wrong_label_chances`).
 
 Pure functions over arrays (no I/O, no torch).
 """
@@ -26,6 +27,7 @@ from lilaw_med.audit.rank import check_inputs, confident_thresholds, order_label
 
 __all__ = [
     "NoiseEstimate", "combine_estimates", "confident_joint", "estimate_noise", "expected_precision", "find_label_issues",
+    "wrong_label_chances",
 ]
 
 
@@ -198,35 +200,42 @@ def combine_estimates(main: NoiseEstimate, others: Sequence[NoiseEstimate]) -> N
                    sampling_interval=main.sampling_interval or main.overall_interval)
 
 
-def expected_precision(
-    labels: np.ndarray, pred_probs: np.ndarray, n_wrong: np.ndarray, flagged: np.ndarray
-) -> tuple[float, np.ndarray]:
-    """The expected share of wrong labels among flagged items, from the noise estimate and the probabilities.
+def wrong_label_chances(labels: np.ndarray, pred_probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:
+    """Each item's chance of a wrong label as the calibrated confident joint sees it.
 
-    Each item's chance of a wrong label is taken proportional to ``1 - p[given]`` and scaled per
-    class so the chances of the items given class k sum to the estimated number of wrong labels
-    ``n_wrong[k]`` (each chance capped at 1): the estimate says how many are wrong, the probabilities
-    say where. The expected precision of a flagged set is the mean chance over it. It is a model-based
-    estimate, as good as the noise estimate and the ranking of ``1 - p[given]``.
+    1 for an item confidently another class than its given one (an off-diagonal cell), 0 for one
+    confidently its given class, and its class's estimated rate for one that reaches no threshold
+    (or has no probabilities): calibration spreads those over the row in the proportions of the
+    counted ones. Summed over the items given class k (with probabilities) the chances are the
+    estimated number of wrong labels of class k, ``rate_k * n_k``.
 
     Args:
         labels: int (N,) given labels.
-        pred_probs: (N, C) probabilities (NaN rows get chance 0).
-        n_wrong: (C,) estimated numbers of wrong labels per given class (may be fractional).
-        flagged: bool (N,) the flagged items.
+        pred_probs: (N, C) the probabilities the noise estimate reads (NaN rows allowed).
+        thresholds: (C,) per-class thresholds to use instead of the items' own.
 
     Returns:
-        ``(expected precision (NaN when nothing is flagged), float64 (N,) the per-item chances)``.
+        float64 (N,) in [0, 1].
     """
     y, p = check_inputs(labels, pred_probs)
-    c = p.shape[1]
-    given = p[np.arange(y.size), y]
-    doubt = np.where(np.isfinite(p).all(axis=1), 1 - np.nan_to_num(given, nan=1.0), 0.0)
-    mass = np.bincount(y, weights=doubt, minlength=c)
-    scale = np.where(mass > 0, np.asarray(n_wrong, dtype=np.float64) / np.maximum(mass, 1e-300), 0.0)
-    chance = np.minimum(doubt * scale[y], 1.0)
+    t = confident_thresholds(y, p) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    ok = np.isfinite(p).all(axis=1)
+    above = (p >= t[None, :] - 1e-9) & ok[:, None]
+    has = above.any(axis=1)
+    guess = np.where(above, p, -np.inf).argmax(axis=1)
+    rates, _ = _rates_from_cells(_cell_counts(y, p, t))
+    return np.where(has, (guess != y).astype(np.float64), rates[y])
+
+
+def expected_precision(chances: np.ndarray, flagged: np.ndarray) -> float:
+    """The expected share of wrong labels among the flagged items: the mean of their chances
+    (:func:`wrong_label_chances`); NaN when nothing is flagged.
+
+    It is the noise estimate's own view of the flagged set: as good as the count, and optimistic
+    where the network is confidently wrong about an item whose label is right.
+    """
     f = np.asarray(flagged, dtype=bool)
-    return (float(chance[f].mean()) if f.any() else float("nan")), chance
+    return float(np.asarray(chances, dtype=np.float64)[f].mean()) if f.any() else float("nan")
 
 
 def find_label_issues(

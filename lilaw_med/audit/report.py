@@ -188,8 +188,8 @@ _INTERVAL_NOTE = (
     "the envelope of the count bootstrap's intervals over the candidate count windows (window_estimates); where the "
     "rate is not identifiable, from 0 to the larger of that and the share of items the network disagrees with")
 _PRECISION_NOTE = (
-    "mean over the flagged items of each item's chance of a wrong label: 1 - p[given] scaled per class so the chances "
-    "sum to the estimated number of wrong labels (capped at 1)")
+    "mean over the flagged items of each item's chance of a wrong label by the count window's confident joint: 1 when "
+    "confidently another class, 0 when confidently the given one, the class's estimated rate when unsure")
 _FLAG_REASON = {"estimate": "confident-joint count", "noise_rate": "fixed share per class", "review": "review budget"}
 
 

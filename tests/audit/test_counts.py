@@ -238,18 +238,18 @@ def test_combine_estimates_takes_the_envelope_of_the_windows_intervals_and_keeps
     np.testing.assert_array_equal(combined.n_wrong, [2, 2])
 
 
-def test_expected_precision_spreads_the_estimated_count_over_one_minus_p_given():
-    from lilaw_med.audit.counts import expected_precision
+def test_wrong_label_chances_follow_the_cells_and_sum_to_the_estimated_counts():
+    from lilaw_med.audit.counts import expected_precision, wrong_label_chances
 
-    labels = np.array([0, 0, 0, 1, 1])
-    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7], [0.5, 0.5]])
-    # 1 - p[given]: class 0: 0.1, 0.4, 0.8 (sum 1.3); class 1: 0.3, 0.5 (sum 0.8)
-    # estimated wrong: class 0 1.3 -> chances 0.1, 0.4, 0.8; class 1 0.4 -> 0.3 * 0.5, 0.5 * 0.5 = 0.15, 0.25
-    flagged = np.array([False, False, True, False, True])
-    precision, chance = expected_precision(labels, probs, np.array([1.3, 0.4]), flagged)
-    np.testing.assert_allclose(chance, [0.1, 0.4, 0.8, 0.15, 0.25])
-    assert precision == pytest.approx((0.8 + 0.25) / 2)
-    # a chance is capped at 1: class 0 estimated 2.6 wrong doubles the chances, 0.8 -> 1
-    _, capped = expected_precision(labels, probs, np.array([2.6, 0.4]), flagged)
-    np.testing.assert_allclose(capped[:3], [0.2, 0.8, 1.0])
-    assert np.isnan(expected_precision(labels, probs, np.array([1.3, 0.4]), np.zeros(5, bool))[0])
+    # PROBS3's cells (see the top of this file): a, b (0, 0) -> 0; c (0, 1) -> 1; d reaches no threshold
+    # -> class 0's rate 1/3; e, f (1, 1) -> 0; g no threshold -> class 1's rate 0; h (2, 2) -> 0; i -> 0
+    chances = wrong_label_chances(LABELS3, PROBS3)
+    np.testing.assert_allclose(chances, [0, 0, 1, 1 / 3, 0, 0, 0, 0, 0])
+    est = estimate_noise(LABELS3, PROBS3, n_bootstrap=0)
+    np.testing.assert_allclose(np.bincount(LABELS3, weights=chances, minlength=3), est.per_class * est.counts)
+    flagged = np.zeros(9, dtype=bool)
+    flagged[[2, 3]] = True
+    assert expected_precision(chances, flagged) == pytest.approx((1 + 1 / 3) / 2)
+    flagged[[0, 4]] = True
+    assert expected_precision(chances, flagged) == pytest.approx((1 + 1 / 3) / 4)
+    assert np.isnan(expected_precision(chances, np.zeros(9, dtype=bool)))
