@@ -102,10 +102,8 @@ class AuditOptions:
         count_window: which epochs the per-class noise estimate reads, chosen on the end-of-epoch
             validation loss (:func:`count_scoring_window`). A confident joint on in-sample
             probabilities undercounts once the network has memorised wrong labels and overcounts
-            while it is still learning (its own confusions pass the thresholds); this window was
-            within 0.10 of the true count in more development cells than any other window or the
-            validation items' probabilities (docs/audit.md, round 6), and erred less than the
-            out-of-fold probabilities of ``folds`` (5.3).
+            while it is still learning (its own confusions pass the thresholds); how this window
+            was chosen is in docs/audit.md (5.2, 5.3).
         window_fraction: the share of epochs for the ``"fraction"`` rules.
         method: the label quality score (:data:`lilaw_med.audit.rank.SCORE_METHODS`).
         adjust_pred_probs: subtract the per-class confident thresholds before scoring.

@@ -155,6 +155,11 @@ def estimate_noise(
 
     Returns:
         The :class:`NoiseEstimate`.
+
+    Example::
+
+        est = estimate_noise(labels, pred_probs)             # labels (N,), pred_probs (N, C)
+        est.overall, est.overall_interval, est.n_wrong       # share wrong, 95% interval, per-class counts
     """
     cells = _cell_counts(labels, pred_probs, thresholds)
     rates, counts = _rates_from_cells(cells)

@@ -139,6 +139,12 @@ def run_audit(
 
     Raises:
         FileNotFoundError: when the run folder has no ``datalist.json`` or no dynamics.
+
+    Example::
+
+        result = run_audit("runs/first", review=200)        # the 200 most suspicious items per split
+        info = result.summary["splits"]["training"]
+        info["estimated_noise_rate_interval"], info["identifiable"], info["expected_precision"]
         ValueError: on invalid options, a multi-label run, or dynamics of another datalist.
     """
     from dataclasses import replace

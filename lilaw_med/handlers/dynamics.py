@@ -203,6 +203,11 @@ class DynamicsRecorder:
     Raises:
         TypeError: when ``loss`` is not a :class:`LiLAWLoss`.
         ValueError: on duplicate or empty ids.
+
+    Example::
+
+        recorder = DynamicsRecorder(loss, train_ids, run_dir / "dynamics", meta_handler=lilaw_handler)
+        recorder.attach(trainer)                             # then trainer.run(); read with load_dynamics
     """
 
     def __init__(
