@@ -318,7 +318,7 @@ def read_run(rd: Path) -> RunView:
     import csv
 
     from lilaw_med.data.noise import load_noise_truth
-    from lilaw_med.handlers.dynamics import load_dynamics
+    from lilaw_med.run.dynamics_format import load_dynamics
 
     dyn = load_dynamics(rd)
     datalist = json.loads((rd / "datalist.json").read_text(encoding="utf-8"))

@@ -154,7 +154,7 @@ def run_distributed(
     diffs = differences(run_record(run), run_record(reference))
     if diffs:
         print(f"2-process runs differ: {len(diffs)} differences, e.g. {diffs[:3]}", file=sys.stderr)
-    from lilaw_med.handlers.dynamics import load_dynamics
+    from lilaw_med.run.dynamics_format import load_dynamics
 
     train = load_dynamics(run, "training")
     complete = bool((train["count"] == 1).all())  # 20 items over 2 ranks: each once per epoch, no padding

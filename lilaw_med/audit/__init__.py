@@ -16,7 +16,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from lilaw_med.audit.core import AuditOptions, RunRecord, SplitAudit, audit_split
-from lilaw_med.audit.counts import NoiseEstimate, confident_joint, estimate_noise, find_label_issues
+from lilaw_med.audit.counts import (
+    NoiseEstimate,
+    combine_estimates,
+    confident_joint,
+    estimate_noise,
+    expected_precision,
+    find_label_issues,
+    wrong_label_chances,
+)
 from lilaw_med.audit.difficulty import difficulty
 from lilaw_med.audit.rank import get_label_quality_scores, order_label_issues
 from lilaw_med.audit.window import ScoringWindow, choose_window, window_pred_probs
@@ -33,14 +41,17 @@ __all__ = [
     "SplitAudit",
     "audit_split",
     "choose_window",
+    "combine_estimates",
     "confident_joint",
     "difficulty",
     "estimate_noise",
+    "expected_precision",
     "find_label_issues",
     "get_label_quality_scores",
     "order_label_issues",
     "run_audit",
     "window_pred_probs",
+    "wrong_label_chances",
 ]
 
 # the report's names load on first access (PEP 562): the command line's parser reads AuditOptions'

@@ -13,7 +13,7 @@ On disk (``OUT_DIR``, by default ``RUN_DIR/crossfit_K``)::
     fold_1/ ... fold_K/      each a complete run folder (config, datalist, checkpoints, metrics)
     oof_probs.npy            float32 (N, C), row i = the training item ids[i]
     oof_ids.json             the ids, the run's dynamics order
-    crossfit.json            folds, overrides, which checkpoint predicted, fold sizes
+    crossfit.json            folds, overrides, which checkpoint predicted (best by default), fold sizes
 
 A finished fold (its ``summary.json``, and ``fold.json`` naming the folds, overrides, seed and
 held-out ids it was trained for) is never trained again, so an interrupted cross-fit resumes fold
@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from lilaw_med.run.dynamics_format import load_dynamics
 from lilaw_med.utils import atomic_write
 
 __all__ = ["CrossFitResult", "cross_fit", "item_probabilities", "load_cross_fit"]
@@ -89,9 +90,10 @@ def item_probabilities(run_dir: str | os.PathLike, items: Sequence[Mapping[str, 
     from monai.data import DataLoader, Dataset
 
     from lilaw_med.data.transforms import build_transforms
-    from lilaw_med.training.builder import load_model, transform_options
     from lilaw_med.training.config import validate_config
+    from lilaw_med.training.data import transform_options
     from lilaw_med.training.evaluation import probabilities, run_inference
+    from lilaw_med.training.model import load_model
     from lilaw_med.training.run_dir import RunDir
 
     rd = RunDir(run_dir)
@@ -131,7 +133,7 @@ def cross_fit(
     folds: int = 4,
     out_dir: str | os.PathLike | None = None,
     overrides: Sequence[str] = (),
-    which: str = "final",
+    which: str = "best",
     seed: int | None = None,
 ) -> CrossFitResult:
     """Trains ``folds`` models on K-1 folds each and predicts the held-out fold.
@@ -141,7 +143,10 @@ def cross_fit(
         folds: K >= 2.
         out_dir: where the fold runs and arrays go (default ``RUN_DIR/crossfit_K``).
         overrides: ``--set``-style overrides for the fold runs (e.g. ``["lilaw.enabled=false"]``).
-        which: the fold model that predicts: ``"final"`` (default) or ``"best"``.
+        which: the checkpoint of each fold model that predicts its held-out fold: ``"best"`` (default:
+            the best by the noisy validation key metric, the model ``lilaw-med predict`` uses; the
+            final one when the fold kept none) or ``"final"``. A network memorises wrong labels late
+            in training, so the final model's out-of-fold view is the weaker one.
         seed: the fold-splitting seed (default: the run's ``train.seed``).
 
     Returns:
@@ -153,9 +158,8 @@ def cross_fit(
         ValueError: for ``folds < 2`` or fewer groups than folds.
     """
     from lilaw_med.data.datalist import group_kfold
-    from lilaw_med.handlers.dynamics import load_dynamics
-    from lilaw_med.training.builder import run_training
     from lilaw_med.training.config import load_config
+    from lilaw_med.training.run import run_training
     from lilaw_med.training.run_dir import RunDir
 
     rd = RunDir(run_dir)

@@ -40,8 +40,8 @@ def _image_loader(result: AuditResult) -> Callable[[Mapping[str, Any]], np.ndarr
     transforms = None
     try:
         from lilaw_med.data.transforms import build_transforms
-        from lilaw_med.training.builder import transform_options
         from lilaw_med.training.config import validate_config
+        from lilaw_med.training.data import transform_options
 
         cfg = validate_config(result.record.config)
         transforms = build_transforms(cfg["data"]["preset"], transform_options(cfg), train=False)
@@ -75,6 +75,15 @@ def _figures(result: AuditResult, rows: Sequence[Mapping[str, Any]], load: Calla
     return figs
 
 
+def _top_rows(result: AuditResult, audit: Any, mask: np.ndarray, key: np.ndarray) -> list[dict[str, Any]]:
+    """The rows of the ``top_k`` items of ``mask`` with the lowest ``key`` (stable), built for those items only."""
+    from lilaw_med.audit.report import item_rows
+
+    idx = np.nonzero(mask)[0]
+    idx = idx[np.argsort(key[idx], kind="stable")][: result.options.top_k]
+    return item_rows(result.record, audit, idx, result.options.include_identifying)
+
+
 def _split_context(result: AuditResult) -> list[dict[str, Any]]:
     out = []
     for split, info in result.summary["splits"].items():
@@ -82,6 +91,9 @@ def _split_context(result: AuditResult) -> list[dict[str, Any]]:
             "title": f"{split.capitalize()} items", "n_items": info["n_items"], "n_flagged": info["n_label_issues"],
             "rate": _fmt(info["estimated_noise_rate"]), "interval": _interval(info["estimated_noise_rate_interval"]),
             "confidence": f"{100 * info['interval_confidence']:.0f}%", "warnings": info["warnings"],
+            "identifiable": info["identifiable"], "expected_precision": _fmt(info["expected_precision"]),
+            "flag_rule": {"estimate": "the estimated count per class", "noise_rate": "a fixed share per class",
+                          "review": f"review budget of {info['review_budget']}"}[info["flag_rule"]],
             "per_class": [{"name": c["class"], "n_items": c["n_items"], "n_wrong": c["estimated_n_wrong"],
                            "rate": _fmt(c["estimated_noise_rate"]), "interval": _interval(c["estimated_noise_rate_interval"]),
                            "n_flagged": c["n_label_issues"], "threshold": _fmt(c["threshold"]), "levels": c["difficulty"]}
@@ -154,17 +166,17 @@ def render_html(result: AuditResult) -> str:
                       autoescape=select_autoescape(default=True, default_for_string=True))
     opts = result.options
     load = _image_loader(result)
-    training = [r for r in result.rows if r["split"] == "training"]
     train = result.splits["training"]
     suspects = [
-        {"name": result.record.class_name(k), "figs": _figures(result, sorted(
-            (r for r in training if r["given_label"] == k and r["is_label_issue"]), key=lambda r: r["rank"])[:opts.top_k], load)}
+        {"name": result.record.class_name(k), "figs": _figures(
+            result, _top_rows(result, train, train.is_label_issue & (train.labels == k), train.rank), load)}
         for k in range(train.num_classes)
     ]
-    val_flagged = sorted((r for r in result.rows if r["split"] == "validation" and r["is_label_issue"]),
-                         key=lambda r: r["rank"])[:opts.top_k]
-    hardest = sorted((r for r in training if not r["is_label_issue"] and r["predicted_label"] == r["given_label"]
-                      and r["p_given"] is not None), key=lambda r: r["p_given"])[:opts.top_k]
+    val = result.splits.get("validation")
+    val_flagged = [] if val is None else _top_rows(result, val, val.is_label_issue, val.rank)
+    seen = np.isfinite(train.window_probs).all(axis=1)
+    p_given = np.where(seen, np.nan_to_num(train.window_probs, nan=0.0)[np.arange(len(train.ids)), train.labels], np.nan)
+    hardest = _top_rows(result, train, ~train.is_label_issue & (train.predicted == train.labels) & seen, p_given)
     return env.get_template("report.html").render(
         run_name=result.record.root.name, options=opts, window=train.window, count_window=train.count_window, window_plot=_window_plot(result),
         levels=DIFFICULTY_LEVELS, splits=_split_context(result), top_k=opts.top_k, suspects=suspects,

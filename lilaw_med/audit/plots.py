@@ -32,7 +32,7 @@ def _figure(width: float = 5.0, height: float = 3.2):  # noqa: ANN202 - matplotl
 def _png(plt, fig) -> bytes:  # noqa: ANN001
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")  # keeps a legend placed outside the axes
     plt.close(fig)
     return buf.getvalue()
 
@@ -87,6 +87,13 @@ def lines_png(x: Sequence[float], series: Mapping[str, Sequence[float]], title: 
         xlabel: the x axis label.
         span: ``(x0, x1, label)``: a shaded band (e.g. the audit's scoring window).
     """
+    plt, fig, _ = _lines_figure(x, series, title, xlabel, span)
+    return _png(plt, fig)
+
+
+def _lines_figure(x: Sequence[float], series: Mapping[str, Sequence[float]], title: str, xlabel: str,
+                  span: tuple[float, float, str] | None = None):  # noqa: ANN202 - matplotlib types
+    """The figure of :func:`lines_png`: the legend sits below the axes, where it covers no curve."""
     plt, fig, ax = _figure()
     if span is not None:
         ax.axvspan(span[0], span[1], color="tab:green", alpha=0.12, label=span[2])
@@ -95,8 +102,8 @@ def lines_png(x: Sequence[float], series: Mapping[str, Sequence[float]], title: 
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3)
-    ax.legend()
-    return _png(plt, fig)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=1, fontsize=7, frameon=False)
+    return plt, fig, ax
 
 
 def histogram_png(groups: Mapping[str, np.ndarray], title: str, xlabel: str, bins: int | np.ndarray = 30) -> bytes:

@@ -5,9 +5,11 @@ cross-fits (:mod:`lilaw_med.audit.crossfit`), audits each recorded split
 (:func:`lilaw_med.audit.core.audit_split`) and writes into ``RUN_DIR/audit/`` (or ``out_dir``)
 the files named in :class:`AuditFiles`:
 
-* ``audit.csv`` / ``audit.json``: one row per item (cleanlab's column names where the meaning is
-  the same; see :data:`COLUMNS`), the JSON with the summary (window, per-class noise estimates
-  with intervals, thresholds, difficulty counts);
+* ``audit.csv``: one row per item (cleanlab's column names where the meaning is the same; see
+  :data:`COLUMNS`), written in chunks of :data:`CSV_CHUNK` items;
+* ``audit.json``: the summary only (windows, per-class noise estimates with intervals, whether the
+  rate is identifiable, thresholds, expected precision, difficulty counts); per-item data lives in
+  the CSV;
 * ``exclude.csv``: the flagged items, accepted by ``lilaw-med train --exclude``;
 * ``detection.json``: detection figures when the datalist's noise sidecar gives the truth;
 * ``report.html``: the self-contained report (:mod:`lilaw_med.audit.html`), which links to
@@ -21,6 +23,7 @@ Text cells that a spreadsheet would run as a formula are neutralised (OWASP's CS
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -40,6 +43,7 @@ from lilaw_med.audit.core import (
     SplitAudit,
     audit_split,
     level_counts,
+    review_budget,
     scoring_window,
 )
 from lilaw_med.audit.detection import detection_curves, detection_quality
@@ -47,7 +51,7 @@ from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS
 from lilaw_med.audit.rank import self_confidence
 from lilaw_med.audit.window import choose_window, window_pred_probs
 from lilaw_med.training.run_dir import RunDir, to_jsonable
-from lilaw_med.utils import atomic_write, guard_csv_text
+from lilaw_med.utils import FORMULA_START, atomic_write, guard_csv_text
 
 __all__ = ["COLUMNS", "AuditFiles", "AuditResult", "dicom_uids", "run_audit"]
 
@@ -64,6 +68,14 @@ COLUMNS = (
 predicted class over the scoring window; ``predicted_class``: the most probable class of the
 probabilities the score reads (the window's, averaged with the out-of-fold ones under ``--folds``);
 ``oof_p_given``: the out-of-fold probability of the given class (``--folds``)."""
+NOT_DICOM_SUFFIXES = (".nii", ".nii.gz", ".npy", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+"""The readers' NIfTI, numpy and PIL suffixes (``lilaw_med.data.readers``; a test keeps them equal): an
+item named so is no DICOM file and its UIDs are empty without opening it, or importing the readers'
+MONAI, which would take seconds of an audit that reads no image."""
+CSV_CHUNK = 50_000
+"""Items formatted at a time when ``audit.csv`` is written (memory stays flat in the number of items)."""
+_FLOAT_COLUMNS = {"label_score", "p_given", "p_predicted", "oof_p_given", "mean_w_alpha", "mean_w_beta",
+                  "mean_w_delta", "mean_weight"}
 EXCLUDE_COLUMNS = ("id", "split", "path", "given_label", "given_class", "predicted_label", "predicted_class",
                    "label_score", "rank", "reason")
 
@@ -90,8 +102,7 @@ class AuditResult:
         record: the run folder as read.
         options: the options used.
         splits: split -> :class:`SplitAudit`.
-        rows: one dict per item (the columns of ``audit.csv``).
-        summary: the header of ``audit.json``.
+        summary: ``audit.json``.
         detection: detection figures when the truth is known, else ``None``.
         files: name -> path of every file written.
     """
@@ -100,10 +111,16 @@ class AuditResult:
     record: RunRecord
     options: AuditOptions
     splits: dict[str, SplitAudit]
-    rows: list[dict[str, Any]]
     summary: dict[str, Any]
     detection: dict[str, Any] | None = None
     files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per item (the columns of ``audit.csv``), built when asked: for small runs and
+        tests; the writers never build them all."""
+        return [row for a in self.splits.values()
+                for row in item_rows(self.record, a, np.arange(len(a.ids)), self.options.include_identifying)]
 
 
 # ----------------------------------------------------------------------------- the audit
@@ -126,6 +143,12 @@ def run_audit(
 
     Raises:
         FileNotFoundError: when the run folder has no ``datalist.json`` or no dynamics.
+
+    Example::
+
+        result = run_audit("runs/first", review=200)        # the 200 most suspicious items per split
+        info = result.summary["splits"]["training"]
+        info["estimated_noise_rate_interval"], info["identifiable"], info["expected_precision"]
         ValueError: on invalid options, a multi-label run, or dynamics of another datalist.
     """
     from dataclasses import replace
@@ -139,10 +162,10 @@ def run_audit(
     if opts.folds:
         from lilaw_med.audit.crossfit import cross_fit
 
-        oof = cross_fit(record.root, folds=opts.folds, overrides=opts.fold_overrides).aligned(train_dyn.ids)
+        oof = cross_fit(record.root, folds=opts.folds, overrides=opts.fold_overrides,
+                        which=opts.fold_checkpoint).aligned(train_dyn.ids)
     splits = {s: audit_split(record, s, opts, window=window, oof_probs=oof if s == "training" else None)
               for s in opts.splits if s in record.dynamics}
-    rows = [row for a in splits.values() for row in _rows(record, a, opts.include_identifying)]
     summary = _summary(record, opts, splits)
     detection = None
     if record.truth is not None:
@@ -150,22 +173,34 @@ def run_audit(
         summary["detection"] = {k: v for k, v in detection.items() if k != "curves"}
 
     files: dict[str, Path] = {}
-    files[AuditFiles.CSV] = atomic_write(out / AuditFiles.CSV, _csv(rows))
-    files[AuditFiles.JSON] = atomic_write(out / AuditFiles.JSON, json.dumps(to_jsonable({"summary": summary, "items": rows}), indent=1))
-    flagged = sorted((r for r in rows if r["is_label_issue"]), key=lambda r: (r["split"] != "training", r["rank"]))
-    reason = f"label issue ({opts.method}, {window.rule} window, confident-joint count)"
+    files[AuditFiles.CSV] = _write_items_csv(out / AuditFiles.CSV, record, splits, opts.include_identifying)
+    files[AuditFiles.JSON] = atomic_write(out / AuditFiles.JSON, json.dumps(to_jsonable({"summary": summary}), indent=1))
+    flagged = [row for a in sorted(splits.values(), key=lambda a: a.split != "training")
+               for row in item_rows(record, a, np.nonzero(a.is_label_issue)[0][np.argsort(a.rank[a.is_label_issue])],
+                                    opts.include_identifying)]
+    reason = f"label issue ({opts.method}, {window.rule} window, {_FLAG_REASON[splits['training'].flag_rule]})"
     files[AuditFiles.EXCLUDE] = atomic_write(
         out / AuditFiles.EXCLUDE, _csv([{**r, "reason": reason} for r in flagged], EXCLUDE_COLUMNS))
     if detection is not None:
         files[AuditFiles.DETECTION] = atomic_write(
             out / AuditFiles.DETECTION, json.dumps(to_jsonable({k: v for k, v in detection.items() if k != "curves"}), indent=1))
-    result = AuditResult(out_dir=out, record=record, options=opts, splits=splits, rows=rows, summary=summary,
+    result = AuditResult(out_dir=out, record=record, options=opts, splits=splits, summary=summary,
                          detection=detection, files=files)
     from lilaw_med.audit.html import render_html
 
     files[AuditFiles.HTML] = atomic_write(out / AuditFiles.HTML, render_html(result))
-    logger.info("audit of %s: %d items, %d flagged; written to %s", record.root, len(rows), len(flagged), out)
+    logger.info("audit of %s: %d items, %d flagged; written to %s", record.root,
+                sum(len(a.ids) for a in splits.values()), len(flagged), out)
     return result
+
+
+_INTERVAL_NOTE = (
+    "the envelope of the count bootstrap's intervals over the candidate count windows (window_estimates); where the "
+    "rate is not identifiable, from 0 to the larger of that and the share of items the network disagrees with")
+_PRECISION_NOTE = (
+    "mean over the flagged items of each item's chance of a wrong label by the count window's confident joint: 1 when "
+    "confidently another class, 0 when confidently the given one, the class's estimated rate when unsure")
+_FLAG_REASON = {"estimate": "confident-joint count", "noise_rate": "fixed share per class", "review": "review budget"}
 
 
 def _f(v: Any) -> float | None:
@@ -176,32 +211,101 @@ def _f(v: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _rows(record: RunRecord, a: SplitAudit, include_identifying: bool) -> list[dict[str, Any]]:
-    pred = a.predicted
-    p_given = self_confidence(a.labels, np.nan_to_num(a.window_probs, nan=0.0))
-    seen = np.isfinite(a.window_probs).all(axis=1)
-    p_pred = np.where(seen, np.nan_to_num(a.window_probs, nan=-1.0).max(axis=1), np.nan)
-    oof_given = None if a.oof_probs is None else self_confidence(a.labels, np.nan_to_num(a.oof_probs, nan=0.0))
-    rows = []
-    for j, item_id in enumerate(a.ids):
-        item = record.items[item_id][1]
-        row: dict[str, Any] = {
-            "id": item_id, "split": a.split, "path": str(item.get("image", "")),
-            "given_label": int(a.labels[j]), "given_class": record.class_name(int(a.labels[j])),
-            "predicted_label": int(pred[j]), "predicted_class": record.class_name(int(pred[j])),
-            "label_score": _f(a.scores[j]), "rank": int(a.rank[j]), "is_label_issue": bool(a.is_label_issue[j]),
-            "difficulty": str(a.levels[j]), "p_given": _f(p_given[j]) if np.isfinite(a.window_probs[j]).all() else None,
-            "p_predicted": _f(p_pred[j]), "oof_p_given": None if oof_given is None else _f(oof_given[j]),
-            "mean_w_alpha": _f(a.terms["w_alpha"][j]), "mean_w_beta": _f(a.terms["w_beta"][j]),
-            "mean_w_delta": _f(a.terms["w_delta"][j]), "mean_weight": _f(a.terms["weight"][j]),
-            "epochs_seen": int(a.epochs_seen[j]) if a.epochs_seen is not None else 0,
-        }
-        row.update(dicom_uids(row["path"], include_identifying))
-        if record.truth is not None:
-            t = int(record.truth.get(item_id, int(a.labels[j])))  # items the noise left alone keep their label
-            row["true_label"], row["true_class"] = t, record.class_name(t)
-        rows.append(row)
-    return rows
+def item_columns(record: RunRecord, a: SplitAudit, idx: np.ndarray, include_identifying: bool) -> dict[str, list[Any]]:
+    """The ``audit.csv`` columns of the items ``idx`` of a split, as lists of plain values (``None``
+    for a missing number).
+
+    Args:
+        record: the run folder.
+        a: the split's audit.
+        idx: int (n,) positions in the split.
+        include_identifying: add ``patient_id``.
+
+    Returns:
+        column -> list (n); the order is :data:`COLUMNS`, then ``patient_id``, ``true_label``, ``true_class``.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    labels = a.labels[idx]
+    wp = a.window_probs[idx]
+    seen = np.isfinite(wp).all(axis=1)
+    pred = a.predicted[idx]
+    ids = [a.ids[j] for j in idx.tolist()]
+    paths = [str(record.items[i][1].get("image", "")) for i in ids]
+    names = np.array([record.class_name(k) for k in range(a.num_classes)] + [""], dtype=object)  # -1: ""
+
+    def num(v: np.ndarray) -> list[float | None]:
+        return [x if math.isfinite(x) else None for x in np.asarray(v, dtype=np.float64).tolist()]
+
+    p_given = np.where(seen, np.nan_to_num(wp, nan=0.0)[np.arange(idx.size), labels], np.nan)
+    p_pred = np.where(seen, np.nan_to_num(wp, nan=-1.0).max(axis=1, initial=-1.0), np.nan)
+    oof = None if a.oof_probs is None else np.nan_to_num(a.oof_probs[idx], nan=0.0)[np.arange(idx.size), labels]
+    cols: dict[str, list[Any]] = {
+        "id": ids, "split": [a.split] * idx.size, "path": paths,
+        "given_label": labels.tolist(), "given_class": names[labels].tolist(),
+        "predicted_label": pred.tolist(), "predicted_class": names[pred].tolist(),
+        "label_score": num(a.scores[idx]), "rank": a.rank[idx].tolist(), "is_label_issue": a.is_label_issue[idx].tolist(),
+        "difficulty": a.levels[idx].tolist(), "p_given": num(p_given), "p_predicted": num(p_pred),
+        "oof_p_given": [None] * idx.size if oof is None else num(oof),
+        **{f"mean_{k}": num(a.terms[k][idx]) for k in ("w_alpha", "w_beta", "w_delta", "weight")},
+        "epochs_seen": (a.epochs_seen[idx] if a.epochs_seen is not None else np.zeros(idx.size, np.int64)).tolist(),
+    }
+    keys = ("study_instance_uid", "series_instance_uid", "sop_instance_uid") + (("patient_id",) if include_identifying else ())
+    for key in keys:
+        cols[key] = [""] * idx.size
+    for k, path in enumerate(paths):
+        if not path.lower().endswith(NOT_DICOM_SUFFIXES):  # named as another format: no file is opened
+            for key, value in dicom_uids(path, include_identifying).items():
+                cols[key][k] = value
+    if record.truth is not None:
+        true = [int(record.truth.get(a.ids[j], int(a.labels[j]))) for j in idx.tolist()]  # noise left the rest alone
+        cols["true_label"], cols["true_class"] = true, [record.class_name(t) for t in true]
+    return cols
+
+
+def item_rows(record: RunRecord, a: SplitAudit, idx: np.ndarray, include_identifying: bool) -> list[dict[str, Any]]:
+    """The ``audit.csv`` rows of the items ``idx`` of a split, one dict each (see :func:`item_columns`)."""
+    cols = item_columns(record, a, idx, include_identifying)
+    keys = list(cols)
+    return [dict(zip(keys, values, strict=True)) for values in zip(*cols.values(), strict=True)]
+
+
+def _format_column(name: str, values: list[Any]) -> list[Any]:
+    """A column's CSV cells, formatted as :func:`_cell` formats one value, a whole column at a time."""
+    if name in _FLOAT_COLUMNS:
+        return ["" if v is None else f"{v:.6g}" for v in values]
+    if values and isinstance(values[0], (bool, int)):
+        return values
+    if all(isinstance(v, str) for v in values):  # text: guard_csv_text, without a call per cell
+        return ["'" + v if v.startswith(FORMULA_START) else v for v in values]
+    return [_cell(v) for v in values]
+
+
+def _write_items_csv(path: Path, record: RunRecord, splits: Mapping[str, SplitAudit], include_identifying: bool) -> Path:
+    """Writes ``audit.csv`` chunk by chunk into a temporary file beside ``path``, then renames it (atomic)."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            header: list[str] | None = None
+            for a in splits.values():
+                for lo in range(0, len(a.ids), CSV_CHUNK):
+                    cols = item_columns(record, a, np.arange(lo, min(lo + CSV_CHUNK, len(a.ids))), include_identifying)
+                    if header is None:
+                        header = [*COLUMNS, *(k for k in cols if k not in COLUMNS)]
+                        writer.writerow(header)
+                    writer.writerows(zip(*(_format_column(k, cols[k]) if k in cols else [""] * len(cols["id"])
+                                           for k in header), strict=True))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 def _summary(record: RunRecord, opts: AuditOptions, splits: Mapping[str, SplitAudit]) -> dict[str, Any]:
@@ -221,7 +325,18 @@ def _summary(record: RunRecord, opts: AuditOptions, splits: Mapping[str, SplitAu
                 "reason": a.count_window.reason},
             "estimated_noise_rate": _f(noise.overall),
             "estimated_noise_rate_interval": [_f(v) for v in noise.overall_interval],
+            "estimated_noise_rate_sampling_interval": [_f(v) for v in noise.sampling_interval or noise.overall_interval],
             "interval_confidence": noise.confidence,
+            "interval_note": _INTERVAL_NOTE,
+            "identifiable": a.identifiable,
+            "not_identifiable_because": list(a.not_identifiable),
+            "window_estimates": [
+                {"first_epoch": w.start + 1, "last_epoch": w.stop, "rule": w.rule, "estimated_noise_rate": _f(e.overall),
+                 "sampling_interval": [_f(v) for v in e.overall_interval]} for w, e in a.window_estimates],
+            "flag_rule": a.flag_rule,
+            "review_budget": None if opts.review is None else review_budget(opts.review, len(a.ids)),
+            "expected_precision": _f(a.expected_precision),
+            "expected_precision_note": _PRECISION_NOTE,
             "difficulty": level_counts(a),
             "per_class": [
                 {"class": record.class_name(k), "n_items": int(counts[k]),
@@ -241,7 +356,7 @@ def _summary(record: RunRecord, opts: AuditOptions, splits: Mapping[str, SplitAu
 def _detection(record: RunRecord, a: SplitAudit, opts: AuditOptions) -> dict[str, Any]:
     true = np.array([int(record.truth.get(i, a.labels[j])) for j, i in enumerate(a.ids)])  # type: ignore[union-attr]
     wrong = true != a.labels
-    dyn = record.dynamics["training"].as_dict()
+    dyn = record.dynamics["training"].views()
     last = choose_window(len(record.dynamics["training"].epochs), "last")
     scores = {"label_score": a.scores,
               "final_epoch_self_confidence": self_confidence(
@@ -304,17 +419,20 @@ def dicom_uids(path: str, include_identifying: bool = False) -> dict[str, str]:
         strings for a non-DICOM item. For a series folder the SOP Instance UID is left empty (one
         per slice).
     """
-    import pydicom
-
-    from lilaw_med.data.readers import is_dicom_file, list_series_files
 
     out = {"study_instance_uid": "", "series_instance_uid": "", "sop_instance_uid": ""}
     if include_identifying:
         out["patient_id"] = ""
+    if path.lower().endswith(NOT_DICOM_SUFFIXES):  # named as another format: no file access
+        return out
+    from lilaw_med.data.readers import is_dicom_file, list_series_files
+
     p = Path(path)
     files = [str(p)] if is_dicom_file(p) else (list_series_files(p) if p.is_dir() else [])
     if not files:
         return out
+    import pydicom
+
     tags = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"] + (["PatientID"] if include_identifying else [])
     try:
         ds = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=tags, force=True)

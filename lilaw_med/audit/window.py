@@ -8,19 +8,23 @@ never trained on, so their (noisy) loss stops falling when the network starts fi
 rather than signal. A fixed share of the epochs (the first audit's rule) fails both ways: too
 early for a short run that has not learnt yet, too late for a long one.
 
-Pure functions over arrays (no I/O, no torch).
+Pure functions over arrays (no I/O, no torch). A field over epochs is anything that yields one
+epoch's array at a time: a stacked (E, N, ...) array or a
+:class:`lilaw_med.run.dynamics_format.EpochSeries`, which reads one epoch of a memory-mapped run at a
+time, so the window means of a million items hold one epoch and one float64 sum in memory.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LOSS_RULES", "WINDOW_RULES", "ScoringWindow", "choose_window", "epoch_mean", "window_pred_probs"]
+__all__ = [
+    "LOSS_RULES", "WINDOW_RULES", "ScoringWindow", "choose_window", "epoch_mean", "prefix_pred_probs", "window_pred_probs",
+]
 
 WINDOW_RULES = ("val_loss_at_least_fraction", "best_val_loss", "best_val_accuracy", "all", "last", "fraction")
 """How the scoring window ends:
@@ -132,22 +136,92 @@ def choose_window(
     )
 
 
-def epoch_mean(a: np.ndarray) -> np.ndarray:
-    """The mean over axis 0 (epochs) ignoring NaN (epochs an item was not seen); NaN for never seen."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an item not seen in the window: NaN
-        return np.nanmean(a, axis=0)
+def _prefix_means(epochs: Iterable[np.ndarray], stops: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """``(stop, mean of epochs [0, stop))`` for each ``stop`` in increasing order, in one pass.
+
+    The sum is float64 and the epochs are added in order, so each mean equals ``np.nanmean`` of the
+    stacked float64 epochs (which also adds along the epoch axis in order) bit for bit.
+    """
+    total: np.ndarray | None = None
+    count: np.ndarray | None = None
+    wanted = sorted(set(int(s) for s in stops))
+    done = 0
+    for e, epoch in enumerate(epochs):
+        if done == len(wanted):
+            return
+        a = np.array(epoch, dtype=np.float64)  # a copy: zeroed in place where NaN
+        seen = ~np.isnan(a)
+        a[~seen] = 0.0
+        if total is None:
+            total, count = a, seen.astype(np.int32)
+        else:
+            total += a
+            count += seen
+        del a, seen
+        while done < len(wanted) and wanted[done] == e + 1:
+            mean = np.full(total.shape, np.nan)  # an item not seen in the window stays NaN
+            np.divide(total, count, out=mean, where=count > 0)
+            yield wanted[done], mean
+            del mean
+            done += 1
+    if done < len(wanted):
+        raise ValueError(f"a window ends at epoch {wanted[done]} but only {0 if total is None else e + 1} were recorded.")
 
 
-def window_pred_probs(dynamics: Mapping[str, np.ndarray], labels: np.ndarray, window: ScoringWindow,
+def epoch_mean(epochs: Iterable[np.ndarray]) -> np.ndarray:
+    """The mean over epochs ignoring NaN (epochs an item was not seen); NaN for never seen.
+
+    Args:
+        epochs: the field over epochs: a stacked (E, N, ...) array or anything yielding one epoch's
+            (N, ...) array at a time (:class:`~lilaw_med.run.dynamics_format.EpochSeries`).
+
+    Returns:
+        float64 (N, ...).
+    """
+    epochs = list(epochs) if not isinstance(epochs, (np.ndarray, Sequence)) else epochs
+    if len(epochs) == 0:
+        raise ValueError("epoch_mean needs at least one epoch.")
+    return next(_prefix_means(epochs, [len(epochs)]))[1]
+
+
+def _probs_from_prob_label(x: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    y = np.asarray(labels, dtype=np.int64)
+    rest = (1 - x) / max(num_classes - 1, 1)
+    out = np.repeat(rest[:, None], num_classes, axis=1)
+    out[np.arange(y.size), y] = x
+    return out
+
+
+def prefix_pred_probs(dynamics: Mapping[str, Sequence[np.ndarray]], labels: np.ndarray, stops: Sequence[int],
+                      num_classes: int) -> Iterator[tuple[int, np.ndarray]]:
+    """The window probabilities of the windows ``epochs[0:stop]`` for several stops, in one pass over the epochs.
+
+    Args:
+        dynamics: as for :func:`window_pred_probs`.
+        labels: int (N,) given labels.
+        stops: the windows' ends (exclusive, 1..E).
+        num_classes: C.
+
+    Returns:
+        An iterator of ``(stop, float64 (N, C))`` in increasing ``stop``.
+    """
+    if "probs" in dynamics:
+        yield from _prefix_means(dynamics["probs"], stops)
+        return
+    for stop, x in _prefix_means(dynamics["prob_label"], stops):
+        yield stop, _probs_from_prob_label(x, labels, num_classes)
+
+
+def window_pred_probs(dynamics: Mapping[str, Sequence[np.ndarray]], labels: np.ndarray, window: ScoringWindow,
                       num_classes: int) -> np.ndarray:
     """Each item's class probabilities averaged over the window's epochs (an ensemble over time).
 
     Args:
-        dynamics: field -> array, as :meth:`lilaw_med.handlers.dynamics.Dynamics.as_dict` gives:
-            ``probs`` (E, N, C) when recorded; else (older runs) ``prob_label`` (E, N), from which
-            two-class probabilities are exact (``(1 - s[y], s[y])``) and more classes spread the
-            rest evenly.
+        dynamics: field -> the field over epochs, as :meth:`lilaw_med.run.dynamics_format.Dynamics.views`
+            (one epoch read at a time) or :meth:`~lilaw_med.run.dynamics_format.Dynamics.as_dict`
+            (stacked) give: ``probs`` (E, N, C) when recorded; else (older runs) ``prob_label``
+            (E, N), from which two-class probabilities are exact (``(1 - s[y], s[y])``) and more
+            classes spread the rest evenly.
         labels: int (N,) given labels.
         window: the epochs to average.
         num_classes: C.
@@ -155,12 +229,7 @@ def window_pred_probs(dynamics: Mapping[str, np.ndarray], labels: np.ndarray, wi
     Returns:
         float64 (N, C), rows summing to 1; NaN rows for items never seen in the window.
     """
-    y = np.asarray(labels, dtype=np.int64)
     if "probs" in dynamics:
-        p = np.asarray(dynamics["probs"], dtype=np.float64)[window.start:window.stop]
-        return epoch_mean(p)
-    x = epoch_mean(np.asarray(dynamics["prob_label"], dtype=np.float64)[window.start:window.stop])
-    rest = (1 - x) / max(num_classes - 1, 1)
-    out = np.repeat(rest[:, None], num_classes, axis=1)
-    out[np.arange(y.size), y] = x
-    return out
+        return epoch_mean(dynamics["probs"][window.start:window.stop])
+    x = epoch_mean(dynamics["prob_label"][window.start:window.stop])
+    return _probs_from_prob_label(x, labels, num_classes)

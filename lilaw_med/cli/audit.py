@@ -23,10 +23,11 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
     with user_errors():
         options = AuditOptions(
-            window=args.window, window_fraction=args.window_fraction, method=args.method,
-            adjust_pred_probs=args.adjust, folds=args.folds,
+            window=args.window, count_window=args.count_window, window_fraction=args.window_fraction,
+            method=args.method, adjust_pred_probs=args.adjust, folds=args.folds,
             fold_overrides=tuple(args.fold_set) if args.fold_set else AuditOptions().fold_overrides,
-            noise_rate=args.noise_rate, top_k=args.top_k, thumbnails=not args.no_thumbnails,
+            fold_checkpoint=args.fold_checkpoint, noise_rate=args.noise_rate, review=args.review,
+            ordinal=args.ordinal, top_k=args.top_k, thumbnails=not args.no_thumbnails,
             final_model_baseline=not args.no_final_model_baseline, include_identifying=args.include_identifying,
         )
         run = RunDir(args.run_dir)
@@ -42,6 +43,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
               f"{info['window']['last_epoch']} ({info['window']['rule']})"
               + (f"; count window: epochs {cw['first_epoch']}-{cw['last_epoch']} ({cw['rule']})"
                  if (cw := info.get("count_window")) else ""))
+        identified = "" if info["identifiable"] else "; NOT IDENTIFIABLE from this run: the interval is wide"
+        budget = "" if info["review_budget"] is None else f" at the review budget of {info['review_budget']}"
+        print(f"  interval: sampling error and the choice of count window{identified}; expected precision of the "
+              f"{info['n_label_issues']} flagged{budget}: {_fmt(info['expected_precision'])}")
         for w in info.get("warnings", []):
             print(f"  warning: {w}")
     if result.detection is not None:
@@ -65,7 +70,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Adds ``audit`` to the ``lilaw-med`` parser."""
-    from lilaw_med.audit.core import AuditOptions
+    from lilaw_med.audit.core import FOLD_CHECKPOINTS, AuditOptions
     from lilaw_med.audit.rank import SCORE_METHODS
     from lilaw_med.audit.window import WINDOW_RULES
 
@@ -76,7 +81,8 @@ def register(subparsers: Any) -> None:
         "UIDs), the estimated share of wrong labels per class with an interval, a self-contained report.html, "
         "exclude.csv for `lilaw-med train --exclude`, and detection.json when the datalist's noise sidecar gives "
         "the true labels.\n\nexamples:\n  lilaw-med audit runs/my-run\n"
-        "  lilaw-med audit runs/my-run --folds 4        # 4 extra trainings: out-of-fold probabilities",
+        "  lilaw-med audit runs/my-run --folds 4        # 4 extra trainings: out-of-fold probabilities\n"
+        "  lilaw-med audit runs/my-run --review 200     # flag the 200 most suspicious items, with expected precision",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `lilaw-med train`")
@@ -84,6 +90,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--window", choices=WINDOW_RULES, default=default.window,
                    help="which epochs are scored (default %(default)s: up to the epoch of the lowest noisy "
                    "validation loss, where the network starts memorising wrong labels)")
+    p.add_argument("--count-window", choices=WINDOW_RULES, default=default.count_window,
+                   help="which epochs the per-class noise estimate reads (default %(default)s)")
     p.add_argument("--window-fraction", type=float, default=default.window_fraction,
                    help="share of epochs for the fraction rules, also the count window's earliest end "
                    "(default %(default)s)")
@@ -96,8 +104,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fold-set", action="append", metavar="KEY=VALUE",
                    help="config override for the fold trainings (default: lilaw.enabled=false, cleanlab's recipe; "
                    "--fold-set lilaw.enabled=true trains them with the run's own config)")
-    p.add_argument("--noise-rate", type=float, default=None,
-                   help="flag this share of each class (default: the per-class share estimated from the run)")
+    p.add_argument("--fold-checkpoint", choices=FOLD_CHECKPOINTS, default=default.fold_checkpoint,
+                   help="which checkpoint of each fold model predicts its held-out fold (default %(default)s: the best "
+                   "by the noisy validation key metric, the one `lilaw-med predict` uses)")
+    flag = p.add_mutually_exclusive_group()
+    flag.add_argument("--noise-rate", type=float, default=None,
+                      help="flag this share of each class (default: the per-class share estimated from the run)")
+    flag.add_argument("--review", type=float, default=None, metavar="N|SHARE",
+                      help="a review budget: flag the N lowest-scored items of each split (or this share of it, "
+                      "e.g. 0.05) and report the expected precision at that budget")
+    p.add_argument("--ordinal", action="store_true",
+                   help="the classes are ordinal grades: the noise rate is reported as not identifiable from one run")
     p.add_argument("--top-k", type=int, default=default.top_k, help="thumbnails per class in the report (default %(default)s)")
     p.add_argument("--no-thumbnails", action="store_true", help="do not read images for the report")
     p.add_argument("--no-final-model-baseline", action="store_true",

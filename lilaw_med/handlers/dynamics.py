@@ -13,33 +13,18 @@ validation record is taken once per meta step (the statistics object is remember
 identity), at the latest at ``EPOCH_COMPLETED``, so a meta step that runs after the recorder in
 the same iteration still counts for its own epoch.
 
-On disk (``RUN_DIR/dynamics/``), written atomically at every epoch end::
-
-    manifest.json                format, fields, splits (n_items, epochs), per-epoch alpha/beta/delta
-    ids_training.json            the item ids, in the order of the arrays
-    training/epoch_0001.npy      a structured array (n_items,) per epoch, see RECORD_FIELDS
-    ids_validation.json, validation/epoch_0001.npy   the same for the meta step's validation items
-
 Each epoch's record holds, per item, the MEAN over the times the item was seen in that epoch
-(once for training; several times for the cycled validation loader) of ``prob_label`` (s[y]),
-``prob_max`` (max s), ``prob_other`` (the largest probability of a class other than y),
-``w_alpha``, ``w_beta``, ``w_delta``, ``weight`` and ``loss`` (float16), the last
-``pred_label`` (int16; -1 when not seen) and ``count`` (uint16); for single-label runs also
-``probs``, every class's probability (float16, C per item: the confident joint and the
-cross-class scores of the audit need them). An item not seen in an epoch
-has NaN values and ``count`` 0. Memory is linear in items: one float32 accumulator row per item
-for the current epoch (a memory-mapped file beside the dynamics when the set is large), and the
-epochs live on disk (read back memory-mapped by :func:`load_dynamics`).
+(once for training; several times for the cycled validation loader); the file format and its
+reader are :mod:`lilaw_med.run.dynamics_format`. Memory is linear in items: one float32
+accumulator row per item for the current epoch (a memory-mapped file beside the dynamics when the
+set is large, one per rank), and the epochs live on disk.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,31 +34,17 @@ import torch
 from ignite.engine import Engine, Events
 
 from lilaw_med.losses import LiLAWLoss
-from lilaw_med.utils import atomic_write
+from lilaw_med.run.dynamics_format import FLOAT_FIELDS, record_dtype, write_epoch
 from lilaw_med.weighting import class_probabilities
 
 if TYPE_CHECKING:
     from lilaw_med.handlers.meta_step import LiLAWHandler
 
-__all__ = ["FLOAT_FIELDS", "Dynamics", "DynamicsRecorder", "load_dynamics"]
+__all__ = ["DynamicsRecorder"]
 
 logger = logging.getLogger(__name__)
 
-FORMAT_NAME = "lilaw-med-dynamics"
-FORMAT_VERSION = 2  # 2 adds "probs" (C class probabilities per item); version 1 files still read
-FLOAT_FIELDS = ("prob_label", "prob_max", "prob_other", "w_alpha", "w_beta", "w_delta", "weight", "loss")
-"""Fields averaged over the item's occurrences in an epoch, stored as float16."""
-SPLITS = ("training", "validation")
 DEFAULT_MEMMAP_THRESHOLD = 2_000_000
-
-
-def _record_dtype(label_shape: tuple[int, ...], num_classes: int | None = None) -> np.dtype:
-    probs = [("probs", np.float16, (num_classes,))] if num_classes else []
-    return np.dtype(
-        [(name, np.float16, label_shape) for name in FLOAT_FIELDS]
-        + probs
-        + [("pred_label", np.int16, label_shape), ("count", np.uint16)]
-    )
 
 
 class _EpochBuffer:
@@ -136,7 +107,7 @@ class _EpochBuffer:
 
     def record(self) -> np.ndarray:
         num_classes = None if self.probs is None else self.probs.shape[1]
-        rec = np.zeros(self.n, dtype=_record_dtype(self.label_shape, num_classes))
+        rec = np.zeros(self.n, dtype=record_dtype(self.label_shape, num_classes))
         seen = self.counts > 0
         denom = np.where(seen, self.counts, 1).reshape(-1, *([1] * (1 + len(self.label_shape))))
         means = np.asarray(self.sums) / denom
@@ -227,10 +198,16 @@ class DynamicsRecorder:
         reduce_fn: replaces the all-reduce: ``reduce_fn(tensor, op)`` with ``op`` ``"sum"`` or
             ``"max"`` must return the tensor reduced over ranks (for a launcher of one's own).
         is_writer: whether this process writes the files; by default rank 0 (or the only process).
+        rank: this process's rank, named in the memory-mapped accumulator's file; by default ignite's.
 
     Raises:
         TypeError: when ``loss`` is not a :class:`LiLAWLoss`.
         ValueError: on duplicate or empty ids.
+
+    Example::
+
+        recorder = DynamicsRecorder(loss, train_ids, run_dir / "dynamics", meta_handler=lilaw_handler)
+        recorder.attach(trainer)                             # then trainer.run(); read with load_dynamics
     """
 
     def __init__(
@@ -246,6 +223,7 @@ class DynamicsRecorder:
         distributed: bool | None = None,
         reduce_fn: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
         is_writer: bool | None = None,
+        rank: int | None = None,
     ) -> None:
         if not isinstance(loss, LiLAWLoss):
             raise TypeError(f"loss must be a LiLAWLoss but is {type(loss).__name__}.")
@@ -261,6 +239,7 @@ class DynamicsRecorder:
         self.distributed = distributed
         self.reduce_fn = reduce_fn
         self._is_writer = is_writer
+        self.rank = rank
         self.ids: dict[str, list[str]] = {"training": ids}
         self.index: dict[str, dict[str, int]] = {"training": self._index_of(ids, "ids")}
         self._pending_state: Mapping[str, Any] | None = None
@@ -291,7 +270,8 @@ class DynamicsRecorder:
         """Registers the recorder: ``EPOCH_STARTED`` (new accumulators), MONAI's
         ``FORWARD_COMPLETED`` when the engine has it (ids and the runner-up class probability from
         the logits the trainer computed), ``ITERATION_COMPLETED`` (the records) and
-        ``EPOCH_COMPLETED`` (reduce across ranks, write).
+        ``EPOCH_COMPLETED`` (reduce across ranks, write) and ``COMPLETED`` (remove the memory-mapped
+        accumulator file).
 
         Args:
             engine: a MONAI ``SupervisedTrainer`` or any ignite engine whose process function
@@ -308,6 +288,7 @@ class DynamicsRecorder:
             pass
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        engine.add_event_handler(Events.COMPLETED, self._remove_memmap)
 
     # ---------------------------------------------------------------- distributed helpers
     def _is_distributed(self) -> bool:
@@ -340,14 +321,29 @@ class DynamicsRecorder:
         self.label_shape = label_shape
         n = len(self.ids["training"])
         use_memmap = self.memmap if self.memmap is not None else n >= self.memmap_threshold
-        self.buffers["training"] = _EpochBuffer(
-            n, label_shape, memmap_path=self.out_dir / ".accumulators_training.npy" if use_memmap else None
-        )
+        self.buffers["training"] = _EpochBuffer(n, label_shape, memmap_path=self._memmap_path() if use_memmap else None)
         if self.record_validation and "validation" in self.ids:
             self.buffers["validation"] = _EpochBuffer(len(self.ids["validation"]), label_shape)
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
             self._load_buffers(state)
+
+    def _memmap_path(self) -> Path:
+        """This process's accumulator file: the rank and the process id in its name, so ranks on one
+        node (or processes of a launcher of one's own, which ignite sees as rank 0 each) never share
+        one. A file this rank's earlier, killed process left behind is removed."""
+        rank = self.rank if self.rank is not None else idist.get_rank()
+        for stale in self.out_dir.glob(f".accumulators_training.rank{rank}.pid*.npy"):
+            stale.unlink(missing_ok=True)
+        return self.out_dir / f".accumulators_training.rank{rank}.pid{os.getpid()}.npy"
+
+    def _remove_memmap(self, engine: Engine | None = None) -> None:
+        """Deletes this process's accumulator file once training has completed (the records are written)."""
+        buffer = self.buffers.get("training")
+        if buffer is not None and buffer.memmap_path is not None:
+            path, buffer.memmap_path = buffer.memmap_path, None
+            buffer.sums = np.array(buffer.sums)  # keeps the values readable after the file goes
+            path.unlink(missing_ok=True)
 
     def _ensure_val_buffer(self, handler: LiLAWHandler) -> bool:
         """Creates the validation accumulators at the first meta step; ``False`` when impossible."""
@@ -518,24 +514,8 @@ class DynamicsRecorder:
             epoch: the 1-based epoch.
             records: split name -> structured array (n_items,).
         """
-        for split, rec in records.items():
-            buf = io.BytesIO()
-            np.save(buf, rec, allow_pickle=False)
-            atomic_write(self.out_dir / split / f"epoch_{epoch:04d}.npy", buf.getvalue())
-            atomic_write(self.out_dir / f"ids_{split}.json", json.dumps(self.ids[split]))
-        manifest = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "fields": list(next(iter(records.values())).dtype.names) if records else list(FLOAT_FIELDS),
-            "label_shape": list(self.label_shape or ()),
-            "multi_label": bool(self.loss.multi_label),
-            "splits": {
-                split: {"n_items": len(self.ids[split]), "ids": f"ids_{split}.json", "epochs": self.epochs[split]}
-                for split in records
-            },
-            "lilaw": self.lilaw_by_epoch,
-        }
-        atomic_write(self.out_dir / "manifest.json", json.dumps(manifest, indent=1))
+        write_epoch(self.out_dir, epoch, records, self.ids, self.epochs, label_shape=self.label_shape or (),
+                    multi_label=bool(self.loss.multi_label), lilaw=self.lilaw_by_epoch)
 
     # ---------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
@@ -613,106 +593,3 @@ class DynamicsRecorder:
         if world_size is not None and int(world_size) != idist.get_world_size():
             return self.is_writer  # cannot be split again: the writer keeps it all
         return rank == idist.get_rank()
-
-
-# ==================================================================== reading
-@dataclass
-class Dynamics:
-    """One split's recorded dynamics, read by :func:`load_dynamics`.
-
-    Attributes:
-        ids: the item ids (N).
-        epochs: the recorded epochs (E), 1-based.
-        records: one structured array (N,) per epoch (memory-mapped files).
-        lilaw: per-epoch alpha, beta, delta at the epoch's end (keys are epoch numbers).
-        multi_label: per-label records of shape (N, L).
-    """
-
-    ids: list[str]
-    epochs: list[int]
-    records: list[np.ndarray]
-    lilaw: dict[int, dict[str, float]] = field(default_factory=dict)
-    multi_label: bool = False
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        """A field over epochs: float32 (E, N) (or (E, N, L)); ``probs`` float32 (E, N, C);
-        ``pred_label`` int16, ``count`` int32."""
-        if name in FLOAT_FIELDS:
-            return np.stack([np.asarray(r[name], dtype=np.float32) for r in self.records])
-        if name == "probs" and self.has_probs:
-            c = next(r for r in self.records if "probs" in (r.dtype.names or ())).dtype["probs"].shape[0]
-            return np.stack([np.asarray(r["probs"], dtype=np.float32) if "probs" in (r.dtype.names or ())
-                             else np.full((len(r), c), np.nan, dtype=np.float32) for r in self.records])
-        if name == "pred_label":
-            return np.stack([np.asarray(r[name]) for r in self.records])
-        if name == "count":
-            return np.stack([np.asarray(r[name], dtype=np.int32) for r in self.records])
-        raise KeyError(f"unknown dynamics field {name!r}; the fields are {self.keys()}.")
-
-    @property
-    def has_probs(self) -> bool:
-        """Whether the class probabilities (``probs``, (E, N, C)) are recorded: in every epoch that saw
-        an item (an epoch that saw none, e.g. the validation split during a LiLAW warm-up, has no
-        ``probs`` field and reads as NaN)."""
-        with_probs = ["probs" in (r.dtype.names or ()) for r in self.records]
-        return any(with_probs) and all(h or not np.asarray(r["count"]).any() for h, r in zip(with_probs, self.records, strict=True))
-
-    def keys(self) -> list[str]:
-        return list(FLOAT_FIELDS) + ["pred_label", "count"] + (["probs"] if self.has_probs else [])
-
-    def as_dict(self) -> dict[str, np.ndarray]:
-        """Every field as (E, N) arrays (what :mod:`lilaw_med.audit.window` reads)."""
-        return {k: self[k] for k in self.keys()}
-
-
-def load_dynamics(path: str | os.PathLike, split: str = "training", mmap: bool = True) -> Dynamics:
-    """Reads the dynamics a :class:`DynamicsRecorder` wrote.
-
-    Args:
-        path: the dynamics folder (``RUN_DIR/dynamics``) or the run folder holding it.
-        split: ``"training"`` or ``"validation"``.
-        mmap: memory-map the per-epoch files instead of reading them into memory.
-
-    Returns:
-        The split's :class:`Dynamics`.
-
-    Raises:
-        FileNotFoundError: when no manifest is found.
-        ValueError: on a different format, or a split that was not recorded.
-    """
-    folder = Path(path)
-    if not (folder / "manifest.json").is_file() and (folder / "dynamics" / "manifest.json").is_file():
-        folder = folder / "dynamics"
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(
-            f"no dynamics found at {folder} (expected manifest.json): was the run trained with the recorder, "
-            "and did it finish at least one epoch?"
-        )
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != FORMAT_NAME:
-        raise ValueError(f"{manifest_path} is not a {FORMAT_NAME} manifest.")
-    if int(manifest.get("version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{manifest_path} has format version {manifest['version']}; this reader knows {FORMAT_VERSION}.")
-    if split not in manifest["splits"]:
-        raise ValueError(f"split {split!r} was not recorded; recorded: {sorted(manifest['splits'])}.")
-    info = manifest["splits"][split]
-    ids = json.loads((folder / info["ids"]).read_text())
-    epochs = [int(e) for e in info["epochs"]]
-    records = []
-    for e in epochs:
-        rec = np.load(folder / split / f"epoch_{e:04d}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
-        if rec.shape[0] < len(ids):  # ids learned on the fly grew after this epoch: pad with unseen items
-            pad = np.zeros(len(ids) - rec.shape[0], dtype=rec.dtype)
-            for name in FLOAT_FIELDS:
-                pad[name] = np.nan
-            pad["pred_label"] = -1
-            if "probs" in (rec.dtype.names or ()):
-                pad["probs"] = np.nan
-            rec = np.concatenate([np.asarray(rec), pad])
-        records.append(rec[: len(ids)])
-    lilaw = {int(k): v for k, v in manifest.get("lilaw", {}).items()}
-    return Dynamics(ids=ids, epochs=epochs, records=records, lilaw=lilaw, multi_label=bool(manifest.get("multi_label")))

@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lilaw_med.run.dynamics_format import FOLDER as DYNAMICS_FOLDER
 from lilaw_med.utils import atomic_write
 
 __all__ = ["RunDir", "RunDirBusyError", "RunLock", "default_run_name", "to_jsonable"]
@@ -180,7 +181,7 @@ class RunDir:
     LILAW_ITERATIONS = "lilaw_iterations.csv"
     PLOTS = "plots"
     CHECKPOINTS = "checkpoints"
-    DYNAMICS = "dynamics"
+    DYNAMICS = DYNAMICS_FOLDER  # the dynamics format owns its folder name
     REJECTED = "rejected_items.csv"
     TENSORBOARD = "tensorboard"
     SUMMARY = "summary.json"

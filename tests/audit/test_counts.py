@@ -179,3 +179,77 @@ def test_thresholds_passed_in_replace_the_items_own():
     np.testing.assert_allclose(raw, [[3, 1, 0], [0, 2, 1], [0, 0, 2]])
     est = estimate_noise(LABELS3, PROBS3, n_bootstrap=0, thresholds=np.full(3, 0.3))
     np.testing.assert_allclose(est.per_class, [1 / 4, 1 / 3, 0.0])
+
+
+# ----------------------------------------------------------------------------- the count bootstrap
+def test_the_rates_are_functions_of_the_cell_counts_alone_for_any_resample():
+    """With the thresholds held fixed, the rates of any resample of the items computed from the items
+    equal those computed from the resample's cell counts: so drawing the counts is drawing the items."""
+    from lilaw_med.audit.counts import _cell_counts, _rates_from_cells
+    from lilaw_med.audit.rank import confident_thresholds
+
+    t = confident_thresholds(LABELS3, PROBS3)
+    # the cells of PROBS3, by hand: [i, j] given i confidently j, [i, 3] no threshold reached
+    np.testing.assert_array_equal(_cell_counts(LABELS3, PROBS3), [[2, 1, 0, 1], [0, 2, 0, 1], [0, 0, 1, 1]])
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        idx = rng.integers(0, LABELS3.size, LABELS3.size)
+        joint = confident_joint(LABELS3[idx], PROBS3[idx], thresholds=t)
+        rows = joint.sum(axis=1)
+        by_items = np.where(rows > 0, 1 - np.diag(joint) / np.maximum(rows, 1e-12), 0.0)
+        by_cells, counts = _rates_from_cells(_cell_counts(LABELS3[idx], PROBS3[idx], t))
+        np.testing.assert_allclose(by_cells, by_items, atol=1e-12)
+        np.testing.assert_array_equal(counts, np.bincount(LABELS3[idx], minlength=3))
+
+
+def test_the_count_bootstrap_interval_matches_the_item_bootstrap_with_fixed_thresholds():
+    rng = np.random.default_rng(0)
+    n, c = 3000, 3
+    labels = rng.integers(0, c, n)
+    probs = rng.dirichlet(np.ones(c), n) * 0.5
+    probs[np.arange(n), labels] += 0.5  # the given class leads, except for the noise below
+    wrong = rng.random(n) < 0.2
+    probs[wrong] = np.roll(probs[wrong], 1, axis=1)
+    from lilaw_med.audit.rank import confident_thresholds
+
+    t = confident_thresholds(labels, probs)
+    est = estimate_noise(labels, probs, n_bootstrap=4000, seed=1)
+    item = []
+    for _ in range(1000):  # the item bootstrap, thresholds held at the full data's
+        idx = rng.integers(0, n, n)
+        item.append(estimate_noise(labels[idx], probs[idx], n_bootstrap=0, thresholds=t).overall)
+    lo, hi = np.percentile(item, [2.5, 97.5])
+    assert est.overall_interval[0] == pytest.approx(lo, abs=0.004)
+    assert est.overall_interval[1] == pytest.approx(hi, abs=0.004)
+    assert est.sampling_interval == est.overall_interval
+
+
+def test_combine_estimates_takes_the_envelope_of_the_windows_intervals_and_keeps_the_point():
+    from lilaw_med.audit.counts import NoiseEstimate, combine_estimates
+
+    def est(rate: float, lo: float, hi: float) -> NoiseEstimate:
+        return NoiseEstimate(np.array([rate, rate]), np.array([[lo, hi], [lo + 0.01, hi + 0.01]]), rate, (lo, hi),
+                             np.array([10.0, 10.0]), 0.95, (lo, hi))
+
+    combined = combine_estimates(est(0.2, 0.15, 0.25), [est(0.1, 0.05, 0.14), est(0.3, 0.26, 0.35)])
+    assert combined.overall == 0.2 and combined.overall_interval == (0.05, 0.35)
+    np.testing.assert_allclose(combined.per_class_interval, [[0.05, 0.35], [0.06, 0.36]])
+    assert combined.sampling_interval == (0.15, 0.25)
+    np.testing.assert_array_equal(combined.n_wrong, [2, 2])
+
+
+def test_wrong_label_chances_follow_the_cells_and_sum_to_the_estimated_counts():
+    from lilaw_med.audit.counts import expected_precision, wrong_label_chances
+
+    # PROBS3's cells (see the top of this file): a, b (0, 0) -> 0; c (0, 1) -> 1; d reaches no threshold
+    # -> class 0's rate 1/3; e, f (1, 1) -> 0; g no threshold -> class 1's rate 0; h (2, 2) -> 0; i -> 0
+    chances = wrong_label_chances(LABELS3, PROBS3)
+    np.testing.assert_allclose(chances, [0, 0, 1, 1 / 3, 0, 0, 0, 0, 0])
+    est = estimate_noise(LABELS3, PROBS3, n_bootstrap=0)
+    np.testing.assert_allclose(np.bincount(LABELS3, weights=chances, minlength=3), est.per_class * est.counts)
+    flagged = np.zeros(9, dtype=bool)
+    flagged[[2, 3]] = True
+    assert expected_precision(chances, flagged) == pytest.approx((1 + 1 / 3) / 2)
+    flagged[[0, 4]] = True
+    assert expected_precision(chances, flagged) == pytest.approx((1 + 1 / 3) / 4)
+    assert np.isnan(expected_precision(chances, np.zeros(9, dtype=bool)))

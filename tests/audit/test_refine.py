@@ -46,8 +46,8 @@ def test_refine_writes_both_runs_the_audit_and_the_exclusions(refined):
 
 def test_refine_excludes_exactly_the_audits_flagged_training_items(refined):
     root, result = refined
-    items = json.loads((root / "audit" / "audit.json").read_text())["items"]
-    flagged = [it for it in items if it["split"] == "training" and it["is_label_issue"]]
+    items = read_id_csv(root / "audit" / "audit.csv")
+    flagged = [it for it in items if it["split"] == "training" and it["is_label_issue"] == "True"]
     assert flagged, "the audit flagged nothing: the loop would not be tested"
     excluded = read_id_csv(root / "refine_exclude.csv")
     assert [r["id"] for r in excluded] == [it["id"] for it in flagged]
@@ -55,7 +55,7 @@ def test_refine_excludes_exactly_the_audits_flagged_training_items(refined):
         raw = [r["id"] for r in csv.DictReader(f)]
     assert raw == ["'" + it["id"] for it in flagged] and all(i.startswith("'-tr-") for i in raw)
     assert {r["split"] for r in excluded} == {"training"}  # the validation split is kept by default
-    assert [int(r["rank"]) for r in excluded] == [it["rank"] for it in flagged]
+    assert [int(r["rank"]) for r in excluded] == [int(it["rank"]) for it in flagged]
     # the flagged items are the lowest-scored of their class
     for it in flagged:
         same = [o for o in items if o["split"] == "training" and o["given_label"] == it["given_label"]]

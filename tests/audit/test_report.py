@@ -157,7 +157,7 @@ def test_the_count_window_follows_the_end_of_epoch_validation_loss(tmp_path):
 def test_a_warm_up_without_meta_steps_keeps_the_validation_items_class_probabilities(tmp_path):
     # no meta step in epoch 1 (a LiLAW warm-up): that epoch's validation record has no probs field, the
     # later ones have; the validation items keep their class probabilities (epoch 1 NaN) and are audited
-    from lilaw_med.handlers.dynamics import load_dynamics
+    from lilaw_med.run.dynamics_format import load_dynamics
 
     run = make_run_folder(tmp_path / "run", val_from_epoch=2)
     val = load_dynamics(run / "dynamics", split="validation")
@@ -217,9 +217,9 @@ def test_text_cells_a_spreadsheet_would_run_are_neutralised_and_numbers_are_not(
     assert cell["given_label"] == "0" and cell["is_label_issue"] == "True"
     excluded = {r["id"] for r in _rows(result.files["exclude.csv"])}
     assert "'=wrong" in excluded
-    # the JSON keeps the ids as they are
-    items = json.loads(result.files["audit.json"].read_text())["items"]
-    assert {it["id"] for it in items} >= set(ids.values())
+    # the rows in memory keep the ids as they are; audit.json holds the summary only (no per-item rows)
+    assert {r["id"] for r in result.rows} >= set(ids.values())
+    assert set(json.loads(result.files["audit.json"].read_text())) == {"summary"}
 
 
 def test_the_csv_writer_leaves_numbers_alone_even_negative_ones():
@@ -270,7 +270,7 @@ def test_report_shows_the_estimated_counts_with_their_interval_the_window_and_th
         lo, hi = c["estimated_noise_rate_interval"]
         assert f"<td>{n_wrong} ({rate})</td><td>[{lo:.3f}, {hi:.3f}]</td>" in text
     lo, hi = summary["splits"]["training"]["estimated_noise_rate_interval"]
-    assert f"<b>0.188</b> (95% interval [{lo:.3f}, {hi:.3f}])" in text
+    assert f"<b>0.188</b> (95% interval [{lo:.3f}, {hi:.3f}], which carries" in text
     assert "Training items: 16 items audited, 3 suspected mislabels" in text
     assert "<b>Scoring window:</b> epochs 1-2 of 3" in text and "<code>best_val_loss</code>" in text
     assert ("<b>Count window</b> (the epochs whose probabilities the estimated numbers of wrong labels read): epochs 1-1 "

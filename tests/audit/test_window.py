@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lilaw_med.audit.window import WINDOW_RULES, ScoringWindow, choose_window, window_pred_probs
-from lilaw_med.handlers.dynamics import load_dynamics
+from lilaw_med.run.dynamics_format import load_dynamics
 from tests.audit.conftest import N_TRAIN, WRONG, make_run_folder
 
 NAN = math.nan
@@ -160,3 +160,24 @@ def test_version_1_dynamics_give_the_same_binary_window_probabilities_as_recorde
     # the wrong labels: p[given] = (sigmoid(-3) + sigmoid(0)) / 2 = (0.0474 + 0.5) / 2 = 0.2737
     p_given = from_label[np.arange(N_TRAIN), labels]
     np.testing.assert_allclose(p_given[sorted(WRONG)], 0.2737, atol=1e-3)
+
+
+def test_window_means_read_one_epoch_at_a_time_equal_nanmean_of_the_stacked_epochs_bit_for_bit(tmp_path):
+    from benchmarks.scale_audit import write_synthetic_run
+    from lilaw_med.audit.window import epoch_mean, prefix_pred_probs
+
+    dyn = load_dynamics(write_synthetic_run(tmp_path / "run", 300, epochs=6, num_classes=4, seed=2))
+    labels = np.zeros(len(dyn.ids), dtype=np.int64)
+    stacked = dyn.as_dict()
+    stacked["probs"][2, :40] = np.nan  # items not seen in epoch 3
+    stacked["weight"][:, 7] = np.nan  # an item never seen
+    views = dyn.views()
+    for stop, streamed in prefix_pred_probs({"probs": stacked["probs"]}, labels, [2, 5, 6], 4):
+        np.testing.assert_array_equal(streamed, np.nanmean(stacked["probs"][:stop].astype(np.float64), axis=0))
+    for stop, streamed in prefix_pred_probs(views, labels, [1, 4], 4):
+        np.testing.assert_array_equal(streamed, np.nanmean(dyn["probs"][:stop].astype(np.float64), axis=0))
+    with pytest.warns(RuntimeWarning):
+        expected = np.nanmean(stacked["weight"].astype(np.float64), axis=0)
+    np.testing.assert_array_equal(epoch_mean(stacked["weight"]), expected)
+    assert np.isnan(epoch_mean(stacked["weight"])[7])
+    np.testing.assert_array_equal(epoch_mean(views["loss"][1:3]), np.nanmean(dyn["loss"][1:3].astype(np.float64), axis=0))

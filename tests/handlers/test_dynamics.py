@@ -4,6 +4,7 @@ and validation statistics, resumes, memory-maps, and records each item once unde
 from __future__ import annotations
 
 import json
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,7 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lilaw_med import LiLAWHandler, LiLAWLoss, LiLAWWeighting, lilaw_terms
-from lilaw_med.handlers.dynamics import FLOAT_FIELDS, DynamicsRecorder, load_dynamics
+from lilaw_med.handlers.dynamics import DynamicsRecorder
+from lilaw_med.run.dynamics_format import FLOAT_FIELDS, load_dynamics
 
 N_ITEMS, N_CLASSES, BATCH = 10, 3, 4
 
@@ -194,9 +196,42 @@ def test_memmap_accumulators_record_the_same(tmp_path):
         _drive(rec, loss, 1, ORDER)
         _finish(rec, 1)
         out[memmap] = load_dynamics(tmp_path / str(memmap))
-    assert (tmp_path / "True" / ".accumulators_training.npy").is_file()
+    assert [p.name for p in (tmp_path / "True").glob(".accumulators_training.*")] == [
+        f".accumulators_training.rank0.pid{os.getpid()}.npy"]
     for name in out[False].keys():
         np.testing.assert_array_equal(out[False][name], out[True][name])
+
+
+def test_memmap_accumulators_of_two_ranks_on_one_node_are_apart(tmp_path):
+    """Two ranks writing into one dynamics folder, their epochs interleaved: each item counted once."""
+    loss = _loss()
+    sums: dict[str, list[torch.Tensor]] = {}
+
+    def reduce_as(rank: int):
+        def reduce(t: torch.Tensor, op: str) -> torch.Tensor:
+            sums.setdefault(op, []).append(t.clone())
+            return t
+        return reduce
+
+    ranks = [DynamicsRecorder(loss, IDS, tmp_path, record_validation=False, memmap=True, reduce_fn=reduce_as(r),
+                              is_writer=r == 0, rank=r) for r in (0, 1)]
+    eng = SimpleNamespace(state=SimpleNamespace(epoch=1, iteration=0, batch=None, output=None))
+    for rec in ranks:
+        rec._epoch_started(eng)
+    for k, b in enumerate(ORDER):  # batch k on rank k % 2, the two ranks alive at once
+        loss(_logits(1)[b], LABELS[b])
+        eng.state.batch = {"id": [IDS[i] for i in b]}
+        ranks[k % 2](eng)
+    assert len(list(tmp_path.glob(".accumulators_training.rank*.npy"))) == 2
+    for rec in ranks:
+        counts = rec.buffers["training"].counts
+        np.testing.assert_array_equal(counts, np.isin(np.arange(N_ITEMS), sum(ORDER[rec.rank::2], [])))
+    t = lilaw_terms(_logits(1), LABELS, 3.0, 1.5, 2.5)
+    sums_by_rank = [np.asarray(rec.buffers["training"].sums)[:, 0] for rec in ranks]
+    np.testing.assert_allclose(sums_by_rank[0] + sums_by_rank[1], t.prob_label.numpy(), atol=1e-6)
+    for rec in ranks:
+        rec._remove_memmap()
+    assert not list(tmp_path.glob(".accumulators_training.*"))
 
 
 def test_each_item_is_recorded_once_across_ranks(tmp_path):

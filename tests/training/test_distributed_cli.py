@@ -94,7 +94,7 @@ def test_only_rank0_writes_the_run_folder(ddp_cli_run: dict) -> None:
 
 
 def test_dynamics_record_each_item_exactly_once_per_epoch(ddp_cli_run: dict) -> None:
-    from lilaw_med.handlers.dynamics import load_dynamics
+    from lilaw_med.run.dynamics_format import load_dynamics
 
     train = load_dynamics(ddp_cli_run["run_dir"], "training")
     assert len(train.ids) == len(set(train.ids)) == N["training"]

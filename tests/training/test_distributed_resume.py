@@ -100,7 +100,7 @@ def test_resumed_distributed_run_equals_the_uninterrupted_one(runs: dict[str, An
 
 
 def test_interrupted_epoch_dynamics_count_every_item_of_both_ranks(runs: dict[str, Any]) -> None:
-    from lilaw_med.handlers.dynamics import load_dynamics
+    from lilaw_med.run.dynamics_format import load_dynamics
 
     for split, n in (("training", N_TRAIN), ("validation", N_VAL)):
         dyn = load_dynamics(runs["cut"], split)

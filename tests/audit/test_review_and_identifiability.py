@@ -1,0 +1,87 @@
+"""A review budget flags exactly that many items; the noise rate is reported as not identifiable (with a
+wide interval) where one run cannot tell; the CLI passes --review, --count-window and --fold-checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lilaw_med.audit.core import AuditOptions, review_budget
+from lilaw_med.audit.report import run_audit
+from lilaw_med.cli import main
+from tests.audit.conftest import N_TRAIN, N_VAL, make_run_folder, wrong_ids
+
+
+def _audit(run, **kw):
+    return run_audit(run, thumbnails=False, final_model_baseline=False, **kw)
+
+
+def test_review_budget_is_a_count_or_a_share_of_the_split():
+    assert review_budget(3, 16) == 3 and review_budget(50, 16) == 16
+    assert review_budget(0.25, 16) == 4 and review_budget(0.05, 1000) == 50
+    with pytest.raises(ValueError, match="review must be"):
+        AuditOptions(review=2.5)
+    with pytest.raises(ValueError, match="give one"):
+        AuditOptions(review=3, noise_rate=0.1)
+
+
+def test_a_review_budget_flags_the_lowest_ranked_items_of_each_split(run_folder):
+    result = _audit(run_folder, review=3)
+    train = result.splits["training"]
+    assert train.flag_rule == "review" and int(train.is_label_issue.sum()) == 3
+    # the three wrong labels rank lowest in the scoring window (tests/audit/conftest.py)
+    assert {i for i, f in zip(train.ids, train.is_label_issue, strict=True) if f} == wrong_ids()
+    assert int(result.splits["validation"].is_label_issue.sum()) == 3
+    info = result.summary["splits"]["training"]
+    assert info["review_budget"] == 3 and info["flag_rule"] == "review" and 0 < info["expected_precision"] <= 1
+    share = _audit(run_folder, review=0.5)
+    assert int(share.splits["training"].is_label_issue.sum()) == N_TRAIN // 2
+    assert int(share.splits["validation"].is_label_issue.sum()) == N_VAL // 2
+
+
+def test_the_fixture_run_identifies_its_training_rate_but_not_its_validation_rate(run_folder):
+    # training: estimate 3/16 = 0.1875; the network's own error (1 - 0.1875) - 0.75 = 0.06 is below 0.10
+    # validation: estimate 0 of 4 items; error (1 - 0) - 0.75 = 0.25 exceeds 0.10 and the estimate
+    result = _audit(run_folder)
+    train, val = result.summary["splits"]["training"], result.summary["splits"]["validation"]
+    assert train["identifiable"] and train["not_identifiable_because"] == []
+    assert not val["identifiable"] and "own error on the validation items (about 0.25" in val["not_identifiable_because"][0]
+    assert val["estimated_noise_rate_interval"][0] == 0.0
+
+
+def test_a_network_still_learning_gives_a_wide_interval_and_says_why(tmp_path):
+    learning = make_run_folder(tmp_path, metrics_val_loss=(0.6, 0.5, 0.4))  # best at the last epoch
+    result = _audit(learning)
+    info = result.summary["splits"]["training"]
+    assert not info["identifiable"]
+    assert any("still learning" in r for r in info["not_identifiable_because"])
+    lo, hi = info["estimated_noise_rate_interval"]
+    assert lo == 0.0 and hi >= info["estimated_noise_rate_sampling_interval"][1]
+    assert any("not identifiable" in w for w in info["warnings"])
+    assert "not identifiable from this run" in (learning / "audit" / "report.html").read_text()
+
+
+def test_ordinal_grades_are_never_called_identifiable(run_folder):
+    info = _audit(run_folder, ordinal=True).summary["splits"]["training"]
+    assert not info["identifiable"] and "ordinal grades" in info["not_identifiable_because"][0]
+
+
+def test_the_interval_carries_every_candidate_count_windows_interval(run_folder):
+    info = _audit(run_folder).summary["splits"]["training"]
+    lo, hi = info["estimated_noise_rate_interval"]
+    assert len(info["window_estimates"]) >= 2
+    for w in info["window_estimates"]:
+        assert lo <= w["sampling_interval"][0] and w["sampling_interval"][1] <= hi
+
+
+def test_the_cli_passes_review_count_window_and_fold_checkpoint(run_folder, capsys):
+    code = main(["audit", str(run_folder), "--review", "3", "--count-window", "all", "--no-thumbnails",
+                 "--no-final-model-baseline", "--fold-checkpoint", "final"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "expected precision of the 3 flagged at the review budget of 3" in out
+    summary = json.loads((run_folder / "audit" / "audit.json").read_text())["summary"]
+    assert summary["options"]["fold_checkpoint"] == "final" and summary["options"]["review"] == 3
+    cw = summary["splits"]["training"]["count_window"]
+    assert (cw["first_epoch"], cw["last_epoch"], cw["rule"]) == (1, 3, "all")
