@@ -263,7 +263,7 @@ def test_export_from_a_run_alone_uses_the_runs_config_and_warns_when_another_dif
     assert not [r for r in caplog.records if "differs from the run" in r.getMessage()]
 
     args = ["bundle", "export", "--config", str(exported["config"]), "--set", "train.epochs=5", "--run", str(run)]
-    with caplog.at_level("WARNING", logger="lilaw_med.bundle.export"):
+    with caplog.at_level("WARNING", logger="lilaw_med.bundle.source"):
         assert main([*args, str(tmp_path / "b")]) == 0
     warnings = [r.getMessage() for r in caplog.records if "differs from the run" in r.getMessage()]
     assert len(warnings) == 1 and "train.epochs" in warnings[0]
