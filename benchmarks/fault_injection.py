@@ -85,7 +85,7 @@ CHILD_TIMEOUT_S = 60.0
 
 
 def _newest_valid(run: Path) -> int:
-    from lilaw_med.handlers.checkpoint import load_latest_checkpoint
+    from lilaw_med.run.checkpoint_format import load_latest_checkpoint
 
     try:
         return load_latest_checkpoint(run / "checkpoints")[0].iteration

@@ -27,15 +27,15 @@ import inspect
 import os
 import pydoc
 import re
-import shlex
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from torch import nn
 
+from lilaw_med.bundle.command import META_FILE, bundle_run_command
+from lilaw_med.bundle.yaml_text import config_yaml
 from lilaw_med.losses import LiLAWLoss
 from lilaw_med.meta_step_defaults import META_STEP_DEFAULTS
 from lilaw_med.utils import atomic_write
@@ -631,11 +631,6 @@ def multi_gpu_overlay(layout: BundleLayout) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ files, command
-def _dump(content: Mapping[str, Any], header: str) -> str:
-    body = yaml.safe_dump(dict(content), sort_keys=False, default_flow_style=False, width=110)
-    return "".join(f"# {line}\n" if line else "#\n" for line in header.strip().splitlines()) + "\n" + body
-
-
 def _describe(layout: BundleLayout) -> str:
     loss = layout.loss_id or f"{layout.trainer_id}#loss_function"
     kind = "component: its reduction set to none" if layout.loss_is_component else "expression: a per-sample copy"
@@ -652,11 +647,6 @@ def _describe(layout: BundleLayout) -> str:
         "What each key does: lilaw_med's configs/bundle/README.md. Settings on the command line, e.g.\n"
         "--lilaw#lr 0.005 --lilaw#normalize_weights True."
     )
-
-
-def _config_list(files: list[str]) -> str:
-    text = "[" + ",".join(f"'{f}'" for f in files) + "]"
-    return f'"{text}"' if not re.search(r"[\"$`\\']", "".join(files)) else shlex.quote(text)
 
 
 def run_command(layout: BundleLayout, overlay: Path, multi_gpu: Path | None = None, nproc: int = 2) -> str:
@@ -677,15 +667,10 @@ def run_command(layout: BundleLayout, overlay: Path, multi_gpu: Path | None = No
         return os.path.relpath(path.resolve(), root)
 
     files = [layout.config_file, rel(overlay)] + ([rel(multi_gpu)] if multi_gpu is not None else [])
-    launcher = (
-        f"torchrun --standalone --nnodes 1 --nproc_per_node {nproc} -m monai.bundle run"
-        if multi_gpu is not None
-        else "python -m monai.bundle run"
+    return bundle_run_command(
+        files, bundle_root=".", meta_file=META_FILE if (root / META_FILE).is_file() else None,
+        nproc=nproc if multi_gpu is not None else None,
     )
-    command = f"{launcher} --config_file {_config_list(files)} --bundle_root ."
-    if (root / "configs" / "metadata.json").is_file():
-        command += " --meta_file configs/metadata.json"
-    return command
 
 
 def write_overlays(layout: BundleLayout, output: str | os.PathLike, multi_gpu: bool = False) -> tuple[Path, Path | None]:
@@ -703,7 +688,7 @@ def write_overlays(layout: BundleLayout, output: str | os.PathLike, multi_gpu: b
     if target.is_dir():
         target = target / "lilaw_overlay.yaml"
     extra = multi_gpu_overlay(layout) if multi_gpu else None  # decided before anything is written
-    atomic_write(target, _dump(lilaw_overlay(layout), _describe(layout)))
+    atomic_write(target, config_yaml(lilaw_overlay(layout), _describe(layout)))
     if extra is None:
         return target, None
     second = target.with_name(f"{target.stem}_multi_gpu.yaml")
@@ -712,5 +697,5 @@ def write_overlays(layout: BundleLayout, output: str | os.PathLike, multi_gpu: b
         "under torchrun (one process per GPU; gloo on CPU). Batch sizes are per process. Written by\n"
         "`lilaw-med bundle overlay --multi-gpu`; see lilaw_med's docs/distributed.md."
     )
-    atomic_write(second, _dump(extra, header))
+    atomic_write(second, config_yaml(extra, header))
     return target, second

@@ -32,6 +32,8 @@ def _parse_shape(text: str | None) -> list[int] | None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from lilaw_med.bundle.command import bundle_run_command
+    from lilaw_med.bundle.configs import TRAIN_FILES
     from lilaw_med.bundle.export import export_bundle
     from lilaw_med.training.config import load_config
     from lilaw_med.training.run_dir import RunDir
@@ -60,12 +62,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"  {rel}")
     if "models/model.pt" not in result.files:
         print("no --run given: models/model.pt is written when the bundle trains.")
-    print(f"next: cd {result.root} && python -m monai.bundle run --config_file configs/train.yaml "
-          "--meta_file configs/metadata.json")
+    print(f"next: cd {result.root} && {bundle_run_command(TRAIN_FILES)}")
     return 0
 
 
 def _cmd_overlay(args: argparse.Namespace) -> int:
+    from lilaw_med.bundle.command import bundle_run_command
     from lilaw_med.bundle.export import copy_overlay
     from lilaw_med.bundle.overlay import find_layout, run_command, write_overlays
 
@@ -88,10 +90,9 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
                 second = copy_overlay(second, "multi_gpu_train.yaml")
                 print(f"generic multi-GPU override written to {second}")
             print("for a bundle with other ids: lilaw-med bundle overlay --bundle BUNDLE_DIR (finds them itself)")
-            files = f"'configs/train.json','{written}'" + (f",'{second}'" if second is not None else "")
-            launcher = "torchrun --standalone --nnodes 1 --nproc_per_node 2 -m" if second is not None else "python -m"
-            print(f"use (from the bundle folder; configs/train.yaml for a YAML bundle): {launcher} monai.bundle run "
-                  f"--config_file \"[{files}]\" --bundle_root . --meta_file configs/metadata.json")
+            files = ["configs/train.json", str(written)] + ([str(second)] if second is not None else [])
+            command = bundle_run_command(files, bundle_root=".", nproc=2 if second is not None else None)
+            print(f"use (from the bundle folder; configs/train.yaml for a YAML bundle): {command}")
             return 0
         layout = find_layout(
             args.bundle, train_config=args.train_config, trainer_id=args.trainer_id, loss_id=args.loss_id,

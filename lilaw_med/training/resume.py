@@ -44,17 +44,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lilaw_med.data.sampler import ResumableSampler
-from lilaw_med.handlers.checkpoint import (
-    CheckpointHandler,
+from lilaw_med.handlers.checkpoint import CheckpointHandler, load_object_state, object_state
+from lilaw_med.handlers.meta_step import LiLAWHandler
+from lilaw_med.rng import restore_loader_rng_state, restore_rng_state
+from lilaw_med.run.checkpoint_format import (
     CheckpointInfo,
     find_checkpoints,
     load_latest_checkpoint,
-    load_object_state,
-    object_state,
     state_nbytes,
 )
-from lilaw_med.handlers.meta_step import LiLAWHandler
-from lilaw_med.rng import restore_loader_rng_state, restore_rng_state
 from lilaw_med.training.run_dir import RunDir
 
 __all__ = ["RESUME_CHANGEABLE", "attach_checkpointing", "check_resume_config", "resume_from", "run_is_complete"]
@@ -222,8 +220,7 @@ def resume_from(
             size ``index.json`` records, or the size of the freshly built objects' states), plus
             :data:`CHECKPOINT_SIZE_SLACK`, is refused before it is read (``None``: no limit).
         rank_objects: the same names as given to :func:`attach_checkpointing`'s ``rank_objects``: each
-            rank loads its own saved state into them (a checkpoint without per-rank states, from an
-            older version, gives every rank rank 0's).
+            rank loads its own saved state into them.
 
     Returns:
         The iteration the run resumes from (the number of iterations already done); 0 when the run folder
@@ -253,7 +250,7 @@ def resume_from(
     )
     info, ckpt = _load_newest(save_dir, map_location, max_bytes, objects)
     own = _own_rank_state(info, ckpt)
-    saved_rank_objects = own["objects"] if own is not None else ckpt["objects"]
+    saved_rank_objects = own["objects"]
     _check_objects(info, ckpt["objects"], objects, saved_rank_objects, rank_objects)
     _check_position(info, ckpt, trainer, train_sampler)
 
@@ -277,7 +274,7 @@ def resume_from(
     iteration, epoch_length = int(ckpt["iteration"]), ckpt.get("epoch_length")
     in_epoch = iteration % epoch_length if epoch_length else 0
     if train_sampler is not None:
-        if own is not None and "sampler" in own and callable(getattr(train_sampler, "load_state_dict", None)):
+        if "sampler" in own and callable(getattr(train_sampler, "load_state_dict", None)):
             try:  # checks that the data and its partitioning are the ones this rank trained on
                 train_sampler.load_state_dict(own["sampler"])
             except ValueError as e:
@@ -309,24 +306,15 @@ def _max_checkpoint_bytes(
     return int(ratio * expected) + CHECKPOINT_SIZE_SLACK
 
 
-def _own_rank_state(info: CheckpointInfo, ckpt: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """This process's entry of the checkpoint's per-rank states (``None`` for a checkpoint without them).
+def _own_rank_state(info: CheckpointInfo, ckpt: Mapping[str, Any]) -> Mapping[str, Any]:
+    """This process's entry of the checkpoint's per-rank states.
 
     Raises:
         ValueError: when the checkpoint was written by another number of processes: its per-rank states
             (the partial epoch of each rank's items, each rank's data position) cannot be split again.
     """
     rank, world_size = idist.get_rank(), idist.get_world_size()
-    ranks = ckpt.get("ranks")
-    if ranks is None:
-        if world_size > 1:
-            logger.warning(
-                "checkpoint %s holds rank 0's random and dynamics states only (an older format): the other "
-                "ranks continue with rank 0's random streams and the interrupted epoch's dynamics keep rank "
-                "0's items only.",
-                info.path.name,
-            )
-        return None
+    ranks = ckpt["ranks"]
     if len(ranks) != world_size:
         raise ValueError(
             f"checkpoint {info.path.name} was written by {len(ranks)} process(es) but this run has {world_size}: "
@@ -431,7 +419,6 @@ def _check_objects(
             f"checkpoint {info.path} has no state of this rank for {missing_rank} (it holds "
             f"{sorted(saved_rank)}): it was written by a run with a different configuration."
         )
-    saved = {k: v for k, v in saved.items() if k not in rank_objects}  # an older checkpoint keeps them here
     missing = sorted(set(objects) - set(saved))
     if missing:
         raise ValueError(
@@ -492,10 +479,10 @@ def _place_sampler(train_sampler: Any, trainer: Engine, ckpt: Mapping[str, Any],
 
 
 def _restore_at_start(
-    trainer: Engine, info: CheckpointInfo, ckpt: Mapping[str, Any], in_epoch: int, own: Mapping[str, Any] | None
+    trainer: Engine, info: CheckpointInfo, ckpt: Mapping[str, Any], in_epoch: int, own: Mapping[str, Any]
 ) -> None:
     """Restores the AMP scaler once the run has started (MONAI's ``Trainer.run`` creates it) and the random
-    states (this rank's own, ``own``, when the checkpoint has them): now, or after a mid-epoch checkpoint
+    states (this rank's own, ``own``): now, or after a mid-epoch checkpoint
     just before the first batch (after ignite re-created the loader's iterator, which draws from torch's
     generator)."""
     if "scaler" in ckpt:
@@ -513,8 +500,7 @@ def _restore_at_start(
 
     trainer.state.last_checkpoint = str(info.path)
     loader = getattr(trainer, "data_loader", None)
-    source = ckpt if own is None else own
-    rng, loader_rng = source["rng"], source.get("loader_rng", {})
+    rng, loader_rng = own["rng"], own.get("loader_rng", {})
 
     def _restore(_: Any = None) -> None:
         restore_rng_state(rng)

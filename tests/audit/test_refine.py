@@ -104,3 +104,27 @@ def test_refine_refuses_a_folder_that_is_not_empty(tmp_path):
     cfg = tiny_config(tmp_path / "unused.json")
     with pytest.raises(FileExistsError, match="exists and is not empty"):
         run_refine(cfg, tmp_path / "refine")
+
+
+def test_refine_with_the_shipped_audit_excludes_what_its_count_window_flags(tmp_path):
+    root = tmp_path / "refine"
+    # a faster learner than the module's run: its validation loss bottoms out before the last epoch,
+    # so the shipped count window ends early enough to count wrong labels
+    cfg = tiny_config(make_image_datalist(tmp_path / "data"), "train.epochs=4", "train.batch_size=4", "optim.lr=0.03")
+    result = run_refine(cfg, root, progress=False)  # the shipped audit: count window and all
+    summary = json.loads((root / "refine.json").read_text())
+    assert summary["rule"] == {**REFINE_RULE, "exclude_validation": False,
+                               "audit_options": json.loads(json.dumps(asdict(AuditOptions())))}
+    audit = json.loads((root / "audit" / "audit.json").read_text())["summary"]
+    train = audit["splits"]["training"]
+    assert audit["options"]["count_window"] == AuditOptions().count_window == "val_loss_at_least_fraction"
+    assert train["count_window"]["rule"] in ("best_val_loss", "val_loss_at_least_fraction")
+    flagged = [it["id"] for it in json.loads((root / "audit" / "audit.json").read_text())["items"]
+               if it["split"] == "training" and it["is_label_issue"]]
+    assert flagged, "the shipped audit flagged nothing: the loop would not be tested"
+    assert [r["id"] for r in read_id_csv(root / "refine_exclude.csv")] == flagged
+    assert result.n_excluded == len(flagged) == train["n_label_issues"]
+    assert train["n_label_issues"] == sum(min(c["estimated_n_wrong"], c["n_items"]) for c in train["per_class"])
+    initial, second = root / "initial" / "datalist.json", root / "refined" / "datalist.json"
+    assert set(_ids(initial, "training")) - set(_ids(second, "training")) == set(flagged)
+    assert len(_ids(second, "training")) == len(_ids(initial, "training")) - len(flagged)

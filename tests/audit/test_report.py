@@ -22,7 +22,16 @@ from lilaw_med.audit import report
 from lilaw_med.audit.report import COLUMNS, run_audit
 from lilaw_med.cli import main
 from lilaw_med.data.curation import read_id_csv
-from tests.audit.conftest import HOSTILE_ID, N_TRAIN, N_VAL, WRONG, item_id, make_run_folder, wrong_ids
+from tests.audit.conftest import (
+    HOSTILE_ID,
+    N_TRAIN,
+    N_VAL,
+    WRONG,
+    given_logit,
+    item_id,
+    make_run_folder,
+    wrong_ids,
+)
 
 WRONG_SCORE = (1 / (1 + np.exp(3)) + 0.5) / 2  # 0.2737
 
@@ -73,11 +82,10 @@ def test_audit_json_reports_the_estimated_counts_and_the_scoring_window(run_fold
     _quiet(run_folder)
     summary = json.loads((run_folder / "audit" / "audit.json").read_text())["summary"]
     train = summary["splits"]["training"]
-    assert train["window"] == {
-        "first_epoch": 1, "last_epoch": 2, "rule": "best_val_loss", "n_epochs_recorded": 3,
-        "reason": train["window"]["reason"],
-    }
-    assert "best at epoch 2" in train["window"]["reason"]
+    reason = train["window"].pop("reason")
+    assert train["window"] == {"first_epoch": 1, "last_epoch": 2, "rule": "best_val_loss", "n_epochs_recorded": 3}
+    # the meta step's validation forwards (conftest: mean CE 0.313, 0.127, 0.474) are best at epoch 2
+    assert reason.startswith("epochs 1-2 of 3: the noisy validation loss was best at epoch 2, "), reason
     per_class = train["per_class"]
     assert [c["class"] for c in per_class] == ["normal", "pneumonia"]
     assert [c["n_items"] for c in per_class] == [9, 7]
@@ -378,3 +386,30 @@ def test_an_unlearnt_scoring_window_is_reported(tmp_path, capsys):
     summary = json.loads((run / "audit" / "audit.json").read_text())["summary"]["splits"]["training"]
     assert len(summary["warnings"]) == 1 and "Train longer, or cross-fit" in summary["warnings"][0]
     assert "Warning:" in (run / "audit" / "report.html").read_text()
+
+
+def _window_p_given() -> tuple[np.ndarray, np.ndarray]:
+    """Each training item's given label and its window probability of it (epochs 1-2, see conftest)."""
+    given = np.array([(i % 2) if i not in WRONG else 1 - i % 2 for i in range(N_TRAIN)])
+    p = np.array([np.mean([1 / (1 + np.exp(-given_logit(i, e))) for e in (1, 2)]) for i in range(N_TRAIN)])
+    return given, p
+
+
+def test_audit_cli_adjust_subtracts_each_classs_confident_threshold_before_scoring(run_folder, tmp_path):
+    out = tmp_path / "adjusted"
+    args = ["audit", str(run_folder), "-o", str(out), "--no-final-model-baseline", "--no-thumbnails"]
+    assert main([*args, "--adjust", "--method", "normalized_margin"]) == 0
+    options = json.loads((out / "audit.json").read_text())["summary"]["options"]
+    assert options["adjust_pred_probs"] is True and options["method"] == "normalized_margin"
+    given, p = _window_p_given()
+    probs = np.stack([np.where(given == 0, p, 1 - p), np.where(given == 1, p, 1 - p)], axis=1)
+    t = np.array([probs[given == k, k].mean() for k in (0, 1)])  # the classes' confident thresholds
+    adjusted = probs - t + t.max()
+    adjusted /= adjusted.sum(axis=1, keepdims=True)
+    # binary: the normalised margin (p[y] - p[other] + 1) / 2 equals p[y]
+    expected = {item_id(i): adjusted[i, given[i]] for i in range(N_TRAIN)}
+    rows = {r["id"]: float(r["label_score"]) for r in _rows(out / "audit.csv") if r["split"] == "training"}
+    assert rows == pytest.approx(expected, abs=1e-4)
+    assert main([*args, "--method", "normalized_margin"]) == 0  # unadjusted: the window probability itself
+    rows = {r["id"]: float(r["label_score"]) for r in _rows(out / "audit.csv") if r["split"] == "training"}
+    assert rows == pytest.approx({item_id(i): p[i] for i in range(N_TRAIN)}, abs=1e-4)

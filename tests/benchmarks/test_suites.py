@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import statistics
 
+import pytest
 import torch
 from monai.engines import SupervisedTrainer
 from torch import nn
@@ -56,19 +56,31 @@ def test_gpu_suite_skips_with_a_note_without_cuda(tmp_path, monkeypatch) -> None
     assert "skipped" in report and "no CUDA" in (tmp_path / "gpu.md").read_text()
 
 
-def test_overhead_measure_reports_ratios_to_plain_for_every_method() -> None:
+def test_overhead_measure_reports_medians_and_median_paired_ratios_to_plain(monkeypatch) -> None:
     def tiny(c: int, k: int, dims: int) -> nn.Module:
         return nn.Sequential(nn.Flatten(), nn.Linear(c * 8 * 8, k))
 
+    # CPU seconds of each run() in measure's order (per round: epoch then iteration mode, each over
+    # plain, lilaw, naive); the warm-up round (100 s) must be dropped; wall clock = 2 x CPU
+    rounds = [
+        [100.0] * 6,
+        [2.0, 3.0, 4.0, 1.0, 1.2, 2.0],
+        [4.0, 4.0, 8.0, 1.0, 1.4, 3.0],
+        [3.0, 6.0, 9.0, 1.0, 1.1, 2.5],
+    ]
+    times = iter(t for r in rounds for t in r)
+    monkeypatch.setattr(overhead, "_timed_run", lambda engine: (t := next(times), 2 * t))
     r = overhead.measure(8, batch_size=4, iterations=2, reps=3, network_fn=tiny)
-    assert set(r["epoch_ratio"]) == {"plain", "lilaw", "naive"}
-    for mode, per in (("epoch", 1), ("iter", 2)):  # seconds per epoch; per iteration (2 iterations an epoch)
-        raw = r["raw"][mode]
-        assert all(len(times) == 3 for times in raw.values())  # the warm-up round is not kept
-        for m, times in raw.items():
-            assert r[f"{mode}_s"][m] == statistics.median(times) / per
-            # the median of the paired ratios (each round's time over plain's in the same round)
-            assert r[f"{mode}_ratio"][m] == statistics.median(a / b for a, b in zip(times, raw["plain"], strict=True))
+    assert next(times, None) is None  # (1 warm-up + 3 rounds) x 2 modes x 3 methods runs
+    assert r["raw"]["epoch"] == {"plain": [2.0, 4.0, 3.0], "lilaw": [3.0, 4.0, 6.0], "naive": [4.0, 8.0, 9.0]}
+    # medians per epoch; per iteration, the median over 2 iterations an epoch
+    assert r["epoch_s"] == pytest.approx({"plain": 3.0, "lilaw": 4.0, "naive": 8.0})
+    assert r["iter_s"] == pytest.approx({"plain": 0.5, "lilaw": 0.6, "naive": 1.25})
+    # the median of each round's ratio (lilaw: 1.5, 1.0, 2.0), not the ratio of the medians (4 / 3)
+    assert r["epoch_ratio"] == pytest.approx({"plain": 1.0, "lilaw": 1.5, "naive": 2.0})
+    assert r["iter_ratio"] == pytest.approx({"plain": 1.0, "lilaw": 1.2, "naive": 2.5})
+    assert r["wall_epoch_s"] == pytest.approx({"plain": 6.0, "lilaw": 8.0, "naive": 16.0})
+    assert r["wall_epoch_ratio"] == pytest.approx(r["epoch_ratio"])
 
 
 def test_meta_weight_net_step_updates_the_weighting_mlp_and_the_network() -> None:

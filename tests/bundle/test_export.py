@@ -21,10 +21,11 @@ import torch
 import yaml
 
 from lilaw_med import __version__
-from lilaw_med.bundle.metadata import missing_metadata_keys, schema_path_from_env, verify_metadata_schema
+from lilaw_med.bundle.metadata import missing_metadata_keys, verify_metadata_schema
 from lilaw_med.cli import main
 from lilaw_med.training.networks import build_network
 from tests.bundle.fixture_bundle import write_images
+from tests.bundle.schema import metadata_schemas
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:parsing config_file")]
 
@@ -74,8 +75,7 @@ def test_export_writes_a_complete_bundle_with_the_runs_weights(exported: dict[st
     image, pred = meta["network_data_format"]["inputs"]["image"], meta["network_data_format"]["outputs"]["pred"]
     assert (image["num_channels"], image["spatial_shape"]) == (1, [16, 16])
     assert (pred["num_channels"], pred["channel_def"]) == (2, {"0": "plain", "1": "square"})
-    schema = schema_path_from_env()
-    if schema is not None:  # MONAI's verify_metadata, offline, when a copy of its schema is supplied
+    for schema in metadata_schemas():  # MONAI's verify_metadata, offline
         verify_metadata_schema(bundle / "configs/metadata.json", schema)
     summary = json.loads((exported["run"] / "summary.json").read_text())
     assert meta["eval_metrics"]["test_auroc"] == pytest.approx(summary["best"]["test"]["auroc"])
@@ -263,7 +263,7 @@ def test_export_from_a_run_alone_uses_the_runs_config_and_warns_when_another_dif
     assert not [r for r in caplog.records if "differs from the run" in r.getMessage()]
 
     args = ["bundle", "export", "--config", str(exported["config"]), "--set", "train.epochs=5", "--run", str(run)]
-    with caplog.at_level("WARNING", logger="lilaw_med.bundle.export"):
+    with caplog.at_level("WARNING", logger="lilaw_med.bundle.source"):
         assert main([*args, str(tmp_path / "b")]) == 0
     warnings = [r.getMessage() for r in caplog.records if "differs from the run" in r.getMessage()]
     assert len(warnings) == 1 and "train.epochs" in warnings[0]

@@ -17,6 +17,7 @@ from lilaw_med.bundle.metadata import (
     schema_path_from_env,
     verify_metadata_schema,
 )
+from tests.bundle.schema import SCHEMA_COPY, metadata_schemas
 
 # the specification's lists, restated here so that a change in the module cannot pass unnoticed
 SPEC_TOP_LEVEL = {
@@ -82,19 +83,24 @@ def test_schema_env_var_naming_a_missing_file_is_an_error(monkeypatch: pytest.Mo
     assert schema_path_from_env() is None
 
 
-def test_metadata_validates_against_monais_schema_when_a_copy_is_supplied(tmp_path: Path) -> None:
-    schema = schema_path_from_env()
-    if schema is None:
-        pytest.skip(
-            f"MONAI's metadata schema is published online only; set {SCHEMA_ENV_VAR} to a local copy of "
-            "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json "
-            "to run verify_metadata offline"
-        )
+@pytest.mark.parametrize("schema", metadata_schemas(), ids=lambda p: p.name)
+def test_metadata_validates_with_monais_verify_metadata_offline(tmp_path: Path, schema: Path) -> None:
     meta_file = tmp_path / "metadata.json"
     meta_file.write_text(json.dumps(_meta(value_range=[0, 1])))
-    verify_metadata_schema(meta_file, schema)
+    verify_metadata_schema(meta_file, schema)  # the local file: no download
     broken = _meta()
     del broken["task"]
     meta_file.write_text(json.dumps(broken))
     with pytest.raises(ValueError, match="task"):
         verify_metadata_schema(meta_file, schema)
+    wrong_type = _meta()
+    wrong_type["network_data_format"]["inputs"]["image"]["num_channels"] = "1"
+    meta_file.write_text(json.dumps(wrong_type))
+    with pytest.raises(ValueError, match="'1' is not of type 'integer'"):
+        verify_metadata_schema(meta_file, schema)
+
+
+def test_the_test_schema_requires_what_the_specification_lists() -> None:
+    schema = json.loads(SCHEMA_COPY.read_text())
+    assert set(schema["required"]) == SPEC_TOP_LEVEL | {"schema"}
+    assert set(schema["definitions"]["tensor"]["required"]) == SPEC_TENSOR

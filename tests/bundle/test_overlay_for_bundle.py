@@ -21,7 +21,7 @@ from lilaw_med import LiLAWHandler, LiLAWLoss
 from lilaw_med.bundle.overlay import LayoutError, find_layout, lilaw_overlay, per_sample_loss
 from lilaw_med.cli import main
 from tests.bundle.fixture_bundle import STYLES, write_classification_bundle
-from tests.training.test_distributed_bundle import torchrun_command
+from tests.torchrun import torchrun_command, torchrun_env
 from tests.write_audit import write_audit_env, writes_by_rank
 
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file")
@@ -217,7 +217,7 @@ def test_generated_multi_gpu_override_trains_under_torchrun_with_two_gloo_proces
     args = shlex.split(multi)
     run_args = args[args.index("-m"):]  # torchrun with a fixed local port instead of --standalone
     run_args += ["--lilaw#warmup_epochs", "0"]  # the fixture trains one epoch
-    env = write_audit_env(tmp_path, bundle, _env())
+    env = write_audit_env(tmp_path, bundle, torchrun_env(tmp_path, _env()))
     proc = subprocess.run(torchrun_command(2, *run_args), cwd=bundle, env=env, capture_output=True, text=True,
                           timeout=300)
     log = proc.stdout + proc.stderr

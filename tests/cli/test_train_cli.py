@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from lilaw_med.cli import main
+from lilaw_med.data.datalist import load_datalist
 from lilaw_med.training.config import validate_config
 from tests.pipelines.helpers import small_sample_data, tiny_overrides
 
@@ -88,15 +89,60 @@ def test_train_prints_the_summary_and_the_run_folder(sample: dict, tmp_path: Pat
     assert json.loads((out / "summary.json").read_text())["epochs"] == 1
 
 
-def test_evaluate_reports_every_metric_on_the_run_splits(run_2d: Path) -> None:
+def _label_index(label, names: list[str]) -> int:
+    return names.index(label) if isinstance(label, str) else int(label)
+
+
+def _assert_scored_by_hand(metrics: dict, run: Path, items: list[dict], out: Path, *flags: str) -> None:
+    """``metrics`` (one split of an evaluation report) are those of ``predict``'s rows for ``items``,
+    counted here by hand: the two commands must agree on every prediction and every figure."""
+    assert main(["predict", str(run), *[it["image"] for it in items], "-o", str(out), *flags]) == 0
+    rows = _read_csv(out)
+    names = [k[len("prob_"):] for k in rows[0] if k.startswith("prob_")]
+    probs = np.array([[float(r[f"prob_{n}"]) for n in names] for r in rows])
+    pred = np.array([names.index(r["predicted_class"]) for r in rows])
+    y = np.array([_label_index(it["label"], names) for it in items])
+    k = len(names)
+    cm = [[int(((y == i) & (pred == j)).sum()) for j in range(k)] for i in range(k)]
+    assert metrics["n"] == len(items) and metrics["confusion_matrix"] == cm
+    assert metrics["accuracy"] == pytest.approx(np.trace(cm) / len(items))
+    recalls = [cm[i][i] / sum(cm[i]) for i in range(k) if sum(cm[i])]
+    assert metrics["balanced_accuracy"] == pytest.approx(np.mean(recalls))
+    for c, name in enumerate(names):
+        predicted = sum(cm[i][c] for i in range(k))
+        assert metrics["per_class"][name] == pytest.approx({
+            "precision": cm[c][c] / predicted if predicted else 0.0,
+            "recall": cm[c][c] / sum(cm[c]) if sum(cm[c]) else 0.0,
+            "support": sum(cm[c]),
+        })
+    assert k == 2  # binary: AUROC = P(score of a positive > score of a negative), ties count half
+    pos, neg = probs[y == 1, 1], probs[y == 0, 1]
+    diff = pos[:, None] - neg[None, :]
+    auroc = ((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size
+    # the CSV rounds to 6 decimals: a pair tied there may be ordered in the report
+    assert metrics["auroc"] == pytest.approx(auroc, abs=0.5 * (diff == 0).sum() / diff.size + 1e-9)
+
+
+def test_evaluate_reports_the_metrics_of_the_calibrated_predictions_on_each_split(run_2d: Path, tmp_path: Path) -> None:
     assert main(["evaluate", str(run_2d)]) == 0
     report = json.loads((run_2d / "evaluation.json").read_text())
-    assert set(report["splits"]) == {"validation", "test"}
-    test = report["splits"]["test"]
-    for key in ("accuracy", "balanced_accuracy", "auroc", "ece", "per_class", "confusion_matrix"):
-        assert key in test
-    assert sum(map(sum, test["confusion_matrix"])) == test["n"]
-    assert report["calibration"]["method"] == "threshold"
+    summary = json.loads((run_2d / "summary.json").read_text())
+    assert report["calibration"] == summary["calibration"]["best"] and report["calibration"]["method"] == "threshold"
+    datalist = json.loads((run_2d / "datalist.json").read_text())
+    assert list(report["splits"]) == ["validation", "test"]
+    for split, metrics in report["splits"].items():
+        _assert_scored_by_hand(metrics, run_2d, datalist[split], tmp_path / f"{split}.csv")
+
+
+def test_evaluate_split_reports_that_split_alone(run_2d: Path, tmp_path: Path) -> None:
+    both, test_only = tmp_path / "both.json", tmp_path / "test.json"
+    assert main(["evaluate", str(run_2d), "-o", str(both)]) == 0
+    assert main(["evaluate", str(run_2d), "--split", "test", "-o", str(test_only)]) == 0
+    report = json.loads(test_only.read_text())
+    assert list(report["splits"]) == ["test"]
+    assert report["splits"]["test"] == json.loads(both.read_text())["splits"]["test"]
+    assert main(["evaluate", str(run_2d), "--split", "validation", "-o", str(test_only)]) == 0
+    assert list(json.loads(test_only.read_text())["splits"]) == ["validation"]
 
 
 def test_predict_on_a_dicom_file(run_2d: Path, sample: dict, tmp_path: Path) -> None:
@@ -174,8 +220,34 @@ def test_evaluate_on_another_datalist(run_2d: Path, sample: dict, tmp_path: Path
     assert main(["evaluate", str(run_2d), "--datalist", str(sample["radiology_2d"]), "-o", str(out), "--uncalibrated"]) == 0
     report = json.loads(out.read_text())
     assert list(report["splits"]) == ["datalist"] and report["calibration"]["method"] == "none"
-    all_items = json.loads(sample["radiology_2d"].read_text())
-    assert report["splits"]["datalist"]["n"] == sum(len(all_items.get(s, [])) for s in ("training", "validation", "test"))
+    given = load_datalist(sample["radiology_2d"], require_training=False)  # image paths resolved
+    items = [it for _, it in given.iter_items() if it.get("label") is not None]
+    _assert_scored_by_hand(report["splits"]["datalist"], run_2d, items, tmp_path / "p.csv", "--uncalibrated")
+
+
+def test_train_exclude_and_relabel_shape_the_runs_datalist(run_2d: Path, sample: dict, tmp_path: Path) -> None:
+    training = json.loads((run_2d / "datalist.json").read_text())["training"]
+    names = json.loads((run_2d / "summary.json").read_text()).get("class_names") or ["normal", "opacity"]
+    excluded = [training[0]["id"], training[1]["id"]]
+    moved = training[2]
+    new_label = names[1 - _label_index(moved["label"], names)]
+    exclude_csv, relabel_csv = tmp_path / "exclude.csv", tmp_path / "relabel.csv"
+    exclude_csv.write_text("id,reason\n" + "".join(f"{i},audit\n" for i in excluded))
+    relabel_csv.write_text(f"id,label\n{moved['id']},{new_label}\n")
+    out = tmp_path / "curated"
+    args = ["train", "--config", _config_path("radiology_2d.yaml"), "-o", str(out), "--exclude", str(exclude_csv),
+            "--relabel", str(relabel_csv)]
+    for s in tiny_overrides("radiology_2d", sample):
+        args += ["--set", s]
+    assert main(args) == 0
+    curated = json.loads((out / "datalist.json").read_text())
+    ids = {it["id"] for split in ("training", "validation", "test") for it in curated.get(split, [])}
+    assert not ids & set(excluded)
+    assert len(ids) == len({it["id"] for s in ("training", "validation", "test")
+                            for it in json.loads((run_2d / "datalist.json").read_text()).get(s, [])}) - 2
+    item = next(it for it in curated["training"] if it["id"] == moved["id"])
+    assert _label_index(item["label"], names) == names.index(new_label)
+    assert item["label_before_relabel"] == moved["label"]
 
 
 def test_predict_refuses_an_input_of_the_wrong_dimensionality(run_2d: Path, tmp_path: Path, capsys) -> None:

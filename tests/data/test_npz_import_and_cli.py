@@ -94,3 +94,28 @@ def test_sample_data_and_validate_data_commands(tmp_path: Path, capsys: pytest.C
         ]
     )
     assert rc == 0 and "no problems" in capsys.readouterr().out
+
+
+def test_validate_data_decode_reads_the_pixels_the_header_check_leaves_on_disk(tmp_path: Path, capsys) -> None:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    # an uncompressed CT slice whose rescale slope turns every non-zero stored value into inf: the
+    # header and its size rule are sound, only the decoded (rescaled) pixels show it
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.RescaleSlope = "1e308"
+    bad = tmp_path / "inf.dcm"
+    ds.save_as(bad)
+    datalist = tmp_path / "datalist.json"
+    good = tmp_path / "good.dcm"
+    pydicom.dcmread(get_testdata_file("CT_small.dcm")).save_as(good)
+    items = {"training": [{"id": "inf", "image": str(bad), "label": 0}],
+             "validation": [{"id": "good", "image": str(good), "label": 0}]}
+    datalist.write_text(json.dumps(items))
+    args = ["validate-data", str(datalist), "--dims", "2", "--no-cache"]
+    assert main(args) == 0 and "no problems" in capsys.readouterr().out
+    report = tmp_path / "report.csv"
+    assert main([*args, "--decode", "--report", str(report)]) == 1
+    printed = capsys.readouterr().out
+    assert "1 problem(s) in 2 items" in printed and str(bad) in printed
+    assert report.read_text().splitlines()[1:] == [f"inf,{bad},training,NaN or inf pixel values."]

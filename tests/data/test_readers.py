@@ -90,9 +90,15 @@ def test_compressed_transfer_syntaxes_decode_with_the_installed_plugins() -> Non
         np.testing.assert_allclose(_load(get_testdata_file(name)), ref, err_msg=name)
 
 
-def test_undecodable_pixel_data_names_the_file_and_the_transfer_syntax() -> None:
-    path = get_testdata_file("JPEG-lossy.dcm")  # a JPEG extended stream the installed decoders reject
-    with pytest.raises(ValueError, match=r"JPEG-lossy\.dcm.*JPEG Extended"):
+def test_undecodable_pixel_data_names_the_file_and_the_transfer_syntax(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydicom.pixels import get_decoder
+
+    path = get_testdata_file("JPEG-lossy.dcm")
+    # with no decoder plugin for JPEG Extended, whatever this machine has installed: whether one of
+    # them reads this particular 12-bit stream is the corpus test's business (test_file_verdicts.py)
+    decoder = get_decoder(pydicom.dcmread(path).file_meta.TransferSyntaxUID)
+    monkeypatch.setattr(decoder, "_available", {})
+    with pytest.raises(ValueError, match=r"JPEG-lossy\.dcm.*JPEG Extended.*no installed decoder can read"):
         _load(path)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -71,33 +72,24 @@ def test_patches_come_from_the_requested_region_and_level(big_slide: Path) -> No
         load({"id": "far", "image": str(big_slide), "location": [20470, 0], "size": [64, 64]})
 
 
-def _proc_status_mb(key: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024
-    raise KeyError(key)
-
-
-@pytest.mark.skipif(
-    not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to measure peak RSS"
-)
-def test_reading_patches_from_a_20k_slide_keeps_memory_growth_under_500_mb(big_slide: Path) -> None:
+def test_reading_patches_from_a_20k_slide_allocates_the_patches_not_the_level(big_slide: Path) -> None:
     load = LoadWSIPatchd("image")
     load({"image": str(big_slide), "location": [0, 0], "size": [8, 8]})  # opens the slide
-    before = _proc_status_mb("VmRSS:")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets the peak (VmHWM) to the current RSS: the peak below is this reading's
     rng = np.random.default_rng(0)
-    for i in range(24):
-        y, x = (int(v) for v in rng.integers(0, 20480 - 2 * 512, 2))
-        out = load({"image": str(big_slide), "location": [y, x], "size": [512, 512], "level": i % 2})
-        assert out["image"].shape == (3, 512, 512)
-    growth_mb = _proc_status_mb("VmHWM:") - before
-    print(f"peak RSS growth reading 24 patches of 512 px from a 20480 px slide: {growth_mb:.1f} MB")
-    assert growth_mb < 500, growth_mb
-    # a decoded level 0 would take 20480 * 20480 * 3 bytes = 1200 MB; region reads stay far below
-    assert growth_mb < 100, growth_mb
+    # numpy's buffers (the decoded tiles and the patches) are traced, whatever the allocator and kernel
+    tracemalloc.start()
+    try:
+        for i in range(24):
+            y, x = (int(v) for v in rng.integers(0, 20480 - 2 * 512, 2))
+            out = load({"image": str(big_slide), "location": [y, x], "size": [512, 512], "level": i % 2})
+            assert out["image"].shape == (3, 512, 512)
+            del out
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # a decoded level 0 would take 20480 * 20480 * 3 bytes = 1200 MiB; a 512 px patch at level 1 spans
+    # 1024 px of level 0 and its tiles, a few MiB
+    assert peak < 100 << 20, peak
 
 
 def test_sample_slide_patches_work_in_the_pathology_preset_and_monai_patch_dataset(

@@ -431,7 +431,7 @@ def half_written_files(run_dir: Path) -> list[str]:
     """Files of a run folder that are not whole: JSON that does not parse, CSV rows with a different
     number of fields than the header, .npy arrays that do not load, checkpoints that do not verify.
     (Hidden ``.*.tmp`` files are the remains of interrupted atomic writes and are never read.)"""
-    from lilaw_med.handlers.checkpoint import find_checkpoints, read_checkpoint
+    from lilaw_med.run.checkpoint_format import find_checkpoints, read_checkpoint
 
     bad = []
     for p in sorted(run_dir.rglob("*")):

@@ -22,9 +22,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from lilaw_med.data.sampler import ResumableSampler
-from lilaw_med.handlers.checkpoint import encode_checkpoint, find_checkpoints, read_checkpoint
 from lilaw_med.handlers.nonfinite import NonFiniteLossError, NonFiniteLossHandler
 from lilaw_med.losses import LiLAWLoss
+from lilaw_med.run.checkpoint_format import encode_checkpoint, find_checkpoints, read_checkpoint
 from lilaw_med.training.resume import attach_checkpointing
 from tests.training.fault_harness import (
     FORK_AND_PROC,

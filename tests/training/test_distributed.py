@@ -115,7 +115,6 @@ def _collectives(rank: int) -> dict[str, Any]:
     D.AverageLossAcrossRanks()(engine)
     out["averaged_loss"] = float(engine.state.output["loss"])
     logging.getLogger().setLevel(logging.INFO)  # as the CLI sets it
-    logging.getLogger("ignite").setLevel(logging.NOTSET)  # forked from pytest: undo what earlier CLI tests set
     with D.quiet_unless_rank0():
         out["log_levels"] = [logging.getLogger(n).getEffectiveLevel() for n in ("lilaw_med.training", "ignite.engine")]
     out["log_levels_after"] = logging.getLogger("lilaw_med.training").getEffectiveLevel()

@@ -5,32 +5,17 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
 from tests.bundle.fixture_bundle import write_classification_bundle
+from tests.torchrun import torchrun_command, torchrun_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "configs" / "bundle"
 N_TRAIN, N_VAL, BATCH, EPOCHS = 16, 8, 4, 2
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def torchrun_command(nproc: int, *args: str) -> list[str]:
-    """``torchrun`` on one node with a free port on 127.0.0.1 only (no hostname resolution)."""
-    return [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args,
-    ]  # fmt: skip
 
 
 def test_multi_gpu_train_yaml_trains_a_lilaw_bundle_on_two_cpu_processes(tmp_path: Path) -> None:
@@ -40,7 +25,7 @@ def test_multi_gpu_train_yaml_trains_a_lilaw_bundle_on_two_cpu_processes(tmp_pat
         2, "-m", "monai.bundle", "run", "--config_file", repr(files),
         "--meta_file", "configs/metadata.json", "--bundle_root", str(root),
     )  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    env = torchrun_env(tmp_path, {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)})
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=180)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +13,13 @@ import pytest
 import yaml
 from PIL import Image
 
+from tests.torchrun import torchrun_command, torchrun_env
 from tests.write_audit import write_audit_env, writes_by_rank
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 N = {"training": 23, "validation": 8, "test": 8}  # 23: the sampler pads one item (seen twice)
 ITERS_PER_EPOCH = 3  # ceil(ceil(23 / 2 ranks) / 4)
 BATCH, EPOCHS, WORLD_SIZE = 4, 2, 2
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _write_data(folder: Path) -> Path:
@@ -64,12 +57,8 @@ def ddp_cli_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (tmp / "tiny.yaml").write_text(yaml.safe_dump(config))
     base = {**os.environ, "OMP_NUM_THREADS": "1",
             "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    env = write_audit_env(tmp, run_root, base)
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(WORLD_SIZE),
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        "-m", "lilaw_med", "train", "--config", str(tmp / "tiny.yaml"),
-    ]  # fmt: skip
+    env = write_audit_env(tmp, run_root, torchrun_env(tmp, base))
+    cmd = torchrun_command(WORLD_SIZE, "-m", "lilaw_med", "train", "--config", str(tmp / "tiny.yaml"))
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=240)
     return {"proc": proc, "run_dir": run_root / "ddp", "writes": writes_by_rank(tmp, WORLD_SIZE)}
 

@@ -40,7 +40,7 @@ KILL_AT = 5  # killed as iteration 5's batch arrives: resumed from the checkpoin
 
 
 def _network_state(run_dir: Path) -> dict[str, torch.Tensor]:
-    from lilaw_med.handlers.checkpoint import find_checkpoints, read_checkpoint
+    from lilaw_med.run.checkpoint_format import find_checkpoints, read_checkpoint
 
     newest = find_checkpoints(run_dir / "checkpoints")[0]
     return read_checkpoint(newest)["objects"]["network"]
@@ -60,7 +60,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     argv = ["train", "--config", str(config), "-o", str(cut)]
     killed = run_cli_ranks(argv, WORLD_SIZE, Hooks((seeds, Kill("batch", KILL_AT))), root / "cut.log")
     assert killed == [-9, -9], (root / "cut.log.rank0").read_text()[-3000:]
-    from lilaw_med.handlers.checkpoint import find_checkpoints, read_checkpoint
+    from lilaw_med.run.checkpoint_format import find_checkpoints, read_checkpoint
 
     newest = find_checkpoints(cut / "checkpoints")[0]
     interrupted = read_checkpoint(newest)

@@ -19,9 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from lilaw_med.data.sampler import ResumableSampler
-from lilaw_med.handlers.checkpoint import find_checkpoints, read_checkpoint
 from lilaw_med.handlers.meta_step import LiLAWHandler
 from lilaw_med.losses import LiLAWLoss
+from lilaw_med.run.checkpoint_format import find_checkpoints, read_checkpoint
 from lilaw_med.training.resume import attach_checkpointing, resume_from, run_is_complete
 
 N_TRAIN, N_VAL, BATCH, EPOCHS = 22, 10, 4, 3  # 6 iterations per epoch, the last batch partial (2)
@@ -286,7 +286,8 @@ def test_checkpoints_are_atomic_pruned_and_load_with_weights_only(tmp_path: Path
     assert names == ["ckpt_000000008.pt", "ckpt_000000012.pt", "index.json"]  # keep_last=2, no temp files
     ckpt = read_checkpoint(folder / "ckpt_000000012.pt")  # its own digest verified, then weights_only loading
     assert set(ckpt["objects"]) == {"network", "optimizer", "scheduler", "lilaw", "trainer", "recorder"}
-    assert all(isinstance(v, torch.Tensor) for v in ckpt["rng"].values())
+    assert ckpt["world_size"] == 1 and "rng" not in ckpt  # the random states are per rank only
+    assert all(isinstance(v, torch.Tensor) for v in ckpt["ranks"][0]["rng"].values())
     assert ckpt["objects"]["trainer"]["engine"]["iteration"] == 12
     assert ckpt["objects"]["lilaw"]["steps"] == 12
     assert read_checkpoint(find_checkpoints(folder)[0])["iteration"] == 12  # the hash in the index matches
@@ -372,7 +373,7 @@ def test_amp_grad_scaler_state_is_restored(tmp_path: Path, monkeypatch: pytest.M
 def test_checkpoint_missing_from_a_lost_or_broken_index_is_still_found(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from lilaw_med.handlers.checkpoint import load_latest_checkpoint
+    from lilaw_med.run.checkpoint_format import load_latest_checkpoint
 
     run = _build(tmp_path, max_epochs=2)
     run["trainer"].run()
