@@ -18,6 +18,9 @@ META_STEP_DEFAULTS: MappingProxyType[str, Any] = MappingProxyType({
     "weight_decay": 0.01,  # the spec's
     "val_mode": "train",  # the prototype's (docs/method.md, open choice 1)
     "every": 1,  # a meta step after every training iteration, the spec's
-    "epoch_budget": None,
+    # an epoch moves the scalars as 32 spec steps would (about the paper protocol's steps per
+    # epoch), whatever the batch size and data-set size; None gives the spec's step count
+    # dependence (docs/method.md, "How far the scalars move")
+    "epoch_budget": 32,
 })
 """``LiLAWHandler`` keyword -> default."""

@@ -48,7 +48,7 @@ def _alpha_change_in_second_epoch(items: int, batch: int, epoch_budget: float | 
 def test_step_lr_scales_the_spec_step_by_budget_over_meta_steps_per_epoch():
     loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0)
     engine = SimpleNamespace(state=SimpleNamespace(epoch_length=150))
-    assert LiLAWHandler([], loss, lr=0.01).step_lr(engine) == 0.01
+    assert LiLAWHandler([], loss, lr=0.01, epoch_budget=None).step_lr(engine) == 0.01
     assert LiLAWHandler([], loss, lr=0.01, epoch_budget=32).step_lr(engine) == pytest.approx(0.01 * 32 / 150)
     assert LiLAWHandler([], loss, lr=0.01, epoch_budget=32, every=2).step_lr(engine) == pytest.approx(0.01 * 32 / 75)
     no_length = SimpleNamespace(state=SimpleNamespace(epoch_length=None))

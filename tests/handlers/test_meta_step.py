@@ -90,7 +90,7 @@ def test_train_mode_validation_forward_updates_batch_norm_statistics():
 
 def test_meta_update_equals_minus_lr_times_gradient_plus_weight_decay():
     lr, wd = 0.05, 0.03
-    trainer, handler, net, loss, _ = _trainer(lr=lr, weight_decay=wd, epochs=1, epoch_length=1)
+    trainer, handler, net, loss, _ = _trainer(lr=lr, weight_decay=wd, epochs=1, epoch_length=1, epoch_budget=None)
     expected = {}
 
     @trainer.on(Events.ITERATION_COMPLETED)
