@@ -6,7 +6,8 @@ cross-fits (:mod:`lilaw_med.audit.crossfit`), audits each recorded split
 the files named in :class:`AuditFiles`:
 
 * ``audit.csv``: one row per item (cleanlab's column names where the meaning is the same; see
-  :data:`COLUMNS`), written in chunks of :data:`CSV_CHUNK` items;
+  :data:`COLUMNS`), written in chunks of :data:`CSV_CHUNK` items and read back, typed, by
+  :func:`read_audit_rows`;
 * ``audit.json``: the summary only (windows, per-class noise estimates with intervals, whether the
   rate is identifiable, thresholds, expected precision, difficulty counts); per-item data lives in
   the CSV;
@@ -51,9 +52,9 @@ from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS
 from lilaw_med.audit.rank import self_confidence
 from lilaw_med.audit.window import choose_window, window_pred_probs
 from lilaw_med.training.run_dir import RunDir, to_jsonable
-from lilaw_med.utils import FORMULA_START, atomic_write, guard_csv_text
+from lilaw_med.utils import FORMULA_START, atomic_write, guard_csv_text, unguard_csv_text
 
-__all__ = ["COLUMNS", "AuditFiles", "AuditResult", "dicom_uids", "run_audit"]
+__all__ = ["COLUMNS", "AuditFiles", "AuditResult", "dicom_uids", "read_audit_rows", "run_audit"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ CSV_CHUNK = 50_000
 """Items formatted at a time when ``audit.csv`` is written (memory stays flat in the number of items)."""
 _FLOAT_COLUMNS = {"label_score", "p_given", "p_predicted", "oof_p_given", "mean_w_alpha", "mean_w_beta",
                   "mean_w_delta", "mean_weight"}
+_INT_COLUMNS = {"given_label", "predicted_label", "rank", "epochs_seen", "true_label"}
+_BOOL_COLUMNS = {"is_label_issue"}
 EXCLUDE_COLUMNS = ("id", "split", "path", "given_label", "given_class", "predicted_label", "predicted_class",
                    "label_score", "rank", "reason")
 
@@ -306,6 +309,80 @@ def _write_items_csv(path: Path, record: RunRecord, splits: Mapping[str, SplitAu
             os.unlink(tmp)
         raise
     return path
+
+
+def read_audit_rows(audit_dir: str | os.PathLike, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The rows of an audit's ``audit.csv``, typed back as :func:`item_columns` gives them.
+
+    Integer columns (``given_label``, ``predicted_label``, ``rank``, ``epochs_seen``, ``true_label``)
+    come back as ``int``, ``is_label_issue`` as ``bool``, the probability and score columns as ``float``
+    (written with 6 significant digits), an empty number cell as ``None``, and text with the formula
+    guard removed (:func:`lilaw_med.utils.unguard_csv_text`), so ids match the run's datalist.
+
+    Args:
+        audit_dir: the audit folder (``RUN_DIR/audit``, or where ``lilaw-med audit -o`` wrote it).
+        columns: the columns to keep (default: all); memory grows with the columns kept.
+
+    Returns:
+        One dict per item, in the file's order.
+
+    Raises:
+        FileNotFoundError: when the folder has no ``audit.csv``.
+        ValueError: when the file has no header, lacks a column of :data:`COLUMNS` or of ``columns``,
+            a row has another number of cells than the header, or a cell is not of its column's type.
+    """
+    path = Path(audit_dir) / AuditFiles.CSV
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `lilaw-med audit RUN_DIR` to write the audit's per-item rows.")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{path}: empty; not an audit.csv written by `lilaw-med audit`.")
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            raise ValueError(f"{path}: not an audit.csv written by `lilaw-med audit` (no column(s) {missing}).")
+        keep = list(header) if columns is None else list(columns)
+        unknown = [c for c in keep if c not in header]
+        if unknown:
+            raise ValueError(f"{path}: no column(s) {unknown}; the file has {header}.")
+        pos = [header.index(c) for c in keep]
+        picked: list[list[str]] = []
+        for cells in reader:
+            if len(cells) != len(header):
+                raise ValueError(f"{path}, line {reader.line_num}: {len(cells)} cells but the header has {len(header)}.")
+            picked.append([cells[i] for i in pos])
+    cols = list(zip(*picked, strict=True)) if picked else [() for _ in keep]
+    typed = [_parse_column(path, name, cells) for name, cells in zip(keep, cols, strict=True)]
+    return [dict(zip(keep, values, strict=True)) for values in zip(*typed, strict=True)]
+
+
+def _parse_column(path: Path, name: str, cells: Sequence[str]) -> list[Any]:
+    """The values of one ``audit.csv`` column's cells (the inverse of :func:`_format_column`)."""
+    bools = {"True": True, "False": False}
+    try:
+        if name in _FLOAT_COLUMNS:
+            return [None if c == "" else float(c) for c in cells]
+        if name in _INT_COLUMNS:
+            return [None if c == "" else int(c) for c in cells]
+        if name in _BOOL_COLUMNS:
+            return [bools[c] for c in cells]
+    except (KeyError, ValueError):
+        kind = "a number" if name in _FLOAT_COLUMNS else "an integer" if name in _INT_COLUMNS else "True or False"
+        row, cell = next((k, c) for k, c in enumerate(cells) if not _parses(name, c))
+        raise ValueError(f"{path}, item row {row + 1}: column {name!r} is {cell!r}, not {kind}.") from None
+    return [unguard_csv_text(c) for c in cells]
+
+
+def _parses(name: str, cell: str) -> bool:
+    """Whether one cell of a typed ``audit.csv`` column reads (the error of :func:`_parse_column` names it)."""
+    if name in _BOOL_COLUMNS:
+        return cell in ("True", "False")
+    try:
+        (float if name in _FLOAT_COLUMNS else int)(cell or "0")
+    except ValueError:
+        return False
+    return True
 
 
 def _summary(record: RunRecord, opts: AuditOptions, splits: Mapping[str, SplitAudit]) -> dict[str, Any]:

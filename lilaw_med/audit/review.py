@@ -2,7 +2,7 @@
 training.
 
 :func:`write_review_page` reads a run folder (:class:`lilaw_med.audit.core.RunRecord`) and its audit
-(``audit.json``), puts the items to review in order (:func:`review_queue`), renders each one's image
+(the summary of ``audit.json``, the per-item rows of ``audit.csv``), puts the items to review in order (:func:`review_queue`), renders each one's image
 through the run's own loading transforms at display size (:func:`display_images`), and writes one
 self-contained ``review.html`` (``templates/review.html`` + ``templates/review.js``) beside the
 report. The page needs no server and makes no network request: the items, their class
@@ -64,6 +64,9 @@ DEFAULT_IMAGE_SIZE = 512
 _SPLIT_ORDER = ("training", "validation", "test")
 REASONS = ("flagged", "hard", "asked for")
 """Why an item is in the queue: the audit flagged it, the audit grades it hard, or the user asked."""
+_ROW_COLUMNS = ("id", "split", "rank", "is_label_issue", "difficulty", "predicted_label", "p_given", "p_predicted",
+                "label_score")
+"""The columns of ``audit.csv`` the page reads (the queue's and each item's figures)."""
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,8 @@ def review_queue(
     ``include_splits`` (both in the datalist's order). An item already queued keeps its first place.
 
     Args:
-        rows: the audit's rows (``audit.json``'s ``items``: ``id``, ``split``, ``rank``,
-            ``is_label_issue``, ``difficulty``).
+        rows: the audit's rows (``audit.csv``, :func:`lilaw_med.audit.report.read_audit_rows`: ``id``,
+            ``split``, ``rank``, ``is_label_issue``, ``difficulty``).
         items: id -> (split, datalist item) of every item of the run (:attr:`RunRecord.items`).
         include: ids to add.
         include_classes: class indices whose items to add.
@@ -237,16 +240,21 @@ def _epoch_probs(record: RunRecord, split: str, ids: Sequence[str]) -> dict[str,
             for n, j in enumerate(cols)}
 
 
-def _read_audit(audit_dir: Path) -> dict[str, Any]:
+def _read_summary(audit_dir: Path) -> dict[str, Any]:
+    """The ``summary`` of an audit's ``audit.json`` (its per-item rows are in ``audit.csv``)."""
     from lilaw_med.audit.report import AuditFiles
 
     path = audit_dir / AuditFiles.JSON
     if not path.is_file():
-        raise FileNotFoundError(f"no audit at {audit_dir} ({AuditFiles.JSON} is missing): run `lilaw-med audit RUN_DIR` first.")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or "items" not in data or "summary" not in data:
-        raise ValueError(f"{path}: not an audit.json written by `lilaw-med audit` (no 'summary' and 'items').")
-    return data
+        raise FileNotFoundError(f"{path} is missing: run `lilaw-med audit RUN_DIR` first.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); run `lilaw-med audit RUN_DIR` again.") from None
+    summary = data.get("summary") if isinstance(data, dict) else None
+    if not isinstance(summary, dict) or not isinstance(summary.get("splits"), dict):
+        raise ValueError(f"{path}: not an audit.json written by `lilaw-med audit` (no 'summary' with 'splits').")
+    return summary
 
 
 def run_key(record: RunRecord) -> str:
@@ -275,7 +283,8 @@ class ReviewContext:
 
 def review_context(
     record: RunRecord,
-    audit: Mapping[str, Any],
+    summary: Mapping[str, Any],
+    rows: Iterable[Mapping[str, Any]],
     queue: Sequence[QueueEntry],
     image_size: int = DEFAULT_IMAGE_SIZE,
     images: bool = True,
@@ -284,7 +293,8 @@ def review_context(
 
     Args:
         record: the run folder.
-        audit: the run's ``audit.json`` (``summary`` and ``items``).
+        summary: the ``summary`` of the run's ``audit.json`` (each split's scoring ``window``).
+        rows: the audit's per-item rows (:func:`lilaw_med.audit.report.read_audit_rows`).
         queue: the items to review (:func:`review_queue`).
         image_size: the longest side of an embedded image, in pixels.
         images: read the images (``False``: every item shows "no image").
@@ -292,10 +302,11 @@ def review_context(
     Returns:
         The :class:`ReviewContext`.
     """
-    rows = {str(r["id"]): r for r in audit["items"]}
+    queued = {e.id for e in queue}
+    by_id = {str(r["id"]): r for r in rows if str(r["id"]) in queued}
     splits: dict[str, Any] = {}
     for split, dyn in record.dynamics.items():
-        w = audit["summary"].get("splits", {}).get(split, {}).get("window")
+        w = summary.get("splits", {}).get(split, {}).get("window")
         splits[split] = {"epochs": [int(e) for e in dyn.epochs],
                          "window": None if w is None else [int(w["first_epoch"]), int(w["last_epoch"])]}
     probs: dict[str, Any] = {}
@@ -312,7 +323,7 @@ def review_context(
     out_items = []
     for entry in queue:
         split, item = record.items[entry.id]
-        r = rows.get(entry.id, {})
+        r = by_id.get(entry.id, {})
         given = item.get("label")
         views, error = [], None
         if load is None:
@@ -416,24 +427,26 @@ def write_review_page(
         The page's path.
 
     Raises:
-        FileNotFoundError: without a run folder or an audit.
-        ValueError: on an unknown id, class or split, or an image size below 32.
+        FileNotFoundError: without a run folder, or when the audit's ``audit.json`` or ``audit.csv`` is missing.
+        ValueError: on an unknown id, class or split, an image size below 32, or an ``audit.json`` or
+            ``audit.csv`` that ``lilaw-med audit`` did not write (the message names the file).
     """
-    from lilaw_med.audit.report import AuditFiles
+    from lilaw_med.audit.report import AuditFiles, read_audit_rows
     from lilaw_med.training.run_dir import RunDir
 
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 pixels but is {image_size}.")
     record = RunRecord.read(run_dir)
     folder = Path(audit_dir) if audit_dir is not None else record.root / RunDir.AUDIT
-    audit = _read_audit(folder)
+    summary = _read_summary(folder)
+    rows = read_audit_rows(folder, _ROW_COLUMNS)
     names = _class_names(record)
     classes = [_class_index(c, names) for c in include_classes]
-    queue = review_queue(audit["items"], record.items, include, classes, include_splits, hard)
+    queue = review_queue(rows, record.items, include, classes, include_splits, hard)
     if not queue:
         logger.warning("the review queue is empty: the audit flags no item and grades none hard; "
                        "add items with --include, --include-class or --split.")
-    page = render_review(review_context(record, audit, queue, image_size, images))
+    page = render_review(review_context(record, summary, rows, queue, image_size, images))
     path = atomic_write(Path(out) if out is not None else folder / AuditFiles.REVIEW, page)
     logger.info("review page of %s: %d items queued; written to %s", record.root, len(queue), path)
     return path

@@ -79,9 +79,12 @@ def _cmd_review(args: argparse.Namespace) -> int:
         raise UserError("give a RUN_DIR (or --merge FILE FILE ... -o MERGED.csv).")
     with user_errors():
         audit_dir = Path(args.audit_dir) if args.audit_dir else RunDir(args.run_dir).root / RunDir.AUDIT
-        if not (audit_dir / AuditFiles.JSON).is_file():
+        # with no audit at all the run is audited first; a partial one (one file missing) is an error
+        # that write_review_page raises naming the file, as re-auditing would replace the user's audit
+        if not any((audit_dir / name).is_file() for name in (AuditFiles.JSON, AuditFiles.CSV)):
             if args.audit_dir:
-                raise UserError(f"--audit-dir {args.audit_dir}: no {AuditFiles.JSON} there.")
+                raise UserError(f"--audit-dir {args.audit_dir}: no audit there ({AuditFiles.JSON} and "
+                                f"{AuditFiles.CSV} are missing).")
             if not RunDir(args.run_dir).datalist.is_file():
                 raise UserError(f"{args.run_dir} is not a run folder ({RunDir.DATALIST} is missing).")
             _audit_first(args.run_dir)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lilaw_med.audit.report import AuditFiles, run_audit
+from lilaw_med.audit.report import COLUMNS, AuditFiles, read_audit_rows, run_audit
 from lilaw_med.audit.review import (
     DEFAULT_IMAGE_SIZE,
     QueueEntry,
@@ -31,7 +31,7 @@ from lilaw_med.audit.review import (
 from lilaw_med.cli import main
 from lilaw_med.data.curation import apply_exclusions, apply_relabels
 from lilaw_med.data.datalist import load_datalist
-from tests.audit.conftest import HOSTILE_ID, WRONG_LOGITS, train_with_decisions
+from tests.audit.conftest import HOSTILE_ID, WRONG_LOGITS, make_run_folder, train_with_decisions
 
 
 def _sigmoid(z: float) -> float:
@@ -123,6 +123,84 @@ def test_page_images_are_embedded_pngs_no_larger_than_asked(audited):
     with pytest.raises(ValueError, match="at least 32"):
         write_review_page(audited, image_size=8)
 
+
+
+# ----------------------------------------------------------------------------- the audit's files
+def test_audit_rows_come_back_typed_and_unguarded_and_formula_like_ids_reach_the_page(tmp_path):
+    run = make_run_folder(tmp_path, ids={1: "=cmd()", 6: "-six", 3: "@three"})  # 1 and 6 are wrong labels
+    result = run_audit(run, thumbnails=False, final_model_baseline=False)
+    text = (run / "audit" / AuditFiles.CSV).read_text()
+    assert "'=cmd()," in text and "'-six," in text and "'@three," in text  # written guarded
+    rows, expected = read_audit_rows(run / "audit"), result.rows
+    assert [r["id"] for r in rows] == [r["id"] for r in expected] and len(rows) == 20
+    assert list(rows[0]) == list(expected[0]) and list(rows[0])[:len(COLUMNS)] == list(COLUMNS)
+    for got, want in zip(rows, expected, strict=True):
+        for key, value in want.items():
+            if isinstance(value, float):  # written with 6 significant digits
+                assert got[key] == pytest.approx(value, rel=1e-5), key
+            else:  # ints, bools, None and text exactly, of the same type
+                assert got[key] == value and type(got[key]) is type(value), key
+    assert read_audit_rows(run / "audit", ["rank", "id"])[0] == {"rank": expected[0]["rank"], "id": expected[0]["id"]}
+    items = _page_data(write_review_page(run, images=False).read_text())["items"]
+    assert [(it["id"], it["flagged"], it["rank"]) for it in items] == [("=cmd()", True, 1), ("-six", True, 2),
+                                                                     ("img-11", True, 3)]
+    assert items[0]["predicted"] == 1 and items[0]["p_given"] == pytest.approx(_sigmoid(-3) / 2 + 0.5 / 2, abs=1e-3)
+
+
+def _audit_csv(path: Path, header: list[str], row: dict[str, str]) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerow([row.get(c, "") for c in header])
+    return path
+
+
+@pytest.mark.parametrize(("column", "cell", "message"), [
+    ("rank", "first", r"item row 1: column 'rank' is 'first', not an integer"),
+    ("is_label_issue", "yes", r"item row 1: column 'is_label_issue' is 'yes', not True or False"),
+    ("p_given", "high", r"item row 1: column 'p_given' is 'high', not a number"),
+])
+def test_a_malformed_audit_csv_is_an_error_naming_the_file_row_and_column(tmp_path, column, cell, message):
+    good = {"id": "a", "split": "training", "given_label": "0", "rank": "1", "is_label_issue": "False",
+            "p_given": "0.5", "epochs_seen": "3", "predicted_label": "1"}
+    _audit_csv(tmp_path / AuditFiles.CSV, list(COLUMNS), good)
+    row = read_audit_rows(tmp_path)[0]
+    assert (row["rank"], row["is_label_issue"], row["p_given"], row["label_score"], row["path"]) == (1, False, 0.5, None, "")
+    _audit_csv(tmp_path / AuditFiles.CSV, list(COLUMNS), {**good, column: cell})
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / AuditFiles.CSV)) + ", " + message):
+        read_audit_rows(tmp_path)
+    _audit_csv(tmp_path / AuditFiles.CSV, [c for c in COLUMNS if c != column], good)
+    with pytest.raises(ValueError, match=rf"audit.csv: not an audit.csv .*no column\(s\) \['{column}'\]"):
+        read_audit_rows(tmp_path)
+    (tmp_path / AuditFiles.CSV).write_text("")
+    with pytest.raises(ValueError, match="audit.csv: empty"):
+        read_audit_rows(tmp_path)
+    (tmp_path / AuditFiles.CSV).write_text(",".join(COLUMNS) + "\na,b\n")
+    with pytest.raises(ValueError, match=f"audit.csv, line 2: 2 cells but the header has {len(COLUMNS)}"):
+        read_audit_rows(tmp_path)
+
+
+def test_a_missing_or_malformed_audit_file_is_an_error_naming_it(audited, capsys):
+    folder = audited / "audit"
+    summary = (folder / AuditFiles.JSON).read_text()
+    (folder / AuditFiles.JSON).write_text('{"summary": ')
+    with pytest.raises(ValueError, match="audit.json: not valid JSON"):
+        write_review_page(audited, images=False)
+    (folder / AuditFiles.JSON).write_text('{"items": []}')  # an audit.json of another layout
+    with pytest.raises(ValueError, match="audit.json: not an audit.json written by `lilaw-med audit`"):
+        write_review_page(audited, images=False)
+    (folder / AuditFiles.JSON).unlink()
+    with pytest.raises(FileNotFoundError, match="audit.json is missing"):
+        write_review_page(audited, images=False)
+    (folder / AuditFiles.JSON).write_text(summary)
+    (folder / AuditFiles.CSV).unlink()
+    with pytest.raises(FileNotFoundError, match="audit.csv is missing"):
+        write_review_page(audited, images=False)
+    # the CLI reports it and leaves the partial audit alone (no audit with defaults over the user's)
+    assert main(["review", str(audited), "--no-open"]) == 1
+    assert "audit.csv is missing" in capsys.readouterr().err and not (folder / AuditFiles.CSV).exists()
+    assert main(["review", str(audited), "--no-open", "--audit-dir", str(audited / "none")]) == 1
+    assert "no audit there (audit.json and audit.csv are missing)" in capsys.readouterr().err
 
 def test_3d_images_show_three_orthogonal_slices_through_the_centre():
     vol = np.zeros((1, 4, 6, 8), dtype=np.float32)  # (C, W, H, D)
