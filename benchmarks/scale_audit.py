@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.measure import markdown_table, peak_rss_mb
+
 __all__ = ["audit_rows", "main", "write_synthetic_run"]
 
 NOISE = 0.2
@@ -124,20 +126,6 @@ def write_synthetic_run(root: str | Path, items: int, epochs: int = 20, num_clas
     return rd.root
 
 
-def _peak_mb() -> float:
-    """This process's peak resident memory in MB: ``VmHWM`` on Linux, else ``ru_maxrss``."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1024 / 1024 if sys.platform == "darwin" else rss / 1024
-
-
 def _child(run_dir: str) -> None:
     """Audits ``run_dir`` in THIS process and prints ``{"seconds", "peak_rss_mb", "flagged"}`` as JSON."""
     import logging
@@ -149,7 +137,7 @@ def _child(run_dir: str) -> None:
     result = run_audit(run_dir, thumbnails=False, final_model_baseline=False)
     seconds = time.perf_counter() - start
     flagged = sum(int(a.is_label_issue.sum()) for a in result.splits.values())
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": _peak_mb(), "flagged": flagged}))
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "flagged": flagged}))
 
 
 def audit_rows(items: int = 1_000_000, epochs: int = 20, num_classes: int = 9, workdir: str | Path | None = None,
@@ -189,14 +177,6 @@ def audit_rows(items: int = 1_000_000, epochs: int = 20, num_classes: int = 9, w
     ]
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'task':26s} {'items':>9s} {'seconds':>8s} {'peak MB':>8s} {'items/s':>9s}  note"]
-    for r in rows:
-        peak = "" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
-        lines.append(f"{r['task']:26s} {r['items']:9d} {r['seconds']:8.2f} {peak:>8s} {r['items_per_s']:9.0f}  {r['note']}")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks.scale_audit [--items N] [--epochs E] [--classes C]``: prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -210,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         _child(args.child)
         return 0
     rows = audit_rows(args.items, args.epochs, args.classes, args.workdir)
-    print(_table(rows))
+    print(markdown_table(rows))
     if args.items >= 1_000_000:
         audit = rows[-1]
         ok = audit["seconds"] <= FLOOR_SECONDS and audit["peak_rss_mb"] <= FLOOR_RSS_MB

@@ -27,60 +27,20 @@ import argparse
 import json
 import logging
 import os
-import resource
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from benchmarks.measure import markdown_table, measured
+
 __all__ = ["cache_rows", "loading_rows", "preflight_rows"]
 
 # the training-split size `train.num_workers: auto` is resolved for (the issue's 20k-image data set)
 DEFAULT_SPLIT_ITEMS = 20_000
-
-
-def _peak_rss_mb() -> float:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_peak_rss() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-    except OSError:
-        pass
-
-
-@contextmanager
-def _measured(task: str, items: int, note: str, rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Times the block and appends its row (the block may extend ``note`` through the yielded dict)."""
-    _reset_peak_rss()
-    extra: dict[str, Any] = {"note": note}
-    start = time.perf_counter()
-    yield extra
-    seconds = time.perf_counter() - start
-    rows.append(
-        {
-            "task": task,
-            "items": items,
-            "seconds": round(seconds, 3),
-            "peak_rss_mb": round(_peak_rss_mb(), 1),
-            "items_per_s": round(items / seconds, 1) if seconds > 0 else float("inf"),
-            "note": extra["note"],
-        }
-    )
 
 
 def _tiny_png() -> bytes:
@@ -136,7 +96,7 @@ def preflight_rows(items: int = 100_000, workdir: str | os.PathLike | None = Non
         cache = Path(tmp) / "cache"
         planted = ", ".join(f"{v} {k}" for k, v in counts.items())
         for task in ("preflight (first check)", "preflight (manifest)"):
-            with _measured(task, items, "", rows) as out:
+            with measured(task, items, "", rows) as out:
                 dl = load_datalist(datalist, strict=False)
                 problems = check_datalist(dl, expected_dims=2, cache_dir=cache, progress=False)
                 found: dict[str, int] = {}
@@ -217,7 +177,7 @@ def loading_rows(
              "LoadImaged, EnsureChannelFirstd, ScaleIntensityd, Resized 224; MONAI tutorial num_workers=2"),
         ]  # fmt: skip
         for task, make, note in cases:
-            with _measured(task, items, f"{size}px PNG -> 224px, batch {batch_size}; {note}", rows):
+            with measured(task, items, f"{size}px PNG -> 224px, batch {batch_size}; {note}", rows):
                 _epoch(make())
     return rows
 
@@ -255,7 +215,7 @@ def cache_rows(
             chain = build_transforms("radiology_2d", {"spatial_size": [224, 224]}, train=False)
             for task, budget in (("cache over budget -> disk", budget_mb * 2**20), ("cache within budget", float("inf"))):
                 messages.clear()
-                with _measured(task, items, "", rows) as out:
+                with measured(task, items, "", rows) as out:
                     plan = plan_cache("memory", data, chain, items, budget, Path(tmp) / "disk")
                     ds = build_dataset(data, chain, cache=plan.mode, cache_dir=Path(tmp) / "disk", num_workers=os.cpu_count())
                     _epoch(DataLoader(ds, batch_size=16, num_workers=0))
@@ -263,14 +223,6 @@ def cache_rows(
     finally:
         log.removeHandler(handler)
     return rows
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    head = "| task | items | seconds | peak RSS MB | items/s | note |\n|---|---|---|---|---|---|"
-    return "\n".join(
-        [head]
-        + [f"| {r['task']} | {r['items']} | {r['seconds']} | {r['peak_rss_mb']} | {r['items_per_s']} | {r['note']} |" for r in rows]
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = preflight_rows(args.items)
     rows += loading_rows(args.items, args.size)
     rows += cache_rows(args.items, size=min(args.size, 256))
-    print(_table(rows))
+    print(markdown_table(rows))
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

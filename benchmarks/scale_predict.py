@@ -36,44 +36,14 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.measure import markdown_table, peak_rss_mb, reset_peak_rss, row
+
 __all__ = ["main", "predict_rows", "threshold_by_sklearn_calls", "threshold_rows"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 OUT_DIR = Path(__file__).resolve().parent / "out"
 DISTINCT_IMAGES = 64
 
-
-# ------------------------------------------------------------------------------------------ memory
-def _proc_status_mb(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> None:
-    """Resets this process's peak RSS to its current RSS (Linux ``clear_refs`` 5), where supported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def _peak_mb() -> float:
-    """Peak RSS of this process: ``VmHWM`` on Linux (per process, not carried over a fork), else ``ru_maxrss``."""
-    hwm = _proc_status_mb("VmHWM")
-    if hwm is not None:
-        return hwm
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1024 / 1024 if sys.platform == "darwin" else rss / 1024
-
-
-def _row(task: str, items: int, seconds: float, peak_mb: float, note: str = "") -> dict[str, Any]:
-    return {"task": task, "items": int(items), "seconds": round(seconds, 4), "peak_rss_mb": round(peak_mb, 1),
-            "items_per_s": round(items / seconds, 1) if seconds > 0 else float("inf"), "note": note}
 
 
 # ------------------------------------------------------------------------------------------ threshold
@@ -113,23 +83,23 @@ def threshold_rows(items: int = 150_000, old_items: int = 8_000, seed: int = 0) 
     from lilaw_med.training.evaluation import choose_threshold
 
     p, y = _scores(items, seed)
-    _reset_peak()
+    reset_peak_rss()
     start = time.perf_counter()
     t_new = choose_threshold(p, y)
     new_s = time.perf_counter() - start
-    new_peak = _peak_mb()
+    new_peak = peak_rss_mb()
     p_old, y_old = _scores(old_items, seed + 1)
-    _reset_peak()
+    reset_peak_rss()
     start = time.perf_counter()
     t_old = threshold_by_sklearn_calls(p_old, y_old)
     old_s = time.perf_counter() - start
-    old_peak = _peak_mb()
+    old_peak = peak_rss_mb()
     same = choose_threshold(p_old, y_old) == t_old
     return [
-        _row("threshold, by sorting", items, new_s, new_peak,
+        row("threshold, by sorting", items, new_s, new_peak,
              f"threshold {t_new:.6f}; equal to the former loop at {old_items}: {'yes' if same else 'NO'}"),
-        _row("threshold, one sklearn call per score (former)", old_items, old_s, old_peak, "measured"),
-        _row("threshold, one sklearn call per score (former)", items, old_s * (items / old_items) ** 2, float("nan"),
+        row("threshold, one sklearn call per score (former)", old_items, old_s, old_peak, "measured"),
+        row("threshold, one sklearn call per score (former)", items, old_s * (items / old_items) ** 2, float("nan"),
              f"extrapolated as n^2 from {old_items} items"),
     ]
 
@@ -204,14 +174,14 @@ def _predict_child(run: str, listing: str, output: str, workers: int, batch_size
     from lilaw_med.training.predict import collect_inputs, predict_inputs
 
     inputs = collect_inputs(list_file=listing)
-    _reset_peak()
+    reset_peak_rss()
     start = time.perf_counter()
     result = predict_inputs(run, inputs, output, batch_size=batch_size, num_workers=workers, device="cpu")
     seconds = time.perf_counter() - start
     # the loader workers' largest peak (they are waited for when the loader ends; a forked worker's
     # ru_maxrss starts at its parent's RSS at the fork)
     workers_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"seconds": seconds, "peak_rss_mb": _peak_mb(), "workers_peak_rss_mb": workers_mb,
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "workers_peak_rss_mb": workers_mb,
             "failed": len(result["failed"])}
 
 
@@ -252,20 +222,11 @@ def predict_rows(
         child = json.loads(proc.stdout.strip().splitlines()[-1])
         note = (f"{px} px PNG, {workers} worker(s) (largest worker peak {child['workers_peak_rss_mb']:.0f} MB), "
                 f"batch {batch_size}; {child['failed']} failed")
-        rows.append(_row("predict", count, child["seconds"], child["peak_rss_mb"], note))
+        rows.append(row("predict", count, child["seconds"], child["peak_rss_mb"], note))
     return rows
 
 
 # ------------------------------------------------------------------------------------------ report
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows as a Markdown table."""
-    lines = ["| task | items | seconds | peak RSS MB | items/s | note |", "|---|---:|---:|---:|---:|---|"]
-    for r in rows:
-        lines.append(f"| {r['task']} | {r['items']} | {r['seconds']} | {r['peak_rss_mb']} | {r['items_per_s']} | "
-                     f"{r['note']} |")
-    return "\n".join(lines)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m benchmarks.scale_predict``: prints the table and writes ``benchmarks/out/scale_predict.json``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -286,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     rows = threshold_rows(args.threshold_items, args.old_items)
     rows += predict_rows(args.items, args.px, args.root, args.workers, args.batch_size, args.network)
-    print(format_table(rows))
+    print(markdown_table(rows))
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / "scale_predict.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0

@@ -12,6 +12,7 @@ from dataclasses import asdict
 import pytest
 
 from lilaw_med.audit.core import AuditOptions
+from lilaw_med.audit.report import read_audit_rows
 from lilaw_med.data.curation import read_id_csv
 from lilaw_med.training.refine import REFINE_RULE, run_refine
 from tests.audit.conftest import FLIPS, make_image_datalist, tiny_config
@@ -119,7 +120,7 @@ def test_refine_with_the_shipped_audit_excludes_what_its_count_window_flags(tmp_
     train = audit["splits"]["training"]
     assert audit["options"]["count_window"] == AuditOptions().count_window == "val_loss_at_least_fraction"
     assert train["count_window"]["rule"] in ("best_val_loss", "val_loss_at_least_fraction")
-    flagged = [it["id"] for it in json.loads((root / "audit" / "audit.json").read_text())["items"]
+    flagged = [it["id"] for it in read_audit_rows(root / "audit")
                if it["split"] == "training" and it["is_label_issue"]]
     assert flagged, "the shipped audit flagged nothing: the loop would not be tested"
     assert [r["id"] for r in read_id_csv(root / "refine_exclude.csv")] == flagged
