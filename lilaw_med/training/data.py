@@ -57,8 +57,12 @@ class TrainingData:
         train_loader: the training batches (augmented; the order of ``train_sampler``).
         train_sampler: a :class:`~lilaw_med.data.sampler.ResumableSampler` or a class-balanced one.
         meta_loader: the validation batches of the LiLAW meta step (its own seeded order).
-        val_loader: the validation split in order, for the per-epoch metrics.
-        test_loader: the test split in order, or ``None`` without labelled test items.
+        val_loader: the whole validation split in order (the final evaluation).
+        test_loader: the whole test split in order, or ``None`` without labelled test items.
+        epoch_val_loader: the validation items this rank evaluates every epoch (``EpochValidation``):
+            positions ``rank, rank + world_size, ...`` in order, none padded or repeated; in one process
+            ``val_loader`` itself.
+        epoch_test_loader: the same for the test split (``None`` without labelled test items).
     """
 
     datalist: Datalist
@@ -67,6 +71,8 @@ class TrainingData:
     meta_loader: Any
     val_loader: Any
     test_loader: Any
+    epoch_val_loader: Any
+    epoch_test_loader: Any
 
 
 def transform_options(config: Config | Mapping[str, Any]) -> dict[str, Any]:
@@ -229,6 +235,8 @@ def build_data(
     With ``data.cache: memory`` the cache is planned first (:func:`~lilaw_med.data.dataset.plan_cache`:
     above the budget of :func:`cache_budget_bytes` it falls back to the disk cache) and, under torchrun,
     each rank caches and draws from its own shard of every split (its samplers are ``shard=True``).
+    Under torchrun, whatever the cache, each rank's per-epoch validation and test loaders
+    (``epoch_val_loader``, ``epoch_test_loader``) take only its shard, the positions it caches.
 
     Args:
         cfg: the config.
@@ -296,6 +304,19 @@ def build_data(
     nw = resolve_num_workers(train.num_workers, len(datalist.training), per_node)
     # the training and meta loaders are iterated all epoch long: their workers persist; validation and
     # test run once per epoch, so their workers end with the pass instead of idling beside the others
+    val_loader = _loader(val_ds, batch, None, nw, seed + 2, pin, persistent=False)
+    test_loader = _loader(test_ds, batch, None, nw, seed + 3, pin, persistent=False) if has_test_labels else None
+    epoch_val_loader, epoch_test_loader = val_loader, test_loader
+    if world_size > 1:
+        # each rank evaluates its own positions (a plain list of them: a DistributedSampler would pad with
+        # repeated items, which must not enter the metrics); EpochValidation gathers the shards
+        epoch_val_loader = _loader(
+            val_ds, batch, shard_indices(len(val_ds), rank, world_size), nw, seed + 2, pin, persistent=False
+        )
+        if has_test_labels:
+            epoch_test_loader = _loader(
+                test_ds, batch, shard_indices(len(test_ds), rank, world_size), nw, seed + 3, pin, persistent=False
+            )
     return TrainingData(
         datalist=datalist,
         train_loader=_loader(train_ds, batch, train_sampler, nw, seed, pin, persistent=True),
@@ -303,6 +324,8 @@ def build_data(
         meta_loader=_loader(
             val_ds, cfg.lilaw.val_batch_size or batch, meta_sampler, nw, seed + 1, pin, persistent=True
         ),
-        val_loader=_loader(val_ds, batch, None, nw, seed + 2, pin, persistent=False),
-        test_loader=_loader(test_ds, batch, None, nw, seed + 3, pin, persistent=False) if has_test_labels else None,
+        val_loader=val_loader,
+        test_loader=test_loader,
+        epoch_val_loader=epoch_val_loader,
+        epoch_test_loader=epoch_test_loader,
     )

@@ -49,6 +49,7 @@ __all__ = [
     "AverageLossAcrossRanks",
     "DistributedContext",
     "barrier",
+    "broadcast_buffers",
     "broadcast_object",
     "cleanup_distributed",
     "convert_sync_batchnorm",
@@ -519,6 +520,24 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def broadcast_buffers(network: nn.Module, src: int = 0) -> None:
+    """Copies rank ``src``'s buffers (batch-norm running statistics) into every rank's network, in place.
+
+    DDP broadcasts rank 0's buffers before every training forward, and each rank's batch-norm layers
+    then update them with its own batch, so after a step the ranks' statistics differ. Sharded inference
+    (each rank evaluates its part of a split) must run rank 0's network on every shard; training is not
+    changed, as the next forward broadcasts rank 0's buffers anyway. A no-op when not distributed.
+
+    Args:
+        network: the plain network (not the DDP wrapper), the same architecture on every rank.
+        src: the rank whose buffers are kept.
+    """
+    if not is_distributed():
+        return
+    for buffer in network.buffers():
+        dist.broadcast(buffer.data, src=src)
 
 
 class AverageLossAcrossRanks:

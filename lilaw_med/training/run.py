@@ -98,13 +98,14 @@ def attach_run_handlers(c: TrainingComponents, run_dir: RunDir, progress: bool) 
     cfg = c.config
     writer = c.rank == 0
     handlers: dict[str, Any] = {}
+    # each rank evaluates its shard of the splits every epoch; the final evaluation (rank 0) reads them whole
     handlers["validation"] = EpochValidation(
-        c.network, c.data.val_loader, c.device, key_metric=cfg.eval.key_metric,
+        c.network, c.data.epoch_val_loader, c.device, key_metric=cfg.eval.key_metric,
         best_path=run_dir.best_model if writer else None,
-        test_loader=c.data.test_loader if cfg.eval.test_each_epoch else None, interval=cfg.eval.interval,
+        test_loader=c.data.epoch_test_loader if cfg.eval.test_each_epoch else None, interval=cfg.eval.interval,
         amp=c.amp, channels_last=c.channels_last, class_names=c.datalist.class_names,
         multi_label=cfg.data.multi_label, n_bins=cfg.eval.ece_bins,
-        checkpoint_extra=checkpoint_meta(cfg, c.shape, c.datalist.class_names),
+        checkpoint_extra=checkpoint_meta(cfg, c.shape, c.datalist.class_names), world_size=c.world_size,
     )
     handlers["validation"].attach(c.trainer)
     handlers["dynamics"] = DynamicsRecorder(

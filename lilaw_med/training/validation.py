@@ -1,5 +1,11 @@
 """EpochValidation: evaluates the network on the (noisy) validation split every N epochs and keeps the
-best model by a key metric."""
+best model by a key metric.
+
+Under torchrun each rank runs inference on its own shard of the split (positions ``rank, rank +
+world_size, ...``: :func:`lilaw_med.data.dataset.shard_indices`, no item padded or repeated), then the
+shards' logits, labels and ids are gathered (:func:`gather_shards`) and put back in the split's order
+(:func:`merge_shards`), so every rank computes the same metrics over exactly the whole split.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +18,111 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from lilaw_med.training import distributed
 from lilaw_med.training.evaluation import classification_metrics, is_better, run_inference
 from lilaw_med.utils import atomic_save_torch
 
-__all__ = ["SCALAR_METRICS", "EpochValidation"]
+__all__ = ["SCALAR_METRICS", "EpochValidation", "gather_shards", "merge_shards"]
 
 logger = logging.getLogger(__name__)
 
 SCALAR_METRICS = ("accuracy", "balanced_accuracy", "auroc", "ece", "loss")
+
+
+def merge_shards(
+    logits: Sequence[torch.Tensor], labels: Sequence[torch.Tensor | None], ids: Sequence[Sequence[str]]
+) -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
+    """The whole split from its ranks' shards: rank ``r``'s ``k``-th item is position ``r + k * world_size``.
+
+    Args:
+        logits: per rank (in rank order), the logits of its shard, (n_r, K).
+        labels: per rank, the labels of its shard (``None``: the shard's batches held none).
+        ids: per rank, the item ids of its shard.
+
+    Returns:
+        ``(logits, labels, ids)`` of the whole split in its own order, as one process computes them;
+        ``labels`` is ``None`` when a non-empty shard has none.
+
+    Raises:
+        ValueError: when the shards' sizes are not those of positions ``rank::world_size`` of their total
+            (a loader that pads, repeats or is not sharded), or the three lists differ in length.
+    """
+    world = len(logits)
+    if not world or len(labels) != world or len(ids) != world:
+        raise ValueError(f"one shard per rank expected: {len(logits)} logits, {len(labels)} labels, {len(ids)} ids.")
+    lengths = [int(t.shape[0]) for t in logits]
+    n = sum(lengths)
+    for r, k in enumerate(lengths):
+        expected = len(range(r, n, world))
+        if k != expected or len(ids[r]) != k:
+            raise ValueError(
+                f"rank {r}'s validation shard holds {k} item(s) ({len(ids[r])} id(s)) but positions {r}, "
+                f"{r}+{world}, ... of {n} items are {expected}: the per-epoch loaders must take exactly "
+                "positions rank::world_size of the split (no padding, no repeats)."
+            )
+    filled = [r for r in range(world) if lengths[r]]
+    if not filled:
+        return logits[0], labels[0], []
+    order = torch.cat([torch.arange(r, n, world) for r in range(world)])  # split position of each gathered row
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(n)
+    all_logits = torch.cat([logits[r] for r in filled])[inverse]
+    parts = [labels[r] for r in filled]
+    all_labels = None if any(p is None for p in parts) else torch.cat(parts)[inverse]  # type: ignore[arg-type]
+    flat = [str(i) for r in range(world) for i in ids[r]]
+    return all_logits, all_labels, [flat[j] for j in inverse.tolist()]
+
+
+def gather_shards(
+    logits: torch.Tensor, labels: torch.Tensor | None, ids: Sequence[str], world_size: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor | None], list[list[str]]]:
+    """Every rank's shard of an inference pass, on every rank (``ignite.distributed`` collectives).
+
+    The sizes, shapes and ids travel in one ``all_gather_object``; the logits and labels are padded to
+    the largest shard and gathered as tensors, then cut back to each shard's true length, so no padded
+    row reaches the metrics. A rank whose shard is empty (fewer items than ranks) takes part too.
+
+    Args:
+        logits: this rank's logits (n_r, K), from :func:`~lilaw_med.training.evaluation.run_inference`.
+        labels: this rank's labels, or ``None``.
+        ids: this rank's item ids.
+        world_size: the number of ranks the loaders were sharded for.
+
+    Returns:
+        ``(logits, labels, ids)``: one entry per rank, in rank order (the input of :func:`merge_shards`).
+
+    Raises:
+        RuntimeError: when the process group's size is not ``world_size``.
+    """
+    import ignite.distributed as idist
+
+    if idist.get_world_size() != world_size:
+        raise RuntimeError(
+            f"validation is sharded for {world_size} ranks but the process group has {idist.get_world_size()}."
+        )
+    n = int(logits.shape[0])
+    label_meta = None if labels is None else (tuple(labels.shape[1:]), labels.dtype)
+    metas = idist.all_gather({"n": n, "shape": tuple(logits.shape[1:]), "dtype": logits.dtype,
+                              "labels": label_meta, "ids": [str(i) for i in ids]})  # fmt: skip
+    sizes = [int(m["n"]) for m in metas]
+    filled = [m for m in metas if m["n"]] or metas[:1]
+    most = max(sizes)
+
+    def gather(local: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> list[torch.Tensor]:
+        padded = torch.zeros((most, *shape), dtype=dtype)
+        if local is not None and n:
+            padded[:n] = local.reshape(n, *shape).to(dtype)
+        stacked = idist.all_gather(padded).cpu()  # (world_size * most, ...)
+        return [stacked[r * most : r * most + sizes[r]] for r in range(world_size)]
+
+    all_logits = gather(logits, filled[0]["shape"], filled[0]["dtype"]) if most else [logits] * world_size
+    all_labels: list[torch.Tensor | None]
+    if any(m["labels"] is None for m in filled) or not most:
+        all_labels = [None] * world_size  # a shard without labels: the split has none (the same on every rank)
+    else:
+        shape, dtype = filled[0]["labels"]
+        all_labels = list(gather(labels, shape, dtype))
+    return all_logits, all_labels, [list(m["ids"]) for m in metas]
 
 
 class EpochValidation:
@@ -31,13 +134,22 @@ class EpochValidation:
     (lower is better for ``loss``/``ece``, higher otherwise). The validation split may be as
     noisy as the training data: the best checkpoint is chosen on noisy labels, as a user would.
 
+    With ``world_size > 1`` (under torchrun) each rank's loaders hold only its shard of each split
+    (positions ``rank, rank + world_size, ...``, none padded or repeated): every rank first takes rank
+    0's buffers (:func:`~lilaw_med.training.distributed.broadcast_buffers`, so every shard is seen by
+    the network rank 0 saves), infers on its shard, and the shards are gathered and put back in the
+    split's order (:func:`gather_shards`, :func:`merge_shards`). Every rank then computes the same
+    metrics over the whole split as one process does, and keeps the same best epoch.
+
     Args:
         network: the network to evaluate (the unwrapped module under DDP).
-        val_loader: loader of the validation split (no shuffling, no augmentation).
+        val_loader: loader of the validation split (no shuffling, no augmentation); with
+            ``world_size > 1``, of this rank's shard of it.
         device: where to run inference.
         key_metric: metric selecting the best checkpoint.
         best_path: where to save the best weights (``None``: do not save, e.g. on ranks > 0).
-        test_loader: also evaluate the test split (monitoring only; never used for selection).
+        test_loader: also evaluate the test split (monitoring only; never used for selection); sharded
+            as ``val_loader`` is.
         interval: evaluate every ``interval`` epochs (and always at the last epoch).
         amp: autocast the forward.
         channels_last: feed 4-D inputs in channels-last memory format.
@@ -45,6 +157,7 @@ class EpochValidation:
         multi_label: independent sigmoid outputs.
         n_bins: ECE bins.
         checkpoint_extra: plain values stored beside the weights (network name, sizes, class names).
+        world_size: the number of ranks the loaders are sharded for (1: they hold the whole splits).
     """
 
     def __init__(
@@ -62,6 +175,7 @@ class EpochValidation:
         multi_label: bool = False,
         n_bins: int = 15,
         checkpoint_extra: Mapping[str, Any] | None = None,
+        world_size: int = 1,
     ) -> None:
         if key_metric not in SCALAR_METRICS:
             raise ValueError(f"key_metric must be one of {list(SCALAR_METRICS)} but is {key_metric!r}.")
@@ -78,6 +192,7 @@ class EpochValidation:
         self.multi_label = bool(multi_label)
         self.n_bins = int(n_bins)
         self.checkpoint_extra = dict(checkpoint_extra or {})
+        self.world_size = int(world_size)
         self.best_metric: float | None = None
         self.best_epoch = 0
         self.last_metrics: dict[str, dict[str, Any]] = {}
@@ -88,8 +203,11 @@ class EpochValidation:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def evaluate(self, loader: Iterable) -> dict[str, Any]:
-        """All metrics of the network on one loader (see :func:`classification_metrics`)."""
-        logits, labels, _ = run_inference(self.network, loader, self.device, self.amp, channels_last=self.channels_last)
+        """All metrics of the network on one loader (see :func:`classification_metrics`); with
+        ``world_size > 1`` a collective: every rank calls it with its shard and gets the whole split's."""
+        logits, labels, ids = run_inference(self.network, loader, self.device, self.amp, channels_last=self.channels_last)
+        if self.world_size > 1:
+            logits, labels, ids = merge_shards(*gather_shards(logits, labels, ids, self.world_size))
         if labels is None:
             raise ValueError("the evaluation split has no labels.")
         return classification_metrics(
@@ -101,6 +219,8 @@ class EpochValidation:
         epoch = engine.state.epoch
         if epoch % self.interval and epoch != engine.state.max_epochs:
             return
+        if self.world_size > 1:
+            distributed.broadcast_buffers(self.network)
         results = {"val": self.evaluate(self.val_loader)}
         if self.test_loader is not None:
             results["test"] = self.evaluate(self.test_loader)
