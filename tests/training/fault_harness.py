@@ -363,6 +363,7 @@ def write_tiny_config(
             "cache": "memory",
         },
         "model": {"network": "small_cnn", "dropout": 0.3},
+        "lilaw": {"warmup_epochs": 0},  # LiLAW's state moves from the first iteration: resume must restore it
         "train": {
             "epochs": epochs,
             "batch_size": 4,

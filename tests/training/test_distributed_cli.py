@@ -50,6 +50,7 @@ def ddp_cli_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     config = {
         "data": {"preset": "radiology_2d", "datalist": str(datalist), "options": {"spatial_size": [16, 16]}, "cache": "none"},
         "model": {"network": "small_cnn"},
+        "lilaw": {"warmup_epochs": 0},  # meta steps and validation dynamics from the first iteration
         "train": {"epochs": EPOCHS, "batch_size": BATCH, "progress": False, "device": "cpu"},
         "eval": {"calibration": "none"},
         "output": {"dir": str(run_root), "name": "ddp"},
