@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from tests.torchrun import free_port
+
 KILL_KINDS = ("iteration", "batch", "epoch_end", "ckpt_write")
 FORK_AND_PROC = sys.platform == "linux"  # run_cli forks, and the checkpoint-write kill reads /proc/self/fd
 
@@ -259,14 +261,6 @@ def run_cli(argv: Sequence[str], kill: Kill | Pause | None = None, log: Path | N
     """
     return wait_cli(start_cli(argv, kill, log))
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (for a process group's rendezvous)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_cli_ranks(

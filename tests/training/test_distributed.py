@@ -15,7 +15,6 @@ One 2-process run (a module fixture) serves every test here: starting processes 
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from lilaw_med.data.sampler import ResumableSampler
 from lilaw_med.handlers.meta_step import LiLAWHandler
 from lilaw_med.losses import LiLAWLoss
 from lilaw_med.training import distributed as D
+from tests.torchrun import free_port
 
 TOLERANCE = 1e-5  # fixed before the test was written (issue 8)
 WORLD_SIZE = 2
@@ -141,17 +141,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         D.cleanup_distributed(context)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def _run_two_processes(out_dir: Path) -> list[dict[str, Any]]:
     # fork (as DataLoader workers are started) spares each child re-importing torch and MONAI
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     ctx = mp.start_processes(
-        _worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method=method
+        _worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method=method
     )
     deadline = time.monotonic() + TIMEOUT_S
     while not ctx.join(timeout=1.0):

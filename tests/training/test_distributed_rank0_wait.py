@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from tests.training.test_distributed_cli import _free_port, _write_data
+from tests.torchrun import free_port, torchrun_command, torchrun_env
+from tests.training.test_distributed_cli import _write_data
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_MINUTES = 0.1  # a 6 s collective timeout
@@ -45,13 +45,9 @@ def test_a_pre_flight_longer_than_the_collective_timeout_still_trains(tmp_path: 
     }
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "slow_rank0.py").write_text(_SLOW_RANK0)
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        str(tmp_path / "slow_rank0.py"), "train", "--config", str(tmp_path / "tiny.yaml"),
-    ]  # fmt: skip
+    env = torchrun_env(tmp_path, {**os.environ, "OMP_NUM_THREADS": "1",
+                                  "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])})
+    cmd = torchrun_command(2, str(tmp_path / "slow_rank0.py"), "train", "--config", str(tmp_path / "tiny.yaml"))
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     summary = json.loads((tmp_path / "runs" / "slow" / "summary.json").read_text())
@@ -96,7 +92,7 @@ def test_waiting_ranks_learn_rank0s_error_its_result_and_time_out_without_a_beat
     import torch.multiprocessing as mp
 
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(_waiting_worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method=method)
+    mp.start_processes(_waiting_worker, args=(free_port(), str(tmp_path)), nprocs=2, start_method=method)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert rank0["error"] == "ValueError: item x: bad header"
     assert rank1["error"] == "RuntimeError: rank 0 failed while it ran the check: ValueError: item x: bad header"
