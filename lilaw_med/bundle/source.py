@@ -54,7 +54,7 @@ class ModelSpec:
     """The network of a bundle and what its outputs mean.
 
     Attributes:
-        network: a key of :data:`lilaw_med.training.networks.NETWORKS`.
+        network: a key of :data:`lilaw_med.networks.NETWORKS`.
         spatial_dims: 2 or 3.
         in_channels: image channels.
         num_outputs: network outputs (classes; 1 for a single binary logit; labels for multi-label).
@@ -74,7 +74,7 @@ class ModelSpec:
     def network_def(self) -> dict[str, Any]:
         """The bundle's ``network_def`` component (full dotted ``_target_``)."""
         return {
-            "_target_": "lilaw_med.training.networks.build_network",
+            "_target_": "lilaw_med.networks.build_network",
             "name": self.network,
             "spatial_dims": self.spatial_dims,
             "in_channels": self.in_channels,
