@@ -89,7 +89,7 @@ def write_synthetic_run(root: str | Path, items: int, epochs: int = 20, num_clas
         The run folder.
     """
     from lilaw_med.run.dynamics_format import FOLDER, write_epoch
-    from lilaw_med.training.run_dir import RunDir
+    from lilaw_med.run.run_dir import RunDir
     from lilaw_med.utils import atomic_write
 
     rng = np.random.default_rng(seed)

@@ -2,7 +2,7 @@
 and their name -> factory table (:data:`BASE_LOSSES`, read by ``loss.name`` in a config).
 
 Adding a loss is one :class:`BaseLoss` entry in :data:`BASE_LOSSES` (and, when it has a
-parameter of its own, one field in the ``loss`` section of :mod:`lilaw_med.training.config`).
+parameter of its own, one field in the ``loss`` section of :mod:`lilaw_med.run.config`).
 """
 
 from __future__ import annotations

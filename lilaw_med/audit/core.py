@@ -212,7 +212,7 @@ class RunRecord:
             FileNotFoundError: without ``datalist.json`` or training dynamics.
             ValueError: for a multi-label run, or dynamics whose ids the datalist does not hold.
         """
-        from lilaw_med.training.run_dir import RunDir
+        from lilaw_med.run.run_dir import RunDir
 
         rd = RunDir(run_dir)
         if not rd.datalist.is_file():

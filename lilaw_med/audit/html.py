@@ -40,7 +40,7 @@ def _image_loader(result: AuditResult) -> Callable[[Mapping[str, Any]], np.ndarr
     transforms = None
     try:
         from lilaw_med.data.transforms import build_transforms
-        from lilaw_med.training.config import validate_config
+        from lilaw_med.run.config import validate_config
         from lilaw_med.training.data import transform_options
 
         cfg = validate_config(result.record.config)

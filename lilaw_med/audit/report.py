@@ -50,7 +50,7 @@ from lilaw_med.audit.detection import detection_curves, detection_quality
 from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS
 from lilaw_med.audit.rank import self_confidence
 from lilaw_med.audit.window import choose_window, window_pred_probs
-from lilaw_med.training.run_dir import RunDir, to_jsonable
+from lilaw_med.run.run_dir import RunDir, to_jsonable
 from lilaw_med.utils import FORMULA_START, atomic_write, guard_csv_text
 
 __all__ = ["COLUMNS", "AuditFiles", "AuditResult", "dicom_uids", "run_audit"]

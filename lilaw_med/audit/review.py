@@ -202,7 +202,7 @@ def _image_loader(record: RunRecord) -> tuple[Callable[[Mapping[str, Any]], np.n
     # MONAI's transforms load only when a page reads images (merging decision files needs none)
     from lilaw_med.data.presets import get_preset
     from lilaw_med.data.transforms import build_transforms
-    from lilaw_med.training.config import validate_config
+    from lilaw_med.run.config import validate_config
     from lilaw_med.training.data import transform_options
 
     cfg = validate_config(record.config)
@@ -252,7 +252,7 @@ def _read_audit(audit_dir: Path) -> dict[str, Any]:
 def run_key(record: RunRecord) -> str:
     """The key of a run's review progress in the browser: the run folder's name and the first 16 hex
     digits of its datalist's sha256 (a copy of the folder keeps it; another run's datalist does not)."""
-    from lilaw_med.training.run_dir import RunDir
+    from lilaw_med.run.run_dir import RunDir
 
     digest = hashlib.sha256(RunDir(record.root).datalist.read_bytes()).hexdigest()[:16]
     return f"{record.root.name}:{digest}"
@@ -420,7 +420,7 @@ def write_review_page(
         ValueError: on an unknown id, class or split, or an image size below 32.
     """
     from lilaw_med.audit.report import AuditFiles
-    from lilaw_med.training.run_dir import RunDir
+    from lilaw_med.run.run_dir import RunDir
 
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 pixels but is {image_size}.")

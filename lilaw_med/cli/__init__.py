@@ -36,8 +36,8 @@ def user_errors() -> Iterator[None]:
     Raises:
         UserError: for each of the errors above.
     """
-    from lilaw_med.training.config import ConfigError
-    from lilaw_med.training.run_dir import RunDirBusyError
+    from lilaw_med.run.config import ConfigError
+    from lilaw_med.run.run_dir import RunDirBusyError
 
     try:
         yield

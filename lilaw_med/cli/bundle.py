@@ -35,8 +35,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from lilaw_med.bundle.command import bundle_run_command
     from lilaw_med.bundle.configs import TRAIN_FILES
     from lilaw_med.bundle.export import export_bundle
-    from lilaw_med.training.config import load_config
-    from lilaw_med.training.run_dir import RunDir
+    from lilaw_med.run.config import load_config
+    from lilaw_med.run.run_dir import RunDir
 
     with user_errors():
         run = RunDir(args.run) if args.run else None

@@ -41,7 +41,7 @@ def _open_in_browser(path: Path) -> bool:
 def _audit_first(run_dir: str) -> None:
     """Runs the audit with its defaults (what ``lilaw-med audit RUN_DIR`` does) for a run without one."""
     from lilaw_med.audit.report import run_audit
-    from lilaw_med.training.run_dir import RunDir
+    from lilaw_med.run.run_dir import RunDir
 
     logger.info("%s has no audit yet: auditing it with the defaults of `lilaw-med audit` first.", run_dir)
     run = RunDir(run_dir)
@@ -71,7 +71,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 def _cmd_review(args: argparse.Namespace) -> int:
     from lilaw_med.audit.report import AuditFiles
     from lilaw_med.audit.review import write_review_page
-    from lilaw_med.training.run_dir import RunDir
+    from lilaw_med.run.run_dir import RunDir
 
     if args.merge:
         return _cmd_merge(args)

@@ -89,8 +89,8 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
 
 def _train_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
     """``(config, run folder)`` of ``train``: the run's own config to resume, else ``--config``."""
-    from lilaw_med.training.config import load_config
-    from lilaw_med.training.run_dir import RunDir
+    from lilaw_med.run.config import load_config
+    from lilaw_med.run.run_dir import RunDir
 
     overrides = _train_overrides(args)
     if args.resume:
@@ -146,7 +146,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     import contextlib
 
     from lilaw_med.training.evaluate import evaluate_run
-    from lilaw_med.training.run_dir import RunDir, RunDirBusyError
+    from lilaw_med.run.run_dir import RunDir, RunDirBusyError
 
     _quiet_engines(args)
     run = RunDir(args.run_dir)

@@ -14,7 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from lilaw_med.losses import LiLAWLoss
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.run_dir import RunDir
 from lilaw_med.utils import atomic_write
 
 __all__ = ["HIST_EDGES", "ITERATION_COLUMNS", "RunLogger"]

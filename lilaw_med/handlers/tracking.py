@@ -21,7 +21,7 @@ import numpy as np
 from ignite.engine import Engine, Events
 
 from lilaw_med.handlers.run_logger import HIST_EDGES, ITERATION_COLUMNS, RunLogger
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.run_dir import RunDir
 
 __all__ = ["MLRUNS", "TRACKERS", "attach_tracking", "tracking_backends"]
 

@@ -24,9 +24,9 @@ from lilaw_med.data.dataset import available_memory_bytes, build_dataset, plan_c
 from lilaw_med.data.preflight import preflight_or_raise
 from lilaw_med.data.presets import PresetSpec, get_preset
 from lilaw_med.data.sampler import ResumableSampler
-from lilaw_med.training.config import Config
+from lilaw_med.run.config import Config
 from lilaw_med.training.model import input_shape
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.run_dir import RunDir
 from lilaw_med.training.sampling import ClassBalancedSampler
 from lilaw_med.utils import atomic_write
 

@@ -23,9 +23,9 @@ from torch import nn
 
 from lilaw_med.data.presets import get_preset
 from lilaw_med.losses import BASE_LOSSES
-from lilaw_med.training.config import Config, ConfigError
+from lilaw_med.run.config import Config, ConfigError
 from lilaw_med.networks import build_network
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.run_dir import RunDir
 
 __all__ = [
     "MODEL_FILE_KEYS",

@@ -17,7 +17,7 @@ that is on real data: docs/audit.md). The validation split is kept as it is by d
 
 Example::
 
-    from lilaw_med.training.config import load_config
+    from lilaw_med.run.config import load_config
     from lilaw_med.training.refine import run_refine
 
     result = run_refine(load_config("configs/radiology_2d.yaml"), "runs/refined")
@@ -103,8 +103,8 @@ def run_refine(
     from lilaw_med.data.curation import apply_exclusions
     from lilaw_med.data.datalist import load_datalist
     from lilaw_med.training.builder import run_training
-    from lilaw_med.training.config import validate_config
-    from lilaw_med.training.run_dir import RunDir, default_run_name
+    from lilaw_med.run.config import validate_config
+    from lilaw_med.run.run_dir import RunDir, default_run_name
 
     cfg = validate_config(config)
     if output_dir is None:

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from lilaw_med.training.config import Config
+from lilaw_med.run.config import Config
 from lilaw_med.training.data import transform_options
 from lilaw_med.training.devices import resolve_device
 from lilaw_med.training.model import load_model
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.run_dir import RunDir
 
 __all__ = ["TrainedRun"]
 

@@ -28,10 +28,10 @@ from lilaw_med.data.datalist import Datalist
 from lilaw_med.handlers.meta_step import LiLAWHandler
 from lilaw_med.losses import LiLAWLoss, build_base_loss
 from lilaw_med.training import distributed
-from lilaw_med.training.config import Config, ConfigError, OptimConfig, ScheduleConfig
+from lilaw_med.run.config import Config, ConfigError, OptimConfig, ScheduleConfig
 from lilaw_med.training.data import TrainingData, build_data, prepare_datalist, training_labels
 from lilaw_med.training.model import ModelShape, build_model, model_shape, use_channels_last
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.run_dir import RunDir
 from lilaw_med.training.sampling import inverse_frequency_weights
 from lilaw_med.weighting import LiLAWWeighting
 

@@ -12,7 +12,7 @@ import pytest
 from scipy.stats import hypergeom
 
 from lilaw_med.audit.report import run_audit
-from lilaw_med.training.config import load_preset_config
+from lilaw_med.run.config import load_preset_config
 from lilaw_med.training.run import run_training
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ import yaml
 
 from lilaw_med.cli import main
 from lilaw_med.data.datalist import load_datalist
-from lilaw_med.training.config import validate_config
+from lilaw_med.run.config import validate_config
 from tests.pipelines.helpers import small_sample_data, tiny_overrides
 
 

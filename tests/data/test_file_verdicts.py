@@ -34,7 +34,7 @@ from lilaw_med.data.datalist import Datalist, load_datalist
 from lilaw_med.data.preflight import check_datalist, preflight_or_raise
 from lilaw_med.data.readers import LoadMedicalImaged, read_header
 from lilaw_med.data.transforms import build_transforms
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.run_dir import RunDir
 
 PYDICOM_DIR = Path(pydicom.__file__).parent / "data" / "test_files"
 NIBABEL_DIR = Path(nibabel.__file__).parent / "tests" / "data"

@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from lilaw_med.pipelines import pathology_patch, radiology_2d, radiology_3d
-from lilaw_med.training.config import validate_config
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.config import validate_config
+from lilaw_med.run.run_dir import RunDir
 from tests.pipelines.helpers import small_sample_data, tiny_overrides
 
 PIPELINES = {"radiology_2d": radiology_2d, "radiology_3d": radiology_3d, "pathology_patch": pathology_patch}

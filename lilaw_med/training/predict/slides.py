@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from lilaw_med.training.evaluation import apply_calibration, calibration_args, run_inference
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.run_dir import RunDir
 from lilaw_med.training.trained_run import TrainedRun
 from lilaw_med.utils import atomic_write
 

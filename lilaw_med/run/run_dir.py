@@ -348,8 +348,8 @@ class RunDir:
         return json.loads((self.root / name).read_text(encoding="utf-8"))
 
     def write_config(self, config: Mapping[str, Any] | Any) -> Path:
-        """Writes the resolved config (a mapping or a :class:`~lilaw_med.training.config.Config`) as YAML."""
-        from lilaw_med.training.config import dump_config
+        """Writes the resolved config (a mapping or a :class:`~lilaw_med.run.config.Config`) as YAML."""
+        from lilaw_med.run.config import dump_config
 
         return atomic_write(self.config, dump_config(config))
 
@@ -360,7 +360,7 @@ class RunDir:
             FileNotFoundError: when the folder is not a run folder.
             ConfigError: naming the file, when it is not YAML text (binary, too large, too deeply nested).
         """
-        from lilaw_med.training.config import load_yaml_file
+        from lilaw_med.run.config import load_yaml_file
 
         if not self.config.is_file():
             raise FileNotFoundError(f"{self.root} is not a run folder: {self.CONFIG} is missing.")
