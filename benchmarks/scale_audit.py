@@ -142,7 +142,7 @@ def _child(run_dir: str) -> None:
     """Audits ``run_dir`` in THIS process and prints ``{"seconds", "peak_rss_mb", "flagged"}`` as JSON."""
     import logging
 
-    from lilaw_med.audit.report import run_audit
+    from lilaw_med.workflows.audit import run_audit
 
     logging.basicConfig(level=logging.ERROR)
     start = time.perf_counter()

@@ -77,11 +77,9 @@ def _figures(result: AuditResult, rows: Sequence[Mapping[str, Any]], load: Calla
 
 def _top_rows(result: AuditResult, audit: Any, mask: np.ndarray, key: np.ndarray) -> list[dict[str, Any]]:
     """The rows of the ``top_k`` items of ``mask`` with the lowest ``key`` (stable), built for those items only."""
-    from lilaw_med.audit.report import item_rows
-
     idx = np.nonzero(mask)[0]
     idx = idx[np.argsort(key[idx], kind="stable")][: result.options.top_k]
-    return item_rows(result.record, audit, idx, result.options.include_identifying)
+    return result.item_rows(audit, idx)
 
 
 def _split_context(result: AuditResult) -> list[dict[str, Any]]:
@@ -155,7 +153,7 @@ def render_html(result: AuditResult) -> str:
     """The self-contained report of an audit.
 
     Args:
-        result: what :func:`lilaw_med.audit.report.run_audit` computed.
+        result: what :func:`lilaw_med.audit.report.write_audit` computed.
 
     Returns:
         The HTML text.

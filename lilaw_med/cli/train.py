@@ -107,7 +107,7 @@ def _train_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None
 
 def _refine(config: Mapping[str, Any], output: Path | None, args: argparse.Namespace) -> Any:
     from lilaw_med.training.distributed import torchrun_env_present
-    from lilaw_med.training.refine import run_refine
+    from lilaw_med.workflows.refine import run_refine
 
     if args.resume:
         raise UserError("--refine cannot be combined with --resume.")
@@ -145,7 +145,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import contextlib
 
-    from lilaw_med.training.evaluate import evaluate_run
+    from lilaw_med.workflows.evaluate import evaluate_run
     from lilaw_med.run.run_dir import RunDir, RunDirBusyError
 
     _quiet_engines(args)
@@ -181,7 +181,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ predict
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from lilaw_med.training.predict import collect_inputs, predict_inputs
+    from lilaw_med.workflows.predict import collect_inputs, predict_inputs
 
     _quiet_engines(args)
     with user_errors():

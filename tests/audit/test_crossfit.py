@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 import lilaw_med.training.run as training_run
-from lilaw_med.audit.crossfit import cross_fit, item_probabilities, load_cross_fit
 from lilaw_med.run.dynamics_format import load_dynamics
 from lilaw_med.training.run import run_training
+from lilaw_med.workflows.crossfit import cross_fit, item_probabilities, load_cross_fit
 from tests.audit.conftest import make_image_datalist, tiny_config
 
 OVERRIDES = ["lilaw.enabled=false"]
@@ -158,7 +158,7 @@ def test_cross_fit_input_errors(tmp_path, crossfit):
 
 
 def test_run_audit_with_folds_reads_the_cached_out_of_fold_probabilities(crossfit, monkeypatch, tmp_path):
-    from lilaw_med.audit.report import run_audit
+    from lilaw_med.workflows.audit import run_audit
 
     run, result = crossfit
     # the default fold overrides (LiLAW off) are those of the cross-fit above, which is reused

@@ -19,9 +19,10 @@ import pytest
 import yaml
 
 from lilaw_med.audit import report
-from lilaw_med.audit.report import COLUMNS, run_audit
+from lilaw_med.audit.report import COLUMNS
 from lilaw_med.cli import main
 from lilaw_med.data.curation import read_id_csv
+from lilaw_med.workflows.audit import run_audit
 from tests.audit.conftest import (
     HOSTILE_ID,
     N_TRAIN,

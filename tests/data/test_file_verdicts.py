@@ -475,7 +475,7 @@ def test_skip_bad_and_validate_data_record_the_same_refusals_over_the_corpus(tmp
 
 def test_predict_checks_its_inputs_with_the_same_verdict() -> None:
     # a rename fails here rather than skipping: predict's input check must keep this verdict
-    from lilaw_med.training.predict.inputs import check_input
+    from lilaw_med.workflows.predict.inputs import check_input
 
     for name, ok2d in (
         ("MR_small.dcm", True),

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from lilaw_med.training.evaluation import calibration_args, classification_metrics, run_inference
-from lilaw_med.training.trained_run import TrainedRun
+from lilaw_med.workflows.trained_run import TrainedRun
 
 __all__ = ["evaluate_run"]
 

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from lilaw_med.training.evaluation import apply_calibration, calibration_args, run_inference
 from lilaw_med.run.run_dir import RunDir
-from lilaw_med.training.trained_run import TrainedRun
+from lilaw_med.training.evaluation import apply_calibration, calibration_args, run_inference
 from lilaw_med.utils import atomic_write
+from lilaw_med.workflows.trained_run import TrainedRun
 
 __all__ = ["SLIDE_AGGREGATIONS", "SLIDE_SUFFIXES", "aggregate_patches", "is_slide", "mask_overlay", "predict_slide",
            "training_tile_size"]

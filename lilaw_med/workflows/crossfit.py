@@ -91,10 +91,10 @@ def item_probabilities(run_dir: str | os.PathLike, items: Sequence[Mapping[str, 
 
     from lilaw_med.data.transforms import build_transforms
     from lilaw_med.run.config import validate_config
+    from lilaw_med.run.run_dir import RunDir
     from lilaw_med.training.data import transform_options
     from lilaw_med.training.evaluation import probabilities, run_inference
     from lilaw_med.training.model import load_model
-    from lilaw_med.run.run_dir import RunDir
 
     rd = RunDir(run_dir)
     cfg = validate_config(rd.read_config())
@@ -159,8 +159,8 @@ def cross_fit(
     """
     from lilaw_med.data.datalist import group_kfold
     from lilaw_med.run.config import load_config
-    from lilaw_med.training.run import run_training
     from lilaw_med.run.run_dir import RunDir
+    from lilaw_med.training.run import run_training
 
     rd = RunDir(run_dir)
     if not rd.config.is_file() or not rd.datalist.is_file():

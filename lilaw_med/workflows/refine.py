@@ -18,7 +18,7 @@ that is on real data: docs/audit.md). The validation split is kept as it is by d
 Example::
 
     from lilaw_med.run.config import load_config
-    from lilaw_med.training.refine import run_refine
+    from lilaw_med.workflows.refine import run_refine
 
     result = run_refine(load_config("configs/radiology_2d.yaml"), "runs/refined")
 
@@ -97,14 +97,15 @@ def run_refine(
 
     Raises:
         FileExistsError: when the refine folder exists and is not empty.
-        ValueError, FileNotFoundError: as :func:`run_training` and :func:`lilaw_med.audit.report.run_audit`.
+        ValueError, FileNotFoundError: as :func:`run_training` and :func:`lilaw_med.workflows.audit.run_audit`.
     """
-    from lilaw_med.audit.report import AuditFiles, _csv, run_audit
+    from lilaw_med.audit.report import AuditFiles, _csv
     from lilaw_med.data.curation import apply_exclusions
     from lilaw_med.data.datalist import load_datalist
-    from lilaw_med.training.builder import run_training
     from lilaw_med.run.config import validate_config
     from lilaw_med.run.run_dir import RunDir, default_run_name
+    from lilaw_med.training.builder import run_training
+    from lilaw_med.workflows.audit import run_audit
 
     cfg = validate_config(config)
     if output_dir is None:

@@ -1,6 +1,6 @@
 """A finished run ready for inference: the config, network, calibration, class names and evaluation chain.
 
-:func:`~lilaw_med.training.evaluate.evaluate_run` and :func:`~lilaw_med.training.predict.predict_inputs`
+:func:`~lilaw_med.workflows.evaluate.evaluate_run` and :func:`~lilaw_med.workflows.predict.predict_inputs`
 both start from one :class:`TrainedRun`, so a model is always read with its own config, device rule,
 calibration and evaluation transforms.
 """
@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from lilaw_med.run.config import Config
+from lilaw_med.run.run_dir import RunDir
 from lilaw_med.training.data import transform_options
 from lilaw_med.training.devices import resolve_device
 from lilaw_med.training.model import load_model
-from lilaw_med.run.run_dir import RunDir
 
 __all__ = ["TrainedRun"]
 

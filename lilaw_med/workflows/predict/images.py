@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from lilaw_med.training.evaluation import apply_calibration, calibration_args, run_inference
-from lilaw_med.training.predict.inputs import check_input, check_loaded_shape, is_picture
-from lilaw_med.training.predict.output import error_row, one_line
-from lilaw_med.training.trained_run import TrainedRun
+from lilaw_med.workflows.predict.inputs import check_input, check_loaded_shape, is_picture
+from lilaw_med.workflows.predict.output import error_row, one_line
+from lilaw_med.workflows.trained_run import TrainedRun
 
 __all__ = ["ImagePreparer", "auto_num_workers", "predict_images"]
 
@@ -37,7 +37,7 @@ class ImagePreparer:
 
     The chain is split after its loading transform, so the raw pixels can be checked: a NaN or
     infinite pixel is refused before intensity scaling could clip it into a valid-looking image.
-    The verdict on the file is the pre-flight's (:func:`~lilaw_med.training.predict.inputs.check_input`);
+    The verdict on the file is the pre-flight's (:func:`~lilaw_med.workflows.predict.inputs.check_input`);
     PNG/JPEG/TIFF pixels are decoded once, by the loading transform, whose reader refuses the same
     files for the same reasons as ``read_header``'s own decode (see :func:`check_loaded_shape`).
 
