@@ -14,6 +14,7 @@ import numpy as np
 
 from lilaw_med.audit import plots
 from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS
+from lilaw_med.run.transforms import evaluation_transforms
 
 if TYPE_CHECKING:
     from lilaw_med.audit.report import AuditResult
@@ -39,12 +40,7 @@ def _image_loader(result: AuditResult) -> Callable[[Mapping[str, Any]], np.ndarr
         return None
     transforms = None
     try:
-        from lilaw_med.data.transforms import build_transforms
-        from lilaw_med.run.config import validate_config
-        from lilaw_med.training.data import transform_options
-
-        cfg = validate_config(result.record.config)
-        transforms = build_transforms(cfg["data"]["preset"], transform_options(cfg), train=False)
+        transforms = evaluation_transforms(result.record.config)
     except (KeyError, ValueError, TypeError) as e:  # a config the current version cannot read: plain reader
         logger.info("thumbnails use the plain image reader (%s: %s).", type(e).__name__, e)
 

@@ -36,8 +36,13 @@ from typing import Any
 import numpy as np
 
 from lilaw_med.audit.core import RunRecord
+from lilaw_med.audit.report import AuditFiles
 from lilaw_med.audit.window import ScoringWindow, window_pred_probs
 from lilaw_med.data.curation import DECISION_COLUMNS, DECISIONS, read_id_csv
+from lilaw_med.data.presets import get_preset
+from lilaw_med.run.config import Config
+from lilaw_med.run.run_dir import RunDir
+from lilaw_med.run.transforms import evaluation_transforms
 from lilaw_med.utils import atomic_write, guard_csv_text
 
 __all__ = [
@@ -199,17 +204,9 @@ def _image_loader(record: RunRecord) -> tuple[Callable[[Mapping[str, Any]], np.n
     """``(item -> transformed image, spatial dims)``: the run's own loading chain (reader, DICOM VOI
     window, orientation, spacing, intensity window, slide tile) without the resize to the network's
     input, so a reader sees the image at its own resolution."""
-    # MONAI's transforms load only when a page reads images (merging decision files needs none)
-    from lilaw_med.data.presets import get_preset
-    from lilaw_med.data.transforms import build_transforms
-    from lilaw_med.run.config import validate_config
-    from lilaw_med.training.data import transform_options
-
-    cfg = validate_config(record.config)
-    preset = cfg["data"]["preset"]
-    options = {**transform_options(cfg), "spatial_size": None, "multi_label": False}
-    chain = build_transforms(preset, options, train=False)
-    return (lambda item: np.asarray(chain({**item, "label": item.get("label", 0)})["image"])), get_preset(preset).spatial_dims
+    cfg = Config.from_mapping(record.config)
+    chain = evaluation_transforms(cfg, spatial_size=None, multi_label=False)
+    return (lambda item: np.asarray(chain({**item, "label": item.get("label", 0)})["image"])), get_preset(cfg.data.preset).spatial_dims
 
 
 # ----------------------------------------------------------------------------- the page's data
@@ -238,7 +235,6 @@ def _epoch_probs(record: RunRecord, split: str, ids: Sequence[str]) -> dict[str,
 
 
 def _read_audit(audit_dir: Path) -> dict[str, Any]:
-    from lilaw_med.audit.report import AuditFiles
 
     path = audit_dir / AuditFiles.JSON
     if not path.is_file():
@@ -252,7 +248,6 @@ def _read_audit(audit_dir: Path) -> dict[str, Any]:
 def run_key(record: RunRecord) -> str:
     """The key of a run's review progress in the browser: the run folder's name and the first 16 hex
     digits of its datalist's sha256 (a copy of the folder keeps it; another run's datalist does not)."""
-    from lilaw_med.run.run_dir import RunDir
 
     digest = hashlib.sha256(RunDir(record.root).datalist.read_bytes()).hexdigest()[:16]
     return f"{record.root.name}:{digest}"
@@ -419,8 +414,6 @@ def write_review_page(
         FileNotFoundError: without a run folder or an audit.
         ValueError: on an unknown id, class or split, or an image size below 32.
     """
-    from lilaw_med.audit.report import AuditFiles
-    from lilaw_med.run.run_dir import RunDir
 
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 pixels but is {image_size}.")

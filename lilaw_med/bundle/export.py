@@ -54,8 +54,8 @@ from lilaw_med.bundle.source import (
 from lilaw_med.data.datalist import load_datalist
 from lilaw_med.data.presets import get_preset
 from lilaw_med.run.config import load_config, validate_config
-from lilaw_med.training.data import prepare_datalist
 from lilaw_med.run.run_dir import RunDir
+from lilaw_med.training.data import prepare_datalist
 from lilaw_med.utils import atomic_save_torch, atomic_write
 
 __all__ = ["BundleExport", "copy_overlay", "export_bundle"]

@@ -20,9 +20,10 @@ from typing import Any
 import torch
 
 from lilaw_med.run.config import Config, load_config
-from lilaw_med.training.data import prepare_datalist, transform_options
-from lilaw_med.training.model import input_shape, model_shape, read_model_file
 from lilaw_med.run.run_dir import RunDir
+from lilaw_med.run.transforms import transform_options
+from lilaw_med.training.data import prepare_datalist
+from lilaw_med.training.model import input_shape, model_shape, read_model_file
 
 __all__ = [
     "PATH_FIELDS",

@@ -18,8 +18,8 @@ def _fmt(v: Any) -> str:
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     from lilaw_med.audit.core import AuditOptions
-    from lilaw_med.workflows.audit import run_audit
     from lilaw_med.run.run_dir import RunDir
+    from lilaw_med.workflows.audit import run_audit
 
     with user_errors():
         options = AuditOptions(

@@ -40,8 +40,8 @@ def _open_in_browser(path: Path) -> bool:
 
 def _audit_first(run_dir: str) -> None:
     """Runs the audit with its defaults (what ``lilaw-med audit RUN_DIR`` does) for a run without one."""
-    from lilaw_med.workflows.audit import run_audit
     from lilaw_med.run.run_dir import RunDir
+    from lilaw_med.workflows.audit import run_audit
 
     logger.info("%s has no audit yet: auditing it with the defaults of `lilaw-med audit` first.", run_dir)
     run = RunDir(run_dir)

@@ -145,8 +145,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import contextlib
 
-    from lilaw_med.workflows.evaluate import evaluate_run
     from lilaw_med.run.run_dir import RunDir, RunDirBusyError
+    from lilaw_med.workflows.evaluate import evaluate_run
 
     _quiet_engines(args)
     run = RunDir(args.run_dir)

@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lilaw_med.run.config import dump_config, load_yaml_file
 from lilaw_med.run.dynamics_format import FOLDER as DYNAMICS_FOLDER
 from lilaw_med.utils import atomic_write
 
@@ -349,7 +350,6 @@ class RunDir:
 
     def write_config(self, config: Mapping[str, Any] | Any) -> Path:
         """Writes the resolved config (a mapping or a :class:`~lilaw_med.run.config.Config`) as YAML."""
-        from lilaw_med.run.config import dump_config
 
         return atomic_write(self.config, dump_config(config))
 
@@ -360,7 +360,6 @@ class RunDir:
             FileNotFoundError: when the folder is not a run folder.
             ConfigError: naming the file, when it is not YAML text (binary, too large, too deeply nested).
         """
-        from lilaw_med.run.config import load_yaml_file
 
         if not self.config.is_file():
             raise FileNotFoundError(f"{self.root} is not a run folder: {self.CONFIG} is missing.")

@@ -1,5 +1,5 @@
 """The data of a training run: its datalist (:func:`prepare_datalist`), its transform options
-(:func:`transform_options`) and its datasets, samplers and loaders (:func:`build_data`).
+and its datasets, samplers and loaders (:func:`build_data`).
 
 Every loader and sampler owns a seeded generator, so iterating one draws no global random number
 and runs with the same seed pair up whatever else differs (LiLAW on or off).
@@ -24,9 +24,11 @@ from lilaw_med.data.dataset import available_memory_bytes, build_dataset, plan_c
 from lilaw_med.data.preflight import preflight_or_raise
 from lilaw_med.data.presets import PresetSpec, get_preset
 from lilaw_med.data.sampler import ResumableSampler
+from lilaw_med.data.transforms import build_transforms
 from lilaw_med.run.config import Config
-from lilaw_med.training.model import input_shape
 from lilaw_med.run.run_dir import RunDir
+from lilaw_med.run.transforms import evaluation_transforms, transform_options
+from lilaw_med.training.model import input_shape
 from lilaw_med.training.sampling import ClassBalancedSampler
 from lilaw_med.utils import atomic_write
 
@@ -39,7 +41,6 @@ __all__ = [
     "prepare_datalist",
     "resolve_num_workers",
     "training_labels",
-    "transform_options",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,22 +68,6 @@ class TrainingData:
     meta_loader: Any
     val_loader: Any
     test_loader: Any
-
-
-def transform_options(config: Config | Mapping[str, Any]) -> dict[str, Any]:
-    """``data.options`` completed with the preset's defaults, ``multi_label`` kept in step with ``data``.
-
-    Args:
-        config: a config (validated here when it is a mapping).
-
-    Returns:
-        The options for :func:`lilaw_med.data.transforms.build_transforms`.
-    """
-    cfg = Config.from_mapping(config)
-    options = get_preset(cfg.data.preset).default_options()
-    options.update(cfg.data.options)
-    options["multi_label"] = bool(cfg.data.multi_label)
-    return options
 
 
 def training_labels(items: Sequence[Mapping[str, Any]]) -> list[int]:
@@ -244,13 +229,11 @@ def build_data(
     Raises:
         ValueError: from the transforms (an invalid option).
     """
-    from lilaw_med.data.transforms import build_transforms
-
     data, train, seed = cfg.data, cfg.train, cfg.train.seed
     cache_dir = Path(data.cache_dir) if data.cache_dir else (run_dir.root / "cache" if run_dir else None)
     options = transform_options(cfg)
     train_tf = build_transforms(data.preset, options, train=True)
-    eval_tf = build_transforms(data.preset, options, train=False)
+    eval_tf = evaluation_transforms(cfg)
     with contextlib.suppress(AttributeError):
         train_tf.set_random_state(seed=seed)
 

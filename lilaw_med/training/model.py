@@ -23,8 +23,8 @@ from torch import nn
 
 from lilaw_med.data.presets import get_preset
 from lilaw_med.losses import BASE_LOSSES
-from lilaw_med.run.config import Config, ConfigError
 from lilaw_med.networks import build_network
+from lilaw_med.run.config import Config, ConfigError
 from lilaw_med.run.run_dir import RunDir
 
 __all__ = [

@@ -53,6 +53,7 @@ from lilaw_med.run.checkpoint_format import (
     load_latest_checkpoint,
     state_nbytes,
 )
+from lilaw_med.run.config import Config
 from lilaw_med.run.run_dir import RunDir
 
 __all__ = ["RESUME_CHANGEABLE", "attach_checkpointing", "check_resume_config", "resume_from", "run_is_complete"]
@@ -146,7 +147,6 @@ def check_resume_config(saved: Mapping[str, Any], config: Any, source: str | Pat
     Raises:
         ValueError: naming the first changed key that is not allowed (or ``train.epochs`` when it shrinks).
     """
-    from lilaw_med.run.config import Config
 
     old = _flatten(Config.from_mapping(saved).to_dict())
     new = _flatten(Config.from_mapping(config).to_dict())

@@ -28,12 +28,12 @@ from lilaw_med.handlers.nonfinite import NonFiniteLossHandler
 from lilaw_med.handlers.progress import TrainingProgress
 from lilaw_med.handlers.run_logger import RunLogger
 from lilaw_med.handlers.tracking import attach_tracking, tracking_backends
-from lilaw_med.training import distributed
 from lilaw_med.run.config import Config
+from lilaw_med.run.run_dir import RunDir, RunDirBusyError, default_run_name
+from lilaw_med.training import distributed
 from lilaw_med.training.data import prepare_datalist
 from lilaw_med.training.model import checkpoint_meta
 from lilaw_med.training.resume import attach_checkpointing, check_resume_config, resume_from, run_is_complete
-from lilaw_med.run.run_dir import RunDir, RunDirBusyError, default_run_name
 from lilaw_med.training.summary import finish_run
 from lilaw_med.training.trainer import TrainingComponents, build_components
 from lilaw_med.training.validation import EpochValidation

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from lilaw_med.run.config import ConfigError
+from lilaw_med.run.run_dir import RunDir
 from lilaw_med.training.evaluation import (
     apply_calibration,
     calibration_args,
@@ -21,7 +22,6 @@ from lilaw_med.training.evaluation import (
     run_inference,
 )
 from lilaw_med.training.model import checkpoint_meta
-from lilaw_med.run.run_dir import RunDir
 from lilaw_med.training.trainer import TrainingComponents
 from lilaw_med.training.validation import EpochValidation
 from lilaw_med.utils import atomic_save_torch

@@ -25,13 +25,14 @@ from ignite.engine import Events
 from torch import nn
 
 from lilaw_med.data.datalist import Datalist
+from lilaw_med.data.sampler import ResumableSampler
 from lilaw_med.handlers.meta_step import LiLAWHandler
 from lilaw_med.losses import LiLAWLoss, build_base_loss
-from lilaw_med.training import distributed
 from lilaw_med.run.config import Config, ConfigError, OptimConfig, ScheduleConfig
+from lilaw_med.run.run_dir import RunDir
+from lilaw_med.training import distributed
 from lilaw_med.training.data import TrainingData, build_data, prepare_datalist, training_labels
 from lilaw_med.training.model import ModelShape, build_model, model_shape, use_channels_last
-from lilaw_med.run.run_dir import RunDir
 from lilaw_med.training.sampling import inverse_frequency_weights
 from lilaw_med.weighting import LiLAWWeighting
 
@@ -199,8 +200,6 @@ def _build_trainer(
 ) -> tuple[Any, LiLAWHandler | None]:
     """The ``SupervisedTrainer`` and, when LiLAW is on, its attached meta-step handler."""
     from monai.engines import SupervisedTrainer
-
-    from lilaw_med.data.sampler import ResumableSampler
 
     trainer = SupervisedTrainer(
         device=device, max_epochs=cfg.train.epochs, train_data_loader=data.train_loader, network=train_network,

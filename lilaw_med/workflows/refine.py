@@ -36,7 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from lilaw_med.audit.core import AuditOptions
+from lilaw_med.audit.report import AuditFiles, _csv
+from lilaw_med.data.curation import apply_exclusions
+from lilaw_med.data.datalist import load_datalist
+from lilaw_med.run.config import validate_config
+from lilaw_med.run.run_dir import RunDir, default_run_name
+from lilaw_med.training.run import run_training
 from lilaw_med.utils import atomic_write
+from lilaw_med.workflows.audit import run_audit
 
 __all__ = ["REFINE_RULE", "RefineResult", "run_refine"]
 
@@ -99,13 +106,6 @@ def run_refine(
         FileExistsError: when the refine folder exists and is not empty.
         ValueError, FileNotFoundError: as :func:`run_training` and :func:`lilaw_med.workflows.audit.run_audit`.
     """
-    from lilaw_med.audit.report import AuditFiles, _csv
-    from lilaw_med.data.curation import apply_exclusions
-    from lilaw_med.data.datalist import load_datalist
-    from lilaw_med.run.config import validate_config
-    from lilaw_med.run.run_dir import RunDir, default_run_name
-    from lilaw_med.training.builder import run_training
-    from lilaw_med.workflows.audit import run_audit
 
     cfg = validate_config(config)
     if output_dir is None:

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from monai.data import DataLoader, Dataset
 from torch import nn
 
 from lilaw_med.run.config import Config
 from lilaw_med.run.run_dir import RunDir
-from lilaw_med.training.data import transform_options
+from lilaw_med.run.transforms import evaluation_transforms
 from lilaw_med.training.devices import resolve_device
 from lilaw_med.training.model import load_model
 
@@ -111,9 +112,7 @@ class TrainedRun:
 
     def transforms(self) -> Any:
         """The run's evaluation transform chain (a MONAI ``Compose``; its first transform loads)."""
-        from lilaw_med.data.transforms import build_transforms
-
-        return build_transforms(self.config.data.preset, transform_options(self.config), train=False)
+        return evaluation_transforms(self.config)
 
     def loader(self, items: Sequence[dict[str, Any]], batch_size: int, num_workers: int = 0) -> Any:
         """A MONAI ``DataLoader`` over ``items`` through :meth:`transforms`, in order.
@@ -126,7 +125,6 @@ class TrainedRun:
         Returns:
             The loader.
         """
-        from monai.data import DataLoader, Dataset
 
         return DataLoader(
             Dataset(list(items), self.transforms()), batch_size=batch_size, shuffle=False, num_workers=num_workers

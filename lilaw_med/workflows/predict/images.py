@@ -7,6 +7,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from monai.data import DataLoader, list_data_collate
+from monai.transforms import Compose
 
 from lilaw_med.training.evaluation import apply_calibration, calibration_args, run_inference
 from lilaw_med.workflows.predict.inputs import check_input, check_loaded_shape, is_picture
@@ -46,7 +48,6 @@ class ImagePreparer:
     """
 
     def __init__(self, run: TrainedRun) -> None:
-        from monai.transforms import Compose
 
         chain = run.transforms()
         self.load, self.rest = chain.transforms[0], Compose(list(chain.transforms[1:]))
@@ -90,7 +91,6 @@ class _PreparedInputs(torch.utils.data.Dataset):
 
 def _collate(samples: list[dict[str, Any]]) -> tuple[Any, list[str | None]]:
     """``(MONAI batch of the good items or None, per sample: None or its error)``."""
-    from monai.data import list_data_collate
 
     good = [s["item"] for s in samples if "item" in s]
     return (list_data_collate(good) if good else None), [s.get("error") for s in samples]
@@ -121,7 +121,6 @@ def predict_images(
     Yields:
         The rows of one batch of inputs.
     """
-    from monai.data import DataLoader
 
     multi, names = run.multi_label, run.output_names
     loader = DataLoader(

@@ -25,6 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from lilaw_med.data.datalist import load_datalist
+from lilaw_med.data.readers import read_header
+from lilaw_med.data.tissue import BACKGROUND, PEN, TISSUE, tissue_classes
+from lilaw_med.data.wsi import read_thumbnail
 from lilaw_med.run.run_dir import RunDir
 from lilaw_med.training.evaluation import apply_calibration, calibration_args, run_inference
 from lilaw_med.utils import atomic_write
@@ -94,8 +98,6 @@ def is_slide(path: Path, patch: int) -> bool:
 
 def training_tile_size(rd: RunDir) -> int:
     """The native size of the training tiles (the slide patch size), from the run's first training item."""
-    from lilaw_med.data.datalist import load_datalist
-    from lilaw_med.data.readers import read_header
 
     dl = load_datalist(rd.datalist)
     for item in dl.training[:1]:
@@ -160,7 +162,6 @@ def mask_overlay(thumb: np.ndarray, classes: np.ndarray) -> np.ndarray:
     Returns:
         (H, W, 3) uint8 RGB.
     """
-    from lilaw_med.data.tissue import BACKGROUND, PEN
 
     out = thumb.copy()
     grey = thumb.mean(axis=2, keepdims=True)
@@ -190,8 +191,6 @@ def predict_slide(
         ``(scores (C,), files written, patches scored)``.
     """
     names = run.output_names
-    from lilaw_med.data.tissue import TISSUE, tissue_classes
-    from lilaw_med.data.wsi import read_thumbnail
 
     slide = _open_slide(path)
     try:
