@@ -124,8 +124,8 @@ def train_one(
 
     A run folder that already holds a ``summary.json`` is reused (the runs are deterministic).
     """
-    from lilaw_med.training.builder import run_training
     from lilaw_med.run.config import load_preset_config
+    from lilaw_med.training.builder import run_training
 
     run_dir = run_root / f"{method}-seed{seed}"
     summary_path = run_dir / "summary.json"

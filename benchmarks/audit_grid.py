@@ -404,10 +404,10 @@ library's count window does."""
 def evaluate_cell(cell: Cell, folds: int = 4) -> dict[str, Any]:
     """Every variant's detection figures on one cell (the truth is used only here, to score)."""
     from lilaw_med.audit.counts import estimate_noise, find_label_issues
-    from lilaw_med.workflows.crossfit import load_cross_fit
     from lilaw_med.audit.detection import detection_quality
     from lilaw_med.audit.difficulty import difficulty
     from lilaw_med.audit.window import ScoringWindow, window_pred_probs
+    from lilaw_med.workflows.crossfit import load_cross_fit
 
     rd = run_dir(cell, "lilaw")
     run = read_run(rd)

@@ -53,7 +53,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                 f"{label:30}{_fmt(metrics.get('accuracy')):>9}{_fmt(metrics.get('balanced_accuracy')):>9}"
                 f"{_fmt(metrics.get('auroc')):>8}{_fmt(metrics.get('ece')):>7}{_fmt(metrics.get('loss')):>8}"
             )
-    cal = summary.get("calibration", {}).get("best") or summary.get("calibration", {}).get("final")
+    from lilaw_med.run.summary import RunSummary  # the run layer loads torch (1-2 s): not for the parser
+
+    cal = RunSummary(summary).calibration("best")
     if cal and cal.get("method") not in (None, "none"):
         fitted = [f"temperature {_fmt(cal.get('temperature'))}"]
         if cal.get("threshold") is not None:
