@@ -32,6 +32,7 @@ from lilaw_med.run.config import Config, ConfigError, OptimConfig, ScheduleConfi
 from lilaw_med.run.run_dir import RunDir
 from lilaw_med.training import distributed
 from lilaw_med.training.data import TrainingData, build_data, prepare_datalist, training_labels
+from lilaw_med.training.devices import resolve_device
 from lilaw_med.training.model import ModelShape, build_model, model_shape, use_channels_last
 from lilaw_med.training.sampling import inverse_frequency_weights
 from lilaw_med.weighting import LiLAWWeighting
@@ -269,7 +270,7 @@ def build_components(
         ValueError, FileNotFoundError: from the data (datalist, pre-flight, transforms).
     """
     cfg = Config.from_mapping(config)
-    dev = distributed.resolve_device(device or cfg.train.device)
+    dev = resolve_device(device or cfg.train.device)
     amp = _use_amp(cfg, dev)
     rank, world_size = distributed.get_rank(), distributed.get_world_size()
     _seed(cfg)

@@ -90,7 +90,7 @@ def run_refine(
     """Trains, audits, excludes the suspected mislabels and retrains (see the module docstring).
 
     Args:
-        config: the training config (as for :func:`lilaw_med.training.builder.run_training`).
+        config: the training config (as for :func:`lilaw_med.training.run.run_training`).
         output_dir: the refine folder (``None``: the config's output folder and name, or a
             timestamped ``<preset>-...-refine``).
         audit_options: how the first run is audited (default: the shipped audit).

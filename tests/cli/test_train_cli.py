@@ -171,7 +171,7 @@ def test_predict_on_a_nifti_volume_and_a_dicom_series_folder(run_3d: Path, tmp_p
 
 
 def test_predict_probabilities_match_the_network(run_2d: Path, tmp_path: Path) -> None:
-    from lilaw_med.training.builder import load_model
+    from lilaw_med.training.model import load_model
     from lilaw_med.workflows.trained_run import TrainedRun
 
     item = json.loads((run_2d / "datalist.json").read_text())["test"][0]

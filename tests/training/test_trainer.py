@@ -10,7 +10,7 @@ from torch import nn
 
 from lilaw_med.losses import build_base_loss
 from lilaw_med.run.config import Config, ScheduleConfig, validate_config
-from lilaw_med.training.distributed import resolve_device
+from lilaw_med.training.devices import resolve_device
 from lilaw_med.training.trainer import build_lilaw_loss, build_scheduler
 
 LOSS = validate_config({"data": {"sample_data": True}})["loss"]
