@@ -292,6 +292,7 @@ class PerSampleFocalLoss(nn.Module):
 
     def __init__(self, gamma: float, weight: torch.Tensor | None = None) -> None:
         super().__init__()
+        # the core layer imports no MONAI: only the focal loss needs it
         from monai.losses import FocalLoss
 
         self.focal = FocalLoss(use_softmax=True, gamma=gamma, reduction="none")

@@ -63,6 +63,7 @@ def __getattr__(name: str) -> Any:
     """Imports :mod:`lilaw_med.audit.report` on first access of its public names."""
     if name not in _REPORT:
         raise AttributeError(f"module 'lilaw_med.audit' has no attribute {name!r}")
+    # see _REPORT: the parser reads AuditOptions without the report's imports
     from lilaw_med.audit import report
 
     value = getattr(report, name)

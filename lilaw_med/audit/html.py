@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from jinja2 import Environment, PackageLoader, select_autoescape
 
 from lilaw_med.audit import plots
 from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS
@@ -47,6 +48,7 @@ def _image_loader(result: AuditResult) -> Callable[[Mapping[str, Any]], np.ndarr
     def load(item: Mapping[str, Any]) -> np.ndarray:
         if transforms is not None:
             return plots.to_display(np.asarray(transforms({**item, "label": item.get("label", 0)})["image"]))
+        # MONAI loads only when a thumbnail is drawn without the run's own chain
         from monai.transforms import LoadImage
 
         return plots.to_display(np.asarray(LoadImage(image_only=True, ensure_channel_first=True)(item["image"])))
@@ -154,7 +156,6 @@ def render_html(result: AuditResult) -> str:
     Returns:
         The HTML text.
     """
-    from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("lilaw_med.audit", "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True))

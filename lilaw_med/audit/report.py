@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -284,7 +285,6 @@ def _format_column(name: str, values: list[Any]) -> list[Any]:
 
 def _write_items_csv(path: Path, record: RunRecord, splits: Mapping[str, SplitAudit], include_identifying: bool) -> Path:
     """Writes ``audit.csv`` chunk by chunk into a temporary file beside ``path``, then renames it (atomic)."""
-    import tempfile
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -429,12 +429,14 @@ def dicom_uids(path: str, include_identifying: bool = False) -> dict[str, str]:
         out["patient_id"] = ""
     if path.lower().endswith(NOT_DICOM_SUFFIXES):  # named as another format: no file access
         return out
+    # MONAI's readers and pydicom (seconds) load only for a DICOM item (see NOT_DICOM_SUFFIXES)
     from lilaw_med.data.readers import is_dicom_file, list_series_files
 
     p = Path(path)
     files = [str(p)] if is_dicom_file(p) else (list_series_files(p) if p.is_dir() else [])
     if not files:
         return out
+    # pydicom loads only for a DICOM item, as above
     import pydicom
 
     tags = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"] + (["PatientID"] if include_identifying else [])

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jinja2 import Environment, PackageLoader, select_autoescape
+from PIL import Image
 
 from lilaw_med.audit.core import RunRecord
 from lilaw_med.audit.report import AuditFiles
@@ -188,7 +190,6 @@ def display_images(image: np.ndarray, spatial_dims: int) -> list[tuple[str, np.n
 
 
 def _png_uri(display: np.ndarray, max_size: int) -> str:
-    from PIL import Image
 
     img = Image.fromarray(display)
     scale = max_size / max(img.size)
@@ -368,7 +369,6 @@ def render_review(context: ReviewContext) -> str:
     Returns:
         The HTML text.
     """
-    from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("lilaw_med.audit", "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True))

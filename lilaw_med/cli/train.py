@@ -7,6 +7,7 @@ Library errors (``ValueError``, ``FileNotFoundError``, ``ConfigError``, ``OSErro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
@@ -91,6 +92,7 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
 
 def _train_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
     """``(config, run folder)`` of ``train``: the run's own config to resume, else ``--config``."""
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.run.config import load_config
     from lilaw_med.run.run_dir import RunDir
 
@@ -108,6 +110,7 @@ def _train_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None
 
 
 def _refine(config: Mapping[str, Any], output: Path | None, args: argparse.Namespace) -> Any:
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.training.distributed import torchrun_env_present
     from lilaw_med.workflows.refine import run_refine
 
@@ -122,6 +125,7 @@ def _refine(config: Mapping[str, Any], output: Path | None, args: argparse.Names
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.training.run import run_training
 
     _quiet_engines(args)
@@ -145,8 +149,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ evaluate
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import contextlib
-
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.run.run_dir import RunDir, RunDirBusyError
     from lilaw_med.workflows.evaluate import evaluate_run
 
@@ -183,6 +186,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ predict
 def _cmd_predict(args: argparse.Namespace) -> int:
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.workflows.predict import collect_inputs, predict_inputs
 
     _quiet_engines(args)
@@ -227,6 +231,7 @@ def _cmd_init_config(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; use --force to overwrite it.")
     with user_errors():
+        # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
         from lilaw_med.utils import atomic_write
 
         atomic_write(out, text)

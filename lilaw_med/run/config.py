@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib.resources
 import inspect
 import math
 import os
@@ -718,7 +719,6 @@ def load_preset_config(filename: str, overrides: Sequence[str] = ()) -> dict[str
         FileNotFoundError: when there is no such file.
         ConfigError: when an override makes it invalid.
     """
-    import importlib.resources
 
     resource = Path(filename) if Path(filename).is_absolute() else importlib.resources.files("lilaw_med.configs") / filename
     if not resource.is_file():

@@ -114,6 +114,7 @@ class RunLock:
             RunDirBusyError: when another live process holds it.
             OSError: when the lock file cannot be created for another reason than a read-only folder.
         """
+        # POSIX only: imported where the lock is taken
         import fcntl
 
         if self._fd is not None:

@@ -16,13 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
+from monai.data import DataLoader
 
 from lilaw_med.data.curation import apply_exclusions, apply_relabels
 from lilaw_med.data.datalist import Datalist, load_datalist
 from lilaw_med.data.dataset import available_memory_bytes, build_dataset, plan_cache, shard_indices
 from lilaw_med.data.preflight import preflight_or_raise
 from lilaw_med.data.presets import PresetSpec, get_preset
+from lilaw_med.data.sample import write_sample_data
 from lilaw_med.data.sampler import ResumableSampler
 from lilaw_med.data.transforms import build_transforms
 from lilaw_med.run.config import Config
@@ -85,7 +88,6 @@ def _sample_datalist(preset: PresetSpec, sample_dir: Path) -> Path:
             path = Path(json.loads(index_path.read_text())[preset.sample_key])
             if path.is_file():
                 return path
-    from lilaw_med.data.sample import write_sample_data
 
     logger.info("generating the sample data into %s (once) ...", sample_dir)
     paths = write_sample_data(sample_dir, seed=0)
@@ -144,7 +146,6 @@ def prepare_datalist(
 def _loader(
     dataset: Any, batch_size: int, sampler: Any, num_workers: int, seed: int, pin: bool, persistent: bool
 ) -> Any:
-    from monai.data import DataLoader
 
     # every loader owns its generator, so no global random number is drawn by iterating it; MONAI's
     # DataLoader seeds each worker's transforms from it, so a seed and a worker count give one result
@@ -165,7 +166,6 @@ processes costs more than they save on an epoch of a few batches."""
 def _ranks_per_node(world_size: int) -> int:
     if world_size <= 1:
         return 1
-    import ignite.distributed as idist
 
     return max(1, min(world_size, int(idist.get_nproc_per_node() or world_size)))
 

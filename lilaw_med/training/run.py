@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.handlers import LrScheduleHandler
 
 from lilaw_med.data.datalist import Datalist, load_datalist, save_datalist
 from lilaw_med.handlers.dynamics import DynamicsRecorder
@@ -121,7 +122,6 @@ def attach_run_handlers(c: TrainingComponents, run_dir: RunDir, progress: bool) 
             _tracked_params(cfg),
         )
     if c.scheduler is not None:
-        from monai.handlers import LrScheduleHandler
 
         LrScheduleHandler(c.scheduler, print_lr=False, epoch_level=True).attach(c.trainer)
     # before the checkpoint handler: a non-finite loss stops the run before anything is saved

@@ -22,6 +22,9 @@ from typing import Any
 
 import torch
 from ignite.engine import Events
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import default_prepare_batch
+from monai.utils import set_determinism
 from torch import nn
 
 from lilaw_med.data.datalist import Datalist
@@ -183,7 +186,6 @@ def build_scheduler(schedule: ScheduleConfig, optimizer: torch.optim.Optimizer, 
 
 def _prepare_batch(channels_last: bool) -> Callable:
     """MONAI's batch preparation; for channels-last 2D networks the images in that memory format too."""
-    from monai.engines.utils import default_prepare_batch
 
     if not channels_last:
         return default_prepare_batch
@@ -200,7 +202,6 @@ def _build_trainer(
     device: torch.device, amp: bool, channels_last: bool,
 ) -> tuple[Any, LiLAWHandler | None]:
     """The ``SupervisedTrainer`` and, when LiLAW is on, its attached meta-step handler."""
-    from monai.engines import SupervisedTrainer
 
     trainer = SupervisedTrainer(
         device=device, max_epochs=cfg.train.epochs, train_data_loader=data.train_loader, network=train_network,
@@ -222,7 +223,6 @@ def _build_trainer(
 
 
 def _seed(cfg: Config) -> None:
-    from monai.utils import set_determinism
 
     if cfg.train.deterministic:
         set_determinism(seed=cfg.train.seed)

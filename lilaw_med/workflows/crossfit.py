@@ -22,6 +22,7 @@ by fold; a fold trained for other settings is trained again.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -217,7 +218,6 @@ def _fold_done(fold_dir: Path, summary: Path, fold_key: Mapping[str, Any]) -> bo
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
-    import io
 
     buf = io.BytesIO()
     np.save(buf, a, allow_pickle=False)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from lilaw_med.data.datalist import load_datalist
 from lilaw_med.data.readers import read_header
@@ -70,6 +71,7 @@ def aggregate_patches(probs: np.ndarray, method: str = "top10") -> np.ndarray:
 
 def _open_slide(path: Path) -> Any:
     try:
+        # tiffslide (and zarr) load only when a slide is predicted
         import tiffslide
     except ImportError:  # pragma: no cover - a declared dependency
         return None
@@ -118,7 +120,6 @@ _PALETTE = np.array(
 
 
 def _png(rgb: np.ndarray, scale: int = 1) -> bytes:
-    from PIL import Image
 
     img = Image.fromarray(rgb)
     if scale > 1:
