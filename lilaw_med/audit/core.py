@@ -1,7 +1,7 @@
 """The audit of a run folder, as typed objects: what was read, what was chosen, what was found.
 
-:func:`run_audit` reads the run folder once (:class:`RunRecord`), audits each recorded split
-(:func:`audit_split` -> :class:`SplitAudit`) and hands the result to the writers of
+:meth:`RunRecord.read` reads the run folder once, :func:`audit_split` audits each recorded split
+(-> :class:`SplitAudit`) and hands the result to the writers of
 :mod:`lilaw_med.audit.report`. Every step is a pure function of arrays from
 :mod:`lilaw_med.audit.window` (which epochs), :mod:`lilaw_med.audit.rank` (the label quality
 score), :mod:`lilaw_med.audit.counts` (how many labels are wrong, per class, with an interval, and
