@@ -167,6 +167,21 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def test_imports_inside_functions_and_relative_imports_are_seen(tmp_path: Path) -> None:
+    path = tmp_path / "mod.py"
+    path.write_text(
+        "from typing import TYPE_CHECKING\n"
+        "from . import readers\n"
+        "if TYPE_CHECKING:\n"
+        "    from lilaw_med.run.config import Config\n"
+        "def f():\n"
+        "    from lilaw_med.cli import main\n"
+    )
+    found = list(imports("lilaw_med.data.example", path))
+    assert found == [("lilaw_med.data.readers", 2, True), ("lilaw_med.run.config", 4, False), ("lilaw_med.cli", 6, False)]
+    assert [layer_of(m) > layer_of("lilaw_med.data.example") for m, _, _ in found] == [False, True, True]
+
+
 def test_find_cycle_names_the_cycle() -> None:
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
