@@ -55,7 +55,7 @@ from lilaw_med.audit.window import choose_window, window_pred_probs
 from lilaw_med.run.run_dir import RunDir, to_jsonable
 from lilaw_med.utils import FORMULA_START, atomic_write, guard_csv_text
 
-__all__ = ["COLUMNS", "AuditFiles", "AuditResult", "FinalModelProbabilities", "dicom_uids", "write_audit"]
+__all__ = ["COLUMNS", "AuditFiles", "AuditResult", "FinalModelProbabilities", "csv_text", "dicom_uids", "write_audit"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def write_audit(
                                     opts.include_identifying)]
     reason = f"label issue ({opts.method}, {window.rule} window, {_FLAG_REASON[splits['training'].flag_rule]})"
     files[AuditFiles.EXCLUDE] = atomic_write(
-        out / AuditFiles.EXCLUDE, _csv([{**r, "reason": reason} for r in flagged], EXCLUDE_COLUMNS))
+        out / AuditFiles.EXCLUDE, csv_text([{**r, "reason": reason} for r in flagged], EXCLUDE_COLUMNS))
     if detection is not None:
         files[AuditFiles.DETECTION] = atomic_write(
             out / AuditFiles.DETECTION, json.dumps(to_jsonable({k: v for k, v in detection.items() if k != "curves"}), indent=1))
@@ -466,7 +466,8 @@ def _cell(v: Any) -> Any:
     return guard_csv_text(s)
 
 
-def _csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """The CSV text of ``rows`` (formula-guarded cells; ``columns`` default: :data:`COLUMNS`, then any other key)."""
     if columns is None:
         columns = list(COLUMNS)
         for r in rows:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from lilaw_med.audit.core import AuditOptions
-from lilaw_med.audit.report import AuditFiles, _csv
+from lilaw_med.audit.report import AuditFiles, csv_text
 from lilaw_med.data.curation import apply_exclusions
 from lilaw_med.data.datalist import load_datalist
 from lilaw_med.run.config import validate_config
@@ -128,7 +128,7 @@ def run_refine(
     # written as the audit writes its CSV files: a text cell a spreadsheet would run as a formula gets a
     # leading ' (read_id_csv, which apply_exclusions reads with, takes it off again)
     exclude_csv = atomic_write(root / "refine_exclude.csv",
-                               _csv(excluded, ["id", "split", "path", "given_label", "label_score", "rank"]))
+                               csv_text(excluded, ["id", "split", "path", "given_label", "label_score", "rank"]))
 
     datalist = load_datalist(RunDir(initial.run_dir).datalist, class_names=cfg["data"]["class_names"],
                              multi_label=cfg["data"]["multi_label"])

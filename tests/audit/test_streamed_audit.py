@@ -61,7 +61,7 @@ def test_the_chunked_csv_equals_the_rows_written_at_once_and_the_json_holds_no_r
                                                                                     monkeypatch):
     monkeypatch.setattr(report, "CSV_CHUNK", 97)  # several chunks, the last one short
     result = run_audit(synthetic_run, tmp_path / "audit", thumbnails=False, final_model_baseline=False)
-    assert result.files["audit.csv"].read_text() == report._csv(result.rows)
+    assert result.files["audit.csv"].read_text() == report.csv_text(result.rows)
     with result.files["audit.csv"].open(newline="") as f:
         assert sum(1 for _ in csv.DictReader(f)) == 880
     assert set(json.loads(result.files["audit.json"].read_text())) == {"summary"}
