@@ -6,6 +6,9 @@ its handlers.
 
 * :mod:`~lilaw_med.run.run_dir`: the run folder's file names (:class:`RunDir`) and its lock;
 * :mod:`~lilaw_med.run.config`: the typed, validated config (:class:`Config`) and its schema;
+* :mod:`~lilaw_med.run.transforms`: the run's transform options and its one evaluation chain;
+* :mod:`~lilaw_med.run.model_file`: the model file and the best-else-final rule;
+* :mod:`~lilaw_med.run.summary`: ``summary.json`` read once (:class:`RunSummary`) and which calibration goes with a model;
 * :mod:`~lilaw_med.run.dynamics_format`: the per-item training dynamics' file format and reader;
 * :mod:`~lilaw_med.run.checkpoint_format`: the self-verifying checkpoint file, its folder's
   ``index.json`` and retention, and the checks a resume trusts.
