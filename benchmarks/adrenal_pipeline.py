@@ -15,7 +15,7 @@ Issue 7.1's AdrenalMNIST3D cell, read through the files a user would have (the a
 2. Per seed, 40% symmetric noise is injected into the training labels (hence into the noisy
    validation split too) with :func:`lilaw_med.data.noise.add_noise_to_datalist` (the toolkit's
    ``symmetric_noise``, Bernoulli flips, seeded by the seed; the test labels stay clean).
-3. Each (seed, method) trains through :func:`lilaw_med.training.builder.run_training` with the
+3. Each (seed, method) trains through :func:`lilaw_med.training.run.run_training` with the
    packaged ``radiology_3d.yaml`` preset and ``--set``-style overrides: the paper protocol
    (Adam lr 1e-3, weight decay 1e-4, batch 64, 10 epochs, constant LR), the preset's network
    for both arms, ``lilaw.enabled=false`` (CE) vs ``true`` (LiLAW). Run folders:
@@ -124,8 +124,8 @@ def train_one(
 
     A run folder that already holds a ``summary.json`` is reused (the runs are deterministic).
     """
-    from lilaw_med.training.builder import run_training
-    from lilaw_med.training.config import load_preset_config
+    from lilaw_med.run.config import load_preset_config
+    from lilaw_med.training.run import run_training
 
     run_dir = run_root / f"{method}-seed{seed}"
     summary_path = run_dir / "summary.json"

@@ -13,7 +13,7 @@ training items off as its (noisy) validation split, as it does for a user's data
 split stays clean and unused here (the ``count_dev`` cells train on the val and test images of two
 data sets instead: held-out images, no grid cell holds them). cleanlab 2.9 (AGPL: a benchmark-only
 extra) gets 4-fold out-of-fold probabilities of the same preset and network trained by the same CLI with LiLAW off
-(``lilaw_med.audit.crossfit``, the code behind ``audit --folds``).
+(``lilaw_med.workflows.crossfit``, the code behind ``audit --folds``).
 
 Stages::
 
@@ -222,7 +222,7 @@ def train(cell: Cell, lilaw_on: bool = True) -> Path:
 
 def crossfit(cell: Cell, lilaw_on: bool, folds: int = 4) -> Path:
     """K-fold out-of-fold probabilities of the cell's training items (cached)."""
-    from lilaw_med.audit.crossfit import cross_fit
+    from lilaw_med.workflows.crossfit import cross_fit
 
     rd = train(cell, True)
     out = rd.parent / f"crossfit{folds}_{'lilaw' if lilaw_on else 'ce'}"
@@ -376,7 +376,7 @@ def flag_quality(flags: np.ndarray, wrong: np.ndarray) -> dict[str, float]:
 
 def final_model_self_confidence(rd: Path, run: RunView) -> np.ndarray:
     """p[given] of the run's final model on its training items (one eval pass, cached beside the run)."""
-    from lilaw_med.audit.crossfit import item_probabilities
+    from lilaw_med.workflows.crossfit import item_probabilities
 
     cache = rd.parent / "final_model_probs.npy"
     if cache.is_file():
@@ -404,10 +404,10 @@ library's count window does."""
 def evaluate_cell(cell: Cell, folds: int = 4) -> dict[str, Any]:
     """Every variant's detection figures on one cell (the truth is used only here, to score)."""
     from lilaw_med.audit.counts import estimate_noise, find_label_issues
-    from lilaw_med.audit.crossfit import load_cross_fit
     from lilaw_med.audit.detection import detection_quality
     from lilaw_med.audit.difficulty import difficulty
     from lilaw_med.audit.window import ScoringWindow, window_pred_probs
+    from lilaw_med.workflows.crossfit import load_cross_fit
 
     rd = run_dir(cell, "lilaw")
     run = read_run(rd)

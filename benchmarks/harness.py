@@ -52,7 +52,7 @@ train_items=None, val_items=None, predict_items=None, val_mode=DEFAULT_VAL_MODE,
 
 Networks (one option, ``network``):
 
-* ``"small_cnn"``: the presets' default network (``lilaw_med.training.networks``, 16-32-64-64 channels,
+* ``"small_cnn"``: the presets' default network (``lilaw_med.networks``, 16-32-64-64 channels,
   batch norm), what ``lilaw-med train`` trains; the network of the issue-17 accuracy floor.
 * ``"resnet18_medmnist"``: MedMNIST v2's 28-px ResNet-18 (3x3 stride-1 stem, no max-pool, full width).
 
@@ -307,7 +307,7 @@ def build_network(name: str, spatial_dims: int, in_channels: int, num_classes: i
     if name not in NETWORKS:
         raise ValueError(f"network must be one of {NETWORKS} but is {name!r}.")
     if name == "small_cnn":  # what the presets train: the toolkit's own factory, not a copy
-        from lilaw_med.training.networks import build_network as toolkit_network
+        from lilaw_med.networks import build_network as toolkit_network
 
         return toolkit_network("small_cnn", spatial_dims, in_channels, num_classes)
     if name == "resnet18_medmnist":  # MedMNIST v2's 28-px ResNet-18: 3x3 stride-1 stem, no max-pool, full width

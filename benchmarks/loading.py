@@ -74,7 +74,7 @@ CASES = (
 
 def _network(dims: int, channels: int, classes: int) -> torch.nn.Module:
     try:
-        from lilaw_med.training.networks import build_network
+        from lilaw_med.networks import build_network
 
         return build_network("small_cnn", dims, channels, classes)
     except ImportError:  # the training package is not there: a comparable small CNN

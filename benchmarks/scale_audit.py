@@ -91,7 +91,7 @@ def write_synthetic_run(root: str | Path, items: int, epochs: int = 20, num_clas
         The run folder.
     """
     from lilaw_med.run.dynamics_format import FOLDER, write_epoch
-    from lilaw_med.training.run_dir import RunDir
+    from lilaw_med.run.run_dir import RunDir
     from lilaw_med.utils import atomic_write
 
     rng = np.random.default_rng(seed)
@@ -130,7 +130,7 @@ def _child(run_dir: str) -> None:
     """Audits ``run_dir`` in THIS process and prints ``{"seconds", "peak_rss_mb", "flagged"}`` as JSON."""
     import logging
 
-    from lilaw_med.audit.report import run_audit
+    from lilaw_med.workflows.audit import run_audit
 
     logging.basicConfig(level=logging.ERROR)
     start = time.perf_counter()

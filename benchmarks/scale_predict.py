@@ -171,7 +171,7 @@ def _train_run(root: Path, network: str | None) -> Path:
 
 def _predict_child(run: str, listing: str, output: str, workers: int, batch_size: int) -> dict[str, float]:
     """One ``predict`` in THIS process (a child of :func:`predict_rows`): seconds and peak RSS."""
-    from lilaw_med.training.predict import collect_inputs, predict_inputs
+    from lilaw_med.workflows.predict import collect_inputs, predict_inputs
 
     inputs = collect_inputs(list_file=listing)
     reset_peak_rss()
@@ -203,7 +203,7 @@ def predict_rows(
         One row per count; the peak RSS is the predicting process's (network, batches, rows), the
         loader workers' largest peak is in the note.
     """
-    from lilaw_med.training.predict.images import auto_num_workers
+    from lilaw_med.workflows.predict.images import auto_num_workers
 
     root = root or OUT_DIR / "scale_predict"
     paths = _write_pngs(root / f"png_{px}", items, px)

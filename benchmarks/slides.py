@@ -214,7 +214,7 @@ def montage(scene: Scene, slide: Path, out: Path) -> None:
 
     from lilaw_med.data.tissue import tissue_classes
     from lilaw_med.data.wsi import read_thumbnail
-    from lilaw_med.training.predict.slides import mask_overlay
+    from lilaw_med.workflows.predict.slides import mask_overlay
 
     thumb = read_thumbnail(slide, 320)
     classes = tissue_classes(thumb)

@@ -2,7 +2,7 @@
 and their name -> factory table (:data:`BASE_LOSSES`, read by ``loss.name`` in a config).
 
 Adding a loss is one :class:`BaseLoss` entry in :data:`BASE_LOSSES` (and, when it has a
-parameter of its own, one field in the ``loss`` section of :mod:`lilaw_med.training.config`).
+parameter of its own, one field in the ``loss`` section of :mod:`lilaw_med.run.config`).
 """
 
 from __future__ import annotations
@@ -292,6 +292,7 @@ class PerSampleFocalLoss(nn.Module):
 
     def __init__(self, gamma: float, weight: torch.Tensor | None = None) -> None:
         super().__init__()
+        # the core layer imports no MONAI: only the focal loss needs it
         from monai.losses import FocalLoss
 
         self.focal = FocalLoss(use_softmax=True, gamma=gamma, reduction="none")

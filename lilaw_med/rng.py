@@ -95,6 +95,7 @@ def restore_rng_state(state: Mapping[str, torch.Tensor]) -> None:
 
 def _transform_randomizables(loader: Any) -> list[Any]:
     """The random transforms of a loader's dataset, in a stable order (Compose, wrappers, nested)."""
+    # the core layer imports no MONAI: only a loader's random transforms need it
     from monai.transforms import Randomizable, Transform
 
     found: list[Any] = []

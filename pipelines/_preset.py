@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lilaw_med.data.presets import get_preset
-from lilaw_med.training.config import ConfigError, apply_overrides, load_preset_config, validate_config
+from lilaw_med.run.config import ConfigError, apply_overrides, load_preset_config, validate_config
 from lilaw_med.training.run import RunResult, run_training
 from lilaw_med.training.trainer import TrainingComponents, build_components
 

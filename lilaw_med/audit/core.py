@@ -1,7 +1,7 @@
 """The audit of a run folder, as typed objects: what was read, what was chosen, what was found.
 
-:func:`run_audit` reads the run folder once (:class:`RunRecord`), audits each recorded split
-(:func:`audit_split` -> :class:`SplitAudit`) and hands the result to the writers of
+:meth:`RunRecord.read` reads the run folder once, :func:`audit_split` audits each recorded split
+(-> :class:`SplitAudit`) and hands the result to the writers of
 :mod:`lilaw_med.audit.report`. Every step is a pure function of arrays from
 :mod:`lilaw_med.audit.window` (which epochs), :mod:`lilaw_med.audit.rank` (the label quality
 score), :mod:`lilaw_med.audit.counts` (how many labels are wrong, per class, with an interval, and
@@ -21,7 +21,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,9 @@ from lilaw_med.audit.window import (
     prefix_pred_probs,
     window_pred_probs,
 )
+from lilaw_med.data.noise import load_noise_truth
 from lilaw_med.run.dynamics_format import Dynamics, load_dynamics
+from lilaw_med.run.run_dir import RunDir
 
 __all__ = [
     "DEFAULT_ADJUST",
@@ -212,7 +214,6 @@ class RunRecord:
             FileNotFoundError: without ``datalist.json`` or training dynamics.
             ValueError: for a multi-label run, or dynamics whose ids the datalist does not hold.
         """
-        from lilaw_med.training.run_dir import RunDir
 
         rd = RunDir(run_dir)
         if not rd.datalist.is_file():
@@ -313,7 +314,6 @@ def _iteration_series(path: Path) -> tuple[list[float], dict[str, list[float]]] 
 def _load_truth(path: Path, datalist: Mapping[str, Any]) -> dict[str, int] | None:
     if not datalist.get("noise_sidecar"):
         return None
-    from lilaw_med.data.noise import load_noise_truth
 
     try:
         truth = load_noise_truth(path)
@@ -547,7 +547,6 @@ def _wide(estimate: NoiseEstimate, disagree: np.ndarray) -> NoiseEstimate:
     """The interval of a rate one run cannot identify: from 0 to the larger of the interval's upper end
     and the share of items the network's most probable class disagrees with (which counts every
     error of the network as a wrong label)."""
-    from dataclasses import replace
 
     hi = np.maximum(estimate.per_class_interval[:, 1], disagree)
     total = float(estimate.counts.sum())

@@ -23,6 +23,8 @@ They are kept in the audit's columns (``mean_w_alpha`` ...), not in the categori
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from lilaw_med.audit.rank import check_inputs, confident_thresholds
@@ -71,7 +73,6 @@ def lilaw_term_difficulty(w_alpha: np.ndarray, w_beta: np.ndarray, w_delta: np.n
     Returns:
         str (N,) levels (``""`` for an item never seen).
     """
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -11,9 +11,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from jinja2 import Environment, PackageLoader, select_autoescape
 
 from lilaw_med.audit import plots
 from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS
+from lilaw_med.run.transforms import evaluation_transforms
 
 if TYPE_CHECKING:
     from lilaw_med.audit.report import AuditResult
@@ -39,18 +41,14 @@ def _image_loader(result: AuditResult) -> Callable[[Mapping[str, Any]], np.ndarr
         return None
     transforms = None
     try:
-        from lilaw_med.data.transforms import build_transforms
-        from lilaw_med.training.config import validate_config
-        from lilaw_med.training.data import transform_options
-
-        cfg = validate_config(result.record.config)
-        transforms = build_transforms(cfg["data"]["preset"], transform_options(cfg), train=False)
+        transforms = evaluation_transforms(result.record.config)
     except (KeyError, ValueError, TypeError) as e:  # a config the current version cannot read: plain reader
         logger.info("thumbnails use the plain image reader (%s: %s).", type(e).__name__, e)
 
     def load(item: Mapping[str, Any]) -> np.ndarray:
         if transforms is not None:
             return plots.to_display(np.asarray(transforms({**item, "label": item.get("label", 0)})["image"]))
+        # MONAI loads only when a thumbnail is drawn without the run's own chain
         from monai.transforms import LoadImage
 
         return plots.to_display(np.asarray(LoadImage(image_only=True, ensure_channel_first=True)(item["image"])))
@@ -77,11 +75,9 @@ def _figures(result: AuditResult, rows: Sequence[Mapping[str, Any]], load: Calla
 
 def _top_rows(result: AuditResult, audit: Any, mask: np.ndarray, key: np.ndarray) -> list[dict[str, Any]]:
     """The rows of the ``top_k`` items of ``mask`` with the lowest ``key`` (stable), built for those items only."""
-    from lilaw_med.audit.report import item_rows
-
     idx = np.nonzero(mask)[0]
     idx = idx[np.argsort(key[idx], kind="stable")][: result.options.top_k]
-    return item_rows(result.record, audit, idx, result.options.include_identifying)
+    return result.item_rows(audit, idx)
 
 
 def _split_context(result: AuditResult) -> list[dict[str, Any]]:
@@ -155,12 +151,11 @@ def render_html(result: AuditResult) -> str:
     """The self-contained report of an audit.
 
     Args:
-        result: what :func:`lilaw_med.audit.report.run_audit` computed.
+        result: what :func:`lilaw_med.audit.report.write_audit` computed.
 
     Returns:
         The HTML text.
     """
-    from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("lilaw_med.audit", "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True))

@@ -10,6 +10,7 @@ import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from PIL import Image
 
 __all__ = ["curves_png", "data_uri", "histogram_png", "lines_png", "thumbnail_png", "to_display"]
 
@@ -20,9 +21,11 @@ def data_uri(png: bytes) -> str:
 
 
 def _figure(width: float = 5.0, height: float = 3.2):  # noqa: ANN202 - matplotlib types
+    # matplotlib (about half a second) loads only when a figure is drawn
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    # matplotlib (about half a second) loads only when a figure is drawn
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(width, height), dpi=90)
@@ -66,7 +69,6 @@ def to_display(image: np.ndarray, channel_first: bool = True) -> np.ndarray:
 
 def thumbnail_png(display: np.ndarray, size: int = 112) -> bytes:
     """A PNG thumbnail (longest side ``size`` pixels) of an image from :func:`to_display`."""
-    from PIL import Image
 
     img = Image.fromarray(display)
     scale = size / max(img.size)

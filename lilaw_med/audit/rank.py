@@ -5,7 +5,7 @@ Pure functions over arrays (no I/O, no torch). Conventions as in cleanlab:
 * ``labels``: int (N,) given (possibly wrong) labels in ``[0, C)``;
 * ``pred_probs``: float (N, C) class probabilities whose rows sum to 1 (here: an item's
   probabilities averaged over the run's scoring window, see :mod:`lilaw_med.audit.window`, or
-  out-of-fold probabilities from :mod:`lilaw_med.audit.crossfit`, or both averaged);
+  out-of-fold probabilities from :mod:`lilaw_med.workflows.crossfit`, or both averaged);
 * a label quality score lies in [0, 1]; LOWER means the given label is MORE likely wrong.
 
 The methods are named and swappable by ``method=`` (:data:`SCORE_METHODS`, a name -> function

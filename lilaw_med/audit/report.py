@@ -1,7 +1,7 @@
-"""``lilaw-med audit``: the audit of a run folder and the files it writes.
+"""The audit of a run folder and the files it writes (``lilaw-med audit`` runs it through
+:func:`lilaw_med.workflows.audit.run_audit`).
 
-:func:`run_audit` reads the run once (:class:`lilaw_med.audit.core.RunRecord`), optionally
-cross-fits (:mod:`lilaw_med.audit.crossfit`), audits each recorded split
+:func:`write_audit` audits each recorded split of a run read once
 (:func:`lilaw_med.audit.core.audit_split`) and writes into ``RUN_DIR/audit/`` (or ``out_dir``)
 the files named in :class:`AuditFiles`:
 
@@ -31,7 +31,8 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,12 +50,13 @@ from lilaw_med.audit.core import (
 )
 from lilaw_med.audit.detection import detection_curves, detection_quality
 from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS
+from lilaw_med.audit.html import render_html
 from lilaw_med.audit.rank import self_confidence
 from lilaw_med.audit.window import choose_window, window_pred_probs
-from lilaw_med.training.run_dir import RunDir, to_jsonable
+from lilaw_med.run.run_dir import RunDir, to_jsonable
 from lilaw_med.utils import FORMULA_START, atomic_write, guard_csv_text, unguard_csv_text
 
-__all__ = ["COLUMNS", "AuditFiles", "AuditResult", "dicom_uids", "read_audit_rows", "run_audit"]
+__all__ = ["COLUMNS", "AuditFiles", "AuditResult", "FinalModelProbabilities", "csv_text", "dicom_uids", "read_audit_rows", "write_audit"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,56 +125,59 @@ class AuditResult:
         """One dict per item (the columns of ``audit.csv``), built when asked: for small runs and
         tests; the writers never build them all."""
         return [row for a in self.splits.values()
-                for row in item_rows(self.record, a, np.arange(len(a.ids)), self.options.include_identifying)]
+                for row in self.item_rows(a, np.arange(len(a.ids)))]
+
+    def item_rows(self, audit: SplitAudit, idx: np.ndarray) -> list[dict[str, Any]]:
+        """The ``audit.csv`` rows of the items ``idx`` (positions in ``audit.ids``) of one split."""
+        return item_rows(self.record, audit, idx, self.options.include_identifying)
 
 
 # ----------------------------------------------------------------------------- the audit
-def run_audit(
-    run_dir: str | os.PathLike,
+FinalModelProbabilities = Callable[[list[Mapping[str, Any]]], np.ndarray]
+"""items -> (N, K) class probabilities of the run's final model (one evaluation pass)."""
+
+
+def write_audit(
+    record: RunRecord,
+    options: AuditOptions,
     out_dir: str | os.PathLike | None = None,
-    options: AuditOptions | None = None,
-    **overrides: Any,
+    oof_probs: np.ndarray | None = None,
+    final_model_probs: FinalModelProbabilities | None = None,
 ) -> AuditResult:
-    """Audits a run folder and writes the audit files.
+    """Audits a run folder already read and writes the audit files.
+
+    The parts that run a network (out-of-fold probabilities, the final model's self-confidence)
+    come in as arguments: :func:`lilaw_med.workflows.audit.run_audit` computes them, so the audit
+    itself never imports the training engine.
 
     Args:
-        run_dir: the run folder (``datalist.json``, ``dynamics/``, ``metrics.csv``).
+        record: the run folder as read (:meth:`RunRecord.read`).
+        options: the :class:`AuditOptions`.
         out_dir: where to write (default ``RUN_DIR/audit``).
-        options: the :class:`AuditOptions` (defaults when ``None``).
-        **overrides: fields of :class:`AuditOptions` to change (``run_audit(run, folds=4)``).
+        oof_probs: (N, K) out-of-fold probabilities aligned with the training dynamics' ids, or ``None``.
+        final_model_probs: the final model's probabilities for the detection baseline
+            (``options.final_model_baseline`` with known truth), or ``None`` to skip it.
 
     Returns:
         The :class:`AuditResult`.
 
     Raises:
-        FileNotFoundError: when the run folder has no ``datalist.json`` or no dynamics.
+        ValueError: on invalid options, a multi-label run, or dynamics of another datalist.
 
     Example::
 
-        result = run_audit("runs/first", review=200)        # the 200 most suspicious items per split
-        info = result.summary["splits"]["training"]
-        info["estimated_noise_rate_interval"], info["identifiable"], info["expected_precision"]
-        ValueError: on invalid options, a multi-label run, or dynamics of another datalist.
+        record = RunRecord.read("runs/first", ("training",))
+        result = write_audit(record, AuditOptions(review=200, thumbnails=False))
     """
-    from dataclasses import replace
-
-    opts = replace(options or AuditOptions(), **overrides)
-    record = RunRecord.read(run_dir, opts.splits)
+    opts = options
     out = Path(out_dir) if out_dir is not None else record.root / RunDir.AUDIT
-    train_dyn = record.dynamics["training"]
     window = scoring_window(record, opts.window, opts)
-    oof = None
-    if opts.folds:
-        from lilaw_med.audit.crossfit import cross_fit
-
-        oof = cross_fit(record.root, folds=opts.folds, overrides=opts.fold_overrides,
-                        which=opts.fold_checkpoint).aligned(train_dyn.ids)
-    splits = {s: audit_split(record, s, opts, window=window, oof_probs=oof if s == "training" else None)
+    splits = {s: audit_split(record, s, opts, window=window, oof_probs=oof_probs if s == "training" else None)
               for s in opts.splits if s in record.dynamics}
     summary = _summary(record, opts, splits)
     detection = None
     if record.truth is not None:
-        detection = _detection(record, splits["training"], opts)
+        detection = _detection(record, splits["training"], opts, final_model_probs)
         summary["detection"] = {k: v for k, v in detection.items() if k != "curves"}
 
     files: dict[str, Path] = {}
@@ -183,14 +188,12 @@ def run_audit(
                                     opts.include_identifying)]
     reason = f"label issue ({opts.method}, {window.rule} window, {_FLAG_REASON[splits['training'].flag_rule]})"
     files[AuditFiles.EXCLUDE] = atomic_write(
-        out / AuditFiles.EXCLUDE, _csv([{**r, "reason": reason} for r in flagged], EXCLUDE_COLUMNS))
+        out / AuditFiles.EXCLUDE, csv_text([{**r, "reason": reason} for r in flagged], EXCLUDE_COLUMNS))
     if detection is not None:
         files[AuditFiles.DETECTION] = atomic_write(
             out / AuditFiles.DETECTION, json.dumps(to_jsonable({k: v for k, v in detection.items() if k != "curves"}), indent=1))
     result = AuditResult(out_dir=out, record=record, options=opts, splits=splits, summary=summary,
                          detection=detection, files=files)
-    from lilaw_med.audit.html import render_html
-
     files[AuditFiles.HTML] = atomic_write(out / AuditFiles.HTML, render_html(result))
     logger.info("audit of %s: %d items, %d flagged; written to %s", record.root,
                 sum(len(a.ids) for a in splits.values()), len(flagged), out)
@@ -285,7 +288,6 @@ def _format_column(name: str, values: list[Any]) -> list[Any]:
 
 def _write_items_csv(path: Path, record: RunRecord, splits: Mapping[str, SplitAudit], include_identifying: bool) -> Path:
     """Writes ``audit.csv`` chunk by chunk into a temporary file beside ``path``, then renames it (atomic)."""
-    import tempfile
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -430,7 +432,9 @@ def _summary(record: RunRecord, opts: AuditOptions, splits: Mapping[str, SplitAu
 
 
 # ----------------------------------------------------------------------------- detection (truth known)
-def _detection(record: RunRecord, a: SplitAudit, opts: AuditOptions) -> dict[str, Any]:
+def _detection(
+    record: RunRecord, a: SplitAudit, opts: AuditOptions, final_model_probs: FinalModelProbabilities | None
+) -> dict[str, Any]:
     true = np.array([int(record.truth.get(i, a.labels[j])) for j, i in enumerate(a.ids)])  # type: ignore[union-attr]
     wrong = true != a.labels
     dyn = record.dynamics["training"].views()
@@ -440,8 +444,8 @@ def _detection(record: RunRecord, a: SplitAudit, opts: AuditOptions) -> dict[str
                   a.labels, np.nan_to_num(window_pred_probs(dyn, a.labels, last, a.num_classes), nan=0.0))}
     note = ("label_score: the audit's score; final_epoch_self_confidence: p[given] recorded during the last training "
             "epoch (no extra pass)")
-    if opts.final_model_baseline:
-        sc = _final_model_self_confidence(record, a)
+    if opts.final_model_baseline and final_model_probs is not None:
+        sc = _final_model_self_confidence(record, a, final_model_probs)
         if sc is not None:
             scores["final_model_self_confidence"] = sc
             note += "; final_model_self_confidence: p[given] of checkpoints/final_model.pt in eval mode"
@@ -471,12 +475,12 @@ def _detection(record: RunRecord, a: SplitAudit, opts: AuditOptions) -> dict[str
     return out
 
 
-def _final_model_self_confidence(record: RunRecord, a: SplitAudit) -> np.ndarray | None:
+def _final_model_self_confidence(
+    record: RunRecord, a: SplitAudit, final_model_probs: FinalModelProbabilities
+) -> np.ndarray | None:
     """p[given] of the run's final model on the split's items (one eval pass), or None when impossible."""
-    from lilaw_med.audit.crossfit import item_probabilities
-
     try:
-        probs = item_probabilities(record.root, [record.items[i][1] for i in a.ids], which="final")
+        probs = final_model_probs([record.items[i][1] for i in a.ids])
     except (OSError, RuntimeError, ValueError, KeyError) as e:
         logger.warning("final-model self-confidence baseline skipped (%s: %s).", type(e).__name__, e)
         return None
@@ -502,12 +506,14 @@ def dicom_uids(path: str, include_identifying: bool = False) -> dict[str, str]:
         out["patient_id"] = ""
     if path.lower().endswith(NOT_DICOM_SUFFIXES):  # named as another format: no file access
         return out
+    # MONAI's readers and pydicom (seconds) load only for a DICOM item (see NOT_DICOM_SUFFIXES)
     from lilaw_med.data.readers import is_dicom_file, list_series_files
 
     p = Path(path)
     files = [str(p)] if is_dicom_file(p) else (list_series_files(p) if p.is_dir() else [])
     if not files:
         return out
+    # pydicom loads only for a DICOM item, as above
     import pydicom
 
     tags = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"] + (["PatientID"] if include_identifying else [])
@@ -537,7 +543,8 @@ def _cell(v: Any) -> Any:
     return guard_csv_text(s)
 
 
-def _csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """The CSV text of ``rows`` (formula-guarded cells; ``columns`` default: :data:`COLUMNS`, then any other key)."""
     if columns is None:
         columns = list(COLUMNS)
         for r in rows:

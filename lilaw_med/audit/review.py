@@ -34,10 +34,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jinja2 import Environment, PackageLoader, select_autoescape
+from PIL import Image
 
 from lilaw_med.audit.core import RunRecord
+from lilaw_med.audit.report import AuditFiles, read_audit_rows
 from lilaw_med.audit.window import ScoringWindow, window_pred_probs
 from lilaw_med.data.curation import DECISION_COLUMNS, DECISIONS, read_id_csv
+from lilaw_med.data.presets import get_preset
+from lilaw_med.run.config import Config
+from lilaw_med.run.run_dir import RunDir
+from lilaw_med.run.transforms import evaluation_transforms
 from lilaw_med.utils import atomic_write, guard_csv_text
 
 __all__ = [
@@ -186,7 +193,6 @@ def display_images(image: np.ndarray, spatial_dims: int) -> list[tuple[str, np.n
 
 
 def _png_uri(display: np.ndarray, max_size: int) -> str:
-    from PIL import Image
 
     img = Image.fromarray(display)
     scale = max_size / max(img.size)
@@ -202,17 +208,9 @@ def _image_loader(record: RunRecord) -> tuple[Callable[[Mapping[str, Any]], np.n
     """``(item -> transformed image, spatial dims)``: the run's own loading chain (reader, DICOM VOI
     window, orientation, spacing, intensity window, slide tile) without the resize to the network's
     input, so a reader sees the image at its own resolution."""
-    # MONAI's transforms load only when a page reads images (merging decision files needs none)
-    from lilaw_med.data.presets import get_preset
-    from lilaw_med.data.transforms import build_transforms
-    from lilaw_med.training.config import validate_config
-    from lilaw_med.training.data import transform_options
-
-    cfg = validate_config(record.config)
-    preset = cfg["data"]["preset"]
-    options = {**transform_options(cfg), "spatial_size": None, "multi_label": False}
-    chain = build_transforms(preset, options, train=False)
-    return (lambda item: np.asarray(chain({**item, "label": item.get("label", 0)})["image"])), get_preset(preset).spatial_dims
+    cfg = Config.from_mapping(record.config)
+    chain = evaluation_transforms(cfg, spatial_size=None, multi_label=False)
+    return (lambda item: np.asarray(chain({**item, "label": item.get("label", 0)})["image"])), get_preset(cfg.data.preset).spatial_dims
 
 
 # ----------------------------------------------------------------------------- the page's data
@@ -242,7 +240,6 @@ def _epoch_probs(record: RunRecord, split: str, ids: Sequence[str]) -> dict[str,
 
 def _read_summary(audit_dir: Path) -> dict[str, Any]:
     """The ``summary`` of an audit's ``audit.json`` (its per-item rows are in ``audit.csv``)."""
-    from lilaw_med.audit.report import AuditFiles
 
     path = audit_dir / AuditFiles.JSON
     if not path.is_file():
@@ -260,7 +257,6 @@ def _read_summary(audit_dir: Path) -> dict[str, Any]:
 def run_key(record: RunRecord) -> str:
     """The key of a run's review progress in the browser: the run folder's name and the first 16 hex
     digits of its datalist's sha256 (a copy of the folder keeps it; another run's datalist does not)."""
-    from lilaw_med.training.run_dir import RunDir
 
     digest = hashlib.sha256(RunDir(record.root).datalist.read_bytes()).hexdigest()[:16]
     return f"{record.root.name}:{digest}"
@@ -384,7 +380,6 @@ def render_review(context: ReviewContext) -> str:
     Returns:
         The HTML text.
     """
-    from jinja2 import Environment, PackageLoader, select_autoescape
 
     env = Environment(loader=PackageLoader("lilaw_med.audit", "templates"),
                       autoescape=select_autoescape(default=True, default_for_string=True))
@@ -431,8 +426,6 @@ def write_review_page(
         ValueError: on an unknown id, class or split, an image size below 32, or an ``audit.json`` or
             ``audit.csv`` that ``lilaw-med audit`` did not write (the message names the file).
     """
-    from lilaw_med.audit.report import AuditFiles, read_audit_rows
-    from lilaw_med.training.run_dir import RunDir
 
     if image_size < 32:
         raise ValueError(f"image_size must be at least 32 pixels but is {image_size}.")

@@ -24,6 +24,7 @@ from lilaw_med import __version__
 from lilaw_med.bundle.command import bundle_run_command
 from lilaw_med.bundle.source import ModelSpec
 from lilaw_med.bundle.yaml_text import config_yaml
+from lilaw_med.run.transforms import transform_options
 
 __all__ = [
     "MULTI_GPU",
@@ -82,10 +83,11 @@ def train_config(spec: ModelSpec, lilaw_config: Mapping[str, Any]) -> dict[str, 
 
 
 def _preprocessing(lilaw_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's evaluation chain as a config entry: the options of :func:`lilaw_med.run.transforms.transform_options`."""
     return {
         "_target_": "lilaw_med.data.transforms.build_transforms",
         "preset": lilaw_config["data"]["preset"],
-        "options": copy.deepcopy(dict(lilaw_config["data"]["options"])),
+        "options": transform_options(lilaw_config),
         "train": False,
     }
 

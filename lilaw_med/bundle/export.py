@@ -53,9 +53,10 @@ from lilaw_med.bundle.source import (
 )
 from lilaw_med.data.datalist import load_datalist
 from lilaw_med.data.presets import get_preset
-from lilaw_med.training.config import load_config, validate_config
+from lilaw_med.run.config import load_config, validate_config
+from lilaw_med.run.run_dir import RunDir
+from lilaw_med.run.summary import RunSummary
 from lilaw_med.training.data import prepare_datalist
-from lilaw_med.training.run_dir import RunDir
 from lilaw_med.utils import atomic_save_torch, atomic_write
 
 __all__ = ["BundleExport", "copy_overlay", "export_bundle"]
@@ -153,7 +154,7 @@ def export_bundle(
     else:
         if datalist is None:
             datalist = prepare_datalist(cfg)
-        spec, state_dict, summary = model_spec_from_config(cfg, datalist), None, {}
+        spec, state_dict, summary = model_spec_from_config(cfg, datalist), None, RunSummary()
     shape = list(spatial_shape) if spatial_shape else input_spatial_shape(cfg, spec.spatial_dims)
     if len(shape) != spec.spatial_dims:
         raise ValueError(f"spatial_shape {shape} must have {spec.spatial_dims} entries (model.spatial_dims).")
@@ -168,13 +169,13 @@ def export_bundle(
 
 
 def _metadata(
-    cfg: Mapping[str, Any], spec: ModelSpec, shape: list[int | str], summary: Mapping[str, Any], *, task: str | None,
+    cfg: Mapping[str, Any], spec: ModelSpec, shape: list[int | str], summary: RunSummary, *, task: str | None,
     description: str | None, version: str, authors: str, copyright: str | None, value_range: Sequence[float],
 ) -> dict[str, Any]:
     """``configs/metadata.json``: the preset's task and modality, the run's test metrics (see :func:`export_bundle`)."""
     preset = get_preset(cfg["data"]["preset"])
     lilaw_on = bool(cfg["lilaw"]["enabled"])
-    test = (summary.get("best") or summary.get("final") or {}).get("test") or {}
+    test = summary.results("best").get("test") or {}
     eval_metrics = {f"test_{k}": float(test[k]) for k in ("auroc", "accuracy", "balanced_accuracy") if k in test}
     method = (
         "LiLAW learns three scalars (alpha, beta, delta) that weight every sample's loss by its difficulty, "
@@ -203,9 +204,8 @@ def _metadata(
         if cfg["data"]["datalist"]
         else "lilaw-med synthetic sample data",
     )
-    calibration = summary.get("calibration") or {}
-    calibration = calibration.get("best") if summary.get("best") else calibration.get("final")
-    if calibration and calibration.get("method", "none") != "none":
+    calibration = summary.calibration("best")  # the model the bundle ships: best, else final
+    if calibration.get("method", "none") != "none":
         # the bundle's configs output the plain softmax; the run's calibration is recorded to apply by hand
         meta["lilaw_med_calibration"] = {k: calibration[k] for k in
                                          ("method", "temperature", "threshold", "class_bias") if calibration.get(k) is not None}

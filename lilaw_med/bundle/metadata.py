@@ -21,6 +21,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import monai
+import numpy
+import torch
+from monai.bundle import verify_metadata
+
 __all__ = [
     "MANDATORY_KEYS",
     "MONAI_SCHEMA_URL",
@@ -93,9 +98,6 @@ def package_versions(names: Sequence[str]) -> dict[str, str]:
 
 
 def _core_versions() -> dict[str, str]:
-    import monai
-    import numpy
-    import torch
 
     return {
         "monai_version": monai.__version__.split("+")[0],
@@ -297,7 +299,6 @@ def verify_metadata_schema(meta_file: str | os.PathLike, schema_file: str | os.P
         FileNotFoundError: when either file is missing.
         ValueError: when the metadata does not validate (MONAI's message, naming the failing key).
     """
-    from monai.bundle import verify_metadata
 
     for what, path in (("metadata file", meta_file), ("schema file", schema_file)):
         if not Path(path).is_file():

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from monai.bundle import ComponentLocator, ConfigParser
 from torch import nn
 
 from lilaw_med.bundle.command import META_FILE, bundle_run_command
@@ -191,7 +192,6 @@ def _component_class(target: Any) -> type | None:
             found = pydoc.locate(target)
         else:
             if _LOCATOR is None:
-                from monai.bundle import ComponentLocator
 
                 _LOCATOR = ComponentLocator()
             module = _LOCATOR.get_component_module_name(target)
@@ -245,7 +245,6 @@ def _train_config(bundle_root: Path, name: str | None) -> Path:
 
 
 def _read_raw(path: Path) -> dict[str, Any]:
-    from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     try:

@@ -20,9 +20,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lilaw_med.bundle.source import run_model_file
 from lilaw_med.data.datalist import load_datalist
-from lilaw_med.training.model import read_model_file
+from lilaw_med.run.model_file import model_file, read_model_file
 from lilaw_med.utils import atomic_save_torch
 
 __all__ = ["install_model", "load_bundle_datalist", "log_final_metrics"]
@@ -46,7 +45,7 @@ def install_model(run_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:
         ValueError: when it cannot be loaded (one line).
     """
     run_dir = getattr(run_dir, "run_dir", run_dir)  # a RunResult from the bundle's training step
-    ckpt = read_model_file(run_model_file(Path(run_dir)))
+    ckpt = read_model_file(model_file(Path(run_dir)))
     atomic_save_torch({k: v.detach().cpu() for k, v in ckpt["network"].items()}, dest)
     logger.info("installed the network weights of %s as %s", run_dir, dest)
     return Path(dest)

@@ -19,10 +19,13 @@ from typing import Any
 
 import torch
 
-from lilaw_med.training.config import Config, load_config
-from lilaw_med.training.data import prepare_datalist, transform_options
-from lilaw_med.training.model import input_shape, model_shape, read_model_file
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.config import Config, load_config
+from lilaw_med.run.model_file import model_file, read_model_file
+from lilaw_med.run.run_dir import RunDir
+from lilaw_med.run.summary import RunSummary
+from lilaw_med.run.transforms import transform_options
+from lilaw_med.training.data import prepare_datalist
+from lilaw_med.training.model import input_shape, model_shape
 
 __all__ = [
     "PATH_FIELDS",
@@ -33,7 +36,6 @@ __all__ = [
     "input_spatial_shape",
     "model_spec_from_config",
     "model_spec_from_run",
-    "run_model_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ class ModelSpec:
     """The network of a bundle and what its outputs mean.
 
     Attributes:
-        network: a key of :data:`lilaw_med.training.networks.NETWORKS`.
+        network: a key of :data:`lilaw_med.networks.NETWORKS`.
         spatial_dims: 2 or 3.
         in_channels: image channels.
         num_outputs: network outputs (classes; 1 for a single binary logit; labels for multi-label).
@@ -74,7 +76,7 @@ class ModelSpec:
     def network_def(self) -> dict[str, Any]:
         """The bundle's ``network_def`` component (full dotted ``_target_``)."""
         return {
-            "_target_": "lilaw_med.training.networks.build_network",
+            "_target_": "lilaw_med.networks.build_network",
             "name": self.network,
             "spatial_dims": self.spatial_dims,
             "in_channels": self.in_channels,
@@ -167,18 +169,6 @@ def model_spec_from_config(config: Mapping[str, Any], datalist: Any = None) -> M
     )
 
 
-def run_model_file(run_dir: Path) -> Path:
-    """The model file of a finished run: the best checkpoint, else the final one."""
-    rd = RunDir(run_dir)
-    for path in (rd.best_model, rd.final_model):
-        if path.is_file():
-            return path
-    raise FileNotFoundError(
-        f"{rd.root}: no model checkpoint ({RunDir.CHECKPOINTS}/{RunDir.BEST_MODEL} or {RunDir.FINAL_MODEL}); "
-        "is it a finished lilaw-med run folder?"
-    )
-
-
 def model_spec_from_run(run_dir: str | os.PathLike, dropout: float = 0.0) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     """The network of a finished run and its weights (the best checkpoint, else the final one).
 
@@ -193,7 +183,7 @@ def model_spec_from_run(run_dir: str | os.PathLike, dropout: float = 0.0) -> tup
         FileNotFoundError: when the run has no model checkpoint.
         ValueError: when the checkpoint cannot be loaded or lacks the network description (one line).
     """
-    ckpt = read_model_file(run_model_file(Path(run_dir)))
+    ckpt = read_model_file(model_file(Path(run_dir)))
     n = int(ckpt["num_outputs"])
     names = [str(c) for c in ckpt.get("class_names") or []] or [str(i) for i in range(max(n, 2))]
     spec = ModelSpec(
@@ -208,7 +198,9 @@ def model_spec_from_run(run_dir: str | os.PathLike, dropout: float = 0.0) -> tup
     return spec, ckpt["network"]
 
 
-def from_run(cfg: Mapping[str, Any], run_dir: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch.Tensor], dict]:
+def from_run(
+    cfg: Mapping[str, Any], run_dir: str | os.PathLike
+) -> tuple[ModelSpec, dict[str, torch.Tensor], RunSummary]:
     """``(spec, weights, summary)`` of a finished run, checked against the config being exported.
 
     Raises:
@@ -237,6 +229,6 @@ def from_run(cfg: Mapping[str, Any], run_dir: str | os.PathLike) -> tuple[ModelS
                 "the bundle's train.yaml follows the given config, which differs from the run's %s in %s: "
                 "export with --config %s to reproduce the run.", run.config, ", ".join(differences), run.config,
             )
-    return spec, state_dict, run.read_json(RunDir.SUMMARY) if run.summary.is_file() else {}
+    return spec, state_dict, RunSummary.read(run_dir)
 
 

@@ -14,6 +14,11 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 
+from lilaw_med import __version__
+from lilaw_med.allocator import tune_malloc
+from lilaw_med.lean import import_monai_lean
+from lilaw_med.quiet import warn_once_per_process
+
 __all__ = ["UserError", "build_parser", "main", "user_errors"]
 
 # modules under lilaw_med.cli, each with register(subparsers)
@@ -36,8 +41,9 @@ def user_errors() -> Iterator[None]:
     Raises:
         UserError: for each of the errors above.
     """
-    from lilaw_med.training.config import ConfigError
-    from lilaw_med.training.run_dir import RunDirBusyError
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
+    from lilaw_med.run.config import ConfigError
+    from lilaw_med.run.run_dir import RunDirBusyError
 
     try:
         yield
@@ -57,7 +63,6 @@ def user_errors() -> Iterator[None]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Builds the argument parser with every registered sub-command."""
-    from lilaw_med import __version__
 
     parser = argparse.ArgumentParser(
         prog="lilaw-med",
@@ -82,7 +87,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 on success, 1 on a user error, 2 on a usage error.
     """
-    from lilaw_med.allocator import tune_malloc
 
     tune_malloc()  # before any large allocation: no mmap/munmap of 3D activations every step
     parser = build_parser()
@@ -90,14 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    from lilaw_med.quiet import warn_once_per_process
 
     warn_once_per_process()  # a library warning repeated per file or per chunk: shown once
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     if argv is None and args.command == "predict":
-        from lilaw_med.lean import import_monai_lean
 
         # a program that only predicts: MONAI without pandas, matplotlib, scikit-learn, scipy and
         # ignite (about 190 MB); not for a caller's interpreter, which may train afterwards

@@ -17,9 +17,10 @@ def _fmt(v: Any) -> str:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.audit.core import AuditOptions
-    from lilaw_med.audit.report import run_audit
-    from lilaw_med.training.run_dir import RunDir
+    from lilaw_med.run.run_dir import RunDir
+    from lilaw_med.workflows.audit import run_audit
 
     with user_errors():
         options = AuditOptions(
@@ -60,6 +61,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
               f"count error {_fmt(f['count_error'])}")
     for name, path in result.files.items():
         print(f"{name}: {path}")
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.audit.report import AuditFiles
 
     review = result.out_dir / AuditFiles.REVIEW
@@ -70,6 +72,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 def register(subparsers: Any) -> None:
     """Adds ``audit`` to the ``lilaw-med`` parser."""
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.audit.core import FOLD_CHECKPOINTS, AuditOptions
     from lilaw_med.audit.rank import SCORE_METHODS
     from lilaw_med.audit.window import WINDOW_RULES

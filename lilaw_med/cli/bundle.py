@@ -32,11 +32,12 @@ def _parse_shape(text: str | None) -> list[int] | None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.bundle.command import bundle_run_command
     from lilaw_med.bundle.configs import TRAIN_FILES
     from lilaw_med.bundle.export import export_bundle
-    from lilaw_med.training.config import load_config
-    from lilaw_med.training.run_dir import RunDir
+    from lilaw_med.run.config import load_config
+    from lilaw_med.run.run_dir import RunDir
 
     with user_errors():
         run = RunDir(args.run) if args.run else None
@@ -67,6 +68,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_overlay(args: argparse.Namespace) -> int:
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.bundle.command import bundle_run_command
     from lilaw_med.bundle.export import copy_overlay
     from lilaw_med.bundle.overlay import find_layout, run_command, write_overlays
@@ -115,8 +117,10 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from monai.bundle import verify_net_in_out
 
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.bundle.metadata import (
         SCHEMA_ENV_VAR,
         missing_metadata_keys,

@@ -104,6 +104,7 @@ def _names(value: str | None) -> list[str] | None:
 
 
 def _sample_data(args: argparse.Namespace) -> int:
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.data.sample import write_sample_data
 
     try:
@@ -148,6 +149,7 @@ def _parse_pairs(value: str) -> dict[int, int]:
 
 
 def _add_noise(args: argparse.Namespace) -> int:
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.data.noise import add_noise_to_datalist
 
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
@@ -178,6 +180,7 @@ def _add_noise(args: argparse.Namespace) -> int:
 
 
 def _validate_data(args: argparse.Namespace) -> int:
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.data.datalist import load_datalist
     from lilaw_med.data.preflight import check_datalist, default_cache_dir, write_problems_csv
 
@@ -209,6 +212,7 @@ def _validate_data(args: argparse.Namespace) -> int:
 
 
 def _import_npz(args: argparse.Namespace) -> int:
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.data.npz_import import import_npz
 
     try:

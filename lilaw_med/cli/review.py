@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import sys
+import webbrowser
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,6 @@ _IMAGE_SIZE = 512
 def _open_in_browser(path: Path) -> bool:
     """Opens the page where a person sits at a browser: an interactive terminal, not CI, a graphical
     session (a console browser such as lynx cannot run the page), a browser found."""
-    import webbrowser
 
     if not sys.stdout.isatty() or os.environ.get("CI"):
         return False
@@ -40,8 +40,9 @@ def _open_in_browser(path: Path) -> bool:
 
 def _audit_first(run_dir: str) -> None:
     """Runs the audit with its defaults (what ``lilaw-med audit RUN_DIR`` does) for a run without one."""
-    from lilaw_med.audit.report import run_audit
-    from lilaw_med.training.run_dir import RunDir
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
+    from lilaw_med.run.run_dir import RunDir
+    from lilaw_med.workflows.audit import run_audit
 
     logger.info("%s has no audit yet: auditing it with the defaults of `lilaw-med audit` first.", run_dir)
     run = RunDir(run_dir)
@@ -50,6 +51,7 @@ def _audit_first(run_dir: str) -> None:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.audit.review import merge_decisions, write_decisions
 
     if not args.output:
@@ -69,9 +71,10 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_review(args: argparse.Namespace) -> int:
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.audit.report import AuditFiles
     from lilaw_med.audit.review import write_review_page
-    from lilaw_med.training.run_dir import RunDir
+    from lilaw_med.run.run_dir import RunDir
 
     if args.merge:
         return _cmd_merge(args)

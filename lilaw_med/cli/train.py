@@ -7,6 +7,7 @@ Library errors (``ValueError``, ``FileNotFoundError``, ``ConfigError``, ``OSErro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
@@ -53,7 +54,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                 f"{label:30}{_fmt(metrics.get('accuracy')):>9}{_fmt(metrics.get('balanced_accuracy')):>9}"
                 f"{_fmt(metrics.get('auroc')):>8}{_fmt(metrics.get('ece')):>7}{_fmt(metrics.get('loss')):>8}"
             )
-    cal = summary.get("calibration", {}).get("best") or summary.get("calibration", {}).get("final")
+    from lilaw_med.run.summary import RunSummary  # the run layer loads torch (1-2 s): not for the parser
+
+    cal = RunSummary(summary).calibration("best")
     if cal and cal.get("method") not in (None, "none"):
         fitted = [f"temperature {_fmt(cal.get('temperature'))}"]
         if cal.get("threshold") is not None:
@@ -89,8 +92,9 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
 
 def _train_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
     """``(config, run folder)`` of ``train``: the run's own config to resume, else ``--config``."""
-    from lilaw_med.training.config import load_config
-    from lilaw_med.training.run_dir import RunDir
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
+    from lilaw_med.run.config import load_config
+    from lilaw_med.run.run_dir import RunDir
 
     overrides = _train_overrides(args)
     if args.resume:
@@ -106,8 +110,9 @@ def _train_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None
 
 
 def _refine(config: Mapping[str, Any], output: Path | None, args: argparse.Namespace) -> Any:
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.training.distributed import torchrun_env_present
-    from lilaw_med.training.refine import run_refine
+    from lilaw_med.workflows.refine import run_refine
 
     if args.resume:
         raise UserError("--refine cannot be combined with --resume.")
@@ -120,6 +125,7 @@ def _refine(config: Mapping[str, Any], output: Path | None, args: argparse.Names
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.training.run import run_training
 
     _quiet_engines(args)
@@ -143,10 +149,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ evaluate
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import contextlib
-
-    from lilaw_med.training.evaluate import evaluate_run
-    from lilaw_med.training.run_dir import RunDir, RunDirBusyError
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
+    from lilaw_med.run.run_dir import RunDir, RunDirBusyError
+    from lilaw_med.workflows.evaluate import evaluate_run
 
     _quiet_engines(args)
     run = RunDir(args.run_dir)
@@ -181,7 +186,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ predict
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from lilaw_med.training.predict import collect_inputs, predict_inputs
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
+    from lilaw_med.workflows.predict import collect_inputs, predict_inputs
 
     _quiet_engines(args)
     with user_errors():
@@ -225,6 +231,7 @@ def _cmd_init_config(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; use --force to overwrite it.")
     with user_errors():
+        # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
         from lilaw_med.utils import atomic_write
 
         atomic_write(out, text)

@@ -396,6 +396,7 @@ def group_kfold(
     Raises:
         ValueError: for ``k < 2`` or fewer groups than folds.
     """
+    # scikit-learn only for group k-fold: a process that only predicts loads a datalist without it (lilaw_med.lean)
     from sklearn.model_selection import StratifiedGroupKFold
 
     if k < 2:

@@ -327,6 +327,7 @@ def _label_str(label: Any) -> str:
 
 def _image_features(items: Sequence[Mapping[str, Any]], size: int = 8) -> np.ndarray:
     """Flattened thumbnails of the items' images (the features of instance-dependent noise)."""
+    # torch and MONAI load only for instance-dependent noise, which reads the images
     import torch
     from monai.transforms import Resize
 

@@ -55,6 +55,7 @@ def write_image(
     is_rgb = array.ndim == 3 and array.shape[-1] == 3
     is_volume = array.ndim == 3 and not is_rgb
     if fmt == "nifti":
+        # each writer's library loads only for the format asked
         import nibabel as nib
 
         if is_rgb:
@@ -67,6 +68,7 @@ def write_image(
     if is_volume:
         raise ValueError(f"{path}: a volume of shape {array.shape} must be written as nifti, not {fmt}.")
     if fmt == "png":
+        # each writer's library loads only for the format asked
         from PIL import Image
 
         Image.fromarray(array).save(path)
@@ -78,6 +80,7 @@ def write_image(
 
 
 def _write_dicom(array: np.ndarray, path: Path, modality: str, uid_seed: str) -> None:
+    # each writer's library loads only for the format asked
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 

@@ -36,6 +36,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 from lilaw_med.data.datalist import Datalist, Problem, ProblemKind
 from lilaw_med.data.readers import ImageHeader, decoder_environment, list_series_files, read_header
 from lilaw_med.utils import atomic_write
@@ -258,7 +260,6 @@ def _read_files(
     workers = min(len(os.sched_getaffinity(0)), len(chunks)) if len(todo) >= _PARALLEL_MIN else 1
     bar = None
     if progress or (progress is None and len(todo) >= _PROGRESS_MIN):
-        from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc="pre-flight", unit="file", mininterval=1.0)
     pool = None
@@ -289,6 +290,7 @@ def _read_files(
 def _slide_reasons(slide_path: str, items: Sequence[tuple[int, dict[str, Any]]]) -> dict[int, str]:
     """Opens one slide, checks each of its patches, and closes it: ``item index -> reason`` for the bad ones."""
     try:
+        # tiffslide (and zarr) load only when a slide is checked
         import tiffslide
 
         slide = tiffslide.TiffSlide(slide_path)

@@ -211,6 +211,7 @@ def _write_dicom(
     monochrome1: bool,
     instance: int,
 ) -> None:
+    # each writer's library loads only for the format asked
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
@@ -281,6 +282,7 @@ def write_pyramid_tiff(
     Returns:
         The path written.
     """
+    # each writer's library loads only for the format asked
     import tifffile
 
     path = Path(path)
@@ -364,6 +366,7 @@ def _radiology_2d(out: Path, seed: int, n: int) -> Path:
 
 
 def _radiology_3d(out: Path, seed: int, n: int) -> Path:
+    # each writer's library loads only for the format asked
     import nibabel as nib
 
     rng = np.random.default_rng([seed, 3])
@@ -397,6 +400,7 @@ def _radiology_3d(out: Path, seed: int, n: int) -> Path:
 
 
 def _pathology(out: Path, seed: int, n: int) -> Path:
+    # each writer's library loads only for the format asked
     from PIL import Image
 
     rng = np.random.default_rng([seed, 4])

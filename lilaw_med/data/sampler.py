@@ -157,6 +157,7 @@ class ResumableSampler(DistributedSampler):
         Args:
             engine: the engine whose loader uses this sampler.
         """
+        # the data layer imports no ignite: only a sampler attached to an engine needs it
         from ignite.engine import Events
 
         if not engine.has_event_handler(self._set_epoch_from_engine, Events.EPOCH_STARTED):

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from monai.config import KeysCollection
+from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
     DeleteItemsd,
@@ -37,6 +38,7 @@ from monai.transforms import (
     Spacingd,
 )
 from monai.utils import convert_to_dst_type, ensure_tuple
+from nibabel.orientations import aff2axcodes
 
 from lilaw_med.data.curation import RECORD_KEYS
 from lilaw_med.data.presets import get_preset
@@ -425,7 +427,6 @@ class OrientIfNeededd(Orientationd):
 
     def _axcodes(self, affine: Any) -> tuple[str, ...]:
         """The axis codes of an affine (``aff2axcodes`` with the transform's labels), cached by its bytes."""
-        from nibabel.orientations import aff2axcodes
 
         a = np.asarray(affine, dtype=np.float64)
         key = a.tobytes()
@@ -438,7 +439,6 @@ class OrientIfNeededd(Orientationd):
         return codes
 
     def __call__(self, data: Mapping[Hashable, Any], lazy: bool | None = None) -> dict[Hashable, Any]:
-        from monai.data import MetaTensor
 
         d = dict(data)
         wanted = tuple(self.ornt_transform.axcodes)

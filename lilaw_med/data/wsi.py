@@ -77,6 +77,7 @@ class TiffSlideWSIReader(BaseWSIReader):
             FileNotFoundError: when a slide file is missing.
             ValueError: when tiffslide cannot open it.
         """
+        # tiffslide (and zarr) load only when a slide is opened
         import tiffslide
 
         slides = []
@@ -277,6 +278,7 @@ def read_thumbnail(path: str | os.PathLike, max_side: int = 1024) -> np.ndarray:
     Raises:
         ValueError: when the file is not a slide tifffile can read tile by tile, or ``max_side < 1``.
     """
+    # tifffile loads only when a thumbnail is read
     import tifffile
 
     if max_side < 1:

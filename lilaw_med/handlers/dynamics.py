@@ -32,6 +32,7 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
 
 from lilaw_med.losses import LiLAWLoss
 from lilaw_med.run.dynamics_format import FLOAT_FIELDS, record_dtype, write_epoch
@@ -281,7 +282,6 @@ class DynamicsRecorder:
             return
         engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         try:
-            from monai.engines.utils import IterationEvents
 
             engine.add_event_handler(IterationEvents.FORWARD_COMPLETED, self._forward_completed)
         except (ImportError, ValueError):  # a plain ignite engine without MONAI's iteration events

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 from ignite.engine import Engine, Events
+from ignite.handlers import ProgressBar
 
 __all__ = ["TrainingProgress"]
 
@@ -57,7 +58,6 @@ class TrainingProgress:
             engine: the trainer.
         """
         if self.is_terminal:
-            from ignite.handlers import ProgressBar
 
             ProgressBar(persist=True, desc=self.desc, file=self.stream).attach(engine, output_transform=self.values)
             return

@@ -14,7 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from lilaw_med.losses import LiLAWLoss
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.run_dir import RunDir
 from lilaw_med.utils import atomic_write
 
 __all__ = ["HIST_EDGES", "ITERATION_COLUMNS", "RunLogger"]
@@ -169,10 +169,12 @@ class RunLogger:
 
     def write_plots(self) -> None:
         """Writes ``losses.png``, ``metrics.png``, ``lilaw_scalars.png`` and ``weight_histograms.png``."""
+        # matplotlib (about half a second) loads when plots are written, with the Agg backend chosen before pyplot
         import matplotlib
         from matplotlib.ticker import MaxNLocator
 
         matplotlib.use("Agg", force=False)
+        # matplotlib (about half a second) loads when plots are written, with the Agg backend chosen before pyplot
         import matplotlib.pyplot as plt
 
         epochs = [e["epoch"] for e in self.epochs]

@@ -21,7 +21,7 @@ import numpy as np
 from ignite.engine import Engine, Events
 
 from lilaw_med.handlers.run_logger import HIST_EDGES, ITERATION_COLUMNS, RunLogger
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.run_dir import RunDir
 
 __all__ = ["MLRUNS", "TRACKERS", "attach_tracking", "tracking_backends"]
 
@@ -98,6 +98,7 @@ def _epoch_scalars(run_logger: RunLogger) -> dict[str, float]:
 
 
 def _tensorboard(run_logger: RunLogger, run_dir: RunDir) -> Any:
+    # optional: tensorboard is needed only where output.tracking asks for it
     from monai.handlers import TensorBoardStatsHandler
 
     def iteration(engine: Engine, writer: Any) -> None:
@@ -119,6 +120,7 @@ def _tensorboard(run_logger: RunLogger, run_dir: RunDir) -> Any:
 
 
 def _mlflow(run_logger: RunLogger, run_dir: RunDir, params: Mapping[str, Any]) -> Any:
+    # optional: mlflow is needed only where output.tracking asks for it
     from monai.handlers import MLFlowHandler
     from monai.utils import path_to_uri
 

@@ -1,1 +1,1 @@
-"""Building and running training: trainer assembly, the run folder, checkpoints and resume, distributed set-up."""
+"""The training engine: trainer assembly, the training run and its end, validation and evaluation, checkpoints and resume, distributed set-up."""

@@ -1,5 +1,5 @@
 """The data of a training run: its datalist (:func:`prepare_datalist`), its transform options
-(:func:`transform_options`) and its datasets, samplers and loaders (:func:`build_data`).
+and its datasets, samplers and loaders (:func:`build_data`).
 
 Every loader and sampler owns a seeded generator, so iterating one draws no global random number
 and runs with the same seed pair up whatever else differs (LiLAW on or off).
@@ -16,17 +16,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
+from monai.data import DataLoader
 
 from lilaw_med.data.curation import apply_exclusions, apply_relabels
 from lilaw_med.data.datalist import Datalist, load_datalist
 from lilaw_med.data.dataset import available_memory_bytes, build_dataset, plan_cache, shard_indices
 from lilaw_med.data.preflight import preflight_or_raise
 from lilaw_med.data.presets import PresetSpec, get_preset
+from lilaw_med.data.sample import write_sample_data
 from lilaw_med.data.sampler import ResumableSampler
-from lilaw_med.training.config import Config
+from lilaw_med.data.transforms import build_transforms
+from lilaw_med.run.config import Config
+from lilaw_med.run.run_dir import RunDir
+from lilaw_med.run.transforms import evaluation_transforms, transform_options
 from lilaw_med.training.model import input_shape
-from lilaw_med.training.run_dir import RunDir
 from lilaw_med.training.sampling import ClassBalancedSampler
 from lilaw_med.utils import atomic_write
 
@@ -39,7 +44,6 @@ __all__ = [
     "prepare_datalist",
     "resolve_num_workers",
     "training_labels",
-    "transform_options",
 ]
 
 logger = logging.getLogger(__name__)
@@ -75,22 +79,6 @@ class TrainingData:
     epoch_test_loader: Any
 
 
-def transform_options(config: Config | Mapping[str, Any]) -> dict[str, Any]:
-    """``data.options`` completed with the preset's defaults, ``multi_label`` kept in step with ``data``.
-
-    Args:
-        config: a config (validated here when it is a mapping).
-
-    Returns:
-        The options for :func:`lilaw_med.data.transforms.build_transforms`.
-    """
-    cfg = Config.from_mapping(config)
-    options = get_preset(cfg.data.preset).default_options()
-    options.update(cfg.data.options)
-    options["multi_label"] = bool(cfg.data.multi_label)
-    return options
-
-
 def training_labels(items: Sequence[Mapping[str, Any]]) -> list[int]:
     """The integer labels of single-label items."""
     return [int(it["label"]) for it in items]
@@ -106,7 +94,6 @@ def _sample_datalist(preset: PresetSpec, sample_dir: Path) -> Path:
             path = Path(json.loads(index_path.read_text())[preset.sample_key])
             if path.is_file():
                 return path
-    from lilaw_med.data.sample import write_sample_data
 
     logger.info("generating the sample data into %s (once) ...", sample_dir)
     paths = write_sample_data(sample_dir, seed=0)
@@ -165,7 +152,6 @@ def prepare_datalist(
 def _loader(
     dataset: Any, batch_size: int, sampler: Any, num_workers: int, seed: int, pin: bool, persistent: bool
 ) -> Any:
-    from monai.data import DataLoader
 
     # every loader owns its generator, so no global random number is drawn by iterating it; MONAI's
     # DataLoader seeds each worker's transforms from it, so a seed and a worker count give one result
@@ -186,7 +172,6 @@ processes costs more than they save on an epoch of a few batches."""
 def _ranks_per_node(world_size: int) -> int:
     if world_size <= 1:
         return 1
-    import ignite.distributed as idist
 
     return max(1, min(world_size, int(idist.get_nproc_per_node() or world_size)))
 
@@ -252,13 +237,11 @@ def build_data(
     Raises:
         ValueError: from the transforms (an invalid option).
     """
-    from lilaw_med.data.transforms import build_transforms
-
     data, train, seed = cfg.data, cfg.train, cfg.train.seed
     cache_dir = Path(data.cache_dir) if data.cache_dir else (run_dir.root / "cache" if run_dir else None)
     options = transform_options(cfg)
     train_tf = build_transforms(data.preset, options, train=True)
-    eval_tf = build_transforms(data.preset, options, train=False)
+    eval_tf = evaluation_transforms(cfg)
     with contextlib.suppress(AttributeError):
         train_tf.set_random_state(seed=seed)
 

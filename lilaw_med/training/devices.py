@@ -2,7 +2,7 @@
 
 ``lilaw-med predict`` resolves its device without importing ignite (and, through it,
 ``torch.distributed``'s FSDP and sympy; see :mod:`lilaw_med.lean`);
-:mod:`lilaw_med.training.distributed` re-exports :func:`resolve_device` for everything else.
+every caller imports :func:`resolve_device` from here.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from lilaw_med.training.devices import resolve_device  # re-exported: its home is ignite-free
+from lilaw_med.training.devices import resolve_device
 
 __all__ = [
     "AverageLossAcrossRanks",
@@ -60,7 +60,6 @@ __all__ = [
     "is_distributed",
     "is_rank0",
     "quiet_unless_rank0",
-    "resolve_device",
     "run_on_rank0",
     "torchrun_env_present",
     "unwrap_network",

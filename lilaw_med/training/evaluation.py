@@ -222,6 +222,7 @@ def choose_class_bias(
     Raises:
         ValueError: when the logits are not (N, C >= 2) or the labels do not match them.
     """
+    # predict computes no metrics and runs without scikit-learn (lilaw_med.lean)
     from sklearn.metrics import balanced_accuracy_score
 
     z = np.asarray(torch.as_tensor(np.asarray(logits), dtype=torch.float64))
@@ -296,6 +297,7 @@ def apply_calibration(
 
 
 def _auroc(labels: np.ndarray, probs: np.ndarray, num_classes: int) -> float:
+    # predict computes no metrics and runs without scikit-learn (lilaw_med.lean)
     from sklearn.metrics import roc_auc_score
 
     present = np.unique(labels)
@@ -339,6 +341,7 @@ def classification_metrics(
         {"precision", "recall", "support"}}, "confusion_matrix": [[...]] (rows = true)}``;
         undefined values (e.g. AUROC with one class present) are NaN.
     """
+    # predict computes no metrics and runs without scikit-learn (lilaw_med.lean)
     from sklearn.metrics import (
         accuracy_score,
         balanced_accuracy_score,
@@ -435,6 +438,7 @@ def run_inference(
         ``(logits, labels, ids)``: float32 logits (N, K) on CPU; labels (N,) or (N, L) on CPU, or
         ``None`` when the batches hold no labels; the item ids (``""`` when absent).
     """
+    # predict runs inference without monai.engines, which imports ignite (lilaw_med.lean)
     from monai.engines.utils import default_prepare_batch
     from monai.networks.utils import eval_mode
 

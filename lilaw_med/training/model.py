@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,19 +21,18 @@ from torch import nn
 
 from lilaw_med.data.presets import get_preset
 from lilaw_med.losses import BASE_LOSSES
-from lilaw_med.training.config import Config, ConfigError
-from lilaw_med.training.networks import build_network
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.networks import build_network
+from lilaw_med.run.config import Config, ConfigError
+from lilaw_med.run.model_file import model_file, read_model_file
+from lilaw_med.run.run_dir import RunDir
 
 __all__ = [
-    "MODEL_FILE_KEYS",
     "ModelShape",
     "build_model",
     "checkpoint_meta",
     "input_shape",
     "load_model",
     "model_shape",
-    "read_model_file",
     "use_channels_last",
 ]
 
@@ -162,46 +159,6 @@ def checkpoint_meta(cfg: Config, shape: ModelShape, class_names: list[str] | Non
     }
 
 
-MODEL_FILE_KEYS = ("network", "network_name", "spatial_dims", "in_channels", "num_outputs")
-"""What a run's ``best_model.pt``/``final_model.pt`` must hold to rebuild its network."""
-
-
-def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a run's model file (``best_model.pt``/``final_model.pt``) with ``weights_only=True``.
-
-    Args:
-        path: the file.
-
-    Returns:
-        Its content: the network's state dict under ``"network"`` and the metadata of :func:`checkpoint_meta`.
-
-    Raises:
-        FileNotFoundError: when it does not exist.
-        ValueError: one line, when it cannot be loaded (truncated, corrupt, not a torch file, a pickle
-            that would run code) or is not a lilaw-med model file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's message suggests weights_only=False, which would run whatever the file holds: never
-        raise ValueError(
-            f"{path}: cannot load the model file (UnpicklingError: not a torch file, or it holds objects other "
-            "than tensors and plain values, which are never loaded)."
-        ) from None
-    except Exception as e:  # torch raises RuntimeError, EOFError, ... on truncated or corrupt files
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ValueError(f"{path}: cannot load the model file ({type(e).__name__}: {first}).") from None
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: not a lilaw-med model file (it holds a {type(ckpt).__name__}).")
-    missing = [k for k in MODEL_FILE_KEYS if k not in ckpt]
-    if missing or not isinstance(ckpt["network"], Mapping):
-        raise ValueError(f"{path}: not a lilaw-med model file (it lacks {missing or ['a network state dict']}).")
-    return ckpt
-
-
 def load_model(
     run_dir: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -221,11 +178,7 @@ def load_model(
             network (one line).
     """
     rd = RunDir(run_dir)
-    if which not in ("best", "final"):
-        raise ValueError(f"which must be 'best' or 'final' but is {which!r}.")
-    path = rd.best_model if which == "best" and rd.best_model.is_file() else rd.final_model
-    if not path.is_file():
-        raise FileNotFoundError(f"{rd.root}: no model checkpoint ({RunDir.CHECKPOINTS}/{RunDir.BEST_MODEL} or {RunDir.FINAL_MODEL}).")
+    path = model_file(rd.root, which)
     ckpt = read_model_file(path)
     cfg = Config.from_mapping(rd.read_config())
     try:

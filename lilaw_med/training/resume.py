@@ -53,7 +53,8 @@ from lilaw_med.run.checkpoint_format import (
     load_latest_checkpoint,
     state_nbytes,
 )
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.config import Config
+from lilaw_med.run.run_dir import RunDir
 
 __all__ = ["RESUME_CHANGEABLE", "attach_checkpointing", "check_resume_config", "resume_from", "run_is_complete"]
 
@@ -140,13 +141,12 @@ def check_resume_config(saved: Mapping[str, Any], config: Any, source: str | Pat
 
     Args:
         saved: the run's own ``config.yaml`` (as read).
-        config: the config the resume would use (a mapping or a :class:`~lilaw_med.training.config.Config`).
+        config: the config the resume would use (a mapping or a :class:`~lilaw_med.run.config.Config`).
         source: where ``saved`` comes from, for the message.
 
     Raises:
         ValueError: naming the first changed key that is not allowed (or ``train.epochs`` when it shrinks).
     """
-    from lilaw_med.training.config import Config
 
     old = _flatten(Config.from_mapping(saved).to_dict())
     new = _flatten(Config.from_mapping(config).to_dict())

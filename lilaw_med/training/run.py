@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.handlers import LrScheduleHandler
 
 from lilaw_med.data.datalist import Datalist, load_datalist, save_datalist
 from lilaw_med.handlers.dynamics import DynamicsRecorder
@@ -28,12 +29,12 @@ from lilaw_med.handlers.nonfinite import NonFiniteLossHandler
 from lilaw_med.handlers.progress import TrainingProgress
 from lilaw_med.handlers.run_logger import RunLogger
 from lilaw_med.handlers.tracking import attach_tracking, tracking_backends
+from lilaw_med.run.config import Config
+from lilaw_med.run.run_dir import RunDir, RunDirBusyError, default_run_name
 from lilaw_med.training import distributed
-from lilaw_med.training.config import Config
 from lilaw_med.training.data import prepare_datalist
 from lilaw_med.training.model import checkpoint_meta
 from lilaw_med.training.resume import attach_checkpointing, check_resume_config, resume_from, run_is_complete
-from lilaw_med.training.run_dir import RunDir, RunDirBusyError, default_run_name
 from lilaw_med.training.summary import finish_run
 from lilaw_med.training.trainer import TrainingComponents, build_components
 from lilaw_med.training.validation import EpochValidation
@@ -122,7 +123,6 @@ def attach_run_handlers(c: TrainingComponents, run_dir: RunDir, progress: bool) 
             _tracked_params(cfg),
         )
     if c.scheduler is not None:
-        from monai.handlers import LrScheduleHandler
 
         LrScheduleHandler(c.scheduler, print_lr=False, epoch_level=True).attach(c.trainer)
     # before the checkpoint handler: a non-finite loss stops the run before anything is saved

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from lilaw_med.training.config import ConfigError
+from lilaw_med.run.config import ConfigError
+from lilaw_med.run.model_file import read_model_file
+from lilaw_med.run.run_dir import RunDir
 from lilaw_med.training.evaluation import (
     apply_calibration,
     calibration_args,
@@ -21,7 +21,6 @@ from lilaw_med.training.evaluation import (
     run_inference,
 )
 from lilaw_med.training.model import checkpoint_meta
-from lilaw_med.training.run_dir import RunDir
 from lilaw_med.training.trainer import TrainingComponents
 from lilaw_med.training.validation import EpochValidation
 from lilaw_med.utils import atomic_save_torch
@@ -69,7 +68,7 @@ def _evaluate(c: TrainingComponents, run_dir: RunDir) -> tuple[dict[str, Any], d
         if which == "best":
             if not run_dir.best_model.is_file():
                 continue
-            c.network.load_state_dict(torch.load(run_dir.best_model, map_location=c.device, weights_only=True)["network"])
+            c.network.load_state_dict(read_model_file(run_dir.best_model)["network"])
         else:
             c.network.load_state_dict(final_state)
         val_metrics, val_logits, val_labels = _split_metrics(c, c.data.val_loader)

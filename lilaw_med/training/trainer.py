@@ -22,16 +22,21 @@ from typing import Any
 
 import torch
 from ignite.engine import Events
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import default_prepare_batch
+from monai.utils import set_determinism
 from torch import nn
 
 from lilaw_med.data.datalist import Datalist
+from lilaw_med.data.sampler import ResumableSampler
 from lilaw_med.handlers.meta_step import LiLAWHandler
 from lilaw_med.losses import LiLAWLoss, build_base_loss
+from lilaw_med.run.config import Config, ConfigError, OptimConfig, ScheduleConfig
+from lilaw_med.run.run_dir import RunDir
 from lilaw_med.training import distributed
-from lilaw_med.training.config import Config, ConfigError, OptimConfig, ScheduleConfig
 from lilaw_med.training.data import TrainingData, build_data, prepare_datalist, training_labels
+from lilaw_med.training.devices import resolve_device
 from lilaw_med.training.model import ModelShape, build_model, model_shape, use_channels_last
-from lilaw_med.training.run_dir import RunDir
 from lilaw_med.training.sampling import inverse_frequency_weights
 from lilaw_med.weighting import LiLAWWeighting
 
@@ -181,7 +186,6 @@ def build_scheduler(schedule: ScheduleConfig, optimizer: torch.optim.Optimizer, 
 
 def _prepare_batch(channels_last: bool) -> Callable:
     """MONAI's batch preparation; for channels-last 2D networks the images in that memory format too."""
-    from monai.engines.utils import default_prepare_batch
 
     if not channels_last:
         return default_prepare_batch
@@ -198,9 +202,6 @@ def _build_trainer(
     device: torch.device, amp: bool, channels_last: bool,
 ) -> tuple[Any, LiLAWHandler | None]:
     """The ``SupervisedTrainer`` and, when LiLAW is on, its attached meta-step handler."""
-    from monai.engines import SupervisedTrainer
-
-    from lilaw_med.data.sampler import ResumableSampler
 
     trainer = SupervisedTrainer(
         device=device, max_epochs=cfg.train.epochs, train_data_loader=data.train_loader, network=train_network,
@@ -222,7 +223,6 @@ def _build_trainer(
 
 
 def _seed(cfg: Config) -> None:
-    from monai.utils import set_determinism
 
     if cfg.train.deterministic:
         set_determinism(seed=cfg.train.seed)
@@ -270,7 +270,7 @@ def build_components(
         ValueError, FileNotFoundError: from the data (datalist, pre-flight, transforms).
     """
     cfg = Config.from_mapping(config)
-    dev = distributed.resolve_device(device or cfg.train.device)
+    dev = resolve_device(device or cfg.train.device)
     amp = _use_amp(cfg, dev)
     rank, world_size = distributed.get_rank(), distributed.get_world_size()
     _seed(cfg)

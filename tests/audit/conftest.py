@@ -214,7 +214,7 @@ def make_image_datalist(root: Path, n_train: int = 24, n_val: int = 8, n_test: i
 
 def tiny_config(datalist: Path, *extra: str) -> dict:
     """The radiology_2d preset, made tiny: 16x16 images, 3 epochs of batches of 8 on the CPU."""
-    from lilaw_med.training.config import load_preset_config
+    from lilaw_med.run.config import load_preset_config
 
     return load_preset_config("radiology_2d.yaml", [
         f"data.datalist={datalist}", "data.sample_data=false", "data.cache=none",

@@ -62,7 +62,7 @@ def test_relabel_errors(datalist, tmp_path):
 
 
 def test_the_audit_exclude_csv_is_accepted(run_folder):
-    from lilaw_med.audit.report import run_audit
+    from lilaw_med.workflows.audit import run_audit
     from tests.audit.conftest import wrong_ids
 
     result = run_audit(run_folder, thumbnails=False, final_model_baseline=False)
@@ -75,7 +75,7 @@ def test_the_audit_exclude_csv_is_accepted(run_folder):
 def test_an_exclude_csv_with_ids_that_look_like_formulas_round_trips(tmp_path):
     """The audit writes such ids with a leading ' (so a spreadsheet shows them as text); reading
     the file back for --exclude must give the datalist's ids again."""
-    from lilaw_med.audit.report import run_audit
+    from lilaw_med.workflows.audit import run_audit
     from tests.audit.conftest import make_run_folder
 
     ids = {1: '=HYPERLINK("x")', 6: "-6", 11: "@eleven"}  # the three wrong items

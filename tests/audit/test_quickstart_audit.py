@@ -11,9 +11,9 @@ import math
 import pytest
 from scipy.stats import hypergeom
 
-from lilaw_med.audit.report import run_audit
-from lilaw_med.training.config import load_preset_config
+from lilaw_med.run.config import load_preset_config
 from lilaw_med.training.run import run_training
+from lilaw_med.workflows.audit import run_audit
 
 pytestmark = pytest.mark.slow
 

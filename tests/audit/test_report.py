@@ -19,9 +19,10 @@ import pytest
 import yaml
 
 from lilaw_med.audit import report
-from lilaw_med.audit.report import COLUMNS, run_audit
+from lilaw_med.audit.report import COLUMNS
 from lilaw_med.cli import main
 from lilaw_med.data.curation import read_id_csv
+from lilaw_med.workflows.audit import run_audit
 from tests.audit.conftest import (
     HOSTILE_ID,
     N_TRAIN,
@@ -231,7 +232,7 @@ def test_text_cells_a_spreadsheet_would_run_are_neutralised_and_numbers_are_not(
 
 
 def test_the_csv_writer_leaves_numbers_alone_even_negative_ones():
-    text = report._csv([{"id": "-a", "rank": -1, "label_score": -0.5, "given_class": "@x", "path": "\tp",
+    text = report.csv_text([{"id": "-a", "rank": -1, "label_score": -0.5, "given_class": "@x", "path": "\tp",
                          "is_label_issue": True, "split": "plain"}],
                        ["id", "rank", "label_score", "given_class", "path", "is_label_issue", "split"])
     row = next(csv.reader(text.splitlines()[1:]))

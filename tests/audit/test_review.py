@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lilaw_med.audit.report import COLUMNS, AuditFiles, read_audit_rows, run_audit
+from lilaw_med.audit.report import COLUMNS, AuditFiles, read_audit_rows
 from lilaw_med.audit.review import (
     DEFAULT_IMAGE_SIZE,
     QueueEntry,
@@ -31,6 +31,7 @@ from lilaw_med.audit.review import (
 from lilaw_med.cli import main
 from lilaw_med.data.curation import apply_exclusions, apply_relabels
 from lilaw_med.data.datalist import load_datalist
+from lilaw_med.workflows.audit import run_audit
 from tests.audit.conftest import HOSTILE_ID, WRONG_LOGITS, make_run_folder, train_with_decisions
 
 

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from lilaw_med.audit.core import AuditOptions, review_budget
-from lilaw_med.audit.report import run_audit
 from lilaw_med.cli import main
+from lilaw_med.workflows.audit import run_audit
 from tests.audit.conftest import N_TRAIN, N_VAL, make_run_folder, wrong_ids
 
 

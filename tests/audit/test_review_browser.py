@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lilaw_med.audit.report import run_audit
 from lilaw_med.audit.review import write_review_page
+from lilaw_med.workflows.audit import run_audit
 from tests.audit.browser import browser_missing, start_chromium
 from tests.audit.conftest import make_run_folder, train_with_decisions
 

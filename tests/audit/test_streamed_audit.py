@@ -14,6 +14,7 @@ from lilaw_med.audit import report
 from lilaw_med.audit.core import AuditOptions, RunRecord, audit_split, count_scoring_window, scoring_window
 from lilaw_med.audit.counts import estimate_noise, find_label_issues
 from lilaw_med.audit.rank import get_label_quality_scores
+from lilaw_med.workflows.audit import run_audit
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +60,8 @@ def test_the_streamed_audit_equals_the_in_memory_computation(synthetic_run, spli
 def test_the_chunked_csv_equals_the_rows_written_at_once_and_the_json_holds_no_rows(synthetic_run, tmp_path,
                                                                                     monkeypatch):
     monkeypatch.setattr(report, "CSV_CHUNK", 97)  # several chunks, the last one short
-    result = report.run_audit(synthetic_run, tmp_path / "audit", thumbnails=False, final_model_baseline=False)
-    assert result.files["audit.csv"].read_text() == report._csv(result.rows)
+    result = run_audit(synthetic_run, tmp_path / "audit", thumbnails=False, final_model_baseline=False)
+    assert result.files["audit.csv"].read_text() == report.csv_text(result.rows)
     with result.files["audit.csv"].open(newline="") as f:
         assert sum(1 for _ in csv.DictReader(f)) == 880
     assert set(json.loads(result.files["audit.json"].read_text())) == {"summary"}

@@ -23,7 +23,7 @@ import yaml
 from lilaw_med import __version__
 from lilaw_med.bundle.metadata import missing_metadata_keys, verify_metadata_schema
 from lilaw_med.cli import main
-from lilaw_med.training.networks import build_network
+from lilaw_med.networks import build_network
 from tests.bundle.fixture_bundle import write_images
 from tests.bundle.schema import metadata_schemas
 
@@ -86,7 +86,7 @@ def test_export_writes_a_complete_bundle_with_the_runs_weights(exported: dict[st
     assert f"at least {cal['threshold']:.4g}" in (bundle / "docs/README.md").read_text()
 
     train = yaml.safe_load((bundle / "configs/train.yaml").read_text())
-    assert train["network_def"]["_target_"] == "lilaw_med.training.networks.build_network"
+    assert train["network_def"]["_target_"] == "lilaw_med.networks.build_network"
     assert train["training"]["_target_"] == "lilaw_med.training.run.run_training"
     assert train["lilaw_config"]["lilaw"]["enabled"] is True
 

@@ -14,7 +14,7 @@ import yaml
 
 from lilaw_med.cli import main
 from lilaw_med.data.datalist import load_datalist
-from lilaw_med.training.config import validate_config
+from lilaw_med.run.config import validate_config
 from tests.pipelines.helpers import small_sample_data, tiny_overrides
 
 
@@ -171,8 +171,8 @@ def test_predict_on_a_nifti_volume_and_a_dicom_series_folder(run_3d: Path, tmp_p
 
 
 def test_predict_probabilities_match_the_network(run_2d: Path, tmp_path: Path) -> None:
-    from lilaw_med.training.builder import load_model
-    from lilaw_med.training.trained_run import TrainedRun
+    from lilaw_med.training.model import load_model
+    from lilaw_med.workflows.trained_run import TrainedRun
 
     item = json.loads((run_2d / "datalist.json").read_text())["test"][0]
     out = tmp_path / "p.csv"
@@ -321,8 +321,8 @@ def test_predict_keeps_going_past_bad_inputs_and_guards_formula_cells(run_2d: Pa
 def test_non_finite_pixels_or_outputs_never_get_a_class(run_2d: Path, tmp_path: Path) -> None:
     from torch import nn
 
-    from lilaw_med.training.predict.images import ImagePreparer, predict_images
-    from lilaw_med.training.trained_run import TrainedRun
+    from lilaw_med.workflows.predict.images import ImagePreparer, predict_images
+    from lilaw_med.workflows.trained_run import TrainedRun
 
     run = TrainedRun.load(run_2d, device="cpu")
     for value in (np.nan, np.inf, -np.inf):

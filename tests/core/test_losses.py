@@ -232,7 +232,7 @@ def test_meta_loss_is_never_normalised():
 
 
 def test_normalize_weights_comes_from_the_config():
-    from lilaw_med.training.config import Config
+    from lilaw_med.run.config import Config
     from lilaw_med.training.trainer import build_lilaw_loss
 
     for value in (False, True):

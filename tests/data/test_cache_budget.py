@@ -23,7 +23,7 @@ from lilaw_med.data.dataset import (
 )
 from lilaw_med.data.readers import LoadMedicalImaged
 from lilaw_med.data.sampler import ResumableSampler
-from lilaw_med.training.config import Config
+from lilaw_med.run.config import Config
 from lilaw_med.training.data import build_data
 from lilaw_med.training.sampling import ClassBalancedSampler
 

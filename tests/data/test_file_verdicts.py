@@ -34,7 +34,7 @@ from lilaw_med.data.datalist import Datalist, load_datalist
 from lilaw_med.data.preflight import check_datalist, preflight_or_raise
 from lilaw_med.data.readers import LoadMedicalImaged, read_header
 from lilaw_med.data.transforms import build_transforms
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.run_dir import RunDir
 
 PYDICOM_DIR = Path(pydicom.__file__).parent / "data" / "test_files"
 NIBABEL_DIR = Path(nibabel.__file__).parent / "tests" / "data"
@@ -475,7 +475,7 @@ def test_skip_bad_and_validate_data_record_the_same_refusals_over_the_corpus(tmp
 
 def test_predict_checks_its_inputs_with_the_same_verdict() -> None:
     # a rename fails here rather than skipping: predict's input check must keep this verdict
-    from lilaw_med.training.predict.inputs import check_input
+    from lilaw_med.workflows.predict.inputs import check_input
 
     for name, ok2d in (
         ("MR_small.dcm", True),

@@ -17,7 +17,7 @@ from lilaw_med.cli import main
 from lilaw_med.data import preflight
 from lilaw_med.data.datalist import load_datalist
 from lilaw_med.data.preflight import check_datalist, preflight_or_raise
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.run_dir import RunDir
 
 
 @pytest.fixture

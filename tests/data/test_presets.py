@@ -12,7 +12,7 @@ from lilaw_med.data.presets import (
     get_preset,
     register_preset,
 )
-from lilaw_med.training.config import ConfigError, validate_config
+from lilaw_med.run.config import ConfigError, validate_config
 from lilaw_med.training.model import input_shape, model_shape
 
 

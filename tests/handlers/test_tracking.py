@@ -16,7 +16,7 @@ import lilaw_med.handlers.tracking as tracking
 from lilaw_med.cli import main
 from lilaw_med.handlers.run_logger import RunLogger
 from lilaw_med.losses import LiLAWLoss
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.run_dir import RunDir
 from tests.pipelines.helpers import small_sample_data, tiny_overrides
 
 

@@ -13,7 +13,7 @@ import yaml
 
 from lilaw_med.cli import main
 from lilaw_med.data.presets import PRESETS, PresetSpec, register_preset
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.run_dir import RunDir
 from tests.pipelines.helpers import small_sample_data, tiny_overrides
 
 pytestmark = pytest.mark.filterwarnings("ignore:parsing config_file")

@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from lilaw_med.pipelines import pathology_patch, radiology_2d, radiology_3d
-from lilaw_med.training.config import validate_config
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.config import validate_config
+from lilaw_med.run.run_dir import RunDir
 from tests.pipelines.helpers import small_sample_data, tiny_overrides
 
 PIPELINES = {"radiology_2d": radiology_2d, "radiology_3d": radiology_3d, "pathology_patch": pathology_patch}
@@ -133,7 +133,7 @@ def test_multi_label_trains_with_per_label_weights(sample: dict, tmp_path) -> No
 
 
 def test_prior_calibration_is_fitted_on_validation_and_reused_by_evaluate(sample: dict, tmp_path) -> None:
-    from lilaw_med.training.evaluate import evaluate_run
+    from lilaw_med.workflows.evaluate import evaluate_run
 
     overrides = tiny_overrides("pathology_patch", sample, "eval.calibration=prior")
     result = pathology_patch.run(output_dir=tmp_path / "run", overrides=overrides)
@@ -149,7 +149,7 @@ def test_prior_calibration_is_fitted_on_validation_and_reused_by_evaluate(sample
     # predict applies the saved bias: a bias of +8 on class 1 makes every prediction class 1, and the
     # calibrated probabilities are softmax(log(uncalibrated) / T + class_bias)
     from lilaw_med.data.presets import get_preset
-    from lilaw_med.training.predict import predict_inputs
+    from lilaw_med.workflows.predict import predict_inputs
 
     summary_path = RunDir(result.run_dir).summary
     saved = json.loads(summary_path.read_text())

@@ -10,7 +10,7 @@ import pytest
 from lilaw_med.cli import main
 from lilaw_med.data.tissue import tissue_mask
 from lilaw_med.pipelines import pathology_patch
-from lilaw_med.training.predict import aggregate_patches
+from lilaw_med.workflows.predict import aggregate_patches
 from tests.pipelines.helpers import small_sample_data, tiny_overrides
 
 

@@ -200,8 +200,9 @@ def start_cli(
     """
     import lilaw_med.cli.audit  # noqa: F401  (every module the child needs is imported once, before the fork)
     import lilaw_med.cli.train  # noqa: F401
-    import lilaw_med.training.builder  # noqa: F401
     import lilaw_med.training.resume  # noqa: F401
+    import lilaw_med.training.run  # noqa: F401
+    import lilaw_med.workflows.audit  # noqa: F401
     from lilaw_med.cli import main
 
     sys.stdout.flush()

@@ -102,7 +102,7 @@ def test_dynamics_record_each_item_exactly_once_per_epoch(ddp_cli_run: dict) -> 
 
 
 def test_audit_table_of_a_ddp_run_has_each_item_once(ddp_cli_run: dict, tmp_path: Path) -> None:
-    from lilaw_med.audit.report import run_audit
+    from lilaw_med.workflows.audit import run_audit
 
     result = run_audit(ddp_cli_run["run_dir"], tmp_path / "audit", thumbnails=False, final_model_baseline=False)
     for split in ("training", "validation"):

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from lilaw_med.data.datalist import Datalist
-from lilaw_med.training.config import Config, ConfigError
+from lilaw_med.run.config import Config, ConfigError
 from lilaw_med.training.data import AUTO_WORKERS_MAX, build_data, resolve_num_workers
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from lilaw_med.handlers.run_logger import RunLogger
 from lilaw_med.losses import LiLAWLoss
-from lilaw_med.training.run_dir import RunDir
+from lilaw_med.run.run_dir import RunDir
 
 
 def _drive(logger_: RunLogger, loss: LiLAWLoss, epochs: int = 2, per_epoch: int = 3) -> Engine:

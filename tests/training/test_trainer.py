@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from lilaw_med.losses import build_base_loss
-from lilaw_med.training.config import Config, ScheduleConfig, validate_config
-from lilaw_med.training.distributed import resolve_device
+from lilaw_med.run.config import Config, ScheduleConfig, validate_config
+from lilaw_med.training.devices import resolve_device
 from lilaw_med.training.trainer import build_lilaw_loss, build_scheduler
 
 LOSS = validate_config({"data": {"sample_data": True}})["loss"]
@@ -83,7 +83,7 @@ def test_device_resolution() -> None:
 def test_calibration_that_does_not_fit_the_task_is_refused_by_field(
     method: str, num_classes: int, multi_label: bool, message: str
 ) -> None:
-    from lilaw_med.training.config import ConfigError
+    from lilaw_med.run.config import ConfigError
     from lilaw_med.training.trainer import _check_calibration
 
     loss = {"loss": {"name": "bce"}} if multi_label else {}

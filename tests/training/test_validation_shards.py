@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader
 
 from lilaw_med.data.datalist import Datalist
 from lilaw_med.data.dataset import shard_indices
+from lilaw_med.run.config import Config
 from lilaw_med.training import distributed as D
-from lilaw_med.training.config import Config
 from lilaw_med.training.data import build_data
 from lilaw_med.training.evaluation import classification_metrics, run_inference
 from lilaw_med.training.validation import SCALAR_METRICS, EpochValidation, merge_shards

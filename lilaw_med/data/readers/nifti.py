@@ -39,6 +39,7 @@ def nifti_problem(img: Any) -> str | None:
     Returns:
         The reason (one line, without the file name), or ``None``.
     """
+    # nibabel loads with the first NIfTI file: runs of other formats never import it
     import nibabel as nib
 
     header = getattr(img, "nifti_header", None) or img.header
@@ -102,6 +103,7 @@ def _read_nifti_gz(path: str | os.PathLike) -> Any | None:
     Raises:
         ValueError: naming the file and what :func:`nifti_problem` found in its header.
     """
+    # nibabel loads with the first NIfTI file: runs of other formats never import it
     import nibabel as nib
 
     if not str(path).lower().endswith(".nii.gz"):
@@ -176,6 +178,7 @@ class NiftiReader(NibabelReader):
         Raises:
             ValueError: naming the file and what :func:`nifti_problem` found.
         """
+        # nibabel loads with the first NIfTI file: runs of other formats never import it
         import nibabel as nib
         from monai.data.utils import correct_nifti_header_if_necessary
 
@@ -210,6 +213,7 @@ def nifti_header(p: Path, kind: str, decode: bool) -> ImageHeader:
     Raises:
         ValueError: one line naming the file and what is wrong.
     """
+    # nibabel loads with the first NIfTI file: runs of other formats never import it
     import nibabel as nib
 
     try:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from lilaw_med.data.datalist import load_datalist
 from lilaw_med.training.evaluation import calibration_args, classification_metrics, run_inference
-from lilaw_med.training.trained_run import TrainedRun
+from lilaw_med.workflows.trained_run import TrainedRun
 
 __all__ = ["evaluate_run"]
 
@@ -44,7 +45,6 @@ def evaluate_run(
         FileNotFoundError: when the run folder, its model or the datalist is missing.
         ValueError: when no labelled item is left to evaluate.
     """
-    from lilaw_med.data.datalist import load_datalist
 
     run = TrainedRun.load(run_dir, which, device)
     rd, multi = run.run_dir, run.multi_label

@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lilaw_med.run.config import dump_config, load_yaml_file
 from lilaw_med.run.dynamics_format import FOLDER as DYNAMICS_FOLDER
 from lilaw_med.utils import atomic_write
 
@@ -113,6 +114,7 @@ class RunLock:
             RunDirBusyError: when another live process holds it.
             OSError: when the lock file cannot be created for another reason than a read-only folder.
         """
+        # POSIX only: imported where the lock is taken
         import fcntl
 
         if self._fd is not None:
@@ -348,8 +350,7 @@ class RunDir:
         return json.loads((self.root / name).read_text(encoding="utf-8"))
 
     def write_config(self, config: Mapping[str, Any] | Any) -> Path:
-        """Writes the resolved config (a mapping or a :class:`~lilaw_med.training.config.Config`) as YAML."""
-        from lilaw_med.training.config import dump_config
+        """Writes the resolved config (a mapping or a :class:`~lilaw_med.run.config.Config`) as YAML."""
 
         return atomic_write(self.config, dump_config(config))
 
@@ -360,7 +361,6 @@ class RunDir:
             FileNotFoundError: when the folder is not a run folder.
             ConfigError: naming the file, when it is not YAML text (binary, too large, too deeply nested).
         """
-        from lilaw_med.training.config import load_yaml_file
 
         if not self.config.is_file():
             raise FileNotFoundError(f"{self.root} is not a run folder: {self.CONFIG} is missing.")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from lilaw_med import LiLAWHandler, LiLAWLoss, LiLAWWeighting
-from lilaw_med.training.config import (
+from lilaw_med.run.config import (
     ConfigError,
     apply_overrides,
     default_config,

@@ -24,11 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from lilaw_med.data.datalist import load_datalist
+from lilaw_med.data.readers import read_header
+from lilaw_med.data.tissue import BACKGROUND, PEN, TISSUE, tissue_classes
+from lilaw_med.data.wsi import read_thumbnail
+from lilaw_med.run.run_dir import RunDir
 from lilaw_med.training.evaluation import apply_calibration, calibration_args, run_inference
-from lilaw_med.training.run_dir import RunDir
-from lilaw_med.training.trained_run import TrainedRun
 from lilaw_med.utils import atomic_write
+from lilaw_med.workflows.trained_run import TrainedRun
 
 __all__ = ["SLIDE_AGGREGATIONS", "SLIDE_SUFFIXES", "aggregate_patches", "is_slide", "mask_overlay", "predict_slide",
            "training_tile_size"]
@@ -66,6 +71,7 @@ def aggregate_patches(probs: np.ndarray, method: str = "top10") -> np.ndarray:
 
 def _open_slide(path: Path) -> Any:
     try:
+        # tiffslide (and zarr) load only when a slide is predicted
         import tiffslide
     except ImportError:  # pragma: no cover - a declared dependency
         return None
@@ -94,8 +100,6 @@ def is_slide(path: Path, patch: int) -> bool:
 
 def training_tile_size(rd: RunDir) -> int:
     """The native size of the training tiles (the slide patch size), from the run's first training item."""
-    from lilaw_med.data.datalist import load_datalist
-    from lilaw_med.data.readers import read_header
 
     dl = load_datalist(rd.datalist)
     for item in dl.training[:1]:
@@ -116,7 +120,6 @@ _PALETTE = np.array(
 
 
 def _png(rgb: np.ndarray, scale: int = 1) -> bytes:
-    from PIL import Image
 
     img = Image.fromarray(rgb)
     if scale > 1:
@@ -160,7 +163,6 @@ def mask_overlay(thumb: np.ndarray, classes: np.ndarray) -> np.ndarray:
     Returns:
         (H, W, 3) uint8 RGB.
     """
-    from lilaw_med.data.tissue import BACKGROUND, PEN
 
     out = thumb.copy()
     grey = thumb.mean(axis=2, keepdims=True)
@@ -190,8 +192,6 @@ def predict_slide(
         ``(scores (C,), files written, patches scored)``.
     """
     names = run.output_names
-    from lilaw_med.data.tissue import TISSUE, tissue_classes
-    from lilaw_med.data.wsi import read_thumbnail
 
     slide = _open_slide(path)
     try:

@@ -22,6 +22,7 @@ by fold; a fold trained for other settings is trained again.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -32,8 +33,14 @@ from typing import Any
 
 import numpy as np
 
+from lilaw_med.data.datalist import group_kfold
+from lilaw_med.run.config import load_config
 from lilaw_med.run.dynamics_format import load_dynamics
+from lilaw_med.run.run_dir import RunDir
+from lilaw_med.training.evaluation import probabilities, run_inference
+from lilaw_med.training.run import run_training
 from lilaw_med.utils import atomic_write
+from lilaw_med.workflows.trained_run import TrainedRun
 
 __all__ = ["CrossFitResult", "cross_fit", "item_probabilities", "load_cross_fit"]
 
@@ -87,22 +94,10 @@ def item_probabilities(run_dir: str | os.PathLike, items: Sequence[Mapping[str, 
     Returns:
         float64 (N, C) probabilities in the order of ``items``.
     """
-    from monai.data import DataLoader, Dataset
-
-    from lilaw_med.data.transforms import build_transforms
-    from lilaw_med.training.config import validate_config
-    from lilaw_med.training.data import transform_options
-    from lilaw_med.training.evaluation import probabilities, run_inference
-    from lilaw_med.training.model import load_model
-    from lilaw_med.training.run_dir import RunDir
-
-    rd = RunDir(run_dir)
-    cfg = validate_config(rd.read_config())
-    network, _ = load_model(rd.root, which, "cpu")
-    transforms = build_transforms(cfg["data"]["preset"], transform_options(cfg), train=False)
+    run = TrainedRun.load(run_dir, which, device="cpu")
     labelled = [{**it, "label": it.get("label", 0), "id": str(it["id"])} for it in items]
-    loader = DataLoader(Dataset(labelled, transforms), batch_size=int(cfg["train"]["batch_size"]), shuffle=False)
-    logits, _, out_ids = run_inference(network, loader, "cpu")
+    loader = run.loader(labelled, batch_size=run.config.train.batch_size)
+    logits, _, out_ids = run_inference(run.network, loader, run.device)
     probs = probabilities(logits)
     wanted = [str(it["id"]) for it in items]
     if list(out_ids) != wanted:
@@ -157,10 +152,6 @@ def cross_fit(
         FileNotFoundError: when ``run_dir`` is not a finished run folder.
         ValueError: for ``folds < 2`` or fewer groups than folds.
     """
-    from lilaw_med.data.datalist import group_kfold
-    from lilaw_med.training.config import load_config
-    from lilaw_med.training.run import run_training
-    from lilaw_med.training.run_dir import RunDir
 
     rd = RunDir(run_dir)
     if not rd.config.is_file() or not rd.datalist.is_file():
@@ -227,7 +218,6 @@ def _fold_done(fold_dir: Path, summary: Path, fold_key: Mapping[str, Any]) -> bo
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
-    import io
 
     buf = io.BytesIO()
     np.save(buf, a, allow_pickle=False)

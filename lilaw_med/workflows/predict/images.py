@@ -7,11 +7,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from monai.data import DataLoader, list_data_collate
+from monai.transforms import Compose
 
 from lilaw_med.training.evaluation import apply_calibration, calibration_args, run_inference
-from lilaw_med.training.predict.inputs import check_input, check_loaded_shape, is_picture
-from lilaw_med.training.predict.output import error_row, one_line
-from lilaw_med.training.trained_run import TrainedRun
+from lilaw_med.workflows.predict.inputs import check_input, check_loaded_shape, is_picture
+from lilaw_med.workflows.predict.output import error_row, one_line
+from lilaw_med.workflows.trained_run import TrainedRun
 
 __all__ = ["ImagePreparer", "auto_num_workers", "predict_images"]
 
@@ -37,7 +39,7 @@ class ImagePreparer:
 
     The chain is split after its loading transform, so the raw pixels can be checked: a NaN or
     infinite pixel is refused before intensity scaling could clip it into a valid-looking image.
-    The verdict on the file is the pre-flight's (:func:`~lilaw_med.training.predict.inputs.check_input`);
+    The verdict on the file is the pre-flight's (:func:`~lilaw_med.workflows.predict.inputs.check_input`);
     PNG/JPEG/TIFF pixels are decoded once, by the loading transform, whose reader refuses the same
     files for the same reasons as ``read_header``'s own decode (see :func:`check_loaded_shape`).
 
@@ -46,7 +48,6 @@ class ImagePreparer:
     """
 
     def __init__(self, run: TrainedRun) -> None:
-        from monai.transforms import Compose
 
         chain = run.transforms()
         self.load, self.rest = chain.transforms[0], Compose(list(chain.transforms[1:]))
@@ -90,7 +91,6 @@ class _PreparedInputs(torch.utils.data.Dataset):
 
 def _collate(samples: list[dict[str, Any]]) -> tuple[Any, list[str | None]]:
     """``(MONAI batch of the good items or None, per sample: None or its error)``."""
-    from monai.data import list_data_collate
 
     good = [s["item"] for s in samples if "item" in s]
     return (list_data_collate(good) if good else None), [s.get("error") for s in samples]
@@ -121,7 +121,6 @@ def predict_images(
     Yields:
         The rows of one batch of inputs.
     """
-    from monai.data import DataLoader
 
     multi, names = run.multi_label, run.output_names
     loader = DataLoader(

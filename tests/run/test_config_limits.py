@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from lilaw_med.cli import main
-from lilaw_med.training.config import (
+from lilaw_med.run.config import (
     MAX_CONFIG_DEPTH,
     MAX_SPATIAL_VOXELS,
     ConfigError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lilaw_med.training.networks import NETWORKS, build_network
+from lilaw_med.networks import NETWORKS, build_network
 
 
 @pytest.mark.parametrize("name", NETWORKS)

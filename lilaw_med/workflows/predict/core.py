@@ -11,16 +11,16 @@ from typing import Any
 import numpy as np
 
 from lilaw_med.data.presets import get_preset
-from lilaw_med.training.predict.images import auto_num_workers, predict_images
-from lilaw_med.training.predict.output import PredictionWriter, error_row, header, one_line
-from lilaw_med.training.predict.slides import (
+from lilaw_med.workflows.predict.images import auto_num_workers, predict_images
+from lilaw_med.workflows.predict.output import PredictionWriter, error_row, header, one_line
+from lilaw_med.workflows.predict.slides import (
     SLIDE_AGGREGATIONS,
     SLIDE_SUFFIXES,
     is_slide,
     predict_slide,
     training_tile_size,
 )
-from lilaw_med.training.trained_run import TrainedRun
+from lilaw_med.workflows.trained_run import TrainedRun
 
 __all__ = ["predict_inputs"]
 
@@ -71,7 +71,7 @@ def predict_inputs(
 
     Every input gets a row, in the order given, written batch by batch as the rows are made (to
     ``OUTPUT.partial``, renamed to ``OUTPUT`` when all are done; see
-    :class:`~lilaw_med.training.predict.output.PredictionWriter`). An input that cannot be
+    :class:`~lilaw_med.workflows.predict.output.PredictionWriter`). An input that cannot be
     predicted (missing, an unsupported or unreadable file, the wrong dimensionality, NaN or infinite
     pixels, a non-finite model output) gets its reason in the ``error`` column and no class or
     probabilities; the other inputs are predicted as usual. Images are read, checked and
@@ -84,7 +84,7 @@ def predict_inputs(
     Args:
         run_dir: the run folder.
         inputs: image files (DICOM, NIfTI, PNG/JPEG/TIFF, .npy), DICOM series folders, slides (see
-            :func:`~lilaw_med.training.predict.inputs.collect_inputs` for list files, folders and patterns).
+            :func:`~lilaw_med.workflows.predict.inputs.collect_inputs` for list files, folders and patterns).
         output: the CSV to write: ``id, path, kind, predicted_label, predicted_class, num_patches,
             prob_<class>..., error`` (``kind`` is ``image`` or ``slide``; a slide row holds its
             aggregated scores and ``num_patches``). Text cells that a spreadsheet would run as a
@@ -93,10 +93,10 @@ def predict_inputs(
         device: overrides the run's device.
         batch_size: inference batch size.
         calibrated: apply the calibration fitted during training.
-        slide_aggregation: ``"mean"``, ``"max"`` or ``"top10"`` (see :mod:`~lilaw_med.training.predict.slides`).
+        slide_aggregation: ``"mean"``, ``"max"`` or ``"top10"`` (see :mod:`~lilaw_med.workflows.predict.slides`).
         tissue_threshold: minimum tissue fraction of a slide patch.
         num_workers: loader worker processes for images (``None``:
-            :func:`~lilaw_med.training.predict.images.auto_num_workers`).
+            :func:`~lilaw_med.workflows.predict.images.auto_num_workers`).
 
     Returns:
         ``{"n": rows written, "output": path, "slide_maps": [paths], "failed": [(input, error)]}``.

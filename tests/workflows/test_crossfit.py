@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import yaml
 
-import lilaw_med.training.run as training_run
-from lilaw_med.audit.crossfit import cross_fit, item_probabilities, load_cross_fit
+import lilaw_med.workflows.crossfit as crossfit_module
 from lilaw_med.run.dynamics_format import load_dynamics
 from lilaw_med.training.run import run_training
+from lilaw_med.workflows.crossfit import cross_fit, item_probabilities, load_cross_fit
 from tests.audit.conftest import make_image_datalist, tiny_config
 
 OVERRIDES = ["lilaw.enabled=false"]
@@ -72,7 +72,7 @@ def test_no_fold_run_trained_on_the_items_it_predicted(crossfit):
 
 def test_the_final_checkpoint_is_reachable_and_reuses_the_trained_folds(crossfit, monkeypatch):
     run, _ = crossfit
-    monkeypatch.setattr(training_run, "run_training", _no_training)
+    monkeypatch.setattr(crossfit_module, "run_training", _no_training)
     final = cross_fit(run, folds=2, overrides=OVERRIDES, which="final")
     items = {it["id"]: it for it in json.loads((run / "datalist.json").read_text())["training"]}
     for k in (1, 2):
@@ -98,7 +98,7 @@ def test_a_second_call_reuses_the_cross_fit_without_training(crossfit, monkeypat
     run, result = crossfit
     arrays = run / "crossfit_2" / "oof_probs.npy"
     mtime = arrays.stat().st_mtime_ns
-    monkeypatch.setattr(training_run, "run_training", _no_training)
+    monkeypatch.setattr(crossfit_module, "run_training", _no_training)
     again = cross_fit(run, folds=2, overrides=OVERRIDES)
     np.testing.assert_array_equal(again.probs, result.probs)
     assert again.ids == result.ids and arrays.stat().st_mtime_ns == mtime
@@ -110,7 +110,7 @@ def test_an_interrupted_cross_fit_resumes_from_its_finished_folds(crossfit, monk
     copy = shutil.copytree(run / "crossfit_2", tmp_path / "cf")
     (copy / "oof_probs.npy").unlink()  # as if stopped after the last fold's training
     (copy / "crossfit.json").unlink()
-    monkeypatch.setattr(training_run, "run_training", _no_training)
+    monkeypatch.setattr(crossfit_module, "run_training", _no_training)
     again = cross_fit(run, folds=2, out_dir=copy, overrides=OVERRIDES)
     np.testing.assert_allclose(again.probs, result.probs, atol=1e-6)
     assert (copy / "oof_probs.npy").is_file()
@@ -122,7 +122,7 @@ def test_other_settings_do_not_reuse_folds_trained_with_different_ones(crossfit,
     cross-fit, neither the finished cross-fit nor its folds: the fold trainings are redone (here:
     run_training is called)."""
     run, _ = crossfit
-    monkeypatch.setattr(training_run, "run_training", _no_training)
+    monkeypatch.setattr(crossfit_module, "run_training", _no_training)
     finished = shutil.copytree(run / "crossfit_2", tmp_path / "finished")
     with pytest.raises(Retrained):
         cross_fit(run, folds=2, out_dir=finished, overrides=overrides, seed=seed)
@@ -134,7 +134,7 @@ def test_other_settings_do_not_reuse_folds_trained_with_different_ones(crossfit,
 
 def test_folds_finished_before_fold_markers_are_reused_only_for_the_same_held_out_items(crossfit, monkeypatch, tmp_path):
     run, result = crossfit
-    monkeypatch.setattr(training_run, "run_training", _no_training)
+    monkeypatch.setattr(crossfit_module, "run_training", _no_training)
     for seed, reused in ((None, True), (1, False)):
         old = shutil.copytree(run / "crossfit_2", tmp_path / f"old{seed}")
         for k in (1, 2):
@@ -158,11 +158,11 @@ def test_cross_fit_input_errors(tmp_path, crossfit):
 
 
 def test_run_audit_with_folds_reads_the_cached_out_of_fold_probabilities(crossfit, monkeypatch, tmp_path):
-    from lilaw_med.audit.report import run_audit
+    from lilaw_med.workflows.audit import run_audit
 
     run, result = crossfit
     # the default fold overrides (LiLAW off) are those of the cross-fit above, which is reused
-    monkeypatch.setattr(training_run, "run_training", _no_training)
+    monkeypatch.setattr(crossfit_module, "run_training", _no_training)
     quiet = {"thumbnails": False, "final_model_baseline": False, "n_bootstrap": 0}
     audit = run_audit(run, tmp_path / "mean", folds=2, **quiet)
     assert audit.options.fold_overrides == tuple(OVERRIDES)

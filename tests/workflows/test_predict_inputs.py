@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from lilaw_med.cli import main
-from lilaw_med.training.predict import collect_inputs, predict_inputs
+from lilaw_med.workflows.predict import collect_inputs, predict_inputs
 from tests.pipelines.helpers import small_sample_data, tiny_overrides
 
 NUM_IMAGES = 50
@@ -89,7 +89,7 @@ def test_collect_inputs_keeps_the_order_and_refuses_what_matches_nothing(pngs: l
 def test_a_crash_mid_way_leaves_the_rows_done_in_the_partial_file(
     run_2d: Path, pngs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import lilaw_med.training.predict.images as images
+    import lilaw_med.workflows.predict.images as images
 
     full = tmp_path / "full.csv"
     predict_inputs(run_2d, pngs, full, batch_size=8, num_workers=0)
@@ -114,7 +114,7 @@ def test_a_crash_mid_way_leaves_the_rows_done_in_the_partial_file(
 def test_pictures_are_decoded_once_and_judged_as_the_pre_flight_judges_them(
     run_2d: Path, pngs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import lilaw_med.training.predict.inputs as inputs
+    import lilaw_med.workflows.predict.inputs as inputs
 
     real = inputs.read_header
 

@@ -1,6 +1,6 @@
 """A finished run ready for inference: the config, network, calibration, class names and evaluation chain.
 
-:func:`~lilaw_med.training.evaluate.evaluate_run` and :func:`~lilaw_med.training.predict.predict_inputs`
+:func:`~lilaw_med.workflows.evaluate.evaluate_run` and :func:`~lilaw_med.workflows.predict.predict_inputs`
 both start from one :class:`TrainedRun`, so a model is always read with its own config, device rule,
 calibration and evaluation transforms.
 """
@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from monai.data import DataLoader, Dataset
 from torch import nn
 
-from lilaw_med.training.config import Config
-from lilaw_med.training.data import transform_options
+from lilaw_med.run.config import Config
+from lilaw_med.run.run_dir import RunDir
+from lilaw_med.run.summary import NO_CALIBRATION, RunSummary
+from lilaw_med.run.transforms import evaluation_transforms
 from lilaw_med.training.devices import resolve_device
 from lilaw_med.training.model import load_model
-from lilaw_med.training.run_dir import RunDir
 
 __all__ = ["TrainedRun"]
 
@@ -41,6 +43,7 @@ class TrainedRun:
             ``class_names``, ...).
         device: where the network runs.
         which: ``"best"`` or ``"final"``.
+        summary: the run's ``summary.json`` (empty when it has none).
     """
 
     run_dir: RunDir
@@ -49,6 +52,7 @@ class TrainedRun:
     meta: dict[str, Any]
     device: torch.device
     which: str
+    summary: RunSummary = field(default_factory=RunSummary)
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike, which: str = "best", device: str | None = None) -> TrainedRun:
@@ -72,7 +76,7 @@ class TrainedRun:
         cfg = Config.from_mapping(rd.read_config())
         dev = resolve_device(device or cfg.train.device)
         network, meta = load_model(rd.root, which, dev)
-        return cls(rd, cfg, network, meta, dev, which)
+        return cls(rd, cfg, network, meta, dev, which, RunSummary.read(rd.root))
 
     @property
     def multi_label(self) -> bool:
@@ -103,17 +107,11 @@ class TrainedRun:
             ``{"method", "temperature", "threshold", ...}`` of this model (``which``), the final
             model's when the run fitted none for it, or ``{"method": "none", ...}``.
         """
-        cal: dict[str, Any] = {"method": "none", "temperature": 1.0, "threshold": None}
-        if calibrated and self.run_dir.summary.is_file():
-            saved = self.run_dir.read_json(RunDir.SUMMARY).get("calibration", {})
-            cal = saved.get(self.which) or saved.get("final") or cal
-        return cal
+        return self.summary.calibration(self.which) if calibrated else dict(NO_CALIBRATION)
 
     def transforms(self) -> Any:
         """The run's evaluation transform chain (a MONAI ``Compose``; its first transform loads)."""
-        from lilaw_med.data.transforms import build_transforms
-
-        return build_transforms(self.config.data.preset, transform_options(self.config), train=False)
+        return evaluation_transforms(self.config)
 
     def loader(self, items: Sequence[dict[str, Any]], batch_size: int, num_workers: int = 0) -> Any:
         """A MONAI ``DataLoader`` over ``items`` through :meth:`transforms`, in order.
@@ -126,7 +124,6 @@ class TrainedRun:
         Returns:
             The loader.
         """
-        from monai.data import DataLoader, Dataset
 
         return DataLoader(
             Dataset(list(items), self.transforms()), batch_size=batch_size, shuffle=False, num_workers=num_workers

@@ -10,7 +10,7 @@ returns the typed :class:`Config` the training code reads (``cfg.train.epochs``)
 defaults are read from the signatures of :class:`~lilaw_med.weighting.LiLAWWeighting`,
 :class:`~lilaw_med.losses.LiLAWLoss` and :class:`~lilaw_med.handlers.LiLAWHandler`, and the
 presets, networks and losses a config may name from their registries
-(:data:`~lilaw_med.data.presets.PRESETS`, :data:`~lilaw_med.training.networks.NETWORKS`,
+(:data:`~lilaw_med.data.presets.PRESETS`, :data:`~lilaw_med.networks.NETWORKS`,
 :data:`~lilaw_med.losses.BASE_LOSSES`), so each of those facts lives in one place.
 
 Relative paths in a config (``data.datalist``, ``data.sample_dir``, ``output.dir``, ...) are
@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib.resources
 import inspect
 import math
 import os
@@ -35,7 +36,7 @@ import yaml
 from lilaw_med.data.presets import PRESETS, get_preset
 from lilaw_med.losses import BASE_LOSSES, LiLAWLoss
 from lilaw_med.meta_step_defaults import META_STEP_DEFAULTS
-from lilaw_med.training.networks import NETWORKS
+from lilaw_med.networks import NETWORKS
 from lilaw_med.weighting import LiLAWWeighting
 
 __all__ = [
@@ -718,7 +719,6 @@ def load_preset_config(filename: str, overrides: Sequence[str] = ()) -> dict[str
         FileNotFoundError: when there is no such file.
         ConfigError: when an override makes it invalid.
     """
-    import importlib.resources
 
     resource = Path(filename) if Path(filename).is_absolute() else importlib.resources.files("lilaw_med.configs") / filename
     if not resource.is_file():

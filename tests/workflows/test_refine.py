@@ -14,7 +14,7 @@ import pytest
 from lilaw_med.audit.core import AuditOptions
 from lilaw_med.audit.report import read_audit_rows
 from lilaw_med.data.curation import read_id_csv
-from lilaw_med.training.refine import REFINE_RULE, run_refine
+from lilaw_med.workflows.refine import REFINE_RULE, run_refine
 from tests.audit.conftest import FLIPS, make_image_datalist, tiny_config
 
 AUDIT = AuditOptions(count_window="fraction")

@@ -17,8 +17,8 @@ that is on real data: docs/audit.md). The validation split is kept as it is by d
 
 Example::
 
-    from lilaw_med.training.config import load_config
-    from lilaw_med.training.refine import run_refine
+    from lilaw_med.run.config import load_config
+    from lilaw_med.workflows.refine import run_refine
 
     result = run_refine(load_config("configs/radiology_2d.yaml"), "runs/refined")
 
@@ -36,7 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from lilaw_med.audit.core import AuditOptions
+from lilaw_med.audit.report import AuditFiles, csv_text
+from lilaw_med.data.curation import apply_exclusions
+from lilaw_med.data.datalist import load_datalist
+from lilaw_med.run.config import validate_config
+from lilaw_med.run.run_dir import RunDir, default_run_name
+from lilaw_med.training.run import run_training
 from lilaw_med.utils import atomic_write
+from lilaw_med.workflows.audit import run_audit
 
 __all__ = ["REFINE_RULE", "RefineResult", "run_refine"]
 
@@ -83,7 +90,7 @@ def run_refine(
     """Trains, audits, excludes the suspected mislabels and retrains (see the module docstring).
 
     Args:
-        config: the training config (as for :func:`lilaw_med.training.builder.run_training`).
+        config: the training config (as for :func:`lilaw_med.training.run.run_training`).
         output_dir: the refine folder (``None``: the config's output folder and name, or a
             timestamped ``<preset>-...-refine``).
         audit_options: how the first run is audited (default: the shipped audit).
@@ -97,14 +104,8 @@ def run_refine(
 
     Raises:
         FileExistsError: when the refine folder exists and is not empty.
-        ValueError, FileNotFoundError: as :func:`run_training` and :func:`lilaw_med.audit.report.run_audit`.
+        ValueError, FileNotFoundError: as :func:`run_training` and :func:`lilaw_med.workflows.audit.run_audit`.
     """
-    from lilaw_med.audit.report import AuditFiles, _csv, run_audit
-    from lilaw_med.data.curation import apply_exclusions
-    from lilaw_med.data.datalist import load_datalist
-    from lilaw_med.training.builder import run_training
-    from lilaw_med.training.config import validate_config
-    from lilaw_med.training.run_dir import RunDir, default_run_name
 
     cfg = validate_config(config)
     if output_dir is None:
@@ -127,7 +128,7 @@ def run_refine(
     # written as the audit writes its CSV files: a text cell a spreadsheet would run as a formula gets a
     # leading ' (read_id_csv, which apply_exclusions reads with, takes it off again)
     exclude_csv = atomic_write(root / "refine_exclude.csv",
-                               _csv(excluded, ["id", "split", "path", "given_label", "label_score", "rank"]))
+                               csv_text(excluded, ["id", "split", "path", "given_label", "label_score", "rank"]))
 
     datalist = load_datalist(RunDir(initial.run_dir).datalist, class_names=cfg["data"]["class_names"],
                              multi_label=cfg["data"]["multi_label"])

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
+from lilaw_med.run.run_dir import RunDir, RunDirBusyError, RunLock
 from lilaw_med.training.resume import check_resume_config
-from lilaw_med.training.run_dir import RunDir, RunDirBusyError, RunLock
 from tests.training.fault_harness import (
     FORK_AND_PROC,
     Pause,

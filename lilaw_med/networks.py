@@ -136,13 +136,13 @@ def _resnet(name: str) -> NetworkFactory:
 
 
 def _densenet121(spatial_dims: int, in_channels: int, num_classes: int, dropout: float) -> nn.Module:
-    from monai.networks import nets
+    from monai.networks import nets  # on use, as in _resnet
 
     return nets.DenseNet121(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes)
 
 
 def _efficientnet_b0(spatial_dims: int, in_channels: int, num_classes: int, dropout: float) -> nn.Module:
-    from monai.networks import nets
+    from monai.networks import nets  # on use, as in _resnet
 
     return nets.EfficientNetBN(
         "efficientnet-b0", pretrained=False, spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes
