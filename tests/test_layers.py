@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "lilaw_med.losses",
             "lilaw_med.networks",
             "lilaw_med.meta_step_defaults",
+            "lilaw_med.errors",
             "lilaw_med.rng",
         ),
     ),
