@@ -75,7 +75,8 @@ def _trainer(meta: str) -> tuple[SupervisedTrainer, LiLAWLoss]:
     trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=train, network=net,
                                 optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=loss,
                                 decollate=False)
-    (LiLAWHandler(val, loss) if meta == "lilaw" else NaiveMetaStep(val, loss)).attach(trainer)
+    # the spec's step on both sides: the naive step knows no epoch budget
+    (LiLAWHandler(val, loss, epoch_budget=None) if meta == "lilaw" else NaiveMetaStep(val, loss)).attach(trainer)
     return trainer, loss
 
 

@@ -38,6 +38,7 @@ def tiny_overrides(preset: str, paths: dict[str, Path], *extra: str) -> list[str
         "train.device=cpu",
         "output.plots=true",
         "output.tensorboard=false",
+        "lilaw.warmup_epochs=0",  # one epoch: weighting and meta steps from the first iteration
         *sizes,
         *extra,
     ]
