@@ -99,7 +99,7 @@ def threshold_rows(items: int = 150_000, old_items: int = 8_000, seed: int = 0) 
         row("threshold, by sorting", items, new_s, new_peak,
              f"threshold {t_new:.6f}; equal to the former loop at {old_items}: {'yes' if same else 'NO'}"),
         row("threshold, one sklearn call per score (former)", old_items, old_s, old_peak, "measured"),
-        row("threshold, one sklearn call per score (former)", items, old_s * (items / old_items) ** 2, float("nan"),
+        row("threshold, one sklearn call per score (former)", items, old_s * (items / old_items) ** 2, None,
              f"extrapolated as n^2 from {old_items} items"),
     ]
 
