@@ -47,6 +47,7 @@ from lilaw_med.audit.window import (
     window_pred_probs,
 )
 from lilaw_med.data.noise import load_noise_truth
+from lilaw_med.errors import InputError
 from lilaw_med.run.dynamics_format import Dynamics, load_dynamics
 from lilaw_med.run.run_dir import RunDir
 
@@ -165,7 +166,7 @@ class AuditOptions:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise InputError(message)
 
 
 # ----------------------------------------------------------------------------- the run folder, read once
@@ -220,7 +221,7 @@ class RunRecord:
             raise FileNotFoundError(f"{rd.root} is not a run folder: {RunDir.DATALIST} is missing.")
         datalist = json.loads(rd.datalist.read_text(encoding="utf-8"))
         if datalist.get("multi_label"):
-            raise ValueError(f"{rd.root}: the audit supports single-label runs; this run is multi-label.")
+            raise InputError(f"{rd.root}: the audit supports single-label runs; this run is multi-label.")
         config = rd.read_config() if rd.config.is_file() else {}
         items = {str(it["id"]): (split, it) for split in ("training", "validation", "test")
                  for it in datalist.get(split, [])}
@@ -235,7 +236,7 @@ class RunRecord:
             if dyn.epochs:
                 missing = [i for i in dyn.ids if i not in items]
                 if missing:
-                    raise ValueError(f"{len(missing)} {split} id(s) of the dynamics are not in {rd.datalist} "
+                    raise InputError(f"{len(missing)} {split} id(s) of the dynamics are not in {rd.datalist} "
                                      f"(e.g. {missing[0]!r}): the dynamics belong to another datalist.")
                 dynamics[split] = dyn
         if "training" not in dynamics:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from lilaw_med.errors import InputError
+
 __all__ = [
     "SCORE_METHODS",
     "check_inputs",
@@ -132,7 +134,7 @@ def get_label_quality_scores(
         ValueError: on an unknown method or malformed inputs.
     """
     if method not in SCORE_METHODS:
-        raise ValueError(f"method must be one of {sorted(SCORE_METHODS)} but is {method!r}.")
+        raise InputError(f"method must be one of {sorted(SCORE_METHODS)} but is {method!r}.")
     y, p = check_inputs(labels, pred_probs)
     if adjust_pred_probs:
         p = subtract_confident_thresholds(y, p)

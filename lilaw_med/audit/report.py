@@ -53,6 +53,7 @@ from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS
 from lilaw_med.audit.html import render_html
 from lilaw_med.audit.rank import self_confidence
 from lilaw_med.audit.window import choose_window, window_pred_probs
+from lilaw_med.errors import InputError
 from lilaw_med.run.run_dir import RunDir, to_jsonable
 from lilaw_med.utils import FORMULA_START, atomic_write, guard_csv_text, unguard_csv_text
 
@@ -340,19 +341,19 @@ def read_audit_rows(audit_dir: str | os.PathLike, columns: Sequence[str] | None 
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
-            raise ValueError(f"{path}: empty; not an audit.csv written by `lilaw-med audit`.")
+            raise InputError(f"{path}: empty; not an audit.csv written by `lilaw-med audit`.")
         missing = [c for c in COLUMNS if c not in header]
         if missing:
-            raise ValueError(f"{path}: not an audit.csv written by `lilaw-med audit` (no column(s) {missing}).")
+            raise InputError(f"{path}: not an audit.csv written by `lilaw-med audit` (no column(s) {missing}).")
         keep = list(header) if columns is None else list(columns)
         unknown = [c for c in keep if c not in header]
         if unknown:
-            raise ValueError(f"{path}: no column(s) {unknown}; the file has {header}.")
+            raise InputError(f"{path}: no column(s) {unknown}; the file has {header}.")
         pos = [header.index(c) for c in keep]
         picked: list[list[str]] = []
         for cells in reader:
             if len(cells) != len(header):
-                raise ValueError(f"{path}, line {reader.line_num}: {len(cells)} cells but the header has {len(header)}.")
+                raise InputError(f"{path}, line {reader.line_num}: {len(cells)} cells but the header has {len(header)}.")
             picked.append([cells[i] for i in pos])
     cols = list(zip(*picked, strict=True)) if picked else [() for _ in keep]
     typed = [_parse_column(path, name, cells) for name, cells in zip(keep, cols, strict=True)]
@@ -372,7 +373,7 @@ def _parse_column(path: Path, name: str, cells: Sequence[str]) -> list[Any]:
     except (KeyError, ValueError):
         kind = "a number" if name in _FLOAT_COLUMNS else "an integer" if name in _INT_COLUMNS else "True or False"
         row, cell = next((k, c) for k, c in enumerate(cells) if not _parses(name, c))
-        raise ValueError(f"{path}, item row {row + 1}: column {name!r} is {cell!r}, not {kind}.") from None
+        raise InputError(f"{path}, item row {row + 1}: column {name!r} is {cell!r}, not {kind}.") from None
     return [unguard_csv_text(c) for c in cells]
 
 

@@ -42,6 +42,7 @@ from lilaw_med.audit.report import AuditFiles, read_audit_rows
 from lilaw_med.audit.window import ScoringWindow, window_pred_probs
 from lilaw_med.data.curation import DECISION_COLUMNS, DECISIONS, read_id_csv
 from lilaw_med.data.presets import get_preset
+from lilaw_med.errors import InputError, one_line
 from lilaw_med.run.config import Config
 from lilaw_med.run.run_dir import RunDir
 from lilaw_med.run.transforms import evaluation_transforms
@@ -132,7 +133,7 @@ def review_queue(
             queue.setdefault(str(r["id"]), "hard")
     unknown = [i for i in include if str(i) not in items]
     if unknown:
-        raise ValueError(f"--include: {len(unknown)} id(s) not in the run's datalist.json: "
+        raise InputError(f"--include: {len(unknown)} id(s) not in the run's datalist.json: "
                          + ", ".join(repr(u) for u in unknown[:5]))
     for i in include:
         queue.setdefault(str(i), "asked for")
@@ -140,7 +141,7 @@ def review_queue(
     splits = set(include_splits)
     bad = sorted(splits - set(_SPLIT_ORDER))
     if bad:
-        raise ValueError(f"--split: unknown split(s) {bad}; the splits are {list(_SPLIT_ORDER)}.")
+        raise InputError(f"--split: unknown split(s) {bad}; the splits are {list(_SPLIT_ORDER)}.")
     if classes:
         for i, (_, item) in items.items():
             label = item.get("label")
@@ -247,10 +248,10 @@ def _read_summary(audit_dir: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); run `lilaw-med audit RUN_DIR` again.") from None
+        raise InputError(f"{path}: not valid JSON ({e}); run `lilaw-med audit RUN_DIR` again.") from None
     summary = data.get("summary") if isinstance(data, dict) else None
     if not isinstance(summary, dict) or not isinstance(summary.get("splits"), dict):
-        raise ValueError(f"{path}: not an audit.json written by `lilaw-med audit` (no 'summary' with 'splits').")
+        raise InputError(f"{path}: not an audit.json written by `lilaw-med audit` (no 'summary' with 'splits').")
     return summary
 
 
@@ -330,7 +331,7 @@ def review_context(
                     views.append({"title": title, "image": len(uris)})
                     uris.append(_png_uri(view, image_size))
             except Exception as e:  # noqa: BLE001 - one unreadable image must not stop the page
-                views, error = [], f"{type(e).__name__}: {e}"
+                views, error = [], one_line(e, with_type=True)
         out_items.append({
             "id": entry.id, "split": split, "reason": entry.reason,
             "given": int(given) if isinstance(given, (int, np.integer)) else None,
@@ -428,7 +429,7 @@ def write_review_page(
     """
 
     if image_size < 32:
-        raise ValueError(f"image_size must be at least 32 pixels but is {image_size}.")
+        raise InputError(f"image_size must be at least 32 pixels but is {image_size}.")
     record = RunRecord.read(run_dir)
     folder = Path(audit_dir) if audit_dir is not None else record.root / RunDir.AUDIT
     summary = _read_summary(folder)
@@ -451,7 +452,7 @@ def _class_index(value: int | str, names: Sequence[str]) -> int:
         return list(names).index(s)
     if s.lstrip("-").isdigit() and 0 <= int(s) < len(names):
         return int(s)
-    raise ValueError(f"--include-class: unknown class {value!r}; the classes are {list(names)} (or their indices).")
+    raise InputError(f"--include-class: unknown class {value!r}; the classes are {list(names)} (or their indices).")
 
 
 # ----------------------------------------------------------------------------- several readers
@@ -491,20 +492,20 @@ def merge_decisions(paths: Sequence[str | os.PathLike]) -> MergeResult:
             decision, or an id a file lists twice with different decisions.
     """
     if len(paths) < 2:
-        raise ValueError(f"--merge needs two or more decision files but got {len(paths)}.")
+        raise InputError(f"--merge needs two or more decision files but got {len(paths)}.")
     by_id: dict[str, list[dict[str, str]]] = {}
     for path in paths:
         rows = read_id_csv(path)
         if rows and "decision" not in rows[0]:
-            raise ValueError(f"{path}: not a decision file (no 'decision' column; found {sorted(rows[0])}).")
+            raise InputError(f"{path}: not a decision file (no 'decision' column; found {sorted(rows[0])}).")
         seen: dict[str, dict[str, str]] = {}
         for line, r in enumerate(rows, start=2):
             if r["decision"] not in DECISIONS:
-                raise ValueError(f"{path}, line {line}: decision {r['decision']!r} is not one of {list(DECISIONS)}.")
+                raise InputError(f"{path}, line {line}: decision {r['decision']!r} is not one of {list(DECISIONS)}.")
             r = {c: r.get(c, "") for c in DECISION_COLUMNS}
             r["reviewer"] = r["reviewer"] or Path(path).stem
             if r["id"] in seen and (seen[r["id"]]["decision"], seen[r["id"]]["new_label"]) != (r["decision"], r["new_label"]):
-                raise ValueError(f"{path}: id {r['id']!r} is listed twice with different decisions.")
+                raise InputError(f"{path}: id {r['id']!r} is listed twice with different decisions.")
             seen[r["id"]] = {**r, "file": str(path)}
         for i, r in seen.items():
             by_id.setdefault(i, []).append(r)

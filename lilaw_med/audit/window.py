@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lilaw_med.errors import InputError
+
 __all__ = [
     "LOSS_RULES", "WINDOW_RULES", "ScoringWindow", "choose_window", "epoch_mean", "prefix_pred_probs", "window_pred_probs",
 ]
@@ -63,7 +65,7 @@ class ScoringWindow:
 
     def __post_init__(self) -> None:
         if not 0 <= self.start < self.stop:
-            raise ValueError(f"a scoring window needs 0 <= start < stop but is [{self.start}, {self.stop}).")
+            raise InputError(f"a scoring window needs 0 <= start < stop but is [{self.start}, {self.stop}).")
 
     @property
     def n_epochs(self) -> int:
@@ -104,16 +106,16 @@ def choose_window(
         ValueError: on an unknown rule, ``n_epochs < 1`` or a curve of the wrong length.
     """
     if rule not in WINDOW_RULES:
-        raise ValueError(f"rule must be one of {WINDOW_RULES} but is {rule!r}.")
+        raise InputError(f"rule must be one of {WINDOW_RULES} but is {rule!r}.")
     if n_epochs < 1:
-        raise ValueError(f"n_epochs must be at least 1 but is {n_epochs}.")
+        raise InputError(f"n_epochs must be at least 1 but is {n_epochs}.")
     if rule == "all":
         return ScoringWindow(0, n_epochs, rule, f"every recorded epoch (1-{n_epochs})")
     if rule == "last":
         return ScoringWindow(n_epochs - 1, n_epochs, rule, f"the last epoch ({n_epochs})")
     if rule == "fraction":
         if not 0 < fraction <= 1:
-            raise ValueError(f"fraction must lie in (0, 1] but is {fraction}.")
+            raise InputError(f"fraction must lie in (0, 1] but is {fraction}.")
         stop = max(1, math.ceil(fraction * n_epochs - 1e-9))
         return ScoringWindow(0, stop, rule, f"the first {stop} of {n_epochs} epochs ({fraction:g} of training)")
     if rule == "val_loss_at_least_fraction":
@@ -125,7 +127,7 @@ def choose_window(
                              f"at epoch {by_loss.stop}, earlier than the first {fraction:g} of training, which is kept")
     curve, what, lower = (val_loss, "loss", True) if rule == "best_val_loss" else (val_accuracy, "accuracy", False)
     if curve is not None and len(curve) != n_epochs:
-        raise ValueError(f"the validation {what} curve has {len(curve)} values for {n_epochs} epochs.")
+        raise InputError(f"the validation {what} curve has {len(curve)} values for {n_epochs} epochs.")
     best = None if curve is None else _argbest(curve, lower)
     if best is None:
         return ScoringWindow(0, n_epochs, "all", f"every recorded epoch (1-{n_epochs}): the run has no validation {what}")
@@ -165,7 +167,7 @@ def _prefix_means(epochs: Iterable[np.ndarray], stops: Sequence[int]) -> Iterato
             del mean
             done += 1
     if done < len(wanted):
-        raise ValueError(f"a window ends at epoch {wanted[done]} but only {0 if total is None else e + 1} were recorded.")
+        raise InputError(f"a window ends at epoch {wanted[done]} but only {0 if total is None else e + 1} were recorded.")
 
 
 def epoch_mean(epochs: Iterable[np.ndarray]) -> np.ndarray:

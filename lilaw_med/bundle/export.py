@@ -53,6 +53,7 @@ from lilaw_med.bundle.source import (
 )
 from lilaw_med.data.datalist import load_datalist
 from lilaw_med.data.presets import get_preset
+from lilaw_med.errors import InputError
 from lilaw_med.run.config import load_config, validate_config
 from lilaw_med.run.run_dir import RunDir
 from lilaw_med.run.summary import RunSummary
@@ -157,7 +158,7 @@ def export_bundle(
         spec, state_dict, summary = model_spec_from_config(cfg, datalist), None, RunSummary()
     shape = list(spatial_shape) if spatial_shape else input_spatial_shape(cfg, spec.spatial_dims)
     if len(shape) != spec.spatial_dims:
-        raise ValueError(f"spatial_shape {shape} must have {spec.spatial_dims} entries (model.spatial_dims).")
+        raise InputError(f"spatial_shape {shape} must have {spec.spatial_dims} entries (model.spatial_dims).")
     meta = _metadata(
         cfg, spec, shape, summary, task=task, description=description, version=version, authors=authors,
         copyright=copyright, value_range=value_range,

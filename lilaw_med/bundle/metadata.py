@@ -26,6 +26,8 @@ import numpy
 import torch
 from monai.bundle import verify_metadata
 
+from lilaw_med.errors import InputError
+
 __all__ = [
     "MANDATORY_KEYS",
     "MONAI_SCHEMA_URL",
@@ -168,11 +170,11 @@ def build_metadata(
     """
     names = [str(c) for c in class_names]
     if not names:
-        raise ValueError("class_names must name at least one output channel but is empty.")
+        raise InputError("class_names must name at least one output channel but is empty.")
     if int(in_channels) < 1:
-        raise ValueError(f"in_channels must be >= 1 but is {in_channels}.")
+        raise InputError(f"in_channels must be >= 1 but is {in_channels}.")
     if not 1 <= len(spatial_shape) <= 3:
-        raise ValueError(f"spatial_shape must have 1 to 3 dimensions but is {list(spatial_shape)}.")
+        raise InputError(f"spatial_shape must have 1 to 3 dimensions but is {list(spatial_shape)}.")
     channels = {str(i): name for i, name in enumerate(names)}
     image = {
         "type": "image",

@@ -37,6 +37,7 @@ from torch import nn
 
 from lilaw_med.bundle.command import META_FILE, bundle_run_command
 from lilaw_med.bundle.yaml_text import config_yaml
+from lilaw_med.errors import InputError, one_line
 from lilaw_med.losses import LiLAWLoss
 from lilaw_med.meta_step_defaults import META_STEP_DEFAULTS
 from lilaw_med.utils import atomic_write
@@ -81,9 +82,9 @@ _SETTINGS: dict[str, Any] = {
 }
 
 
-class LayoutError(ValueError):
+class LayoutError(InputError):
     """A piece of the bundle that :func:`find_layout` could not find or choose; one line that names
-    the option setting it (a ``ValueError``: the CLI prints it without a traceback)."""
+    the option setting it (an ``InputError``: the CLI prints it without a traceback)."""
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,7 @@ def _read_raw(path: Path) -> dict[str, Any]:
         parser.read_config(str(path))
         parser.resolve_macro_and_relative_ids()  # "%id" macros and "@##x" relative ids made absolute
     except Exception as e:  # a broken config is the user's
-        raise LayoutError(f"{path}: cannot be read as a MONAI config: {e}".splitlines()[0]) from None
+        raise LayoutError(f"{path}: cannot be read as a MONAI config: {one_line(e)}") from None
     raw = parser.get()
     if not isinstance(raw, dict):
         raise LayoutError(f"{path}: the config is not a mapping of ids.")
@@ -439,7 +440,7 @@ def per_sample_loss(loss: nn.Module) -> nn.Module:
     """
     reduction = getattr(loss, "reduction", None)
     if not isinstance(reduction, str):
-        raise ValueError(
+        raise InputError(
             f"the bundle's loss {type(loss).__name__} has no 'reduction' setting, so LiLAW cannot get one value "
             "per sample from it: define a per-sample loss under an id and pass --loss-id."
         )

@@ -1,6 +1,6 @@
 """``lilaw-med bundle export | overlay | verify``: MONAI bundles from lilaw-med configs and runs.
 
-Library errors (``ValueError``, ``FileNotFoundError``, ``FileExistsError``, ``OSError``) become
+Errors in the user's input (``InputError``, ``FileNotFoundError``, ``FileExistsError``, ``OSError``) become
 :class:`~lilaw_med.cli.UserError`, printed as one line without a traceback.
 """
 

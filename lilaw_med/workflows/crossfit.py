@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from lilaw_med.data.datalist import group_kfold
+from lilaw_med.errors import InputError
 from lilaw_med.run.config import load_config
 from lilaw_med.run.dynamics_format import load_dynamics
 from lilaw_med.run.run_dir import RunDir
@@ -157,7 +158,7 @@ def cross_fit(
     if not rd.config.is_file() or not rd.datalist.is_file():
         raise FileNotFoundError(f"{rd.root} is not a finished run folder ({RunDir.CONFIG} and {RunDir.DATALIST} needed).")
     if folds < 2:
-        raise ValueError(f"folds must be at least 2 but is {folds}.")
+        raise InputError(f"folds must be at least 2 but is {folds}.")
     out = Path(out_dir) if out_dir is not None else rd.root / f"crossfit_{folds}"
     base_cfg = load_config(rd.config)
     split_seed = int(base_cfg["train"]["seed"] if seed is None else seed)

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from lilaw_med.data.datalist import load_datalist
+from lilaw_med.errors import InputError
 from lilaw_med.training.evaluation import calibration_args, classification_metrics, run_inference
 from lilaw_med.workflows.trained_run import TrainedRun
 
@@ -60,7 +61,7 @@ def evaluate_run(
         groups = {s: [it for it in dl.split(s) if it.get("label") is not None] for s in wanted}
     groups = {k: v for k, v in groups.items() if v}
     if not groups:
-        raise ValueError(f"nothing to evaluate: no labelled items in {datalist or rd.datalist} ({splits}).")
+        raise InputError(f"nothing to evaluate: no labelled items in {datalist or rd.datalist} ({splits}).")
     cal = run.calibration(calibrated)
     report: dict[str, Any] = {
         "checkpoint": run.meta["path"], "epoch": run.meta.get("epoch"), "calibration": cal, "splits": {},

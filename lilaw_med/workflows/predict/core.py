@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 
 from lilaw_med.data.presets import get_preset
+from lilaw_med.errors import InputError
 from lilaw_med.workflows.predict.images import auto_num_workers, predict_images
-from lilaw_med.workflows.predict.output import PredictionWriter, error_row, header, one_line
+from lilaw_med.workflows.predict.output import PredictionWriter, error_cell, error_row, header
 from lilaw_med.workflows.predict.slides import (
     SLIDE_AGGREGATIONS,
     SLIDE_SUFFIXES,
@@ -39,7 +40,7 @@ def _slide_row(
             path, run, cal, patch, prefix, batch_size, aggregation, tissue_threshold
         )
     except Exception as e:  # this slide's problem: reported in its row, the others go on
-        return error_row(names, one_line(e))
+        return error_row(names, error_cell(e))
     maps += [str(w) for w in written if w.suffix == ".png"]
     if np.isfinite(scores).all():
         label = int(np.nanargmax(scores))
@@ -106,13 +107,13 @@ def predict_inputs(
         ValueError: on an unloadable model, or invalid options.
     """
     if not 0 <= tissue_threshold <= 1:
-        raise ValueError(f"tissue_threshold must lie in [0, 1] but is {tissue_threshold}.")
+        raise InputError(f"tissue_threshold must lie in [0, 1] but is {tissue_threshold}.")
     if slide_aggregation not in SLIDE_AGGREGATIONS:
-        raise ValueError(f"slide aggregation must be 'mean', 'max' or 'top10' but is {slide_aggregation!r}.")
+        raise InputError(f"slide aggregation must be 'mean', 'max' or 'top10' but is {slide_aggregation!r}.")
     if batch_size < 1:
-        raise ValueError(f"batch size must be a positive integer but is {batch_size}.")
+        raise InputError(f"batch size must be a positive integer but is {batch_size}.")
     if num_workers is not None and num_workers < 0:
-        raise ValueError(f"num_workers must be 0 or more but is {num_workers}.")
+        raise InputError(f"num_workers must be 0 or more but is {num_workers}.")
     run = TrainedRun.load(run_dir, which, device)
     cal = run.calibration(calibrated)
     out_path = Path(output)

@@ -11,9 +11,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from lilaw_med.errors import one_line
 from lilaw_med.utils import guard_csv_text
 
-__all__ = ["PredictionWriter", "csv_cell", "error_row", "header", "one_line"]
+__all__ = ["PredictionWriter", "csv_cell", "error_cell", "error_row", "header"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,12 +25,10 @@ def header(names: Sequence[str]) -> list[str]:
             *[f"prob_{n}" for n in names], "error"]
 
 
-def one_line(error: BaseException) -> str:
-    """An exception as one short line (readers' messages may span lines or quote whole headers)."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    if not isinstance(error, (ValueError, OSError)):
-        text = f"{type(error).__name__}: {text}"
-    return text[:500]
+def error_cell(error: BaseException) -> str:
+    """The ``error`` cell of an input that gets no prediction: the exception on one line, with its type
+    unless it is a ``ValueError`` or ``OSError`` (whose messages name the file and the problem)."""
+    return one_line(error, with_type=not isinstance(error, (ValueError, OSError)))
 
 
 def error_row(names: Sequence[str], error: str) -> list[Any]:
