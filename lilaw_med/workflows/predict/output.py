@@ -11,7 +11,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from lilaw_med.errors import one_line
 from lilaw_med.utils import guard_csv_text
 
 __all__ = ["PredictionWriter", "csv_cell", "error_cell", "error_row", "header"]
@@ -26,9 +25,13 @@ def header(names: Sequence[str]) -> list[str]:
 
 
 def error_cell(error: BaseException) -> str:
-    """The ``error`` cell of an input that gets no prediction: the exception on one line, with its type
-    unless it is a ``ValueError`` or ``OSError`` (whose messages name the file and the problem)."""
-    return one_line(error, with_type=not isinstance(error, (ValueError, OSError)))
+    """The ``error`` cell of an input that gets no prediction: the message on one line, whole sentences
+    kept (the cell repeats the pre-flight check's text), with the type unless it is a ``ValueError`` or
+    ``OSError`` (whose messages name the file and the problem), at most 500 characters."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if not isinstance(error, (ValueError, OSError)):
+        text = f"{type(error).__name__}: {text}"
+    return text[:500]
 
 
 def error_row(names: Sequence[str], error: str) -> list[Any]:
