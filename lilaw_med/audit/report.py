@@ -245,27 +245,34 @@ def item_columns(record: RunRecord, a: SplitAudit, idx: np.ndarray, include_iden
 
     p_given = np.where(seen, np.nan_to_num(wp, nan=0.0)[np.arange(idx.size), labels], np.nan)
     p_pred = np.where(seen, np.nan_to_num(wp, nan=-1.0).max(axis=1, initial=-1.0), np.nan)
-    oof = None if a.oof_probs is None else np.nan_to_num(a.oof_probs[idx], nan=0.0)[np.arange(idx.size), labels]
+    oof = np.full(idx.size, np.nan) if a.oof_probs is None else \
+        np.nan_to_num(a.oof_probs[idx], nan=0.0)[np.arange(idx.size), labels]
+    seen_epochs = a.epochs_seen[idx] if a.epochs_seen is not None else np.zeros(idx.size, np.int64)
     cols: dict[str, list[Any]] = {
         "id": ids, "split": [a.split] * idx.size, "path": paths,
         "given_label": labels.tolist(), "given_class": names[labels].tolist(),
         "predicted_label": pred.tolist(), "predicted_class": names[pred].tolist(),
         "label_score": num(a.scores[idx]), "rank": a.rank[idx].tolist(), "is_label_issue": a.is_label_issue[idx].tolist(),
         "difficulty": a.levels[idx].tolist(), "p_given": num(p_given), "p_predicted": num(p_pred),
-        "oof_p_given": [None] * idx.size if oof is None else num(oof),
+        "oof_p_given": num(oof),
         **{f"mean_{k}": num(a.terms[k][idx]) for k in ("w_alpha", "w_beta", "w_delta", "weight")},
-        "epochs_seen": (a.epochs_seen[idx] if a.epochs_seen is not None else np.zeros(idx.size, np.int64)).tolist(),
+        "epochs_seen": seen_epochs.tolist(),
     }
+    cols.update(_dicom_columns(paths, include_identifying))
+    if record.truth is not None:
+        true = [int(record.truth.get(a.ids[j], int(a.labels[j]))) for j in idx.tolist()]  # noise left the rest alone
+        cols["true_label"], cols["true_class"] = true, [record.class_name(t) for t in true]
+    return cols
+
+
+def _dicom_columns(paths: Sequence[str], include_identifying: bool) -> dict[str, list[str]]:
+    """The DICOM UID columns (and ``patient_id``) of the items at ``paths``; empty cells for other files."""
     keys = ("study_instance_uid", "series_instance_uid", "sop_instance_uid") + (("patient_id",) if include_identifying else ())
-    for key in keys:
-        cols[key] = [""] * idx.size
+    cols: dict[str, list[str]] = {key: [""] * len(paths) for key in keys}
     for k, path in enumerate(paths):
         if not path.lower().endswith(NOT_DICOM_SUFFIXES):  # named as another format: no file is opened
             for key, value in dicom_uids(path, include_identifying).items():
                 cols[key][k] = value
-    if record.truth is not None:
-        true = [int(record.truth.get(a.ids[j], int(a.labels[j]))) for j in idx.tolist()]  # noise left the rest alone
-        cols["true_label"], cols["true_class"] = true, [record.class_name(t) for t in true]
     return cols
 
 
@@ -331,33 +338,45 @@ def read_audit_rows(audit_dir: str | os.PathLike, columns: Sequence[str] | None 
 
     Raises:
         FileNotFoundError: when the folder has no ``audit.csv``.
-        ValueError: when the file has no header, lacks a column of :data:`COLUMNS` or of ``columns``,
+        InputError: when the file has no header, lacks a column of :data:`COLUMNS` or of ``columns``,
             a row has another number of cells than the header, or a cell is not of its column's type.
     """
     path = Path(audit_dir) / AuditFiles.CSV
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `lilaw-med audit RUN_DIR` to write the audit's per-item rows.")
+    keep, picked = _read_cells(path, columns)
+    cols = list(zip(*picked, strict=True)) if picked else [() for _ in keep]
+    typed = [_parse_column(path, name, cells) for name, cells in zip(keep, cols, strict=True)]
+    return [dict(zip(keep, values, strict=True)) for values in zip(*typed, strict=True)]
+
+
+def _read_cells(path: Path, columns: Sequence[str] | None) -> tuple[list[str], list[list[str]]]:
+    """The columns kept (``columns``, default all) and each row's cells of them, the header checked."""
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, None)
-        if header is None:
-            raise InputError(f"{path}: empty; not an audit.csv written by `lilaw-med audit`.")
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            raise InputError(f"{path}: not an audit.csv written by `lilaw-med audit` (no column(s) {missing}).")
-        keep = list(header) if columns is None else list(columns)
-        unknown = [c for c in keep if c not in header]
-        if unknown:
-            raise InputError(f"{path}: no column(s) {unknown}; the file has {header}.")
+        keep = _check_header(path, header, columns)
         pos = [header.index(c) for c in keep]
         picked: list[list[str]] = []
         for cells in reader:
             if len(cells) != len(header):
                 raise InputError(f"{path}, line {reader.line_num}: {len(cells)} cells but the header has {len(header)}.")
             picked.append([cells[i] for i in pos])
-    cols = list(zip(*picked, strict=True)) if picked else [() for _ in keep]
-    typed = [_parse_column(path, name, cells) for name, cells in zip(keep, cols, strict=True)]
-    return [dict(zip(keep, values, strict=True)) for values in zip(*typed, strict=True)]
+    return keep, picked
+
+
+def _check_header(path: Path, header: list[str] | None, columns: Sequence[str] | None) -> list[str]:
+    """The columns to keep, once ``header`` is an ``audit.csv``'s and holds each of ``columns``."""
+    if header is None:
+        raise InputError(f"{path}: empty; not an audit.csv written by `lilaw-med audit`.")
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise InputError(f"{path}: not an audit.csv written by `lilaw-med audit` (no column(s) {missing}).")
+    keep = list(header) if columns is None else list(columns)
+    unknown = [c for c in keep if c not in header]
+    if unknown:
+        raise InputError(f"{path}: no column(s) {unknown}; the file has {header}.")
+    return keep
 
 
 def _parse_column(path: Path, name: str, cells: Sequence[str]) -> list[Any]:

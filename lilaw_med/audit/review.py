@@ -37,7 +37,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
 
-from lilaw_med.audit.core import RunRecord
+from lilaw_med.audit.record import RunRecord
 from lilaw_med.audit.report import AuditFiles, read_audit_rows
 from lilaw_med.audit.window import ScoringWindow, window_pred_probs
 from lilaw_med.data.curation import DECISION_COLUMNS, DECISIONS, read_id_csv
