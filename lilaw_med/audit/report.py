@@ -163,7 +163,7 @@ def write_audit(
         The :class:`AuditResult`.
 
     Raises:
-        ValueError: on invalid options, a multi-label run, or dynamics of another datalist.
+        InputError: on invalid options, a multi-label run, or dynamics of another datalist.
 
     Example::
 
@@ -184,9 +184,7 @@ def write_audit(
     files: dict[str, Path] = {}
     files[AuditFiles.CSV] = _write_items_csv(out / AuditFiles.CSV, record, splits, opts.include_identifying)
     files[AuditFiles.JSON] = atomic_write(out / AuditFiles.JSON, json.dumps(to_jsonable({"summary": summary}), indent=1))
-    flagged = [row for a in sorted(splits.values(), key=lambda a: a.split != "training")
-               for row in item_rows(record, a, np.nonzero(a.is_label_issue)[0][np.argsort(a.rank[a.is_label_issue])],
-                                    opts.include_identifying)]
+    flagged = _flagged_rows(record, splits, opts.include_identifying)
     reason = f"label issue ({opts.method}, {window.rule} window, {_FLAG_REASON[splits['training'].flag_rule]})"
     files[AuditFiles.EXCLUDE] = atomic_write(
         out / AuditFiles.EXCLUDE, csv_text([{**r, "reason": reason} for r in flagged], EXCLUDE_COLUMNS))
@@ -199,6 +197,13 @@ def write_audit(
     logger.info("audit of %s: %d items, %d flagged; written to %s", record.root,
                 sum(len(a.ids) for a in splits.values()), len(flagged), out)
     return result
+
+
+def _flagged_rows(record: RunRecord, splits: Mapping[str, SplitAudit], include_identifying: bool) -> list[dict[str, Any]]:
+    """The rows of the flagged items (``exclude.csv``): training first, each split by rank."""
+    return [row for a in sorted(splits.values(), key=lambda a: a.split != "training")
+            for row in item_rows(record, a, np.nonzero(a.is_label_issue)[0][np.argsort(a.rank[a.is_label_issue])],
+                                 include_identifying)]
 
 
 _INTERVAL_NOTE = (

@@ -65,7 +65,7 @@ class ScoringWindow:
 
     def __post_init__(self) -> None:
         if not 0 <= self.start < self.stop:
-            raise InputError(f"a scoring window needs 0 <= start < stop but is [{self.start}, {self.stop}).")
+            raise ValueError(f"a scoring window needs 0 <= start < stop but is [{self.start}, {self.stop}).")
 
     @property
     def n_epochs(self) -> int:
@@ -103,31 +103,49 @@ def choose_window(
         ``"all"`` and says so in ``reason``.
 
     Raises:
-        ValueError: on an unknown rule, ``n_epochs < 1`` or a curve of the wrong length.
+        InputError: on an unknown rule or a ``fraction`` outside (0, 1].
+        ValueError: for ``n_epochs < 1`` or a curve of the wrong length.
     """
     if rule not in WINDOW_RULES:
         raise InputError(f"rule must be one of {WINDOW_RULES} but is {rule!r}.")
     if n_epochs < 1:
-        raise InputError(f"n_epochs must be at least 1 but is {n_epochs}.")
+        raise ValueError(f"n_epochs must be at least 1 but is {n_epochs}.")
+    if rule in ("all", "last", "fraction"):
+        return _fixed_window(n_epochs, rule, fraction)
+    if rule == "val_loss_at_least_fraction":
+        return _floored_window(n_epochs, val_loss, fraction)
+    if rule == "best_val_loss":
+        return _best_window(n_epochs, rule, val_loss, "loss", lower=True)
+    return _best_window(n_epochs, rule, val_accuracy, "accuracy", lower=False)
+
+
+def _fixed_window(n_epochs: int, rule: str, fraction: float) -> ScoringWindow:
+    """The window of a rule that needs no curve: ``"all"``, ``"last"`` or ``"fraction"``."""
     if rule == "all":
         return ScoringWindow(0, n_epochs, rule, f"every recorded epoch (1-{n_epochs})")
     if rule == "last":
         return ScoringWindow(n_epochs - 1, n_epochs, rule, f"the last epoch ({n_epochs})")
-    if rule == "fraction":
-        if not 0 < fraction <= 1:
-            raise InputError(f"fraction must lie in (0, 1] but is {fraction}.")
-        stop = max(1, math.ceil(fraction * n_epochs - 1e-9))
-        return ScoringWindow(0, stop, rule, f"the first {stop} of {n_epochs} epochs ({fraction:g} of training)")
-    if rule == "val_loss_at_least_fraction":
-        by_loss = choose_window(n_epochs, "best_val_loss", val_loss=val_loss)
-        floor = choose_window(n_epochs, "fraction", fraction=fraction)
-        if by_loss.rule != "best_val_loss" or by_loss.stop >= floor.stop:
-            return by_loss
-        return ScoringWindow(0, floor.stop, rule, f"epochs 1-{floor.stop} of {n_epochs}: the noisy validation loss was best "
-                             f"at epoch {by_loss.stop}, earlier than the first {fraction:g} of training, which is kept")
-    curve, what, lower = (val_loss, "loss", True) if rule == "best_val_loss" else (val_accuracy, "accuracy", False)
+    if not 0 < fraction <= 1:
+        raise InputError(f"fraction must lie in (0, 1] but is {fraction}.")
+    stop = max(1, math.ceil(fraction * n_epochs - 1e-9))
+    return ScoringWindow(0, stop, rule, f"the first {stop} of {n_epochs} epochs ({fraction:g} of training)")
+
+
+def _floored_window(n_epochs: int, val_loss: np.ndarray | None, fraction: float) -> ScoringWindow:
+    """``"val_loss_at_least_fraction"``: the best-validation-loss window, at least the first ``fraction``."""
+    by_loss = choose_window(n_epochs, "best_val_loss", val_loss=val_loss)
+    floor = choose_window(n_epochs, "fraction", fraction=fraction)
+    if by_loss.rule != "best_val_loss" or by_loss.stop >= floor.stop:
+        return by_loss
+    return ScoringWindow(0, floor.stop, "val_loss_at_least_fraction",
+                         f"epochs 1-{floor.stop} of {n_epochs}: the noisy validation loss was best "
+                         f"at epoch {by_loss.stop}, earlier than the first {fraction:g} of training, which is kept")
+
+
+def _best_window(n_epochs: int, rule: str, curve: np.ndarray | None, what: str, lower: bool) -> ScoringWindow:
+    """The epochs up to the best of a validation ``curve`` (``"all"`` when the run has none)."""
     if curve is not None and len(curve) != n_epochs:
-        raise InputError(f"the validation {what} curve has {len(curve)} values for {n_epochs} epochs.")
+        raise ValueError(f"the validation {what} curve has {len(curve)} values for {n_epochs} epochs.")
     best = None if curve is None else _argbest(curve, lower)
     if best is None:
         return ScoringWindow(0, n_epochs, "all", f"every recorded epoch (1-{n_epochs}): the run has no validation {what}")
@@ -167,7 +185,7 @@ def _prefix_means(epochs: Iterable[np.ndarray], stops: Sequence[int]) -> Iterato
             del mean
             done += 1
     if done < len(wanted):
-        raise InputError(f"a window ends at epoch {wanted[done]} but only {0 if total is None else e + 1} were recorded.")
+        raise ValueError(f"a window ends at epoch {wanted[done]} but only {0 if total is None else e + 1} were recorded.")
 
 
 def epoch_mean(epochs: Iterable[np.ndarray]) -> np.ndarray:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from lilaw_med.audit.core import AuditOptions
-from lilaw_med.audit.report import AuditFiles, csv_text
+from lilaw_med.audit.report import AuditFiles, AuditResult, csv_text
 from lilaw_med.data.curation import apply_exclusions
 from lilaw_med.data.datalist import load_datalist
 from lilaw_med.run.config import validate_config
@@ -108,14 +108,7 @@ def run_refine(
     """
 
     cfg = validate_config(config)
-    if output_dir is None:
-        out = cfg["output"]
-        root = Path(out["dir"]) / (out["name"] or f"{default_run_name(cfg['data']['preset'])}-refine")
-    else:
-        root = Path(output_dir)
-    if root.exists() and any(root.iterdir()) and not cfg["output"]["overwrite"]:
-        raise FileExistsError(f"refine folder {root} exists and is not empty: choose another --output.")
-    root.mkdir(parents=True, exist_ok=True)
+    root = _refine_root(cfg, output_dir)
 
     logger.info("refine 1/3: training the initial run in %s", root / "initial")
     initial = run_training(copy.deepcopy(config), root / "initial", device=device, progress=progress)
@@ -136,11 +129,38 @@ def run_refine(
     logger.info("refine 3/3: retraining without %d suspected mislabels in %s", len(excluded), root / "refined")
     refined = run_training(copy.deepcopy(config), root / "refined", device=device, progress=progress, datalist=datalist)
 
+    summary = _refine_summary(audit, initial, refined, len(excluded), exclude_validation)
+    atomic_write(root / "refine.json", json.dumps(summary, indent=2, default=str))
+    logger.info(
+        "refine: %d training items excluded; refine.json, both runs and the audit are in %s", len(excluded), root
+    )
+    return RefineResult(run_dir=root, initial=initial, refined=refined, n_excluded=len(excluded), refine=summary,
+                        summary=dict(refined.summary or {}))
+
+
+def _refine_root(cfg: Mapping[str, Any], output_dir: str | os.PathLike | None) -> Path:
+    """The refine folder, created: ``output_dir``, else the config's output folder and name (or a
+    timestamped ``<preset>-...-refine``); it must be empty unless ``output.overwrite``."""
+    if output_dir is None:
+        out = cfg["output"]
+        root = Path(out["dir"]) / (out["name"] or f"{default_run_name(cfg['data']['preset'])}-refine")
+    else:
+        root = Path(output_dir)
+    if root.exists() and any(root.iterdir()) and not cfg["output"]["overwrite"]:
+        raise FileExistsError(f"refine folder {root} exists and is not empty: choose another --output.")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _refine_summary(
+    audit: AuditResult, initial: Any, refined: Any, n_excluded: int, exclude_validation: bool
+) -> dict[str, Any]:
+    """``refine.json``: the rule, what the audit estimated and excluded, and both runs' metrics."""
     train_info = audit.summary["splits"]["training"]
     summary = {
         "rule": {**REFINE_RULE, "audit_options": asdict(audit.options), "exclude_validation": exclude_validation,
                  **({} if audit.options == AuditOptions() else {"audit": "the given audit_options"})},
-        "n_excluded": len(excluded),
+        "n_excluded": n_excluded,
         "estimated_noise_rate": train_info["estimated_noise_rate"],
         "estimated_noise_rate_interval": train_info["estimated_noise_rate_interval"],
         "warnings": train_info.get("warnings", []),
@@ -150,9 +170,4 @@ def run_refine(
     }
     if audit.detection is not None:
         summary["detection"] = audit.summary.get("detection")
-    atomic_write(root / "refine.json", json.dumps(summary, indent=2, default=str))
-    logger.info(
-        "refine: %d training items excluded; refine.json, both runs and the audit are in %s", len(excluded), root
-    )
-    return RefineResult(run_dir=root, initial=initial, refined=refined, n_excluded=len(excluded), refine=summary,
-                        summary=dict(refined.summary or {}))
+    return summary
