@@ -1,16 +1,13 @@
 """The audit of a run folder, as typed objects: what was read, what was chosen, what was found.
 
-:meth:`RunRecord.read` reads the run folder once, :func:`audit_split` audits each recorded split
+:meth:`~lilaw_med.audit.record.RunRecord.read` reads the run folder once, :func:`audit_split` audits each recorded split
 (-> :class:`SplitAudit`) and hands the result to the writers of
 :mod:`lilaw_med.audit.report`. Every step is a pure function of arrays from
 :mod:`lilaw_med.audit.window` (which epochs), :mod:`lilaw_med.audit.rank` (the label quality
 score), :mod:`lilaw_med.audit.counts` (how many labels are wrong, per class, with an interval, and
 which) and :mod:`lilaw_med.audit.difficulty` (easy / moderate / hard).
 
-The defaults below were fixed by a rule written before the development figures were seen, on
-development cells only (BreastMNIST, the presets' sample generators with another seed, and held-out
-images of two grid data sets), never on the items of the benchmark grid; the rule, every variant
-tried and its figures are in ``docs/audit.md``.
+How the defaults below were chosen, and what each alternative gave: ``docs/audit.md`` (section 5).
 """
 
 from __future__ import annotations
@@ -83,7 +80,7 @@ MODEL_ERROR_LIMIT = 0.10
 """The noise rate is called not identifiable from one run when the network's own error on the
 validation items, ``(1 - estimated rate) - best noisy validation accuracy``, exceeds both this and
 the estimated rate itself: the confident joint cannot then tell the network's confusions from wrong
-labels. A rule fixed in advance, not fitted to any cell."""
+labels."""
 DEFAULT_FOLD_OVERRIDES = ("lilaw.enabled=false",)
 """The fold models train without LiLAW (cleanlab's recipe, about 25% cheaper); ``--fold-set
 lilaw.enabled=true`` trains them with the run's own config."""
@@ -255,7 +252,7 @@ def count_scoring_window(record: RunRecord, options: AuditOptions) -> ScoringWin
     The confident joint is a statement about one model's probabilities, so its window follows the
     loss of the model as it stands at the end of each epoch (:attr:`RunRecord.epoch_val_loss`); the
     meta step's loss (which the scoring window follows) averages a model that changes during the
-    epoch. The development cells chose this curve (docs/audit.md, round 6). A run without it falls
+    epoch (docs/audit.md, section 5). A run without it falls
     back to :attr:`RunRecord.val_loss`, and a run with no validation loss at all to the first
     ``window_fraction`` of the epochs (counting on every epoch would miss the memorised labels).
 

@@ -2,24 +2,10 @@
 :func:`lilaw_med.workflows.audit.run_audit`).
 
 :func:`write_audit` audits each recorded split of a run read once
-(:func:`lilaw_med.audit.core.audit_split`) and writes into ``RUN_DIR/audit/`` (or ``out_dir``)
-the files named in :class:`AuditFiles`:
-
-* ``audit.csv``: one row per item (cleanlab's column names where the meaning is the same; see
-  :data:`COLUMNS`), written in chunks of :data:`CSV_CHUNK` items and read back, typed, by
-  :func:`read_audit_rows`;
-* ``audit.json``: the summary only (windows, per-class noise estimates with intervals, whether the
-  rate is identifiable, thresholds, expected precision, difficulty counts); per-item data lives in
-  the CSV;
-* ``exclude.csv``: the flagged items, accepted by ``lilaw-med train --exclude``;
-* ``detection.json``: detection figures when the datalist's noise sidecar gives the truth;
-* ``report.html``: the self-contained report (:mod:`lilaw_med.audit.html`), which links to
-  ``review.html``, the page where a reader decides on the flagged items (``lilaw-med review``,
-  :mod:`lilaw_med.audit.review`).
-
-DICOM UIDs are read with pydicom (``stop_before_pixels``) so a reader can open the case in a
-PACS; no patient name, id or other identifying tag is written unless ``include_identifying``.
-Text cells that a spreadsheet would run as a formula are neutralised (OWASP's CSV-injection rule).
+(:func:`lilaw_med.audit.core.audit_split`) and writes the files of :class:`AuditFiles`;
+:func:`read_audit_rows` reads ``audit.csv`` back, typed. What each file holds: docs/audit.md
+(section 3). No identifying DICOM tag is written unless ``include_identifying``, and text cells a
+spreadsheet would run as a formula are neutralised (OWASP's CSV-injection rule).
 """
 
 from __future__ import annotations

@@ -1,20 +1,13 @@
 """The review page: a reader decides on the audit's suspected labels, and the decisions flow back into
 training.
 
-:func:`write_review_page` reads a run folder (:class:`lilaw_med.audit.core.RunRecord`) and its audit
-(the summary of ``audit.json``, the per-item rows of ``audit.csv``), puts the items to review in order (:func:`review_queue`), renders each one's image
-through the run's own loading transforms at display size (:func:`display_images`), and writes one
-self-contained ``review.html`` (``templates/review.html`` + ``templates/review.js``) beside the
-report. The page needs no server and makes no network request: the items, their class
-probabilities over the epochs and their images are embedded (JSON escaped for a ``<script>``
-element, images as ``data:image/png;base64`` URIs), and a Content-Security-Policy lets only the
-page's own script run (by its sha256).
-
-In the page a reader keeps, relabels or excludes each item (keyboard or mouse), with a note; the
-progress is kept in the browser's ``localStorage`` under the run's key after every action, and
-"Save decisions" downloads one CSV of :data:`lilaw_med.data.curation.DECISION_COLUMNS`, which
-``lilaw-med train --exclude`` and ``--relabel`` read as it is. :func:`merge_decisions` combines the
-files of several readers and lists, never resolves, their disagreements.
+:func:`write_review_page` orders the items to review (:func:`review_queue`), renders each through
+the run's own loading transforms (:func:`display_images`) and writes one self-contained
+``review.html`` (no server, no network request; a Content-Security-Policy lets only the page's own
+script run). Its "Save decisions" CSV (:data:`lilaw_med.data.curation.DECISION_COLUMNS`) is what
+``lilaw-med train --exclude`` and ``--relabel`` read; :func:`merge_decisions` combines several
+readers' files and lists, never resolves, their disagreements. The page itself: docs/audit.md
+(section 3, "Review").
 """
 
 from __future__ import annotations
@@ -464,6 +457,10 @@ def write_review_page(
         FileNotFoundError: without a run folder, or when the audit's ``audit.json`` or ``audit.csv`` is missing.
         ValueError: on an unknown id, class or split, an image size below 32, or an ``audit.json`` or
             ``audit.csv`` that ``lilaw-med audit`` did not write (the message names the file).
+
+    Example::
+
+        page = write_review_page("runs/first", include_classes=["pneumonia"])  # runs/first/audit/review.html
     """
 
     if image_size < 32:
@@ -528,6 +525,11 @@ def merge_decisions(paths: Sequence[str | os.PathLike]) -> MergeResult:
         FileNotFoundError: when a file is missing.
         InputError: for fewer than two files, a file without a ``decision`` column, an unknown
             decision, or an id a file lists twice with different decisions.
+
+    Example::
+
+        merged = merge_decisions(["anna.csv", "ben.csv"])
+        write_decisions("agreed.csv", merged.rows)
     """
     if len(paths) < 2:
         raise InputError(f"--merge needs two or more decision files but got {len(paths)}.")

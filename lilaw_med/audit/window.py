@@ -5,8 +5,8 @@ once memorised, a wrong label looks as confident as a right one. The audit there
 item's class probabilities over a *scoring window*: the epochs up to the point where memorisation
 begins. That point is read off the run itself, without clean labels: the validation items are
 never trained on, so their (noisy) loss stops falling when the network starts fitting noise
-rather than signal. A fixed share of the epochs (the first audit's rule) fails both ways: too
-early for a short run that has not learnt yet, too late for a long one.
+rather than signal. A fixed share of the epochs fails both ways: too early for a short run that
+has not learnt yet, too late for a long one (docs/audit.md).
 
 Pure functions over arrays (no I/O, no torch). A field over epochs is anything that yields one
 epoch's array at a time: a stacked (E, N, ...) array or a
@@ -41,7 +41,7 @@ WINDOW_RULES = ("val_loss_at_least_fraction", "best_val_loss", "best_val_accurac
 * ``"best_val_accuracy"``: at the epoch with the highest validation accuracy (later epochs win ties);
 * ``"all"``: every recorded epoch;
 * ``"last"``: the last epoch only (the final-epoch self-confidence baseline);
-* ``"fraction"``: the first ``ceil(fraction * E)`` epochs (the first audit's rule, fraction 0.2).
+* ``"fraction"``: the first ``ceil(fraction * E)`` epochs.
 """
 LOSS_RULES = ("val_loss_at_least_fraction", "best_val_loss")
 """The rules that read a validation loss curve."""
@@ -105,6 +105,11 @@ def choose_window(
     Raises:
         InputError: on an unknown rule or a ``fraction`` outside (0, 1].
         ValueError: for ``n_epochs < 1`` or a curve of the wrong length.
+
+    Example::
+
+        window = choose_window(30, "best_val_loss", val_loss=record.val_loss)
+        window.start, window.stop, window.reason                # epochs [start, stop) and why
     """
     if rule not in WINDOW_RULES:
         raise InputError(f"rule must be one of {WINDOW_RULES} but is {rule!r}.")
@@ -224,6 +229,11 @@ def prefix_pred_probs(dynamics: Mapping[str, Sequence[np.ndarray]], labels: np.n
 
     Returns:
         An iterator of ``(stop, float64 (N, C))`` in increasing ``stop``.
+
+    Example::
+
+        for stop, probs in prefix_pred_probs(record.dynamics["training"].views(), labels, [5, 10], num_classes=2):
+            ...                                                 # (N, C) over epochs [0, stop)
     """
     if "probs" in dynamics:
         yield from _prefix_means(dynamics["probs"], stops)
@@ -248,6 +258,10 @@ def window_pred_probs(dynamics: Mapping[str, Sequence[np.ndarray]], labels: np.n
 
     Returns:
         float64 (N, C), rows summing to 1; NaN rows for items never seen in the window.
+
+    Example::
+
+        probs = window_pred_probs(record.dynamics["training"].views(), labels, window, num_classes=2)  # (N, C)
     """
     if "probs" in dynamics:
         return epoch_mean(dynamics["probs"][window.start:window.stop])

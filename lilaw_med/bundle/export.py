@@ -1,22 +1,9 @@
-"""Exports a lilaw-med config (and optionally a trained run) as a MONAI bundle.
+"""Exports a lilaw-med config (and optionally a trained run) as a MONAI bundle: :func:`export_bundle`.
 
-The bundle's folder::
-
-    OUT_DIR/
-      configs/metadata.json      every mandatory key of the MONAI Bundle Specification
-      configs/train.yaml         trains with LiLAW (lilaw_med.training.run.run_training on the embedded config)
-      configs/evaluate.yaml      metrics of models/model.pt on the test split (MONAI SupervisedEvaluator)
-      configs/inference.yaml     predictions for image files (MONAI SupervisedEvaluator + ClassificationSaver)
-      configs/multi_gpu_train.yaml   torchrun override of train.yaml (DDP, one process per GPU)
-      configs/logging.conf       MONAI's standard logging config, applied by ``monai.bundle run``
-      configs/datalist.json      the resolved items (ids, labels, splits), image paths relative to ``dataset_dir``
-      docs/README.md             what the model is, the exact commands
-      LICENSE
-      models/model.pt            the network's state dict (when a run is given, or after training)
-
-This module puts it together: :mod:`~lilaw_med.bundle.source` (the config and the run's network),
-:mod:`~lilaw_med.bundle.configs` (the config files), :mod:`~lilaw_med.bundle.documents` (README,
-LICENSE, logging.conf), :mod:`~lilaw_med.bundle.metadata`; see docs/bundle.md.
+This module puts the bundle together from :mod:`~lilaw_med.bundle.source` (the config and the run's
+network), :mod:`~lilaw_med.bundle.configs` (the config files), :mod:`~lilaw_med.bundle.documents`
+(README, LICENSE, logging.conf) and :mod:`~lilaw_med.bundle.metadata`. The bundle's folder and
+how to run it: docs/bundle.md.
 
 Example::
 
@@ -128,6 +115,11 @@ def export_bundle(
         FileExistsError: when ``out_dir`` is not empty and ``overwrite`` is off.
         FileNotFoundError: when the config, the run's checkpoint or the licence file is missing.
         ValueError: when the config is invalid, or the run's network differs from the config's.
+
+    Example::
+
+        result = export_bundle("runs/my-run/config.yaml", "my_bundle", run_dir="runs/my-run")
+        result.files                                            # the files written
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:

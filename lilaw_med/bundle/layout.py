@@ -348,6 +348,11 @@ def find_layout(
 
     Raises:
         LayoutError: when a piece is missing or ambiguous; the message names it and its option.
+
+    Example::
+
+        layout = find_layout("spleen_classification_bundle")  # or loss_id="lossfn" where it is ambiguous
+        layout.trainer_id, layout.loss_id, layout.val_dataset_id
     """
     root = Path(bundle_root)
     if not root.is_dir():

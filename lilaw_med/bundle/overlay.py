@@ -117,6 +117,10 @@ def lilaw_overlay(layout: BundleLayout) -> dict[str, Any]:
 
     Returns:
         The overlay config (top-level keys in MONAI's merge order).
+
+    Example::
+
+        overlay = lilaw_overlay(find_layout("my_bundle"))      # id -> value, merged by MONAI after train.json
     """
     trainer = layout.trainer_id
     overlay: dict[str, Any] = {
@@ -218,6 +222,10 @@ def multi_gpu_overlay(layout: BundleLayout) -> dict[str, Any]:
 
     Raises:
         LayoutError: when the trainer's network or training loader cannot be found.
+
+    Example::
+
+        override = multi_gpu_overlay(find_layout("my_bundle"))
     """
     raw, trainer = layout.raw, layout.trainer_id
     if get_value(raw, f"{trainer}#network") is None:
@@ -325,6 +333,10 @@ def write_overlays(layout: BundleLayout, output: str | os.PathLike, multi_gpu: b
 
     Returns:
         ``(overlay, multi_gpu_override or None)``.
+
+    Example::
+
+        overlay, multi_gpu = write_overlays(find_layout("my_bundle"), "lilaw_overlay.yaml", multi_gpu=True)
     """
     target = Path(output)
     if target.is_dir():

@@ -152,6 +152,11 @@ def cross_fit(
     Raises:
         FileNotFoundError: when ``run_dir`` is not a finished run folder.
         InputError: for ``folds < 2`` or fewer groups than folds.
+
+    Example::
+
+        result = cross_fit("runs/first", folds=4)              # trains 4 fold models in runs/first/crossfit_4
+        probs = result.aligned(ids)                             # (N, C) out-of-fold probabilities
     """
 
     rd = _check_cross_fit(RunDir(run_dir), folds)

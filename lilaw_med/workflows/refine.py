@@ -1,19 +1,9 @@
 """``lilaw-med train --refine``: train, audit, exclude the suspected mislabels, retrain on the rest.
 
-The run folder of a refine holds both runs and the audit::
-
-    RUN_DIR/
-      initial/        the first run (a complete run folder, LiLAW as configured)
-      audit/          the audit of the first run (audit.csv, report.html, exclude.csv, ...)
-      refine_exclude.csv   the training items excluded from the second run
-      refined/        the second run, on the kept training items (same config, same validation split)
-      refine.json     the rule, the counts, and both runs' final/best metrics
-
-The exclusion rule needs no clean labels: the second run leaves out exactly the items the audit
-flags (``is_label_issue`` of ``lilaw-med audit`` with its shipped defaults: per class, as many of
-the lowest-scored items as the confident joint estimates wrong labels in that class; how many
-that is on real data: docs/audit.md). The validation split is kept as it is by default
-(``exclude_validation=False``). ``audit_options`` with ``folds`` cross-fits first (K extra trainings).
+The refine folder holds ``initial/``, ``audit/``, ``refine_exclude.csv``, ``refined/`` and
+``refine.json``; the second run leaves out exactly the items the audit flags (``is_label_issue``),
+validation items only with ``exclude_validation``. The rule and its figures: docs/audit.md
+(section 4).
 
 Example::
 
@@ -21,7 +11,6 @@ Example::
     from lilaw_med.workflows.refine import run_refine
 
     result = run_refine(load_config("configs/radiology_2d.yaml"), "runs/refined")
-
 """
 
 from __future__ import annotations
@@ -105,6 +94,11 @@ def run_refine(
     Raises:
         FileExistsError: when the refine folder exists and is not empty.
         ValueError, FileNotFoundError: as :func:`run_training` and :func:`lilaw_med.workflows.audit.run_audit`.
+
+    Example::
+
+        result = run_refine(load_config("configs/radiology_2d.yaml"), "runs/refined")
+        result.n_excluded, result.refine["refined"]["best"]
     """
 
     cfg = validate_config(config)
