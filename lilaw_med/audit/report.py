@@ -466,24 +466,32 @@ def _detection(
         out["scores"][name] = {k: _f(v) for k, v in detection_quality(s, wrong).items()}
         if 0 < wrong.sum() < wrong.size:
             out["curves"][name] = detection_curves(s, wrong)
-    flags = a.is_label_issue
+    out["is_label_issue"] = _flag_quality(a.is_label_issue, wrong)
+    out["noise_rate"] = [
+        {"class": record.class_name(k), "true": _share(wrong, a.labels == k),
+         "estimated": _f(a.noise.per_class[k]), "interval": [_f(v) for v in a.noise.per_class_interval[k]]}
+        for k in range(a.num_classes)
+    ]
+    out["difficulty"] = {lv: {"n_items": int((a.levels == lv).sum()), "true_mislabel_rate": _share(wrong, a.levels == lv)}
+                         for lv in DIFFICULTY_LEVELS}
+    return out
+
+
+def _share(wrong: np.ndarray, where: np.ndarray) -> float | None:
+    """The share of wrong labels among the items ``where`` selects (``None`` for none)."""
+    return _f(wrong[where].mean()) if where.any() else None
+
+
+def _flag_quality(flags: np.ndarray, wrong: np.ndarray) -> dict[str, Any]:
+    """Precision, recall and F1 of the flagged items against the true wrong labels, and the count's error."""
     tp = int((flags & wrong).sum())
     precision = tp / flags.sum() if flags.any() else math.nan
     recall = tp / wrong.sum() if wrong.any() else math.nan
-    out["is_label_issue"] = {
+    return {
         "n_flagged": int(flags.sum()), "precision": _f(precision), "recall": _f(recall),
         "f1": _f(2 * precision * recall / (precision + recall)) if precision + recall > 0 else 0.0,
         "count_error": _f(abs(int(flags.sum()) - int(wrong.sum())) / max(wrong.size, 1)),
     }
-    out["noise_rate"] = [
-        {"class": record.class_name(k), "true": _f(wrong[a.labels == k].mean()) if (a.labels == k).any() else None,
-         "estimated": _f(a.noise.per_class[k]), "interval": [_f(v) for v in a.noise.per_class_interval[k]]}
-        for k in range(a.num_classes)
-    ]
-    out["difficulty"] = {lv: {"n_items": int((a.levels == lv).sum()),
-                              "true_mislabel_rate": _f(wrong[a.levels == lv].mean()) if (a.levels == lv).any() else None}
-                         for lv in DIFFICULTY_LEVELS}
-    return out
 
 
 def _final_model_self_confidence(

@@ -244,9 +244,7 @@ def multi_gpu_overlay(layout: BundleLayout) -> dict[str, Any]:
             "lilaw_sampler": _sampler(f"@{layout.val_dataset_id}", True, True),
         },
     }
-    # every device the trainer and the evaluator use becomes this process's device
-    owners = [trainer] + ([layout.evaluator_id] if layout.evaluator_id else [])
-    for device in dict.fromkeys(follow_ref(raw, f"{o}#device") for o in owners if get_value(raw, f"{o}#device") is not None):
+    for device in _device_ids(layout):
         overlay[device] = "$@distributed.device"
     overlay[network] = {
         "_target_": "lilaw_med.training.distributed.wrap_ddp",
@@ -254,6 +252,22 @@ def multi_gpu_overlay(layout: BundleLayout) -> dict[str, Any]:
         "context": "@distributed",
         "sync_batchnorm": "@lilaw_ddp#sync_batchnorm",
     }
+    _distributed_samplers(overlay, layout)
+    _handlers_for_rank(overlay, layout)
+    overlay["initialize"] = ["$@distributed", *_steps(raw, "initialize")]
+    overlay["finalize"] = [*_steps(raw, "finalize"), "$lilaw_distributed.cleanup_distributed(@distributed)"]
+    return overlay
+
+
+def _device_ids(layout: BundleLayout) -> list[str]:
+    """The ids of every device the trainer and the evaluator use: each becomes this process's device."""
+    owners = [layout.trainer_id] + ([layout.evaluator_id] if layout.evaluator_id else [])
+    raw = layout.raw
+    return list(dict.fromkeys(follow_ref(raw, f"{o}#device") for o in owners if get_value(raw, f"{o}#device") is not None))
+
+
+def _distributed_samplers(overlay: dict[str, Any], layout: BundleLayout) -> None:
+    """Points the training, validation and meta-step loaders at distributed samplers (no shuffle of their own)."""
     overlay[f"{layout.train_loader_id}#sampler"] = "@lilaw_ddp#train_sampler"
     overlay[f"{layout.train_loader_id}#shuffle"] = False
     if layout.val_loader_id is not None:
@@ -262,8 +276,13 @@ def multi_gpu_overlay(layout: BundleLayout) -> dict[str, Any]:
         overlay[f"{layout.val_loader_id}#shuffle"] = False
     overlay["lilaw#val_loader#sampler"] = "@lilaw_ddp#lilaw_sampler"
     overlay["lilaw#val_loader#shuffle"] = False
-    # the trainer's handlers: a list under an id is filtered by reference; a list the trainer holds
-    # itself (where the overlay put LiLAW's handlers) is moved under lilaw_ddp to be filtered
+
+
+def _handlers_for_rank(overlay: dict[str, Any], layout: BundleLayout) -> None:
+    """Keeps the trainer's and the evaluator's writers and loggers on rank 0: a list under an id is
+    filtered by reference; a list the trainer holds itself (where the overlay put LiLAW's handlers)
+    is moved under ``lilaw_ddp`` to be filtered."""
+    raw, trainer = layout.raw, layout.trainer_id
     trainer_list = follow_ref(raw, f"{trainer}#train_handlers") if get_value(raw, f"{trainer}#train_handlers") else None
     if layout.handlers_id is None:
         _rank_handlers(overlay, layout, trainer, "train_handlers", ["@lilaw#handler", "@lilaw#saver"])
@@ -271,13 +290,12 @@ def multi_gpu_overlay(layout: BundleLayout) -> dict[str, Any]:
         _rank_handlers(overlay, layout, trainer, "train_handlers", [])
     if layout.evaluator_id is not None:
         _rank_handlers(overlay, layout, layout.evaluator_id, "val_handlers", [])
-    initialize = raw.get("initialize")
-    initialize = initialize if isinstance(initialize, list) else ([initialize] if initialize else [])
-    finalize = raw.get("finalize")
-    finalize = finalize if isinstance(finalize, list) else ([finalize] if finalize else [])
-    overlay["initialize"] = ["$@distributed", *copy.deepcopy(initialize)]
-    overlay["finalize"] = [*copy.deepcopy(finalize), "$lilaw_distributed.cleanup_distributed(@distributed)"]
-    return overlay
+
+
+def _steps(raw: Mapping[str, Any], key: str) -> list[Any]:
+    """A copy of the bundle's ``initialize`` or ``finalize`` steps, as a list."""
+    steps = raw.get(key)
+    return copy.deepcopy(steps if isinstance(steps, list) else ([steps] if steps else []))
 
 
 # ------------------------------------------------------------------------------------ files, command
