@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lilaw_med.audit.core import AuditOptions, RunRecord, SplitAudit, audit_split
+from lilaw_med.audit.core import AuditOptions, SplitAudit, audit_split
 from lilaw_med.audit.counts import (
     NoiseEstimate,
     combine_estimates,
@@ -27,6 +27,7 @@ from lilaw_med.audit.counts import (
 )
 from lilaw_med.audit.difficulty import difficulty
 from lilaw_med.audit.rank import get_label_quality_scores, order_label_issues
+from lilaw_med.audit.record import RunRecord
 from lilaw_med.audit.window import ScoringWindow, choose_window, window_pred_probs
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 ``cleanlab.count`` and ``cleanlab.filter``.
 
 Counting "the model disagrees with the label" counts the model's own errors as label noise, and
-a weak model makes many (the first audit estimated 0.83 for a true 0.23). The confident joint
+a weak model makes many. The confident joint
 counts an item as "given i, truly j" only when the model is at least as confident in j as it
 typically is for items labelled j (the per-class thresholds of
 :func:`lilaw_med.audit.rank.confident_thresholds`), then calibrates each row to the class's
@@ -50,6 +50,10 @@ def confident_joint(
 
     Returns:
         float64 (C, C).
+
+    Example::
+
+        joint = confident_joint(labels, pred_probs)            # (C, C): given i (rows), truly j (columns)
     """
     y, p = check_inputs(labels, pred_probs)
     c = p.shape[1]
@@ -196,6 +200,10 @@ def combine_estimates(main: NoiseEstimate, others: Sequence[NoiseEstimate]) -> N
 
     Returns:
         A :class:`NoiseEstimate` with the widened intervals (``sampling_interval`` stays ``main``'s).
+
+    Example::
+
+        est = combine_estimates(estimate_noise(labels, probs_a), [estimate_noise(labels, probs_b)])
     """
     every = [main, *others]
     per_lo = np.min([e.per_class_interval[:, 0] for e in every], axis=0)
@@ -221,6 +229,10 @@ def wrong_label_chances(labels: np.ndarray, pred_probs: np.ndarray, thresholds: 
 
     Returns:
         float64 (N,) in [0, 1].
+
+    Example::
+
+        chances = wrong_label_chances(labels, pred_probs)      # (N,) in [0, 1]
     """
     y, p = check_inputs(labels, pred_probs)
     t = confident_thresholds(y, p) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
@@ -238,6 +250,10 @@ def expected_precision(chances: np.ndarray, flagged: np.ndarray) -> float:
 
     It is the noise estimate's own view of the flagged set: as good as the count, and optimistic
     where the network is confidently wrong about an item whose label is right.
+
+    Example::
+
+        expected_precision(wrong_label_chances(labels, pred_probs), is_label_issue)  # e.g. 0.7
     """
     f = np.asarray(flagged, dtype=bool)
     return float(np.asarray(chances, dtype=np.float64)[f].mean()) if f.any() else float("nan")
@@ -260,6 +276,11 @@ def find_label_issues(
     Returns:
         ``(is_label_issue bool (N,), thresholds (C,))``, a threshold being the score of the last
         item flagged in its class (NaN where none is).
+
+    Example::
+
+        scores = get_label_quality_scores(labels, pred_probs)
+        flags, thresholds = find_label_issues(scores, labels, estimate_noise(labels, pred_probs).n_wrong)
     """
     q = np.asarray(label_quality, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)

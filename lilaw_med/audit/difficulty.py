@@ -1,24 +1,10 @@
 """Easy / moderate / hard: how the model saw an item's label over the scoring window.
 
 The categories compare an item's probabilities with the per-class confident thresholds ``t_k``
-(the model's mean probability of class k over the items labelled k,
-:func:`lilaw_med.audit.rank.confident_thresholds`), the same yardstick the confident joint
-counts with (:mod:`lilaw_med.audit.counts`):
-
-* **easy**: the item's confident class is its given label: of the classes whose probability
-  reaches their threshold (``p[k] >= t_k``), the most probable is ``y``: the model is as sure of
-  the label as it typically is for that class;
-* **hard**: the confident class is another class: the model confidently contradicts the label
-  (a likely wrong label, or an atypical case a reader should see);
-* **moderate**: no class reaches its threshold: the model is less sure than usual of every class.
-
-These are the cells of the confident joint: "hard" items are its off-diagonal, "easy" its
-diagonal.
-
-The LiLAW terms (which of W_alpha, W_delta, W_beta dominates) were the first definition; with
-the learnt scalars near their initial 2.0, W_beta dominates only when s[y] is near 0 while
-another class is near 1, so almost every item was "moderate" (196 of 204 in the quick start).
-They are kept in the audit's columns (``mean_w_alpha`` ...), not in the categories.
+(:func:`lilaw_med.audit.rank.confident_thresholds`), the cells of the confident joint
+(:mod:`lilaw_med.audit.counts`): **easy**, the most probable class reaching its threshold is the
+given label; **hard**, it is another class (the joint's off-diagonal); **moderate**, no class
+reaches its threshold. Why not the LiLAW terms: docs/audit.md (section 2).
 """
 
 from __future__ import annotations
@@ -44,6 +30,10 @@ def difficulty(labels: np.ndarray, pred_probs: np.ndarray, thresholds: np.ndarra
 
     Returns:
         str (N,) array of ``"easy"``, ``"moderate"``, ``"hard"``; ``""`` for an item without probabilities.
+
+    Example::
+
+        levels = difficulty(labels, pred_probs)                # (N,) of "easy", "moderate", "hard"
     """
     y, p = check_inputs(labels, pred_probs)
     t = confident_thresholds(y, p) if thresholds is None else np.asarray(thresholds, dtype=np.float64)

@@ -15,6 +15,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from lilaw_med.audit import plots
 from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS
+from lilaw_med.errors import one_line
 from lilaw_med.run.transforms import evaluation_transforms
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def _figures(result: AuditResult, rows: Sequence[Mapping[str, Any]], load: Calla
             try:
                 uri = plots.data_uri(plots.thumbnail_png(load(result.record.items[r["id"]][1])))
             except Exception as e:  # noqa: BLE001 - one unreadable image must not stop the report
-                error = f"{type(e).__name__}: {e}"
+                error = one_line(e, with_type=True)
         figs.append({"id": r["id"], "uri": uri, "error": error, "given": r["given_class"],
                      "predicted": r["predicted_class"], "score": _fmt(r["label_score"]), "rank": r["rank"],
                      "difficulty": r["difficulty"], "true": r.get("true_class")})

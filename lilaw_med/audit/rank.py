@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from lilaw_med.errors import InputError
+
 __all__ = [
     "SCORE_METHODS",
     "check_inputs",
@@ -59,6 +61,10 @@ def confident_thresholds(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarr
 
     Returns:
         float64 (C,); 1.0 for a class no item is given (nothing reaches it).
+
+    Example::
+
+        t = confident_thresholds(labels, pred_probs)           # (C,): mean p[k] over the items labelled k
     """
     y, p = check_inputs(labels, pred_probs)
     ok = np.isfinite(p).all(axis=1)
@@ -130,9 +136,13 @@ def get_label_quality_scores(
 
     Raises:
         ValueError: on an unknown method or malformed inputs.
+
+    Example::
+
+        scores = get_label_quality_scores(labels, pred_probs, method="normalized_margin")  # (N,), low = suspect
     """
     if method not in SCORE_METHODS:
-        raise ValueError(f"method must be one of {sorted(SCORE_METHODS)} but is {method!r}.")
+        raise InputError(f"method must be one of {sorted(SCORE_METHODS)} but is {method!r}.")
     y, p = check_inputs(labels, pred_probs)
     if adjust_pred_probs:
         p = subtract_confident_thresholds(y, p)
@@ -147,6 +157,10 @@ def order_label_issues(label_quality: np.ndarray) -> np.ndarray:
 
     Returns:
         int64 (N,) indices.
+
+    Example::
+
+        rank = order_label_issues(scores)                      # (N,): 1 for the most suspect item
     """
     q = np.asarray(label_quality, dtype=np.float64)
     return np.argsort(np.where(np.isnan(q), np.inf, q), kind="stable")

@@ -2,24 +2,10 @@
 :func:`lilaw_med.workflows.audit.run_audit`).
 
 :func:`write_audit` audits each recorded split of a run read once
-(:func:`lilaw_med.audit.core.audit_split`) and writes into ``RUN_DIR/audit/`` (or ``out_dir``)
-the files named in :class:`AuditFiles`:
-
-* ``audit.csv``: one row per item (cleanlab's column names where the meaning is the same; see
-  :data:`COLUMNS`), written in chunks of :data:`CSV_CHUNK` items and read back, typed, by
-  :func:`read_audit_rows`;
-* ``audit.json``: the summary only (windows, per-class noise estimates with intervals, whether the
-  rate is identifiable, thresholds, expected precision, difficulty counts); per-item data lives in
-  the CSV;
-* ``exclude.csv``: the flagged items, accepted by ``lilaw-med train --exclude``;
-* ``detection.json``: detection figures when the datalist's noise sidecar gives the truth;
-* ``report.html``: the self-contained report (:mod:`lilaw_med.audit.html`), which links to
-  ``review.html``, the page where a reader decides on the flagged items (``lilaw-med review``,
-  :mod:`lilaw_med.audit.review`).
-
-DICOM UIDs are read with pydicom (``stop_before_pixels``) so a reader can open the case in a
-PACS; no patient name, id or other identifying tag is written unless ``include_identifying``.
-Text cells that a spreadsheet would run as a formula are neutralised (OWASP's CSV-injection rule).
+(:func:`lilaw_med.audit.core.audit_split`) and writes the files of :class:`AuditFiles`;
+:func:`read_audit_rows` reads ``audit.csv`` back, typed. What each file holds: docs/audit.md
+(section 3). No identifying DICOM tag is written unless ``include_identifying``, and text cells a
+spreadsheet would run as a formula are neutralised (OWASP's CSV-injection rule).
 """
 
 from __future__ import annotations
@@ -53,6 +39,7 @@ from lilaw_med.audit.difficulty import DIFFICULTY_LEVELS
 from lilaw_med.audit.html import render_html
 from lilaw_med.audit.rank import self_confidence
 from lilaw_med.audit.window import choose_window, window_pred_probs
+from lilaw_med.errors import InputError
 from lilaw_med.run.run_dir import RunDir, to_jsonable
 from lilaw_med.utils import FORMULA_START, atomic_write, guard_csv_text, unguard_csv_text
 
@@ -162,7 +149,7 @@ def write_audit(
         The :class:`AuditResult`.
 
     Raises:
-        ValueError: on invalid options, a multi-label run, or dynamics of another datalist.
+        InputError: on invalid options, a multi-label run, or dynamics of another datalist.
 
     Example::
 
@@ -183,9 +170,7 @@ def write_audit(
     files: dict[str, Path] = {}
     files[AuditFiles.CSV] = _write_items_csv(out / AuditFiles.CSV, record, splits, opts.include_identifying)
     files[AuditFiles.JSON] = atomic_write(out / AuditFiles.JSON, json.dumps(to_jsonable({"summary": summary}), indent=1))
-    flagged = [row for a in sorted(splits.values(), key=lambda a: a.split != "training")
-               for row in item_rows(record, a, np.nonzero(a.is_label_issue)[0][np.argsort(a.rank[a.is_label_issue])],
-                                    opts.include_identifying)]
+    flagged = _flagged_rows(record, splits, opts.include_identifying)
     reason = f"label issue ({opts.method}, {window.rule} window, {_FLAG_REASON[splits['training'].flag_rule]})"
     files[AuditFiles.EXCLUDE] = atomic_write(
         out / AuditFiles.EXCLUDE, csv_text([{**r, "reason": reason} for r in flagged], EXCLUDE_COLUMNS))
@@ -198,6 +183,13 @@ def write_audit(
     logger.info("audit of %s: %d items, %d flagged; written to %s", record.root,
                 sum(len(a.ids) for a in splits.values()), len(flagged), out)
     return result
+
+
+def _flagged_rows(record: RunRecord, splits: Mapping[str, SplitAudit], include_identifying: bool) -> list[dict[str, Any]]:
+    """The rows of the flagged items (``exclude.csv``): training first, each split by rank."""
+    return [row for a in sorted(splits.values(), key=lambda a: a.split != "training")
+            for row in item_rows(record, a, np.nonzero(a.is_label_issue)[0][np.argsort(a.rank[a.is_label_issue])],
+                                 include_identifying)]
 
 
 _INTERVAL_NOTE = (
@@ -244,27 +236,34 @@ def item_columns(record: RunRecord, a: SplitAudit, idx: np.ndarray, include_iden
 
     p_given = np.where(seen, np.nan_to_num(wp, nan=0.0)[np.arange(idx.size), labels], np.nan)
     p_pred = np.where(seen, np.nan_to_num(wp, nan=-1.0).max(axis=1, initial=-1.0), np.nan)
-    oof = None if a.oof_probs is None else np.nan_to_num(a.oof_probs[idx], nan=0.0)[np.arange(idx.size), labels]
+    oof = np.full(idx.size, np.nan) if a.oof_probs is None else \
+        np.nan_to_num(a.oof_probs[idx], nan=0.0)[np.arange(idx.size), labels]
+    seen_epochs = a.epochs_seen[idx] if a.epochs_seen is not None else np.zeros(idx.size, np.int64)
     cols: dict[str, list[Any]] = {
         "id": ids, "split": [a.split] * idx.size, "path": paths,
         "given_label": labels.tolist(), "given_class": names[labels].tolist(),
         "predicted_label": pred.tolist(), "predicted_class": names[pred].tolist(),
         "label_score": num(a.scores[idx]), "rank": a.rank[idx].tolist(), "is_label_issue": a.is_label_issue[idx].tolist(),
         "difficulty": a.levels[idx].tolist(), "p_given": num(p_given), "p_predicted": num(p_pred),
-        "oof_p_given": [None] * idx.size if oof is None else num(oof),
+        "oof_p_given": num(oof),
         **{f"mean_{k}": num(a.terms[k][idx]) for k in ("w_alpha", "w_beta", "w_delta", "weight")},
-        "epochs_seen": (a.epochs_seen[idx] if a.epochs_seen is not None else np.zeros(idx.size, np.int64)).tolist(),
+        "epochs_seen": seen_epochs.tolist(),
     }
+    cols.update(_dicom_columns(paths, include_identifying))
+    if record.truth is not None:
+        true = [int(record.truth.get(a.ids[j], int(a.labels[j]))) for j in idx.tolist()]  # noise left the rest alone
+        cols["true_label"], cols["true_class"] = true, [record.class_name(t) for t in true]
+    return cols
+
+
+def _dicom_columns(paths: Sequence[str], include_identifying: bool) -> dict[str, list[str]]:
+    """The DICOM UID columns (and ``patient_id``) of the items at ``paths``; empty cells for other files."""
     keys = ("study_instance_uid", "series_instance_uid", "sop_instance_uid") + (("patient_id",) if include_identifying else ())
-    for key in keys:
-        cols[key] = [""] * idx.size
+    cols: dict[str, list[str]] = {key: [""] * len(paths) for key in keys}
     for k, path in enumerate(paths):
         if not path.lower().endswith(NOT_DICOM_SUFFIXES):  # named as another format: no file is opened
             for key, value in dicom_uids(path, include_identifying).items():
                 cols[key][k] = value
-    if record.truth is not None:
-        true = [int(record.truth.get(a.ids[j], int(a.labels[j]))) for j in idx.tolist()]  # noise left the rest alone
-        cols["true_label"], cols["true_class"] = true, [record.class_name(t) for t in true]
     return cols
 
 
@@ -330,33 +329,45 @@ def read_audit_rows(audit_dir: str | os.PathLike, columns: Sequence[str] | None 
 
     Raises:
         FileNotFoundError: when the folder has no ``audit.csv``.
-        ValueError: when the file has no header, lacks a column of :data:`COLUMNS` or of ``columns``,
+        InputError: when the file has no header, lacks a column of :data:`COLUMNS` or of ``columns``,
             a row has another number of cells than the header, or a cell is not of its column's type.
     """
     path = Path(audit_dir) / AuditFiles.CSV
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `lilaw-med audit RUN_DIR` to write the audit's per-item rows.")
+    keep, picked = _read_cells(path, columns)
+    cols = list(zip(*picked, strict=True)) if picked else [() for _ in keep]
+    typed = [_parse_column(path, name, cells) for name, cells in zip(keep, cols, strict=True)]
+    return [dict(zip(keep, values, strict=True)) for values in zip(*typed, strict=True)]
+
+
+def _read_cells(path: Path, columns: Sequence[str] | None) -> tuple[list[str], list[list[str]]]:
+    """The columns kept (``columns``, default all) and each row's cells of them, the header checked."""
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{path}: empty; not an audit.csv written by `lilaw-med audit`.")
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            raise ValueError(f"{path}: not an audit.csv written by `lilaw-med audit` (no column(s) {missing}).")
-        keep = list(header) if columns is None else list(columns)
-        unknown = [c for c in keep if c not in header]
-        if unknown:
-            raise ValueError(f"{path}: no column(s) {unknown}; the file has {header}.")
+        keep = _check_header(path, header, columns)
         pos = [header.index(c) for c in keep]
         picked: list[list[str]] = []
         for cells in reader:
             if len(cells) != len(header):
-                raise ValueError(f"{path}, line {reader.line_num}: {len(cells)} cells but the header has {len(header)}.")
+                raise InputError(f"{path}, line {reader.line_num}: {len(cells)} cells but the header has {len(header)}.")
             picked.append([cells[i] for i in pos])
-    cols = list(zip(*picked, strict=True)) if picked else [() for _ in keep]
-    typed = [_parse_column(path, name, cells) for name, cells in zip(keep, cols, strict=True)]
-    return [dict(zip(keep, values, strict=True)) for values in zip(*typed, strict=True)]
+    return keep, picked
+
+
+def _check_header(path: Path, header: list[str] | None, columns: Sequence[str] | None) -> list[str]:
+    """The columns to keep, once ``header`` is an ``audit.csv``'s and holds each of ``columns``."""
+    if header is None:
+        raise InputError(f"{path}: empty; not an audit.csv written by `lilaw-med audit`.")
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise InputError(f"{path}: not an audit.csv written by `lilaw-med audit` (no column(s) {missing}).")
+    keep = list(header) if columns is None else list(columns)
+    unknown = [c for c in keep if c not in header]
+    if unknown:
+        raise InputError(f"{path}: no column(s) {unknown}; the file has {header}.")
+    return keep
 
 
 def _parse_column(path: Path, name: str, cells: Sequence[str]) -> list[Any]:
@@ -372,7 +383,7 @@ def _parse_column(path: Path, name: str, cells: Sequence[str]) -> list[Any]:
     except (KeyError, ValueError):
         kind = "a number" if name in _FLOAT_COLUMNS else "an integer" if name in _INT_COLUMNS else "True or False"
         row, cell = next((k, c) for k, c in enumerate(cells) if not _parses(name, c))
-        raise ValueError(f"{path}, item row {row + 1}: column {name!r} is {cell!r}, not {kind}.") from None
+        raise InputError(f"{path}, item row {row + 1}: column {name!r} is {cell!r}, not {kind}.") from None
     return [unguard_csv_text(c) for c in cells]
 
 
@@ -455,24 +466,32 @@ def _detection(
         out["scores"][name] = {k: _f(v) for k, v in detection_quality(s, wrong).items()}
         if 0 < wrong.sum() < wrong.size:
             out["curves"][name] = detection_curves(s, wrong)
-    flags = a.is_label_issue
+    out["is_label_issue"] = _flag_quality(a.is_label_issue, wrong)
+    out["noise_rate"] = [
+        {"class": record.class_name(k), "true": _share(wrong, a.labels == k),
+         "estimated": _f(a.noise.per_class[k]), "interval": [_f(v) for v in a.noise.per_class_interval[k]]}
+        for k in range(a.num_classes)
+    ]
+    out["difficulty"] = {lv: {"n_items": int((a.levels == lv).sum()), "true_mislabel_rate": _share(wrong, a.levels == lv)}
+                         for lv in DIFFICULTY_LEVELS}
+    return out
+
+
+def _share(wrong: np.ndarray, where: np.ndarray) -> float | None:
+    """The share of wrong labels among the items ``where`` selects (``None`` for none)."""
+    return _f(wrong[where].mean()) if where.any() else None
+
+
+def _flag_quality(flags: np.ndarray, wrong: np.ndarray) -> dict[str, Any]:
+    """Precision, recall and F1 of the flagged items against the true wrong labels, and the count's error."""
     tp = int((flags & wrong).sum())
     precision = tp / flags.sum() if flags.any() else math.nan
     recall = tp / wrong.sum() if wrong.any() else math.nan
-    out["is_label_issue"] = {
+    return {
         "n_flagged": int(flags.sum()), "precision": _f(precision), "recall": _f(recall),
         "f1": _f(2 * precision * recall / (precision + recall)) if precision + recall > 0 else 0.0,
         "count_error": _f(abs(int(flags.sum()) - int(wrong.sum())) / max(wrong.size, 1)),
     }
-    out["noise_rate"] = [
-        {"class": record.class_name(k), "true": _f(wrong[a.labels == k].mean()) if (a.labels == k).any() else None,
-         "estimated": _f(a.noise.per_class[k]), "interval": [_f(v) for v in a.noise.per_class_interval[k]]}
-        for k in range(a.num_classes)
-    ]
-    out["difficulty"] = {lv: {"n_items": int((a.levels == lv).sum()),
-                              "true_mislabel_rate": _f(wrong[a.levels == lv].mean()) if (a.levels == lv).any() else None}
-                         for lv in DIFFICULTY_LEVELS}
-    return out
 
 
 def _final_model_self_confidence(

@@ -1,20 +1,13 @@
 """The review page: a reader decides on the audit's suspected labels, and the decisions flow back into
 training.
 
-:func:`write_review_page` reads a run folder (:class:`lilaw_med.audit.core.RunRecord`) and its audit
-(the summary of ``audit.json``, the per-item rows of ``audit.csv``), puts the items to review in order (:func:`review_queue`), renders each one's image
-through the run's own loading transforms at display size (:func:`display_images`), and writes one
-self-contained ``review.html`` (``templates/review.html`` + ``templates/review.js``) beside the
-report. The page needs no server and makes no network request: the items, their class
-probabilities over the epochs and their images are embedded (JSON escaped for a ``<script>``
-element, images as ``data:image/png;base64`` URIs), and a Content-Security-Policy lets only the
-page's own script run (by its sha256).
-
-In the page a reader keeps, relabels or excludes each item (keyboard or mouse), with a note; the
-progress is kept in the browser's ``localStorage`` under the run's key after every action, and
-"Save decisions" downloads one CSV of :data:`lilaw_med.data.curation.DECISION_COLUMNS`, which
-``lilaw-med train --exclude`` and ``--relabel`` read as it is. :func:`merge_decisions` combines the
-files of several readers and lists, never resolves, their disagreements.
+:func:`write_review_page` orders the items to review (:func:`review_queue`), renders each through
+the run's own loading transforms (:func:`display_images`) and writes one self-contained
+``review.html`` (no server, no network request; a Content-Security-Policy lets only the page's own
+script run). Its "Save decisions" CSV (:data:`lilaw_med.data.curation.DECISION_COLUMNS`) is what
+``lilaw-med train --exclude`` and ``--relabel`` read; :func:`merge_decisions` combines several
+readers' files and lists, never resolves, their disagreements. The page itself: docs/audit.md
+(section 3, "Review").
 """
 
 from __future__ import annotations
@@ -28,7 +21,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +30,12 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
 
-from lilaw_med.audit.core import RunRecord
+from lilaw_med.audit.record import RunRecord
 from lilaw_med.audit.report import AuditFiles, read_audit_rows
 from lilaw_med.audit.window import ScoringWindow, window_pred_probs
 from lilaw_med.data.curation import DECISION_COLUMNS, DECISIONS, read_id_csv
 from lilaw_med.data.presets import get_preset
+from lilaw_med.errors import InputError, one_line
 from lilaw_med.run.config import Config
 from lilaw_med.run.run_dir import RunDir
 from lilaw_med.run.transforms import evaluation_transforms
@@ -118,39 +112,53 @@ def review_queue(
         The :class:`QueueEntry` list.
 
     Raises:
-        ValueError: for an id of ``include`` the run does not hold, or an unknown split.
+        InputError: for an id of ``include`` the run does not hold, or an unknown split.
     """
-    def split_rank(r: Mapping[str, Any]) -> tuple[int, int]:
-        split = str(r["split"])
-        return (_SPLIT_ORDER.index(split) if split in _SPLIT_ORDER else len(_SPLIT_ORDER), int(r["rank"]))
-
-    queue: dict[str, str] = {}
-    for r in sorted((r for r in rows if r["is_label_issue"]), key=split_rank):
-        queue.setdefault(str(r["id"]), "flagged")
+    _check_includes(items, include, include_splits)
+    queue: dict[str, str] = dict.fromkeys(_ranked_ids(rows, lambda r: bool(r["is_label_issue"])), "flagged")
     if hard:
-        for r in sorted((r for r in rows if r["difficulty"] == "hard"), key=split_rank):
-            queue.setdefault(str(r["id"]), "hard")
-    unknown = [i for i in include if str(i) not in items]
-    if unknown:
-        raise ValueError(f"--include: {len(unknown)} id(s) not in the run's datalist.json: "
-                         + ", ".join(repr(u) for u in unknown[:5]))
+        for i in _ranked_ids(rows, lambda r: r["difficulty"] == "hard"):
+            queue.setdefault(i, "hard")
     for i in include:
         queue.setdefault(str(i), "asked for")
-    classes = {int(k) for k in include_classes}
-    splits = set(include_splits)
-    bad = sorted(splits - set(_SPLIT_ORDER))
+    for i in _ids_asked_for(items, {int(k) for k in include_classes}, set(include_splits)):
+        queue.setdefault(i, "asked for")
+    return [QueueEntry(i, reason) for i, reason in queue.items()]
+
+
+def _ranked_ids(rows: Sequence[Mapping[str, Any]], keep: Callable[[Mapping[str, Any]], bool]) -> list[str]:
+    """The ids of the rows ``keep`` selects, training before validation before test, then by rank."""
+    return [str(r["id"]) for r in sorted(filter(keep, rows), key=_split_rank)]
+
+
+def _split_rank(r: Mapping[str, Any]) -> tuple[int, int]:
+    """The queue's sort key of an audit row: training before validation before test, then rank."""
+    split = str(r["split"])
+    return (_SPLIT_ORDER.index(split) if split in _SPLIT_ORDER else len(_SPLIT_ORDER), int(r["rank"]))
+
+
+def _check_includes(items: Mapping[str, Any], include: Sequence[str], include_splits: Iterable[str]) -> None:
+    """Raises InputError for an id of ``include`` the run does not hold, or an unknown split."""
+    unknown = [i for i in include if str(i) not in items]
+    if unknown:
+        raise InputError(f"--include: {len(unknown)} id(s) not in the run's datalist.json: "
+                         + ", ".join(repr(u) for u in unknown[:5]))
+    bad = sorted(set(include_splits) - set(_SPLIT_ORDER))
     if bad:
-        raise ValueError(f"--split: unknown split(s) {bad}; the splits are {list(_SPLIT_ORDER)}.")
+        raise InputError(f"--split: unknown split(s) {bad}; the splits are {list(_SPLIT_ORDER)}.")
+
+
+def _ids_asked_for(
+    items: Mapping[str, tuple[str, Mapping[str, Any]]], classes: set[int], splits: set[str]
+) -> Iterator[str]:
+    """The ids whose given label is in ``classes``, then those of ``splits``, in the datalist's order."""
     if classes:
         for i, (_, item) in items.items():
             label = item.get("label")
             if isinstance(label, (int, np.integer)) and int(label) in classes:
-                queue.setdefault(i, "asked for")
+                yield i
     for split in (s for s in _SPLIT_ORDER if s in splits):
-        for i, (s, _) in items.items():
-            if s == split:
-                queue.setdefault(i, "asked for")
-    return [QueueEntry(i, reason) for i, reason in queue.items()]
+        yield from (i for i, (s, _) in items.items() if s == split)
 
 
 # ----------------------------------------------------------------------------- images
@@ -247,10 +255,10 @@ def _read_summary(audit_dir: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); run `lilaw-med audit RUN_DIR` again.") from None
+        raise InputError(f"{path}: not valid JSON ({e}); run `lilaw-med audit RUN_DIR` again.") from None
     summary = data.get("summary") if isinstance(data, dict) else None
     if not isinstance(summary, dict) or not isinstance(summary.get("splits"), dict):
-        raise ValueError(f"{path}: not an audit.json written by `lilaw-med audit` (no 'summary' with 'splits').")
+        raise InputError(f"{path}: not an audit.json written by `lilaw-med audit` (no 'summary' with 'splits').")
     return summary
 
 
@@ -300,51 +308,75 @@ def review_context(
     """
     queued = {e.id for e in queue}
     by_id = {str(r["id"]): r for r in rows if str(r["id"]) in queued}
-    splits: dict[str, Any] = {}
-    for split, dyn in record.dynamics.items():
-        w = summary.get("splits", {}).get(split, {}).get("window")
-        splits[split] = {"epochs": [int(e) for e in dyn.epochs],
-                         "window": None if w is None else [int(w["first_epoch"]), int(w["last_epoch"])]}
+    splits = _split_windows(record, summary)
     probs: dict[str, Any] = {}
     for split in record.dynamics:
         probs.update(_epoch_probs(record, split, [e.id for e in queue if record.items[e.id][0] == split]))
-    load, dims = (None, 2)
-    if images:
-        try:
-            load, dims = _image_loader(record)
-        except (KeyError, ValueError, TypeError) as e:  # a config this version cannot read: no images
-            logger.warning("the review page shows no images: the run's config cannot build its loading "
-                           "transforms (%s: %s).", type(e).__name__, e)
+    load, dims = _page_loader(record) if images else (None, 2)
     uris: list[str] = []
     out_items = []
     for entry in queue:
         split, item = record.items[entry.id]
-        r = by_id.get(entry.id, {})
-        given = item.get("label")
-        views, error = [], None
         if load is None:
-            error = "images switched off" if not images else "the run's transforms could not be built"
+            views, error = [], "images switched off" if not images else "the run's transforms could not be built"
         else:
-            try:
-                for title, view in display_images(load(item), dims):
-                    views.append({"title": title, "image": len(uris)})
-                    uris.append(_png_uri(view, image_size))
-            except Exception as e:  # noqa: BLE001 - one unreadable image must not stop the page
-                views, error = [], f"{type(e).__name__}: {e}"
-        out_items.append({
-            "id": entry.id, "split": split, "reason": entry.reason,
-            "given": int(given) if isinstance(given, (int, np.integer)) else None,
-            "predicted": r.get("predicted_label"), "p_given": _finite(r.get("p_given"), 3),
-            "p_predicted": _finite(r.get("p_predicted"), 3), "score": _finite(r.get("label_score")),
-            "rank": r.get("rank"), "flagged": bool(r.get("is_label_issue", False)), "difficulty": r.get("difficulty"),
-            "path": str(item.get("image", "")), "probs": probs.get(entry.id), "views": views, "image_error": error,
-        })
+            views, error = _item_views(load, item, dims, image_size, uris)
+        out_items.append({"id": entry.id, "split": split, "reason": entry.reason,
+                          **_item_fields(item, by_id.get(entry.id, {})),
+                          "probs": probs.get(entry.id), "views": views, "image_error": error})
     n_split = {s: sum(1 for _, (sp, _) in record.items.items() if sp == s) for s in splits}
     data = {
         "run_name": record.root.name, "run_key": run_key(record), "class_names": _class_names(record),
         "splits": splits, "split_sizes": n_split, "items": out_items,
     }
     return ReviewContext(data=data, images=uris)
+
+
+def _item_fields(item: Mapping[str, Any], r: Mapping[str, Any]) -> dict[str, Any]:
+    """An item's given label, the audit row ``r``'s figures (``{}``: not audited) and its image path."""
+    given = item.get("label")
+    return {
+        "given": int(given) if isinstance(given, (int, np.integer)) else None,
+        "predicted": r.get("predicted_label"), "p_given": _finite(r.get("p_given"), 3),
+        "p_predicted": _finite(r.get("p_predicted"), 3), "score": _finite(r.get("label_score")),
+        "rank": r.get("rank"), "flagged": bool(r.get("is_label_issue", False)), "difficulty": r.get("difficulty"),
+        "path": str(item.get("image", "")),
+    }
+
+
+def _split_windows(record: RunRecord, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Each recorded split's epochs and the audit's scoring window (first and last epoch) over them."""
+    splits: dict[str, Any] = {}
+    for split, dyn in record.dynamics.items():
+        w = summary.get("splits", {}).get(split, {}).get("window")
+        splits[split] = {"epochs": [int(e) for e in dyn.epochs],
+                         "window": None if w is None else [int(w["first_epoch"]), int(w["last_epoch"])]}
+    return splits
+
+
+def _page_loader(record: RunRecord) -> tuple[Callable[[Mapping[str, Any]], np.ndarray] | None, int]:
+    """The run's image loader and spatial dims; ``(None, 2)`` when this version cannot read its config."""
+    try:
+        return _image_loader(record)
+    except (KeyError, ValueError, TypeError) as e:  # a config this version cannot read: no images
+        logger.warning("the review page shows no images: the run's config cannot build its loading "
+                       "transforms (%s: %s).", type(e).__name__, e)
+        return None, 2
+
+
+def _item_views(
+    load: Callable[[Mapping[str, Any]], np.ndarray], item: Mapping[str, Any], dims: int, image_size: int,
+    uris: list[str],
+) -> tuple[list[dict[str, Any]], str | None]:
+    """An item's views (each naming its image in ``uris``, to which it appends) and its image error."""
+    views: list[dict[str, Any]] = []
+    try:
+        for title, view in display_images(load(item), dims):
+            views.append({"title": title, "image": len(uris)})
+            uris.append(_png_uri(view, image_size))
+    except Exception as e:  # noqa: BLE001 - one unreadable image must not stop the page
+        return [], one_line(e, with_type=True)
+    return views, None
 
 
 def _class_names(record: RunRecord) -> list[str]:
@@ -425,10 +457,14 @@ def write_review_page(
         FileNotFoundError: without a run folder, or when the audit's ``audit.json`` or ``audit.csv`` is missing.
         ValueError: on an unknown id, class or split, an image size below 32, or an ``audit.json`` or
             ``audit.csv`` that ``lilaw-med audit`` did not write (the message names the file).
+
+    Example::
+
+        page = write_review_page("runs/first", include_classes=["pneumonia"])  # runs/first/audit/review.html
     """
 
     if image_size < 32:
-        raise ValueError(f"image_size must be at least 32 pixels but is {image_size}.")
+        raise InputError(f"image_size must be at least 32 pixels but is {image_size}.")
     record = RunRecord.read(run_dir)
     folder = Path(audit_dir) if audit_dir is not None else record.root / RunDir.AUDIT
     summary = _read_summary(folder)
@@ -451,7 +487,7 @@ def _class_index(value: int | str, names: Sequence[str]) -> int:
         return list(names).index(s)
     if s.lstrip("-").isdigit() and 0 <= int(s) < len(names):
         return int(s)
-    raise ValueError(f"--include-class: unknown class {value!r}; the classes are {list(names)} (or their indices).")
+    raise InputError(f"--include-class: unknown class {value!r}; the classes are {list(names)} (or their indices).")
 
 
 # ----------------------------------------------------------------------------- several readers
@@ -487,44 +523,63 @@ def merge_decisions(paths: Sequence[str | os.PathLike]) -> MergeResult:
 
     Raises:
         FileNotFoundError: when a file is missing.
-        ValueError: for fewer than two files, a file without a ``decision`` column, an unknown
+        InputError: for fewer than two files, a file without a ``decision`` column, an unknown
             decision, or an id a file lists twice with different decisions.
+
+    Example::
+
+        merged = merge_decisions(["anna.csv", "ben.csv"])
+        write_decisions("agreed.csv", merged.rows)
     """
     if len(paths) < 2:
-        raise ValueError(f"--merge needs two or more decision files but got {len(paths)}.")
+        raise InputError(f"--merge needs two or more decision files but got {len(paths)}.")
     by_id: dict[str, list[dict[str, str]]] = {}
     for path in paths:
-        rows = read_id_csv(path)
-        if rows and "decision" not in rows[0]:
-            raise ValueError(f"{path}: not a decision file (no 'decision' column; found {sorted(rows[0])}).")
-        seen: dict[str, dict[str, str]] = {}
-        for line, r in enumerate(rows, start=2):
-            if r["decision"] not in DECISIONS:
-                raise ValueError(f"{path}, line {line}: decision {r['decision']!r} is not one of {list(DECISIONS)}.")
-            r = {c: r.get(c, "") for c in DECISION_COLUMNS}
-            r["reviewer"] = r["reviewer"] or Path(path).stem
-            if r["id"] in seen and (seen[r["id"]]["decision"], seen[r["id"]]["new_label"]) != (r["decision"], r["new_label"]):
-                raise ValueError(f"{path}: id {r['id']!r} is listed twice with different decisions.")
-            seen[r["id"]] = {**r, "file": str(path)}
-        for i, r in seen.items():
+        for i, r in _read_decision_file(path).items():
             by_id.setdefault(i, []).append(r)
     merged, disagreements, n_disagreed = [], [], 0
     for i, rs in by_id.items():
-        decided = [r for r in rs if r["decision"] != "skip"]
-        verdicts = {(r["decision"], r["new_label"] if r["decision"] == "relabel" else "") for r in decided}
-        if len(verdicts) > 1:
+        row = _agreed_row(i, rs)
+        if row is None:
             n_disagreed += 1
             disagreements.extend(rs)
-            continue
-        decision, label = next(iter(verdicts)) if verdicts else ("skip", "")
-        voters = decided or rs
-        merged.append({
-            "id": i, "decision": decision, "new_label": label,
-            "note": " | ".join(f"{r['reviewer']}: {r['note']}" for r in rs if r["note"]),
-            "reviewer": ";".join(dict.fromkeys(r["reviewer"] for r in voters)),
-            "time": max((r["time"] for r in voters), default=""),
-        })
+        else:
+            merged.append(row)
     return MergeResult(rows=merged, disagreements=disagreements, n_disagreed=n_disagreed)
+
+
+def _read_decision_file(path: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """One reader's decisions: id -> row (:data:`DECISION_COLUMNS` and ``file``); raises InputError
+    for a file without a ``decision`` column, an unknown decision, or an id listed twice differently."""
+    rows = read_id_csv(path)
+    if rows and "decision" not in rows[0]:
+        raise InputError(f"{path}: not a decision file (no 'decision' column; found {sorted(rows[0])}).")
+    seen: dict[str, dict[str, str]] = {}
+    for line, r in enumerate(rows, start=2):
+        if r["decision"] not in DECISIONS:
+            raise InputError(f"{path}, line {line}: decision {r['decision']!r} is not one of {list(DECISIONS)}.")
+        r = {c: r.get(c, "") for c in DECISION_COLUMNS}
+        r["reviewer"] = r["reviewer"] or Path(path).stem
+        if r["id"] in seen and (seen[r["id"]]["decision"], seen[r["id"]]["new_label"]) != (r["decision"], r["new_label"]):
+            raise InputError(f"{path}: id {r['id']!r} is listed twice with different decisions.")
+        seen[r["id"]] = {**r, "file": str(path)}
+    return seen
+
+
+def _agreed_row(i: str, rs: Sequence[dict[str, str]]) -> dict[str, str] | None:
+    """The merged row of id ``i`` from the readers' rows ``rs``; ``None`` when they disagree."""
+    decided = [r for r in rs if r["decision"] != "skip"]
+    verdicts = {(r["decision"], r["new_label"] if r["decision"] == "relabel" else "") for r in decided}
+    if len(verdicts) > 1:
+        return None
+    decision, label = next(iter(verdicts)) if verdicts else ("skip", "")
+    voters = decided or rs
+    return {
+        "id": i, "decision": decision, "new_label": label,
+        "note": " | ".join(f"{r['reviewer']}: {r['note']}" for r in rs if r["note"]),
+        "reviewer": ";".join(dict.fromkeys(r["reviewer"] for r in voters)),
+        "time": max((r["time"] for r in voters), default=""),
+    }
 
 
 def write_decisions(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],

@@ -5,8 +5,8 @@ once memorised, a wrong label looks as confident as a right one. The audit there
 item's class probabilities over a *scoring window*: the epochs up to the point where memorisation
 begins. That point is read off the run itself, without clean labels: the validation items are
 never trained on, so their (noisy) loss stops falling when the network starts fitting noise
-rather than signal. A fixed share of the epochs (the first audit's rule) fails both ways: too
-early for a short run that has not learnt yet, too late for a long one.
+rather than signal. A fixed share of the epochs fails both ways: too early for a short run that
+has not learnt yet, too late for a long one (docs/audit.md).
 
 Pure functions over arrays (no I/O, no torch). A field over epochs is anything that yields one
 epoch's array at a time: a stacked (E, N, ...) array or a
@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from lilaw_med.errors import InputError
 
 __all__ = [
     "LOSS_RULES", "WINDOW_RULES", "ScoringWindow", "choose_window", "epoch_mean", "prefix_pred_probs", "window_pred_probs",
@@ -39,7 +41,7 @@ WINDOW_RULES = ("val_loss_at_least_fraction", "best_val_loss", "best_val_accurac
 * ``"best_val_accuracy"``: at the epoch with the highest validation accuracy (later epochs win ties);
 * ``"all"``: every recorded epoch;
 * ``"last"``: the last epoch only (the final-epoch self-confidence baseline);
-* ``"fraction"``: the first ``ceil(fraction * E)`` epochs (the first audit's rule, fraction 0.2).
+* ``"fraction"``: the first ``ceil(fraction * E)`` epochs.
 """
 LOSS_RULES = ("val_loss_at_least_fraction", "best_val_loss")
 """The rules that read a validation loss curve."""
@@ -101,29 +103,52 @@ def choose_window(
         ``"all"`` and says so in ``reason``.
 
     Raises:
-        ValueError: on an unknown rule, ``n_epochs < 1`` or a curve of the wrong length.
+        InputError: on an unknown rule or a ``fraction`` outside (0, 1].
+        ValueError: for ``n_epochs < 1`` or a curve of the wrong length.
+
+    Example::
+
+        window = choose_window(30, "best_val_loss", val_loss=record.val_loss)
+        window.start, window.stop, window.reason                # epochs [start, stop) and why
     """
     if rule not in WINDOW_RULES:
-        raise ValueError(f"rule must be one of {WINDOW_RULES} but is {rule!r}.")
+        raise InputError(f"rule must be one of {WINDOW_RULES} but is {rule!r}.")
     if n_epochs < 1:
         raise ValueError(f"n_epochs must be at least 1 but is {n_epochs}.")
+    if rule in ("all", "last", "fraction"):
+        return _fixed_window(n_epochs, rule, fraction)
+    if rule == "val_loss_at_least_fraction":
+        return _floored_window(n_epochs, val_loss, fraction)
+    if rule == "best_val_loss":
+        return _best_window(n_epochs, rule, val_loss, "loss", lower=True)
+    return _best_window(n_epochs, rule, val_accuracy, "accuracy", lower=False)
+
+
+def _fixed_window(n_epochs: int, rule: str, fraction: float) -> ScoringWindow:
+    """The window of a rule that needs no curve: ``"all"``, ``"last"`` or ``"fraction"``."""
     if rule == "all":
         return ScoringWindow(0, n_epochs, rule, f"every recorded epoch (1-{n_epochs})")
     if rule == "last":
         return ScoringWindow(n_epochs - 1, n_epochs, rule, f"the last epoch ({n_epochs})")
-    if rule == "fraction":
-        if not 0 < fraction <= 1:
-            raise ValueError(f"fraction must lie in (0, 1] but is {fraction}.")
-        stop = max(1, math.ceil(fraction * n_epochs - 1e-9))
-        return ScoringWindow(0, stop, rule, f"the first {stop} of {n_epochs} epochs ({fraction:g} of training)")
-    if rule == "val_loss_at_least_fraction":
-        by_loss = choose_window(n_epochs, "best_val_loss", val_loss=val_loss)
-        floor = choose_window(n_epochs, "fraction", fraction=fraction)
-        if by_loss.rule != "best_val_loss" or by_loss.stop >= floor.stop:
-            return by_loss
-        return ScoringWindow(0, floor.stop, rule, f"epochs 1-{floor.stop} of {n_epochs}: the noisy validation loss was best "
-                             f"at epoch {by_loss.stop}, earlier than the first {fraction:g} of training, which is kept")
-    curve, what, lower = (val_loss, "loss", True) if rule == "best_val_loss" else (val_accuracy, "accuracy", False)
+    if not 0 < fraction <= 1:
+        raise InputError(f"fraction must lie in (0, 1] but is {fraction}.")
+    stop = max(1, math.ceil(fraction * n_epochs - 1e-9))
+    return ScoringWindow(0, stop, rule, f"the first {stop} of {n_epochs} epochs ({fraction:g} of training)")
+
+
+def _floored_window(n_epochs: int, val_loss: np.ndarray | None, fraction: float) -> ScoringWindow:
+    """``"val_loss_at_least_fraction"``: the best-validation-loss window, at least the first ``fraction``."""
+    by_loss = choose_window(n_epochs, "best_val_loss", val_loss=val_loss)
+    floor = choose_window(n_epochs, "fraction", fraction=fraction)
+    if by_loss.rule != "best_val_loss" or by_loss.stop >= floor.stop:
+        return by_loss
+    return ScoringWindow(0, floor.stop, "val_loss_at_least_fraction",
+                         f"epochs 1-{floor.stop} of {n_epochs}: the noisy validation loss was best "
+                         f"at epoch {by_loss.stop}, earlier than the first {fraction:g} of training, which is kept")
+
+
+def _best_window(n_epochs: int, rule: str, curve: np.ndarray | None, what: str, lower: bool) -> ScoringWindow:
+    """The epochs up to the best of a validation ``curve`` (``"all"`` when the run has none)."""
     if curve is not None and len(curve) != n_epochs:
         raise ValueError(f"the validation {what} curve has {len(curve)} values for {n_epochs} epochs.")
     best = None if curve is None else _argbest(curve, lower)
@@ -204,6 +229,11 @@ def prefix_pred_probs(dynamics: Mapping[str, Sequence[np.ndarray]], labels: np.n
 
     Returns:
         An iterator of ``(stop, float64 (N, C))`` in increasing ``stop``.
+
+    Example::
+
+        for stop, probs in prefix_pred_probs(record.dynamics["training"].views(), labels, [5, 10], num_classes=2):
+            ...                                                 # (N, C) over epochs [0, stop)
     """
     if "probs" in dynamics:
         yield from _prefix_means(dynamics["probs"], stops)
@@ -228,6 +258,10 @@ def window_pred_probs(dynamics: Mapping[str, Sequence[np.ndarray]], labels: np.n
 
     Returns:
         float64 (N, C), rows summing to 1; NaN rows for items never seen in the window.
+
+    Example::
+
+        probs = window_pred_probs(record.dynamics["training"].views(), labels, window, num_classes=2)  # (N, C)
     """
     if "probs" in dynamics:
         return epoch_mean(dynamics["probs"][window.start:window.stop])

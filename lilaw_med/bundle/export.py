@@ -1,22 +1,9 @@
-"""Exports a lilaw-med config (and optionally a trained run) as a MONAI bundle.
+"""Exports a lilaw-med config (and optionally a trained run) as a MONAI bundle: :func:`export_bundle`.
 
-The bundle's folder::
-
-    OUT_DIR/
-      configs/metadata.json      every mandatory key of the MONAI Bundle Specification
-      configs/train.yaml         trains with LiLAW (lilaw_med.training.run.run_training on the embedded config)
-      configs/evaluate.yaml      metrics of models/model.pt on the test split (MONAI SupervisedEvaluator)
-      configs/inference.yaml     predictions for image files (MONAI SupervisedEvaluator + ClassificationSaver)
-      configs/multi_gpu_train.yaml   torchrun override of train.yaml (DDP, one process per GPU)
-      configs/logging.conf       MONAI's standard logging config, applied by ``monai.bundle run``
-      configs/datalist.json      the resolved items (ids, labels, splits), image paths relative to ``dataset_dir``
-      docs/README.md             what the model is, the exact commands
-      LICENSE
-      models/model.pt            the network's state dict (when a run is given, or after training)
-
-This module puts it together: :mod:`~lilaw_med.bundle.source` (the config and the run's network),
-:mod:`~lilaw_med.bundle.configs` (the config files), :mod:`~lilaw_med.bundle.documents` (README,
-LICENSE, logging.conf), :mod:`~lilaw_med.bundle.metadata`; see docs/bundle.md.
+This module puts the bundle together from :mod:`~lilaw_med.bundle.source` (the config and the run's
+network), :mod:`~lilaw_med.bundle.configs` (the config files), :mod:`~lilaw_med.bundle.documents`
+(README, LICENSE, logging.conf) and :mod:`~lilaw_med.bundle.metadata`. The bundle's folder and
+how to run it: docs/bundle.md.
 
 Example::
 
@@ -53,6 +40,7 @@ from lilaw_med.bundle.source import (
 )
 from lilaw_med.data.datalist import load_datalist
 from lilaw_med.data.presets import get_preset
+from lilaw_med.errors import InputError
 from lilaw_med.run.config import load_config, validate_config
 from lilaw_med.run.run_dir import RunDir
 from lilaw_med.run.summary import RunSummary
@@ -127,37 +115,21 @@ def export_bundle(
         FileExistsError: when ``out_dir`` is not empty and ``overwrite`` is off.
         FileNotFoundError: when the config, the run's checkpoint or the licence file is missing.
         ValueError: when the config is invalid, or the run's network differs from the config's.
+
+    Example::
+
+        result = export_bundle("runs/my-run/config.yaml", "my_bundle", run_dir="runs/my-run")
+        result.files                                            # the files written
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose another folder or pass overwrite.")
-    cfg = load_config(config) if isinstance(config, (str, os.PathLike)) else validate_config(config)
     run = RunDir(run_dir) if run_dir is not None else None
-    # the run's own config.yaml: its relative paths belong to the run folder, never to the current one
-    own = run is not None and (
-        (isinstance(config, (str, os.PathLike)) and Path(config).absolute() == run.config.absolute())
-        or (base_dir is not None and Path(base_dir).absolute() == run.root.absolute())
-    )
-    cfg = absolute_paths(cfg, Path(os.path.abspath(base_dir)) if base_dir is not None else (
-        Path(os.path.abspath(run.root)) if own else Path.cwd()))
-    if run is not None and run.datalist.is_file() and (own or not cfg["data"]["datalist"]):
-        # the items the run trained on (absolute paths, ids, splits): sample data is never regenerated
-        cfg["data"]["datalist"] = os.path.abspath(run.datalist)
-    check_no_config_syntax(cfg)
-    if run is not None:
-        spec, state_dict, summary = from_run(cfg, run.root)
-        if datalist is None and cfg["data"]["datalist"]:
-            data = cfg["data"]
-            datalist = load_datalist(cfg["data"]["datalist"], class_names=data["class_names"], multi_label=bool(
-                data["multi_label"]), val_fraction=data["val_fraction"], seed=data["split_seed"] if data["split_seed"]
-                is not None else cfg["train"]["seed"], strict=False)
-    else:
-        if datalist is None:
-            datalist = prepare_datalist(cfg)
-        spec, state_dict, summary = model_spec_from_config(cfg, datalist), None, RunSummary()
+    cfg = _resolved_config(config, run, base_dir)
+    spec, state_dict, summary, datalist = _model_source(cfg, run, datalist)
     shape = list(spatial_shape) if spatial_shape else input_spatial_shape(cfg, spec.spatial_dims)
     if len(shape) != spec.spatial_dims:
-        raise ValueError(f"spatial_shape {shape} must have {spec.spatial_dims} entries (model.spatial_dims).")
+        raise InputError(f"spatial_shape {shape} must have {spec.spatial_dims} entries (model.spatial_dims).")
     meta = _metadata(
         cfg, spec, shape, summary, task=task, description=description, version=version, authors=authors,
         copyright=copyright, value_range=value_range,
@@ -168,6 +140,53 @@ def export_bundle(
     return result
 
 
+def _resolved_config(
+    config: Mapping[str, Any] | str | os.PathLike, run: RunDir | None, base_dir: str | os.PathLike | None
+) -> dict[str, Any]:
+    """The validated config with absolute paths; with the run's own config, the run's ``datalist.json``."""
+    cfg = load_config(config) if isinstance(config, (str, os.PathLike)) else validate_config(config)
+    own = run is not None and _is_own_config(config, run, base_dir)
+    if base_dir is not None:
+        base = Path(os.path.abspath(base_dir))
+    else:
+        base = Path(os.path.abspath(run.root)) if run is not None and own else Path.cwd()
+    cfg = absolute_paths(cfg, base)
+    if run is not None and run.datalist.is_file() and (own or not cfg["data"]["datalist"]):
+        # the items the run trained on (absolute paths, ids, splits): sample data is never regenerated
+        cfg["data"]["datalist"] = os.path.abspath(run.datalist)
+    check_no_config_syntax(cfg)
+    return cfg
+
+
+def _model_source(
+    cfg: Mapping[str, Any], run: RunDir | None, datalist: Any
+) -> tuple[ModelSpec, Any, RunSummary, Any]:
+    """The network, its trained weights (``None`` without a run), the run's summary and the datalist."""
+    if run is not None:
+        spec, state_dict, summary = from_run(cfg, run.root)
+        if datalist is None and cfg["data"]["datalist"]:
+            datalist = _read_config_datalist(cfg)
+        return spec, state_dict, summary, datalist
+    if datalist is None:
+        datalist = prepare_datalist(cfg)
+    return model_spec_from_config(cfg, datalist), None, RunSummary(), datalist
+
+
+def _is_own_config(config: Mapping[str, Any] | str | os.PathLike, run: RunDir, base_dir: str | os.PathLike | None) -> bool:
+    """Whether ``config`` is the run's own ``config.yaml``, whose relative paths belong to the run folder
+    (never to the current one): given as that file, or with ``base_dir`` the run folder."""
+    return (isinstance(config, (str, os.PathLike)) and Path(config).absolute() == run.config.absolute()) or (
+        base_dir is not None and Path(base_dir).absolute() == run.root.absolute())
+
+
+def _read_config_datalist(cfg: Mapping[str, Any]) -> Any:
+    """The config's datalist, split as the run split it (the same classes, validation share and seed)."""
+    data = cfg["data"]
+    seed = data["split_seed"] if data["split_seed"] is not None else cfg["train"]["seed"]
+    return load_datalist(data["datalist"], class_names=data["class_names"], multi_label=bool(data["multi_label"]),
+                         val_fraction=data["val_fraction"], seed=seed, strict=False)
+
+
 def _metadata(
     cfg: Mapping[str, Any], spec: ModelSpec, shape: list[int | str], summary: RunSummary, *, task: str | None,
     description: str | None, version: str, authors: str, copyright: str | None, value_range: Sequence[float],
@@ -175,22 +194,12 @@ def _metadata(
     """``configs/metadata.json``: the preset's task and modality, the run's test metrics (see :func:`export_bundle`)."""
     preset = get_preset(cfg["data"]["preset"])
     lilaw_on = bool(cfg["lilaw"]["enabled"])
-    test = summary.results("best").get("test") or {}
-    eval_metrics = {f"test_{k}": float(test[k]) for k in ("auroc", "accuracy", "balanced_accuracy") if k in test}
-    method = (
-        "LiLAW learns three scalars (alpha, beta, delta) that weight every sample's loss by its difficulty, "
-        "meta-updated on a validation batch after every training batch, which makes training robust to "
-        "mislabeled samples."
-        if lilaw_on
-        else "Plain training (the baseline, LiLAW switched off)."
-    )
     meta = build_metadata(
         class_names=spec.class_names if spec.num_outputs > 1 else [f"P({spec.class_names[-1]})"],
         in_channels=spec.in_channels,
         spatial_shape=shape,
         task=task or f"{preset.task} trained on noisy labels" + (" with LiLAW" if lilaw_on else ""),
-        description=description
-        or f"A {spec.network} classifier ({', '.join(spec.class_names)}) trained with lilaw-med. {method}",
+        description=description or _description(spec, lilaw_on),
         version=version,
         authors=authors,
         copyright=copyright or f"Copyright (c) {authors}",
@@ -198,21 +207,51 @@ def _metadata(
         value_range=value_range,
         multi_label=spec.multi_label,
         is_patch_data=preset.patches,
-        eval_metrics=eval_metrics or None,
-        # the file name only: absolute paths of the exporting machine stay out of the metadata
-        data_source=f"lilaw-med datalist {Path(cfg['data']['datalist']).name}"
-        if cfg["data"]["datalist"]
-        else "lilaw-med synthetic sample data",
+        eval_metrics=_eval_metrics(summary),
+        data_source=_data_source(cfg),
     )
-    calibration = summary.calibration("best")  # the model the bundle ships: best, else final
-    if calibration.get("method", "none") != "none":
+    calibration = _calibration(summary)
+    if calibration:
         # the bundle's configs output the plain softmax; the run's calibration is recorded to apply by hand
-        meta["lilaw_med_calibration"] = {k: calibration[k] for k in
-                                         ("method", "temperature", "threshold", "class_bias") if calibration.get(k) is not None}
+        meta["lilaw_med_calibration"] = calibration
     missing = missing_metadata_keys(meta)
     if missing:  # a bug here, not a user error
         raise RuntimeError(f"exported metadata lacks {missing}.")
     return meta
+
+
+def _description(spec: ModelSpec, lilaw_on: bool) -> str:
+    """The metadata's default description: the network, its classes and how it was trained."""
+    method = (
+        "LiLAW learns three scalars (alpha, beta, delta) that weight every sample's loss by its difficulty, "
+        "meta-updated on a validation batch after every training batch, which makes training robust to "
+        "mislabeled samples."
+        if lilaw_on
+        else "Plain training (the baseline, LiLAW switched off)."
+    )
+    return f"A {spec.network} classifier ({', '.join(spec.class_names)}) trained with lilaw-med. {method}"
+
+
+def _eval_metrics(summary: RunSummary) -> dict[str, float] | None:
+    """The best model's test metrics (``None``: the run has no test split, or no run)."""
+    test = summary.results("best").get("test") or {}
+    metrics = {f"test_{k}": float(test[k]) for k in ("auroc", "accuracy", "balanced_accuracy") if k in test}
+    return metrics or None
+
+
+def _data_source(cfg: Mapping[str, Any]) -> str:
+    """The datalist's file name only: absolute paths of the exporting machine stay out of the metadata."""
+    if cfg["data"]["datalist"]:
+        return f"lilaw-med datalist {Path(cfg['data']['datalist']).name}"
+    return "lilaw-med synthetic sample data"
+
+
+def _calibration(summary: RunSummary) -> dict[str, Any]:
+    """The calibration of the model the bundle ships (best, else final); ``{}`` when there is none."""
+    calibration = summary.calibration("best")
+    if calibration.get("method", "none") == "none":
+        return {}
+    return {k: calibration[k] for k in ("method", "temperature", "threshold", "class_bias") if calibration.get(k) is not None}
 
 
 def _write_bundle(

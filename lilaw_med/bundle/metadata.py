@@ -26,6 +26,8 @@ import numpy
 import torch
 from monai.bundle import verify_metadata
 
+from lilaw_med.errors import InputError
+
 __all__ = [
     "MANDATORY_KEYS",
     "MONAI_SCHEMA_URL",
@@ -163,16 +165,49 @@ def build_metadata(
         The metadata as a JSON-serialisable dict with every key of :data:`MANDATORY_KEYS`.
 
     Raises:
-        ValueError: on fewer than one class name, a non-positive ``in_channels``, or a
+        InputError: on fewer than one class name, a non-positive ``in_channels``, or a
             ``spatial_shape`` that is not 1-, 2- or 3-dimensional.
     """
     names = [str(c) for c in class_names]
-    if not names:
-        raise ValueError("class_names must name at least one output channel but is empty.")
-    if int(in_channels) < 1:
-        raise ValueError(f"in_channels must be >= 1 but is {in_channels}.")
-    if not 1 <= len(spatial_shape) <= 3:
-        raise ValueError(f"spatial_shape must have 1 to 3 dimensions but is {list(spatial_shape)}.")
+    _check_shapes(names, in_channels, spatial_shape)
+    activation = "sigmoid per label" if multi_label else "softmax over classes"
+    meta: dict[str, Any] = {
+        "schema": MONAI_SCHEMA_URL,
+        "version": version,
+        "changelog": dict(changelog) if changelog else {version: "exported by lilaw-med"},
+        **_core_versions(),
+        "required_packages_version": package_versions(_REQUIRED_PACKAGES),
+        "task": task,
+        "description": description,
+        "authors": authors,
+        "copyright": copyright,
+        "data_type": "image files (DICOM, NIfTI, PNG/TIFF) listed in a lilaw-med datalist",
+        "image_classes": _image_classes(in_channels, spatial_shape, value_range),
+        "label_classes": ", ".join(f"{i}: {n}" for i, n in enumerate(names)),
+        "pred_classes": f"{len(names)} logits, {activation} gives the probabilities of: "
+        + ", ".join(f"{i}: {n}" for i, n in enumerate(names)),
+        "intended_use": "Research only; not for diagnostic use.",
+        "references": [
+            "Moturu, A., Goldenberg, A., Taati, B. LiLAW: Lightweight Learnable Adaptive Weighting to "
+            "Meta-Learn Sample Difficulty and Improve Noisy Training. arXiv:2509.20786 (2025)."
+        ],
+        "network_data_format": _network_data_format(
+            names, in_channels, spatial_shape, input_format, modality, value_range, is_patch_data
+        ),
+    }
+    if eval_metrics:
+        meta["eval_metrics"] = {str(k): float(v) for k, v in eval_metrics.items()}
+    if data_source:
+        meta["data_source"] = data_source
+    meta.update(extra or {})
+    return meta
+
+
+def _network_data_format(
+    names: Sequence[str], in_channels: int, spatial_shape: Sequence[int | str], input_format: str, modality: str,
+    value_range: Sequence[float], is_patch_data: bool,
+) -> dict[str, Any]:
+    """The specification's ``network_data_format``: the image in, the logits out, the probabilities after."""
     channels = {str(i): name for i, name in enumerate(names)}
     image = {
         "type": "image",
@@ -197,41 +232,27 @@ def build_metadata(
         "channel_def": channels,
     }
     probabilities = dict(logits, value_range=[0.0, 1.0])
-    activation = "sigmoid per label" if multi_label else "softmax over classes"
-    meta: dict[str, Any] = {
-        "schema": MONAI_SCHEMA_URL,
-        "version": version,
-        "changelog": dict(changelog) if changelog else {version: "exported by lilaw-med"},
-        **_core_versions(),
-        "required_packages_version": package_versions(_REQUIRED_PACKAGES),
-        "task": task,
-        "description": description,
-        "authors": authors,
-        "copyright": copyright,
-        "data_type": "image files (DICOM, NIfTI, PNG/TIFF) listed in a lilaw-med datalist",
-        "image_classes": f"{in_channels}-channel image, {len(spatial_shape)}D, "
-        + (f"intensity in [{value_range[0]}, {value_range[1]}]" if len(value_range) == 2 else "normalised intensity"),
-        "label_classes": ", ".join(f"{i}: {n}" for i, n in enumerate(names)),
-        "pred_classes": f"{len(names)} logits, {activation} gives the probabilities of: "
-        + ", ".join(f"{i}: {n}" for i, n in enumerate(names)),
-        "intended_use": "Research only; not for diagnostic use.",
-        "references": [
-            "Moturu, A., Goldenberg, A., Taati, B. LiLAW: Lightweight Learnable Adaptive Weighting to "
-            "Meta-Learn Sample Difficulty and Improve Noisy Training. arXiv:2509.20786 (2025)."
-        ],
-        "network_data_format": {
-            "inputs": {"image": image},
-            "outputs": {"pred": logits},
-            "post_processed_outputs": {"pred": probabilities},
-        },
+    return {
+        "inputs": {"image": image},
+        "outputs": {"pred": logits},
+        "post_processed_outputs": {"pred": probabilities},
     }
-    if eval_metrics:
-        meta["eval_metrics"] = {str(k): float(v) for k, v in eval_metrics.items()}
-    if data_source:
-        meta["data_source"] = data_source
-    if extra:
-        meta.update(extra)
-    return meta
+
+
+def _check_shapes(names: Sequence[str], in_channels: int, spatial_shape: Sequence[int | str]) -> None:
+    """Raises InputError for no class name, a non-positive ``in_channels`` or a shape not 1D to 3D."""
+    if not names:
+        raise InputError("class_names must name at least one output channel but is empty.")
+    if int(in_channels) < 1:
+        raise InputError(f"in_channels must be >= 1 but is {in_channels}.")
+    if not 1 <= len(spatial_shape) <= 3:
+        raise InputError(f"spatial_shape must have 1 to 3 dimensions but is {list(spatial_shape)}.")
+
+
+def _image_classes(in_channels: int, spatial_shape: Sequence[int | str], value_range: Sequence[float]) -> str:
+    """The metadata's ``image_classes`` line: channels, dimensions and the input's intensity range."""
+    scale = f"intensity in [{value_range[0]}, {value_range[1]}]" if len(value_range) == 2 else "normalised intensity"
+    return f"{in_channels}-channel image, {len(spatial_shape)}D, {scale}"
 
 
 def missing_metadata_keys(meta: Mapping[str, Any]) -> list[str]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +65,19 @@ def log_final_metrics(result: Any) -> None:
     parts = []
     for which in ("best", "final"):
         for split, metrics in (summary.get(which) or {}).items():
-            values = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("auroc", "accuracy") if isinstance(metrics.get(k), float))
+            values = _figures(metrics, ("auroc", "accuracy"))
             if values:
                 parts.append(f"{which} {split}: {values}")
-    lilaw = summary.get("lilaw") or {}
-    scalars = ", ".join(f"{k} {lilaw[k]:.4f}" for k in ("alpha", "beta", "delta") if isinstance(lilaw.get(k), float))
+    scalars = _figures(summary.get("lilaw") or {}, ("alpha", "beta", "delta"))
     logger.info(
         "final metrics: %s%s; run folder %s", "; ".join(parts) or "none",
         f"; LiLAW {scalars}" if scalars else "", getattr(result, "run_dir", "?"),
     )
+
+
+def _figures(values: Mapping[str, Any], keys: Sequence[str]) -> str:
+    """``"key 0.1234, ..."`` for the ``keys`` whose value is a float."""
+    return ", ".join(f"{k} {values[k]:.4f}" for k in keys if isinstance(values.get(k), float))
 
 
 def load_bundle_datalist(path: str | os.PathLike, dataset_dir: str | os.PathLike, lilaw_config: Mapping[str, Any]) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from lilaw_med.errors import InputError
 from lilaw_med.run.config import Config, load_config
 from lilaw_med.run.model_file import model_file, read_model_file
 from lilaw_med.run.run_dir import RunDir
@@ -104,7 +105,7 @@ def check_no_config_syntax(node: Any, path: str = "lilaw_config") -> None:
         for i, v in enumerate(node):
             check_no_config_syntax(v, f"{path}#{i}")
     elif isinstance(node, str) and node[:1] in ("$", "@", "%"):
-        raise ValueError(
+        raise InputError(
             f"config value {path}={node!r} starts with {node[0]!r}, which a MONAI bundle config reads as "
             "code or a reference: rename the file or folder (or set the value on the command line)."
         )
@@ -210,7 +211,7 @@ def from_run(
     spec, state_dict = model_spec_from_run(run_dir, dropout=float(cfg["model"]["dropout"]))
     described = (cfg["model"]["network"], *input_shape(cfg))
     if described != (spec.network, spec.spatial_dims, spec.in_channels):
-        raise ValueError(
+        raise InputError(
             f"run {run_dir} trained {spec.network} ({spec.spatial_dims}D, {spec.in_channels} channel(s)) but the "
             f"config describes {described[0]} ({described[1]}D, {described[2]} channel(s)): export the run with "
             f"its own {RunDir.CONFIG}."

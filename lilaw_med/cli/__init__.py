@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 
 from lilaw_med import __version__
 from lilaw_med.allocator import tune_malloc
+from lilaw_med.errors import InputError
 from lilaw_med.lean import import_monai_lean
 from lilaw_med.quiet import warn_once_per_process
 
@@ -31,12 +32,18 @@ class UserError(Exception):
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turns the library's expected errors into one-line :class:`UserError` messages.
+    """Turns errors in the user's input into one-line :class:`UserError` messages.
 
-    ``ConfigError`` becomes "invalid config: ..."; ``RunDirBusyError`` (a run folder another live process
-    holds), ``FileNotFoundError``, ``FileExistsError``, ``PermissionError``, ``ValueError`` and ``KeyError``
-    their message; any other ``OSError`` (disk
-    full, unwritable folder) "<type>: <message>". Anything else is a bug and keeps its traceback.
+    ``ConfigError`` becomes "invalid config: ..."; :class:`~lilaw_med.errors.InputError` (the library's
+    type for a bad file, field, option, label or split), ``RunDirBusyError`` (a run folder another live
+    process holds), ``FileNotFoundError``, ``FileExistsError`` and ``PermissionError`` their message; any
+    other ``OSError`` (disk full, unwritable folder) "<type>: <message>". Anything else, a bare
+    ``ValueError`` or ``KeyError`` included, is a bug and keeps its traceback.
+
+    Example::
+
+        with user_errors():
+            run_audit(args.run_dir)
 
     Raises:
         UserError: for each of the errors above.
@@ -51,11 +58,7 @@ def user_errors() -> Iterator[None]:
         raise
     except ConfigError as e:
         raise UserError(f"invalid config: {e}") from None
-    except RunDirBusyError as e:
-        raise UserError(str(e)) from None
-    except KeyError as e:  # str() of a KeyError quotes its message
-        raise UserError(str(e.args[0]) if e.args else "KeyError") from None
-    except (FileNotFoundError, FileExistsError, PermissionError, ValueError) as e:
+    except (InputError, RunDirBusyError, FileNotFoundError, FileExistsError, PermissionError) as e:
         raise UserError(str(e)) from None
     except OSError as e:
         raise UserError(f"{type(e).__name__}: {e}") from None

@@ -37,28 +37,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         with run.lock("lilaw-med audit") if run.exists() else contextlib.nullcontext():
             result = run_audit(args.run_dir, args.output, options)
     for split, info in result.summary["splits"].items():
-        lo, hi = info["estimated_noise_rate_interval"]
-        print(f"{split}: {info['n_items']} items, {info['n_label_issues']} suspected mislabels (estimated noise rate "
-              f"{_fmt(info['estimated_noise_rate'])}, {100 * info['interval_confidence']:.0f}% interval "
-              f"[{_fmt(lo)}, {_fmt(hi)}]); scoring window: epochs {info['window']['first_epoch']}-"
-              f"{info['window']['last_epoch']} ({info['window']['rule']})"
-              + (f"; count window: epochs {cw['first_epoch']}-{cw['last_epoch']} ({cw['rule']})"
-                 if (cw := info.get("count_window")) else ""))
-        identified = "" if info["identifiable"] else "; NOT IDENTIFIABLE from this run: the interval is wide"
-        budget = "" if info["review_budget"] is None else f" at the review budget of {info['review_budget']}"
-        print(f"  interval: sampling error and the choice of count window{identified}; expected precision of the "
-              f"{info['n_label_issues']} flagged{budget}: {_fmt(info['expected_precision'])}")
-        for w in info.get("warnings", []):
-            print(f"  warning: {w}")
+        _print_split(split, info)
     if result.detection is not None:
-        d = result.detection
-        print(f"detection against the noise sidecar ({d['n_mislabeled']} of {d['n_items']} training labels wrong):")
-        for name, m in d["scores"].items():
-            print(f"  {name:30s} AUROC {_fmt(m['auroc'])}  AP {_fmt(m['average_precision'])}  "
-                  f"precision@noise {_fmt(m['precision_at_noise_count'])}")
-        f = d["is_label_issue"]
-        print(f"  is_label_issue: {f['n_flagged']} flagged, precision {_fmt(f['precision'])}, recall {_fmt(f['recall'])}, "
-              f"count error {_fmt(f['count_error'])}")
+        _print_detection(result.detection)
     for name, path in result.files.items():
         print(f"{name}: {path}")
     # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
@@ -68,6 +49,34 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     where = f" --audit-dir {result.out_dir}" if args.output else ""
     print(f"next: lilaw-med review {args.run_dir}{where}   (writes {review}: decide on the flagged items)")
     return 0
+
+
+def _print_split(split: str, info: dict[str, Any]) -> None:
+    """One split's estimate, interval, windows, expected precision and warnings."""
+    lo, hi = info["estimated_noise_rate_interval"]
+    print(f"{split}: {info['n_items']} items, {info['n_label_issues']} suspected mislabels (estimated noise rate "
+          f"{_fmt(info['estimated_noise_rate'])}, {100 * info['interval_confidence']:.0f}% interval "
+          f"[{_fmt(lo)}, {_fmt(hi)}]); scoring window: epochs {info['window']['first_epoch']}-"
+          f"{info['window']['last_epoch']} ({info['window']['rule']})"
+          + (f"; count window: epochs {cw['first_epoch']}-{cw['last_epoch']} ({cw['rule']})"
+             if (cw := info.get("count_window")) else ""))
+    identified = "" if info["identifiable"] else "; NOT IDENTIFIABLE from this run: the interval is wide"
+    budget = "" if info["review_budget"] is None else f" at the review budget of {info['review_budget']}"
+    print(f"  interval: sampling error and the choice of count window{identified}; expected precision of the "
+          f"{info['n_label_issues']} flagged{budget}: {_fmt(info['expected_precision'])}")
+    for w in info.get("warnings", []):
+        print(f"  warning: {w}")
+
+
+def _print_detection(d: dict[str, Any]) -> None:
+    """The detection figures against the noise sidecar's truth."""
+    print(f"detection against the noise sidecar ({d['n_mislabeled']} of {d['n_items']} training labels wrong):")
+    for name, m in d["scores"].items():
+        print(f"  {name:30s} AUROC {_fmt(m['auroc'])}  AP {_fmt(m['average_precision'])}  "
+              f"precision@noise {_fmt(m['precision_at_noise_count'])}")
+    f = d["is_label_issue"]
+    print(f"  is_label_issue: {f['n_flagged']} flagged, precision {_fmt(f['precision'])}, recall {_fmt(f['recall'])}, "
+          f"count error {_fmt(f['count_error'])}")
 
 
 def register(subparsers: Any) -> None:

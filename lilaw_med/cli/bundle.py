@@ -1,6 +1,6 @@
 """``lilaw-med bundle export | overlay | verify``: MONAI bundles from lilaw-med configs and runs.
 
-Library errors (``ValueError``, ``FileNotFoundError``, ``FileExistsError``, ``OSError``) become
+Errors in the user's input (``InputError``, ``FileNotFoundError``, ``FileExistsError``, ``OSError``) become
 :class:`~lilaw_med.cli.UserError`, printed as one line without a traceback.
 """
 
@@ -10,9 +10,12 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lilaw_med.cli import UserError, user_errors
+
+if TYPE_CHECKING:  # the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
+    from lilaw_med.bundle.overlay import BundleLayout
 
 __all__ = ["register"]
 
@@ -69,39 +72,62 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_overlay(args: argparse.Namespace) -> int:
     # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
-    from lilaw_med.bundle.command import bundle_run_command
-    from lilaw_med.bundle.export import copy_overlay
-    from lilaw_med.bundle.overlay import find_layout, run_command, write_overlays
+    from lilaw_med.bundle.overlay import find_layout, write_overlays
 
     with user_errors():
-        target = Path(args.output)
-        if target.is_dir():
-            target = target / "lilaw_overlay.yaml"
-        second = target.with_name(f"{target.stem}_multi_gpu.yaml") if args.multi_gpu else None
-        for path in (target, second):
-            if path is not None and path.is_file() and not args.overwrite:
-                raise UserError(f"{path} exists; pass --overwrite to replace it.")
+        target, second = _overlay_targets(args)
         if args.bundle is None:
-            ids = [o for o in ("trainer_id", "loss_id", "handlers_id", "val_dataset_id", "train_config") if getattr(args, o)]
-            if ids:
-                raise UserError(f"--{ids[0].replace('_', '-')} needs --bundle BUNDLE_DIR.")
-            written = copy_overlay(target)
-            print(f"generic LiLAW overlay (model-zoo ids: loss, train#trainer, train#handlers, validate#dataset, "
-                  f"ckpt_dir) written to {written}")
-            if second is not None:
-                second = copy_overlay(second, "multi_gpu_train.yaml")
-                print(f"generic multi-GPU override written to {second}")
-            print("for a bundle with other ids: lilaw-med bundle overlay --bundle BUNDLE_DIR (finds them itself)")
-            files = ["configs/train.json", str(written)] + ([str(second)] if second is not None else [])
-            command = bundle_run_command(files, bundle_root=".", nproc=2 if second is not None else None)
-            print(f"use (from the bundle folder; configs/train.yaml for a YAML bundle): {command}")
-            return 0
+            return _generic_overlay(args, target, second)
         layout = find_layout(
             args.bundle, train_config=args.train_config, trainer_id=args.trainer_id, loss_id=args.loss_id,
             handlers_id=args.handlers_id, val_dataset_id=args.val_dataset_id, val_batch_size=args.val_batch_size,
             ckpt_dir=args.ckpt_dir,
         )
         written, second = write_overlays(layout, target, multi_gpu=args.multi_gpu)
+    _print_overlay(layout, written, second)
+    return 0
+
+
+def _overlay_targets(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """The overlay file and, with ``--multi-gpu``, the multi-GPU override beside it; neither may exist
+    unless ``--overwrite``."""
+    target = Path(args.output)
+    if target.is_dir():
+        target = target / "lilaw_overlay.yaml"
+    second = target.with_name(f"{target.stem}_multi_gpu.yaml") if args.multi_gpu else None
+    for path in (target, second):
+        if path is not None and path.is_file() and not args.overwrite:
+            raise UserError(f"{path} exists; pass --overwrite to replace it.")
+    return target, second
+
+
+def _generic_overlay(args: argparse.Namespace, target: Path, second: Path | None) -> int:
+    """Writes the generic overlay (model-zoo ids) without ``--bundle``, and says how to run it."""
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
+    from lilaw_med.bundle.command import bundle_run_command
+    from lilaw_med.bundle.export import copy_overlay
+
+    ids = [o for o in ("trainer_id", "loss_id", "handlers_id", "val_dataset_id", "train_config") if getattr(args, o)]
+    if ids:
+        raise UserError(f"--{ids[0].replace('_', '-')} needs --bundle BUNDLE_DIR.")
+    written = copy_overlay(target)
+    print(f"generic LiLAW overlay (model-zoo ids: loss, train#trainer, train#handlers, validate#dataset, "
+          f"ckpt_dir) written to {written}")
+    if second is not None:
+        second = copy_overlay(second, "multi_gpu_train.yaml")
+        print(f"generic multi-GPU override written to {second}")
+    print("for a bundle with other ids: lilaw-med bundle overlay --bundle BUNDLE_DIR (finds them itself)")
+    files = ["configs/train.json", str(written)] + ([str(second)] if second is not None else [])
+    command = bundle_run_command(files, bundle_root=".", nproc=2 if second is not None else None)
+    print(f"use (from the bundle folder; configs/train.yaml for a YAML bundle): {command}")
+    return 0
+
+
+def _print_overlay(layout: BundleLayout, written: Path, second: Path | None) -> None:
+    """Says what the overlay for a bundle sets and the commands that run the bundle with it."""
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
+    from lilaw_med.bundle.overlay import run_command
+
     loss = layout.loss_id or f"{layout.trainer_id}#loss_function"
     print(f"LiLAW overlay for {layout.bundle_root} written to {written}")
     print(f"  trainer {layout.trainer_id}, loss {loss} ({'component' if layout.loss_is_component else 'expression'}), "
@@ -113,7 +139,6 @@ def _cmd_overlay(args: argparse.Namespace) -> int:
     print(f"  {run_command(layout, written)}")
     if second is not None:
         print(f"  {run_command(layout, written, second)}")
-    return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 from lilaw_med.cli import UserError
 from lilaw_med.data.noise import NOISE_KINDS
 from lilaw_med.data.presets import PRESETS, get_preset
+from lilaw_med.errors import InputError
 
 __all__ = ["register"]
 
@@ -116,7 +117,7 @@ def _sample_data(args: argparse.Namespace) -> int:
             n_tiles=args.n_tiles,
             noise_rate=args.noise_rate,
         )
-    except (ValueError, OSError) as e:
+    except (InputError, OSError) as e:
         raise UserError(str(e)) from e
     for name, path in paths.items():
         print(f"{name:13s} {path}")
@@ -171,7 +172,7 @@ def _add_noise(args: argparse.Namespace) -> int:
             pairs=pairs,
             class_names=_names(args.class_names),
         )
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+    except (InputError, OSError, RuntimeError) as e:
         raise UserError(str(e)) from e
     for split, rate in res.actual_rate.items():
         print(f"{split:10s} {res.num_flipped[split]} labels changed, actual noise rate {rate:.3f}")
@@ -192,7 +193,7 @@ def _validate_data(args: argparse.Namespace) -> int:
             require_training=False,
             strict=False,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except (InputError, FileNotFoundError) as e:
         raise UserError(str(e)) from e
     dims = args.dims or (get_preset(args.preset).spatial_dims if args.preset else None)
     cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
@@ -224,7 +225,7 @@ def _import_npz(args: argparse.Namespace) -> int:
             limit=args.limit,
             modality=args.modality,
         )
-    except (ValueError, FileNotFoundError, OSError, KeyError) as e:
+    except (InputError, OSError, KeyError) as e:
         raise UserError(str(e)) from e
     print(f"wrote {path}")
     return 0

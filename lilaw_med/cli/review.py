@@ -72,7 +72,6 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 def _cmd_review(args: argparse.Namespace) -> int:
     # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
-    from lilaw_med.audit.report import AuditFiles
     from lilaw_med.audit.review import write_review_page
     from lilaw_med.run.run_dir import RunDir
 
@@ -82,15 +81,7 @@ def _cmd_review(args: argparse.Namespace) -> int:
         raise UserError("give a RUN_DIR (or --merge FILE FILE ... -o MERGED.csv).")
     with user_errors():
         audit_dir = Path(args.audit_dir) if args.audit_dir else RunDir(args.run_dir).root / RunDir.AUDIT
-        # with no audit at all the run is audited first; a partial one (one file missing) is an error
-        # that write_review_page raises naming the file, as re-auditing would replace the user's audit
-        if not any((audit_dir / name).is_file() for name in (AuditFiles.JSON, AuditFiles.CSV)):
-            if args.audit_dir:
-                raise UserError(f"--audit-dir {args.audit_dir}: no audit there ({AuditFiles.JSON} and "
-                                f"{AuditFiles.CSV} are missing).")
-            if not RunDir(args.run_dir).datalist.is_file():
-                raise UserError(f"{args.run_dir} is not a run folder ({RunDir.DATALIST} is missing).")
-            _audit_first(args.run_dir)
+        _audit_unless_audited(args, audit_dir)
         path = write_review_page(
             args.run_dir, audit_dir, args.output, include=args.include or (), include_classes=args.include_class or (),
             include_splits=args.split or (), hard=not args.no_hard, image_size=args.image_size,
@@ -101,6 +92,24 @@ def _cmd_review(args: argparse.Namespace) -> int:
     if not args.no_open and not _open_in_browser(path):
         print(f"open it in a browser: {path.absolute().as_uri()}")
     return 0
+
+
+def _audit_unless_audited(args: argparse.Namespace, audit_dir: Path) -> None:
+    """Audits the run first when ``audit_dir`` holds no audit at all; a partial one (one file missing)
+    is an error that write_review_page raises naming the file, as re-auditing would replace the
+    user's audit."""
+    # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
+    from lilaw_med.audit.report import AuditFiles
+    from lilaw_med.run.run_dir import RunDir
+
+    if any((audit_dir / name).is_file() for name in (AuditFiles.JSON, AuditFiles.CSV)):
+        return
+    if args.audit_dir:
+        raise UserError(f"--audit-dir {args.audit_dir}: no audit there ({AuditFiles.JSON} and "
+                        f"{AuditFiles.CSV} are missing).")
+    if not RunDir(args.run_dir).datalist.is_file():
+        raise UserError(f"{args.run_dir} is not a run folder ({RunDir.DATALIST} is missing).")
+    _audit_first(args.run_dir)
 
 
 def register(subparsers: Any) -> None:

@@ -1,6 +1,6 @@
 """``lilaw-med train | evaluate | predict | init-config``: parse, validate, call the library, print.
 
-Library errors (``ValueError``, ``FileNotFoundError``, ``ConfigError``, ``OSError``) become
+Errors in the user's input (``InputError``, ``ConfigError``, ``FileNotFoundError``, ``OSError``) become
 :class:`~lilaw_med.cli.UserError`, printed as one line without a traceback.
 """
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from lilaw_med.audit.core import AuditOptions, RunRecord
+from lilaw_med.audit.core import AuditOptions
+from lilaw_med.audit.record import RunRecord
 from lilaw_med.audit.report import AuditResult, write_audit
 from lilaw_med.workflows.crossfit import cross_fit, item_probabilities
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from lilaw_med.data.datalist import group_kfold
+from lilaw_med.errors import InputError
 from lilaw_med.run.config import load_config
 from lilaw_med.run.dynamics_format import load_dynamics
 from lilaw_med.run.run_dir import RunDir
@@ -150,57 +151,90 @@ def cross_fit(
 
     Raises:
         FileNotFoundError: when ``run_dir`` is not a finished run folder.
-        ValueError: for ``folds < 2`` or fewer groups than folds.
+        InputError: for ``folds < 2`` or fewer groups than folds.
+
+    Example::
+
+        result = cross_fit("runs/first", folds=4)              # trains 4 fold models in runs/first/crossfit_4
+        probs = result.aligned(ids)                             # (N, C) out-of-fold probabilities
     """
 
-    rd = RunDir(run_dir)
-    if not rd.config.is_file() or not rd.datalist.is_file():
-        raise FileNotFoundError(f"{rd.root} is not a finished run folder ({RunDir.CONFIG} and {RunDir.DATALIST} needed).")
-    if folds < 2:
-        raise ValueError(f"folds must be at least 2 but is {folds}.")
+    rd = _check_cross_fit(RunDir(run_dir), folds)
     out = Path(out_dir) if out_dir is not None else rd.root / f"crossfit_{folds}"
     base_cfg = load_config(rd.config)
     split_seed = int(base_cfg["train"]["seed"] if seed is None else seed)
     settings = {"folds": folds, "overrides": list(overrides), "which": which, "seed": split_seed}
-    if (out / INFO).is_file():
-        done = json.loads((out / INFO).read_text(encoding="utf-8"))
-        if {k: done.get(k) for k in settings} == settings and (out / OOF_PROBS).is_file():
-            return load_cross_fit(out)
+    if _finished(out, settings):
+        return load_cross_fit(out)
     datalist = json.loads(rd.datalist.read_text(encoding="utf-8"))
-    training = datalist.get("training", [])
-    ids = load_dynamics(rd.root).ids if (rd.root / RunDir.DYNAMICS).is_dir() else [str(it["id"]) for it in training]
-    by_id = {str(it["id"]): it for it in training}
-    items = [by_id[i] for i in ids]
-    probs: np.ndarray | None = None
+    ids, items = _training_items(rd, datalist)
+    probs = np.full((len(items), 0), np.nan)
     sizes = []
     for k, (train_idx, held_idx) in enumerate(group_kfold(items, folds, seed=split_seed), start=1):
-        fold_dir = out / f"fold_{k}"
-        fold_run = RunDir(fold_dir / "run")
         fold_key = {"folds": folds, "overrides": list(overrides), "seed": split_seed,
                     "held_out": [ids[i] for i in held_idx]}
-        marker = fold_dir / FOLD_INFO
-        if not _fold_done(fold_dir, fold_run.summary, fold_key):
-            marker.unlink(missing_ok=True)
-            fold_list = {key: v for key, v in datalist.items() if key not in ("training", "validation", "test", "noise_sidecar")}
-            fold_list.update(training=[items[i] for i in train_idx], validation=datalist.get("validation", []),
-                             test=[items[i] for i in held_idx])
-            list_path = atomic_write(fold_dir / "datalist_in.json", json.dumps(fold_list, indent=1))
-            logger.info("cross-fit fold %d/%d: training on %d items, predicting %d", k, folds, len(train_idx), len(held_idx))
-            cfg = load_config(rd.config, [*overrides, f"data.datalist={list_path}", "data.sample_data=false",
-                                          "data.exclude=null", "data.relabel=null", "output.overwrite=true"])
-            run_training(cfg, fold_run.root)
-            atomic_write(marker, json.dumps(fold_key))
+        fold_datalist = _fold_datalist(datalist, [items[i] for i in train_idx], [items[i] for i in held_idx])
+        fold_run = _train_fold(rd, out / f"fold_{k}", fold_key, fold_datalist, overrides, f"{k}/{folds}")
         p = item_probabilities(fold_run.root, [items[i] for i in held_idx], which=which)
-        if probs is None:
+        if k == 1:
             probs = np.full((len(items), p.shape[1]), np.nan)
         probs[held_idx] = p
         sizes.append(int(len(held_idx)))
-    assert probs is not None
-    np_bytes = _npy_bytes(probs.astype(np.float32))
-    atomic_write(out / OOF_PROBS, np_bytes)
+    atomic_write(out / OOF_PROBS, _npy_bytes(probs.astype(np.float32)))
     atomic_write(out / OOF_IDS, json.dumps(ids))
     atomic_write(out / INFO, json.dumps({**settings, "fold_sizes": sizes}, indent=1))
     return load_cross_fit(out)
+
+
+def _check_cross_fit(rd: RunDir, folds: int) -> RunDir:
+    """``rd``, once it is a finished run folder and ``folds`` is 2 or more."""
+    if not rd.config.is_file() or not rd.datalist.is_file():
+        raise FileNotFoundError(f"{rd.root} is not a finished run folder ({RunDir.CONFIG} and {RunDir.DATALIST} needed).")
+    if folds < 2:
+        raise InputError(f"folds must be at least 2 but is {folds}.")
+    return rd
+
+
+def _finished(out: Path, settings: Mapping[str, Any]) -> bool:
+    """Whether ``out`` holds a cross-fit made with ``settings`` (folds, overrides, checkpoint, seed)."""
+    if not (out / INFO).is_file():
+        return False
+    done = json.loads((out / INFO).read_text(encoding="utf-8"))
+    return {k: done.get(k) for k in settings} == settings and (out / OOF_PROBS).is_file()
+
+
+def _training_items(rd: RunDir, datalist: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The run's training ids and items, in the order of its dynamics (else of its datalist)."""
+    training = datalist.get("training", [])
+    ids = load_dynamics(rd.root).ids if (rd.root / RunDir.DYNAMICS).is_dir() else [str(it["id"]) for it in training]
+    by_id = {str(it["id"]): it for it in training}
+    return ids, [by_id[i] for i in ids]
+
+
+def _fold_datalist(datalist: Mapping[str, Any], training: list[Any], held_out: list[Any]) -> dict[str, Any]:
+    """A fold's datalist: the run's settings and validation split, ``training`` and ``held_out`` as its test split."""
+    fold_list = {key: v for key, v in datalist.items() if key not in ("training", "validation", "test", "noise_sidecar")}
+    fold_list.update(training=training, validation=datalist.get("validation", []), test=held_out)
+    return fold_list
+
+
+def _train_fold(
+    rd: RunDir, fold_dir: Path, fold_key: Mapping[str, Any], fold_datalist: Mapping[str, Any], overrides: Sequence[str],
+    name: str,
+) -> RunDir:
+    """Trains fold ``name`` ("k/K") in ``fold_dir/run`` unless a finished fold for ``fold_key`` is there already."""
+    fold_run = RunDir(fold_dir / "run")
+    marker = fold_dir / FOLD_INFO
+    if not _fold_done(fold_dir, fold_run.summary, fold_key):
+        marker.unlink(missing_ok=True)
+        list_path = atomic_write(fold_dir / "datalist_in.json", json.dumps(fold_datalist, indent=1))
+        logger.info("cross-fit fold %s: training on %d items, predicting %d", name, len(fold_datalist["training"]),
+                    len(fold_datalist["test"]))
+        cfg = load_config(rd.config, [*overrides, f"data.datalist={list_path}", "data.sample_data=false",
+                                      "data.exclude=null", "data.relabel=null", "output.overwrite=true"])
+        run_training(cfg, fold_run.root)
+        atomic_write(marker, json.dumps(fold_key))
+    return fold_run
 
 
 def _fold_done(fold_dir: Path, summary: Path, fold_key: Mapping[str, Any]) -> bool:

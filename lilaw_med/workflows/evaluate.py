@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from lilaw_med.data.datalist import load_datalist
+from lilaw_med.errors import InputError
 from lilaw_med.training.evaluation import calibration_args, classification_metrics, run_inference
 from lilaw_med.workflows.trained_run import TrainedRun
 
@@ -43,12 +44,29 @@ def evaluate_run(
 
     Raises:
         FileNotFoundError: when the run folder, its model or the datalist is missing.
-        ValueError: when no labelled item is left to evaluate.
+        InputError: when no labelled item is left to evaluate.
     """
 
     run = TrainedRun.load(run_dir, which, device)
-    rd, multi = run.run_dir, run.multi_label
     names = list(run.meta.get("class_names") or []) or None
+    groups = _labelled_groups(run, datalist, splits, names)
+    cal = run.calibration(calibrated)
+    report: dict[str, Any] = {
+        "checkpoint": run.meta["path"], "epoch": run.meta.get("epoch"), "calibration": cal, "splits": {},
+    }
+    for name, items in groups.items():
+        logits, labels, _ = run_inference(run.network, run.loader(items, batch_size), run.device)
+        report["splits"][name] = classification_metrics(
+            logits, labels, names, multi_label=run.multi_label, n_bins=run.config.eval.ece_bins, **calibration_args(cal),
+        )
+    return report
+
+
+def _labelled_groups(
+    run: TrainedRun, datalist: str | os.PathLike | None, splits: str, names: list[str] | None
+) -> dict[str, list[dict[str, Any]]]:
+    """Split name -> its labelled items: ``"datalist"`` for another datalist, else the run's own splits."""
+    rd, multi = run.run_dir, run.multi_label
     if datalist is not None:
         dl = load_datalist(datalist, class_names=names, multi_label=multi, require_training=False)
         groups = {"datalist": [it for _, it in dl.iter_items() if it.get("label") is not None]}
@@ -60,14 +78,5 @@ def evaluate_run(
         groups = {s: [it for it in dl.split(s) if it.get("label") is not None] for s in wanted}
     groups = {k: v for k, v in groups.items() if v}
     if not groups:
-        raise ValueError(f"nothing to evaluate: no labelled items in {datalist or rd.datalist} ({splits}).")
-    cal = run.calibration(calibrated)
-    report: dict[str, Any] = {
-        "checkpoint": run.meta["path"], "epoch": run.meta.get("epoch"), "calibration": cal, "splits": {},
-    }
-    for name, items in groups.items():
-        logits, labels, _ = run_inference(run.network, run.loader(items, batch_size), run.device)
-        report["splits"][name] = classification_metrics(
-            logits, labels, names, multi_label=multi, n_bins=run.config.eval.ece_bins, **calibration_args(cal),
-        )
-    return report
+        raise InputError(f"nothing to evaluate: no labelled items in {datalist or rd.datalist} ({splits}).")
+    return groups

@@ -1,19 +1,9 @@
 """``lilaw-med train --refine``: train, audit, exclude the suspected mislabels, retrain on the rest.
 
-The run folder of a refine holds both runs and the audit::
-
-    RUN_DIR/
-      initial/        the first run (a complete run folder, LiLAW as configured)
-      audit/          the audit of the first run (audit.csv, report.html, exclude.csv, ...)
-      refine_exclude.csv   the training items excluded from the second run
-      refined/        the second run, on the kept training items (same config, same validation split)
-      refine.json     the rule, the counts, and both runs' final/best metrics
-
-The exclusion rule needs no clean labels: the second run leaves out exactly the items the audit
-flags (``is_label_issue`` of ``lilaw-med audit`` with its shipped defaults: per class, as many of
-the lowest-scored items as the confident joint estimates wrong labels in that class; how many
-that is on real data: docs/audit.md). The validation split is kept as it is by default
-(``exclude_validation=False``). ``audit_options`` with ``folds`` cross-fits first (K extra trainings).
+The refine folder holds ``initial/``, ``audit/``, ``refine_exclude.csv``, ``refined/`` and
+``refine.json``; the second run leaves out exactly the items the audit flags (``is_label_issue``),
+validation items only with ``exclude_validation``. The rule and its figures: docs/audit.md
+(section 4).
 
 Example::
 
@@ -21,7 +11,6 @@ Example::
     from lilaw_med.workflows.refine import run_refine
 
     result = run_refine(load_config("configs/radiology_2d.yaml"), "runs/refined")
-
 """
 
 from __future__ import annotations
@@ -36,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lilaw_med.audit.core import AuditOptions
-from lilaw_med.audit.report import AuditFiles, csv_text
+from lilaw_med.audit.report import AuditFiles, AuditResult, csv_text
 from lilaw_med.data.curation import apply_exclusions
 from lilaw_med.data.datalist import load_datalist
 from lilaw_med.run.config import validate_config
@@ -105,17 +94,15 @@ def run_refine(
     Raises:
         FileExistsError: when the refine folder exists and is not empty.
         ValueError, FileNotFoundError: as :func:`run_training` and :func:`lilaw_med.workflows.audit.run_audit`.
+
+    Example::
+
+        result = run_refine(load_config("configs/radiology_2d.yaml"), "runs/refined")
+        result.n_excluded, result.refine["refined"]["best"]
     """
 
     cfg = validate_config(config)
-    if output_dir is None:
-        out = cfg["output"]
-        root = Path(out["dir"]) / (out["name"] or f"{default_run_name(cfg['data']['preset'])}-refine")
-    else:
-        root = Path(output_dir)
-    if root.exists() and any(root.iterdir()) and not cfg["output"]["overwrite"]:
-        raise FileExistsError(f"refine folder {root} exists and is not empty: choose another --output.")
-    root.mkdir(parents=True, exist_ok=True)
+    root = _refine_root(cfg, output_dir)
 
     logger.info("refine 1/3: training the initial run in %s", root / "initial")
     initial = run_training(copy.deepcopy(config), root / "initial", device=device, progress=progress)
@@ -136,11 +123,38 @@ def run_refine(
     logger.info("refine 3/3: retraining without %d suspected mislabels in %s", len(excluded), root / "refined")
     refined = run_training(copy.deepcopy(config), root / "refined", device=device, progress=progress, datalist=datalist)
 
+    summary = _refine_summary(audit, initial, refined, len(excluded), exclude_validation)
+    atomic_write(root / "refine.json", json.dumps(summary, indent=2, default=str))
+    logger.info(
+        "refine: %d training items excluded; refine.json, both runs and the audit are in %s", len(excluded), root
+    )
+    return RefineResult(run_dir=root, initial=initial, refined=refined, n_excluded=len(excluded), refine=summary,
+                        summary=dict(refined.summary or {}))
+
+
+def _refine_root(cfg: Mapping[str, Any], output_dir: str | os.PathLike | None) -> Path:
+    """The refine folder, created: ``output_dir``, else the config's output folder and name (or a
+    timestamped ``<preset>-...-refine``); it must be empty unless ``output.overwrite``."""
+    if output_dir is None:
+        out = cfg["output"]
+        root = Path(out["dir"]) / (out["name"] or f"{default_run_name(cfg['data']['preset'])}-refine")
+    else:
+        root = Path(output_dir)
+    if root.exists() and any(root.iterdir()) and not cfg["output"]["overwrite"]:
+        raise FileExistsError(f"refine folder {root} exists and is not empty: choose another --output.")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _refine_summary(
+    audit: AuditResult, initial: Any, refined: Any, n_excluded: int, exclude_validation: bool
+) -> dict[str, Any]:
+    """``refine.json``: the rule, what the audit estimated and excluded, and both runs' metrics."""
     train_info = audit.summary["splits"]["training"]
     summary = {
         "rule": {**REFINE_RULE, "audit_options": asdict(audit.options), "exclude_validation": exclude_validation,
                  **({} if audit.options == AuditOptions() else {"audit": "the given audit_options"})},
-        "n_excluded": len(excluded),
+        "n_excluded": n_excluded,
         "estimated_noise_rate": train_info["estimated_noise_rate"],
         "estimated_noise_rate_interval": train_info["estimated_noise_rate_interval"],
         "warnings": train_info.get("warnings", []),
@@ -150,9 +164,4 @@ def run_refine(
     }
     if audit.detection is not None:
         summary["detection"] = audit.summary.get("detection")
-    atomic_write(root / "refine.json", json.dumps(summary, indent=2, default=str))
-    logger.info(
-        "refine: %d training items excluded; refine.json, both runs and the audit are in %s", len(excluded), root
-    )
-    return RefineResult(run_dir=root, initial=initial, refined=refined, n_excluded=len(excluded), refine=summary,
-                        summary=dict(refined.summary or {}))
+    return summary

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 
 from lilaw_med.data.presets import get_preset
+from lilaw_med.errors import InputError
 from lilaw_med.workflows.predict.images import auto_num_workers, predict_images
-from lilaw_med.workflows.predict.output import PredictionWriter, error_row, header, one_line
+from lilaw_med.workflows.predict.output import PredictionWriter, error_cell, error_row, header
 from lilaw_med.workflows.predict.slides import (
     SLIDE_AGGREGATIONS,
     SLIDE_SUFFIXES,
@@ -39,7 +40,7 @@ def _slide_row(
             path, run, cal, patch, prefix, batch_size, aggregation, tissue_threshold
         )
     except Exception as e:  # this slide's problem: reported in its row, the others go on
-        return error_row(names, one_line(e))
+        return error_row(names, error_cell(e))
     maps += [str(w) for w in written if w.suffix == ".png"]
     if np.isfinite(scores).all():
         label = int(np.nanargmax(scores))
@@ -53,6 +54,24 @@ def _image_rows(batches: Iterator[list[list[Any]]]) -> Iterator[tuple[list[Any],
     for rows in batches:
         for k, row in enumerate(rows):
             yield row, k == len(rows) - 1
+
+
+def _check_options(tissue_threshold: float, slide_aggregation: str, batch_size: int, num_workers: int | None) -> None:
+    """Raises InputError for an option of :func:`predict_inputs` out of its range."""
+    if not 0 <= tissue_threshold <= 1:
+        raise InputError(f"tissue_threshold must lie in [0, 1] but is {tissue_threshold}.")
+    if slide_aggregation not in SLIDE_AGGREGATIONS:
+        raise InputError(f"slide aggregation must be 'mean', 'max' or 'top10' but is {slide_aggregation!r}.")
+    if batch_size < 1:
+        raise InputError(f"batch size must be a positive integer but is {batch_size}.")
+    if num_workers is not None and num_workers < 0:
+        raise InputError(f"num_workers must be 0 or more but is {num_workers}.")
+
+
+def _is_slide_input(path: Path, patch: int) -> bool:
+    """Whether ``path`` is a whole slide; slides are told apart first (only a pathology run, whose
+    ``patch`` is its tile size, has any; a suffix check spares the other inputs an open)."""
+    return bool(patch) and path.name.lower().endswith(SLIDE_SUFFIXES) and path.exists() and is_slide(path, patch)
 
 
 def predict_inputs(
@@ -103,36 +122,28 @@ def predict_inputs(
 
     Raises:
         FileNotFoundError: when the run or its model is missing.
-        ValueError: on an unloadable model, or invalid options.
+        ValueError: on an unloadable model.
+        InputError: for invalid options.
     """
-    if not 0 <= tissue_threshold <= 1:
-        raise ValueError(f"tissue_threshold must lie in [0, 1] but is {tissue_threshold}.")
-    if slide_aggregation not in SLIDE_AGGREGATIONS:
-        raise ValueError(f"slide aggregation must be 'mean', 'max' or 'top10' but is {slide_aggregation!r}.")
-    if batch_size < 1:
-        raise ValueError(f"batch size must be a positive integer but is {batch_size}.")
-    if num_workers is not None and num_workers < 0:
-        raise ValueError(f"num_workers must be 0 or more but is {num_workers}.")
+    _check_options(tissue_threshold, slide_aggregation, batch_size, num_workers)
     run = TrainedRun.load(run_dir, which, device)
     cal = run.calibration(calibrated)
     out_path = Path(output)
     patch = training_tile_size(run.run_dir) if get_preset(run.config.data.preset).patches else 0
     absolute = [Path(raw).absolute() for raw in inputs]
-    # slides are told apart first (only a pathology run has any; a suffix check spares the rest an open)
-    slide = [bool(patch) and p.name.lower().endswith(SLIDE_SUFFIXES) and p.exists() and is_slide(p, patch)
-             for p in absolute]
+    slide = [_is_slide_input(p, patch) for p in absolute]
     workers = auto_num_workers() if num_workers is None else num_workers
     images = [str(p) for p, s in zip(absolute, slide, strict=True) if not s]
     image_rows = _image_rows(predict_images(images, run, cal, batch_size, workers))
     maps: list[str] = []
     failed: list[tuple[str, str]] = []
+
+    def slide_row(path: Path) -> tuple[list[Any], bool]:
+        return _slide_row(path, run, cal, patch, out_path, batch_size, slide_aggregation, tissue_threshold, maps), True
+
     with PredictionWriter(out_path, header(run.output_names)) as writer:
         for raw, p, is_a_slide in zip(inputs, absolute, slide, strict=True):
-            if is_a_slide:
-                row, batch_done = _slide_row(p, run, cal, patch, out_path, batch_size, slide_aggregation,
-                                             tissue_threshold, maps), True
-            else:
-                row, batch_done = next(image_rows)
+            row, batch_done = slide_row(p) if is_a_slide else next(image_rows)
             if row[-1]:
                 failed.append((str(raw), row[-1]))
             writer.write_rows([[Path(raw).name, str(p), "slide" if is_a_slide else "image", *row]])

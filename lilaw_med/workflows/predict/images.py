@@ -10,9 +10,10 @@ import torch
 from monai.data import DataLoader, list_data_collate
 from monai.transforms import Compose
 
+from lilaw_med.errors import InputError
 from lilaw_med.training.evaluation import apply_calibration, calibration_args, run_inference
 from lilaw_med.workflows.predict.inputs import check_input, check_loaded_shape, is_picture
-from lilaw_med.workflows.predict.output import error_row, one_line
+from lilaw_med.workflows.predict.output import error_cell, error_row
 from lilaw_med.workflows.trained_run import TrainedRun
 
 __all__ = ["ImagePreparer", "auto_num_workers", "predict_images"]
@@ -66,10 +67,10 @@ class ImagePreparer:
         if picture:
             check_loaded_shape(path, tuple(item["image"].shape[1:]), self.spatial_dims)
         if not _finite(item["image"]):
-            raise ValueError(f"{path}: NaN or infinite pixel values; no prediction is made for it.")
+            raise InputError(f"{path}: NaN or infinite pixel values; no prediction is made for it.")
         item = self.rest(item)
         if not _finite(item["image"]):
-            raise ValueError(f"{path}: NaN or infinite values after the run's transforms; no prediction is made for it.")
+            raise InputError(f"{path}: NaN or infinite values after the run's transforms; no prediction is made for it.")
         return item
 
 
@@ -86,7 +87,7 @@ class _PreparedInputs(torch.utils.data.Dataset):
         try:
             return {"item": self.prepare(self.paths[index])}
         except Exception as e:  # any reader or transform failure is this input's, not the run's
-            return {"error": one_line(e)}
+            return {"error": error_cell(e)}
 
 
 def _collate(samples: list[dict[str, Any]]) -> tuple[Any, list[str | None]]:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lilaw_med.data.readers import ImageHeader, image_kind, read_header
+from lilaw_med.errors import InputError
 
 __all__ = ["check_input", "check_loaded_shape", "collect_inputs", "is_picture"]
 
@@ -29,7 +30,7 @@ def check_input(path: str | os.PathLike, spatial_dims: int) -> Path:
     p = Path(path)
     problem = read_header(p).dims_problem(spatial_dims)
     if problem:
-        raise ValueError(f"{p}: {problem}")
+        raise InputError(f"{p}: {problem}")
     return p.absolute()
 
 
@@ -60,10 +61,10 @@ def check_loaded_shape(path: str | os.PathLike, shape: Sequence[int], spatial_di
     """
     header = ImageHeader("pil", tuple(int(s) for s in shape))
     if min(header.shape) < 2:
-        raise ValueError(f"{path}: degenerate image shape {header.shape}: every axis needs 2 pixels or more.")
+        raise InputError(f"{path}: degenerate image shape {header.shape}: every axis needs 2 pixels or more.")
     problem = header.dims_problem(spatial_dims)
     if problem:
-        raise ValueError(f"{path}: {problem}")
+        raise InputError(f"{path}: {problem}")
 
 
 def _list_file(path: Path) -> list[str]:
@@ -72,7 +73,7 @@ def _list_file(path: Path) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"--list {path}: cannot read the list file ({e}).") from None
+        raise InputError(f"--list {path}: cannot read the list file ({e}).") from None
     out = []
     for line in lines:
         entry = line.strip()
@@ -84,7 +85,7 @@ def _list_file(path: Path) -> list[str]:
 def _folder(path: Path) -> list[str]:
     """The image files under ``path`` (recursive, sorted, hidden names skipped)."""
     if not path.is_dir():
-        raise ValueError(f"--folder {path}: not a folder.")
+        raise InputError(f"--folder {path}: not a folder.")
     out = []
     for root, dirs, files in os.walk(path):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -133,7 +134,7 @@ def collect_inputs(
         if not os.path.lexists(text) and glob.has_magic(text):
             matches = sorted(glob.glob(text, recursive=True))
             if not matches:
-                raise ValueError(f"{text}: the pattern matches no file.")
+                raise InputError(f"{text}: the pattern matches no file.")
             out.extend(matches)
         else:
             out.append(text)

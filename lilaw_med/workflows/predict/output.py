@@ -13,7 +13,7 @@ from typing import Any
 
 from lilaw_med.utils import guard_csv_text
 
-__all__ = ["PredictionWriter", "csv_cell", "error_row", "header", "one_line"]
+__all__ = ["PredictionWriter", "csv_cell", "error_cell", "error_row", "header"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +24,10 @@ def header(names: Sequence[str]) -> list[str]:
             *[f"prob_{n}" for n in names], "error"]
 
 
-def one_line(error: BaseException) -> str:
-    """An exception as one short line (readers' messages may span lines or quote whole headers)."""
+def error_cell(error: BaseException) -> str:
+    """The ``error`` cell of an input that gets no prediction: the message on one line, whole sentences
+    kept (the cell repeats the pre-flight check's text), with the type unless it is a ``ValueError`` or
+    ``OSError`` (whose messages name the file and the problem), at most 500 characters."""
     text = " ".join(str(error).split()) or type(error).__name__
     if not isinstance(error, (ValueError, OSError)):
         text = f"{type(error).__name__}: {text}"

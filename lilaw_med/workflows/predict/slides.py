@@ -30,6 +30,7 @@ from lilaw_med.data.datalist import load_datalist
 from lilaw_med.data.readers import read_header
 from lilaw_med.data.tissue import BACKGROUND, PEN, TISSUE, tissue_classes
 from lilaw_med.data.wsi import read_thumbnail
+from lilaw_med.errors import InputError
 from lilaw_med.run.run_dir import RunDir
 from lilaw_med.training.evaluation import apply_calibration, calibration_args, run_inference
 from lilaw_med.utils import atomic_write
@@ -58,7 +59,7 @@ def aggregate_patches(probs: np.ndarray, method: str = "top10") -> np.ndarray:
         ValueError: on an unknown method.
     """
     if method not in SLIDE_AGGREGATIONS:
-        raise ValueError(f"slide aggregation must be 'mean', 'max' or 'top10' but is {method!r}.")
+        raise InputError(f"slide aggregation must be 'mean', 'max' or 'top10' but is {method!r}.")
     if len(probs) == 0:
         return np.full(probs.shape[1] if probs.ndim == 2 else 1, np.nan)
     if method == "mean":
@@ -108,7 +109,7 @@ def training_tile_size(rd: RunDir) -> int:
             return int(size[0] if isinstance(size, (list, tuple)) else size)
         header = read_header(item["image"])
         return int(header.shape[0])
-    raise ValueError(f"{rd.datalist}: no training item to take the tile size from.")
+    raise InputError(f"{rd.datalist}: no training item to take the tile size from.")
 
 
 _THUMBNAIL_SIDE = 1024
