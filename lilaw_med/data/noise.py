@@ -173,21 +173,9 @@ def asymmetric_noise(
     """
     y = _check_labels(labels, num_classes)
     if transition is None:
-        if rate is None:
-            raise ValueError(
-                "asymmetric noise needs a transition matrix or a rate (with optional class pairs)."
-            )
-        if pairs is None:
-            pairs = {i: (i + 1) % num_classes for i in range(num_classes)}
-        t = pairs_to_transition(pairs, rate, num_classes)
+        t = _pairs_transition(rate, pairs, num_classes)
     else:
-        t = np.asarray(transition, dtype=np.float64)
-        if t.shape != (num_classes, num_classes):
-            raise ValueError(f"transition must have shape ({num_classes}, {num_classes}) but has {t.shape}.")
-        if (t < 0).any() or not np.allclose(t.sum(axis=1), 1.0, atol=1e-6):
-            raise ValueError(
-                f"transition rows must be non-negative and sum to 1 but sum to {t.sum(axis=1).tolist()}."
-            )
+        t = _checked_transition(transition, num_classes)
     rng = np.random.default_rng(seed)
     cdf = np.cumsum(t, axis=1)
     cdf[:, -1] = 1.0
@@ -196,6 +184,27 @@ def asymmetric_noise(
         [int(np.searchsorted(cdf[c], v, side="right")) for c, v in zip(y, u, strict=True)], dtype=np.int64
     )
     return noisy, float(np.mean(noisy != y)) if y.size else 0.0
+
+
+def _pairs_transition(rate: float | None, pairs: Mapping[int, int] | None, num_classes: int) -> np.ndarray:
+    """``T`` from class pairs flipped with probability ``rate`` (default pairs: ``i -> (i + 1) mod K``)."""
+    if rate is None:
+        raise ValueError("asymmetric noise needs a transition matrix or a rate (with optional class pairs).")
+    if pairs is None:
+        pairs = {i: (i + 1) % num_classes for i in range(num_classes)}
+    return pairs_to_transition(pairs, rate, num_classes)
+
+
+def _checked_transition(transition: np.ndarray | Sequence[Sequence[float]], num_classes: int) -> np.ndarray:
+    """A given ``T`` as a float array: (K, K), non-negative, rows summing to 1."""
+    t = np.asarray(transition, dtype=np.float64)
+    if t.shape != (num_classes, num_classes):
+        raise ValueError(f"transition must have shape ({num_classes}, {num_classes}) but has {t.shape}.")
+    if (t < 0).any() or not np.allclose(t.sum(axis=1), 1.0, atol=1e-6):
+        raise ValueError(
+            f"transition rows must be non-negative and sum to 1 but sum to {t.sum(axis=1).tolist()}."
+        )
+    return t
 
 
 def instance_dependent_noise(
@@ -246,11 +255,17 @@ def instance_dependent_noise(
     return noisy, float(np.mean(noisy != y)) if y.size else 0.0
 
 
-def _multi_label_noise(flags: np.ndarray, rate: float, seed: int) -> tuple[np.ndarray, float]:
+def _multi_label_noise(flags: np.ndarray, kind: str, rate: float | None, seed: int) -> tuple[np.ndarray, float]:
+    if kind != "symmetric" or rate is None:
+        raise ValueError("multi-label data supports only symmetric noise (each flag flips with probability rate).")
     rng = np.random.default_rng(seed)
     flip = rng.random(flags.shape) < _check_rate(rate)
     noisy = np.where(flip, 1 - flags, flags)
     return noisy.astype(np.int64), float(np.mean(noisy != flags)) if flags.size else 0.0
+
+
+# the kinds that need only a rate: kind -> simulator(labels, rate, num_classes, seed)
+_RATE_ONLY = {"symmetric": symmetric_noise, "uniform": uniform_noise}
 
 
 def add_noise(
@@ -282,19 +297,11 @@ def add_noise(
         raise ValueError(f"kind must be one of {NOISE_KINDS} but is {kind!r}.")
     arr = np.asarray(labels)
     if arr.ndim == 2:
-        if kind != "symmetric" or rate is None:
-            raise ValueError(
-                "multi-label data supports only symmetric noise (each flag flips with probability rate)."
-            )
-        return _multi_label_noise(arr.astype(np.int64), rate, seed)
-    if kind == "symmetric":
+        return _multi_label_noise(arr.astype(np.int64), kind, rate, seed)
+    if kind in _RATE_ONLY:
         if rate is None:
-            raise ValueError("symmetric noise needs a rate.")
-        return symmetric_noise(arr, rate, num_classes, seed)
-    if kind == "uniform":
-        if rate is None:
-            raise ValueError("uniform noise needs a rate.")
-        return uniform_noise(arr, rate, num_classes, seed)
+            raise ValueError(f"{kind} noise needs a rate.")
+        return _RATE_ONLY[kind](arr, rate, num_classes, seed)
     if kind == "asymmetric":
         return asymmetric_noise(arr, num_classes, rate=rate, transition=transition, pairs=pairs, seed=seed)
     if features is None or rate is None:
@@ -386,16 +393,12 @@ def add_noise_to_datalist(
             invalid noise parameters.
     """
     dl = datalist if isinstance(datalist, Datalist) else load_datalist(datalist, class_names=class_names)
-    for s in splits:
-        if s not in SPLITS:
-            raise ValueError(f"splits must be among {SPLITS} but include {s!r}.")
-    if kind not in NOISE_KINDS:
-        raise ValueError(f"kind must be one of {NOISE_KINDS} but is {kind!r}.")
+    _check_request(splits, kind)
+    spec = _NoiseSpec(kind, rate, seed, transition, pairs)
     out_path = Path(out_path)
     out_dir = Path(os.path.abspath(out_path.parent))
     sidecar = out_path.with_name(f"{out_path.stem}_noise.csv")
     prior_truth = load_noise_truth(dl.noise_sidecar) if dl.noise_sidecar is not None else {}
-    k = dl.num_classes
 
     rows: list[tuple[str, str, str, str]] = []
     rates: dict[str, float] = {}
@@ -404,68 +407,108 @@ def add_noise_to_datalist(
     for split_index, split in enumerate(SPLITS):
         items = [dict(it) for it in dl.split(split)]
         if split in splits and items:
-            missing = [it["id"] for it in items if it.get("label") is None]
-            if missing:
-                raise ValueError(f"cannot add noise to unlabelled items in '{split}': {missing[:10]}")
-            labels = np.asarray([it["label"] for it in items])
-            feats = None
-            if kind == "instance":
-                if features is None:
-                    feats = _image_features(items)
-                else:
-                    feats = np.stack(
-                        [np.asarray(features[it["id"]], dtype=np.float64).reshape(-1) for it in items]
-                    )
-            noisy, actual = add_noise(
-                labels,
-                kind,
-                k,
-                rate=rate,
-                seed=seed * 1000 + split_index,
-                transition=transition,
-                pairs=pairs,
-                features=feats,
-            )
-            for it, new in zip(items, noisy, strict=True):
-                truth = prior_truth.get(it["id"], it["label"])
-                rows.append((it["id"], split, _label_str(truth), _label_str(new)))
-                it["label"] = new.tolist() if np.ndim(new) else int(new)
-            rates[split] = actual
-            flipped[split] = int(np.sum(np.any((noisy != labels).reshape(len(items), -1), axis=1)))
-            logger.info(
-                "%s: %s noise, %d/%d labels changed (rate %.3f)",
-                split,
-                kind,
-                flipped[split],
-                len(items),
-                actual,
+            feats = _split_features(items, kind, features)
+            rates[split], flipped[split] = _noise_split(
+                items, split, spec, dl.num_classes, seed * 1000 + split_index, feats, prior_truth, rows
             )
         for it in items:
             it["image"] = _relative_if_under(it["image"], out_dir)
         out_splits[split] = items
 
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "split", "true_label", "noisy_label"])
-    writer.writerows(rows)
-    atomic_write(sidecar, buf.getvalue())
+    _write_sidecar(sidecar, rows)
     payload: dict[str, Any] = {
         "class_names": dl.class_names,
         "multi_label": dl.multi_label,
         "noise_sidecar": sidecar.name,
-        "noise": {
-            "kind": kind,
-            "rate": rate,
-            "seed": seed,
-            "splits": list(splits),
-            "actual_rate": rates,
-            "transition": np.asarray(transition).tolist() if transition is not None else None,
-            "pairs": {str(a): int(b) for a, b in pairs.items()} if pairs else None,
-        },
+        "noise": spec.to_json(splits, rates),
         **out_splits,
     }
     atomic_write(out_path, json.dumps(payload, indent=1) + "\n")
     return NoiseResult(out_path, sidecar, rates, flipped)
+
+
+@dataclass(frozen=True)
+class _NoiseSpec:
+    """The noise asked for (what the noisy datalist's ``"noise"`` entry records)."""
+
+    kind: str
+    rate: float | None
+    seed: int
+    transition: np.ndarray | Sequence[Sequence[float]] | None
+    pairs: Mapping[int, int] | None
+
+    def to_json(self, splits: Sequence[str], actual_rate: Mapping[str, float]) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "rate": self.rate,
+            "seed": self.seed,
+            "splits": list(splits),
+            "actual_rate": actual_rate,
+            "transition": np.asarray(self.transition).tolist() if self.transition is not None else None,
+            "pairs": {str(a): int(b) for a, b in self.pairs.items()} if self.pairs else None,
+        }
+
+
+def _check_request(splits: Sequence[str], kind: str) -> None:
+    for s in splits:
+        if s not in SPLITS:
+            raise ValueError(f"splits must be among {SPLITS} but include {s!r}.")
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"kind must be one of {NOISE_KINDS} but is {kind!r}.")
+
+
+def _split_features(
+    items: Sequence[Mapping[str, Any]], kind: str, features: Mapping[str, np.ndarray] | None
+) -> np.ndarray | None:
+    """The per-item features instance-dependent noise needs (given by id, else image thumbnails)."""
+    if kind != "instance":
+        return None
+    if features is None:
+        return _image_features(items)
+    return np.stack([np.asarray(features[it["id"]], dtype=np.float64).reshape(-1) for it in items])
+
+
+def _noise_split(
+    items: list[dict[str, Any]],
+    split: str,
+    spec: _NoiseSpec,
+    num_classes: int,
+    seed: int,
+    features: np.ndarray | None,
+    prior_truth: Mapping[str, Any],
+    rows: list[tuple[str, str, str, str]],
+) -> tuple[float, int]:
+    """Replaces the items' labels by noisy ones and appends a sidecar row per item (its first truth kept);
+    returns the actual rate and the number of changed labels."""
+    missing = [it["id"] for it in items if it.get("label") is None]
+    if missing:
+        raise ValueError(f"cannot add noise to unlabelled items in '{split}': {missing[:10]}")
+    labels = np.asarray([it["label"] for it in items])
+    noisy, actual = add_noise(
+        labels,
+        spec.kind,
+        num_classes,
+        rate=spec.rate,
+        seed=seed,
+        transition=spec.transition,
+        pairs=spec.pairs,
+        features=features,
+    )
+    for it, new in zip(items, noisy, strict=True):
+        truth = prior_truth.get(it["id"], it["label"])
+        rows.append((it["id"], split, _label_str(truth), _label_str(new)))
+        it["label"] = new.tolist() if np.ndim(new) else int(new)
+    flipped = int(np.sum(np.any((noisy != labels).reshape(len(items), -1), axis=1)))
+    logger.info("%s: %s noise, %d/%d labels changed (rate %.3f)", split, spec.kind, flipped, len(items), actual)
+    return actual, flipped
+
+
+def _write_sidecar(path: Path, rows: Sequence[tuple[str, str, str, str]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "split", "true_label", "noisy_label"])
+    writer.writerows(rows)
+    atomic_write(path, buf.getvalue())
 
 
 def _relative_if_under(image: Any, folder: Path) -> Any:
@@ -492,13 +535,7 @@ def load_noise_truth(path: str | os.PathLike) -> dict[str, int | list[int]]:
     if not p.is_file():
         raise FileNotFoundError(f"noise sidecar not found: {p}")
     if p.suffix.lower() == ".json":
-        data = json.loads(p.read_text(encoding="utf-8"))
-        side = data.get("noise_sidecar") if isinstance(data, dict) else None
-        if not side:
-            raise ValueError(f"{p}: the datalist has no 'noise_sidecar' (no recorded label noise).")
-        p = Path(side) if Path(side).is_absolute() else p.parent / side
-        if not p.is_file():
-            raise FileNotFoundError(f"noise sidecar not found: {p} (named by {path})")
+        p = _sidecar_named_by(p, path)
     with p.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "id" not in reader.fieldnames or "true_label" not in reader.fieldnames:
@@ -510,3 +547,15 @@ def load_noise_truth(path: str | os.PathLike) -> dict[str, int | list[int]]:
             value = row["true_label"]
             out[row["id"]] = [int(v) for v in value.split(";")] if ";" in value else int(value)
     return out
+
+
+def _sidecar_named_by(datalist_json: Path, given: str | os.PathLike) -> Path:
+    """The sidecar a noisy datalist JSON names (relative to its folder)."""
+    data = json.loads(datalist_json.read_text(encoding="utf-8"))
+    side = data.get("noise_sidecar") if isinstance(data, dict) else None
+    if not side:
+        raise ValueError(f"{datalist_json}: the datalist has no 'noise_sidecar' (no recorded label noise).")
+    p = Path(side) if Path(side).is_absolute() else datalist_json.parent / side
+    if not p.is_file():
+        raise FileNotFoundError(f"noise sidecar not found: {p} (named by {given})")
+    return p
