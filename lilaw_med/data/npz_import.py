@@ -143,6 +143,26 @@ def import_npz(
         ValueError: when it lacks the expected arrays or they disagree in length.
     """
     npz_path, out = Path(npz_path), Path(out_dir)
+    data, found = _open_npz(npz_path, fmt)
+    result: dict[str, Any] = {"class_names": class_names}
+    multi = False
+    for prefix, split in _SPLITS:
+        if prefix not in found:
+            continue
+        images, labels = _split_arrays(data, prefix, npz_path)
+        multi = multi or labels.ndim == 2
+        n = len(images) if limit is None else min(limit, len(images))
+        result[split] = [
+            _write_item(np.asarray(images[i]), labels[i], f"{prefix}_{i:05d}", out, fmt, modality, npz_path.stem)
+            for i in range(n)
+        ]
+        logger.info("%s: wrote %d %s image(s)", split, n, fmt)
+    result["multi_label"] = multi
+    return atomic_write(out / "datalist.json", json.dumps(result, indent=1) + "\n")
+
+
+def _open_npz(npz_path: Path, fmt: str) -> tuple[Any, list[str]]:
+    """The npz's arrays and the split prefixes that have both images and labels."""
     if not npz_path.is_file():
         raise FileNotFoundError(f"npz file not found: {npz_path}")
     if fmt not in _EXT:
@@ -153,30 +173,28 @@ def import_npz(
         raise ValueError(
             f"{npz_path}: expected arrays train_images/train_labels (and val_, test_) but has {sorted(data)}."
         )
-    result: dict[str, Any] = {"class_names": class_names}
-    multi = False
-    for prefix, split in _SPLITS:
-        if prefix not in found:
-            continue
-        images, labels = data[f"{prefix}_images"], np.asarray(data[f"{prefix}_labels"])
-        if len(images) != len(labels):
-            raise ValueError(
-                f"{npz_path}: {prefix}_images has {len(images)} entries but {prefix}_labels {len(labels)}."
-            )
-        if labels.ndim == 2 and labels.shape[1] == 1:
-            labels = labels.reshape(-1)
-        multi = multi or labels.ndim == 2
-        n = len(images) if limit is None else min(limit, len(images))
-        items = []
-        for i in range(n):
-            img = np.asarray(images[i])
-            is_volume = img.ndim == 3 and img.shape[-1] != 3
-            f = "nifti" if is_volume else fmt
-            rel = f"images/{prefix}_{i:05d}{_EXT[f]}"
-            write_image(img, out / rel, f, modality=modality, uid_seed=f"{npz_path.stem}-{prefix}-{i}")
-            label = labels[i].astype(int).tolist() if labels.ndim == 2 else int(labels[i])
-            items.append({"id": f"{prefix}_{i:05d}", "image": rel, "label": label})
-        result[split] = items
-        logger.info("%s: wrote %d %s image(s)", split, n, fmt)
-    result["multi_label"] = multi
-    return atomic_write(out / "datalist.json", json.dumps(result, indent=1) + "\n")
+    return data, found
+
+
+def _split_arrays(data: Any, prefix: str, npz_path: Path) -> tuple[Any, np.ndarray]:
+    """A split's images and labels (one label column flattened to class indices)."""
+    images, labels = data[f"{prefix}_images"], np.asarray(data[f"{prefix}_labels"])
+    if len(images) != len(labels):
+        raise ValueError(
+            f"{npz_path}: {prefix}_images has {len(images)} entries but {prefix}_labels {len(labels)}."
+        )
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels.reshape(-1)
+    return images, labels
+
+
+def _write_item(
+    img: np.ndarray, label: np.ndarray, item_id: str, out: Path, fmt: str, modality: str, stem: str
+) -> dict[str, Any]:
+    """Writes one image (a grey volume always as NIfTI) and returns its datalist item."""
+    is_volume = img.ndim == 3 and img.shape[-1] != 3
+    f = "nifti" if is_volume else fmt
+    rel = f"images/{item_id}{_EXT[f]}"
+    write_image(img, out / rel, f, modality=modality, uid_seed=f"{stem}-{item_id}")
+    value = label.astype(int).tolist() if np.ndim(label) == 1 else int(label)
+    return {"id": item_id, "image": rel, "label": value}
