@@ -79,13 +79,15 @@ def read_id_csv(path: str | os.PathLike) -> list[dict[str, str]]:
         fields = [c.strip() for c in (reader.fieldnames or [])]
         if "id" not in fields:
             raise ValueError(f"{p}: a column named 'id' is required (found columns {fields}).")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            clean = {(k or "").strip(): unguard_csv_text((v or "").strip()) for k, v in row.items() if k is not None}
-            if not clean.get("id"):
-                raise ValueError(f"{p}, line {line}: empty id.")
-            rows.append(clean)
-    return rows
+        return [_clean_row(row, p, line) for line, row in enumerate(reader, start=2)]
+
+
+def _clean_row(row: dict[str | None, Any], path: Path, line: int) -> dict[str, str]:
+    """A row with stripped, unguarded values (cells beyond the header dropped); its id must not be empty."""
+    clean = {(k or "").strip(): unguard_csv_text((v or "").strip()) for k, v in row.items() if k is not None}
+    if not clean.get("id"):
+        raise ValueError(f"{path}, line {line}: empty id.")
+    return clean
 
 
 def decision_rows(rows: list[dict[str, str]], decision: str, source: str | os.PathLike) -> list[dict[str, str]]:
@@ -153,18 +155,10 @@ def apply_exclusions(datalist: Datalist, csv_path: str | os.PathLike) -> Datalis
 
 
 def _parse_label(value: str, datalist: Datalist, source: str) -> int | list[int]:
+    if datalist.multi_label:
+        return _parse_flags(value, datalist, source)
     names = datalist.class_names
     n = datalist.num_classes
-    if datalist.multi_label:
-        parts = [p.strip() for p in value.split(";") if p.strip()]
-        if parts and all(p in ("0", "1") for p in parts) and len(parts) == n:
-            return [int(p) for p in parts]
-        flags = [0] * n
-        for p in parts:
-            if names is None or p not in names:
-                raise ValueError(f"{source}: unknown class {p!r}; the classes are {names}.")
-            flags[names.index(p)] = 1
-        return flags
     if value.lstrip("-").isdigit():
         k = int(value)
         if not 0 <= k < n:
@@ -173,6 +167,25 @@ def _parse_label(value: str, datalist: Datalist, source: str) -> int | list[int]
     if names is not None and value in names:
         return names.index(value)
     raise ValueError(f"{source}: unknown label {value!r}: expected a class index or one of {names}.")
+
+
+def _are_flags(parts: list[str], n: int) -> bool:
+    return bool(parts) and all(p in ("0", "1") for p in parts) and len(parts) == n
+
+
+def _parse_flags(value: str, datalist: Datalist, source: str) -> list[int]:
+    """A multi-label value: ``;``-separated 0/1 flags (one per class) or class names."""
+    names = datalist.class_names
+    n = datalist.num_classes
+    parts = [p.strip() for p in value.split(";") if p.strip()]
+    if _are_flags(parts, n):
+        return [int(p) for p in parts]
+    flags = [0] * n
+    for p in parts:
+        if names is None or p not in names:
+            raise ValueError(f"{source}: unknown class {p!r}; the classes are {names}.")
+        flags[names.index(p)] = 1
+    return flags
 
 
 def apply_relabels(datalist: Datalist, csv_path: str | os.PathLike) -> Datalist:
@@ -199,25 +212,38 @@ def apply_relabels(datalist: Datalist, csv_path: str | os.PathLike) -> Datalist:
         rows = decision_rows(rows, "relabel", source)
         if not rows:
             return datalist
+    column = _label_column(rows, source)
+    _check_unknown((r["id"] for r in rows), _known_ids(datalist), source)
+    new = _new_labels(rows, column, datalist, source)
+    return replace(datalist, **{s: _relabelled(getattr(datalist, s), new) for s in SPLITS})
+
+
+def _label_column(rows: list[dict[str, str]], source: Path) -> str | None:
+    """The first of :data:`LABEL_COLUMNS` the rows have (``None`` only when there are no rows)."""
     column = next((c for c in LABEL_COLUMNS if rows and c in rows[0]), None)
     if rows and column is None:
         raise ValueError(
             f"{source}: a label column is required, one of {list(LABEL_COLUMNS)} (found {sorted(rows[0])})."
         )
-    _check_unknown((r["id"] for r in rows), _known_ids(datalist), source)
+    return column
+
+
+def _new_labels(rows: list[dict[str, str]], column: str | None, datalist: Datalist, source: Path) -> dict[str, Any]:
+    """id -> the new label; an id listed twice must carry one label."""
     new: dict[str, Any] = {}
     for line, r in enumerate(rows, start=2):
-        label = _parse_label(r[column], datalist, f"{source}, line {line} (id {r['id']!r})")
+        label = _parse_label(r[column], datalist, f"{source}, line {line} (id {r['id']!r})")  # type: ignore[index]
         if r["id"] in new and new[r["id"]] != label:
             raise ValueError(f"{source}: id {r['id']!r} is listed twice with different labels.")
         new[r["id"]] = label
+    return new
 
-    def relabel(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        out = []
-        for item in items:
-            if str(item["id"]) in new:
-                item = {**item, "label_before_relabel": item.get("label"), "label": new[str(item["id"])]}
-            out.append(item)
-        return out
 
-    return replace(datalist, **{s: relabel(getattr(datalist, s)) for s in SPLITS})
+def _relabelled(items: list[dict[str, Any]], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """The items with the new labels, each relabelled one keeping ``label_before_relabel``."""
+    out = []
+    for item in items:
+        if str(item["id"]) in new:
+            item = {**item, "label_before_relabel": item.get("label"), "label": new[str(item["id"])]}
+        out.append(item)
+    return out
