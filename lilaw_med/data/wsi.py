@@ -132,12 +132,7 @@ def _patch_geometry(
 ) -> tuple[tuple[int, int], tuple[int, int], int]:
     try:
         location = tuple(int(v) for v in item["location"])
-        size = item.get("size") or item.get("patch_size") or default_size
-        if size is None:
-            raise ValueError("no patch_size in the item and no default size")
-        size_t = tuple(int(v) for v in ensure_tuple(size))
-        if len(size_t) == 1:
-            size_t = (size_t[0], size_t[0])
+        size_t = _patch_size(item.get("size") or item.get("patch_size") or default_size)
         level = int(item.get("level", item.get("patch_level", 0)) or 0)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(
@@ -146,6 +141,14 @@ def _patch_geometry(
     if len(location) != 2 or len(size_t) != 2:
         raise ValueError(f"item {item.get('id', '?')}: location and patch_size must have 2 values each.")
     return (location[0], location[1]), (size_t[0], size_t[1]), level
+
+
+def _patch_size(size: Any) -> tuple[int, ...]:
+    """``(h, w)`` from a size (one value: a square); raises ValueError when there is none."""
+    if size is None:
+        raise ValueError("no patch_size in the item and no default size")
+    size_t = tuple(int(v) for v in ensure_tuple(size))
+    return (size_t[0], size_t[0]) if len(size_t) == 1 else size_t
 
 
 class LoadWSIPatchd(MapTransform):
@@ -257,6 +260,29 @@ def _bins(start: int, size: int, factor: int) -> tuple[np.ndarray, int, int]:
     return np.flatnonzero(np.diff(bins, prepend=-1)), int(bins[0]), int(bins[-1]) + 1
 
 
+def _thumbnail_level(levels: list[Any], max_side: int) -> Any:
+    """The smallest pyramid level that is still at least ``max_side`` (level 0 when none is)."""
+    sizes = [(int(lv.keyframe.imagelength), int(lv.keyframe.imagewidth)) for lv in levels]
+    fitting = [i for i, (h, w) in enumerate(sizes) if max(h, w) >= max_side] or [0]
+    return levels[min(fitting, key=lambda i: sizes[i][0] * sizes[i][1])]
+
+
+def _block_sums(level: Any, height: int, width: int, factor: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """The RGB sums of each ``factor x factor`` block of a level, read tile by tile."""
+    sums = np.zeros(shape, np.float64)
+    # bounded reads: 16 MB of compressed data at a time, one decoding thread
+    for segment, index5, _shape in level.pages[0].segments(maxworkers=1, buffersize=16 << 20):
+        if segment is None:  # an empty tile: zeros
+            continue
+        y0, x0 = int(index5[2]), int(index5[3])
+        tile = segment[0, : height - y0, : width - x0]  # full-size edge tiles hang over the image
+        tile = np.repeat(tile[..., :1], 3, axis=-1) if tile.shape[-1] < 3 else tile[..., :3]
+        rows, r0, r1 = _bins(y0, tile.shape[0], factor)
+        cols, c0, c1 = _bins(x0, tile.shape[1], factor)
+        sums[r0:r1, c0:c1] += np.add.reduceat(np.add.reduceat(tile.astype(np.float32), rows, axis=0), cols, axis=1)
+    return sums
+
+
 def read_thumbnail(path: str | os.PathLike, max_side: int = 1024) -> np.ndarray:
     """An RGB overview of a TIFF slide whose longest side is at most ``max_side`` pixels.
 
@@ -288,29 +314,14 @@ def read_thumbnail(path: str | os.PathLike, max_side: int = 1024) -> np.ndarray:
     except Exception as e:
         raise ValueError(f"{path}: not a TIFF slide ({type(e).__name__}: {e}).") from e
     with tf:
-        levels = list(tf.series[0].levels)
-        sizes = [(int(lv.keyframe.imagelength), int(lv.keyframe.imagewidth)) for lv in levels]
-        # the smallest level that is still at least max_side (level 0 when none is)
-        fitting = [i for i, (h, w) in enumerate(sizes) if max(h, w) >= max_side] or [0]
-        index = min(fitting, key=lambda i: sizes[i][0] * sizes[i][1])
-        page = levels[index].keyframe
+        level = _thumbnail_level(list(tf.series[0].levels), max_side)
+        page = level.keyframe
         if page.planarconfig != 1 and page.samplesperpixel > 1:  # 1: contiguous samples
             raise ValueError(f"{path}: planar (separate-sample) TIFF slides are not supported.")
-        height, width = sizes[index]
+        height, width = int(page.imagelength), int(page.imagewidth)
         factor = max(1, math.ceil(max(height, width) / max_side))
         out_h, out_w = math.ceil(height / factor), math.ceil(width / factor)
-        sums = np.zeros((out_h, out_w, 3), np.float64)
-        # bounded reads: 16 MB of compressed data at a time, one decoding thread
-        for segment, index5, _shape in levels[index].pages[0].segments(maxworkers=1, buffersize=16 << 20):
-            if segment is None:  # an empty tile: zeros
-                continue
-            y0, x0 = int(index5[2]), int(index5[3])
-            tile = segment[0, : height - y0, : width - x0]  # full-size edge tiles hang over the image
-            tile = np.repeat(tile[..., :1], 3, axis=-1) if tile.shape[-1] < 3 else tile[..., :3]
-            rows, r0, r1 = _bins(y0, tile.shape[0], factor)
-            cols, c0, c1 = _bins(x0, tile.shape[1], factor)
-            block = np.add.reduceat(np.add.reduceat(tile.astype(np.float32), rows, axis=0), cols, axis=1)
-            sums[r0:r1, c0:c1] += block
+        sums = _block_sums(level, height, width, factor, (out_h, out_w, 3))
         count_y = np.bincount(np.arange(height) // factor, minlength=out_h)
         count_x = np.bincount(np.arange(width) // factor, minlength=out_w)
         mean = sums / (count_y[:, None, None] * count_x[None, :, None])
