@@ -106,21 +106,24 @@ def resolve_options(preset: str, options: Mapping[str, Any] | None) -> dict[str,
         )
     if opts["channels"] not in (1, 3):
         raise ValueError(f"option 'channels' must be 1 or 3 but is {opts['channels']!r}.")
-    dims = spec.spatial_dims
-    size = opts["spatial_size"]
-    if size is not None:
-        if isinstance(size, int):
-            size = [size] * dims
-        if len(size) != dims or not all(isinstance(s, int) and s > 0 for s in size):
-            raise ValueError(
-                f"option 'spatial_size' must be {dims} positive ints but is {opts['spatial_size']!r}."
-            )
-        opts["spatial_size"] = list(size)
-    if opts["intensity"] == "window":
-        _check_window(opts, "[center, width > 0]")
-    if opts["intensity"] == "ct_window":
-        _check_window(opts, "[center HU, width HU > 0]")
+    opts["spatial_size"] = _spatial_size(opts["spatial_size"], spec.spatial_dims)
+    if opts["intensity"] in _WINDOWS:
+        _check_window(opts, _WINDOWS[opts["intensity"]])
     return opts
+
+
+# the intensities that need a 'window' option, and what it must hold
+_WINDOWS = {"window": "[center, width > 0]", "ct_window": "[center HU, width HU > 0]"}
+
+
+def _spatial_size(size: Any, dims: int) -> list[int] | None:
+    """The ``spatial_size`` option as ``dims`` positive ints (one int: the same on every axis)."""
+    if size is None:
+        return None
+    full = [size] * dims if isinstance(size, int) else size
+    if len(full) != dims or not all(isinstance(s, int) and s > 0 for s in full):
+        raise ValueError(f"option 'spatial_size' must be {dims} positive ints but is {size!r}.")
+    return list(full)
 
 
 def build_transforms(preset: str, options: Mapping[str, Any] | None = None, train: bool = False) -> Compose:
@@ -166,21 +169,7 @@ def build_transforms(preset: str, options: Mapping[str, Any] | None = None, trai
     if opts.get("pixdim"):
         chain.append(Spacingd(keys, pixdim=opts["pixdim"], mode="bilinear"))
 
-    # the order of resizing and intensity scaling (docs/data.md, "resize and scale"): percentile
-    # scaling runs on the smaller grid (ResizeScalePercentilesd); any other scaling after the resize
-    size = opts["spatial_size"]
-    intensity = _intensity(keys, opts)
-    percentile = intensity[0] if intensity and isinstance(intensity[0], ScaleIntensityPercentilesd) else None
-    if size is not None and opts.get("resize") != "crop_or_pad" and percentile is not None:
-        chain.append(ResizeScalePercentilesd(keys, Resized(keys, spatial_size=size, mode=opts["resize_mode"]), percentile))
-    else:
-        if size is not None:
-            if opts.get("resize") == "crop_or_pad":
-                chain.append(ResizeWithPadOrCropd(keys, spatial_size=size))
-            else:
-                chain.append(Resized(keys, spatial_size=size, mode=opts["resize_mode"]))
-        chain.extend(intensity)
-
+    chain.extend(_resize_and_scale(keys, opts))
     if opts["channels"] != spec.channels:
         chain.append(PrepareChannelsd(keys, spatial_dims=dims, channels=opts["channels"]))
     chain.append(EnsureTyped(keys, dtype=torch.float32, track_meta=False))
@@ -190,6 +179,21 @@ def build_transforms(preset: str, options: Mapping[str, Any] | None = None, trai
     if train:
         chain.extend(_augmentations(keys, opts, dims))
     return Compose(chain)
+
+
+def _resize_and_scale(keys: str, opts: Mapping[str, Any]) -> list[Any]:
+    """The resize and the intensity scaling, in the order docs/data.md ("resize and scale") gives: percentile
+    scaling runs on the smaller grid (ResizeScalePercentilesd); any other scaling after the resize."""
+    size = opts["spatial_size"]
+    intensity = _intensity(keys, opts)
+    if size is None:
+        return intensity
+    if opts.get("resize") == "crop_or_pad":
+        return [ResizeWithPadOrCropd(keys, spatial_size=size), *intensity]
+    resize = Resized(keys, spatial_size=size, mode=opts["resize_mode"])
+    if intensity and isinstance(intensity[0], ScaleIntensityPercentilesd):
+        return [ResizeScalePercentilesd(keys, resize, intensity[0])]
+    return [resize, *intensity]
 
 
 def _intensity(keys: str, opts: Mapping[str, Any]) -> list[Any]:
@@ -275,27 +279,37 @@ def percentiles(arr: np.ndarray, qs: Sequence[float]) -> list[float]:
         return [float(v) for v in np.percentile(flat, list(qs))]
     # 4k-8k values below 1M, about 16k above: sorting the sample must stay cheap against one pass over the array
     sample = np.sort(flat[:: max(1, n // (16384 if n >= 1 << 20 else 4096))])
-    out: list[float] = []
-    for q in qs:
-        h = (n - 1) * float(q) / 100.0
-        k = int(np.floor(h))
-        ranks = [k, min(k + 1, n - 1)]
-        if max(ranks) < n // 8:  # lower tail: the smallest values
-            cut = sample[min(len(sample) - 1, int(2 * (k + 2) / n * len(sample)) + 8)]
-            cand = flat[flat <= cut]
-            idx = ranks
-        elif min(ranks) > n - 1 - n // 8:  # upper tail: the largest values
-            cut = sample[max(0, len(sample) - 1 - int(2 * (n - k + 1) / n * len(sample)) - 8)]
-            cand = flat[flat >= cut]
-            idx = [r - (n - cand.size) for r in ranks]
-        else:
-            cand, idx = flat, ranks
-        if min(idx) < 0 or max(idx) >= cand.size:  # the candidates do not hold the ranks: all values
-            cand, idx = flat, ranks
-        part = np.partition(cand, sorted(set(idx)))
-        lo, hi = float(part[idx[0]]), float(part[idx[1]])
-        out.append(float(np.percentile([lo, hi], 100.0 * (h - k))) if hi != lo else lo)
-    return out
+    return [_percentile(flat, sample, float(q)) for q in qs]
+
+
+def _percentile(flat: np.ndarray, sample: np.ndarray, q: float) -> float:
+    """One percentile of ``flat`` (see :func:`percentiles`), its order statistics from a tail's candidates."""
+    n = flat.size
+    h = (n - 1) * q / 100.0
+    k = int(np.floor(h))
+    ranks = [k, min(k + 1, n - 1)]
+    cand, idx = _tail_candidates(flat, sample, k, ranks)
+    if min(idx) < 0 or max(idx) >= cand.size:  # the candidates do not hold the ranks: all values
+        cand, idx = flat, ranks
+    part = np.partition(cand, sorted(set(idx)))
+    lo, hi = float(part[idx[0]]), float(part[idx[1]])
+    return float(np.percentile([lo, hi], 100.0 * (h - k))) if hi != lo else lo
+
+
+def _tail_candidates(
+    flat: np.ndarray, sample: np.ndarray, k: int, ranks: list[int]
+) -> tuple[np.ndarray, list[int]]:
+    """The values of the tail that should hold ``ranks`` (cut by the sorted ``sample``) and the ranks within
+    them; all values and ``ranks`` for a percentile away from both tails."""
+    n = flat.size
+    if max(ranks) < n // 8:  # lower tail: the smallest values
+        cut = sample[min(len(sample) - 1, int(2 * (k + 2) / n * len(sample)) + 8)]
+        return flat[flat <= cut], ranks
+    if min(ranks) > n - 1 - n // 8:  # upper tail: the largest values
+        cut = sample[max(0, len(sample) - 1 - int(2 * (n - k + 1) / n * len(sample)) - 8)]
+        cand = flat[flat >= cut]
+        return cand, [r - (n - cand.size) for r in ranks]
+    return flat, ranks
 
 
 class ScaleIntensityPercentilesd(MapTransform):
@@ -477,34 +491,34 @@ class PrepareChannelsd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            img = d[key]
-            while img.ndim - 1 > self.spatial_dims and img.shape[-1] == 1:
-                img = img[..., 0]
-            if img.ndim - 1 != self.spatial_dims:
-                raise ValueError(
-                    f"item {d.get('id', '?')} ({_filename(img, d.get(key))}): expected a {self.spatial_dims}D image "
-                    f"but got spatial shape {tuple(img.shape[1:])} with {img.shape[0]} channel(s)."
-                )
-            c = img.shape[0]
-            if c == 4:  # RGBA
+            img = self._spatial(d[key], d, key)
+            if img.shape[0] == 4:  # RGBA
                 img = img[:3]
-                c = 3
-            if self.channels == 1 and c != 1:
-                img = (
-                    img.mean(dim=0, keepdim=True)
-                    if isinstance(img, torch.Tensor)
-                    else img.mean(0, keepdims=True)
-                )
-            elif self.channels == 3 and c == 1:
-                img = (
-                    img.repeat(3, *([1] * self.spatial_dims))
-                    if isinstance(img, torch.Tensor)
-                    else np.repeat(img, 3, 0)
-                )
-            elif self.channels == 3 and c != 3:
-                raise ValueError(f"item {d.get('id', '?')}: expected 1 or 3 channels but got {c}.")
-            d[key] = img
+            d[key] = self._channels(img, d)
         return d
+
+    def _spatial(self, img: Any, d: Mapping[Hashable, Any], key: Hashable) -> Any:
+        """The image without trailing singleton axes beyond ``spatial_dims``; raises for another dimensionality."""
+        while img.ndim - 1 > self.spatial_dims and img.shape[-1] == 1:
+            img = img[..., 0]
+        if img.ndim - 1 != self.spatial_dims:
+            raise ValueError(
+                f"item {d.get('id', '?')} ({_filename(img, d.get(key))}): expected a {self.spatial_dims}D image "
+                f"but got spatial shape {tuple(img.shape[1:])} with {img.shape[0]} channel(s)."
+            )
+        return img
+
+    def _channels(self, img: Any, d: Mapping[Hashable, Any]) -> Any:
+        """Colour to grey by the mean (``channels=1``), grey repeated (``channels=3``)."""
+        c = img.shape[0]
+        tensor = isinstance(img, torch.Tensor)
+        if self.channels == 1 and c != 1:
+            return img.mean(dim=0, keepdim=True) if tensor else img.mean(0, keepdims=True)
+        if self.channels == 3 and c == 1:
+            return img.repeat(3, *([1] * self.spatial_dims)) if tensor else np.repeat(img, 3, 0)
+        if self.channels == 3 and c != 3:
+            raise ValueError(f"item {d.get('id', '?')}: expected 1 or 3 channels but got {c}.")
+        return img
 
 
 class CastLabeld(MapTransform):
