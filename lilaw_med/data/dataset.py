@@ -248,14 +248,21 @@ def build_dataset(
         return Dataset(data, transforms)
     if cache == "memory":
         options = {"cache_rate": cache_rate, "num_workers": num_workers, "progress": progress}
-        if cached is not None and not cached:
-            return Dataset(data, transforms)  # a rank with no item of its own in this split
-        if cached is not None and len(cached) < len(data):
-            return ShardCacheDataset(data, transforms, cached, **options)
-        return CacheDataset(data, transforms, **options)
+        return _memory_dataset(data, transforms, cached, options)
     if cache == "disk":
         if cache_dir is None:
             raise ValueError("cache 'disk' needs a cache_dir (a folder for the cached items).")
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         return PersistentDataset(data, transforms, cache_dir=cache_dir)
     raise ValueError(f"cache must be one of {CACHE_MODES} but is {cache!r}.")
+
+
+def _memory_dataset(
+    data: list[dict[str, Any]], transforms: Callable, cached: Sequence[int] | None, options: dict[str, Any]
+) -> Dataset:
+    """The memory cache over all items, or over a rank's shard (``cached``)."""
+    if cached is not None and not cached:
+        return Dataset(data, transforms)  # a rank with no item of its own in this split
+    if cached is not None and len(cached) < len(data):
+        return ShardCacheDataset(data, transforms, cached, **options)
+    return CacheDataset(data, transforms, **options)
