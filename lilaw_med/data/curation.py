@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from lilaw_med.data.datalist import SPLITS, Datalist
+from lilaw_med.errors import InputError
 from lilaw_med.utils import unguard_csv_text
 
 __all__ = [
@@ -69,7 +70,7 @@ def read_id_csv(path: str | os.PathLike) -> list[dict[str, str]]:
 
     Raises:
         FileNotFoundError: when the file is missing.
-        ValueError: when it has no ``id`` column or a row has an empty id.
+        InputError: when it has no ``id`` column or a row has an empty id.
     """
     p = Path(path)
     if not p.is_file():
@@ -78,7 +79,7 @@ def read_id_csv(path: str | os.PathLike) -> list[dict[str, str]]:
         reader = csv.DictReader(f)
         fields = [c.strip() for c in (reader.fieldnames or [])]
         if "id" not in fields:
-            raise ValueError(f"{p}: a column named 'id' is required (found columns {fields}).")
+            raise InputError(f"{p}: a column named 'id' is required (found columns {fields}).")
         return [_clean_row(row, p, line) for line, row in enumerate(reader, start=2)]
 
 
@@ -86,7 +87,7 @@ def _clean_row(row: dict[str | None, Any], path: Path, line: int) -> dict[str, s
     """A row with stripped, unguarded values (cells beyond the header dropped); its id must not be empty."""
     clean = {(k or "").strip(): unguard_csv_text((v or "").strip()) for k, v in row.items() if k is not None}
     if not clean.get("id"):
-        raise ValueError(f"{path}, line {line}: empty id.")
+        raise InputError(f"{path}, line {line}: empty id.")
     return clean
 
 
@@ -102,11 +103,11 @@ def decision_rows(rows: list[dict[str, str]], decision: str, source: str | os.Pa
         The rows whose ``decision`` is ``decision``.
 
     Raises:
-        ValueError: on a decision that is not one of :data:`DECISIONS`.
+        InputError: on a decision that is not one of :data:`DECISIONS`.
     """
     for line, r in enumerate(rows, start=2):
         if r.get("decision", "") not in DECISIONS:
-            raise ValueError(f"{source}, line {line} (id {r['id']!r}): decision {r.get('decision', '')!r} is not one "
+            raise InputError(f"{source}, line {line} (id {r['id']!r}): decision {r.get('decision', '')!r} is not one "
                              f"of {list(DECISIONS)}.")
     counts = Counter(r["decision"] for r in rows)
     logger.info("%s: a decision file (%s); applying its %d %s row(s).", source,
@@ -124,7 +125,7 @@ def _check_unknown(ids: Iterable[str], known: dict[str, str], source: Path) -> N
         shown = ", ".join(repr(u) for u in unknown[:5]) + (
             f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         )
-        raise ValueError(
+        raise InputError(
             f"{source}: {len(unknown)} id(s) not in the datalist: {shown}. Use the ids of the run's datalist.json "
             "(the audit's CSV files carry them)."
         )
@@ -143,7 +144,7 @@ def apply_exclusions(datalist: Datalist, csv_path: str | os.PathLike) -> Datalis
 
     Raises:
         FileNotFoundError: when the CSV is missing.
-        ValueError: on an id the datalist does not hold, or a malformed CSV.
+        InputError: on an id the datalist does not hold, or a malformed CSV.
     """
     rows = read_id_csv(csv_path)
     if rows and "decision" in rows[0]:
@@ -162,11 +163,11 @@ def _parse_label(value: str, datalist: Datalist, source: str) -> int | list[int]
     if value.lstrip("-").isdigit():
         k = int(value)
         if not 0 <= k < n:
-            raise ValueError(f"{source}: label {k} is out of range: expected a class index in [0, {n - 1}].")
+            raise InputError(f"{source}: label {k} is out of range: expected a class index in [0, {n - 1}].")
         return k
     if names is not None and value in names:
         return names.index(value)
-    raise ValueError(f"{source}: unknown label {value!r}: expected a class index or one of {names}.")
+    raise InputError(f"{source}: unknown label {value!r}: expected a class index or one of {names}.")
 
 
 def _are_flags(parts: list[str], n: int) -> bool:
@@ -183,7 +184,7 @@ def _parse_flags(value: str, datalist: Datalist, source: str) -> list[int]:
     flags = [0] * n
     for p in parts:
         if names is None or p not in names:
-            raise ValueError(f"{source}: unknown class {p!r}; the classes are {names}.")
+            raise InputError(f"{source}: unknown class {p!r}; the classes are {names}.")
         flags[names.index(p)] = 1
     return flags
 
@@ -202,7 +203,7 @@ def apply_relabels(datalist: Datalist, csv_path: str | os.PathLike) -> Datalist:
 
     Raises:
         FileNotFoundError: when the CSV is missing.
-        ValueError: on an id the datalist does not hold, an id listed twice with different labels,
+        InputError: on an id the datalist does not hold, an id listed twice with different labels,
             a missing label column, or an unknown class.
     """
     source = Path(csv_path)
@@ -222,7 +223,7 @@ def _label_column(rows: list[dict[str, str]], source: Path) -> str | None:
     """The first of :data:`LABEL_COLUMNS` the rows have (``None`` only when there are no rows)."""
     column = next((c for c in LABEL_COLUMNS if rows and c in rows[0]), None)
     if rows and column is None:
-        raise ValueError(
+        raise InputError(
             f"{source}: a label column is required, one of {list(LABEL_COLUMNS)} (found {sorted(rows[0])})."
         )
     return column
@@ -234,7 +235,7 @@ def _new_labels(rows: list[dict[str, str]], column: str | None, datalist: Datali
     for line, r in enumerate(rows, start=2):
         label = _parse_label(r[column], datalist, f"{source}, line {line} (id {r['id']!r})")  # type: ignore[index]
         if r["id"] in new and new[r["id"]] != label:
-            raise ValueError(f"{source}: id {r['id']!r} is listed twice with different labels.")
+            raise InputError(f"{source}: id {r['id']!r} is listed twice with different labels.")
         new[r["id"]] = label
     return new
 

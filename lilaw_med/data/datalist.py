@@ -31,6 +31,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from lilaw_med.data.splits import group_kfold, split_validation
+from lilaw_med.errors import InputError
 from lilaw_med.utils import atomic_write
 
 __all__ = [
@@ -121,7 +122,7 @@ class Datalist:
     def split(self, name: str) -> list[dict[str, Any]]:
         """Returns the items of split ``name`` ("training", "validation" or "test")."""
         if name not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS} but is {name!r}.")
+            raise InputError(f"split must be one of {SPLITS} but is {name!r}.")
         return getattr(self, name)
 
     def iter_items(self) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -209,7 +210,7 @@ def load_datalist(
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.
-        ValueError: for a file that is not valid JSON/CSV, an empty training split, or (with
+        InputError: for a file that is not valid JSON/CSV, an empty training split, or (with
             ``strict``) items with problems; the message lists every bad item and field.
     """
     path = Path(path).expanduser()
@@ -217,7 +218,7 @@ def load_datalist(
     raw, meta = _read_raw(path)
     names = _class_names(path, class_names, meta.get("class_names"))
     if require_training and not raw["training"]:
-        raise ValueError(f"{path}: the 'training' split is missing or empty.")
+        raise InputError(f"{path}: the 'training' split is missing or empty.")
     multi = _is_multi_label(raw, bool(multi_label or meta.get("multi_label")))
     if names is None:
         names = _names_from_labels(raw, multi)
@@ -246,7 +247,7 @@ def _check_arguments(path: Path, val_fraction: float, base_dir: str | os.PathLik
     if not path.is_file():
         raise FileNotFoundError(f"datalist not found: {path}")
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1) but is {val_fraction}.")
+        raise InputError(f"val_fraction must be in (0, 1) but is {val_fraction}.")
     base = Path(base_dir).expanduser() if base_dir is not None else path.parent
     return os.path.abspath(base)
 
@@ -269,19 +270,19 @@ def _class_names(path: Path, given: Sequence[str] | None, in_file: Any) -> list[
     if in_file is not None:
         _check_file_class_names(path, in_file)
         if given is not None and list(given) != in_file:
-            raise ValueError(
+            raise InputError(
                 f"{path}: class_names given ({list(given)}) differ from the file's 'class_names' "
                 f"({in_file})."
             )
     names = list(given) if given is not None else in_file
     if names is not None and len(set(names)) != len(names):
-        raise ValueError(f"class_names must be unique but are {names}.")
+        raise InputError(f"class_names must be unique but are {names}.")
     return names
 
 
 def _check_file_class_names(path: Path, in_file: Any) -> None:
     if not isinstance(in_file, list) or not all(isinstance(n, str) for n in in_file):
-        raise ValueError(f"{path}: 'class_names' must be a list of strings but is {in_file!r}.")
+        raise InputError(f"{path}: 'class_names' must be a list of strings but is {in_file!r}.")
 
 
 def _is_multi_label(raw: Mapping[str, list[dict[str, Any]]], requested: bool) -> bool:
@@ -312,7 +313,7 @@ def _raise_problems(path: Path, problems: Sequence[Problem]) -> None:
     """Raises one error listing the first 50 problems (a strict load)."""
     shown = "\n  ".join(str(p) for p in problems[:50])
     more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-    raise ValueError(f"{path}: {len(problems)} bad datalist item(s):\n  {shown}{more}")
+    raise InputError(f"{path}: {len(problems)} bad datalist item(s):\n  {shown}{more}")
 
 
 def _sidecar_path(path: Path, sidecar: Any) -> Path | None:
@@ -384,13 +385,13 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(
+        raise InputError(
             f"{path}: not valid JSON ({e}); expected a decathlon-style datalist or a .csv."
         ) from e
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not a text file ({e}); expected a .json or .csv datalist.") from e
+        raise InputError(f"{path}: not a text file ({e}); expected a .json or .csv datalist.") from e
     if not isinstance(data, dict):
-        raise ValueError(
+        raise InputError(
             f"{path}: expected a JSON object with 'training'/'validation'/'test' lists but got {type(data).__name__}."
         )
     return data
@@ -401,10 +402,10 @@ def _json_split(path: Path, split: str, value: Any) -> list[dict[str, Any]]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise ValueError(f"{path}: '{split}' must be a list of items but is {type(value).__name__}.")
+        raise InputError(f"{path}: '{split}' must be a list of items but is {type(value).__name__}.")
     for i, item in enumerate(value):
         if not isinstance(item, dict):
-            raise ValueError(
+            raise InputError(
                 f"{path}: {split}[{i}] must be an object with 'image' and 'label' but is {item!r}."
             )
     return value
@@ -413,7 +414,7 @@ def _json_split(path: Path, split: str, value: Any) -> list[dict[str, Any]]:
 def _read_csv(path: Path) -> dict[str, list[dict[str, Any]]]:
     fields, rows = _csv_rows(path)
     if "image" not in fields or "label" not in fields:
-        raise ValueError(
+        raise InputError(
             f"{path}: the CSV header must have 'image' and 'label' columns (plus optional split, group, id) but has {fields}."
         )
     raw: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
@@ -429,7 +430,7 @@ def _csv_split(path: Path, line: int, value: str | None) -> str:
     split_name = (value or "training").lower()
     split = _SPLIT_ALIASES.get(split_name)
     if split is None:
-        raise ValueError(
+        raise InputError(
             f"{path}: line {line}: split must be one of training/validation/test but is {split_name!r}."
         )
     return split
@@ -443,7 +444,7 @@ def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
             fields = [c.strip() for c in (reader.fieldnames or [])]
             return fields, list(reader)
     except (UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"{path}: not a readable CSV ({e}).") from e
+        raise InputError(f"{path}: not a readable CSV ({e}).") from e
 
 
 def _csv_item(row: dict[str, Any]) -> dict[str, Any]:
@@ -495,8 +496,8 @@ def _to_index(value: Any, names: list[str] | None) -> int:
     if _is_int_like(value):
         return _checked_index(value, names)
     if isinstance(value, str):
-        raise ValueError(f"unknown class name {value!r}: expected one of {names}")
-    raise ValueError(f"label must be a class index or name but is {value!r} ({type(value).__name__})")
+        raise InputError(f"unknown class name {value!r}: expected one of {names}")
+    raise InputError(f"label must be a class index or name but is {value!r} ({type(value).__name__})")
 
 
 def _checked_index(value: Any, names: list[str] | None) -> int:
@@ -504,7 +505,7 @@ def _checked_index(value: Any, names: list[str] | None) -> int:
     index = int(float(value)) if isinstance(value, float) else int(value)
     if index < 0 or (names is not None and index >= len(names)):
         bound = f"[0, {len(names) - 1}]" if names is not None else ">= 0"
-        raise ValueError(f"label {value!r} out of range: expected a class index in {bound}")
+        raise InputError(f"label {value!r} out of range: expected a class index in {bound}")
     return index
 
 
@@ -519,16 +520,16 @@ def _is_flags(value: list[Any], names: list[str] | None) -> bool:
 
 def _to_multi_hot(value: Any, names: list[str] | None) -> list[int]:
     if not isinstance(value, list):
-        raise ValueError(f"multi-label items need a list label (0/1 flags or class names) but got {value!r}")
+        raise InputError(f"multi-label items need a list label (0/1 flags or class names) but got {value!r}")
     if _is_flags(value, names):
         flags = [int(v) for v in value]
         if names is not None and len(flags) != len(names):
-            raise ValueError(
+            raise InputError(
                 f"multi-label flags have length {len(flags)} but there are {len(names)} classes {names}"
             )
         return flags
     if names is None:
-        raise ValueError(f"multi-label label {value!r} needs class_names to map names to flags")
+        raise InputError(f"multi-label label {value!r} needs class_names to map names to flags")
     flags = [0] * len(names)
     for v in value:
         flags[_to_index(v, names)] = 1

@@ -21,6 +21,8 @@ import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose, RandomizableTrait, Transform
 
+from lilaw_med.errors import InputError
+
 __all__ = [
     "CACHE_MODES",
     "CachePlan",
@@ -241,7 +243,7 @@ def build_dataset(
         The dataset.
 
     Raises:
-        ValueError: for an unknown cache mode or ``"disk"`` without ``cache_dir``.
+        InputError: for an unknown cache mode or ``"disk"`` without ``cache_dir``.
     """
     data = [dict(it) for it in items]
     if cache == "none":
@@ -251,10 +253,10 @@ def build_dataset(
         return _memory_dataset(data, transforms, cached, options)
     if cache == "disk":
         if cache_dir is None:
-            raise ValueError("cache 'disk' needs a cache_dir (a folder for the cached items).")
+            raise InputError("cache 'disk' needs a cache_dir (a folder for the cached items).")
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         return PersistentDataset(data, transforms, cache_dir=cache_dir)
-    raise ValueError(f"cache must be one of {CACHE_MODES} but is {cache!r}.")
+    raise InputError(f"cache must be one of {CACHE_MODES} but is {cache!r}.")
 
 
 def _memory_dataset(

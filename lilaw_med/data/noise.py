@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from lilaw_med.data.datalist import SPLITS, Datalist, load_datalist
+from lilaw_med.errors import InputError
 from lilaw_med.utils import atomic_write
 
 __all__ = [
@@ -57,17 +58,17 @@ NOISE_KINDS = ("symmetric", "uniform", "asymmetric", "instance")
 def _check_labels(labels: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
     y = np.asarray(labels)
     if y.ndim != 1:
-        raise ValueError(f"labels must be a 1D array of class indices but have shape {y.shape}.")
+        raise InputError(f"labels must be a 1D array of class indices but have shape {y.shape}.")
     if num_classes < 2:
-        raise ValueError(f"num_classes must be at least 2 but is {num_classes}.")
+        raise InputError(f"num_classes must be at least 2 but is {num_classes}.")
     if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"labels must be in [0, {num_classes - 1}] but range over [{y.min()}, {y.max()}].")
+        raise InputError(f"labels must be in [0, {num_classes - 1}] but range over [{y.min()}, {y.max()}].")
     return y.astype(np.int64)
 
 
 def _check_rate(rate: float) -> float:
     if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate must be in [0, 1] but is {rate}.")
+        raise InputError(f"rate must be in [0, 1] but is {rate}.")
     return float(rate)
 
 
@@ -136,7 +137,7 @@ def pairs_to_transition(pairs: Mapping[int, int], rate: float, num_classes: int)
     for src, dst in pairs.items():
         src, dst = int(src), int(dst)
         if not (0 <= src < num_classes and 0 <= dst < num_classes) or src == dst:
-            raise ValueError(
+            raise InputError(
                 f"class pair {src}->{dst} invalid for {num_classes} classes (need two different classes)."
             )
         t[src, src] = 1.0 - rate
@@ -168,7 +169,7 @@ def asymmetric_noise(
         ``(noisy, actual_rate)``.
 
     Raises:
-        ValueError: for an invalid matrix (shape, negative entries, rows not summing to 1) or
+        InputError: for an invalid matrix (shape, negative entries, rows not summing to 1) or
             when neither ``transition`` nor ``rate`` is given.
     """
     y = _check_labels(labels, num_classes)
@@ -189,7 +190,7 @@ def asymmetric_noise(
 def _pairs_transition(rate: float | None, pairs: Mapping[int, int] | None, num_classes: int) -> np.ndarray:
     """``T`` from class pairs flipped with probability ``rate`` (default pairs: ``i -> (i + 1) mod K``)."""
     if rate is None:
-        raise ValueError("asymmetric noise needs a transition matrix or a rate (with optional class pairs).")
+        raise InputError("asymmetric noise needs a transition matrix or a rate (with optional class pairs).")
     if pairs is None:
         pairs = {i: (i + 1) % num_classes for i in range(num_classes)}
     return pairs_to_transition(pairs, rate, num_classes)
@@ -199,9 +200,9 @@ def _checked_transition(transition: np.ndarray | Sequence[Sequence[float]], num_
     """A given ``T`` as a float array: (K, K), non-negative, rows summing to 1."""
     t = np.asarray(transition, dtype=np.float64)
     if t.shape != (num_classes, num_classes):
-        raise ValueError(f"transition must have shape ({num_classes}, {num_classes}) but has {t.shape}.")
+        raise InputError(f"transition must have shape ({num_classes}, {num_classes}) but has {t.shape}.")
     if (t < 0).any() or not np.allclose(t.sum(axis=1), 1.0, atol=1e-6):
-        raise ValueError(
+        raise InputError(
             f"transition rows must be non-negative and sum to 1 but sum to {t.sum(axis=1).tolist()}."
         )
     return t
@@ -257,7 +258,7 @@ def instance_dependent_noise(
 
 def _multi_label_noise(flags: np.ndarray, kind: str, rate: float | None, seed: int) -> tuple[np.ndarray, float]:
     if kind != "symmetric" or rate is None:
-        raise ValueError("multi-label data supports only symmetric noise (each flag flips with probability rate).")
+        raise InputError("multi-label data supports only symmetric noise (each flag flips with probability rate).")
     rng = np.random.default_rng(seed)
     flip = rng.random(flags.shape) < _check_rate(rate)
     noisy = np.where(flip, 1 - flags, flags)
@@ -294,18 +295,18 @@ def add_noise(
         ``(noisy, actual_rate)``.
     """
     if kind not in NOISE_KINDS:
-        raise ValueError(f"kind must be one of {NOISE_KINDS} but is {kind!r}.")
+        raise InputError(f"kind must be one of {NOISE_KINDS} but is {kind!r}.")
     arr = np.asarray(labels)
     if arr.ndim == 2:
         return _multi_label_noise(arr.astype(np.int64), kind, rate, seed)
     if kind in _RATE_ONLY:
         if rate is None:
-            raise ValueError(f"{kind} noise needs a rate.")
+            raise InputError(f"{kind} noise needs a rate.")
         return _RATE_ONLY[kind](arr, rate, num_classes, seed)
     if kind == "asymmetric":
         return asymmetric_noise(arr, num_classes, rate=rate, transition=transition, pairs=pairs, seed=seed)
     if features is None or rate is None:
-        raise ValueError("instance-dependent noise needs a rate and per-sample features.")
+        raise InputError("instance-dependent noise needs a rate and per-sample features.")
     return instance_dependent_noise(arr, features, rate, num_classes, seed)
 
 
@@ -389,7 +390,7 @@ def add_noise_to_datalist(
         A :class:`NoiseResult` with the paths and the actual rates.
 
     Raises:
-        ValueError: for an unknown split or kind, unlabelled items in a noised split, or
+        InputError: for an unknown split or kind, unlabelled items in a noised split, or
             invalid noise parameters.
     """
     dl = datalist if isinstance(datalist, Datalist) else load_datalist(datalist, class_names=class_names)
@@ -452,9 +453,9 @@ class _NoiseSpec:
 def _check_request(splits: Sequence[str], kind: str) -> None:
     for s in splits:
         if s not in SPLITS:
-            raise ValueError(f"splits must be among {SPLITS} but include {s!r}.")
+            raise InputError(f"splits must be among {SPLITS} but include {s!r}.")
     if kind not in NOISE_KINDS:
-        raise ValueError(f"kind must be one of {NOISE_KINDS} but is {kind!r}.")
+        raise InputError(f"kind must be one of {NOISE_KINDS} but is {kind!r}.")
 
 
 def _split_features(
@@ -482,7 +483,7 @@ def _noise_split(
     returns the actual rate and the number of changed labels."""
     missing = [it["id"] for it in items if it.get("label") is None]
     if missing:
-        raise ValueError(f"cannot add noise to unlabelled items in '{split}': {missing[:10]}")
+        raise InputError(f"cannot add noise to unlabelled items in '{split}': {missing[:10]}")
     labels = np.asarray([it["label"] for it in items])
     noisy, actual = add_noise(
         labels,
@@ -529,7 +530,7 @@ def load_noise_truth(path: str | os.PathLike) -> dict[str, int | list[int]]:
 
     Raises:
         FileNotFoundError: when the file (or the sidecar it names) is missing.
-        ValueError: when a JSON datalist has no ``"noise_sidecar"`` or the CSV lacks columns.
+        InputError: when a JSON datalist has no ``"noise_sidecar"`` or the CSV lacks columns.
     """
     p = Path(path)
     if not p.is_file():
@@ -539,7 +540,7 @@ def load_noise_truth(path: str | os.PathLike) -> dict[str, int | list[int]]:
     with p.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "id" not in reader.fieldnames or "true_label" not in reader.fieldnames:
-            raise ValueError(
+            raise InputError(
                 f"{p}: expected columns id, true_label (and split, noisy_label) but got {reader.fieldnames}."
             )
         out: dict[str, int | list[int]] = {}
@@ -554,7 +555,7 @@ def _sidecar_named_by(datalist_json: Path, given: str | os.PathLike) -> Path:
     data = json.loads(datalist_json.read_text(encoding="utf-8"))
     side = data.get("noise_sidecar") if isinstance(data, dict) else None
     if not side:
-        raise ValueError(f"{datalist_json}: the datalist has no 'noise_sidecar' (no recorded label noise).")
+        raise InputError(f"{datalist_json}: the datalist has no 'noise_sidecar' (no recorded label noise).")
     p = Path(side) if Path(side).is_absolute() else datalist_json.parent / side
     if not p.is_file():
         raise FileNotFoundError(f"noise sidecar not found: {p} (named by {given})")

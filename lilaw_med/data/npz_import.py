@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from lilaw_med.data.sample import deterministic_uid
+from lilaw_med.errors import InputError
 from lilaw_med.utils import atomic_write
 
 __all__ = ["import_npz", "write_image"]
@@ -48,7 +49,7 @@ def write_image(
         The path written.
 
     Raises:
-        ValueError: for an unsupported shape/format combination.
+        InputError: for an unsupported shape/format combination.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,14 +60,14 @@ def write_image(
         import nibabel as nib
 
         if is_rgb:
-            raise ValueError(f"{path}: RGB images cannot be written as NIfTI here; use png or dicom.")
+            raise InputError(f"{path}: RGB images cannot be written as NIfTI here; use png or dicom.")
         # NIfTI stores x first: transpose the row-major array so that every format gives the same
         # array through MONAI's readers (which put x first)
         data = np.ascontiguousarray(array.T)
         nib.save(nib.Nifti1Image(data, np.eye(4)), path)
         return path
     if is_volume:
-        raise ValueError(f"{path}: a volume of shape {array.shape} must be written as nifti, not {fmt}.")
+        raise InputError(f"{path}: a volume of shape {array.shape} must be written as nifti, not {fmt}.")
     if fmt == "png":
         # each writer's library loads only for the format asked
         from PIL import Image
@@ -76,7 +77,7 @@ def write_image(
     if fmt == "dicom":
         _write_dicom(array, path, modality, uid_seed)
         return path
-    raise ValueError(f"format must be png, dicom or nifti but is {fmt!r}.")
+    raise InputError(f"format must be png, dicom or nifti but is {fmt!r}.")
 
 
 def _write_dicom(array: np.ndarray, path: Path, modality: str, uid_seed: str) -> None:
@@ -140,7 +141,7 @@ def import_npz(
 
     Raises:
         FileNotFoundError: when the npz is missing.
-        ValueError: when it lacks the expected arrays or they disagree in length.
+        InputError: when it lacks the expected arrays or they disagree in length.
     """
     npz_path, out = Path(npz_path), Path(out_dir)
     data, found = _open_npz(npz_path, fmt)
@@ -166,11 +167,11 @@ def _open_npz(npz_path: Path, fmt: str) -> tuple[Any, list[str]]:
     if not npz_path.is_file():
         raise FileNotFoundError(f"npz file not found: {npz_path}")
     if fmt not in _EXT:
-        raise ValueError(f"format must be one of {sorted(_EXT)} but is {fmt!r}.")
+        raise InputError(f"format must be one of {sorted(_EXT)} but is {fmt!r}.")
     data = np.load(npz_path, allow_pickle=False)
     found = [p for p, _ in _SPLITS if f"{p}_images" in data and f"{p}_labels" in data]
     if not found:
-        raise ValueError(
+        raise InputError(
             f"{npz_path}: expected arrays train_images/train_labels (and val_, test_) but has {sorted(data)}."
         )
     return data, found
@@ -180,7 +181,7 @@ def _split_arrays(data: Any, prefix: str, npz_path: Path) -> tuple[Any, np.ndarr
     """A split's images and labels (one label column flattened to class indices)."""
     images, labels = data[f"{prefix}_images"], np.asarray(data[f"{prefix}_labels"])
     if len(images) != len(labels):
-        raise ValueError(
+        raise InputError(
             f"{npz_path}: {prefix}_images has {len(images)} entries but {prefix}_labels {len(labels)}."
         )
     if labels.ndim == 2 and labels.shape[1] == 1:

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from lilaw_med.data.datalist import Datalist, Problem, ProblemKind
 from lilaw_med.data.readers import ImageHeader, decoder_environment, list_series_files, read_header
+from lilaw_med.errors import InputError, one_line
 from lilaw_med.utils import atomic_write
 
 __all__ = [
@@ -333,7 +334,7 @@ def _slide_reasons(slide_path: str, items: Sequence[tuple[int, dict[str, Any]]])
 
         slide = tiffslide.TiffSlide(slide_path)
     except Exception as e:
-        reason = f"not a readable slide ({type(e).__name__}: {e})"
+        reason = f"not a readable slide ({one_line(e, with_type=True)})"
         return {index: reason for index, _ in items}
     try:
         return {index: r for index, item in items if (r := _patch_problem(slide, item)) is not None}
@@ -608,7 +609,7 @@ def preflight_or_raise(
         bad items (and with ``problems`` emptied).
 
     Raises:
-        ValueError: when there are problems and ``skip_bad`` is off (the message lists every bad
+        InputError: when there are problems and ``skip_bad`` is off (the message lists every bad
             item), or when skipping leaves no training item.
     """
     cache = default_cache_dir() if cache_dir == "default" else cache_dir
@@ -619,7 +620,7 @@ def preflight_or_raise(
         return datalist
     if not skip_bad:
         listing = "\n  ".join(str(p) for p in problems)
-        raise ValueError(
+        raise InputError(
             f"the pre-flight check found {len(problems)} problem(s) in {datalist.source}; fix them or train "
             f"with --skip-bad to leave these items out:\n  {listing}"
         )
@@ -640,5 +641,5 @@ def _without_bad(
     for p in problems:
         logger.warning("rejected %s", p)
     if not kept.training:
-        raise ValueError(f"every training item of {datalist.source} failed the pre-flight check.")
+        raise InputError(f"every training item of {datalist.source} failed the pre-flight check.")
     return kept

@@ -35,6 +35,7 @@ from scipy.ndimage import gaussian_filter
 
 from lilaw_med.data.datalist import load_datalist
 from lilaw_med.data.noise import add_noise_to_datalist
+from lilaw_med.errors import InputError
 from lilaw_med.utils import atomic_write
 
 __all__ = [
@@ -507,15 +508,15 @@ def write_sample_data(
         JSON (``datalist.json``; the clean one is ``datalist_clean.json`` beside it).
 
     Raises:
-        ValueError: for sizes too small to split (fewer than 4 patients, slides or groups).
+        InputError: for sizes too small to split (fewer than 4 patients, slides or groups).
     """
     out = Path(out_dir)
     if min(n_2d, n_3d) < 8 or n_tiles < 40 or n_slides < 1:
-        raise ValueError(
+        raise InputError(
             f"sample sizes too small: n_2d={n_2d}, n_3d={n_3d} (>= 8), n_tiles={n_tiles} (>= 40)."
         )
     if slide_side % 1024:
-        raise ValueError(f"slide_side must be a multiple of 1024 but is {slide_side}.")
+        raise InputError(f"slide_side must be a multiple of 1024 but is {slide_side}.")
     clean = {
         "radiology_2d": _radiology_2d(out / "radiology_2d", seed, n_2d),
         "radiology_3d": _radiology_3d(out / "radiology_3d", seed, n_3d),

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from lilaw_med.errors import InputError
+
 __all__ = ["group_kfold", "split_validation"]
 
 
@@ -34,12 +36,12 @@ def split_validation(
         ``(training, validation)``, each in the input order.
 
     Raises:
-        ValueError: when the items form fewer than 2 groups (no grouped split is possible).
+        InputError: when the items form fewer than 2 groups (no grouped split is possible).
     """
     items = [dict(it) for it in items]
     groups = _group_indices(items)
     if len(groups) < 2:
-        raise ValueError(
+        raise InputError(
             f"cannot split a validation set off the training list: its {len(items)} item(s) form "
             f"{len(groups)} group(s); give a 'validation' split or more groups."
         )
@@ -50,7 +52,7 @@ def split_validation(
     train = [it for i, it in enumerate(items) if i not in chosen]
     val = [it for i, it in enumerate(items) if i in chosen]
     if not train:
-        raise ValueError("the validation split took every training item; lower val_fraction or add groups.")
+        raise InputError("the validation split took every training item; lower val_fraction or add groups.")
     return train, val
 
 
@@ -102,17 +104,17 @@ def group_kfold(
         held-out parts partition ``range(len(items))``.
 
     Raises:
-        ValueError: for ``k < 2`` or fewer groups than folds.
+        InputError: for ``k < 2`` or fewer groups than folds.
     """
     # scikit-learn only for group k-fold: a process that only predicts loads a datalist without it (lilaw_med.lean)
     from sklearn.model_selection import StratifiedGroupKFold
 
     if k < 2:
-        raise ValueError(f"k must be at least 2 but is {k}.")
+        raise InputError(f"k must be at least 2 but is {k}.")
     group_keys = [_group_key(it) for it in items]
     n_groups = len(set(group_keys))
     if n_groups < k:
-        raise ValueError(f"cannot make {k} grouped folds from {n_groups} group(s).")
+        raise InputError(f"cannot make {k} grouped folds from {n_groups} group(s).")
     strat = [_strat_key(it.get("label")) for it in items]
     _, y = np.unique(np.asarray(strat, dtype=object).astype(str), return_inverse=True)
     _, g = np.unique(np.asarray(group_keys, dtype=object).astype(str), return_inverse=True)

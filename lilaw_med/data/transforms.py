@@ -44,6 +44,7 @@ from lilaw_med.data.curation import RECORD_KEYS
 from lilaw_med.data.presets import get_preset
 from lilaw_med.data.readers import LoadMedicalImaged
 from lilaw_med.data.wsi import LoadWSIPatchd
+from lilaw_med.errors import InputError
 
 __all__ = [
     "CastLabeld",
@@ -70,7 +71,7 @@ def preset_defaults(preset: str) -> dict[str, Any]:
         A new dict of option name -> default value.
 
     Raises:
-        ValueError: for an unknown preset.
+        InputError: for an unknown preset.
     """
     return get_preset(preset).default_options()
 
@@ -78,7 +79,7 @@ def preset_defaults(preset: str) -> dict[str, Any]:
 def _check_window(opts: Mapping[str, Any], what: str) -> None:
     w = opts.get("window")
     if not (isinstance(w, (list, tuple)) and len(w) == 2 and float(w[1]) > 0):
-        raise ValueError(f"intensity '{opts['intensity']}' needs option 'window' = {what} but it is {w!r}.")
+        raise InputError(f"intensity '{opts['intensity']}' needs option 'window' = {what} but it is {w!r}.")
 
 
 def resolve_options(preset: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -92,20 +93,20 @@ def resolve_options(preset: str, options: Mapping[str, Any] | None) -> dict[str,
         The complete options (``spatial_size`` a list of ``spatial_dims`` ints, or ``None``).
 
     Raises:
-        ValueError: for an unknown preset or option, or an invalid option value.
+        InputError: for an unknown preset or option, or an invalid option value.
     """
     spec = get_preset(preset)
     opts = spec.default_options()
     unknown = sorted(set(options or {}) - set(opts))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for preset {preset!r}; valid: {sorted(opts)}.")
+        raise InputError(f"unknown option(s) {unknown} for preset {preset!r}; valid: {sorted(opts)}.")
     opts.update(options or {})
     if opts["intensity"] not in spec.intensities:
-        raise ValueError(
+        raise InputError(
             f"option 'intensity' of preset {preset!r} must be one of {spec.intensities} but is {opts['intensity']!r}."
         )
     if opts["channels"] not in (1, 3):
-        raise ValueError(f"option 'channels' must be 1 or 3 but is {opts['channels']!r}.")
+        raise InputError(f"option 'channels' must be 1 or 3 but is {opts['channels']!r}.")
     opts["spatial_size"] = _spatial_size(opts["spatial_size"], spec.spatial_dims)
     if opts["intensity"] in _WINDOWS:
         _check_window(opts, _WINDOWS[opts["intensity"]])
@@ -122,7 +123,7 @@ def _spatial_size(size: Any, dims: int) -> list[int] | None:
         return None
     full = [size] * dims if isinstance(size, int) else size
     if len(full) != dims or not all(isinstance(s, int) and s > 0 for s in full):
-        raise ValueError(f"option 'spatial_size' must be {dims} positive ints but is {size!r}.")
+        raise InputError(f"option 'spatial_size' must be {dims} positive ints but is {size!r}.")
     return list(full)
 
 
@@ -147,7 +148,7 @@ def build_transforms(preset: str, options: Mapping[str, Any] | None = None, trai
         The ``Compose`` to apply to datalist items.
 
     Raises:
-        ValueError: for an unknown preset or option, or an invalid option value.
+        InputError: for an unknown preset or option, or an invalid option value.
     """
     spec = get_preset(preset)
     opts = resolve_options(preset, options)
@@ -333,7 +334,7 @@ class ScaleIntensityPercentilesd(MapTransform):
         allow_missing_keys: skip missing keys.
 
     Raises:
-        ValueError: when a percentile lies outside [0, 100].
+        InputError: when a percentile lies outside [0, 100].
     """
 
     def __init__(
@@ -349,7 +350,7 @@ class ScaleIntensityPercentilesd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         for name, q in (("lower", lower), ("upper", upper)):
             if not 0.0 <= float(q) <= 100.0:
-                raise ValueError(f"percentile {name} must lie in [0, 100] but is {q}.")
+                raise InputError(f"percentile {name} must lie in [0, 100] but is {q}.")
         self.lower, self.upper = float(lower), float(upper)
         self.b_min, self.b_max = float(b_min), float(b_max)
         self.clip = clip
@@ -477,7 +478,7 @@ class PrepareChannelsd(MapTransform):
         allow_missing_keys: skip missing keys.
 
     Raises:
-        ValueError: (when called) for an image with another number of spatial dimensions, naming
+        InputError: (when called) for an image with another number of spatial dimensions, naming
             the item's id and file.
     """
 
@@ -502,7 +503,7 @@ class PrepareChannelsd(MapTransform):
         while img.ndim - 1 > self.spatial_dims and img.shape[-1] == 1:
             img = img[..., 0]
         if img.ndim - 1 != self.spatial_dims:
-            raise ValueError(
+            raise InputError(
                 f"item {d.get('id', '?')} ({_filename(img, d.get(key))}): expected a {self.spatial_dims}D image "
                 f"but got spatial shape {tuple(img.shape[1:])} with {img.shape[0]} channel(s)."
             )
@@ -517,7 +518,7 @@ class PrepareChannelsd(MapTransform):
         if self.channels == 3 and c == 1:
             return img.repeat(3, *([1] * self.spatial_dims)) if tensor else np.repeat(img, 3, 0)
         if self.channels == 3 and c != 3:
-            raise ValueError(f"item {d.get('id', '?')}: expected 1 or 3 channels but got {c}.")
+            raise InputError(f"item {d.get('id', '?')}: expected 1 or 3 channels but got {c}.")
         return img
 
 
@@ -542,13 +543,13 @@ class CastLabeld(MapTransform):
             value = d[key]
             if self.multi_label:
                 if value is None:
-                    raise ValueError(
+                    raise InputError(
                         f"item {d.get('id', '?')}: a multi-label item needs a label list but has none."
                     )
                 d[key] = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
             else:
                 if isinstance(value, (list, tuple)):
-                    raise ValueError(
+                    raise InputError(
                         f"item {d.get('id', '?')}: label {value!r} is a list; set option 'multi_label' for "
                         f"multi-label data."
                     )

@@ -29,6 +29,8 @@ from monai.data.wsi_reader import BaseWSIReader
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple
 
+from lilaw_med.errors import InputError, one_line
+
 __all__ = ["LoadWSIPatchd", "TiffSlideWSIReader", "patch_dataset", "read_thumbnail"]
 
 
@@ -75,7 +77,7 @@ class TiffSlideWSIReader(BaseWSIReader):
 
         Raises:
             FileNotFoundError: when a slide file is missing.
-            ValueError: when tiffslide cannot open it.
+            InputError: when tiffslide cannot open it.
         """
         # tiffslide (and zarr) load only when a slide is opened
         import tiffslide
@@ -87,8 +89,8 @@ class TiffSlideWSIReader(BaseWSIReader):
             try:
                 slide = tiffslide.TiffSlide(filename)
             except Exception as e:
-                raise ValueError(
-                    f"{filename}: not a readable whole-slide image ({type(e).__name__}: {e})."
+                raise InputError(
+                    f"{filename}: not a readable whole-slide image ({one_line(e, with_type=True)})."
                 ) from e
             slide._lilaw_filename = str(filename)  # tiffslide keeps no public path
             slides.append(slide)
@@ -103,13 +105,13 @@ class TiffSlideWSIReader(BaseWSIReader):
         """Microns per pixel (y, x) at ``level``, from tiffslide's properties.
 
         Raises:
-            ValueError: when the slide records no resolution.
+            InputError: when the slide records no resolution.
         """
         down = self.get_downsample_ratio(wsi, level)
         mx, my = wsi.properties.get("tiffslide.mpp-x"), wsi.properties.get("tiffslide.mpp-y")
         if mx and my:
             return down * float(my), down * float(mx)
-        raise ValueError(
+        raise InputError(
             f"{self.get_file_path(wsi)}: the slide records no microns-per-pixel; use a level instead."
         )
 
@@ -117,12 +119,12 @@ class TiffSlideWSIReader(BaseWSIReader):
         """Objective power at ``level``.
 
         Raises:
-            ValueError: when the slide records none.
+            InputError: when the slide records none.
         """
         power = wsi.properties.get("tiffslide.objective-power")
         if power:
             return float(power) / self.get_downsample_ratio(wsi, level)
-        raise ValueError(
+        raise InputError(
             f"{self.get_file_path(wsi)}: the slide records no objective power; use a level instead."
         )
 
@@ -135,18 +137,18 @@ def _patch_geometry(
         size_t = _patch_size(item.get("size") or item.get("patch_size") or default_size)
         level = int(item.get("level", item.get("patch_level", 0)) or 0)
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(
+        raise InputError(
             f"item {item.get('id', '?')}: a slide patch needs 'location' [row, col] and 'size' [h, w] ({e})."
         ) from e
     if len(location) != 2 or len(size_t) != 2:
-        raise ValueError(f"item {item.get('id', '?')}: location and patch_size must have 2 values each.")
+        raise InputError(f"item {item.get('id', '?')}: location and patch_size must have 2 values each.")
     return (location[0], location[1]), (size_t[0], size_t[1]), level
 
 
 def _patch_size(size: Any) -> tuple[int, ...]:
     """``(h, w)`` from a size (one value: a square); raises ValueError when there is none."""
     if size is None:
-        raise ValueError("no patch_size in the item and no default size")
+        raise InputError("no patch_size in the item and no default size")
     size_t = tuple(int(v) for v in ensure_tuple(size))
     return (size_t[0], size_t[0]) if len(size_t) == 1 else size_t
 
@@ -202,7 +204,7 @@ class LoadWSIPatchd(MapTransform):
                 or location[0] + size[0] * down > height
                 or location[1] + size[1] * down > width
             ):
-                raise ValueError(
+                raise InputError(
                     f"item {d.get('id', '?')}: patch at {location} size {size} level {level} lies outside the slide "
                     f"{path} ({height}x{width})."
                 )
@@ -302,22 +304,22 @@ def read_thumbnail(path: str | os.PathLike, max_side: int = 1024) -> np.ndarray:
         likewise for columns).
 
     Raises:
-        ValueError: when the file is not a slide tifffile can read tile by tile, or ``max_side < 1``.
+        InputError: when the file is not a slide tifffile can read tile by tile, or ``max_side < 1``.
     """
     # tifffile loads only when a thumbnail is read
     import tifffile
 
     if max_side < 1:
-        raise ValueError(f"max_side must be a positive int but is {max_side}.")
+        raise InputError(f"max_side must be a positive int but is {max_side}.")
     try:
         tf = tifffile.TiffFile(path)
     except Exception as e:
-        raise ValueError(f"{path}: not a TIFF slide ({type(e).__name__}: {e}).") from e
+        raise InputError(f"{path}: not a TIFF slide ({one_line(e, with_type=True)}).") from e
     with tf:
         level = _thumbnail_level(list(tf.series[0].levels), max_side)
         page = level.keyframe
         if page.planarconfig != 1 and page.samplesperpixel > 1:  # 1: contiguous samples
-            raise ValueError(f"{path}: planar (separate-sample) TIFF slides are not supported.")
+            raise InputError(f"{path}: planar (separate-sample) TIFF slides are not supported.")
         height, width = int(page.imagelength), int(page.imagewidth)
         factor = max(1, math.ceil(max(height, width) / max_side))
         out_h, out_w = math.ceil(height / factor), math.ceil(width / factor)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from monai.data import PydicomReader
 
-from lilaw_med.data.readers.common import ImageHeader, _not_regular, _one_line, _size_problem
+from lilaw_med.data.readers.common import ImageHeader, _not_regular, _size_problem
 from lilaw_med.data.readers.dicom_meta import (
     _decode_error,
     _dicom_bits,
@@ -34,6 +34,7 @@ from lilaw_med.data.readers.dicom_meta import (
     _transfer_syntax,
 )
 from lilaw_med.data.readers.dicom_series import _series_problem
+from lilaw_med.errors import InputError, one_line
 
 __all__ = [
     "DICOM_SUFFIXES",
@@ -88,7 +89,7 @@ def list_series_files(folder: str | os.PathLike) -> list[str]:
         The file paths.
 
     Raises:
-        ValueError: for a symbolic link in the folder that loops or points nowhere (one line naming it:
+        InputError: for a symbolic link in the folder that loops or points nowhere (one line naming it:
             a slice of the series may be missing).
         OSError: when the folder cannot be listed.
     """
@@ -102,7 +103,7 @@ def list_series_files(folder: str | os.PathLike) -> list[str]:
             except OSError as e:
                 if entry.is_symlink():
                     how = "loops" if e.errno == errno.ELOOP else "points nowhere"
-                    raise ValueError(
+                    raise InputError(
                         f"{entry.path}: a symbolic link that {how} ({e.strerror}) in the series folder; expected "
                         f"the series' DICOM files."
                     ) from None
@@ -136,7 +137,7 @@ def dicom_image_problem(ds: Any, filename: str | os.PathLike) -> str | None:
         The reason (one line, without the file name), or ``None``.
 
     Raises:
-        ValueError: when Rows/Columns/NumberOfFrames/SamplesPerPixel are not integers.
+        InputError: when Rows/Columns/NumberOfFrames/SamplesPerPixel are not integers.
     """
     for rule in _IMAGE_RULES:
         problem = rule(ds, filename)
@@ -210,7 +211,7 @@ def _decode_dicom(ds: Any, filename: str | os.PathLike) -> np.ndarray:
     """Decodes the pixel data as stored (frames first, samples last), palette colour through its LUT.
 
     Raises:
-        ValueError: one line naming the file, the transfer syntax, the decoders' reasons and
+        InputError: one line naming the file, the transfer syntax, the decoders' reasons and
             what to install (see :func:`_decode_error`).
     """
     # pydicom (about 0.3 s) loads with the first DICOM file: runs of other formats never import it
@@ -240,7 +241,7 @@ def _check_native_pixels(filename: str, ds: Any, inflated: bool) -> None:
         inflated: the dataset came from a deflated file (offsets refer to the inflated stream).
 
     Raises:
-        ValueError: for missing or invalid group 0028 values and truncated pixel data.
+        InputError: for missing or invalid group 0028 values and truncated pixel data.
     """
     # pydicom (about 0.3 s) loads with the first DICOM file: runs of other formats never import it
     from pydicom.pixels import as_pixel_options
@@ -256,8 +257,8 @@ def _check_native_pixels(filename: str, ds: Any, inflated: bool) -> None:
         runner._validate_options()
         expected = math.ceil(runner.frame_length(unit="bytes") * runner.number_of_frames)
     except (AttributeError, ValueError, TypeError) as e:
-        raise ValueError(
-            f"{filename}: cannot decode the pixel data of {_transfer_syntax(ds)}: {_one_line(e)}."
+        raise InputError(
+            f"{filename}: cannot decode the pixel data of {_transfer_syntax(ds)}: {one_line(e)}."
         ) from e
     held = _held_bytes(filename, ds.get_item(keyword, keep_deferred=True), inflated)
     if held is not None:
@@ -282,7 +283,7 @@ def _check_pixel_length(filename: str, ds: Any, runner: Any, expected: int, held
     padded = expected + expected % 2
     if held < padded and held != expected:
         bits = runner.bits_allocated
-        raise ValueError(
+        raise InputError(
             f"{filename}: truncated pixel data: expected {expected} bytes for {runner.rows}x{runner.columns}"
             f"x{runner.number_of_frames} frame(s) of {bits} bits ({runner.photometric_interpretation}), "
             f"the file holds {held}."
@@ -291,7 +292,7 @@ def _check_pixel_length(filename: str, ds: Any, runner: Any, expected: int, held
         runner.photometric_interpretation == "YBR_FULL_422"
         and held >= expected // 2 * 3 + (expected // 2 * 3) % 2
     ):
-        raise ValueError(
+        raise InputError(
             f"{filename}: cannot decode the pixel data of {_transfer_syntax(ds)}: the pixel data is a third larger "
             f"than YBR_FULL_422 allows ({held} vs {expected} bytes): the Photometric Interpretation is likely RGB "
             f"or YBR_FULL."
@@ -302,15 +303,15 @@ def _checked_input(name: str | os.PathLike) -> list[str] | None:
     """A series folder's DICOM files; ``None`` for a regular file; raises for anything else."""
     problem = _not_regular(name)
     if problem:
-        raise ValueError(f"{name}: {problem}")
+        raise InputError(f"{name}: {problem}")
     if not Path(name).is_dir():
         return None
     try:
         files = list_series_files(name)
     except OSError as e:
-        raise ValueError(f"{name}: cannot list the series folder ({_one_line(e)}).") from e
+        raise InputError(f"{name}: cannot list the series folder ({one_line(e)}).") from e
     if not files:
-        raise ValueError(f"{name}: the folder holds no DICOM files (expected one series).")
+        raise InputError(f"{name}: the folder holds no DICOM files (expected one series).")
     return files
 
 
@@ -355,7 +356,7 @@ class DicomReader(PydicomReader):
         MONAI's reader opens every entry of the folder, and a FIFO there would block it forever.
 
         Raises:
-            ValueError: one line naming the file or folder: not a regular file, an empty series folder,
+            InputError: one line naming the file or folder: not a regular file, an empty series folder,
                 a looping or dangling link in it, or a file pydicom cannot read.
         """
         names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
@@ -364,7 +365,7 @@ class DicomReader(PydicomReader):
             return self._read_files(names, series, kwargs) if series else super().read(data, **kwargs)
         except Exception as e:  # pydicom raises InvalidDicomError, EOFError, OSError, ValueError, ...
             shown = names[0] if len(names) == 1 else data
-            raise ValueError(f"{shown}: not a readable DICOM file ({_one_line(e)}).") from e
+            raise InputError(f"{shown}: not a readable DICOM file ({one_line(e)}).") from e
 
     def _read_files(
         self, names: list[Any], series: Mapping[int, list[str]], kwargs: Mapping[str, Any]
@@ -425,13 +426,13 @@ class DicomReader(PydicomReader):
         folder = os.path.dirname(str(filenames[0])) if filenames else "?"
         problem = _series_problem([(ds, str(f)) for ds, f in zip(data, filenames, strict=True)])
         if problem:
-            raise ValueError(f"{folder}: {problem}")
+            raise InputError(f"{folder}: {problem}")
         return super()._combine_dicom_series(data, filenames)
 
     def _get_array_data(self, img: Any, filename: Any) -> np.ndarray:
         problem = dicom_image_problem(img, filename)
         if problem:
-            raise ValueError(f"{filename}: {problem}")
+            raise InputError(f"{filename}: {problem}")
         _, _, frames, samples = _dicom_geometry(img, filename)
         family = _syntax_family(_syntax(img))
         if family in ("native", "deflated"):
@@ -475,17 +476,17 @@ def dicom_header(p: Path, kind: str, decode: bool) -> ImageHeader:
         The header.
 
     Raises:
-        ValueError: one line naming the file and what is wrong.
+        InputError: one line naming the file and what is wrong.
     """
     files = [str(p)] if kind == "dicom" else list_series_files(p)
     if not files:
-        raise ValueError(f"{p}: the folder holds no DICOM files (expected one series).")
+        raise InputError(f"{p}: the folder holds no DICOM files (expected one series).")
     slices = [_header_slice(f) for f in files]
     series = kind == "dicom_series" and len(slices) > 1
     if series:
         problem = _series_problem([(ds, f) for ds, f, _ in slices])
         if problem:
-            raise ValueError(f"{p}: {problem}")
+            raise InputError(f"{p}: {problem}")
     return _header(kind, slices, series, _check_pixels(slices, decode))
 
 
@@ -508,7 +509,7 @@ def _read_dataset(f: str, defer_size: int | None = None) -> Any:
     try:
         return pydicom.dcmread(f, defer_size=defer_size)
     except Exception as e:  # e.g. the encapsulated pixel data ends early
-        raise ValueError(f"{f}: not a readable DICOM file ({type(e).__name__}: {_one_line(e)}).") from e
+        raise InputError(f"{f}: not a readable DICOM file ({one_line(e, with_type=True)}).") from e
 
 
 def _header_slice(f: str) -> tuple[Any, str, str]:
@@ -523,7 +524,7 @@ def _header_slice(f: str) -> tuple[Any, str, str]:
         ds = _read_dataset(f)
     problem = dicom_image_problem(ds, f)
     if problem:
-        raise ValueError(f"{f}: {problem}")
+        raise InputError(f"{f}: {problem}")
     return ds, f, family
 
 

@@ -11,7 +11,7 @@ import os
 import re
 from typing import Any
 
-from lilaw_med.data.readers.common import _one_line
+from lilaw_med.errors import InputError, one_line
 
 # pydicom names a decoder plugin's requirements by import name; pip needs the distribution name
 _DISTRIBUTION = {"gdcm": "python-gdcm"}
@@ -51,7 +51,7 @@ def _dicom_geometry(ds: Any, filename: str | os.PathLike) -> tuple[int, int, int
     """``(rows, columns, frames, samples)`` of an image dataset.
 
     Raises:
-        ValueError: when a value is not an integer (e.g. pydicom's ``badVR.dcm``).
+        InputError: when a value is not an integer (e.g. pydicom's ``badVR.dcm``).
     """
     try:
         return (
@@ -61,8 +61,8 @@ def _dicom_geometry(ds: Any, filename: str | os.PathLike) -> tuple[int, int, int
             int(ds.get("SamplesPerPixel", 1) or 1),
         )
     except (ValueError, TypeError) as e:
-        raise ValueError(
-            f"{filename}: invalid image header value ({_one_line(e)}); expected integers in Rows, Columns, "
+        raise InputError(
+            f"{filename}: invalid image header value ({one_line(e)}); expected integers in Rows, Columns, "
             f"NumberOfFrames, SamplesPerPixel."
         ) from e
 
@@ -115,16 +115,16 @@ def _decode_error(filename: str | os.PathLike, ds: Any, error: BaseException) ->
     uid = _syntax(ds)
     family = _syntax_family(uid)
     head = f"{filename}: cannot decode the pixel data of {_transfer_syntax(ds)}"
-    reason = _one_line(error)
+    reason = one_line(error)
     if family == "unknown" or isinstance(error, NotImplementedError):
-        return ValueError(
+        return InputError(
             f"{head}: pydicom has no decoder for this transfer syntax, so no installed decoder can read this file "
             f"(convert it to an uncompressed or a JPEG/JPEG-LS/JPEG 2000/RLE syntax)."
         )
     # RuntimeError: pydicom tried the plugins (or had none); other errors come from the header's
     # values (group 0028, lengths), which no codec would change
     if family != "encapsulated" or not isinstance(error, RuntimeError):
-        return ValueError(f"{head}: {reason}.")
+        return InputError(f"{head}: {reason}.")
     packages = _missing_codec_packages(uid)
     if not get_decoder(uid).is_available:
         fix = (
@@ -132,6 +132,6 @@ def _decode_error(filename: str | os.PathLike, ds: Any, error: BaseException) ->
             if packages
             else "pydicom lists no decoder to install"
         )
-        return ValueError(f"{head}: no installed decoder can read this transfer syntax; {fix}.")
+        return InputError(f"{head}: no installed decoder can read this transfer syntax; {fix}.")
     others = f"; pydicom's other decoders for it: {' or '.join(packages)}" if packages else ""
-    return ValueError(f"{head}: {reason}; no installed decoder can read this file{others}.")
+    return InputError(f"{head}: {reason}; no installed decoder can read this file{others}.")

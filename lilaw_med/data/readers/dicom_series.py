@@ -26,7 +26,7 @@ def _series_problem(slices: Slices) -> str | None:
     :data:`_SERIES_RULES` that fails).
 
     Raises:
-        ValueError: when a slice's Rows/Columns/NumberOfFrames/SamplesPerPixel are not integers.
+        InputError: when a slice's Rows/Columns/NumberOfFrames/SamplesPerPixel are not integers.
     """
     for rule in _SERIES_RULES:
         problem = rule(slices)

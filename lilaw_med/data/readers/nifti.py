@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from monai.data import NibabelReader
 
-from lilaw_med.data.readers.common import ImageHeader, _one_line, _size_problem
+from lilaw_med.data.readers.common import ImageHeader, _size_problem
+from lilaw_med.errors import InputError, one_line
 
 __all__ = ["NIFTI_SUFFIXES", "NiftiReader", "nifti_header", "nifti_problem"]
 
@@ -110,7 +111,7 @@ def _read_nifti_gz(path: str | os.PathLike) -> Any | None:
         verdict and message it always gave.
 
     Raises:
-        ValueError: naming the file and what :func:`nifti_problem` found in its header.
+        InputError: naming the file and what :func:`nifti_problem` found in its header.
     """
     if not str(path).lower().endswith(".nii.gz"):
         return None
@@ -124,7 +125,7 @@ def _read_nifti_gz(path: str | os.PathLike) -> Any | None:
     img, stream = parsed
     problem = nifti_problem(img)
     if problem:
-        raise ValueError(f"{path}: {problem}")
+        raise InputError(f"{path}: {problem}")
     voxels = _inflate_voxels(inflate, math.prod(int(d) for d in img.shape) * img.get_data_dtype().itemsize)
     if voxels is None:
         return None
@@ -209,7 +210,7 @@ class NiftiReader(NibabelReader):
         small volume.
 
         Raises:
-            ValueError: naming the file and what :func:`nifti_problem` found.
+            InputError: naming the file and what :func:`nifti_problem` found.
         """
         # nibabel loads with the first NIfTI file: runs of other formats never import it
         import nibabel as nib
@@ -227,7 +228,7 @@ class NiftiReader(NibabelReader):
                 img = nib.load(name, **options)
                 problem = nifti_problem(img)
                 if problem:
-                    raise ValueError(f"{name}: {problem}")
+                    raise InputError(f"{name}: {problem}")
             images.append(correct_nifti_header_if_necessary(img))
         return images if len(filenames) > 1 else images[0]
 
@@ -244,7 +245,7 @@ def nifti_header(p: Path, kind: str, decode: bool) -> ImageHeader:
         The header.
 
     Raises:
-        ValueError: one line naming the file and what is wrong.
+        InputError: one line naming the file and what is wrong.
     """
     # nibabel loads with the first NIfTI file: runs of other formats never import it
     import nibabel as nib
@@ -253,9 +254,9 @@ def nifti_header(p: Path, kind: str, decode: bool) -> ImageHeader:
         img = nib.load(str(p))
         problem = nifti_problem(img)
     except Exception as e:
-        raise ValueError(f"{p}: not a readable NIfTI file ({type(e).__name__}: {_one_line(e)}).") from e
+        raise InputError(f"{p}: not a readable NIfTI file ({one_line(e, with_type=True)}).") from e
     if problem:
-        raise ValueError(f"{p}: {problem}")
+        raise InputError(f"{p}: {problem}")
     # MONAI reads the first three axes as space and the rest as channels (one, by nifti_problem)
     shape = tuple(int(s) for s in img.shape[:3])
     finite = None
@@ -264,7 +265,7 @@ def nifti_header(p: Path, kind: str, decode: bool) -> ImageHeader:
         try:
             arr = np.asanyarray(img.dataobj)
         except Exception as e:  # truncated data, bad scaling
-            raise ValueError(f"{p}: not a readable NIfTI file ({type(e).__name__}: {_one_line(e)}).") from e
+            raise InputError(f"{p}: not a readable NIfTI file ({one_line(e, with_type=True)}).") from e
         finite = bool(np.isfinite(arr).all())
     return ImageHeader("nifti", shape, 1, decode or is_float, finite)
 
