@@ -1,20 +1,9 @@
 """Curation of a datalist after an audit: drop items (``--exclude``) or correct labels (``--relabel``).
 
-Both read a CSV with a header and an ``id`` column (the ids of ``datalist.json`` / ``audit.csv``):
-
-* exclusions: ``id`` plus any other columns (``lilaw-med audit`` writes ``exclude.csv`` with
-  ``id, path, given_label, predicted_label, label_score, reason``); every listed item is removed
-  from whichever split holds it;
-* relabels: ``id`` and ``label`` (also accepted: ``new_label``, ``corrected_label``), a class index
-  or a class name; for multi-label datalists, ``;``-separated class names or 0/1 flags. The item's
-  previous label is kept as ``"label_before_relabel"``;
-* a reader's decision file (the review page's "Save decisions", :data:`DECISION_COLUMNS`): a CSV
-  with a ``decision`` column. ``--exclude`` reads its ``exclude`` rows and ``--relabel`` its
-  ``relabel`` rows (label in ``new_label``); ``keep`` and ``skip`` rows change nothing. The same
-  file goes to both flags.
-
-An id the datalist does not hold is an error (a typo or a CSV from another data set must not pass
-silently); so is a CSV without an ``id`` column, an empty id, or an unknown class.
+Both read a CSV with an ``id`` column: an exclusion list (any other columns), a relabel list
+(``id`` and one of :data:`LABEL_COLUMNS`), or a reader's decision file (a ``decision`` column,
+:data:`DECISION_COLUMNS`: ``--exclude`` applies its ``exclude`` rows, ``--relabel`` its ``relabel``
+rows). An id the datalist does not hold is an error, never skipped silently. See docs/audit.md.
 """
 
 from __future__ import annotations
@@ -142,6 +131,10 @@ def apply_exclusions(datalist: Datalist, csv_path: str | os.PathLike) -> Datalis
     Returns:
         A new :class:`Datalist` without those items.
 
+    Example::
+
+        kept = apply_exclusions(load_datalist("data/datalist.json"), "runs/r1/audit/exclude.csv")
+
     Raises:
         FileNotFoundError: when the CSV is missing.
         InputError: on an id the datalist does not hold, or a malformed CSV.
@@ -200,6 +193,10 @@ def apply_relabels(datalist: Datalist, csv_path: str | os.PathLike) -> Datalist:
     Returns:
         A new :class:`Datalist` whose listed items carry the new labels (and
         ``"label_before_relabel"``).
+
+    Example::
+
+        fixed = apply_relabels(load_datalist("data/datalist.json"), "decisions.csv")  # its relabel rows
 
     Raises:
         FileNotFoundError: when the CSV is missing.

@@ -1,19 +1,8 @@
 """Datalists: MONAI decathlon-style JSON and CSV, resolved to items with stable ids and groups.
 
-A datalist item is a dict (the contract between ``data/``, ``training/`` and ``audit/``)::
-
-    {"id": str (stable, unique), "image": str (absolute path: file or DICOM series folder),
-     "label": int (class index) | list[int] (multi-label 0/1) | None (unlabelled test item),
-     "group": str | None (patient, study or slide), ... extra keys kept}
-
-Label conventions (decided here, documented in docs/data.md):
-
-* integers (or strings of digits) are class indices;
-* class names are mapped through ``class_names``; when names are used and no class list is
-  given (neither as an argument nor as ``"class_names"`` in the JSON), the sorted unique names
-  over all splits become the classes;
-* multi-label items carry a list: either 0/1 flags (one per class) or a list of class names
-  (turned into flags); in a CSV, the flags or names are separated by ``;``.
+A resolved item is ``{"id", "image" (absolute path), "label" (class index, 0/1 flags or None),
+"group", ...extra keys}``; the label, id and path conventions are in docs/data.md section 1.
+The grouped splits live in :mod:`lilaw_med.data.splits` (re-exported here).
 """
 
 from __future__ import annotations
@@ -207,6 +196,12 @@ def load_datalist(
 
     Returns:
         The resolved :class:`Datalist`.
+
+    Example::
+
+        dl = load_datalist("data/datalist.json", val_fraction=0.2, seed=1)
+        dl.training[0]["id"]  # the image path relative to the datalist's folder: 'images/p1_0.dcm'
+        checked = load_datalist("data/datalist.json", strict=False).problems  # bad items kept, listed
 
     Raises:
         FileNotFoundError: when ``path`` does not exist.

@@ -163,6 +163,12 @@ def plan_cache(
 
     Returns:
         The :class:`CachePlan`.
+
+    Example::
+
+        plan = plan_cache("memory", datalist.training, transforms, cached_items=len(datalist.training),
+                          budget_bytes=8 * 2**30, cache_dir="cache/")
+        ds = build_dataset(datalist.training, transforms, cache=plan.mode, cache_dir="cache/")
     """
     if requested != "memory" or cached_items == 0:
         return CachePlan(requested, requested)

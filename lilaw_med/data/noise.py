@@ -1,22 +1,11 @@
 """Label-noise simulation with the truth recorded (cleanlab-style pure functions over arrays).
 
-Four kinds, named by a string (``kind``) so that benchmarks can swap them:
-
-* ``"symmetric"``: each label is replaced, with probability ``rate``, by one of the *other*
-  ``K - 1`` classes chosen uniformly (multi-label: each flag flips with probability ``rate``), so
-  ``rate`` is the share of wrong labels;
-* ``"uniform"``: the LiLAW authors' prototype's "uniform" noise: each label is redrawn, with
-  probability ``rate``, from all ``K`` classes, its own included, so the share of wrong labels is
-  ``rate * (K - 1) / K`` (binary ``rate = 0.4``: 20% wrong); the papers' noise levels mean this;
-* ``"asymmetric"`` (class-conditional): the noisy label is drawn from row ``y`` of a transition
-  matrix ``T`` (``T[i, j] = P(noisy = j | true = i)``), given directly or built from class pairs
-  ``{i: j}`` flipped with probability ``rate`` (default pairs: ``i -> (i + 1) mod K``);
-* ``"instance"`` (instance-dependent, Xia et al., NeurIPS 2020, "Part-dependent label noise"):
-  each sample gets its own flip probability ``q_i`` from a normal around ``rate`` (sd 0.1,
-  clipped to [0, 1]), and its flip target depends on its features through a random projection.
-
-Every function is seeded, returns the noisy labels and the rate actually applied
-(``mean(noisy != labels)``), and never changes its input.
+Four kinds, named by a string (:data:`NOISE_KINDS`): ``"symmetric"`` (a wrong label with
+probability ``rate``), ``"uniform"`` (the LiLAW authors' "uniform" noise: redrawn from all ``K``
+classes, so ``rate * (K - 1) / K`` wrong; the papers' noise levels mean this), ``"asymmetric"``
+(class-conditional, a transition matrix or class pairs) and ``"instance"`` (Xia et al., NeurIPS
+2020). Every function is seeded, returns the noisy labels and the rate actually applied
+(``mean(noisy != labels)``), and never changes its input. See docs/data.md section 5.
 """
 
 from __future__ import annotations
@@ -388,6 +377,12 @@ def add_noise_to_datalist(
 
     Returns:
         A :class:`NoiseResult` with the paths and the actual rates.
+
+    Example::
+
+        result = add_noise_to_datalist("data/datalist_clean.json", "data/noisy40.json", rate=0.4, seed=0)
+        result.actual_rate  # split -> the share of labels changed
+        truth = load_noise_truth(result.datalist)  # id -> true label
 
     Raises:
         InputError: for an unknown split or kind, unlabelled items in a noised split, or

@@ -139,6 +139,11 @@ def import_npz(
     Returns:
         The path of ``datalist.json``.
 
+    Example::
+
+        path = import_npz("pneumoniamnist.npz", "data/pneumonia", fmt="dicom", class_names=["normal", "pneumonia"])
+        dl = load_datalist(path)  # ids train_00000, ...; validation from val_images
+
     Raises:
         FileNotFoundError: when the npz is missing.
         InputError: when it lacks the expected arrays or they disagree in length.

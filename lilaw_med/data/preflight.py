@@ -1,22 +1,11 @@
 """Pre-flight check: open every datalist item once and report, per item, what is wrong.
 
-The verdict on each file is :func:`lilaw_med.data.readers.read_header`'s, the function ``predict``
-runs on its inputs too, and it applies the loader's own rules: what it accepts, the training
-transforms load; what it refuses, they refuse. Found per item (each a :class:`Problem` with its
-``kind``): missing file, a file the reader refuses, wrong dimensionality, label missing or out of
-range, duplicate ids, whole-slide patches outside the slide. See docs/data.md for what is read per
-format.
-
-**At scale.** Every step is linear in the items (ids and labels through dicts); files are read by a
-pool of processes over the usable cores, with one progress line when there are many; a whole-slide
-image is opened once for all its patches and closed before the next, so the open files stay bounded.
-Verdicts go to a manifest, one per datalist, keyed by (path, size, modification time) and by the
-installed decoders, appended chunk by chunk (a crash loses one chunk); a second check of an unchanged
-data set reads nothing, and installing a codec re-checks what it may fix.
-
-Training calls :func:`preflight_or_raise`: by default it refuses to start on any problem and
-names every bad item; with ``skip_bad`` it drops them and writes them (id, path, split, reason) to
-the CSV file the caller names (training: the run folder's ``RunDir.rejected``). Nothing is dropped silently.
+The verdict on each file is :func:`lilaw_med.data.readers.read_header`'s (the loader's own rules,
+the function ``predict`` runs too); each finding is a :class:`Problem` with its ``kind``. Files are
+read by a pool of processes, each slide opened once for all its patches, and verdicts cached in a
+manifest per datalist keyed by (path, size, mtime) and the installed decoders. Training calls
+:func:`preflight_or_raise`, which refuses to start on any problem, or with ``skip_bad`` drops the
+bad items and lists them in a CSV. See docs/data.md section 6.
 """
 
 from __future__ import annotations
@@ -607,6 +596,13 @@ def preflight_or_raise(
     Returns:
         The datalist unchanged when there is no problem; with ``skip_bad``, a copy without the
         bad items (and with ``problems`` emptied).
+
+    Example::
+
+        datalist = preflight_or_raise(
+            load_datalist("data/datalist.json", strict=False), skip_bad=True,
+            rejected_csv="runs/r1/rejected_items.csv", expected_dims=2,
+        )
 
     Raises:
         InputError: when there are problems and ``skip_bad`` is off (the message lists every bad

@@ -1,23 +1,10 @@
 """Deterministic synthetic sample data as real files (DICOM, NIfTI, PNG tiles, a tiled TIFF slide).
 
-``write_sample_data(DIR)`` (the ``lilaw-med sample-data DIR`` command) writes, in seconds::
-
-    DIR/radiology_2d/  images/*.dcm   2D chest radiographs (CR/DX DICOM, 128x128, 12-bit, some
-                                      MONOCHROME1); classes normal / opacity (a round opacity
-                                      in a lung field)
-    DIR/radiology_3d/  volumes/*.nii.gz  abdominal CT-like volumes (40^3, int16 HU, 2x2x2.5 mm,
-                                      RAS affine); classes no_lesion / lesion (an enhancing
-                                      sphere in the liver)
-    DIR/pathology/     tiles/*.png    H&E-like RGB tiles (64x64); classes stroma / lymphocytes /
-                                      tumor (nuclei density, size and fibres differ)
-    DIR/slide/         slide_*.tiff   small tiled pyramid TIFFs (3 levels, 256-px tiles) made of
-                                      the same tissue classes, with a patch list (location, label)
-
-Each folder holds ``datalist_clean.json`` (the true labels; training and test splits, a
-``group`` per synthetic patient or slide) and ``datalist.json``: the same items with symmetric
-label noise injected into training and validation (validation split off the training list,
-grouped and stratified), with its ``datalist_noise.csv`` sidecar of true labels. The test split
-stays clean. The same seed gives the same pixel data, UIDs, splits and noisy labels.
+:func:`write_sample_data` (``lilaw-med sample-data DIR``) writes ``radiology_2d/``, ``radiology_3d/``,
+``pathology/`` and ``slide/``, each with ``datalist_clean.json`` (the true labels) and
+``datalist.json`` (symmetric noise in training and validation, recorded in
+``datalist_noise.csv``; the test split stays clean). The same seed gives the same pixels, UIDs,
+splits and noisy labels. What each set holds: sample_data/README.md.
 """
 
 from __future__ import annotations
@@ -492,6 +479,11 @@ def write_sample_data(
     noise_rate: float = 0.2,
 ) -> dict[str, Path]:
     """Writes the sample data sets with datalists and injected, recorded label noise.
+
+    Example::
+
+        datalists = write_sample_data("sample_data", n_2d=100, n_3d=40)
+        dl = load_datalist(datalists["radiology_2d"])  # the noisy datalist; its sidecar holds the truth
 
     Args:
         out_dir: the folder to write into (created).

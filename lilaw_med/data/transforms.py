@@ -147,6 +147,11 @@ def build_transforms(preset: str, options: Mapping[str, Any] | None = None, trai
     Returns:
         The ``Compose`` to apply to datalist items.
 
+    Example::
+
+        chain = build_transforms("radiology_2d", {"spatial_size": 224}, train=True)
+        item = chain(datalist.training[0])  # {"image": (1, 224, 224) float32, "label": tensor(1), "id": ...}
+
     Raises:
         InputError: for an unknown preset or option, or an invalid option value.
     """
@@ -319,9 +324,8 @@ class ScaleIntensityPercentilesd(MapTransform):
     The same result as MONAI's ``ScaleIntensityRangePercentilesd`` (``relative=False``,
     ``channel_wise=False``; linear interpolation between order statistics, float32 output) to
     float32 rounding, at a fraction of the cost: MONAI calls ``torch.quantile`` once per
-    percentile, each a full sort of the image (about 70 ms of user and 13 ms of system time for
-    a 96^3 volume), where one ``np.percentile`` call partitions the array once for both
-    percentiles (about 7 ms). Like MONAI's transform, an image whose two percentiles are equal
+    percentile, each a full sort of the image, where one ``np.percentile`` call partitions the
+    array once for both percentiles (timings in docs/data.md section 8). Like MONAI's transform, an image whose two percentiles are equal
     is shifted (``x - lower_value + b_min``), not scaled.
 
     Args:
@@ -430,12 +434,12 @@ class ResizeScalePercentilesd(MapTransform):
 class OrientIfNeededd(Orientationd):
     """MONAI's ``Orientationd``, skipped for an image whose affine already has the wanted axis codes.
 
-    Reorienting a volume that is already oriented copies nothing but still costs MONAI about 2.5 ms
-    (the affine's orientation, a no-op flip and transpose, metadata); the chain drops the metadata
-    at its end (``EnsureTyped(track_meta=False)``), so skipping it gives the same pixels. Images
-    without an affine (not a ``MetaTensor``) go to MONAI, which handles them as it does. The axis
-    codes of each distinct affine are computed once (``aff2axcodes`` takes about 0.4 ms; a data set's
-    volumes share a handful of affines).
+    Reorienting a volume that is already oriented copies nothing but still costs MONAI time (the
+    affine's orientation, a no-op flip and transpose, metadata; docs/data.md sections 3 and 8); the chain
+    drops the metadata at its end (``EnsureTyped(track_meta=False)``), so skipping it gives the same
+    pixels. Images without an affine (not a ``MetaTensor``) go to MONAI, which handles them as it
+    does. The axis codes of each distinct affine are computed once (a data set's volumes share a
+    handful of affines).
     """
 
     _CACHE_SIZE: ClassVar[int] = 4096

@@ -101,6 +101,12 @@ class LoadMedicalImaged(MapTransform):
     ``RuntimeError``; here the reader is given at call time, so the error that names the file
     and what is wrong is the one raised.
 
+    Example::
+
+        load = LoadMedicalImaged("image")
+        item = load({"id": "p1", "image": "images/p1_0.dcm", "label": 1})
+        item["image"].shape  # (1, 128, 128): channel first, x first
+
     Args:
         keys: the keys holding paths.
         voi_lut: apply the VOI LUT / window stored in DICOM files.

@@ -206,8 +206,7 @@ class NiftiReader(NibabelReader):
         Each file is opened by ``nibabel.load`` once: the image whose header :func:`nifti_problem`
         checks is the one returned (nibabel maps the voxels lazily, so nothing but the header has
         been read when the check refuses a file). Loading it a second time for the data, as
-        ``NibabelReader.read`` would, parsed every header twice: a third of the time to load a
-        small volume.
+        ``NibabelReader.read`` does, would parse every header twice (docs/data.md section 8).
 
         Raises:
             InputError: naming the file and what :func:`nifti_problem` found.
