@@ -1,20 +1,9 @@
 """Curation of a datalist after an audit: drop items (``--exclude``) or correct labels (``--relabel``).
 
-Both read a CSV with a header and an ``id`` column (the ids of ``datalist.json`` / ``audit.csv``):
-
-* exclusions: ``id`` plus any other columns (``lilaw-med audit`` writes ``exclude.csv`` with
-  ``id, path, given_label, predicted_label, label_score, reason``); every listed item is removed
-  from whichever split holds it;
-* relabels: ``id`` and ``label`` (also accepted: ``new_label``, ``corrected_label``), a class index
-  or a class name; for multi-label datalists, ``;``-separated class names or 0/1 flags. The item's
-  previous label is kept as ``"label_before_relabel"``;
-* a reader's decision file (the review page's "Save decisions", :data:`DECISION_COLUMNS`): a CSV
-  with a ``decision`` column. ``--exclude`` reads its ``exclude`` rows and ``--relabel`` its
-  ``relabel`` rows (label in ``new_label``); ``keep`` and ``skip`` rows change nothing. The same
-  file goes to both flags.
-
-An id the datalist does not hold is an error (a typo or a CSV from another data set must not pass
-silently); so is a CSV without an ``id`` column, an empty id, or an unknown class.
+Both read a CSV with an ``id`` column: an exclusion list (any other columns), a relabel list
+(``id`` and one of :data:`LABEL_COLUMNS`), or a reader's decision file (a ``decision`` column,
+:data:`DECISION_COLUMNS`: ``--exclude`` applies its ``exclude`` rows, ``--relabel`` its ``relabel``
+rows). An id the datalist does not hold is an error, never skipped silently. See docs/audit.md.
 """
 
 from __future__ import annotations
@@ -29,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lilaw_med.data.datalist import SPLITS, Datalist
+from lilaw_med.errors import InputError
 from lilaw_med.utils import unguard_csv_text
 
 __all__ = [
@@ -69,7 +59,7 @@ def read_id_csv(path: str | os.PathLike) -> list[dict[str, str]]:
 
     Raises:
         FileNotFoundError: when the file is missing.
-        ValueError: when it has no ``id`` column or a row has an empty id.
+        InputError: when it has no ``id`` column or a row has an empty id.
     """
     p = Path(path)
     if not p.is_file():
@@ -78,14 +68,16 @@ def read_id_csv(path: str | os.PathLike) -> list[dict[str, str]]:
         reader = csv.DictReader(f)
         fields = [c.strip() for c in (reader.fieldnames or [])]
         if "id" not in fields:
-            raise ValueError(f"{p}: a column named 'id' is required (found columns {fields}).")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            clean = {(k or "").strip(): unguard_csv_text((v or "").strip()) for k, v in row.items() if k is not None}
-            if not clean.get("id"):
-                raise ValueError(f"{p}, line {line}: empty id.")
-            rows.append(clean)
-    return rows
+            raise InputError(f"{p}: a column named 'id' is required (found columns {fields}).")
+        return [_clean_row(row, p, line) for line, row in enumerate(reader, start=2)]
+
+
+def _clean_row(row: dict[str | None, Any], path: Path, line: int) -> dict[str, str]:
+    """A row with stripped, unguarded values (cells beyond the header dropped); its id must not be empty."""
+    clean = {(k or "").strip(): unguard_csv_text((v or "").strip()) for k, v in row.items() if k is not None}
+    if not clean.get("id"):
+        raise InputError(f"{path}, line {line}: empty id.")
+    return clean
 
 
 def decision_rows(rows: list[dict[str, str]], decision: str, source: str | os.PathLike) -> list[dict[str, str]]:
@@ -100,11 +92,11 @@ def decision_rows(rows: list[dict[str, str]], decision: str, source: str | os.Pa
         The rows whose ``decision`` is ``decision``.
 
     Raises:
-        ValueError: on a decision that is not one of :data:`DECISIONS`.
+        InputError: on a decision that is not one of :data:`DECISIONS`.
     """
     for line, r in enumerate(rows, start=2):
         if r.get("decision", "") not in DECISIONS:
-            raise ValueError(f"{source}, line {line} (id {r['id']!r}): decision {r.get('decision', '')!r} is not one "
+            raise InputError(f"{source}, line {line} (id {r['id']!r}): decision {r.get('decision', '')!r} is not one "
                              f"of {list(DECISIONS)}.")
     counts = Counter(r["decision"] for r in rows)
     logger.info("%s: a decision file (%s); applying its %d %s row(s).", source,
@@ -122,7 +114,7 @@ def _check_unknown(ids: Iterable[str], known: dict[str, str], source: Path) -> N
         shown = ", ".join(repr(u) for u in unknown[:5]) + (
             f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
         )
-        raise ValueError(
+        raise InputError(
             f"{source}: {len(unknown)} id(s) not in the datalist: {shown}. Use the ids of the run's datalist.json "
             "(the audit's CSV files carry them)."
         )
@@ -139,9 +131,13 @@ def apply_exclusions(datalist: Datalist, csv_path: str | os.PathLike) -> Datalis
     Returns:
         A new :class:`Datalist` without those items.
 
+    Example::
+
+        kept = apply_exclusions(load_datalist("data/datalist.json"), "runs/r1/audit/exclude.csv")
+
     Raises:
         FileNotFoundError: when the CSV is missing.
-        ValueError: on an id the datalist does not hold, or a malformed CSV.
+        InputError: on an id the datalist does not hold, or a malformed CSV.
     """
     rows = read_id_csv(csv_path)
     if rows and "decision" in rows[0]:
@@ -153,26 +149,37 @@ def apply_exclusions(datalist: Datalist, csv_path: str | os.PathLike) -> Datalis
 
 
 def _parse_label(value: str, datalist: Datalist, source: str) -> int | list[int]:
+    if datalist.multi_label:
+        return _parse_flags(value, datalist, source)
     names = datalist.class_names
     n = datalist.num_classes
-    if datalist.multi_label:
-        parts = [p.strip() for p in value.split(";") if p.strip()]
-        if parts and all(p in ("0", "1") for p in parts) and len(parts) == n:
-            return [int(p) for p in parts]
-        flags = [0] * n
-        for p in parts:
-            if names is None or p not in names:
-                raise ValueError(f"{source}: unknown class {p!r}; the classes are {names}.")
-            flags[names.index(p)] = 1
-        return flags
     if value.lstrip("-").isdigit():
         k = int(value)
         if not 0 <= k < n:
-            raise ValueError(f"{source}: label {k} is out of range: expected a class index in [0, {n - 1}].")
+            raise InputError(f"{source}: label {k} is out of range: expected a class index in [0, {n - 1}].")
         return k
     if names is not None and value in names:
         return names.index(value)
-    raise ValueError(f"{source}: unknown label {value!r}: expected a class index or one of {names}.")
+    raise InputError(f"{source}: unknown label {value!r}: expected a class index or one of {names}.")
+
+
+def _are_flags(parts: list[str], n: int) -> bool:
+    return bool(parts) and all(p in ("0", "1") for p in parts) and len(parts) == n
+
+
+def _parse_flags(value: str, datalist: Datalist, source: str) -> list[int]:
+    """A multi-label value: ``;``-separated 0/1 flags (one per class) or class names."""
+    names = datalist.class_names
+    n = datalist.num_classes
+    parts = [p.strip() for p in value.split(";") if p.strip()]
+    if _are_flags(parts, n):
+        return [int(p) for p in parts]
+    flags = [0] * n
+    for p in parts:
+        if names is None or p not in names:
+            raise InputError(f"{source}: unknown class {p!r}; the classes are {names}.")
+        flags[names.index(p)] = 1
+    return flags
 
 
 def apply_relabels(datalist: Datalist, csv_path: str | os.PathLike) -> Datalist:
@@ -187,9 +194,13 @@ def apply_relabels(datalist: Datalist, csv_path: str | os.PathLike) -> Datalist:
         A new :class:`Datalist` whose listed items carry the new labels (and
         ``"label_before_relabel"``).
 
+    Example::
+
+        fixed = apply_relabels(load_datalist("data/datalist.json"), "decisions.csv")  # its relabel rows
+
     Raises:
         FileNotFoundError: when the CSV is missing.
-        ValueError: on an id the datalist does not hold, an id listed twice with different labels,
+        InputError: on an id the datalist does not hold, an id listed twice with different labels,
             a missing label column, or an unknown class.
     """
     source = Path(csv_path)
@@ -199,25 +210,38 @@ def apply_relabels(datalist: Datalist, csv_path: str | os.PathLike) -> Datalist:
         rows = decision_rows(rows, "relabel", source)
         if not rows:
             return datalist
+    column = _label_column(rows, source)
+    _check_unknown((r["id"] for r in rows), _known_ids(datalist), source)
+    new = _new_labels(rows, column, datalist, source)
+    return replace(datalist, **{s: _relabelled(getattr(datalist, s), new) for s in SPLITS})
+
+
+def _label_column(rows: list[dict[str, str]], source: Path) -> str | None:
+    """The first of :data:`LABEL_COLUMNS` the rows have (``None`` only when there are no rows)."""
     column = next((c for c in LABEL_COLUMNS if rows and c in rows[0]), None)
     if rows and column is None:
-        raise ValueError(
+        raise InputError(
             f"{source}: a label column is required, one of {list(LABEL_COLUMNS)} (found {sorted(rows[0])})."
         )
-    _check_unknown((r["id"] for r in rows), _known_ids(datalist), source)
+    return column
+
+
+def _new_labels(rows: list[dict[str, str]], column: str | None, datalist: Datalist, source: Path) -> dict[str, Any]:
+    """id -> the new label; an id listed twice must carry one label."""
     new: dict[str, Any] = {}
     for line, r in enumerate(rows, start=2):
-        label = _parse_label(r[column], datalist, f"{source}, line {line} (id {r['id']!r})")
+        label = _parse_label(r[column], datalist, f"{source}, line {line} (id {r['id']!r})")  # type: ignore[index]
         if r["id"] in new and new[r["id"]] != label:
-            raise ValueError(f"{source}: id {r['id']!r} is listed twice with different labels.")
+            raise InputError(f"{source}: id {r['id']!r} is listed twice with different labels.")
         new[r["id"]] = label
+    return new
 
-    def relabel(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        out = []
-        for item in items:
-            if str(item["id"]) in new:
-                item = {**item, "label_before_relabel": item.get("label"), "label": new[str(item["id"])]}
-            out.append(item)
-        return out
 
-    return replace(datalist, **{s: relabel(getattr(datalist, s)) for s in SPLITS})
+def _relabelled(items: list[dict[str, Any]], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """The items with the new labels, each relabelled one keeping ``label_before_relabel``."""
+    out = []
+    for item in items:
+        if str(item["id"]) in new:
+            item = {**item, "label_before_relabel": item.get("label"), "label": new[str(item["id"])]}
+        out.append(item)
+    return out

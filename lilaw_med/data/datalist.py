@@ -1,19 +1,8 @@
 """Datalists: MONAI decathlon-style JSON and CSV, resolved to items with stable ids and groups.
 
-A datalist item is a dict (the contract between ``data/``, ``training/`` and ``audit/``)::
-
-    {"id": str (stable, unique), "image": str (absolute path: file or DICOM series folder),
-     "label": int (class index) | list[int] (multi-label 0/1) | None (unlabelled test item),
-     "group": str | None (patient, study or slide), ... extra keys kept}
-
-Label conventions (decided here, documented in docs/data.md):
-
-* integers (or strings of digits) are class indices;
-* class names are mapped through ``class_names``; when names are used and no class list is
-  given (neither as an argument nor as ``"class_names"`` in the JSON), the sorted unique names
-  over all splits become the classes;
-* multi-label items carry a list: either 0/1 flags (one per class) or a list of class names
-  (turned into flags); in a CSV, the flags or names are separated by ``;``.
+A resolved item is ``{"id", "image" (absolute path), "label" (class index, 0/1 flags or None),
+"group", ...extra keys}``; the label, id and path conventions are in docs/data.md section 1.
+The grouped splits live in :mod:`lilaw_med.data.splits` (re-exported here).
 """
 
 from __future__ import annotations
@@ -22,7 +11,7 @@ import csv
 import json
 import logging
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +19,8 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from lilaw_med.data.splits import group_kfold, split_validation
+from lilaw_med.errors import InputError
 from lilaw_med.utils import atomic_write
 
 __all__ = [
@@ -120,7 +111,7 @@ class Datalist:
     def split(self, name: str) -> list[dict[str, Any]]:
         """Returns the items of split ``name`` ("training", "validation" or "test")."""
         if name not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS} but is {name!r}.")
+            raise InputError(f"split must be one of {SPLITS} but is {name!r}.")
         return getattr(self, name)
 
     def iter_items(self) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -206,78 +197,30 @@ def load_datalist(
     Returns:
         The resolved :class:`Datalist`.
 
+    Example::
+
+        dl = load_datalist("data/datalist.json", val_fraction=0.2, seed=1)
+        dl.training[0]["id"]  # the image path relative to the datalist's folder: 'images/p1_0.dcm'
+        checked = load_datalist("data/datalist.json", strict=False).problems  # bad items kept, listed
+
     Raises:
         FileNotFoundError: when ``path`` does not exist.
-        ValueError: for a file that is not valid JSON/CSV, an empty training split, or (with
+        InputError: for a file that is not valid JSON/CSV, an empty training split, or (with
             ``strict``) items with problems; the message lists every bad item and field.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"datalist not found: {path}")
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1) but is {val_fraction}.")
-    base = Path(base_dir).expanduser() if base_dir is not None else path.parent
-    base = Path(os.path.abspath(base))
-
+    base = _check_arguments(path, val_fraction, base_dir)
     raw, meta = _read_raw(path)
-    file_names = meta.get("class_names")
-    if file_names is not None:
-        if not isinstance(file_names, list) or not all(isinstance(n, str) for n in file_names):
-            raise ValueError(f"{path}: 'class_names' must be a list of strings but is {file_names!r}.")
-        if class_names is not None and list(class_names) != file_names:
-            raise ValueError(
-                f"{path}: class_names given ({list(class_names)}) differ from the file's 'class_names' "
-                f"({file_names})."
-            )
-    names = list(class_names) if class_names is not None else file_names
-    if names is not None and len(set(names)) != len(names):
-        raise ValueError(f"class_names must be unique but are {names}.")
-
+    names = _class_names(path, class_names, meta.get("class_names"))
     if require_training and not raw["training"]:
-        raise ValueError(f"{path}: the 'training' split is missing or empty.")
-
-    labels_are_lists = [
-        isinstance(it.get("label"), list) for _, it in _iter_raw(raw) if it.get("label") is not None
-    ]
-    multi = bool(multi_label or meta.get("multi_label") or (labels_are_lists and all(labels_are_lists)))
-
+        raise InputError(f"{path}: the 'training' split is missing or empty.")
+    multi = _is_multi_label(raw, bool(multi_label or meta.get("multi_label")))
     if names is None:
         names = _names_from_labels(raw, multi)
 
-    problems: list[Problem] = []
-    resolved: dict[str, list[dict[str, Any]]] = {}
-    for split in SPLITS:
-        out = []
-        for index, item in enumerate(raw[split]):
-            out.append(_resolve_item(item, split, index, str(base), names, multi, problems))
-        resolved[split] = out
-
-    # duplicate ids: name every one (an image listed twice, possibly in two splits, is a leak)
-    seen: dict[str, list[str]] = defaultdict(list)
-    for split in SPLITS:
-        for item in resolved[split]:
-            if item.get("id"):
-                seen[item["id"]].append(split)
-    for item_id, where in seen.items():
-        if len(where) > 1:
-            problems.append(
-                Problem(
-                    item_id, "", ",".join(sorted(set(where))), f"duplicate id: {len(where)} items in {where}",
-                    "duplicate",
-                )
-            )
-
+    resolved, problems = _resolve_splits(raw, base, names, multi)
     if strict and problems:
-        shown = "\n  ".join(str(p) for p in problems[:50])
-        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-        raise ValueError(f"{path}: {len(problems)} bad datalist item(s):\n  {shown}{more}")
-
-    sidecar = meta.get("noise_sidecar")
-    sidecar_path = None
-    if sidecar:
-        sidecar_path = Path(sidecar).expanduser()
-        if not sidecar_path.is_absolute():
-            sidecar_path = Path(os.path.abspath(path.parent / sidecar_path))
+        _raise_problems(path, problems)
 
     datalist = Datalist(
         training=resolved["training"],
@@ -285,21 +228,110 @@ def load_datalist(
         test=resolved["test"],
         class_names=names,
         source=Path(os.path.abspath(path)),
-        noise_sidecar=sidecar_path,
+        noise_sidecar=_sidecar_path(path, meta.get("noise_sidecar")),
         multi_label=multi,
         problems=problems,
     )
     if not datalist.validation and datalist.training:
-        train, val = split_validation(datalist.training, val_fraction, seed)
-        datalist.training, datalist.validation = train, val
-        logger.info(
-            "%s: no validation split; split off %d of %d training items (grouped, stratified, seed %d)",
-            path.name,
-            len(val),
-            len(train) + len(val),
-            seed,
-        )
+        _split_off_validation(datalist, path, val_fraction, seed)
     return datalist
+
+
+def _check_arguments(path: Path, val_fraction: float, base_dir: str | os.PathLike | None) -> str:
+    """Checks the file and the fraction; returns the absolute folder relative image paths start from."""
+    if not path.is_file():
+        raise FileNotFoundError(f"datalist not found: {path}")
+    if not 0.0 < val_fraction < 1.0:
+        raise InputError(f"val_fraction must be in (0, 1) but is {val_fraction}.")
+    base = Path(base_dir).expanduser() if base_dir is not None else path.parent
+    return os.path.abspath(base)
+
+
+def _resolve_splits(
+    raw: Mapping[str, list[dict[str, Any]]], base: str, names: list[str] | None, multi: bool
+) -> tuple[dict[str, list[dict[str, Any]]], list[Problem]]:
+    """Every split's items resolved, and the problems found (bad items, then duplicate ids)."""
+    problems: list[Problem] = []
+    resolved = {
+        split: [_resolve_item(item, split, i, base, names, multi, problems) for i, item in enumerate(raw[split])]
+        for split in SPLITS
+    }
+    problems.extend(_duplicate_problems(resolved))
+    return resolved, problems
+
+
+def _class_names(path: Path, given: Sequence[str] | None, in_file: Any) -> list[str] | None:
+    """The class list: the argument, else the file's ``"class_names"`` (both given must agree)."""
+    if in_file is not None:
+        _check_file_class_names(path, in_file)
+        if given is not None and list(given) != in_file:
+            raise InputError(
+                f"{path}: class_names given ({list(given)}) differ from the file's 'class_names' "
+                f"({in_file})."
+            )
+    names = list(given) if given is not None else in_file
+    if names is not None and len(set(names)) != len(names):
+        raise InputError(f"class_names must be unique but are {names}.")
+    return names
+
+
+def _check_file_class_names(path: Path, in_file: Any) -> None:
+    if not isinstance(in_file, list) or not all(isinstance(n, str) for n in in_file):
+        raise InputError(f"{path}: 'class_names' must be a list of strings but is {in_file!r}.")
+
+
+def _is_multi_label(raw: Mapping[str, list[dict[str, Any]]], requested: bool) -> bool:
+    """Multi-label when asked for, or when every given label is a list."""
+    labels_are_lists = [
+        isinstance(it.get("label"), list) for _, it in _iter_raw(raw) if it.get("label") is not None
+    ]
+    return bool(requested or (labels_are_lists and all(labels_are_lists)))
+
+
+def _duplicate_problems(resolved: Mapping[str, list[dict[str, Any]]]) -> list[Problem]:
+    """One problem per id held by several items (an image listed twice, possibly in two splits, is a leak)."""
+    seen: dict[str, list[str]] = defaultdict(list)
+    for split in SPLITS:
+        for item in resolved[split]:
+            if item.get("id"):
+                seen[item["id"]].append(split)
+    return [
+        Problem(
+            item_id, "", ",".join(sorted(set(where))), f"duplicate id: {len(where)} items in {where}", "duplicate"
+        )
+        for item_id, where in seen.items()
+        if len(where) > 1
+    ]
+
+
+def _raise_problems(path: Path, problems: Sequence[Problem]) -> None:
+    """Raises one error listing the first 50 problems (a strict load)."""
+    shown = "\n  ".join(str(p) for p in problems[:50])
+    more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+    raise InputError(f"{path}: {len(problems)} bad datalist item(s):\n  {shown}{more}")
+
+
+def _sidecar_path(path: Path, sidecar: Any) -> Path | None:
+    """The noise sidecar's absolute path (a relative one is relative to the datalist's folder)."""
+    if not sidecar:
+        return None
+    sidecar_path = Path(sidecar).expanduser()
+    if sidecar_path.is_absolute():
+        return sidecar_path
+    return Path(os.path.abspath(path.parent / sidecar_path))
+
+
+def _split_off_validation(datalist: Datalist, path: Path, val_fraction: float, seed: int) -> None:
+    """Moves a grouped, stratified ``val_fraction`` of the training items to validation."""
+    train, val = split_validation(datalist.training, val_fraction, seed)
+    datalist.training, datalist.validation = train, val
+    logger.info(
+        "%s: no validation split; split off %d of %d training items (grouped, stratified, seed %d)",
+        path.name,
+        len(val),
+        len(train) + len(val),
+        seed,
+    )
 
 
 def save_datalist(datalist: Datalist, path: str | os.PathLike) -> Path:
@@ -315,104 +347,6 @@ def save_datalist(datalist: Datalist, path: str | os.PathLike) -> Path:
         The destination path.
     """
     return atomic_write(path, json.dumps(datalist.to_json_dict(), indent=1, default=_json_default) + "\n")
-
-
-def split_validation(
-    items: Sequence[Mapping[str, Any]], val_fraction: float = 0.15, seed: int = 0
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Splits a validation set off a training list: grouped, stratified by label, seeded.
-
-    Whole groups (``item["group"]``, or the item itself when it has none) go to one side. Groups
-    are visited in a seeded random order and one is moved to validation when that brings the
-    per-class counts closer to their targets (``val_fraction * n_c``), so the size and the class
-    mix of both sides match the request up to group granularity.
-
-    Args:
-        items: training items (each with ``id``, ``label`` and optionally ``group``).
-        val_fraction: the fraction of items to move to validation, in (0, 1).
-        seed: seed of the group order.
-
-    Returns:
-        ``(training, validation)``, each in the input order.
-
-    Raises:
-        ValueError: when the items form fewer than 2 groups (no grouped split is possible).
-    """
-    items = [dict(it) for it in items]
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, it in enumerate(items):
-        groups[_group_key(it)].append(i)
-    if len(groups) < 2:
-        raise ValueError(
-            f"cannot split a validation set off the training list: its {len(items)} item(s) form "
-            f"{len(groups)} group(s); give a 'validation' split or more groups."
-        )
-    keys = [_strat_key(it.get("label")) for it in items]
-    total = Counter(keys)
-    target = {k: val_fraction * c for k, c in total.items()}
-    order = sorted(groups)  # deterministic before the seeded shuffle
-    rng = np.random.default_rng(seed)
-    rng.shuffle(order)
-    taken: Counter[str] = Counter()
-    val_idx: list[int] = []
-    deficit = sum(target.values())
-    for g in order:
-        counts = Counter(keys[i] for i in groups[g])
-        # take the group when it brings the per-class counts closer to their targets
-        new = deficit + sum(
-            abs(target[k] - taken[k] - c) - abs(target[k] - taken[k]) for k, c in counts.items()
-        )
-        if new < deficit:
-            taken.update(counts)
-            val_idx.extend(groups[g])
-            deficit = new
-    if not val_idx:  # every group too large for the targets: take the smallest
-        g = min(order, key=lambda k: len(groups[k]))
-        val_idx = list(groups[g])
-    chosen = set(val_idx)
-    train = [it for i, it in enumerate(items) if i not in chosen]
-    val = [it for i, it in enumerate(items) if i in chosen]
-    if not train:
-        raise ValueError("the validation split took every training item; lower val_fraction or add groups.")
-    return train, val
-
-
-def group_kfold(
-    items: Sequence[Mapping[str, Any]], k: int, seed: int = 0
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Grouped, stratified k-fold cross-validation folds (sklearn's ``StratifiedGroupKFold``).
-
-    A group (``item["group"]``, or the item itself when it has none) is always in one fold.
-
-    Args:
-        items: the items (each with ``id``, ``label`` and optionally ``group``).
-        k: the number of folds (>= 2, at most the number of groups).
-        seed: shuffling seed.
-
-    Returns:
-        ``k`` pairs ``(train_indices, heldout_indices)`` of int arrays into ``items``; the
-        held-out parts partition ``range(len(items))``.
-
-    Raises:
-        ValueError: for ``k < 2`` or fewer groups than folds.
-    """
-    # scikit-learn only for group k-fold: a process that only predicts loads a datalist without it (lilaw_med.lean)
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    if k < 2:
-        raise ValueError(f"k must be at least 2 but is {k}.")
-    group_keys = [_group_key(it) for it in items]
-    n_groups = len(set(group_keys))
-    if n_groups < k:
-        raise ValueError(f"cannot make {k} grouped folds from {n_groups} group(s).")
-    strat = [_strat_key(it.get("label")) for it in items]
-    _, y = np.unique(np.asarray(strat, dtype=object).astype(str), return_inverse=True)
-    _, g = np.unique(np.asarray(group_keys, dtype=object).astype(str), return_inverse=True)
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    x = np.zeros((len(items), 1))
-    return [
-        (np.asarray(tr, dtype=np.int64), np.asarray(te, dtype=np.int64)) for tr, te in splitter.split(x, y, g)
-    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,83 +365,95 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot write {type(obj).__name__} to a datalist JSON.")
 
 
-def _group_key(item: Mapping[str, Any]) -> str:
-    group = item.get("group")
-    return f"g:{group}" if group not in (None, "") else f"i:{item.get('id')}"
-
-
-def _strat_key(label: Any) -> str:
-    if isinstance(label, list):
-        return "".join(str(int(v)) for v in label)
-    return str(label)
-
-
 def _read_raw(path: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """Reads the file into raw split lists (unresolved) and top-level metadata."""
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
+    if path.suffix.lower() == ".csv":
         return _read_csv(path), {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f"{path}: not valid JSON ({e}); expected a decathlon-style datalist or a .csv."
-        ) from e
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not a text file ({e}); expected a .json or .csv datalist.") from e
-    if not isinstance(data, dict):
-        raise ValueError(
-            f"{path}: expected a JSON object with 'training'/'validation'/'test' lists but got {type(data).__name__}."
-        )
-    raw: dict[str, list[dict[str, Any]]] = {}
-    for split in SPLITS:
-        value = data.get(split, [])
-        if value is None:
-            value = []
-        if not isinstance(value, list):
-            raise ValueError(f"{path}: '{split}' must be a list of items but is {type(value).__name__}.")
-        for i, item in enumerate(value):
-            if not isinstance(item, dict):
-                raise ValueError(
-                    f"{path}: {split}[{i}] must be an object with 'image' and 'label' but is {item!r}."
-                )
-        raw[split] = value
+    data = _read_json(path)
+    raw = {split: _json_split(path, split, data.get(split)) for split in SPLITS}
     meta = {k: data.get(k) for k in ("class_names", "multi_label", "noise_sidecar")}
     return raw, meta
 
 
-def _read_csv(path: Path) -> dict[str, list[dict[str, Any]]]:
+def _read_json(path: Path) -> dict[str, Any]:
+    """The datalist JSON's top-level object."""
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            fields = [c.strip() for c in (reader.fieldnames or [])]
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"{path}: not a readable CSV ({e}).") from e
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(
+            f"{path}: not valid JSON ({e}); expected a decathlon-style datalist or a .csv."
+        ) from e
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not a text file ({e}); expected a .json or .csv datalist.") from e
+    if not isinstance(data, dict):
+        raise InputError(
+            f"{path}: expected a JSON object with 'training'/'validation'/'test' lists but got {type(data).__name__}."
+        )
+    return data
+
+
+def _json_split(path: Path, split: str, value: Any) -> list[dict[str, Any]]:
+    """One split's list of item objects (a missing or null split is empty)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InputError(f"{path}: '{split}' must be a list of items but is {type(value).__name__}.")
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise InputError(
+                f"{path}: {split}[{i}] must be an object with 'image' and 'label' but is {item!r}."
+            )
+    return value
+
+
+def _read_csv(path: Path) -> dict[str, list[dict[str, Any]]]:
+    fields, rows = _csv_rows(path)
     if "image" not in fields or "label" not in fields:
-        raise ValueError(
+        raise InputError(
             f"{path}: the CSV header must have 'image' and 'label' columns (plus optional split, group, id) but has {fields}."
         )
     raw: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     for line, row in enumerate(rows, start=2):
         row = {(k or "").strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
-        split_name = (row.pop("split", "") or "training").lower()
-        split = _SPLIT_ALIASES.get(split_name)
-        if split is None:
-            raise ValueError(
-                f"{path}: line {line}: split must be one of training/validation/test but is {split_name!r}."
-            )
-        label = row.get("label")
-        if label == "":
-            row["label"] = None
-        elif isinstance(label, str) and ";" in label:
-            row["label"] = [t.strip() for t in label.split(";") if t.strip()]
-        if row.get("group") == "":
-            row["group"] = None
-        if row.get("id") == "":
-            row.pop("id")
-        raw[split].append(row)
+        split = _csv_split(path, line, row.pop("split", ""))
+        raw[split].append(_csv_item(row))
     return raw
+
+
+def _csv_split(path: Path, line: int, value: str | None) -> str:
+    """The split a CSV row names (empty: training), by its aliases."""
+    split_name = (value or "training").lower()
+    split = _SPLIT_ALIASES.get(split_name)
+    if split is None:
+        raise InputError(
+            f"{path}: line {line}: split must be one of training/validation/test but is {split_name!r}."
+        )
+    return split
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """The CSV's stripped header and its rows."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            fields = [c.strip() for c in (reader.fieldnames or [])]
+            return fields, list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"{path}: not a readable CSV ({e}).") from e
+
+
+def _csv_item(row: dict[str, Any]) -> dict[str, Any]:
+    """A CSV row as a raw item: an empty label/group is ``None``, ``a;b`` a list, an empty id absent."""
+    label = row.get("label")
+    if label == "":
+        row["label"] = None
+    elif isinstance(label, str) and ";" in label:
+        row["label"] = [t.strip() for t in label.split(";") if t.strip()]
+    if row.get("group") == "":
+        row["group"] = None
+    if row.get("id") == "":
+        row.pop("id")
+    return row
 
 
 def _iter_raw(raw: Mapping[str, list[dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -543,32 +489,42 @@ def _to_index(value: Any, names: list[str] | None) -> int:
     if isinstance(value, str) and names is not None and value in names:
         return names.index(value)
     if _is_int_like(value):
-        index = int(float(value)) if isinstance(value, float) else int(value)
-        if index < 0 or (names is not None and index >= len(names)):
-            bound = f"[0, {len(names) - 1}]" if names is not None else ">= 0"
-            raise ValueError(f"label {value!r} out of range: expected a class index in {bound}")
-        return index
+        return _checked_index(value, names)
     if isinstance(value, str):
-        raise ValueError(f"unknown class name {value!r}: expected one of {names}")
-    raise ValueError(f"label must be a class index or name but is {value!r} ({type(value).__name__})")
+        raise InputError(f"unknown class name {value!r}: expected one of {names}")
+    raise InputError(f"label must be a class index or name but is {value!r} ({type(value).__name__})")
+
+
+def _checked_index(value: Any, names: list[str] | None) -> int:
+    """An int-like label as a class index in range."""
+    index = int(float(value)) if isinstance(value, float) else int(value)
+    if index < 0 or (names is not None and index >= len(names)):
+        bound = f"[0, {len(names) - 1}]" if names is not None else ">= 0"
+        raise InputError(f"label {value!r} out of range: expected a class index in {bound}")
+    return index
+
+
+def _is_flags(value: list[Any], names: list[str] | None) -> bool:
+    """A non-empty list of 0/1 values, none of them a class name."""
+    return (
+        bool(value)
+        and all(_is_int_like(v) and int(v) in (0, 1) for v in value)
+        and not any(isinstance(v, str) and names is not None and v in names for v in value)
+    )
 
 
 def _to_multi_hot(value: Any, names: list[str] | None) -> list[int]:
     if not isinstance(value, list):
-        raise ValueError(f"multi-label items need a list label (0/1 flags or class names) but got {value!r}")
-    if (
-        value
-        and all(_is_int_like(v) and int(v) in (0, 1) for v in value)
-        and not any(isinstance(v, str) and names is not None and v in names for v in value)
-    ):
+        raise InputError(f"multi-label items need a list label (0/1 flags or class names) but got {value!r}")
+    if _is_flags(value, names):
         flags = [int(v) for v in value]
         if names is not None and len(flags) != len(names):
-            raise ValueError(
+            raise InputError(
                 f"multi-label flags have length {len(flags)} but there are {len(names)} classes {names}"
             )
         return flags
     if names is None:
-        raise ValueError(f"multi-label label {value!r} needs class_names to map names to flags")
+        raise InputError(f"multi-label label {value!r} needs class_names to map names to flags")
     flags = [0] * len(names)
     for v in value:
         flags[_to_index(v, names)] = 1
@@ -584,54 +540,62 @@ def _resolve_item(
     multi: bool,
     problems: list[Problem],
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {k: v for k, v in item.items() if k not in _RESERVED}
-    image = item.get("image")
-    rel: str = ""
-    if isinstance(image, (list, tuple)) and image and all(isinstance(p, str) and p for p in image):
-        resolved_list = [_resolve_path(p, base) for p in image]
-        out["image"] = resolved_list
-        rel = _relative_id(resolved_list[0], base)
-    elif isinstance(image, str) and image.strip():
-        resolved = _resolve_path(image.strip(), base)
-        out["image"] = resolved
-        rel = _relative_id(resolved, base)
-    else:
-        out["image"] = ""
+    """One raw item resolved (absolute image, id, class-index label, group); its problems appended."""
+    extra = {k: v for k, v in item.items() if k not in _RESERVED}
+    image, rel = _resolve_image(item.get("image"), base)
+    if image == "":
         problems.append(
             Problem(
                 str(item.get("id") or ""),
                 "",
                 split,
-                f"{split}[{index}]: 'image' missing or empty (got {image!r})",
+                f"{split}[{index}]: 'image' missing or empty (got {item.get('image')!r})",
                 "no_image",
             )
         )
-
-    item_id = item.get("id")
-    if item_id in (None, ""):
-        item_id = rel
-        if rel and "location" in item:
-            loc = item["location"]
-            loc_s = "_".join(str(int(v)) for v in loc) if isinstance(loc, (list, tuple)) else str(loc)
-            item_id = f"{rel}@{loc_s}"
-    out = {"id": str(item_id), **out}
-
-    label = item.get("label")
-    if label is None or label == "":
-        out["label"] = None
-        if split != "test":
-            problems.append(Problem(out["id"], str(out["image"]), split, "label missing", "missing_label"))
-    else:
-        try:
-            out["label"] = _to_multi_hot(label, names) if multi else _to_index(label, names)
-        except ValueError as e:
-            out["label"] = None
-            problems.append(
-                Problem(out["id"], str(out["image"]), split, f"field 'label': {e}", "bad_label")
-            )
+    out: dict[str, Any] = {"id": _item_id(item, rel), **extra, "image": image}
+    out["label"] = _resolve_label(item.get("label"), out, split, names, multi, problems)
     group = item.get("group")
     out["group"] = None if group in (None, "") else str(group)
     return out
+
+
+def _resolve_image(image: Any, base: str) -> tuple[str | list[str], str]:
+    """The absolute image path (or list of paths) and its id-relative form; ``("", "")`` when missing."""
+    if isinstance(image, (list, tuple)) and image and all(isinstance(p, str) and p for p in image):
+        resolved_list = [_resolve_path(p, base) for p in image]
+        return resolved_list, _relative_id(resolved_list[0], base)
+    if isinstance(image, str) and image.strip():
+        resolved = _resolve_path(image.strip(), base)
+        return resolved, _relative_id(resolved, base)
+    return "", ""
+
+
+def _item_id(item: Mapping[str, Any], rel: str) -> str:
+    """The item's ``id``, else its relative image path (``@x_y`` added for a slide patch's location)."""
+    item_id = item.get("id")
+    if item_id not in (None, ""):
+        return str(item_id)
+    if rel and "location" in item:
+        loc = item["location"]
+        loc_s = "_".join(str(int(v)) for v in loc) if isinstance(loc, (list, tuple)) else str(loc)
+        return f"{rel}@{loc_s}"
+    return rel
+
+
+def _resolve_label(
+    label: Any, out: Mapping[str, Any], split: str, names: list[str] | None, multi: bool, problems: list[Problem]
+) -> int | list[int] | None:
+    """The label as a class index (or 0/1 flags); ``None`` with a problem when missing or bad."""
+    if label is None or label == "":
+        if split != "test":
+            problems.append(Problem(out["id"], str(out["image"]), split, "label missing", "missing_label"))
+        return None
+    try:
+        return _to_multi_hot(label, names) if multi else _to_index(label, names)
+    except ValueError as e:
+        problems.append(Problem(out["id"], str(out["image"]), split, f"field 'label': {e}", "bad_label"))
+        return None
 
 
 def _resolve_path(p: str, base: str) -> str:

@@ -21,6 +21,8 @@ import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose, RandomizableTrait, Transform
 
+from lilaw_med.errors import InputError
+
 __all__ = [
     "CACHE_MODES",
     "CachePlan",
@@ -161,6 +163,12 @@ def plan_cache(
 
     Returns:
         The :class:`CachePlan`.
+
+    Example::
+
+        plan = plan_cache("memory", datalist.training, transforms, cached_items=len(datalist.training),
+                          budget_bytes=8 * 2**30, cache_dir="cache/")
+        ds = build_dataset(datalist.training, transforms, cache=plan.mode, cache_dir="cache/")
     """
     if requested != "memory" or cached_items == 0:
         return CachePlan(requested, requested)
@@ -241,21 +249,28 @@ def build_dataset(
         The dataset.
 
     Raises:
-        ValueError: for an unknown cache mode or ``"disk"`` without ``cache_dir``.
+        InputError: for an unknown cache mode or ``"disk"`` without ``cache_dir``.
     """
     data = [dict(it) for it in items]
     if cache == "none":
         return Dataset(data, transforms)
     if cache == "memory":
         options = {"cache_rate": cache_rate, "num_workers": num_workers, "progress": progress}
-        if cached is not None and not cached:
-            return Dataset(data, transforms)  # a rank with no item of its own in this split
-        if cached is not None and len(cached) < len(data):
-            return ShardCacheDataset(data, transforms, cached, **options)
-        return CacheDataset(data, transforms, **options)
+        return _memory_dataset(data, transforms, cached, options)
     if cache == "disk":
         if cache_dir is None:
-            raise ValueError("cache 'disk' needs a cache_dir (a folder for the cached items).")
+            raise InputError("cache 'disk' needs a cache_dir (a folder for the cached items).")
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
         return PersistentDataset(data, transforms, cache_dir=cache_dir)
-    raise ValueError(f"cache must be one of {CACHE_MODES} but is {cache!r}.")
+    raise InputError(f"cache must be one of {CACHE_MODES} but is {cache!r}.")
+
+
+def _memory_dataset(
+    data: list[dict[str, Any]], transforms: Callable, cached: Sequence[int] | None, options: dict[str, Any]
+) -> Dataset:
+    """The memory cache over all items, or over a rank's shard (``cached``)."""
+    if cached is not None and not cached:
+        return Dataset(data, transforms)  # a rank with no item of its own in this split
+    if cached is not None and len(cached) < len(data):
+        return ShardCacheDataset(data, transforms, cached, **options)
+    return CacheDataset(data, transforms, **options)

@@ -1,22 +1,11 @@
 """Label-noise simulation with the truth recorded (cleanlab-style pure functions over arrays).
 
-Four kinds, named by a string (``kind``) so that benchmarks can swap them:
-
-* ``"symmetric"``: each label is replaced, with probability ``rate``, by one of the *other*
-  ``K - 1`` classes chosen uniformly (multi-label: each flag flips with probability ``rate``), so
-  ``rate`` is the share of wrong labels;
-* ``"uniform"``: the LiLAW authors' prototype's "uniform" noise: each label is redrawn, with
-  probability ``rate``, from all ``K`` classes, its own included, so the share of wrong labels is
-  ``rate * (K - 1) / K`` (binary ``rate = 0.4``: 20% wrong); the papers' noise levels mean this;
-* ``"asymmetric"`` (class-conditional): the noisy label is drawn from row ``y`` of a transition
-  matrix ``T`` (``T[i, j] = P(noisy = j | true = i)``), given directly or built from class pairs
-  ``{i: j}`` flipped with probability ``rate`` (default pairs: ``i -> (i + 1) mod K``);
-* ``"instance"`` (instance-dependent, Xia et al., NeurIPS 2020, "Part-dependent label noise"):
-  each sample gets its own flip probability ``q_i`` from a normal around ``rate`` (sd 0.1,
-  clipped to [0, 1]), and its flip target depends on its features through a random projection.
-
-Every function is seeded, returns the noisy labels and the rate actually applied
-(``mean(noisy != labels)``), and never changes its input.
+Four kinds, named by a string (:data:`NOISE_KINDS`): ``"symmetric"`` (a wrong label with
+probability ``rate``), ``"uniform"`` (the LiLAW authors' "uniform" noise: redrawn from all ``K``
+classes, so ``rate * (K - 1) / K`` wrong; the papers' noise levels mean this), ``"asymmetric"``
+(class-conditional, a transition matrix or class pairs) and ``"instance"`` (Xia et al., NeurIPS
+2020). Every function is seeded, returns the noisy labels and the rate actually applied
+(``mean(noisy != labels)``), and never changes its input. See docs/data.md section 5.
 """
 
 from __future__ import annotations
@@ -34,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from lilaw_med.data.datalist import SPLITS, Datalist, load_datalist
+from lilaw_med.errors import InputError
 from lilaw_med.utils import atomic_write
 
 __all__ = [
@@ -57,17 +47,17 @@ NOISE_KINDS = ("symmetric", "uniform", "asymmetric", "instance")
 def _check_labels(labels: Sequence[int] | np.ndarray, num_classes: int) -> np.ndarray:
     y = np.asarray(labels)
     if y.ndim != 1:
-        raise ValueError(f"labels must be a 1D array of class indices but have shape {y.shape}.")
+        raise InputError(f"labels must be a 1D array of class indices but have shape {y.shape}.")
     if num_classes < 2:
-        raise ValueError(f"num_classes must be at least 2 but is {num_classes}.")
+        raise InputError(f"num_classes must be at least 2 but is {num_classes}.")
     if y.size and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"labels must be in [0, {num_classes - 1}] but range over [{y.min()}, {y.max()}].")
+        raise InputError(f"labels must be in [0, {num_classes - 1}] but range over [{y.min()}, {y.max()}].")
     return y.astype(np.int64)
 
 
 def _check_rate(rate: float) -> float:
     if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate must be in [0, 1] but is {rate}.")
+        raise InputError(f"rate must be in [0, 1] but is {rate}.")
     return float(rate)
 
 
@@ -136,7 +126,7 @@ def pairs_to_transition(pairs: Mapping[int, int], rate: float, num_classes: int)
     for src, dst in pairs.items():
         src, dst = int(src), int(dst)
         if not (0 <= src < num_classes and 0 <= dst < num_classes) or src == dst:
-            raise ValueError(
+            raise InputError(
                 f"class pair {src}->{dst} invalid for {num_classes} classes (need two different classes)."
             )
         t[src, src] = 1.0 - rate
@@ -168,26 +158,14 @@ def asymmetric_noise(
         ``(noisy, actual_rate)``.
 
     Raises:
-        ValueError: for an invalid matrix (shape, negative entries, rows not summing to 1) or
+        InputError: for an invalid matrix (shape, negative entries, rows not summing to 1) or
             when neither ``transition`` nor ``rate`` is given.
     """
     y = _check_labels(labels, num_classes)
     if transition is None:
-        if rate is None:
-            raise ValueError(
-                "asymmetric noise needs a transition matrix or a rate (with optional class pairs)."
-            )
-        if pairs is None:
-            pairs = {i: (i + 1) % num_classes for i in range(num_classes)}
-        t = pairs_to_transition(pairs, rate, num_classes)
+        t = _pairs_transition(rate, pairs, num_classes)
     else:
-        t = np.asarray(transition, dtype=np.float64)
-        if t.shape != (num_classes, num_classes):
-            raise ValueError(f"transition must have shape ({num_classes}, {num_classes}) but has {t.shape}.")
-        if (t < 0).any() or not np.allclose(t.sum(axis=1), 1.0, atol=1e-6):
-            raise ValueError(
-                f"transition rows must be non-negative and sum to 1 but sum to {t.sum(axis=1).tolist()}."
-            )
+        t = _checked_transition(transition, num_classes)
     rng = np.random.default_rng(seed)
     cdf = np.cumsum(t, axis=1)
     cdf[:, -1] = 1.0
@@ -196,6 +174,27 @@ def asymmetric_noise(
         [int(np.searchsorted(cdf[c], v, side="right")) for c, v in zip(y, u, strict=True)], dtype=np.int64
     )
     return noisy, float(np.mean(noisy != y)) if y.size else 0.0
+
+
+def _pairs_transition(rate: float | None, pairs: Mapping[int, int] | None, num_classes: int) -> np.ndarray:
+    """``T`` from class pairs flipped with probability ``rate`` (default pairs: ``i -> (i + 1) mod K``)."""
+    if rate is None:
+        raise InputError("asymmetric noise needs a transition matrix or a rate (with optional class pairs).")
+    if pairs is None:
+        pairs = {i: (i + 1) % num_classes for i in range(num_classes)}
+    return pairs_to_transition(pairs, rate, num_classes)
+
+
+def _checked_transition(transition: np.ndarray | Sequence[Sequence[float]], num_classes: int) -> np.ndarray:
+    """A given ``T`` as a float array: (K, K), non-negative, rows summing to 1."""
+    t = np.asarray(transition, dtype=np.float64)
+    if t.shape != (num_classes, num_classes):
+        raise InputError(f"transition must have shape ({num_classes}, {num_classes}) but has {t.shape}.")
+    if (t < 0).any() or not np.allclose(t.sum(axis=1), 1.0, atol=1e-6):
+        raise InputError(
+            f"transition rows must be non-negative and sum to 1 but sum to {t.sum(axis=1).tolist()}."
+        )
+    return t
 
 
 def instance_dependent_noise(
@@ -246,11 +245,17 @@ def instance_dependent_noise(
     return noisy, float(np.mean(noisy != y)) if y.size else 0.0
 
 
-def _multi_label_noise(flags: np.ndarray, rate: float, seed: int) -> tuple[np.ndarray, float]:
+def _multi_label_noise(flags: np.ndarray, kind: str, rate: float | None, seed: int) -> tuple[np.ndarray, float]:
+    if kind != "symmetric" or rate is None:
+        raise InputError("multi-label data supports only symmetric noise (each flag flips with probability rate).")
     rng = np.random.default_rng(seed)
     flip = rng.random(flags.shape) < _check_rate(rate)
     noisy = np.where(flip, 1 - flags, flags)
     return noisy.astype(np.int64), float(np.mean(noisy != flags)) if flags.size else 0.0
+
+
+# the kinds that need only a rate: kind -> simulator(labels, rate, num_classes, seed)
+_RATE_ONLY = {"symmetric": symmetric_noise, "uniform": uniform_noise}
 
 
 def add_noise(
@@ -279,26 +284,18 @@ def add_noise(
         ``(noisy, actual_rate)``.
     """
     if kind not in NOISE_KINDS:
-        raise ValueError(f"kind must be one of {NOISE_KINDS} but is {kind!r}.")
+        raise InputError(f"kind must be one of {NOISE_KINDS} but is {kind!r}.")
     arr = np.asarray(labels)
     if arr.ndim == 2:
-        if kind != "symmetric" or rate is None:
-            raise ValueError(
-                "multi-label data supports only symmetric noise (each flag flips with probability rate)."
-            )
-        return _multi_label_noise(arr.astype(np.int64), rate, seed)
-    if kind == "symmetric":
+        return _multi_label_noise(arr.astype(np.int64), kind, rate, seed)
+    if kind in _RATE_ONLY:
         if rate is None:
-            raise ValueError("symmetric noise needs a rate.")
-        return symmetric_noise(arr, rate, num_classes, seed)
-    if kind == "uniform":
-        if rate is None:
-            raise ValueError("uniform noise needs a rate.")
-        return uniform_noise(arr, rate, num_classes, seed)
+            raise InputError(f"{kind} noise needs a rate.")
+        return _RATE_ONLY[kind](arr, rate, num_classes, seed)
     if kind == "asymmetric":
         return asymmetric_noise(arr, num_classes, rate=rate, transition=transition, pairs=pairs, seed=seed)
     if features is None or rate is None:
-        raise ValueError("instance-dependent noise needs a rate and per-sample features.")
+        raise InputError("instance-dependent noise needs a rate and per-sample features.")
     return instance_dependent_noise(arr, features, rate, num_classes, seed)
 
 
@@ -381,21 +378,23 @@ def add_noise_to_datalist(
     Returns:
         A :class:`NoiseResult` with the paths and the actual rates.
 
+    Example::
+
+        result = add_noise_to_datalist("data/datalist_clean.json", "data/noisy40.json", rate=0.4, seed=0)
+        result.actual_rate  # split -> the share of labels changed
+        truth = load_noise_truth(result.datalist)  # id -> true label
+
     Raises:
-        ValueError: for an unknown split or kind, unlabelled items in a noised split, or
+        InputError: for an unknown split or kind, unlabelled items in a noised split, or
             invalid noise parameters.
     """
     dl = datalist if isinstance(datalist, Datalist) else load_datalist(datalist, class_names=class_names)
-    for s in splits:
-        if s not in SPLITS:
-            raise ValueError(f"splits must be among {SPLITS} but include {s!r}.")
-    if kind not in NOISE_KINDS:
-        raise ValueError(f"kind must be one of {NOISE_KINDS} but is {kind!r}.")
+    _check_request(splits, kind)
+    spec = _NoiseSpec(kind, rate, seed, transition, pairs)
     out_path = Path(out_path)
     out_dir = Path(os.path.abspath(out_path.parent))
     sidecar = out_path.with_name(f"{out_path.stem}_noise.csv")
     prior_truth = load_noise_truth(dl.noise_sidecar) if dl.noise_sidecar is not None else {}
-    k = dl.num_classes
 
     rows: list[tuple[str, str, str, str]] = []
     rates: dict[str, float] = {}
@@ -404,68 +403,108 @@ def add_noise_to_datalist(
     for split_index, split in enumerate(SPLITS):
         items = [dict(it) for it in dl.split(split)]
         if split in splits and items:
-            missing = [it["id"] for it in items if it.get("label") is None]
-            if missing:
-                raise ValueError(f"cannot add noise to unlabelled items in '{split}': {missing[:10]}")
-            labels = np.asarray([it["label"] for it in items])
-            feats = None
-            if kind == "instance":
-                if features is None:
-                    feats = _image_features(items)
-                else:
-                    feats = np.stack(
-                        [np.asarray(features[it["id"]], dtype=np.float64).reshape(-1) for it in items]
-                    )
-            noisy, actual = add_noise(
-                labels,
-                kind,
-                k,
-                rate=rate,
-                seed=seed * 1000 + split_index,
-                transition=transition,
-                pairs=pairs,
-                features=feats,
-            )
-            for it, new in zip(items, noisy, strict=True):
-                truth = prior_truth.get(it["id"], it["label"])
-                rows.append((it["id"], split, _label_str(truth), _label_str(new)))
-                it["label"] = new.tolist() if np.ndim(new) else int(new)
-            rates[split] = actual
-            flipped[split] = int(np.sum(np.any((noisy != labels).reshape(len(items), -1), axis=1)))
-            logger.info(
-                "%s: %s noise, %d/%d labels changed (rate %.3f)",
-                split,
-                kind,
-                flipped[split],
-                len(items),
-                actual,
+            feats = _split_features(items, kind, features)
+            rates[split], flipped[split] = _noise_split(
+                items, split, spec, dl.num_classes, seed * 1000 + split_index, feats, prior_truth, rows
             )
         for it in items:
             it["image"] = _relative_if_under(it["image"], out_dir)
         out_splits[split] = items
 
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["id", "split", "true_label", "noisy_label"])
-    writer.writerows(rows)
-    atomic_write(sidecar, buf.getvalue())
+    _write_sidecar(sidecar, rows)
     payload: dict[str, Any] = {
         "class_names": dl.class_names,
         "multi_label": dl.multi_label,
         "noise_sidecar": sidecar.name,
-        "noise": {
-            "kind": kind,
-            "rate": rate,
-            "seed": seed,
-            "splits": list(splits),
-            "actual_rate": rates,
-            "transition": np.asarray(transition).tolist() if transition is not None else None,
-            "pairs": {str(a): int(b) for a, b in pairs.items()} if pairs else None,
-        },
+        "noise": spec.to_json(splits, rates),
         **out_splits,
     }
     atomic_write(out_path, json.dumps(payload, indent=1) + "\n")
     return NoiseResult(out_path, sidecar, rates, flipped)
+
+
+@dataclass(frozen=True)
+class _NoiseSpec:
+    """The noise asked for (what the noisy datalist's ``"noise"`` entry records)."""
+
+    kind: str
+    rate: float | None
+    seed: int
+    transition: np.ndarray | Sequence[Sequence[float]] | None
+    pairs: Mapping[int, int] | None
+
+    def to_json(self, splits: Sequence[str], actual_rate: Mapping[str, float]) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "rate": self.rate,
+            "seed": self.seed,
+            "splits": list(splits),
+            "actual_rate": actual_rate,
+            "transition": np.asarray(self.transition).tolist() if self.transition is not None else None,
+            "pairs": {str(a): int(b) for a, b in self.pairs.items()} if self.pairs else None,
+        }
+
+
+def _check_request(splits: Sequence[str], kind: str) -> None:
+    for s in splits:
+        if s not in SPLITS:
+            raise InputError(f"splits must be among {SPLITS} but include {s!r}.")
+    if kind not in NOISE_KINDS:
+        raise InputError(f"kind must be one of {NOISE_KINDS} but is {kind!r}.")
+
+
+def _split_features(
+    items: Sequence[Mapping[str, Any]], kind: str, features: Mapping[str, np.ndarray] | None
+) -> np.ndarray | None:
+    """The per-item features instance-dependent noise needs (given by id, else image thumbnails)."""
+    if kind != "instance":
+        return None
+    if features is None:
+        return _image_features(items)
+    return np.stack([np.asarray(features[it["id"]], dtype=np.float64).reshape(-1) for it in items])
+
+
+def _noise_split(
+    items: list[dict[str, Any]],
+    split: str,
+    spec: _NoiseSpec,
+    num_classes: int,
+    seed: int,
+    features: np.ndarray | None,
+    prior_truth: Mapping[str, Any],
+    rows: list[tuple[str, str, str, str]],
+) -> tuple[float, int]:
+    """Replaces the items' labels by noisy ones and appends a sidecar row per item (its first truth kept);
+    returns the actual rate and the number of changed labels."""
+    missing = [it["id"] for it in items if it.get("label") is None]
+    if missing:
+        raise InputError(f"cannot add noise to unlabelled items in '{split}': {missing[:10]}")
+    labels = np.asarray([it["label"] for it in items])
+    noisy, actual = add_noise(
+        labels,
+        spec.kind,
+        num_classes,
+        rate=spec.rate,
+        seed=seed,
+        transition=spec.transition,
+        pairs=spec.pairs,
+        features=features,
+    )
+    for it, new in zip(items, noisy, strict=True):
+        truth = prior_truth.get(it["id"], it["label"])
+        rows.append((it["id"], split, _label_str(truth), _label_str(new)))
+        it["label"] = new.tolist() if np.ndim(new) else int(new)
+    flipped = int(np.sum(np.any((noisy != labels).reshape(len(items), -1), axis=1)))
+    logger.info("%s: %s noise, %d/%d labels changed (rate %.3f)", split, spec.kind, flipped, len(items), actual)
+    return actual, flipped
+
+
+def _write_sidecar(path: Path, rows: Sequence[tuple[str, str, str, str]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "split", "true_label", "noisy_label"])
+    writer.writerows(rows)
+    atomic_write(path, buf.getvalue())
 
 
 def _relative_if_under(image: Any, folder: Path) -> Any:
@@ -486,23 +525,17 @@ def load_noise_truth(path: str | os.PathLike) -> dict[str, int | list[int]]:
 
     Raises:
         FileNotFoundError: when the file (or the sidecar it names) is missing.
-        ValueError: when a JSON datalist has no ``"noise_sidecar"`` or the CSV lacks columns.
+        InputError: when a JSON datalist has no ``"noise_sidecar"`` or the CSV lacks columns.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"noise sidecar not found: {p}")
     if p.suffix.lower() == ".json":
-        data = json.loads(p.read_text(encoding="utf-8"))
-        side = data.get("noise_sidecar") if isinstance(data, dict) else None
-        if not side:
-            raise ValueError(f"{p}: the datalist has no 'noise_sidecar' (no recorded label noise).")
-        p = Path(side) if Path(side).is_absolute() else p.parent / side
-        if not p.is_file():
-            raise FileNotFoundError(f"noise sidecar not found: {p} (named by {path})")
+        p = _sidecar_named_by(p, path)
     with p.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "id" not in reader.fieldnames or "true_label" not in reader.fieldnames:
-            raise ValueError(
+            raise InputError(
                 f"{p}: expected columns id, true_label (and split, noisy_label) but got {reader.fieldnames}."
             )
         out: dict[str, int | list[int]] = {}
@@ -510,3 +543,15 @@ def load_noise_truth(path: str | os.PathLike) -> dict[str, int | list[int]]:
             value = row["true_label"]
             out[row["id"]] = [int(v) for v in value.split(";")] if ";" in value else int(value)
     return out
+
+
+def _sidecar_named_by(datalist_json: Path, given: str | os.PathLike) -> Path:
+    """The sidecar a noisy datalist JSON names (relative to its folder)."""
+    data = json.loads(datalist_json.read_text(encoding="utf-8"))
+    side = data.get("noise_sidecar") if isinstance(data, dict) else None
+    if not side:
+        raise InputError(f"{datalist_json}: the datalist has no 'noise_sidecar' (no recorded label noise).")
+    p = Path(side) if Path(side).is_absolute() else datalist_json.parent / side
+    if not p.is_file():
+        raise FileNotFoundError(f"noise sidecar not found: {p} (named by {given})")
+    return p

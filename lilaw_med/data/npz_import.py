@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from lilaw_med.data.sample import deterministic_uid
+from lilaw_med.errors import InputError
 from lilaw_med.utils import atomic_write
 
 __all__ = ["import_npz", "write_image"]
@@ -48,7 +49,7 @@ def write_image(
         The path written.
 
     Raises:
-        ValueError: for an unsupported shape/format combination.
+        InputError: for an unsupported shape/format combination.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,14 +60,14 @@ def write_image(
         import nibabel as nib
 
         if is_rgb:
-            raise ValueError(f"{path}: RGB images cannot be written as NIfTI here; use png or dicom.")
+            raise InputError(f"{path}: RGB images cannot be written as NIfTI here; use png or dicom.")
         # NIfTI stores x first: transpose the row-major array so that every format gives the same
         # array through MONAI's readers (which put x first)
         data = np.ascontiguousarray(array.T)
         nib.save(nib.Nifti1Image(data, np.eye(4)), path)
         return path
     if is_volume:
-        raise ValueError(f"{path}: a volume of shape {array.shape} must be written as nifti, not {fmt}.")
+        raise InputError(f"{path}: a volume of shape {array.shape} must be written as nifti, not {fmt}.")
     if fmt == "png":
         # each writer's library loads only for the format asked
         from PIL import Image
@@ -76,7 +77,7 @@ def write_image(
     if fmt == "dicom":
         _write_dicom(array, path, modality, uid_seed)
         return path
-    raise ValueError(f"format must be png, dicom or nifti but is {fmt!r}.")
+    raise InputError(f"format must be png, dicom or nifti but is {fmt!r}.")
 
 
 def _write_dicom(array: np.ndarray, path: Path, modality: str, uid_seed: str) -> None:
@@ -138,45 +139,68 @@ def import_npz(
     Returns:
         The path of ``datalist.json``.
 
+    Example::
+
+        path = import_npz("pneumoniamnist.npz", "data/pneumonia", fmt="dicom", class_names=["normal", "pneumonia"])
+        dl = load_datalist(path)  # ids train_00000, ...; validation from val_images
+
     Raises:
         FileNotFoundError: when the npz is missing.
-        ValueError: when it lacks the expected arrays or they disagree in length.
+        InputError: when it lacks the expected arrays or they disagree in length.
     """
     npz_path, out = Path(npz_path), Path(out_dir)
-    if not npz_path.is_file():
-        raise FileNotFoundError(f"npz file not found: {npz_path}")
-    if fmt not in _EXT:
-        raise ValueError(f"format must be one of {sorted(_EXT)} but is {fmt!r}.")
-    data = np.load(npz_path, allow_pickle=False)
-    found = [p for p, _ in _SPLITS if f"{p}_images" in data and f"{p}_labels" in data]
-    if not found:
-        raise ValueError(
-            f"{npz_path}: expected arrays train_images/train_labels (and val_, test_) but has {sorted(data)}."
-        )
+    data, found = _open_npz(npz_path, fmt)
     result: dict[str, Any] = {"class_names": class_names}
     multi = False
     for prefix, split in _SPLITS:
         if prefix not in found:
             continue
-        images, labels = data[f"{prefix}_images"], np.asarray(data[f"{prefix}_labels"])
-        if len(images) != len(labels):
-            raise ValueError(
-                f"{npz_path}: {prefix}_images has {len(images)} entries but {prefix}_labels {len(labels)}."
-            )
-        if labels.ndim == 2 and labels.shape[1] == 1:
-            labels = labels.reshape(-1)
+        images, labels = _split_arrays(data, prefix, npz_path)
         multi = multi or labels.ndim == 2
         n = len(images) if limit is None else min(limit, len(images))
-        items = []
-        for i in range(n):
-            img = np.asarray(images[i])
-            is_volume = img.ndim == 3 and img.shape[-1] != 3
-            f = "nifti" if is_volume else fmt
-            rel = f"images/{prefix}_{i:05d}{_EXT[f]}"
-            write_image(img, out / rel, f, modality=modality, uid_seed=f"{npz_path.stem}-{prefix}-{i}")
-            label = labels[i].astype(int).tolist() if labels.ndim == 2 else int(labels[i])
-            items.append({"id": f"{prefix}_{i:05d}", "image": rel, "label": label})
-        result[split] = items
+        result[split] = [
+            _write_item(np.asarray(images[i]), labels[i], f"{prefix}_{i:05d}", out, fmt, modality, npz_path.stem)
+            for i in range(n)
+        ]
         logger.info("%s: wrote %d %s image(s)", split, n, fmt)
     result["multi_label"] = multi
     return atomic_write(out / "datalist.json", json.dumps(result, indent=1) + "\n")
+
+
+def _open_npz(npz_path: Path, fmt: str) -> tuple[Any, list[str]]:
+    """The npz's arrays and the split prefixes that have both images and labels."""
+    if not npz_path.is_file():
+        raise FileNotFoundError(f"npz file not found: {npz_path}")
+    if fmt not in _EXT:
+        raise InputError(f"format must be one of {sorted(_EXT)} but is {fmt!r}.")
+    data = np.load(npz_path, allow_pickle=False)
+    found = [p for p, _ in _SPLITS if f"{p}_images" in data and f"{p}_labels" in data]
+    if not found:
+        raise InputError(
+            f"{npz_path}: expected arrays train_images/train_labels (and val_, test_) but has {sorted(data)}."
+        )
+    return data, found
+
+
+def _split_arrays(data: Any, prefix: str, npz_path: Path) -> tuple[Any, np.ndarray]:
+    """A split's images and labels (one label column flattened to class indices)."""
+    images, labels = data[f"{prefix}_images"], np.asarray(data[f"{prefix}_labels"])
+    if len(images) != len(labels):
+        raise InputError(
+            f"{npz_path}: {prefix}_images has {len(images)} entries but {prefix}_labels {len(labels)}."
+        )
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels.reshape(-1)
+    return images, labels
+
+
+def _write_item(
+    img: np.ndarray, label: np.ndarray, item_id: str, out: Path, fmt: str, modality: str, stem: str
+) -> dict[str, Any]:
+    """Writes one image (a grey volume always as NIfTI) and returns its datalist item."""
+    is_volume = img.ndim == 3 and img.shape[-1] != 3
+    f = "nifti" if is_volume else fmt
+    rel = f"images/{item_id}{_EXT[f]}"
+    write_image(img, out / rel, f, modality=modality, uid_seed=f"{stem}-{item_id}")
+    value = label.astype(int).tolist() if np.ndim(label) == 1 else int(label)
+    return {"id": item_id, "image": rel, "label": value}

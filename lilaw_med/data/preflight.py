@@ -1,22 +1,11 @@
 """Pre-flight check: open every datalist item once and report, per item, what is wrong.
 
-The verdict on each file is :func:`lilaw_med.data.readers.read_header`'s, the function ``predict``
-runs on its inputs too, and it applies the loader's own rules: what it accepts, the training
-transforms load; what it refuses, they refuse. Found per item (each a :class:`Problem` with its
-``kind``): missing file, a file the reader refuses, wrong dimensionality, label missing or out of
-range, duplicate ids, whole-slide patches outside the slide. See docs/data.md for what is read per
-format.
-
-**At scale.** Every step is linear in the items (ids and labels through dicts); files are read by a
-pool of processes over the usable cores, with one progress line when there are many; a whole-slide
-image is opened once for all its patches and closed before the next, so the open files stay bounded.
-Verdicts go to a manifest, one per datalist, keyed by (path, size, modification time) and by the
-installed decoders, appended chunk by chunk (a crash loses one chunk); a second check of an unchanged
-data set reads nothing, and installing a codec re-checks what it may fix.
-
-Training calls :func:`preflight_or_raise`: by default it refuses to start on any problem and
-names every bad item; with ``skip_bad`` it drops them and writes them (id, path, split, reason) to
-the CSV file the caller names (training: the run folder's ``RunDir.rejected``). Nothing is dropped silently.
+The verdict on each file is :func:`lilaw_med.data.readers.read_header`'s (the loader's own rules,
+the function ``predict`` runs too); each finding is a :class:`Problem` with its ``kind``. Files are
+read by a pool of processes, each slide opened once for all its patches, and verdicts cached in a
+manifest per datalist keyed by (path, size, mtime) and the installed decoders. Training calls
+:func:`preflight_or_raise`, which refuses to start on any problem, or with ``skip_bad`` drops the
+bad items and lists them in a CSV. See docs/data.md section 6.
 """
 
 from __future__ import annotations
@@ -40,6 +29,7 @@ from tqdm import tqdm
 
 from lilaw_med.data.datalist import Datalist, Problem, ProblemKind
 from lilaw_med.data.readers import ImageHeader, decoder_environment, list_series_files, read_header
+from lilaw_med.errors import InputError, one_line
 from lilaw_med.utils import atomic_write
 
 __all__ = [
@@ -104,6 +94,10 @@ def _fingerprint(path: str, st: os.stat_result) -> str | None:
     except (OSError, ValueError):  # ValueError: a looping link in a series folder; read_header names it
         return None
     return f"dir{len(files)}:{sum(s.st_size for s in stats)}:{max((s.st_mtime_ns for s in stats), default=0)}"
+
+
+def _header_from_dict(h: dict[str, Any]) -> ImageHeader:
+    return ImageHeader(h["kind"], tuple(h["shape"]), h["channels"], h["decoded"], h["finite"])
 
 
 def _header_dict(header: ImageHeader) -> dict[str, Any]:
@@ -176,8 +170,7 @@ class _Manifest:
         self.used.add(key)
         if cached.get("error"):
             return None, cached["error"]
-        h = cached["header"]
-        return ImageHeader(h["kind"], tuple(h["shape"]), h["channels"], h["decoded"], h["finite"]), None
+        return _header_from_dict(cached["header"]), None
 
     def append(self, entries: Iterable[dict[str, Any]]) -> None:
         """Records entries in memory and, when there is a file, on disk at once (flushed)."""
@@ -215,16 +208,24 @@ class _Manifest:
             self._out = None
         if self.file is None or not self.file.is_file():
             return
-        kept = {
-            k: e for k, e in self.entries.items() if k in self.used or os.path.exists(e.get("path", k.rpartition("|")[0]))
-        }
+        kept = self._live_entries()
         if self.lines > 1.25 * len(kept) + 16:
-            try:
-                body = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in kept.values())
-                atomic_write(self.file, self._header_line() + body)
-            except OSError as e:
-                logger.warning("could not rewrite the pre-flight manifest %s: %s", self.file, e)
+            self._rewrite(kept)
         _prune_manifests(self.file.parent, keep=self.file)
+
+    def _live_entries(self) -> list[dict[str, Any]]:
+        """The entries used by this check or whose file still exists."""
+        return [
+            e for k, e in self.entries.items() if k in self.used or os.path.exists(e.get("path", k.rpartition("|")[0]))
+        ]
+
+    def _rewrite(self, kept: Sequence[dict[str, Any]]) -> None:
+        assert self.file is not None
+        try:
+            body = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in kept)
+            atomic_write(self.file, self._header_line() + body)
+        except OSError as e:
+            logger.warning("could not rewrite the pre-flight manifest %s: %s", self.file, e)
 
 
 def _prune_manifests(folder: Path, keep: Path) -> None:
@@ -257,26 +258,12 @@ def _read_files(
     """Reads ``todo`` ((path, manifest key, fingerprint)) in chunks, in a process pool over the usable cores
     when there are many, recording each chunk in the manifest as it comes; yields ``(path, verdict)``."""
     chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
-    workers = min(len(os.sched_getaffinity(0)), len(chunks)) if len(todo) >= _PARALLEL_MIN else 1
-    bar = None
-    if progress or (progress is None and len(todo) >= _PROGRESS_MIN):
-
-        bar = tqdm(total=len(todo), desc="pre-flight", unit="file", mininterval=1.0)
+    bar = _progress_bar(progress, len(todo))
     pool = None
     try:
-        if workers > 1:
-            # fork: the children start at once with the readers imported; they touch no thread state
-            context = multiprocessing.get_context("fork") if os.name == "posix" else None
-            pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
-            results: Iterable[list[Any]] = pool.map(_verdicts, [[p for p, _, _ in c] for c in chunks], [decode] * len(chunks))
-        else:
-            results = (_verdicts([p for p, _, _ in c], decode) for c in chunks)
-        for chunk, verdicts in zip(chunks, results, strict=True):
-            manifest.append(
-                {"key": key, "path": path, "fingerprint": fp, "error": error, "header": header}
-                for (path, key, fp), (header, error) in zip(chunk, verdicts, strict=True)
-                if fp is not None
-            )
+        pool = _process_pool(len(todo), len(chunks))
+        for chunk, verdicts in zip(chunks, _chunk_verdicts(chunks, decode, pool), strict=True):
+            manifest.append(_manifest_entries(chunk, verdicts))
             if bar is not None:
                 bar.update(len(chunk))
             yield from ((path, v) for (path, _, _), v in zip(chunk, verdicts, strict=True))
@@ -287,6 +274,47 @@ def _read_files(
             bar.close()
 
 
+def _progress_bar(progress: bool | None, total: int) -> tqdm | None:
+    """A progress line when asked for, or (``progress=None``) when there are many files to read."""
+    if progress or (progress is None and total >= _PROGRESS_MIN):
+        return tqdm(total=total, desc="pre-flight", unit="file", mininterval=1.0)
+    return None
+
+
+def _process_pool(files: int, chunks: int) -> concurrent.futures.ProcessPoolExecutor | None:
+    """A pool over the usable cores (at most one process per chunk) when there are many files; else ``None``
+    (read in this process)."""
+    workers = min(len(os.sched_getaffinity(0)), chunks) if files >= _PARALLEL_MIN else 1
+    if workers <= 1:
+        return None
+    # fork: the children start at once with the readers imported; they touch no thread state
+    context = multiprocessing.get_context("fork") if os.name == "posix" else None
+    return concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context)
+
+
+def _chunk_verdicts(
+    chunks: Sequence[Sequence[tuple[str, str, str | None]]],
+    decode: bool,
+    pool: concurrent.futures.ProcessPoolExecutor | None,
+) -> Iterable[list[tuple[dict[str, Any] | None, str | None]]]:
+    """Each chunk's verdicts, in order: from the pool, or read here."""
+    paths = [[p for p, _, _ in c] for c in chunks]
+    if pool is None:
+        return (_verdicts(c, decode) for c in paths)
+    return pool.map(_verdicts, paths, [decode] * len(chunks))
+
+
+def _manifest_entries(
+    chunk: Sequence[tuple[str, str, str | None]], verdicts: Sequence[tuple[dict[str, Any] | None, str | None]]
+) -> list[dict[str, Any]]:
+    """The manifest entries of a chunk's verdicts (a file without a fingerprint is not cached)."""
+    return [
+        {"key": key, "path": path, "fingerprint": fp, "error": error, "header": header}
+        for (path, key, fp), (header, error) in zip(chunk, verdicts, strict=True)
+        if fp is not None
+    ]
+
+
 def _slide_reasons(slide_path: str, items: Sequence[tuple[int, dict[str, Any]]]) -> dict[int, str]:
     """Opens one slide, checks each of its patches, and closes it: ``item index -> reason`` for the bad ones."""
     try:
@@ -295,7 +323,7 @@ def _slide_reasons(slide_path: str, items: Sequence[tuple[int, dict[str, Any]]])
 
         slide = tiffslide.TiffSlide(slide_path)
     except Exception as e:
-        reason = f"not a readable slide ({type(e).__name__}: {e})"
+        reason = f"not a readable slide ({one_line(e, with_type=True)})"
         return {index: reason for index, _ in items}
     try:
         return {index: r for index, item in items if (r := _patch_problem(slide, item)) is not None}
@@ -306,10 +334,7 @@ def _slide_reasons(slide_path: str, items: Sequence[tuple[int, dict[str, Any]]])
 def _patch_problem(slide: Any, item: dict[str, Any]) -> str | None:
     """Why a whole-slide patch does not lie in its slide's level, or ``None``."""
     try:
-        row, col = (int(v) for v in item["location"])
-        size = item.get("size") or item.get("patch_size") or [1, 1]
-        h, w = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
-        level = int(item.get("level", item.get("patch_level", 0)) or 0)
+        row, col, h, w, level = _patch_placement(item)
     except (TypeError, ValueError) as e:
         return f"invalid patch location/size ({e}); expected location [row, col] and size [h, w]"
     if not 0 <= level < slide.level_count:
@@ -319,6 +344,15 @@ def _patch_problem(slide: Any, item: dict[str, Any]) -> str | None:
     if row < 0 or col < 0 or row + h * down > height0 or col + w * down > width0:
         return f"patch at (row {row}, col {col}) size {h}x{w} at level {level} lies outside the slide ({height0}x{width0})"
     return None
+
+
+def _patch_placement(item: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    """``(row, col, height, width, level)`` of a patch item; raises TypeError/ValueError on bad fields."""
+    row, col = (int(v) for v in item["location"])
+    size = item.get("size") or item.get("patch_size") or [1, 1]
+    h, w = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
+    level = int(item.get("level", item.get("patch_level", 0)) or 0)
+    return row, col, h, w, level
 
 
 def check_datalist(
@@ -375,36 +409,46 @@ def _file_verdicts(
     todo: list[tuple[str, str, str | None]] = []
     slides: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     for index, (_, item) in enumerate(items):
-        image = item.get("image") or ""
-        if not image:
-            continue
-        for path in _image_paths(image):
-            if path in files and "location" not in item:
-                continue
-            try:
-                st = os.stat(path)
-            except OSError:
-                files[path] = None
-                continue
+        for path in _image_paths(item.get("image") or []):
             if "location" in item:
-                files[path] = (None, None)  # it exists; its patches are checked below
-                slides.setdefault(path, []).append((index, item))
-                continue
-            key = manifest.key(os.path.abspath(path), decode)
-            fp = _fingerprint(path, st)
-            cached = manifest.lookup(key, fp)
-            files[path] = cached if cached is not None else (None, None)
-            if cached is None:
-                todo.append((path, key, fp))
+                files[path] = _slide_exists(path, index, item, slides)
+            elif path not in files:
+                files[path] = _cached_or_queued(path, decode, manifest, todo)
     for path, (header, error) in _read_files(todo, decode, manifest, progress):
-        files[path] = (None if header is None else ImageHeader(
-            header["kind"], tuple(header["shape"]), header["channels"], header["decoded"], header["finite"]
-        ), error)  # fmt: skip
+        files[path] = (None if header is None else _header_from_dict(header), error)
     # one slide open at a time, for all its patches: the open files stay bounded however many slides
     patches: dict[int, str] = {}
     for path, group in slides.items():
         patches.update(_slide_reasons(path, group))
     return files, patches
+
+
+def _slide_exists(
+    path: str, index: int, item: dict[str, Any], slides: dict[str, list[tuple[int, dict[str, Any]]]]
+) -> tuple[None, None] | None:
+    """``None`` for a missing slide; else ``(None, None)``, the patch queued in ``slides`` (checked later)."""
+    if not os.path.exists(path):
+        return None
+    slides.setdefault(path, []).append((index, item))
+    return None, None
+
+
+def _cached_or_queued(
+    path: str, decode: bool, manifest: _Manifest, todo: list[tuple[str, str, str | None]]
+) -> tuple[ImageHeader | None, str | None] | None:
+    """``None`` for a missing file; the manifest's verdict of an unchanged one; else ``(None, None)``, the
+    file queued in ``todo``."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = manifest.key(os.path.abspath(path), decode)
+    fp = _fingerprint(path, st)
+    cached = manifest.lookup(key, fp)
+    if cached is not None:
+        return cached
+    todo.append((path, key, fp))
+    return None, None
 
 
 def _item_problems(
@@ -417,59 +461,104 @@ def _item_problems(
     patches: dict[int, str],
 ) -> list[Problem]:
     """The problems of every item, in item order, after the datalist's own (one per id and kind)."""
-    problems: list[Problem] = [p for p in datalist.problems if any(s in splits for s in p.split.split(","))]
-    already = {(p.id, p.split, p.reason) for p in problems}
-    # (id, kind) already reported: an id is named a duplicate, or its label missing, once
-    flagged = {(p.id, p.kind) for p in problems}
-    k = num_classes if num_classes is not None else (len(datalist.class_names) if datalist.class_names else None)
+    found = _Findings(_loader_problems(datalist, splits))
+    k = num_classes if num_classes is not None else len(datalist.class_names or []) or None
     ids = Counter(it.get("id") for _, it in items)
-
     for index, (split, item) in enumerate(items):
-        item_id = str(item.get("id") or "")
-        image = item.get("image") or ""
-        path_s = str(image)
+        reasons = _duplicate_findings(ids[item.get("id")])
+        reasons.extend(_label_findings(item.get("label"), split, k))
+        reasons.extend(_file_findings(item, index, files, patches, expected_dims))
+        item_id, path_s = str(item.get("id") or ""), str(item.get("image") or "")
+        for reason, kind in reasons:
+            found.add(Problem(item_id, path_s, split, reason, kind))
+    return found.problems
 
-        def add(
-            reason: str, kind: ProblemKind, split: str = split, item_id: str = item_id, path_s: str = path_s
-        ) -> None:
-            if (item_id, split, reason) not in already:
-                already.add((item_id, split, reason))
-                flagged.add((item_id, kind))
-                problems.append(Problem(item_id, path_s, split, reason, kind))
 
-        if ids[item.get("id")] > 1 and (item_id, "duplicate") not in flagged:
-            add(f"duplicate id: {ids[item.get('id')]} items share it", "duplicate")
-        label = item.get("label")
-        if label is None:
-            if split != "test" and not {(item_id, "missing_label"), (item_id, "bad_label")} & flagged:
-                add("label missing", "missing_label")
-        elif k is not None:
-            if isinstance(label, list):
-                if len(label) != k or any(v not in (0, 1) for v in label):
-                    add(f"label out of range: expected {k} flags of 0/1 but got {label}", "bad_label")
-            elif not 0 <= int(label) < k:
-                add(f"label out of range: expected a class index in [0, {k - 1}] but got {label}", "bad_label")
-        if not image:
-            continue
-        for path in _image_paths(image):
-            verdict = files.get(path)
-            if verdict is None:
-                add(f"missing file: {path}", "missing_file")
-                continue
-            if "location" in item:
-                if index in patches:
-                    add(patches[index], "bad_patch")
-                continue
-            header, error = verdict
-            if error is not None:
-                add(_without_path(error, path), "unreadable")
-                continue
-            if expected_dims is not None and header is not None:
-                # the rule predict applies too (header.ndim), so both give one verdict per file
-                reason = header.dims_problem(expected_dims)
-                if reason:
-                    add(reason, "wrong_dims")
-    return problems
+# a problem of this kind is not reported for an id that already has one of these kinds: an id is named
+# a duplicate once, and a label the loader named missing or bad is not named missing again
+_ONCE_PER_ID: dict[str, tuple[str, ...]] = {
+    "duplicate": ("duplicate",),
+    "missing_label": ("missing_label", "bad_label"),
+}
+
+
+class _Findings:
+    """The problems found so far: one per (id, split, reason); the (id, kind) pairs already reported."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems: list[Problem] = []
+        self._seen: set[tuple[str, str, str]] = set()
+        self._flagged: set[tuple[str, str]] = set()
+        for p in problems:
+            self.problems.append(p)
+            self._seen.add((p.id, p.split, p.reason))
+            self._flagged.add((p.id, p.kind))
+
+    def add(self, problem: Problem) -> None:
+        """Adds ``problem`` unless the same id, split and reason is already there, or its id already has a
+        problem that :data:`_ONCE_PER_ID` says covers it."""
+        if any((problem.id, kind) in self._flagged for kind in _ONCE_PER_ID.get(problem.kind, ())):
+            return
+        if (problem.id, problem.split, problem.reason) not in self._seen:
+            self._seen.add((problem.id, problem.split, problem.reason))
+            self._flagged.add((problem.id, problem.kind))
+            self.problems.append(problem)
+
+
+def _loader_problems(datalist: Datalist, splits: tuple[str, ...]) -> list[Problem]:
+    """The loader's own problems in ``splits`` (a duplicate's split may be "training,test")."""
+    return [p for p in datalist.problems if set(p.split.split(",")) & set(splits)]
+
+
+def _duplicate_findings(count: int) -> list[tuple[str, ProblemKind]]:
+    return [(f"duplicate id: {count} items share it", "duplicate")] if count > 1 else []
+
+
+def _label_findings(label: Any, split: str, k: int | None) -> list[tuple[str, ProblemKind]]:
+    """What is wrong with a resolved label: missing outside the test split, or out of range."""
+    if label is None:
+        return [("label missing", "missing_label")] if split != "test" else []
+    if k is None:
+        return []
+    if isinstance(label, list):
+        if len(label) != k or any(v not in (0, 1) for v in label):
+            return [(f"label out of range: expected {k} flags of 0/1 but got {label}", "bad_label")]
+    elif not 0 <= int(label) < k:
+        return [(f"label out of range: expected a class index in [0, {k - 1}] but got {label}", "bad_label")]
+    return []
+
+
+def _file_findings(
+    item: dict[str, Any],
+    index: int,
+    files: dict[str, tuple[ImageHeader | None, str | None] | None],
+    patches: dict[int, str],
+    expected_dims: int | None,
+) -> Iterator[tuple[str, ProblemKind]]:
+    """``(reason, kind)`` for each of the item's files that is missing, refused, of the wrong
+    dimensionality, or (a slide patch) outside its slide."""
+    for path in _image_paths(item.get("image") or []):
+        verdict = files.get(path)
+        if verdict is None:
+            yield f"missing file: {path}", "missing_file"
+        elif "location" in item:
+            if index in patches:
+                yield patches[index], "bad_patch"
+        else:
+            yield from _header_findings(verdict, path, expected_dims)
+
+
+def _header_findings(
+    verdict: tuple[ImageHeader | None, str | None], path: str, expected_dims: int | None
+) -> Iterator[tuple[str, ProblemKind]]:
+    header, error = verdict
+    if error is not None:
+        yield _without_path(error, path), "unreadable"
+    elif expected_dims is not None and header is not None:
+        # the rule predict applies too (header.ndim), so both give one verdict per file
+        reason = header.dims_problem(expected_dims)
+        if reason:
+            yield reason, "wrong_dims"
 
 
 def write_problems_csv(problems: Iterable[Problem], path: str | os.PathLike) -> Path:
@@ -508,8 +597,15 @@ def preflight_or_raise(
         The datalist unchanged when there is no problem; with ``skip_bad``, a copy without the
         bad items (and with ``problems`` emptied).
 
+    Example::
+
+        datalist = preflight_or_raise(
+            load_datalist("data/datalist.json", strict=False), skip_bad=True,
+            rejected_csv="runs/r1/rejected_items.csv", expected_dims=2,
+        )
+
     Raises:
-        ValueError: when there are problems and ``skip_bad`` is off (the message lists every bad
+        InputError: when there are problems and ``skip_bad`` is off (the message lists every bad
             item), or when skipping leaves no training item.
     """
     cache = default_cache_dir() if cache_dir == "default" else cache_dir
@@ -520,10 +616,17 @@ def preflight_or_raise(
         return datalist
     if not skip_bad:
         listing = "\n  ".join(str(p) for p in problems)
-        raise ValueError(
+        raise InputError(
             f"the pre-flight check found {len(problems)} problem(s) in {datalist.source}; fix them or train "
             f"with --skip-bad to leave these items out:\n  {listing}"
         )
+    return _without_bad(datalist, problems, rejected_csv)
+
+
+def _without_bad(
+    datalist: Datalist, problems: Sequence[Problem], rejected_csv: str | os.PathLike | None
+) -> Datalist:
+    """The datalist without the items that have problems (each one logged)."""
     bad = {p.id for p in problems}
     kept = replace(datalist.without_ids(bad), problems=[])
     logger.warning(
@@ -534,5 +637,5 @@ def preflight_or_raise(
     for p in problems:
         logger.warning("rejected %s", p)
     if not kept.training:
-        raise ValueError(f"every training item of {datalist.source} failed the pre-flight check.")
+        raise InputError(f"every training item of {datalist.source} failed the pre-flight check.")
     return kept

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lilaw_med.errors import InputError
+
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
@@ -141,12 +143,12 @@ def get_preset(name: str) -> PresetSpec:
     """The registered preset called ``name``.
 
     Raises:
-        ValueError: for an unknown preset (listing the registered ones).
+        InputError: for an unknown preset (listing the registered ones).
     """
     try:
         return PRESETS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"preset must be one of {sorted(PRESETS)} but is {name!r}.") from None
+        raise InputError(f"preset must be one of {sorted(PRESETS)} but is {name!r}.") from None
 
 
 def find_preset(name: str) -> PresetSpec | None:

@@ -1,23 +1,10 @@
 """Deterministic synthetic sample data as real files (DICOM, NIfTI, PNG tiles, a tiled TIFF slide).
 
-``write_sample_data(DIR)`` (the ``lilaw-med sample-data DIR`` command) writes, in seconds::
-
-    DIR/radiology_2d/  images/*.dcm   2D chest radiographs (CR/DX DICOM, 128x128, 12-bit, some
-                                      MONOCHROME1); classes normal / opacity (a round opacity
-                                      in a lung field)
-    DIR/radiology_3d/  volumes/*.nii.gz  abdominal CT-like volumes (40^3, int16 HU, 2x2x2.5 mm,
-                                      RAS affine); classes no_lesion / lesion (an enhancing
-                                      sphere in the liver)
-    DIR/pathology/     tiles/*.png    H&E-like RGB tiles (64x64); classes stroma / lymphocytes /
-                                      tumor (nuclei density, size and fibres differ)
-    DIR/slide/         slide_*.tiff   small tiled pyramid TIFFs (3 levels, 256-px tiles) made of
-                                      the same tissue classes, with a patch list (location, label)
-
-Each folder holds ``datalist_clean.json`` (the true labels; training and test splits, a
-``group`` per synthetic patient or slide) and ``datalist.json``: the same items with symmetric
-label noise injected into training and validation (validation split off the training list,
-grouped and stratified), with its ``datalist_noise.csv`` sidecar of true labels. The test split
-stays clean. The same seed gives the same pixel data, UIDs, splits and noisy labels.
+:func:`write_sample_data` (``lilaw-med sample-data DIR``) writes ``radiology_2d/``, ``radiology_3d/``,
+``pathology/`` and ``slide/``, each with ``datalist_clean.json`` (the true labels) and
+``datalist.json`` (symmetric noise in training and validation, recorded in
+``datalist_noise.csv``; the test split stays clean). The same seed gives the same pixels, UIDs,
+splits and noisy labels. What each set holds: sample_data/README.md.
 """
 
 from __future__ import annotations
@@ -35,6 +22,7 @@ from scipy.ndimage import gaussian_filter
 
 from lilaw_med.data.datalist import load_datalist
 from lilaw_med.data.noise import add_noise_to_datalist
+from lilaw_med.errors import InputError
 from lilaw_med.utils import atomic_write
 
 __all__ = [
@@ -492,6 +480,11 @@ def write_sample_data(
 ) -> dict[str, Path]:
     """Writes the sample data sets with datalists and injected, recorded label noise.
 
+    Example::
+
+        datalists = write_sample_data("sample_data", n_2d=100, n_3d=40)
+        dl = load_datalist(datalists["radiology_2d"])  # the noisy datalist; its sidecar holds the truth
+
     Args:
         out_dir: the folder to write into (created).
         seed: the seed; the same seed gives the same pixel data, UIDs, splits and labels.
@@ -507,15 +500,15 @@ def write_sample_data(
         JSON (``datalist.json``; the clean one is ``datalist_clean.json`` beside it).
 
     Raises:
-        ValueError: for sizes too small to split (fewer than 4 patients, slides or groups).
+        InputError: for sizes too small to split (fewer than 4 patients, slides or groups).
     """
     out = Path(out_dir)
     if min(n_2d, n_3d) < 8 or n_tiles < 40 or n_slides < 1:
-        raise ValueError(
+        raise InputError(
             f"sample sizes too small: n_2d={n_2d}, n_3d={n_3d} (>= 8), n_tiles={n_tiles} (>= 40)."
         )
     if slide_side % 1024:
-        raise ValueError(f"slide_side must be a multiple of 1024 but is {slide_side}.")
+        raise InputError(f"slide_side must be a multiple of 1024 but is {slide_side}.")
     clean = {
         "radiology_2d": _radiology_2d(out / "radiology_2d", seed, n_2d),
         "radiology_3d": _radiology_3d(out / "radiology_3d", seed, n_3d),

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DistributedSampler
 
+from lilaw_med.errors import InputError
+
 if TYPE_CHECKING:  # ignite loads in attach(): building a datalist's loaders needs no engine
     from ignite.engine import Engine
 
@@ -193,12 +195,12 @@ class ResumableSampler(DistributedSampler):
             state_dict: a dict from :meth:`state_dict`.
 
         Raises:
-            ValueError: when the saved length, seed, shuffle, world size, drop_last or shard differ from this
+            InputError: when the saved length, seed, shuffle, world size, drop_last or shard differ from this
                 sampler's (the resumed run would see a different order).
         """
         for key in ("length", "shuffle", "seed", "world_size", "drop_last", "shard"):
             if key in state_dict and state_dict[key] != getattr(self, key):
-                raise ValueError(
+                raise InputError(
                     f"cannot resume the sampler: the checkpoint has {key}={state_dict[key]!r} but this run has "
                     f"{key}={getattr(self, key)!r} (the data or the number of processes changed since it was saved)."
                 )

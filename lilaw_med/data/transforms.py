@@ -44,6 +44,7 @@ from lilaw_med.data.curation import RECORD_KEYS
 from lilaw_med.data.presets import get_preset
 from lilaw_med.data.readers import LoadMedicalImaged
 from lilaw_med.data.wsi import LoadWSIPatchd
+from lilaw_med.errors import InputError
 
 __all__ = [
     "CastLabeld",
@@ -70,7 +71,7 @@ def preset_defaults(preset: str) -> dict[str, Any]:
         A new dict of option name -> default value.
 
     Raises:
-        ValueError: for an unknown preset.
+        InputError: for an unknown preset.
     """
     return get_preset(preset).default_options()
 
@@ -78,7 +79,7 @@ def preset_defaults(preset: str) -> dict[str, Any]:
 def _check_window(opts: Mapping[str, Any], what: str) -> None:
     w = opts.get("window")
     if not (isinstance(w, (list, tuple)) and len(w) == 2 and float(w[1]) > 0):
-        raise ValueError(f"intensity '{opts['intensity']}' needs option 'window' = {what} but it is {w!r}.")
+        raise InputError(f"intensity '{opts['intensity']}' needs option 'window' = {what} but it is {w!r}.")
 
 
 def resolve_options(preset: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -92,35 +93,38 @@ def resolve_options(preset: str, options: Mapping[str, Any] | None) -> dict[str,
         The complete options (``spatial_size`` a list of ``spatial_dims`` ints, or ``None``).
 
     Raises:
-        ValueError: for an unknown preset or option, or an invalid option value.
+        InputError: for an unknown preset or option, or an invalid option value.
     """
     spec = get_preset(preset)
     opts = spec.default_options()
     unknown = sorted(set(options or {}) - set(opts))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for preset {preset!r}; valid: {sorted(opts)}.")
+        raise InputError(f"unknown option(s) {unknown} for preset {preset!r}; valid: {sorted(opts)}.")
     opts.update(options or {})
     if opts["intensity"] not in spec.intensities:
-        raise ValueError(
+        raise InputError(
             f"option 'intensity' of preset {preset!r} must be one of {spec.intensities} but is {opts['intensity']!r}."
         )
     if opts["channels"] not in (1, 3):
-        raise ValueError(f"option 'channels' must be 1 or 3 but is {opts['channels']!r}.")
-    dims = spec.spatial_dims
-    size = opts["spatial_size"]
-    if size is not None:
-        if isinstance(size, int):
-            size = [size] * dims
-        if len(size) != dims or not all(isinstance(s, int) and s > 0 for s in size):
-            raise ValueError(
-                f"option 'spatial_size' must be {dims} positive ints but is {opts['spatial_size']!r}."
-            )
-        opts["spatial_size"] = list(size)
-    if opts["intensity"] == "window":
-        _check_window(opts, "[center, width > 0]")
-    if opts["intensity"] == "ct_window":
-        _check_window(opts, "[center HU, width HU > 0]")
+        raise InputError(f"option 'channels' must be 1 or 3 but is {opts['channels']!r}.")
+    opts["spatial_size"] = _spatial_size(opts["spatial_size"], spec.spatial_dims)
+    if opts["intensity"] in _WINDOWS:
+        _check_window(opts, _WINDOWS[opts["intensity"]])
     return opts
+
+
+# the intensities that need a 'window' option, and what it must hold
+_WINDOWS = {"window": "[center, width > 0]", "ct_window": "[center HU, width HU > 0]"}
+
+
+def _spatial_size(size: Any, dims: int) -> list[int] | None:
+    """The ``spatial_size`` option as ``dims`` positive ints (one int: the same on every axis)."""
+    if size is None:
+        return None
+    full = [size] * dims if isinstance(size, int) else size
+    if len(full) != dims or not all(isinstance(s, int) and s > 0 for s in full):
+        raise InputError(f"option 'spatial_size' must be {dims} positive ints but is {size!r}.")
+    return list(full)
 
 
 def build_transforms(preset: str, options: Mapping[str, Any] | None = None, train: bool = False) -> Compose:
@@ -143,8 +147,13 @@ def build_transforms(preset: str, options: Mapping[str, Any] | None = None, trai
     Returns:
         The ``Compose`` to apply to datalist items.
 
+    Example::
+
+        chain = build_transforms("radiology_2d", {"spatial_size": 224}, train=True)
+        item = chain(datalist.training[0])  # {"image": (1, 224, 224) float32, "label": tensor(1), "id": ...}
+
     Raises:
-        ValueError: for an unknown preset or option, or an invalid option value.
+        InputError: for an unknown preset or option, or an invalid option value.
     """
     spec = get_preset(preset)
     opts = resolve_options(preset, options)
@@ -166,21 +175,7 @@ def build_transforms(preset: str, options: Mapping[str, Any] | None = None, trai
     if opts.get("pixdim"):
         chain.append(Spacingd(keys, pixdim=opts["pixdim"], mode="bilinear"))
 
-    # the order of resizing and intensity scaling (docs/data.md, "resize and scale"): percentile
-    # scaling runs on the smaller grid (ResizeScalePercentilesd); any other scaling after the resize
-    size = opts["spatial_size"]
-    intensity = _intensity(keys, opts)
-    percentile = intensity[0] if intensity and isinstance(intensity[0], ScaleIntensityPercentilesd) else None
-    if size is not None and opts.get("resize") != "crop_or_pad" and percentile is not None:
-        chain.append(ResizeScalePercentilesd(keys, Resized(keys, spatial_size=size, mode=opts["resize_mode"]), percentile))
-    else:
-        if size is not None:
-            if opts.get("resize") == "crop_or_pad":
-                chain.append(ResizeWithPadOrCropd(keys, spatial_size=size))
-            else:
-                chain.append(Resized(keys, spatial_size=size, mode=opts["resize_mode"]))
-        chain.extend(intensity)
-
+    chain.extend(_resize_and_scale(keys, opts))
     if opts["channels"] != spec.channels:
         chain.append(PrepareChannelsd(keys, spatial_dims=dims, channels=opts["channels"]))
     chain.append(EnsureTyped(keys, dtype=torch.float32, track_meta=False))
@@ -190,6 +185,21 @@ def build_transforms(preset: str, options: Mapping[str, Any] | None = None, trai
     if train:
         chain.extend(_augmentations(keys, opts, dims))
     return Compose(chain)
+
+
+def _resize_and_scale(keys: str, opts: Mapping[str, Any]) -> list[Any]:
+    """The resize and the intensity scaling, in the order docs/data.md ("resize and scale") gives: percentile
+    scaling runs on the smaller grid (ResizeScalePercentilesd); any other scaling after the resize."""
+    size = opts["spatial_size"]
+    intensity = _intensity(keys, opts)
+    if size is None:
+        return intensity
+    if opts.get("resize") == "crop_or_pad":
+        return [ResizeWithPadOrCropd(keys, spatial_size=size), *intensity]
+    resize = Resized(keys, spatial_size=size, mode=opts["resize_mode"])
+    if intensity and isinstance(intensity[0], ScaleIntensityPercentilesd):
+        return [ResizeScalePercentilesd(keys, resize, intensity[0])]
+    return [resize, *intensity]
 
 
 def _intensity(keys: str, opts: Mapping[str, Any]) -> list[Any]:
@@ -275,27 +285,37 @@ def percentiles(arr: np.ndarray, qs: Sequence[float]) -> list[float]:
         return [float(v) for v in np.percentile(flat, list(qs))]
     # 4k-8k values below 1M, about 16k above: sorting the sample must stay cheap against one pass over the array
     sample = np.sort(flat[:: max(1, n // (16384 if n >= 1 << 20 else 4096))])
-    out: list[float] = []
-    for q in qs:
-        h = (n - 1) * float(q) / 100.0
-        k = int(np.floor(h))
-        ranks = [k, min(k + 1, n - 1)]
-        if max(ranks) < n // 8:  # lower tail: the smallest values
-            cut = sample[min(len(sample) - 1, int(2 * (k + 2) / n * len(sample)) + 8)]
-            cand = flat[flat <= cut]
-            idx = ranks
-        elif min(ranks) > n - 1 - n // 8:  # upper tail: the largest values
-            cut = sample[max(0, len(sample) - 1 - int(2 * (n - k + 1) / n * len(sample)) - 8)]
-            cand = flat[flat >= cut]
-            idx = [r - (n - cand.size) for r in ranks]
-        else:
-            cand, idx = flat, ranks
-        if min(idx) < 0 or max(idx) >= cand.size:  # the candidates do not hold the ranks: all values
-            cand, idx = flat, ranks
-        part = np.partition(cand, sorted(set(idx)))
-        lo, hi = float(part[idx[0]]), float(part[idx[1]])
-        out.append(float(np.percentile([lo, hi], 100.0 * (h - k))) if hi != lo else lo)
-    return out
+    return [_percentile(flat, sample, float(q)) for q in qs]
+
+
+def _percentile(flat: np.ndarray, sample: np.ndarray, q: float) -> float:
+    """One percentile of ``flat`` (see :func:`percentiles`), its order statistics from a tail's candidates."""
+    n = flat.size
+    h = (n - 1) * q / 100.0
+    k = int(np.floor(h))
+    ranks = [k, min(k + 1, n - 1)]
+    cand, idx = _tail_candidates(flat, sample, k, ranks)
+    if min(idx) < 0 or max(idx) >= cand.size:  # the candidates do not hold the ranks: all values
+        cand, idx = flat, ranks
+    part = np.partition(cand, sorted(set(idx)))
+    lo, hi = float(part[idx[0]]), float(part[idx[1]])
+    return float(np.percentile([lo, hi], 100.0 * (h - k))) if hi != lo else lo
+
+
+def _tail_candidates(
+    flat: np.ndarray, sample: np.ndarray, k: int, ranks: list[int]
+) -> tuple[np.ndarray, list[int]]:
+    """The values of the tail that should hold ``ranks`` (cut by the sorted ``sample``) and the ranks within
+    them; all values and ``ranks`` for a percentile away from both tails."""
+    n = flat.size
+    if max(ranks) < n // 8:  # lower tail: the smallest values
+        cut = sample[min(len(sample) - 1, int(2 * (k + 2) / n * len(sample)) + 8)]
+        return flat[flat <= cut], ranks
+    if min(ranks) > n - 1 - n // 8:  # upper tail: the largest values
+        cut = sample[max(0, len(sample) - 1 - int(2 * (n - k + 1) / n * len(sample)) - 8)]
+        cand = flat[flat >= cut]
+        return cand, [r - (n - cand.size) for r in ranks]
+    return flat, ranks
 
 
 class ScaleIntensityPercentilesd(MapTransform):
@@ -304,9 +324,8 @@ class ScaleIntensityPercentilesd(MapTransform):
     The same result as MONAI's ``ScaleIntensityRangePercentilesd`` (``relative=False``,
     ``channel_wise=False``; linear interpolation between order statistics, float32 output) to
     float32 rounding, at a fraction of the cost: MONAI calls ``torch.quantile`` once per
-    percentile, each a full sort of the image (about 70 ms of user and 13 ms of system time for
-    a 96^3 volume), where one ``np.percentile`` call partitions the array once for both
-    percentiles (about 7 ms). Like MONAI's transform, an image whose two percentiles are equal
+    percentile, each a full sort of the image, where one ``np.percentile`` call partitions the
+    array once for both percentiles (timings in docs/data.md section 8). Like MONAI's transform, an image whose two percentiles are equal
     is shifted (``x - lower_value + b_min``), not scaled.
 
     Args:
@@ -319,7 +338,7 @@ class ScaleIntensityPercentilesd(MapTransform):
         allow_missing_keys: skip missing keys.
 
     Raises:
-        ValueError: when a percentile lies outside [0, 100].
+        InputError: when a percentile lies outside [0, 100].
     """
 
     def __init__(
@@ -335,7 +354,7 @@ class ScaleIntensityPercentilesd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         for name, q in (("lower", lower), ("upper", upper)):
             if not 0.0 <= float(q) <= 100.0:
-                raise ValueError(f"percentile {name} must lie in [0, 100] but is {q}.")
+                raise InputError(f"percentile {name} must lie in [0, 100] but is {q}.")
         self.lower, self.upper = float(lower), float(upper)
         self.b_min, self.b_max = float(b_min), float(b_max)
         self.clip = clip
@@ -415,12 +434,12 @@ class ResizeScalePercentilesd(MapTransform):
 class OrientIfNeededd(Orientationd):
     """MONAI's ``Orientationd``, skipped for an image whose affine already has the wanted axis codes.
 
-    Reorienting a volume that is already oriented copies nothing but still costs MONAI about 2.5 ms
-    (the affine's orientation, a no-op flip and transpose, metadata); the chain drops the metadata
-    at its end (``EnsureTyped(track_meta=False)``), so skipping it gives the same pixels. Images
-    without an affine (not a ``MetaTensor``) go to MONAI, which handles them as it does. The axis
-    codes of each distinct affine are computed once (``aff2axcodes`` takes about 0.4 ms; a data set's
-    volumes share a handful of affines).
+    Reorienting a volume that is already oriented copies nothing but still costs MONAI time (the
+    affine's orientation, a no-op flip and transpose, metadata; docs/data.md sections 3 and 8); the chain
+    drops the metadata at its end (``EnsureTyped(track_meta=False)``), so skipping it gives the same
+    pixels. Images without an affine (not a ``MetaTensor``) go to MONAI, which handles them as it
+    does. The axis codes of each distinct affine are computed once (a data set's volumes share a
+    handful of affines).
     """
 
     _CACHE_SIZE: ClassVar[int] = 4096
@@ -463,7 +482,7 @@ class PrepareChannelsd(MapTransform):
         allow_missing_keys: skip missing keys.
 
     Raises:
-        ValueError: (when called) for an image with another number of spatial dimensions, naming
+        InputError: (when called) for an image with another number of spatial dimensions, naming
             the item's id and file.
     """
 
@@ -477,34 +496,34 @@ class PrepareChannelsd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            img = d[key]
-            while img.ndim - 1 > self.spatial_dims and img.shape[-1] == 1:
-                img = img[..., 0]
-            if img.ndim - 1 != self.spatial_dims:
-                raise ValueError(
-                    f"item {d.get('id', '?')} ({_filename(img, d.get(key))}): expected a {self.spatial_dims}D image "
-                    f"but got spatial shape {tuple(img.shape[1:])} with {img.shape[0]} channel(s)."
-                )
-            c = img.shape[0]
-            if c == 4:  # RGBA
+            img = self._spatial(d[key], d, key)
+            if img.shape[0] == 4:  # RGBA
                 img = img[:3]
-                c = 3
-            if self.channels == 1 and c != 1:
-                img = (
-                    img.mean(dim=0, keepdim=True)
-                    if isinstance(img, torch.Tensor)
-                    else img.mean(0, keepdims=True)
-                )
-            elif self.channels == 3 and c == 1:
-                img = (
-                    img.repeat(3, *([1] * self.spatial_dims))
-                    if isinstance(img, torch.Tensor)
-                    else np.repeat(img, 3, 0)
-                )
-            elif self.channels == 3 and c != 3:
-                raise ValueError(f"item {d.get('id', '?')}: expected 1 or 3 channels but got {c}.")
-            d[key] = img
+            d[key] = self._channels(img, d)
         return d
+
+    def _spatial(self, img: Any, d: Mapping[Hashable, Any], key: Hashable) -> Any:
+        """The image without trailing singleton axes beyond ``spatial_dims``; raises for another dimensionality."""
+        while img.ndim - 1 > self.spatial_dims and img.shape[-1] == 1:
+            img = img[..., 0]
+        if img.ndim - 1 != self.spatial_dims:
+            raise InputError(
+                f"item {d.get('id', '?')} ({_filename(img, d.get(key))}): expected a {self.spatial_dims}D image "
+                f"but got spatial shape {tuple(img.shape[1:])} with {img.shape[0]} channel(s)."
+            )
+        return img
+
+    def _channels(self, img: Any, d: Mapping[Hashable, Any]) -> Any:
+        """Colour to grey by the mean (``channels=1``), grey repeated (``channels=3``)."""
+        c = img.shape[0]
+        tensor = isinstance(img, torch.Tensor)
+        if self.channels == 1 and c != 1:
+            return img.mean(dim=0, keepdim=True) if tensor else img.mean(0, keepdims=True)
+        if self.channels == 3 and c == 1:
+            return img.repeat(3, *([1] * self.spatial_dims)) if tensor else np.repeat(img, 3, 0)
+        if self.channels == 3 and c != 3:
+            raise InputError(f"item {d.get('id', '?')}: expected 1 or 3 channels but got {c}.")
+        return img
 
 
 class CastLabeld(MapTransform):
@@ -528,13 +547,13 @@ class CastLabeld(MapTransform):
             value = d[key]
             if self.multi_label:
                 if value is None:
-                    raise ValueError(
+                    raise InputError(
                         f"item {d.get('id', '?')}: a multi-label item needs a label list but has none."
                     )
                 d[key] = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
             else:
                 if isinstance(value, (list, tuple)):
-                    raise ValueError(
+                    raise InputError(
                         f"item {d.get('id', '?')}: label {value!r} is a list; set option 'multi_label' for "
                         f"multi-label data."
                     )

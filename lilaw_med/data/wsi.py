@@ -29,6 +29,8 @@ from monai.data.wsi_reader import BaseWSIReader
 from monai.transforms import MapTransform
 from monai.utils import ensure_tuple
 
+from lilaw_med.errors import InputError, one_line
+
 __all__ = ["LoadWSIPatchd", "TiffSlideWSIReader", "patch_dataset", "read_thumbnail"]
 
 
@@ -75,7 +77,7 @@ class TiffSlideWSIReader(BaseWSIReader):
 
         Raises:
             FileNotFoundError: when a slide file is missing.
-            ValueError: when tiffslide cannot open it.
+            InputError: when tiffslide cannot open it.
         """
         # tiffslide (and zarr) load only when a slide is opened
         import tiffslide
@@ -87,8 +89,8 @@ class TiffSlideWSIReader(BaseWSIReader):
             try:
                 slide = tiffslide.TiffSlide(filename)
             except Exception as e:
-                raise ValueError(
-                    f"{filename}: not a readable whole-slide image ({type(e).__name__}: {e})."
+                raise InputError(
+                    f"{filename}: not a readable whole-slide image ({one_line(e, with_type=True)})."
                 ) from e
             slide._lilaw_filename = str(filename)  # tiffslide keeps no public path
             slides.append(slide)
@@ -103,13 +105,13 @@ class TiffSlideWSIReader(BaseWSIReader):
         """Microns per pixel (y, x) at ``level``, from tiffslide's properties.
 
         Raises:
-            ValueError: when the slide records no resolution.
+            InputError: when the slide records no resolution.
         """
         down = self.get_downsample_ratio(wsi, level)
         mx, my = wsi.properties.get("tiffslide.mpp-x"), wsi.properties.get("tiffslide.mpp-y")
         if mx and my:
             return down * float(my), down * float(mx)
-        raise ValueError(
+        raise InputError(
             f"{self.get_file_path(wsi)}: the slide records no microns-per-pixel; use a level instead."
         )
 
@@ -117,12 +119,12 @@ class TiffSlideWSIReader(BaseWSIReader):
         """Objective power at ``level``.
 
         Raises:
-            ValueError: when the slide records none.
+            InputError: when the slide records none.
         """
         power = wsi.properties.get("tiffslide.objective-power")
         if power:
             return float(power) / self.get_downsample_ratio(wsi, level)
-        raise ValueError(
+        raise InputError(
             f"{self.get_file_path(wsi)}: the slide records no objective power; use a level instead."
         )
 
@@ -132,20 +134,23 @@ def _patch_geometry(
 ) -> tuple[tuple[int, int], tuple[int, int], int]:
     try:
         location = tuple(int(v) for v in item["location"])
-        size = item.get("size") or item.get("patch_size") or default_size
-        if size is None:
-            raise ValueError("no patch_size in the item and no default size")
-        size_t = tuple(int(v) for v in ensure_tuple(size))
-        if len(size_t) == 1:
-            size_t = (size_t[0], size_t[0])
+        size_t = _patch_size(item.get("size") or item.get("patch_size") or default_size)
         level = int(item.get("level", item.get("patch_level", 0)) or 0)
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(
+        raise InputError(
             f"item {item.get('id', '?')}: a slide patch needs 'location' [row, col] and 'size' [h, w] ({e})."
         ) from e
     if len(location) != 2 or len(size_t) != 2:
-        raise ValueError(f"item {item.get('id', '?')}: location and patch_size must have 2 values each.")
+        raise InputError(f"item {item.get('id', '?')}: location and patch_size must have 2 values each.")
     return (location[0], location[1]), (size_t[0], size_t[1]), level
+
+
+def _patch_size(size: Any) -> tuple[int, ...]:
+    """``(h, w)`` from a size (one value: a square); raises ValueError when there is none."""
+    if size is None:
+        raise InputError("no patch_size in the item and no default size")
+    size_t = tuple(int(v) for v in ensure_tuple(size))
+    return (size_t[0], size_t[0]) if len(size_t) == 1 else size_t
 
 
 class LoadWSIPatchd(MapTransform):
@@ -199,7 +204,7 @@ class LoadWSIPatchd(MapTransform):
                 or location[0] + size[0] * down > height
                 or location[1] + size[1] * down > width
             ):
-                raise ValueError(
+                raise InputError(
                     f"item {d.get('id', '?')}: patch at {location} size {size} level {level} lies outside the slide "
                     f"{path} ({height}x{width})."
                 )
@@ -257,6 +262,29 @@ def _bins(start: int, size: int, factor: int) -> tuple[np.ndarray, int, int]:
     return np.flatnonzero(np.diff(bins, prepend=-1)), int(bins[0]), int(bins[-1]) + 1
 
 
+def _thumbnail_level(levels: list[Any], max_side: int) -> Any:
+    """The smallest pyramid level that is still at least ``max_side`` (level 0 when none is)."""
+    sizes = [(int(lv.keyframe.imagelength), int(lv.keyframe.imagewidth)) for lv in levels]
+    fitting = [i for i, (h, w) in enumerate(sizes) if max(h, w) >= max_side] or [0]
+    return levels[min(fitting, key=lambda i: sizes[i][0] * sizes[i][1])]
+
+
+def _block_sums(level: Any, height: int, width: int, factor: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """The RGB sums of each ``factor x factor`` block of a level, read tile by tile."""
+    sums = np.zeros(shape, np.float64)
+    # bounded reads: 16 MB of compressed data at a time, one decoding thread
+    for segment, index5, _shape in level.pages[0].segments(maxworkers=1, buffersize=16 << 20):
+        if segment is None:  # an empty tile: zeros
+            continue
+        y0, x0 = int(index5[2]), int(index5[3])
+        tile = segment[0, : height - y0, : width - x0]  # full-size edge tiles hang over the image
+        tile = np.repeat(tile[..., :1], 3, axis=-1) if tile.shape[-1] < 3 else tile[..., :3]
+        rows, r0, r1 = _bins(y0, tile.shape[0], factor)
+        cols, c0, c1 = _bins(x0, tile.shape[1], factor)
+        sums[r0:r1, c0:c1] += np.add.reduceat(np.add.reduceat(tile.astype(np.float32), rows, axis=0), cols, axis=1)
+    return sums
+
+
 def read_thumbnail(path: str | os.PathLike, max_side: int = 1024) -> np.ndarray:
     """An RGB overview of a TIFF slide whose longest side is at most ``max_side`` pixels.
 
@@ -276,41 +304,26 @@ def read_thumbnail(path: str | os.PathLike, max_side: int = 1024) -> np.ndarray:
         likewise for columns).
 
     Raises:
-        ValueError: when the file is not a slide tifffile can read tile by tile, or ``max_side < 1``.
+        InputError: when the file is not a slide tifffile can read tile by tile, or ``max_side < 1``.
     """
     # tifffile loads only when a thumbnail is read
     import tifffile
 
     if max_side < 1:
-        raise ValueError(f"max_side must be a positive int but is {max_side}.")
+        raise InputError(f"max_side must be a positive int but is {max_side}.")
     try:
         tf = tifffile.TiffFile(path)
     except Exception as e:
-        raise ValueError(f"{path}: not a TIFF slide ({type(e).__name__}: {e}).") from e
+        raise InputError(f"{path}: not a TIFF slide ({one_line(e, with_type=True)}).") from e
     with tf:
-        levels = list(tf.series[0].levels)
-        sizes = [(int(lv.keyframe.imagelength), int(lv.keyframe.imagewidth)) for lv in levels]
-        # the smallest level that is still at least max_side (level 0 when none is)
-        fitting = [i for i, (h, w) in enumerate(sizes) if max(h, w) >= max_side] or [0]
-        index = min(fitting, key=lambda i: sizes[i][0] * sizes[i][1])
-        page = levels[index].keyframe
+        level = _thumbnail_level(list(tf.series[0].levels), max_side)
+        page = level.keyframe
         if page.planarconfig != 1 and page.samplesperpixel > 1:  # 1: contiguous samples
-            raise ValueError(f"{path}: planar (separate-sample) TIFF slides are not supported.")
-        height, width = sizes[index]
+            raise InputError(f"{path}: planar (separate-sample) TIFF slides are not supported.")
+        height, width = int(page.imagelength), int(page.imagewidth)
         factor = max(1, math.ceil(max(height, width) / max_side))
         out_h, out_w = math.ceil(height / factor), math.ceil(width / factor)
-        sums = np.zeros((out_h, out_w, 3), np.float64)
-        # bounded reads: 16 MB of compressed data at a time, one decoding thread
-        for segment, index5, _shape in levels[index].pages[0].segments(maxworkers=1, buffersize=16 << 20):
-            if segment is None:  # an empty tile: zeros
-                continue
-            y0, x0 = int(index5[2]), int(index5[3])
-            tile = segment[0, : height - y0, : width - x0]  # full-size edge tiles hang over the image
-            tile = np.repeat(tile[..., :1], 3, axis=-1) if tile.shape[-1] < 3 else tile[..., :3]
-            rows, r0, r1 = _bins(y0, tile.shape[0], factor)
-            cols, c0, c1 = _bins(x0, tile.shape[1], factor)
-            block = np.add.reduceat(np.add.reduceat(tile.astype(np.float32), rows, axis=0), cols, axis=1)
-            sums[r0:r1, c0:c1] += block
+        sums = _block_sums(level, height, width, factor, (out_h, out_w, 3))
         count_y = np.bincount(np.arange(height) // factor, minlength=out_h)
         count_x = np.bincount(np.arange(width) // factor, minlength=out_w)
         mean = sums / (count_y[:, None, None] * count_x[None, :, None])

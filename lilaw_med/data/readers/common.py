@@ -15,6 +15,8 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from lilaw_med.errors import InputError, one_line
+
 __all__ = [
     "DEFAULT_MAX_IMAGE_BYTES",
     "MAX_IMAGE_BYTES_ENV",
@@ -51,7 +53,7 @@ def max_image_bytes() -> int:
         The limit.
 
     Raises:
-        ValueError: when the variable is set but not a positive integer.
+        InputError: when the variable is set but not a positive integer.
     """
     value = os.environ.get(MAX_IMAGE_BYTES_ENV, "").strip()
     if not value:
@@ -61,7 +63,7 @@ def max_image_bytes() -> int:
     except ValueError:
         limit = 0
     if limit < 1:
-        raise ValueError(f"{MAX_IMAGE_BYTES_ENV} must be a positive number of bytes but is {value!r}.")
+        raise InputError(f"{MAX_IMAGE_BYTES_ENV} must be a positive number of bytes but is {value!r}.")
     return limit
 
 
@@ -140,21 +142,6 @@ def decoder_environment() -> str:
     return ";".join(versions)
 
 
-def _one_line(error: BaseException | str) -> str:
-    """An exception's message on one line (pydicom lists one decoder per line)."""
-    text = str(error).strip()
-    if not text:
-        return type(error).__name__ if isinstance(error, BaseException) else ""
-    lines = [line.strip().rstrip(".") for line in text.splitlines() if line.strip()]
-    if len(lines) == 1:
-        return lines[0]
-    if lines[0].endswith(":"):
-        # pydicom's "Unable to decode as exceptions were raised by all available plugins:" and
-        # one "plugin: reason" line each: the reasons are the message
-        return "; ".join(lines[1:])
-    return "; ".join(lines)
-
-
 @dataclass(frozen=True)
 class ImageHeader:
     """What the pre-flight check needs to know about an image, in the loader's terms.
@@ -199,9 +186,9 @@ class ImageHeader:
 
 @contextlib.contextmanager
 def _one_line_errors(
-    shown: str | os.PathLike, what: str, keep: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
+    shown: str | os.PathLike, what: str, keep: tuple[type[Exception], ...] = (InputError, FileNotFoundError)
 ) -> Iterator[None]:
-    """Turns a library's own exception into ``ValueError("{shown}: {what} (Type: message).")``.
+    """Turns a library's own exception into ``InputError("{shown}: {what} (Type: message).")``.
 
     The types in ``keep`` pass unchanged: the readers raise them with the file named.
     nibabel, Pillow, NumPy and pydicom raise their own types for broken files; the caller gets one line.
@@ -212,11 +199,11 @@ def _one_line_errors(
         keep: the exception types that pass unchanged.
 
     Raises:
-        ValueError: for any other exception raised in the block.
+        InputError: for any other exception raised in the block.
     """
     try:
         yield
     except keep:
         raise
     except Exception as e:
-        raise ValueError(f"{shown}: {what} ({type(e).__name__}: {_one_line(e)}).") from e
+        raise InputError(f"{shown}: {what} ({one_line(e, with_type=True)}).") from e

@@ -12,26 +12,29 @@ can tell whether it reads a stream.
 from __future__ import annotations
 
 import errno
-import importlib.metadata
 import math
 import os
-import re
 import stat
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from monai.data import PydicomReader
 
-from lilaw_med.data.readers.common import (
-    ImageHeader,
-    _bytes_problem,
-    _not_regular,
-    _one_line,
-    _size_problem,
+from lilaw_med.data.readers.common import ImageHeader, _not_regular, _size_problem
+from lilaw_med.data.readers.dicom_meta import (
+    _decode_error,
+    _dicom_bits,
+    _dicom_geometry,
+    _sop_class,
+    _syntax,
+    _syntax_family,
+    _transfer_syntax,
 )
+from lilaw_med.data.readers.dicom_series import _series_problem
+from lilaw_med.errors import InputError, one_line
 
 __all__ = [
     "DICOM_SUFFIXES",
@@ -45,8 +48,6 @@ __all__ = [
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-# pydicom names a decoder plugin's requirements by import name; pip needs the distribution name
-_DISTRIBUTION = {"gdcm": "python-gdcm"}
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a regular DICOM file: a DICOM suffix, or the ``DICM`` marker at byte 128.
@@ -88,7 +89,7 @@ def list_series_files(folder: str | os.PathLike) -> list[str]:
         The file paths.
 
     Raises:
-        ValueError: for a symbolic link in the folder that loops or points nowhere (one line naming it:
+        InputError: for a symbolic link in the folder that loops or points nowhere (one line naming it:
             a slice of the series may be missing).
         OSError: when the folder cannot be listed.
     """
@@ -102,7 +103,7 @@ def list_series_files(folder: str | os.PathLike) -> list[str]:
             except OSError as e:
                 if entry.is_symlink():
                     how = "loops" if e.errno == errno.ELOOP else "points nowhere"
-                    raise ValueError(
+                    raise InputError(
                         f"{entry.path}: a symbolic link that {how} ({e.strerror}) in the series folder; expected "
                         f"the series' DICOM files."
                     ) from None
@@ -110,65 +111,6 @@ def list_series_files(folder: str | os.PathLike) -> list[str]:
             if stat.S_ISREG(mode) and is_dicom_file(entry.path):
                 files.append(entry.path)
     return sorted(files)
-
-
-def _syntax(ds: Any) -> Any:
-    """The dataset's Transfer Syntax UID, or ``None`` when the file meta has none."""
-    return getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-
-
-def _transfer_syntax(ds: Any) -> str:
-    uid = _syntax(ds)
-    if uid is None:
-        return "no transfer syntax in the file meta"
-    name = getattr(uid, "name", "") or ""
-    return f"transfer syntax '{name}' ({uid})" if name and name != str(uid) else f"transfer syntax {uid}"
-
-
-def _syntax_family(uid: Any) -> str:
-    """``"native"``, ``"deflated"``, ``"encapsulated"`` or ``"unknown"`` (no or an unlisted UID)."""
-    if uid is None:
-        return "unknown"
-    try:
-        if uid.is_deflated:
-            return "deflated"
-        return "encapsulated" if uid.is_encapsulated else "native"
-    except ValueError:  # pydicom raises for a UID that is not a transfer syntax it knows
-        return "unknown"
-
-
-def _sop_class(ds: Any) -> str:
-    uid = ds.get("SOPClassUID")
-    return str(getattr(uid, "name", "") or uid or "?")
-
-
-def _dicom_geometry(ds: Any, filename: str | os.PathLike) -> tuple[int, int, int, int]:
-    """``(rows, columns, frames, samples)`` of an image dataset.
-
-    Raises:
-        ValueError: when a value is not an integer (e.g. pydicom's ``badVR.dcm``).
-    """
-    try:
-        return (
-            int(ds.Rows),
-            int(ds.Columns),
-            int(ds.get("NumberOfFrames", 1) or 1),
-            int(ds.get("SamplesPerPixel", 1) or 1),
-        )
-    except (ValueError, TypeError) as e:
-        raise ValueError(
-            f"{filename}: invalid image header value ({_one_line(e)}); expected integers in Rows, Columns, "
-            f"NumberOfFrames, SamplesPerPixel."
-        ) from e
-
-
-def _dicom_bits(ds: Any) -> int:
-    """BitsAllocated (16 when absent or not a positive integer: the size check still bounds the rest)."""
-    try:
-        bits = int(ds.get("BitsAllocated", 16) or 16)
-    except (TypeError, ValueError):
-        return 16
-    return bits if bits > 0 else 16
 
 
 def dicom_image_problem(ds: Any, filename: str | os.PathLike) -> str | None:
@@ -195,38 +137,60 @@ def dicom_image_problem(ds: Any, filename: str | os.PathLike) -> str | None:
         The reason (one line, without the file name), or ``None``.
 
     Raises:
-        ValueError: when Rows/Columns/NumberOfFrames/SamplesPerPixel are not integers.
+        InputError: when Rows/Columns/NumberOfFrames/SamplesPerPixel are not integers.
     """
-    where = f"Modality {ds.get('Modality', '?')}, SOP class {_sop_class(ds)}"
+    for rule in _IMAGE_RULES:
+        problem = rule(ds, filename)
+        if problem:
+            return problem
+    return None
+
+
+def _where(ds: Any) -> str:
+    return f"Modality {ds.get('Modality', '?')}, SOP class {_sop_class(ds)}"
+
+
+def _no_image(ds: Any, filename: str | os.PathLike) -> str | None:
+    """No data elements, no pixel data, or pixel data without Rows/Columns."""
     if len(ds) == 0:
         # pydicom returns an empty dataset when the file ends inside an element (it only warns)
         return "not a readable DICOM file: no data elements after the file meta (cut short?)."
     if not any(k in ds for k in _PIXEL_KEYWORDS):
-        return f"no image: the file holds no pixel data ({where}); expected an image."
+        return f"no image: the file holds no pixel data ({_where(ds)}); expected an image."
     if "Rows" not in ds or "Columns" not in ds:
-        return f"no image: pixel data without Rows/Columns ({where}); expected an image."
-    rows, cols, frames, samples = _dicom_geometry(ds, filename)
+        return f"no image: pixel data without Rows/Columns ({_where(ds)}); expected an image."
+    return None
+
+
+def _too_large(ds: Any, filename: str | os.PathLike) -> str | None:
     bits = _dicom_bits(ds)
-    too_large = _size_problem(
-        (rows, cols, frames, samples), bits, f"(Rows x Columns x frames x samples) pixels of {bits} bits"
+    return _size_problem(
+        _dicom_geometry(ds, filename), bits, f"(Rows x Columns x frames x samples) pixels of {bits} bits"
     )
-    if too_large:
-        return too_large
-    if (
+
+
+def _segmentation(ds: Any, filename: str | os.PathLike) -> str | None:
+    is_seg = (
         ds.get("Modality") == "SEG"
         or str(ds.get("SOPClassUID", "")) == _SEGMENTATION_STORAGE
         or "SegmentSequence" in ds
-    ):
-        kind = ds.get("SegmentationType", "?")
-        return (
-            f"a DICOM segmentation (SEG, {ds.get('BitsAllocated', '?')}-bit {kind}, {frames} frame(s)): a label map, "
-            f"not an image to classify; list the image it segments instead."
-        )
+    )
+    if not is_seg:
+        return None
+    frames = _dicom_geometry(ds, filename)[2]
+    return (
+        f"a DICOM segmentation (SEG, {ds.get('BitsAllocated', '?')}-bit {ds.get('SegmentationType', '?')}, "
+        f"{frames} frame(s)): a label map, not an image to classify; list the image it segments instead."
+    )
+
+
+def _colour(ds: Any, filename: str | os.PathLike) -> str | None:
+    """Multi-frame colour, or palette colour without its lookup tables."""
+    _, _, frames, samples = _dicom_geometry(ds, filename)
     photometric = str(ds.get("PhotometricInterpretation", "") or "")
-    colour = samples > 1 or photometric == "PALETTE COLOR"
-    if colour and frames > 1:
+    if (samples > 1 or photometric == "PALETTE COLOR") and frames > 1:
         return (
-            f"a multi-frame colour file ({frames} frames of {photometric or 'colour'}, {where}; e.g. a cine): "
+            f"a multi-frame colour file ({frames} frames of {photometric or 'colour'}, {_where(ds)}; e.g. a cine): "
             f"colour frames are not a volume; expected one colour picture or a grey volume (save one frame per file)."
         )
     if photometric == "PALETTE COLOR" and "RedPaletteColorLookupTableDescriptor" not in ds:
@@ -234,72 +198,20 @@ def dicom_image_problem(ds: Any, filename: str | os.PathLike) -> str | None:
     return None
 
 
-def _missing_codec_packages(uid: Any) -> list[str]:
-    """For pydicom's decoder plugins of ``uid`` that lack a dependency: ``"label (pip install dist ...)"``.
-
-    Only distributions that are not installed are named (installing one already there fixes nothing).
-    """
-    # pydicom (about 0.3 s) loads with the first DICOM file: runs of other formats never import it
-    from pydicom.pixels import get_decoder
-
-    try:
-        decoder = get_decoder(uid)
-    except (NotImplementedError, ValueError):
-        return []
-    out = []
-    # pydicom's public list reads "label - requires a>=1, b and c>=2"
-    for line in decoder.missing_dependencies:
-        label, _, requires = line.partition(" - requires ")
-        missing = []
-        for req in re.split(r",\s*|\s+and\s+", requires):
-            name = re.match(r"[A-Za-z0-9_.\-]+", req.strip())
-            if name is None or name.group(0) == "numpy":
-                continue
-            dist = _DISTRIBUTION.get(name.group(0), name.group(0))
-            try:
-                importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                missing.append(dist)
-        if missing:
-            out.append(f"{label.strip()} (pip install {' '.join(missing)})")
-    return out
-
-
-def _decode_error(filename: str | os.PathLike, ds: Any, error: BaseException) -> ValueError:
-    """The one-line error for pixel data that did not decode: the decoders' reasons and the fix."""
-    # pydicom (about 0.3 s) loads with the first DICOM file: runs of other formats never import it
-    from pydicom.pixels import get_decoder
-
-    uid = _syntax(ds)
-    family = _syntax_family(uid)
-    head = f"{filename}: cannot decode the pixel data of {_transfer_syntax(ds)}"
-    reason = _one_line(error)
-    if family == "unknown" or isinstance(error, NotImplementedError):
-        return ValueError(
-            f"{head}: pydicom has no decoder for this transfer syntax, so no installed decoder can read this file "
-            f"(convert it to an uncompressed or a JPEG/JPEG-LS/JPEG 2000/RLE syntax)."
-        )
-    # RuntimeError: pydicom tried the plugins (or had none); other errors come from the header's
-    # values (group 0028, lengths), which no codec would change
-    if family != "encapsulated" or not isinstance(error, RuntimeError):
-        return ValueError(f"{head}: {reason}.")
-    packages = _missing_codec_packages(uid)
-    if not get_decoder(uid).is_available:
-        fix = (
-            f"pydicom's decoders for it: {' or '.join(packages)}"
-            if packages
-            else "pydicom lists no decoder to install"
-        )
-        return ValueError(f"{head}: no installed decoder can read this transfer syntax; {fix}.")
-    others = f"; pydicom's other decoders for it: {' or '.join(packages)}" if packages else ""
-    return ValueError(f"{head}: {reason}; no installed decoder can read this file{others}.")
+# in this order: the size rule needs Rows/Columns, and a too-large file is named as such first
+_IMAGE_RULES: tuple[Callable[[Any, str | os.PathLike], str | None], ...] = (
+    _no_image,
+    _too_large,
+    _segmentation,
+    _colour,
+)
 
 
 def _decode_dicom(ds: Any, filename: str | os.PathLike) -> np.ndarray:
     """Decodes the pixel data as stored (frames first, samples last), palette colour through its LUT.
 
     Raises:
-        ValueError: one line naming the file, the transfer syntax, the decoders' reasons and
+        InputError: one line naming the file, the transfer syntax, the decoders' reasons and
             what to install (see :func:`_decode_error`).
     """
     # pydicom (about 0.3 s) loads with the first DICOM file: runs of other formats never import it
@@ -329,7 +241,7 @@ def _check_native_pixels(filename: str, ds: Any, inflated: bool) -> None:
         inflated: the dataset came from a deflated file (offsets refer to the inflated stream).
 
     Raises:
-        ValueError: for missing or invalid group 0028 values and truncated pixel data.
+        InputError: for missing or invalid group 0028 values and truncated pixel data.
     """
     # pydicom (about 0.3 s) loads with the first DICOM file: runs of other formats never import it
     from pydicom.pixels import as_pixel_options
@@ -345,22 +257,33 @@ def _check_native_pixels(filename: str, ds: Any, inflated: bool) -> None:
         runner._validate_options()
         expected = math.ceil(runner.frame_length(unit="bytes") * runner.number_of_frames)
     except (AttributeError, ValueError, TypeError) as e:
-        raise ValueError(
-            f"{filename}: cannot decode the pixel data of {_transfer_syntax(ds)}: {_one_line(e)}."
+        raise InputError(
+            f"{filename}: cannot decode the pixel data of {_transfer_syntax(ds)}: {one_line(e)}."
         ) from e
-    elem = ds.get_item(keyword, keep_deferred=True)
+    held = _held_bytes(filename, ds.get_item(keyword, keep_deferred=True), inflated)
+    if held is not None:
+        _check_pixel_length(filename, ds, runner, expected, held)
+
+
+def _held_bytes(filename: str, elem: Any, inflated: bool) -> int | None:
+    """The bytes the pixel data element holds (a deferred value: at most what the file still holds);
+    ``None`` for an undefined length."""
     value = getattr(elem, "value", None)
     length = len(value) if value is not None else getattr(elem, "length", None)
     if length is None or length == 0xFFFFFFFF:
-        return
-    held = length
+        return None
     offset = getattr(elem, "value_tell", None)
     if value is None and not inflated and offset is not None:
-        held = min(length, max(0, os.path.getsize(filename) - offset))
+        return min(length, max(0, os.path.getsize(filename) - offset))
+    return length
+
+
+def _check_pixel_length(filename: str, ds: Any, runner: Any, expected: int, held: int) -> None:
+    """Truncated pixel data, or YBR_FULL_422 data a third too long (likely RGB or YBR_FULL)."""
     padded = expected + expected % 2
     if held < padded and held != expected:
         bits = runner.bits_allocated
-        raise ValueError(
+        raise InputError(
             f"{filename}: truncated pixel data: expected {expected} bytes for {runner.rows}x{runner.columns}"
             f"x{runner.number_of_frames} frame(s) of {bits} bits ({runner.photometric_interpretation}), "
             f"the file holds {held}."
@@ -369,11 +292,27 @@ def _check_native_pixels(filename: str, ds: Any, inflated: bool) -> None:
         runner.photometric_interpretation == "YBR_FULL_422"
         and held >= expected // 2 * 3 + (expected // 2 * 3) % 2
     ):
-        raise ValueError(
+        raise InputError(
             f"{filename}: cannot decode the pixel data of {_transfer_syntax(ds)}: the pixel data is a third larger "
             f"than YBR_FULL_422 allows ({held} vs {expected} bytes): the Photometric Interpretation is likely RGB "
             f"or YBR_FULL."
         )
+
+
+def _checked_input(name: str | os.PathLike) -> list[str] | None:
+    """A series folder's DICOM files; ``None`` for a regular file; raises for anything else."""
+    problem = _not_regular(name)
+    if problem:
+        raise InputError(f"{name}: {problem}")
+    if not Path(name).is_dir():
+        return None
+    try:
+        files = list_series_files(name)
+    except OSError as e:
+        raise InputError(f"{name}: cannot list the series folder ({one_line(e)}).") from e
+    if not files:
+        raise InputError(f"{name}: the folder holds no DICOM files (expected one series).")
+    return files
 
 
 class DicomReader(PydicomReader):
@@ -417,27 +356,16 @@ class DicomReader(PydicomReader):
         MONAI's reader opens every entry of the folder, and a FIFO there would block it forever.
 
         Raises:
-            ValueError: one line naming the file or folder: not a regular file, an empty series folder,
+            InputError: one line naming the file or folder: not a regular file, an empty series folder,
                 a looping or dangling link in it, or a file pydicom cannot read.
         """
         names = [data] if isinstance(data, (str, os.PathLike)) else list(data)
-        series: dict[int, list[str]] = {}
-        for i, name in enumerate(names):
-            problem = _not_regular(name)
-            if problem:
-                raise ValueError(f"{name}: {problem}")
-            if Path(name).is_dir():
-                try:
-                    series[i] = list_series_files(name)
-                except OSError as e:
-                    raise ValueError(f"{name}: cannot list the series folder ({_one_line(e)}).") from e
-                if not series[i]:
-                    raise ValueError(f"{name}: the folder holds no DICOM files (expected one series).")
+        series = {i: files for i, name in enumerate(names) if (files := _checked_input(name)) is not None}
         try:
             return self._read_files(names, series, kwargs) if series else super().read(data, **kwargs)
         except Exception as e:  # pydicom raises InvalidDicomError, EOFError, OSError, ValueError, ...
             shown = names[0] if len(names) == 1 else data
-            raise ValueError(f"{shown}: not a readable DICOM file ({_one_line(e)}).") from e
+            raise InputError(f"{shown}: not a readable DICOM file ({one_line(e)}).") from e
 
     def _read_files(
         self, names: list[Any], series: Mapping[int, list[str]], kwargs: Mapping[str, Any]
@@ -498,98 +426,42 @@ class DicomReader(PydicomReader):
         folder = os.path.dirname(str(filenames[0])) if filenames else "?"
         problem = _series_problem([(ds, str(f)) for ds, f in zip(data, filenames, strict=True)])
         if problem:
-            raise ValueError(f"{folder}: {problem}")
+            raise InputError(f"{folder}: {problem}")
         return super()._combine_dicom_series(data, filenames)
 
     def _get_array_data(self, img: Any, filename: Any) -> np.ndarray:
-        # pydicom (about 0.3 s) loads with the first DICOM file: runs of other formats never import it
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
         problem = dicom_image_problem(img, filename)
         if problem:
-            raise ValueError(f"{filename}: {problem}")
+            raise InputError(f"{filename}: {problem}")
         _, _, frames, samples = _dicom_geometry(img, filename)
         family = _syntax_family(_syntax(img))
         if family in ("native", "deflated"):
             # the pre-flight's size rule, so that a short file gets the same message here
             _check_native_pixels(str(filename), img, inflated=family == "deflated")
         raw = _decode_dicom(img, filename)
-        photometric = img.get("PhotometricInterpretation")
-        if photometric == "PALETTE COLOR":
+        if img.get("PhotometricInterpretation") == "PALETTE COLOR":
             samples = 3  # the palette gave RGB; no modality or VOI LUT applies to palette colour
             data = raw.astype(np.float32, copy=False)
         else:
-            data = apply_modality_lut(raw, img).astype(np.float32, copy=False)
-            if self.voi_lut and samples == 1 and ("VOILUTSequence" in img or "WindowCenter" in img):
-                data = apply_voi_lut(data, img).astype(np.float32, copy=False)
-            if self.invert_monochrome1 and photometric == "MONOCHROME1":
-                data = data.max() + data.min() - data
+            data = self._grey_values(raw, img, samples)
         self._samples = max(getattr(self, "_samples", 1), samples)
         if frames > 1 and data.ndim == (3 if samples == 1 else 4):
             # (frames, rows, cols[, samples]) -> (rows, cols, frames[, samples]) like a stacked series
             data = np.moveaxis(data, 0, 2)
         return np.ascontiguousarray(data)
 
+    def _grey_values(self, raw: np.ndarray, img: Any, samples: int) -> np.ndarray:
+        """Stored values through the modality LUT, the VOI LUT or window (when asked for) and the
+        MONOCHROME1 inversion."""
+        # pydicom (about 0.3 s) loads with the first DICOM file: runs of other formats never import it
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-def _series_problem(slices: Sequence[tuple[Any, str]]) -> str | None:
-    """Why datasets cannot be stacked into one volume, or ``None``.
-
-    MONAI stacks the slices of a folder in InstanceNumber order, leaves out (with a warning) a
-    slice without InstanceNumber, and takes the slice direction from the first and last
-    ImagePositionPatient; so a folder must hold one series of single-frame grey slices of one
-    size, each with its own InstanceNumber, not all at one position.
-    """
-    sizes: dict[tuple[int, int], list[str]] = {}
-    series: dict[str, str] = {}
-    numbers: list[tuple[Any, str]] = []
-    total_bits = 0
-    for ds, f in slices:
-        name = os.path.basename(f)
-        rows, cols, frames, samples = _dicom_geometry(ds, f)
-        total_bits += rows * cols * frames * samples * _dicom_bits(ds)  # each slice passed on its own
-        if frames > 1:
-            return (
-                f"a series of multi-frame files (e.g. {name}: {frames} frames); expected single-frame slices."
-            )
-        if samples > 1 or ds.get("PhotometricInterpretation") == "PALETTE COLOR":
-            return f"a series of colour images (e.g. {name}: {ds.get('PhotometricInterpretation')}); expected grey slices."
-        sizes.setdefault((rows, cols), []).append(name)
-        series.setdefault(str(ds.get("SeriesInstanceUID", "")), name)
-        numbers.append((ds.get("InstanceNumber"), name))
-    too_large = _bytes_problem(-(-total_bits // 8), f"{len(slices)} slices of pixels together")
-    if too_large:
-        return too_large
-    if len(sizes) > 1:
-        desc = ", ".join(f"{r}x{c} ({len(v)} files, e.g. {v[0]})" for (r, c), v in sorted(sizes.items()))
-        return f"the series mixes slice sizes: {desc}; expected one size."
-    if len(series) > 1:
-        examples = ", ".join(list(series.values())[:3])
-        return f"the folder mixes {len(series)} series (different SeriesInstanceUID, e.g. {examples}); expected one series."
-    seen: dict[int, str] = {}
-    for number, name in numbers:
-        if number is None or number == "":
-            return f"slice {name} has no InstanceNumber (the loader would leave it out); expected every slice numbered."
-        try:
-            n = int(number)
-        except (TypeError, ValueError):
-            return f"slice {name} has an invalid InstanceNumber {number!r}; expected an integer."
-        if n in seen:
-            return (
-                f"slices {seen[n]} and {name} share InstanceNumber {n}: the slice order is ambiguous; "
-                f"expected one number per slice."
-            )
-        seen[n] = name
-    ordered = sorted((ds for ds, _ in slices), key=lambda d: int(d.InstanceNumber))
-    first, last = ordered[0], ordered[-1]
-    if all("ImagePositionPatient" in d and "ImageOrientationPatient" in d for d in (first, last)):
-        a = np.asarray(first.ImagePositionPatient, dtype=float)
-        b = np.asarray(last.ImagePositionPatient, dtype=float)
-        if a.shape == b.shape and np.allclose(a, b):
-            return (
-                f"the first and last slices lie at one position (ImagePositionPatient {a.tolist()}): no slice "
-                f"direction; expected slices along an axis."
-            )
-    return None
+        data = apply_modality_lut(raw, img).astype(np.float32, copy=False)
+        if self.voi_lut and samples == 1 and ("VOILUTSequence" in img or "WindowCenter" in img):
+            data = apply_voi_lut(data, img).astype(np.float32, copy=False)
+        if self.invert_monochrome1 and img.get("PhotometricInterpretation") == "MONOCHROME1":
+            data = data.max() + data.min() - data
+        return data
 
 
 def dicom_header(p: Path, kind: str, decode: bool) -> ImageHeader:
@@ -604,56 +476,71 @@ def dicom_header(p: Path, kind: str, decode: bool) -> ImageHeader:
         The header.
 
     Raises:
-        ValueError: one line naming the file and what is wrong.
+        InputError: one line naming the file and what is wrong.
     """
+    files = [str(p)] if kind == "dicom" else list_series_files(p)
+    if not files:
+        raise InputError(f"{p}: the folder holds no DICOM files (expected one series).")
+    slices = [_header_slice(f) for f in files]
+    series = kind == "dicom_series" and len(slices) > 1
+    if series:
+        problem = _series_problem([(ds, f) for ds, f, _ in slices])
+        if problem:
+            raise InputError(f"{p}: {problem}")
+    return _header(kind, slices, series, _check_pixels(slices, decode))
+
+
+def _header(kind: str, slices: Sequence[tuple[Any, str, str]], series: bool, finite: bool | None) -> ImageHeader:
+    """The shape the loader gives (x first): a series stacks its slices last, frames come last."""
+    first, first_file, _ = slices[0]
+    rows, cols, frames, samples = _dicom_geometry(first, first_file)
+    if series:
+        return ImageHeader(kind, (cols, rows, len(slices)), 1, finite is not None, finite)
+    channels = 3 if first.get("PhotometricInterpretation") == "PALETTE COLOR" else samples
+    shape = (cols, rows, frames) if frames > 1 else (cols, rows)
+    return ImageHeader(kind, shape, channels, finite is not None, finite)
+
+
+def _read_dataset(f: str, defer_size: int | None = None) -> Any:
+    """``pydicom.dcmread`` with a one-line error naming the file."""
     # pydicom (about 0.3 s) loads with the first DICOM file: runs of other formats never import it
     import pydicom
 
-    files = [str(p)] if kind == "dicom" else list_series_files(p)
-    if not files:
-        raise ValueError(f"{p}: the folder holds no DICOM files (expected one series).")
-    slices: list[tuple[Any, str, str]] = []
-    for f in files:
-        try:
-            # large values (the pixels) stay on disk, their position and length known
-            ds = pydicom.dcmread(f, defer_size=1024)
-            family = _syntax_family(_syntax(ds))
-            if family == "deflated":
-                # pydicom inflates the whole file in memory: deferred offsets point into the
-                # inflated stream, not the file, so read the values themselves
-                ds = pydicom.dcmread(f)
-        except Exception as e:
-            raise ValueError(f"{f}: not a readable DICOM file ({type(e).__name__}: {_one_line(e)}).") from e
-        problem = dicom_image_problem(ds, f)
-        if problem:
-            raise ValueError(f"{f}: {problem}")
-        slices.append((ds, f, family))
-    if kind == "dicom_series" and len(slices) > 1:
-        problem = _series_problem([(ds, f) for ds, f, _ in slices])
-        if problem:
-            raise ValueError(f"{p}: {problem}")
+    try:
+        return pydicom.dcmread(f, defer_size=defer_size)
+    except Exception as e:  # e.g. the encapsulated pixel data ends early
+        raise InputError(f"{f}: not a readable DICOM file ({one_line(e, with_type=True)}).") from e
+
+
+def _header_slice(f: str) -> tuple[Any, str, str]:
+    """``(dataset, file, syntax family)`` of a file whose header passes :func:`dicom_image_problem`; the
+    pixel data stays on disk unless the file is deflated."""
+    # large values (the pixels) stay on disk, their position and length known
+    ds = _read_dataset(f, defer_size=1024)
+    family = _syntax_family(_syntax(ds))
+    if family == "deflated":
+        # pydicom inflates the whole file in memory: deferred offsets point into the
+        # inflated stream, not the file, so read the values themselves
+        ds = _read_dataset(f)
+    problem = dicom_image_problem(ds, f)
+    if problem:
+        raise InputError(f"{f}: {problem}")
+    return ds, f, family
+
+
+def _check_pixels(slices: Sequence[tuple[Any, str, str]], decode: bool) -> bool | None:
+    """Decodes what only a decoder can judge (or everything with ``decode``), size-checks the rest;
+    whether every decoded pixel is finite (``None`` when nothing was decoded)."""
     finite = None
     reader = DicomReader()
     for ds, f, family in slices:
         if decode or family in ("encapsulated", "unknown"):
             # only a decoder can tell whether it reads a compressed stream: decode as training will,
             # from a fresh read, so the header kept for the series check does not hold the pixels
-            try:
-                full = ds if family == "deflated" else pydicom.dcmread(f)
-            except Exception as e:  # e.g. the encapsulated pixel data ends early
-                raise ValueError(
-                    f"{f}: not a readable DICOM file ({type(e).__name__}: {_one_line(e)})."
-                ) from e
-            arr = reader._get_array_data(full, f)
-            ok = bool(np.isfinite(arr).all())
+            full = ds if family == "deflated" else _read_dataset(f)
+            ok = bool(np.isfinite(reader._get_array_data(full, f)).all())
             finite = ok if finite is None else (finite and ok)
-            del full, arr
+            del full
         else:
             _check_native_pixels(f, ds, inflated=family == "deflated")
-    rows, cols, frames, samples = _dicom_geometry(slices[0][0], slices[0][1])
-    if kind == "dicom_series" and len(slices) > 1:
-        return ImageHeader(kind, (cols, rows, len(slices)), 1, finite is not None, finite)
-    channels = 3 if slices[0][0].get("PhotometricInterpretation") == "PALETTE COLOR" else samples
-    shape = (cols, rows, frames) if frames > 1 else (cols, rows)
-    return ImageHeader(kind, shape, channels, finite is not None, finite)
-
+    return finite

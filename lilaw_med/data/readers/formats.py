@@ -24,6 +24,7 @@ from lilaw_med.data.readers.dicom import DicomReader, dicom_header, is_dicom_fil
 from lilaw_med.data.readers.nifti import NIFTI_SUFFIXES, NiftiReader, nifti_header
 from lilaw_med.data.readers.npy import NUMPY_SUFFIXES, numpy_header
 from lilaw_med.data.readers.raster import PIL_SUFFIXES, _pil_size_problem, pil_header, pil_reader
+from lilaw_med.errors import InputError
 
 __all__ = ["FORMATS", "ImageFormat", "checked_kind", "family", "image_kind", "read_header"]
 
@@ -78,7 +79,7 @@ def image_kind(path: str | os.PathLike) -> str:
     """The reader family for a path: ``"dicom_series"``, ``"dicom"``, ``"nifti"``, ``"numpy"`` or ``"pil"``.
 
     Raises:
-        ValueError: when the format is not recognised (the message lists the supported ones).
+        InputError: when the format is not recognised (the message lists the supported ones).
     """
     p = Path(path)
     return "dicom_series" if p.is_dir() else _file_kind(p)
@@ -89,7 +90,7 @@ def _file_kind(p: Path) -> str:
     for kind, fmt in FORMATS.items():
         if fmt.matches(p):
             return kind
-    raise ValueError(
+    raise InputError(
         f"{p}: unsupported image format; expected DICOM (file or series folder), NIfTI (.nii/.nii.gz), "
         f".npy, or PNG/JPEG/TIFF/BMP."
     )
@@ -104,7 +105,7 @@ def checked_kind(path: str | os.PathLike) -> str:
 
     Raises:
         FileNotFoundError: when the path does not exist.
-        ValueError: for a FIFO, socket or device (never opened), or an unsupported format.
+        InputError: for a FIFO, socket or device (never opened), or an unsupported format.
     """
     p = Path(path)
     try:
@@ -118,7 +119,7 @@ def checked_kind(path: str | os.PathLike) -> str:
             return "dicom_series"
         problem = _mode_problem(mode)
         if problem:
-            raise ValueError(f"{path}: {problem}")
+            raise InputError(f"{path}: {problem}")
     return _file_kind(p)
 
 
@@ -150,7 +151,7 @@ def read_header(path: str | os.PathLike, decode: bool = False) -> ImageHeader:
 
     Raises:
         FileNotFoundError: when the path does not exist.
-        ValueError: for an unreadable, truncated, undecodable or pixel-less file, a SEG, CIFTI,
+        InputError: for an unreadable, truncated, undecodable or pixel-less file, a SEG, CIFTI,
             4D NIfTI or multi-frame colour file, a series that cannot form one volume, a
             degenerate (one-pixel) axis, NaN/inf in decoded pixels, or an unsupported format;
             one line naming the file and what is wrong.
@@ -165,10 +166,10 @@ def read_header(path: str | os.PathLike, decode: bool = False) -> ImageHeader:
         shape.pop()
     if len(shape) < 2 or min(shape) < 2:
         # a one-pixel axis inside the image: a line or a point, or axes in an unexpected order
-        raise ValueError(
+        raise InputError(
             f"{p}: degenerate image shape {tuple(header.shape)}: every axis needs 2 pixels or more."
         )
     if header.finite is False:
         # it would load, but one NaN makes every loss and gradient NaN
-        raise ValueError(f"{p}: NaN or inf pixel values.")
+        raise InputError(f"{p}: NaN or inf pixel values.")
     return header

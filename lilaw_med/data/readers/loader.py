@@ -18,6 +18,7 @@ from monai.transforms import LoadImage, MapTransform
 
 from lilaw_med.data.readers.common import _one_line_errors
 from lilaw_med.data.readers.formats import FORMATS, checked_kind, family
+from lilaw_med.errors import InputError
 
 __all__ = ["LoadMedicalImaged", "MedicalImageReader"]
 
@@ -49,7 +50,7 @@ class MedicalImageReader(ImageReader):
         names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
         kinds = {family(checked_kind(name)) for name in names}
         if len(kinds) != 1:
-            raise ValueError(f"{names}: the paths of one item mix formats {sorted(kinds)}.")
+            raise InputError(f"{names}: the paths of one item mix formats {sorted(kinds)}.")
         return kinds.pop()
 
     def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
@@ -65,7 +66,7 @@ class MedicalImageReader(ImageReader):
 
         Raises:
             FileNotFoundError: for a missing path.
-            ValueError: one line naming the file, for an unsupported format or a file the
+            InputError: one line naming the file, for an unsupported format or a file the
                 backend cannot read.
         """
         name = self._family(data)
@@ -79,18 +80,18 @@ class MedicalImageReader(ImageReader):
             for path, image in zip(names, obj if isinstance(obj, list) else [obj], strict=False):
                 problem = check(image)
                 if problem:
-                    raise ValueError(f"{path}: {problem}")
+                    raise InputError(f"{path}: {problem}")
         return backend, obj, shown
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
         """Array and metadata from what :meth:`read` returned.
 
         Raises:
-            ValueError: one line naming the file, for pixels that cannot be read (a truncated
+            InputError: one line naming the file, for pixels that cannot be read (a truncated
                 PNG, a refused DICOM or NIfTI file, ...).
         """
         backend, obj, shown = img
-        with _one_line_errors(shown, "cannot read the pixels", keep=(ValueError,)):
+        with _one_line_errors(shown, "cannot read the pixels", keep=(InputError,)):
             return backend.get_data(obj)
 
 class LoadMedicalImaged(MapTransform):
@@ -99,6 +100,12 @@ class LoadMedicalImaged(MapTransform):
     MONAI's ``LoadImaged`` tries readers in turn and folds their tracebacks into one
     ``RuntimeError``; here the reader is given at call time, so the error that names the file
     and what is wrong is the one raised.
+
+    Example::
+
+        load = LoadMedicalImaged("image")
+        item = load({"id": "p1", "image": "images/p1_0.dcm", "label": 1})
+        item["image"].shape  # (1, 128, 128): channel first, x first
 
     Args:
         keys: the keys holding paths.

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 from monai.data import NibabelReader
 
-from lilaw_med.data.readers.common import ImageHeader, _one_line, _size_problem
+from lilaw_med.data.readers.common import ImageHeader, _size_problem
+from lilaw_med.errors import InputError, one_line
 
 __all__ = ["NIFTI_SUFFIXES", "NiftiReader", "nifti_header", "nifti_problem"]
 
@@ -39,17 +40,9 @@ def nifti_problem(img: Any) -> str | None:
     Returns:
         The reason (one line, without the file name), or ``None``.
     """
-    # nibabel loads with the first NIfTI file: runs of other formats never import it
-    import nibabel as nib
-
-    header = getattr(img, "nifti_header", None) or img.header
-    intent = header.get_intent(code_repr="code")[0] if hasattr(header, "get_intent") else 0
-    if isinstance(img, nib.cifti2.Cifti2Image) or 3000 <= int(intent) < 3100:
-        name = header.get_intent()[0] if hasattr(header, "get_intent") else "?"
-        return (
-            f"a CIFTI-2 file (intent {name}, matrix {tuple(int(s) for s in img.shape)}): grayordinate/connectivity "
-            f"data, not an image grid; expected a 2D or 3D NIfTI image."
-        )
+    cifti = _cifti_problem(img)
+    if cifti:
+        return cifti
     shape = tuple(int(s) for s in img.shape)
     if len(shape) > 3 and math.prod(shape[3:]) > 1:
         return (
@@ -64,6 +57,23 @@ def nifti_problem(img: Any) -> str | None:
         shape,
         8 * max(dtype.itemsize, 4),
         f"voxels of {dtype} (read as {max(dtype.itemsize, 4) * 8}-bit floats)",
+    )
+
+
+def _cifti_problem(img: Any) -> str | None:
+    """A CIFTI-2 file, or a NIfTI file with a connectivity intent (3000-3099)."""
+    # nibabel loads with the first NIfTI file: runs of other formats never import it
+    import nibabel as nib
+
+    header = getattr(img, "nifti_header", None) or img.header
+    has_intent = hasattr(header, "get_intent")
+    intent = header.get_intent(code_repr="code")[0] if has_intent else 0
+    if not (isinstance(img, nib.cifti2.Cifti2Image) or 3000 <= int(intent) < 3100):
+        return None
+    name = header.get_intent()[0] if has_intent else "?"
+    return (
+        f"a CIFTI-2 file (intent {name}, matrix {tuple(int(s) for s in img.shape)}): grayordinate/connectivity "
+        f"data, not an image grid; expected a 2D or 3D NIfTI image."
     )
 
 
@@ -101,13 +111,33 @@ def _read_nifti_gz(path: str | os.PathLike) -> Any | None:
         verdict and message it always gave.
 
     Raises:
-        ValueError: naming the file and what :func:`nifti_problem` found in its header.
+        InputError: naming the file and what :func:`nifti_problem` found in its header.
     """
-    # nibabel loads with the first NIfTI file: runs of other formats never import it
-    import nibabel as nib
-
     if not str(path).lower().endswith(".nii.gz"):
         return None
+    compressed = _small_file_bytes(path)
+    if compressed is None:
+        return None
+    inflate = zlib.decompressobj(wbits=31)  # gzip framing
+    parsed = _parse_header(inflate, compressed)
+    if parsed is None:
+        return None
+    img, stream = parsed
+    problem = nifti_problem(img)
+    if problem:
+        raise InputError(f"{path}: {problem}")
+    voxels = _inflate_voxels(inflate, math.prod(int(d) for d in img.shape) * img.get_data_dtype().itemsize)
+    if voxels is None:
+        return None
+    # the stream now holds the file's inflated bytes up to the last voxel, at the header's offsets
+    stream.seek(0, io.SEEK_END)
+    stream.write(voxels)
+    return img
+
+
+def _small_file_bytes(path: str | os.PathLike) -> bytes | None:
+    """The bytes of a regular file of at most :data:`_ONE_READ_MAX_FILE_BYTES`, read with one ``open``;
+    ``None`` otherwise (or when it cannot be read)."""
     try:
         # O_NONBLOCK: a FIFO swapped in after the caller's check does not block the open
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -118,12 +148,20 @@ def _read_nifti_gz(path: str | os.PathLike) -> Any | None:
         if not stat.S_ISREG(st.st_mode) or st.st_size > _ONE_READ_MAX_FILE_BYTES:
             return None
         with os.fdopen(fd, "rb", closefd=False) as f:
-            compressed = f.read()
+            return f.read()
     except OSError:
         return None
     finally:
         os.close(fd)
-    inflate = zlib.decompressobj(wbits=31)  # gzip framing
+
+
+def _parse_header(inflate: Any, compressed: bytes) -> tuple[Any, io.BytesIO] | None:
+    """The NIfTI-1 image parsed from the inflated header and extensions, and the stream it reads its voxels
+    from; ``None`` for anything nibabel.load should judge (NIfTI-2, a pair header, a large offset, a
+    corrupt stream)."""
+    # nibabel loads with the first NIfTI file: runs of other formats never import it
+    import nibabel as nib
+
     try:
         head = inflate.decompress(compressed, 348)
         if len(head) < 348 or head[344:348] != b"n+1\0":
@@ -136,27 +174,23 @@ def _read_nifti_gz(path: str | os.PathLike) -> Any | None:
         if len(prefix) < offset:
             return None
         # header and extensions only, parsed once: nibabel reads voxels lazily from this stream,
-        # so the voxels written to its end below are what the image's dataobj reads
+        # so the voxels written to its end are what the image's dataobj reads
         stream = io.BytesIO(prefix)
-        img = nib.Nifti1Image.from_stream(stream)
+        return nib.Nifti1Image.from_stream(stream), stream
     except Exception:  # zlib.error, nibabel's header errors: nibabel.load gives its own verdict
         return None
-    problem = nifti_problem(img)
-    if problem:
-        raise ValueError(f"{path}: {problem}")
-    nbytes = math.prod(int(d) for d in img.shape) * img.get_data_dtype().itemsize
+
+
+def _inflate_voxels(inflate: Any, nbytes: int) -> bytes | None:
+    """The ``nbytes`` voxel bytes that follow the header; ``None`` for a large volume or a stream cut short,
+    corrupt or split in gzip members (nibabel reads, or refuses, those)."""
     if nbytes > _ONE_READ_MAX_DATA_BYTES:
         return None
     try:
         voxels = inflate.decompress(inflate.unconsumed_tail, nbytes) if nbytes else b""
     except zlib.error:
         return None
-    if len(voxels) < nbytes:
-        return None  # cut short, or more than one gzip member: nibabel reads (or refuses) it
-    # the stream now holds the file's inflated bytes up to the last voxel, at the header's offsets
-    stream.seek(0, io.SEEK_END)
-    stream.write(voxels)
-    return img
+    return voxels if len(voxels) >= nbytes else None
 
 
 class NiftiReader(NibabelReader):
@@ -172,11 +206,10 @@ class NiftiReader(NibabelReader):
         Each file is opened by ``nibabel.load`` once: the image whose header :func:`nifti_problem`
         checks is the one returned (nibabel maps the voxels lazily, so nothing but the header has
         been read when the check refuses a file). Loading it a second time for the data, as
-        ``NibabelReader.read`` would, parsed every header twice: a third of the time to load a
-        small volume.
+        ``NibabelReader.read`` does, would parse every header twice (docs/data.md section 8).
 
         Raises:
-            ValueError: naming the file and what :func:`nifti_problem` found.
+            InputError: naming the file and what :func:`nifti_problem` found.
         """
         # nibabel loads with the first NIfTI file: runs of other formats never import it
         import nibabel as nib
@@ -194,7 +227,7 @@ class NiftiReader(NibabelReader):
                 img = nib.load(name, **options)
                 problem = nifti_problem(img)
                 if problem:
-                    raise ValueError(f"{name}: {problem}")
+                    raise InputError(f"{name}: {problem}")
             images.append(correct_nifti_header_if_necessary(img))
         return images if len(filenames) > 1 else images[0]
 
@@ -211,7 +244,7 @@ def nifti_header(p: Path, kind: str, decode: bool) -> ImageHeader:
         The header.
 
     Raises:
-        ValueError: one line naming the file and what is wrong.
+        InputError: one line naming the file and what is wrong.
     """
     # nibabel loads with the first NIfTI file: runs of other formats never import it
     import nibabel as nib
@@ -220,9 +253,9 @@ def nifti_header(p: Path, kind: str, decode: bool) -> ImageHeader:
         img = nib.load(str(p))
         problem = nifti_problem(img)
     except Exception as e:
-        raise ValueError(f"{p}: not a readable NIfTI file ({type(e).__name__}: {_one_line(e)}).") from e
+        raise InputError(f"{p}: not a readable NIfTI file ({one_line(e, with_type=True)}).") from e
     if problem:
-        raise ValueError(f"{p}: {problem}")
+        raise InputError(f"{p}: {problem}")
     # MONAI reads the first three axes as space and the rest as channels (one, by nifti_problem)
     shape = tuple(int(s) for s in img.shape[:3])
     finite = None
@@ -231,7 +264,7 @@ def nifti_header(p: Path, kind: str, decode: bool) -> ImageHeader:
         try:
             arr = np.asanyarray(img.dataobj)
         except Exception as e:  # truncated data, bad scaling
-            raise ValueError(f"{p}: not a readable NIfTI file ({type(e).__name__}: {_one_line(e)}).") from e
+            raise InputError(f"{p}: not a readable NIfTI file ({one_line(e, with_type=True)}).") from e
         finite = bool(np.isfinite(arr).all())
     return ImageHeader("nifti", shape, 1, decode or is_float, finite)
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lilaw_med.data.readers.common import ImageHeader, _one_line
+from lilaw_med.data.readers.common import ImageHeader
+from lilaw_med.errors import InputError, one_line
 
 __all__ = ["NUMPY_SUFFIXES", "numpy_header"]
 
@@ -24,13 +25,13 @@ def numpy_header(p: Path, kind: str, decode: bool) -> ImageHeader:
         The header.
 
     Raises:
-        ValueError: one line naming the file and what is wrong.
+        InputError: one line naming the file and what is wrong.
     """
     # NumPy's reader gives the array as stored: every axis is spatial (no channel axis)
     try:
         arr = np.load(p, mmap_mode="r", allow_pickle=False)
     except Exception as e:
-        raise ValueError(f"{p}: not a readable .npy file ({type(e).__name__}: {_one_line(e)}).") from e
+        raise InputError(f"{p}: not a readable .npy file ({one_line(e, with_type=True)}).") from e
     shape = tuple(int(s) for s in arr.shape)
     finite = bool(np.isfinite(arr).all()) if np.issubdtype(arr.dtype, np.floating) else True
     return ImageHeader("numpy", shape, 1, True, finite)

@@ -12,7 +12,8 @@ from typing import Any
 
 from monai.data import PILReader
 
-from lilaw_med.data.readers.common import ImageHeader, _one_line, _size_problem
+from lilaw_med.data.readers.common import ImageHeader, _size_problem
+from lilaw_med.errors import InputError, one_line
 
 __all__ = ["PIL_SUFFIXES", "pil_header", "pil_reader"]
 
@@ -51,7 +52,7 @@ def pil_header(p: Path, kind: str, decode: bool) -> ImageHeader:
         The header.
 
     Raises:
-        ValueError: one line naming the file and what is wrong.
+        InputError: one line naming the file and what is wrong.
     """
     # PNG and JPEG are compressed: as for compressed DICOM, only decoding tells whether the data
     # is complete (Pillow reads a PNG without its last chunk but not a JPEG cut a few bytes
@@ -61,17 +62,17 @@ def pil_header(p: Path, kind: str, decode: bool) -> ImageHeader:
     try:
         im = Image.open(p)
     except Exception as e:
-        raise ValueError(f"{p}: not a readable image file ({type(e).__name__}: {_one_line(e)}).") from e
+        raise InputError(f"{p}: not a readable image file ({one_line(e, with_type=True)}).") from e
     with im:
         problem = _pil_size_problem(im)  # from the header, before a pixel is decoded
         if problem:
-            raise ValueError(f"{p}: {problem}")
+            raise InputError(f"{p}: {problem}")
         try:
             size = im.size
             bands = Image.getmodebands(_PIL_CONVERT.get(im.mode, im.mode))
             im.load()
         except Exception as e:
-            raise ValueError(f"{p}: not a readable image file ({type(e).__name__}: {_one_line(e)}).") from e
+            raise InputError(f"{p}: not a readable image file ({one_line(e, with_type=True)}).") from e
     return ImageHeader("pil", (int(size[0]), int(size[1])), bands, True, True)
 
 
