@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import importlib.resources
 import inspect
 import math
 import os
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from lilaw_med.data.presets import PRESETS, get_preset
 from lilaw_med.losses import BASE_LOSSES, LiLAWLoss
 from lilaw_med.meta_step_defaults import META_STEP_DEFAULTS
 from lilaw_med.networks import NETWORKS
+from lilaw_med.run.config_schema import ConfigError, Field, check_value, config_differences, setting, suggest
 from lilaw_med.weighting import LiLAWWeighting
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "ScheduleConfig",
     "TrainConfig",
     "apply_overrides",
+    "config_differences",
     "default_config",
     "dump_config",
     "get_value",
@@ -75,12 +76,7 @@ MAX_CONFIG_DEPTH = 32
 sections of keys with small values: 4 levels are used)."""
 MAX_CONFIG_BYTES = 16 * 2**20
 """The largest config file read (configs are a few kB)."""
-_INT64 = 2**63 - 1
 _SEED_MAX = 2**32 - 1  # NumPy's legacy seeding (MONAI's set_determinism) takes seeds below 2**32
-
-
-class ConfigError(ValueError):
-    """A config that does not follow the schema; the message names the field."""
 
 
 def _signature_default(func: Callable, name: str) -> Any:
@@ -88,54 +84,8 @@ def _signature_default(func: Callable, name: str) -> Any:
     return inspect.signature(func).parameters[name].default
 
 
-@dataclass(frozen=True)
-class Field:
-    """How one config key is checked.
-
-    Attributes:
-        default: the value used when the key is absent.
-        types: accepted Python types (``bool`` is never accepted for ``int``/``float``).
-        choices: allowed values, when the field is an enumeration (a registry's live mapping is
-            read at each check, so a preset or loss registered later is accepted).
-        minimum: inclusive lower bound for numbers.
-        maximum: inclusive upper bound for numbers.
-        exclusive_minimum: ``minimum`` is exclusive.
-        nullable: ``None`` (YAML ``null``) is allowed.
-        help: one line describing the field (used in docs and error messages).
-        item_types: accepted types of a list's items.
-        words: the strings a number field also accepts (``"auto"``: decided at run time).
-    """
-
-    default: Any
-    types: tuple[type, ...]
-    choices: Collection[Any] | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    exclusive_minimum: bool = False
-    nullable: bool = False
-    help: str = ""
-    item_types: tuple[type, ...] | None = None
-    words: Collection[str] | None = None
-
-
-def setting(default: Any, types: tuple[type, ...], **checks: Any) -> Any:
-    """A section's dataclass field: its default, with its :class:`Field` (the checks) as metadata.
-
-    Args:
-        default: the default value (lists and dicts are copied for each instance).
-        types: accepted Python types.
-        checks: the other arguments of :class:`Field`.
-
-    Returns:
-        A ``dataclasses.field``.
-    """
-    spec = Field(default, types, **checks)
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"field": spec})
-    return field(default=default, metadata={"field": spec})
-
-
 _NUM = (int, float)
+_CADENCE = "when checkpoints are written, not what they hold"
 _W = LiLAWWeighting.__init__
 _L = LiLAWLoss.__init__
 
@@ -166,6 +116,7 @@ class DataConfig:
     cache_memory_fraction: float = setting(
         0.5, _NUM, minimum=0.0, maximum=1.0, exclusive_minimum=True,
         help="share of the available memory a memory cache may take (split among a node's ranks); above it: disk",
+        resumable="where the deterministic transforms' outputs are cached (memory or disk), not what they are",
     )
     skip_bad: bool = setting(False, (bool,), help="drop items the pre-flight check rejects instead of stopping")
     exclude: str | None = setting(
@@ -275,26 +226,35 @@ class ScheduleConfig:
 class TrainConfig:
     """``train``: the training loop: epochs, batches, seed, device, checkpoints."""
 
-    epochs: int = setting(10, (int,), minimum=1, maximum=1_000_000, help="training epochs")
+    epochs: int = setting(
+        10, (int,), minimum=1, maximum=1_000_000, help="training epochs",
+        resumable="may grow (the run goes on for more epochs), never shrink",
+    )
     batch_size: int = setting(64, (int,), minimum=1, maximum=MAX_BATCH_SIZE, help="training batch size")
     seed: int = setting(0, (int,), minimum=0, maximum=_SEED_MAX, help="random seed (network init, shuffles, augmentations)")
-    device: str = setting("auto", (str,), help="auto (CUDA when present), cpu, cuda or cuda:N")
+    device: str = setting(
+        "auto", (str,), help="auto (CUDA when present), cpu, cuda or cuda:N", resumable="where the run continues"
+    )
     amp: str | bool = setting("auto", (str, bool), choices=("auto", True, False), help="mixed precision (auto: on for CUDA)")
     num_workers: int | str = setting(
         "auto", (int, str), words=("auto",), minimum=0, maximum=1024,
         help="data-loader worker processes (auto: the cores this process may use, split among a node's ranks, at most 8)",
+        resumable="loader processes (with random augmentations, see docs/fault_tolerance.md)",
     )
     deterministic: bool = setting(True, (bool,), help="seed every RNG (reproducible CPU runs)")
-    checkpoint_every_n_epochs: int | None = setting(1, (int,), minimum=1, nullable=True, help="checkpoint interval in epochs")
-    checkpoint_every_n_iterations: int | None = setting(
-        None, (int,), minimum=1, nullable=True, help="checkpoint interval in iterations (null: off)"
+    checkpoint_every_n_epochs: int | None = setting(
+        1, (int,), minimum=1, nullable=True, help="checkpoint interval in epochs", resumable=_CADENCE
     )
-    keep_last: int = setting(2, (int,), minimum=1, help="checkpoints kept")
+    checkpoint_every_n_iterations: int | None = setting(
+        None, (int,), minimum=1, nullable=True, help="checkpoint interval in iterations (null: off)", resumable=_CADENCE
+    )
+    keep_last: int = setting(2, (int,), minimum=1, help="checkpoints kept", resumable="how many checkpoints are kept")
     max_checkpoint_ratio: float = setting(
         8.0, _NUM, minimum=1.0,
         help="on resume, refuse before reading it a checkpoint larger than this many times the expected size (+64 MiB)",
+        resumable="how large a checkpoint may be before it is read",
     )
-    progress: bool = setting(True, (bool,), help="show a progress bar")
+    progress: bool = setting(True, (bool,), help="show a progress bar", resumable="display only")
     sync_batchnorm: bool = setting(
         False, (bool,), help="distributed (torchrun) on CUDA: synchronise batch-norm statistics across ranks"
     )
@@ -302,6 +262,7 @@ class TrainConfig:
         30.0, _NUM, minimum=0.0, exclusive_minimum=True,
         help="distributed (torchrun): how long a collective waits for the other ranks, and a rank for a sign of "
         "rank 0 while rank 0 alone works (pre-flight, final evaluation)",
+        resumable="how long ranks wait for each other, not what they compute",
     )
 
 
@@ -395,64 +356,6 @@ def default_config() -> dict[str, dict[str, Any]]:
     return Config().to_dict()
 
 
-def _suggest(name: str, valid: Iterable[str]) -> str:
-    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(sorted(valid))}."
-
-
-def _type_name(types: tuple[type, ...]) -> str:
-    names = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list", dict: "mapping"}
-    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
-
-
-def _check_value(path: str, spec: Field, value: Any) -> Any:
-    """Checks (and lightly normalises: int -> float for numbers) one value; raises ConfigError."""
-    if value is None:
-        if spec.nullable:
-            return None
-        raise ConfigError(f"config field '{path}' must not be null (expected {_type_name(spec.types)}).")
-    if isinstance(value, bool) and bool not in spec.types:
-        raise ConfigError(f"config field '{path}' must be {_type_name(spec.types)} but is the boolean {value}.")
-    if not isinstance(value, spec.types):
-        raise ConfigError(
-            f"config field '{path}' must be {_type_name(spec.types)} but is {type(value).__name__} {value!r}."
-        )
-    if spec.words is not None and isinstance(value, str):
-        if value not in spec.words:
-            raise ConfigError(
-                f"config field '{path}' must be a number or one of {list(spec.words)} but is {value!r}"
-                + _suggest(value, list(spec.words))
-            )
-        return value
-    if spec.choices is not None and value not in spec.choices:
-        raise ConfigError(
-            f"config field '{path}' must be one of {list(spec.choices)} but is {value!r}"
-            + (_suggest(value, [str(c) for c in spec.choices]) if isinstance(value, str) else ".")
-        )
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _INT64:
-        # YAML reads any number of digits; torch and NumPy would overflow later, mid-run
-        raise ConfigError(f"config field '{path}' must fit in a 64-bit integer but is {value}.")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise ConfigError(f"config field '{path}' must be finite but is {value}.")
-        if spec.minimum is not None:
-            too_low = value <= spec.minimum if spec.exclusive_minimum else value < spec.minimum
-            if too_low:
-                op = ">" if spec.exclusive_minimum else ">="
-                raise ConfigError(f"config field '{path}' must be {op} {spec.minimum} but is {value}.")
-        if spec.maximum is not None and value > spec.maximum:
-            raise ConfigError(f"config field '{path}' must be <= {spec.maximum} but is {value}.")
-        if float in spec.types and int in spec.types:
-            value = float(value)
-    if isinstance(value, list) and spec.item_types is not None:
-        for i, item in enumerate(value):
-            if isinstance(item, bool) or not isinstance(item, spec.item_types):
-                raise ConfigError(
-                    f"config field '{path}[{i}]' must be {_type_name(spec.item_types)} but is {item!r}."
-                )
-    return copy.deepcopy(value)
-
-
 def _check_options(preset: str, options: Mapping[str, Any]) -> None:
     """Checks ``data.options`` keys against the preset's documented options, and the image size
     against :data:`MAX_SPATIAL_VOXELS` (before anything of that size is allocated)."""
@@ -460,7 +363,7 @@ def _check_options(preset: str, options: Mapping[str, Any]) -> None:
     valid = spec.default_options()
     for key in options:
         if key not in valid:
-            raise ConfigError(f"config key 'data.options.{key}' is unknown for preset '{preset}'" + _suggest(key, valid))
+            raise ConfigError(f"config key 'data.options.{key}' is unknown for preset '{preset}'" + suggest(key, valid))
     size = options.get("spatial_size")
     if size is None:
         return
@@ -504,7 +407,7 @@ def validate_config(config: Config | Mapping[str, Any] | None) -> dict[str, dict
     out = default_config()
     for section, values in config.items():
         if section not in SCHEMA:
-            raise ConfigError(f"config section '{section}' is unknown" + _suggest(str(section), SCHEMA))
+            raise ConfigError(f"config section '{section}' is unknown" + suggest(str(section), SCHEMA))
         if values is None:
             continue
         if not isinstance(values, Mapping):
@@ -512,8 +415,8 @@ def validate_config(config: Config | Mapping[str, Any] | None) -> dict[str, dict
         for key, value in values.items():
             fields = SCHEMA[section]
             if key not in fields:
-                raise ConfigError(f"config key '{section}.{key}' is unknown" + _suggest(str(key), fields))
-            out[section][key] = _check_value(f"{section}.{key}", fields[key], value)
+                raise ConfigError(f"config key '{section}.{key}' is unknown" + suggest(str(key), fields))
+            out[section][key] = check_value(f"{section}.{key}", fields[key], value)
     _check_consistency(out)
     return out
 

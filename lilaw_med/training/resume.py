@@ -44,6 +44,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lilaw_med.data.sampler import ResumableSampler
+from lilaw_med.errors import InputError
 from lilaw_med.handlers.checkpoint import CheckpointHandler, load_object_state, object_state
 from lilaw_med.handlers.meta_step import LiLAWHandler
 from lilaw_med.rng import restore_loader_rng_state, restore_rng_state
@@ -53,7 +54,7 @@ from lilaw_med.run.checkpoint_format import (
     load_latest_checkpoint,
     state_nbytes,
 )
-from lilaw_med.run.config import Config
+from lilaw_med.run.config import SCHEMA, Config, config_differences
 from lilaw_med.run.run_dir import RunDir
 
 __all__ = ["RESUME_CHANGEABLE", "attach_checkpointing", "check_resume_config", "resume_from", "run_is_complete"]
@@ -64,17 +65,14 @@ CHECKPOINT_SIZE_SLACK = 64 * 2**20
 """Bytes allowed on top of ``max_size_ratio`` times the expected checkpoint size (small runs, loggers)."""
 
 RESUME_CHANGEABLE: dict[str, str] = {
-    "train.epochs": "may grow (the run goes on for more epochs), never shrink",
-    "train.device": "where the run continues",
-    "train.progress": "display only",
-    "train.num_workers": "loader processes (with random augmentations, see docs/fault_tolerance.md)",
-    "train.checkpoint_every_n_iterations": "when checkpoints are written, not what they hold",
-    "train.checkpoint_every_n_epochs": "when checkpoints are written, not what they hold",
-    "train.keep_last": "how many checkpoints are kept",
-    "train.max_checkpoint_ratio": "how large a checkpoint may be before it is read",
-    "train.dist_timeout_minutes": "how long ranks wait for each other, not what they compute",
+    f"{section}.{key}": spec.resumable
+    for section, fields in SCHEMA.items()
+    for key, spec in fields.items()
+    if spec.resumable is not None
 }
-"""The config keys ``--resume`` accepts a change of (key -> why it is harmless); any other change is refused."""
+"""The config keys ``--resume`` accepts a change of (key -> why it is harmless), read from the schema
+(:attr:`~lilaw_med.run.config.Field.resumable`); any other change is refused."""
+
 
 def attach_checkpointing(
     trainer: Engine,
@@ -120,17 +118,6 @@ def attach_checkpointing(
     return handler
 
 
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(_flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
 def check_resume_config(saved: Mapping[str, Any], config: Any, source: str | Path = "config.yaml") -> None:
     """Refuses to resume a run with a config that differs from the one it was started with, except for
     the keys of :data:`RESUME_CHANGEABLE`.
@@ -145,25 +132,20 @@ def check_resume_config(saved: Mapping[str, Any], config: Any, source: str | Pat
         source: where ``saved`` comes from, for the message.
 
     Raises:
-        ValueError: naming the first changed key that is not allowed (or ``train.epochs`` when it shrinks).
+        InputError: naming the first changed key that is not allowed (or ``train.epochs`` when it shrinks).
     """
 
-    old = _flatten(Config.from_mapping(saved).to_dict())
-    new = _flatten(Config.from_mapping(config).to_dict())
-    for key in sorted(set(old) | set(new)):
-        before, after = old.get(key), new.get(key)
-        if before == after:
+    changes = config_differences(Config.from_mapping(saved).to_dict(), Config.from_mapping(config).to_dict())
+    for key, (before, after) in changes.items():
+        if key == "train.epochs":
+            if isinstance(before, int) and isinstance(after, int) and after > before:
+                continue
+            reason = "fewer epochs than the run was started with"
+        elif key in RESUME_CHANGEABLE:
             continue
-        if key == "train.epochs" and isinstance(before, int) and isinstance(after, int) and after > before:
-            continue
-        if key in RESUME_CHANGEABLE and key != "train.epochs":
-            continue
-        reason = (
-            "fewer epochs than the run was started with"
-            if key == "train.epochs"
-            else f"only {', '.join(sorted(RESUME_CHANGEABLE))} may change on --resume"
-        )
-        raise ValueError(
+        else:
+            reason = f"only {', '.join(sorted(RESUME_CHANGEABLE))} may change on --resume"
+        raise InputError(
             f"cannot resume with '{key}' changed from {before!r} (in {source}) to {after!r}: {reason}; start a new "
             "run (a new --output) instead."
         )
