@@ -13,6 +13,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
+from lilaw_med.errors import InputError
 from lilaw_med.losses import LiLAWLoss
 from lilaw_med.meta_step_defaults import META_STEP_DEFAULTS
 
@@ -282,7 +283,7 @@ class LiLAWHandler:
             try:
                 batch = next(self._val_iter)
             except StopIteration:
-                raise ValueError("the LiLAW validation loader yields no batches: the validation split is empty.") from None
+                raise InputError("the LiLAW validation loader yields no batches: the validation split is empty.") from None
         self._val_cursor += 1
         self.last_val_batch = batch
         return batch

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from ignite.engine import Engine, Events
 
+from lilaw_med.errors import InputError
 from lilaw_med.handlers.run_logger import HIST_EDGES, ITERATION_COLUMNS, RunLogger
 from lilaw_med.run.run_dir import RunDir
 
@@ -64,9 +65,9 @@ def tracking_backends(tracking: str | Sequence[str] | None, tensorboard: bool | 
     names = [tracking] if isinstance(tracking, str) else list(tracking or [])
     for name in names:
         if name not in TRACKERS:
-            raise ValueError(f"output.tracking: unknown tracker {name!r}; choose from {', '.join(TRACKERS)}.")
+            raise InputError(f"output.tracking: unknown tracker {name!r}; choose from {', '.join(TRACKERS)}.")
     if "mlflow" in names and not _installed("mlflow"):
-        raise ValueError("output.tracking names mlflow but mlflow is not installed (pip install 'lilaw-med[tracking]').")
+        raise InputError("output.tracking names mlflow but mlflow is not installed (pip install 'lilaw-med[tracking]').")
     wants_tensorboard = "tensorboard" in names or tensorboard is True
     if wants_tensorboard and not _installed("tensorboard"):
         logger.warning("TensorBoard logging asked for but tensorboard is not installed (pip install tensorboard).")

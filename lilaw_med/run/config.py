@@ -365,16 +365,20 @@ def _check_options(preset: str, options: Mapping[str, Any]) -> None:
         if key not in valid:
             raise ConfigError(f"config key 'data.options.{key}' is unknown for preset '{preset}'" + suggest(key, valid))
     size = options.get("spatial_size")
-    if size is None:
-        return
-    sizes = [size] * spec.spatial_dims if isinstance(size, int) and not isinstance(size, bool) else size
+    if size is not None:
+        _check_spatial_size(preset, spec.spatial_dims, size)
+
+
+def _check_spatial_size(preset: str, spatial_dims: int, size: Any) -> None:
+    """``data.options.spatial_size``: one positive integer per dimension, at most :data:`MAX_SPATIAL_VOXELS` in all."""
+    sizes = [size] * spatial_dims if isinstance(size, int) and not isinstance(size, bool) else size
     if (
         not isinstance(sizes, list)
-        or len(sizes) != spec.spatial_dims
+        or len(sizes) != spatial_dims
         or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes)
     ):
         raise ConfigError(
-            f"config field 'data.options.spatial_size' must be {spec.spatial_dims} positive integers (or null) for "
+            f"config field 'data.options.spatial_size' must be {spatial_dims} positive integers (or null) for "
             f"preset '{preset}' but is {size!r}."
         )
     voxels = math.prod(sizes)
@@ -422,24 +426,35 @@ def validate_config(config: Config | Mapping[str, Any] | None) -> dict[str, dict
 
 
 def _check_consistency(cfg: dict[str, dict[str, Any]]) -> None:
-    data, model, loss, lilaw = cfg["data"], cfg["model"], cfg["loss"], cfg["lilaw"]
+    """Checks the rules that tie fields together (each message names the field it refuses)."""
+    data, model = cfg["data"], cfg["model"]
     if data["datalist"] is None and not data["sample_data"]:
         raise ConfigError("config field 'data.datalist' is required (or set 'data.sample_data: true').")
-    if lilaw["alpha"] < lilaw["alpha_min"]:
-        raise ConfigError(f"config field 'lilaw.alpha' must be >= lilaw.alpha_min={lilaw['alpha_min']} but is {lilaw['alpha']}.")
-    if lilaw["delta"] < lilaw["beta"]:
-        raise ConfigError(f"config field 'lilaw.delta' must be >= lilaw.beta={lilaw['beta']} but is {lilaw['delta']}.")
-    if data["multi_label"] and not BASE_LOSSES[loss["name"]].multi_label:
-        names = " or ".join(f"'{n}'" for n, entry in BASE_LOSSES.items() if entry.multi_label)
-        raise ConfigError(f"config field 'loss.name' must be {names} when data.multi_label is true but is '{loss['name']}'.")
+    _check_lilaw_order(cfg["lilaw"])
+    _check_loss_fits_labels(data, cfg["loss"])
     if model["pretrained"] and not model["weights"]:
         raise ConfigError(
             "config field 'model.weights' must name a local weights file when model.pretrained is true "
             "(weights are never downloaded)."
         )
-    if loss["class_balance"] != "none" and data["multi_label"]:
+    if cfg["loss"]["class_balance"] != "none" and data["multi_label"]:
         raise ConfigError("config field 'loss.class_balance' must be 'none' for multi-label data.")
     _check_options(data["preset"], data["options"])
+
+
+def _check_lilaw_order(lilaw: Mapping[str, Any]) -> None:
+    """alpha_min <= alpha and beta <= delta, as :class:`~lilaw_med.weighting.LiLAWWeighting` requires."""
+    if lilaw["alpha"] < lilaw["alpha_min"]:
+        raise ConfigError(f"config field 'lilaw.alpha' must be >= lilaw.alpha_min={lilaw['alpha_min']} but is {lilaw['alpha']}.")
+    if lilaw["delta"] < lilaw["beta"]:
+        raise ConfigError(f"config field 'lilaw.delta' must be >= lilaw.beta={lilaw['beta']} but is {lilaw['delta']}.")
+
+
+def _check_loss_fits_labels(data: Mapping[str, Any], loss: Mapping[str, Any]) -> None:
+    """Multi-label data needs a loss that takes multi-label targets."""
+    if data["multi_label"] and not BASE_LOSSES[loss["name"]].multi_label:
+        names = " or ".join(f"'{n}'" for n, entry in BASE_LOSSES.items() if entry.multi_label)
+        raise ConfigError(f"config field 'loss.name' must be {names} when data.multi_label is true but is '{loss['name']}'.")
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:

@@ -128,6 +128,11 @@ def _check_number(path: str, spec: Field, value: int | float) -> int | float:
         raise ConfigError(f"config field '{path}' must fit in a 64-bit integer but is {value}.")
     if not math.isfinite(value):
         raise ConfigError(f"config field '{path}' must be finite but is {value}.")
+    _check_range(path, spec, value)
+    return float(value) if float in spec.types and int in spec.types else value
+
+
+def _check_range(path: str, spec: Field, value: int | float) -> None:
     if spec.minimum is not None:
         too_low = value <= spec.minimum if spec.exclusive_minimum else value < spec.minimum
         if too_low:
@@ -135,7 +140,6 @@ def _check_number(path: str, spec: Field, value: int | float) -> int | float:
             raise ConfigError(f"config field '{path}' must be {op} {spec.minimum} but is {value}.")
     if spec.maximum is not None and value > spec.maximum:
         raise ConfigError(f"config field '{path}' must be <= {spec.maximum} but is {value}.")
-    return float(value) if float in spec.types and int in spec.types else value
 
 
 def _check_items(path: str, spec: Field, value: list) -> None:

@@ -28,6 +28,7 @@ from lilaw_med.data.presets import PresetSpec, get_preset
 from lilaw_med.data.sample import write_sample_data
 from lilaw_med.data.sampler import ResumableSampler
 from lilaw_med.data.transforms import build_transforms
+from lilaw_med.errors import InputError
 from lilaw_med.run.config import Config
 from lilaw_med.run.run_dir import RunDir
 from lilaw_med.run.transforms import evaluation_transforms, transform_options
@@ -87,7 +88,7 @@ def training_labels(items: Sequence[Mapping[str, Any]]) -> list[int]:
 def _sample_datalist(preset: PresetSpec, sample_dir: Path) -> Path:
     """The generated sample datalist of ``preset``, generating the sample data when missing."""
     if preset.sample_key is None:
-        raise ValueError(f"preset '{preset.name}' has no sample data; set data.datalist.")
+        raise InputError(f"preset '{preset.name}' has no sample data; set data.datalist.")
     index_path = sample_dir / _SAMPLE_INDEX
     if index_path.is_file():
         with contextlib.suppress(ValueError, KeyError, OSError):
@@ -143,9 +144,9 @@ def prepare_datalist(
         datalist, data.skip_bad, run_dir.rejected if run_dir is not None else None, expected_dims=input_shape(cfg)[0],
     )
     if not datalist.training:
-        raise ValueError(f"datalist {datalist_path}: the training split is empty.")
+        raise InputError(f"datalist {datalist_path}: the training split is empty.")
     if not datalist.validation:
-        raise ValueError(f"datalist {datalist_path}: the validation split is empty (LiLAW's meta step needs one).")
+        raise InputError(f"datalist {datalist_path}: the validation split is empty (LiLAW's meta step needs one).")
     return datalist
 
 

@@ -225,20 +225,42 @@ def resume_from(
         return 0
     objects = {k: v for k, v in objects.items() if v is not None}
     rank_objects = {k: v for k, v in (rank_objects or {}).items() if v is not None}
-    max_bytes = (
-        None
-        if max_size_ratio is None
-        else _max_checkpoint_bytes(save_dir, objects, rank_objects, max_size_ratio)
-    )
+    max_bytes = None if max_size_ratio is None else _max_checkpoint_bytes(save_dir, objects, rank_objects, max_size_ratio)
     info, ckpt = _load_newest(save_dir, map_location, max_bytes, objects)
     own = _own_rank_state(info, ckpt)
-    saved_rank_objects = own["objects"]
-    _check_objects(info, ckpt["objects"], objects, saved_rank_objects, rank_objects)
+    _check_objects(info, ckpt["objects"], objects, own["objects"], rank_objects)
     _check_position(info, ckpt, trainer, train_sampler)
+    _restore_objects(trainer, info, _states_to_restore(ckpt, own, objects, rank_objects))
+    _reopen_validation(objects.values())
+    iteration, epoch_length = int(ckpt["iteration"]), ckpt.get("epoch_length")
+    in_epoch = iteration % epoch_length if epoch_length else 0
+    if train_sampler is not None:
+        _restore_sampler(train_sampler, trainer, info, ckpt, own, in_epoch)
+    _restore_at_start(trainer, info, ckpt, in_epoch, own)
+    logger.info("resuming %s from %s: iteration %d, %s.", run_dir, info.path.name, iteration, _where(ckpt))
+    return iteration
 
-    max_epochs = getattr(trainer.state, "max_epochs", None)
+
+def _where(ckpt: Mapping[str, Any]) -> str:
+    """Where in the run a checkpoint was taken, for the log."""
+    iteration, epoch_length = int(ckpt["iteration"]), ckpt.get("epoch_length")
+    in_epoch = iteration % epoch_length if epoch_length else 0
+    if in_epoch:
+        return f"inside epoch {iteration // epoch_length + 1} (iteration {in_epoch} of {epoch_length})"
+    return f"after epoch {ckpt['epoch']}"
+
+
+def _states_to_restore(
+    ckpt: Mapping[str, Any], own: Mapping[str, Any], objects: Mapping[str, Any], rank_objects: Mapping[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """``(name, object, saved state)``: the shared objects from the checkpoint, the per-rank ones from this rank's entry."""
     restore = [(name, obj, ckpt["objects"][name]) for name, obj in objects.items()]
-    restore += [(name, obj, saved_rank_objects[name]) for name, obj in rank_objects.items()]
+    return restore + [(name, obj, own["objects"][name]) for name, obj in rank_objects.items()]
+
+
+def _restore_objects(trainer: Engine, info: CheckpointInfo, restore: list[tuple[str, Any, Any]]) -> None:
+    """Loads each ``(name, object, saved state)``; keeps the new config's ``max_epochs`` when it is larger."""
+    max_epochs = getattr(trainer.state, "max_epochs", None)
     for name, obj, state in restore:
         try:
             load_object_state(obj, state)
@@ -246,30 +268,29 @@ def resume_from(
             raise ValueError(f"cannot restore {name!r} from checkpoint {info.path.name}: {e}") from e
     if max_epochs and trainer.state.max_epochs and max_epochs > trainer.state.max_epochs:
         trainer.state.max_epochs = max_epochs  # the new config asks for more epochs: extend the run
-    for obj in objects.values():
-        # re-open the LiLAW validation iterator at its saved cursor now, BEFORE the RNG states are
-        # restored: creating a DataLoader iterator draws a seed from torch's generator, which the
-        # uninterrupted run did not do at this point (opened lazily, it would shift every later draw)
+
+
+def _reopen_validation(objects: Any) -> None:
+    """Re-opens the LiLAW validation iterator at its saved cursor now, BEFORE the RNG states are
+    restored: creating a DataLoader iterator draws a seed from torch's generator, which the
+    uninterrupted run did not do at this point (opened lazily, it would shift every later draw)."""
+    for obj in objects:
         if isinstance(obj, LiLAWHandler) and any(obj.validation_position):
             obj.open_validation_pass()
 
-    iteration, epoch_length = int(ckpt["iteration"]), ckpt.get("epoch_length")
-    in_epoch = iteration % epoch_length if epoch_length else 0
-    if train_sampler is not None:
-        if "sampler" in own and callable(getattr(train_sampler, "load_state_dict", None)):
-            try:  # checks that the data and its partitioning are the ones this rank trained on
-                train_sampler.load_state_dict(own["sampler"])
-            except ValueError as e:
-                raise ValueError(f"checkpoint {info.path.name}: {e}") from e
-        _place_sampler(train_sampler, trainer, ckpt, in_epoch)
-    _restore_at_start(trainer, info, ckpt, in_epoch, own)
-    where = (
-        f"inside epoch {iteration // epoch_length + 1} (iteration {in_epoch} of {epoch_length})"
-        if in_epoch
-        else (f"after epoch {ckpt['epoch']}")
-    )
-    logger.info("resuming %s from %s: iteration %d, %s.", run_dir, info.path.name, iteration, where)
-    return iteration
+
+def _restore_sampler(
+    train_sampler: Any, trainer: Engine, info: CheckpointInfo, ckpt: Mapping[str, Any], own: Mapping[str, Any],
+    in_epoch: int,
+) -> None:
+    """Loads this rank's sampler state (which checks the data and its partitioning are the ones it
+    trained on) and places the sampler at the interrupted epoch's position."""
+    if "sampler" in own and callable(getattr(train_sampler, "load_state_dict", None)):
+        try:
+            train_sampler.load_state_dict(own["sampler"])
+        except ValueError as e:
+            raise InputError(f"checkpoint {info.path.name}: {e}") from e
+    _place_sampler(train_sampler, trainer, ckpt, in_epoch)
 
 
 def _max_checkpoint_bytes(
@@ -298,7 +319,7 @@ def _own_rank_state(info: CheckpointInfo, ckpt: Mapping[str, Any]) -> Mapping[st
     rank, world_size = idist.get_rank(), idist.get_world_size()
     ranks = ckpt["ranks"]
     if len(ranks) != world_size:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {info.path.name} was written by {len(ranks)} process(es) but this run has {world_size}: "
             f"resume with the same number (torchrun --nproc_per_node {len(ranks)}), or start a new run."
         )
@@ -330,40 +351,44 @@ def _check_fits(objects: Mapping[str, Any]) -> Any:
 def _check_module(info: CheckpointInfo, name: str, module: nn.Module, saved: Any) -> None:
     expected = module.state_dict()
     if not isinstance(saved, Mapping):
-        raise ValueError(f"{info.path.name}: the state of {name!r} is a {type(saved).__name__}, not a state dict")
+        raise InputError(f"{info.path.name}: the state of {name!r} is a {type(saved).__name__}, not a state dict")
     for key in sorted(set(expected) ^ set(saved)):
         where = "missing from the checkpoint" if key in expected else "unknown to this run's model"
-        raise ValueError(f"{info.path.name}: {name} tensor {key!r} is {where}")
+        raise InputError(f"{info.path.name}: {name} tensor {key!r} is {where}")
     for key, tensor in expected.items():
         got = saved[key]
         if _shape(got) != _shape(tensor):
-            raise ValueError(
+            raise InputError(
                 f"{info.path.name}: {name} tensor {key!r} has shape {_shape(got)} but this run's model has {_shape(tensor)}"
             )
         if name == "network" and got.is_floating_point() and not bool(torch.isfinite(got).all()):
-            raise ValueError(f"{info.path.name}: {name} tensor {key!r} holds NaN or infinite values")
+            raise InputError(f"{info.path.name}: {name} tensor {key!r} holds NaN or infinite values")
 
 
 def _check_optimizer(info: CheckpointInfo, name: str, optimizer: torch.optim.Optimizer, saved: Any) -> None:
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if not isinstance(saved, Mapping) or not isinstance(saved.get("state"), Mapping):
-        raise ValueError(f"{info.path.name}: the state of {name!r} is not an optimizer state dict")
+        raise InputError(f"{info.path.name}: the state of {name!r} is not an optimizer state dict")
     saved_params = [i for group in saved.get("param_groups", []) for i in group.get("params", [])]
     if len(saved_params) != len(params):
-        raise ValueError(
+        raise InputError(
             f"{info.path.name}: {name} holds {len(saved_params)} parameters but this run's model has {len(params)}"
         )
     index = {i: p for i, p in zip(saved_params, params, strict=True)}
     for i, state in saved["state"].items():
         if i not in index or not isinstance(state, Mapping):
-            raise ValueError(f"{info.path.name}: {name} has state for an unknown parameter {i!r}")
-        for key, value in state.items():
-            # per-parameter moments (exp_avg, momentum_buffer, ...) have the parameter's shape; step counters are scalars
-            if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != tuple(index[i].shape):
-                raise ValueError(
-                    f"{info.path.name}: {name} {key} of parameter {i} has shape {tuple(value.shape)} but the "
-                    f"parameter has {tuple(index[i].shape)}"
-                )
+            raise InputError(f"{info.path.name}: {name} has state for an unknown parameter {i!r}")
+        _check_moments(info, name, i, state, index[i])
+
+
+def _check_moments(info: CheckpointInfo, name: str, i: Any, state: Mapping[str, Any], param: torch.Tensor) -> None:
+    """Per-parameter moments (exp_avg, momentum_buffer, ...) have the parameter's shape; step counters are scalars."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != tuple(param.shape):
+            raise InputError(
+                f"{info.path.name}: {name} {key} of parameter {i} has shape {tuple(value.shape)} but the "
+                f"parameter has {tuple(param.shape)}"
+            )
 
 
 def _load_newest(
@@ -397,13 +422,13 @@ def _check_objects(
     saved_rank, rank_objects = saved_rank or {}, rank_objects or {}
     missing_rank = sorted(set(rank_objects) - set(saved_rank))
     if missing_rank:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {info.path} has no state of this rank for {missing_rank} (it holds "
             f"{sorted(saved_rank)}): it was written by a run with a different configuration."
         )
     missing = sorted(set(objects) - set(saved))
     if missing:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {info.path} has no state for {missing} (it holds {sorted(saved)}): it was written by a "
             "run with a different configuration."
         )
@@ -420,32 +445,35 @@ def _check_position(info: CheckpointInfo, ckpt: Mapping[str, Any], trainer: Engi
     in_epoch = iteration % epoch_length if epoch_length else 0
     loader = getattr(trainer, "data_loader", None)
     if epoch_length and getattr(trainer.state, "epoch_length", None) not in (None, epoch_length):
-        raise ValueError(
+        raise InputError(
             f"checkpoint {info.path.name} was written with {epoch_length} iterations per epoch but this run has "
             f"{trainer.state.epoch_length}: the training data or batch size changed; start a new run instead."
         )
     if in_epoch:
-        if not callable(getattr(train_sampler, "set_start", None)):
-            raise ValueError(
-                f"checkpoint {info.path.name} was taken inside epoch {iteration // epoch_length + 1} (iteration "
-                f"{in_epoch} of {epoch_length}); resuming there needs the training loader's ResumableSampler "
-                f"(or another sampler with set_epoch/set_start), got {type(train_sampler).__name__}."
-            )
-        batch_size = ckpt.get("batch_size") or getattr(loader, "batch_size", None)
-        if not batch_size:
-            raise ValueError(
-                "cannot place the sampler: the checkpoint and the trainer's loader give no batch size."
-            )
-        if getattr(loader, "batch_size", batch_size) != batch_size:
-            raise ValueError(
-                f"the batch size changed since the checkpoint ({batch_size} -> {loader.batch_size})."
-            )
+        _check_mid_epoch(info, ckpt, loader, train_sampler)
     saved_len = ckpt.get("sampler_length")
     if train_sampler is not None and saved_len is not None and len(train_sampler) != saved_len:
-        raise ValueError(
+        raise InputError(
             f"the training sampler yields {len(train_sampler)} samples per epoch but {saved_len} when checkpoint "
             f"{info.path.name} was written: the training data changed; start a new run instead."
         )
+
+
+def _check_mid_epoch(info: CheckpointInfo, ckpt: Mapping[str, Any], loader: Any, train_sampler: Any) -> None:
+    """A checkpoint taken inside an epoch needs a sampler that can start mid-epoch and the same batch size."""
+    iteration, epoch_length = int(ckpt["iteration"]), ckpt["epoch_length"]
+    in_epoch = iteration % epoch_length
+    if not callable(getattr(train_sampler, "set_start", None)):
+        raise InputError(
+            f"checkpoint {info.path.name} was taken inside epoch {iteration // epoch_length + 1} (iteration "
+            f"{in_epoch} of {epoch_length}); resuming there needs the training loader's ResumableSampler "
+            f"(or another sampler with set_epoch/set_start), got {type(train_sampler).__name__}."
+        )
+    batch_size = ckpt.get("batch_size") or getattr(loader, "batch_size", None)
+    if not batch_size:
+        raise InputError("cannot place the sampler: the checkpoint and the trainer's loader give no batch size.")
+    if getattr(loader, "batch_size", batch_size) != batch_size:
+        raise InputError(f"the batch size changed since the checkpoint ({batch_size} -> {loader.batch_size}).")
 
 
 def _place_sampler(train_sampler: Any, trainer: Engine, ckpt: Mapping[str, Any], in_epoch: int) -> None:
