@@ -58,6 +58,24 @@ def enter_autocast_state(state: Mapping[str, AutocastState]) -> contextlib.ExitS
     return stack
 
 
+def _check_settings(lr: float, weight_decay: float, val_mode: str, every: int, epoch_budget: float | None) -> None:
+    """The meta step's settings, as :class:`LiLAWHandler` documents them."""
+    _check_rates(lr, weight_decay)
+    if val_mode not in ("eval", "train"):
+        raise ValueError(f"val_mode must be 'eval' or 'train' but is {val_mode!r}.")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be an integer >= 1 but is {every!r}.")
+    if epoch_budget is not None and not (epoch_budget > 0 and math.isfinite(epoch_budget)):
+        raise ValueError(f"epoch_budget must be None or a positive finite number but is {epoch_budget!r}.")
+
+
+def _check_rates(lr: float, weight_decay: float) -> None:
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive finite number but is {lr}.")
+    if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+        raise ValueError(f"weight_decay must be >= 0 but is {weight_decay}.")
+
+
 class LiLAWHandler:
     """Takes ONE gradient step on alpha, beta, delta on a validation mini-batch after every
     training iteration (or every ``every``-th; once warm-up has ended), then applies the clamps.
@@ -135,16 +153,7 @@ class LiLAWHandler:
     ) -> None:
         if not isinstance(loss, LiLAWLoss):
             raise TypeError(f"loss must be a LiLAWLoss but is {type(loss).__name__}.")
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"lr must be a positive finite number but is {lr}.")
-        if not (weight_decay >= 0 and math.isfinite(weight_decay)):
-            raise ValueError(f"weight_decay must be >= 0 but is {weight_decay}.")
-        if val_mode not in ("eval", "train"):
-            raise ValueError(f"val_mode must be 'eval' or 'train' but is {val_mode!r}.")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an integer >= 1 but is {every!r}.")
-        if epoch_budget is not None and not (epoch_budget > 0 and math.isfinite(epoch_budget)):
-            raise ValueError(f"epoch_budget must be None or a positive finite number but is {epoch_budget!r}.")
+        _check_settings(lr, weight_decay, val_mode, every, epoch_budget)
         self.val_loader = val_loader
         self.loss = loss
         self.lr = float(lr)

@@ -37,6 +37,37 @@ def _scalar(value: Any) -> float | None:
     return None
 
 
+def _output_loss(out: Any) -> float | None:
+    """The loss in a trainer's output: a mapping's ``"loss"``, a number, or the first mapping of a list."""
+    loss_value = _scalar(out.get("loss")) if isinstance(out, Mapping) else _scalar(out)
+    if loss_value is None and isinstance(out, list) and out and isinstance(out[0], Mapping):
+        loss_value = _scalar(out[0].get("loss"))
+    return loss_value
+
+
+def _epochs_csv(epochs: list[dict[str, Any]]) -> str:
+    """``metrics.csv``: one row per epoch, the columns in the order they first appear."""
+    columns: list[str] = []
+    for record in epochs:
+        columns += [k for k in record if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for record in epochs:
+        writer.writerow({k: _fmt(v) for k, v in record.items()})
+    return buf.getvalue()
+
+
+def _iterations_csv(iterations: list[list[float]]) -> str:
+    """``lilaw_iterations.csv``: :data:`ITERATION_COLUMNS`, epoch, iteration and the active flag as integers."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(ITERATION_COLUMNS)
+    for row in iterations:
+        w.writerow([int(v) if i in (0, 1, 10) else _fmt(v) for i, v in enumerate(row)])
+    return buf.getvalue()
+
+
 class RunLogger:
     """Writes a training run's statistics into its run folder.
 
@@ -92,20 +123,10 @@ class RunLogger:
     # ---------------------------------------------------------------- events
     def iteration_completed(self, engine: Engine) -> None:
         """Records the iteration's loss, scalars and effective weight statistics."""
-        out = engine.state.output
-        loss_value = _scalar(out.get("loss")) if isinstance(out, Mapping) else _scalar(out)
-        if loss_value is None and isinstance(out, list) and out and isinstance(out[0], Mapping):
-            loss_value = _scalar(out[0].get("loss"))
+        loss_value = _output_loss(engine.state.output)
         scalars = self.loss.weighting.as_dict()
         active = self.loss.is_active
-        stats = self.loss.last_stats
-        if stats is not None and active:
-            w = stats.weight.detach().float().reshape(-1).cpu()
-        elif stats is not None:
-            w = torch.ones(stats.weight.numel())
-        else:
-            w = torch.ones(1)
-        w_np = w.numpy()
+        w_np = self._effective_weights(active)
         self._epoch_hist += np.histogram(np.clip(w_np, 0, 3), bins=HIST_EDGES)[0]
         meta = engine.state.metrics.get("lilaw_val_loss", float("nan")) if active else float("nan")
         row = [
@@ -117,8 +138,26 @@ class RunLogger:
         if loss_value is not None and math.isfinite(loss_value):
             self._epoch_losses.append(loss_value)
 
+    def _effective_weights(self, active: bool) -> np.ndarray:
+        """The last batch's weights as the model step used them (all 1 during warm-up)."""
+        stats = self.loss.last_stats
+        if stats is not None and active:
+            return stats.weight.detach().float().reshape(-1).cpu().numpy()
+        return torch.ones(stats.weight.numel() if stats is not None else 1).numpy()
+
     def __call__(self, engine: Engine) -> None:
         """Epoch end: appends the epoch's record and rewrites every file."""
+        epoch = engine.state.epoch
+        record = self._epoch_record(engine)
+        self.epochs = [e for e in self.epochs if e["epoch"] != epoch] + [record]
+        self.histograms = self.histograms[: epoch - 1] + [self._epoch_hist.tolist()]
+        self._epoch_losses = []
+        self._epoch_hist = np.zeros(len(HIST_EDGES) - 1, dtype=np.int64)
+        self.write()
+
+    def _epoch_record(self, engine: Engine) -> dict[str, Any]:
+        """The epoch's row of ``metrics.json``: mean training loss, learning rate, LiLAW scalars, mean
+        weight and the validation/test metrics found under :attr:`metric_prefixes`."""
         epoch = engine.state.epoch
         record: dict[str, Any] = {
             "epoch": epoch,
@@ -136,31 +175,14 @@ class RunLogger:
                 v = _scalar(value)
                 if v is not None:
                     record[key] = v
-        self.epochs = [e for e in self.epochs if e["epoch"] != epoch] + [record]
-        self.histograms = self.histograms[: epoch - 1] + [self._epoch_hist.tolist()]
-        self._epoch_losses = []
-        self._epoch_hist = np.zeros(len(HIST_EDGES) - 1, dtype=np.int64)
-        self.write()
+        return record
 
     # ---------------------------------------------------------------- files
     def write(self) -> None:
         """Rewrites ``metrics.csv``, ``metrics.json``, ``lilaw_iterations.csv`` and the plots."""
-        columns: list[str] = []
-        for record in self.epochs:
-            columns += [k for k in record if k not in columns]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        for record in self.epochs:
-            writer.writerow({k: _fmt(v) for k, v in record.items()})
-        atomic_write(self.run_dir.metrics_csv, buf.getvalue())
+        atomic_write(self.run_dir.metrics_csv, _epochs_csv(self.epochs))
         self.run_dir.write_json(self.run_dir.METRICS_JSON, {"epochs": self.epochs})
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(ITERATION_COLUMNS)
-        for row in self.iterations:
-            w.writerow([int(v) if i in (0, 1, 10) else _fmt(v) for i, v in enumerate(row)])
-        atomic_write(self.run_dir.lilaw_iterations, buf.getvalue())
+        atomic_write(self.run_dir.lilaw_iterations, _iterations_csv(self.iterations))
         if self.plots:
             try:
                 self.write_plots()

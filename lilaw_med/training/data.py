@@ -213,6 +213,32 @@ def cache_budget_bytes(cfg: Config, world_size: int = 1) -> float:
     return cfg.data.cache_memory_fraction * available_memory_bytes() / _ranks_per_node(world_size)
 
 
+def _cache_dir(cfg: Config, run_dir: RunDir | None) -> Path | None:
+    """``data.cache_dir``, else ``RUN_DIR/cache`` (``None`` without a run folder)."""
+    if cfg.data.cache_dir:
+        return Path(cfg.data.cache_dir)
+    return run_dir.root / "cache" if run_dir else None
+
+
+def _cached_positions(size: int, rank: int, world_size: int, sharded: bool) -> list[int]:
+    """The positions of a split this rank caches: its shard, or all of them."""
+    return shard_indices(size, rank, world_size) if sharded else list(range(size))
+
+
+def _train_sampler(cfg: Config, datalist: Datalist, size: int, rank: int, world_size: int, shard: bool) -> Any:
+    """The training order: class-balanced (``loss.class_balance: sampler``) or a seeded shuffle, both resumable."""
+    if cfg.loss.class_balance == "sampler":
+        return ClassBalancedSampler(
+            training_labels(datalist.training), seed=cfg.train.seed, rank=rank, world_size=world_size, shard=shard
+        )
+    return ResumableSampler(size, shuffle=True, seed=cfg.train.seed, rank=rank, world_size=world_size, shard=shard)
+
+
+def _shard_loader(dataset: Any, batch_size: int, rank: int, world_size: int, nw: int, seed: int, pin: bool) -> Any:
+    """A once-per-epoch loader of this rank's positions ``rank::world_size`` of ``dataset``."""
+    return _loader(dataset, batch_size, shard_indices(len(dataset), rank, world_size), nw, seed, pin, persistent=False)
+
+
 def build_data(
     cfg: Config, datalist: Datalist, run_dir: RunDir | None, device: torch.device, rank: int = 0, world_size: int = 1
 ) -> TrainingData:
@@ -239,7 +265,7 @@ def build_data(
         ValueError: from the transforms (an invalid option).
     """
     data, train, seed = cfg.data, cfg.train, cfg.train.seed
-    cache_dir = Path(data.cache_dir) if data.cache_dir else (run_dir.root / "cache" if run_dir else None)
+    cache_dir = _cache_dir(cfg, run_dir)
     options = transform_options(cfg)
     train_tf = build_transforms(data.preset, options, train=True)
     eval_tf = evaluation_transforms(cfg)
@@ -250,10 +276,7 @@ def build_data(
     # not by the budget, so the order of a run does not depend on the machine's memory)
     sharded = data.cache == "memory" and world_size > 1
     splits = {"training": datalist.training, "validation": datalist.validation, "test": datalist.test}
-    cached = {
-        name: shard_indices(len(items), rank, world_size) if sharded else list(range(len(items)))
-        for name, items in splits.items()
-    }
+    cached = {name: _cached_positions(len(items), rank, world_size, sharded) for name, items in splits.items()}
     plan = plan_cache(
         data.cache, datalist.training, train_tf, sum(len(c) for c in cached.values()),
         cache_budget_bytes(cfg, world_size), cache_dir,
@@ -272,14 +295,7 @@ def build_data(
     test_ds = dataset("test", eval_tf) if datalist.test else None
     has_test_labels = bool(datalist.test) and all(it.get("label") is not None for it in datalist.test)
 
-    if cfg.loss.class_balance == "sampler":
-        train_sampler: Any = ClassBalancedSampler(
-            training_labels(datalist.training), seed=seed, rank=rank, world_size=world_size, shard=sharded
-        )
-    else:
-        train_sampler = ResumableSampler(
-            len(train_ds), shuffle=True, seed=seed, rank=rank, world_size=world_size, shard=sharded
-        )
+    train_sampler = _train_sampler(cfg, datalist, len(train_ds), rank, world_size, sharded)
     # the meta step's own sampler: seeded apart from the training order, reshuffled every pass
     meta_sampler = ResumableSampler(
         len(val_ds), shuffle=True, seed=seed + 1, rank=rank, world_size=world_size, shard=sharded
@@ -294,13 +310,9 @@ def build_data(
     if world_size > 1:
         # each rank evaluates its own positions (a plain list of them: a DistributedSampler would pad with
         # repeated items, which must not enter the metrics); EpochValidation gathers the shards
-        epoch_val_loader = _loader(
-            val_ds, batch, shard_indices(len(val_ds), rank, world_size), nw, seed + 2, pin, persistent=False
-        )
+        epoch_val_loader = _shard_loader(val_ds, batch, rank, world_size, nw, seed + 2, pin)
         if has_test_labels:
-            epoch_test_loader = _loader(
-                test_ds, batch, shard_indices(len(test_ds), rank, world_size), nw, seed + 3, pin, persistent=False
-            )
+            epoch_test_loader = _shard_loader(test_ds, batch, rank, world_size, nw, seed + 3, pin)
     return TrainingData(
         datalist=datalist,
         train_loader=_loader(train_ds, batch, train_sampler, nw, seed, pin, persistent=True),

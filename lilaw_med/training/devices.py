@@ -30,7 +30,7 @@ def resolve_device(device: str | torch.device | None = "auto", local_rank: int |
         The device.
 
     Raises:
-        ValueError: when CUDA is asked for but not available, the GPU does not exist (or a node runs
+        InputError: when CUDA is asked for but not available, the GPU does not exist (or a node runs
             more processes than it has GPUs), or the name is unknown.
     """
     name = "auto" if device is None else str(device).strip().lower()
@@ -42,6 +42,11 @@ def resolve_device(device: str | torch.device | None = "auto", local_rank: int |
         raise InputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' but is '{name}'.")
     if not torch.cuda.is_available():
         raise InputError(f"device '{name}' was asked for but CUDA is not available on this machine; use --device cpu.")
+    return _cuda_device(name, local_rank)
+
+
+def _cuda_device(name: str, local_rank: int | None) -> torch.device:
+    """``cuda``/``cuda:N`` on this machine: that GPU, or under torchrun ``cuda:<local_rank>``."""
     dev = torch.device(name)
     count = torch.cuda.device_count()
     if local_rank is None:

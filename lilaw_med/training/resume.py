@@ -366,10 +366,11 @@ def _check_module(info: CheckpointInfo, name: str, module: nn.Module, saved: Any
 
 
 def _check_optimizer(info: CheckpointInfo, name: str, optimizer: torch.optim.Optimizer, saved: Any) -> None:
+    """A saved optimizer state fits this run's parameters: their number, and each moment's shape."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if not isinstance(saved, Mapping) or not isinstance(saved.get("state"), Mapping):
         raise InputError(f"{info.path.name}: the state of {name!r} is not an optimizer state dict")
-    saved_params = [i for group in saved.get("param_groups", []) for i in group.get("params", [])]
+    saved_params = _saved_param_ids(saved)
     if len(saved_params) != len(params):
         raise InputError(
             f"{info.path.name}: {name} holds {len(saved_params)} parameters but this run's model has {len(params)}"
@@ -379,6 +380,10 @@ def _check_optimizer(info: CheckpointInfo, name: str, optimizer: torch.optim.Opt
         if i not in index or not isinstance(state, Mapping):
             raise InputError(f"{info.path.name}: {name} has state for an unknown parameter {i!r}")
         _check_moments(info, name, i, state, index[i])
+
+
+def _saved_param_ids(saved: Mapping[str, Any]) -> list[Any]:
+    return [i for group in saved.get("param_groups", []) for i in group.get("params", [])]
 
 
 def _check_moments(info: CheckpointInfo, name: str, i: Any, state: Mapping[str, Any], param: torch.Tensor) -> None:

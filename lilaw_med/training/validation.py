@@ -258,23 +258,28 @@ class EpochValidation:
         value = results["val"][self.key_metric]
         if is_better(self.key_metric, value, self.best_metric):
             self.best_metric, self.best_epoch = float(value), epoch
-            if self.best_path is not None:
-                atomic_save_torch(
-                    {
-                        "network": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
-                        "epoch": epoch,
-                        "key_metric": self.key_metric,
-                        "metric": float(value),
-                        **self.checkpoint_extra,
-                    },
-                    self.best_path,
-                )
+            self._save_best(epoch, float(value))
         engine.state.metrics[f"val_best_{self.key_metric}"] = (
             self.best_metric if self.best_metric is not None else math.nan
         )
         logger.info(
             "epoch %d: val %s=%.4f (best %.4f at epoch %d)",
             epoch, self.key_metric, value, self.best_metric if self.best_metric is not None else math.nan, self.best_epoch,
+        )
+
+    def _save_best(self, epoch: int, value: float) -> None:
+        """Writes the network's weights to :attr:`best_path` (when given), atomically."""
+        if self.best_path is None:
+            return
+        atomic_save_torch(
+            {
+                "network": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
+                "epoch": epoch,
+                "key_metric": self.key_metric,
+                "metric": value,
+                **self.checkpoint_extra,
+            },
+            self.best_path,
         )
 
     def state_dict(self) -> dict[str, Any]:
