@@ -6,7 +6,7 @@ import csv
 import io
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -193,13 +193,9 @@ class RunLogger:
         """Writes ``losses.png``, ``metrics.png``, ``lilaw_scalars.png`` and ``weight_histograms.png``."""
         # matplotlib (about half a second) loads when plots are written, with the Agg backend chosen before pyplot
         import matplotlib
-        from matplotlib.ticker import MaxNLocator
 
         matplotlib.use("Agg", force=False)
-        # matplotlib (about half a second) loads when plots are written, with the Agg backend chosen before pyplot
         import matplotlib.pyplot as plt
-
-        epochs = [e["epoch"] for e in self.epochs]
 
         def save(fig: Any, name: str) -> None:
             out = io.BytesIO()
@@ -208,31 +204,37 @@ class RunLogger:
             plt.close(fig)
             atomic_write(self.run_dir.plots / name, out.getvalue())
 
+        save(self._epoch_curves(plt, ("train_loss", "val_loss", "test_loss"), "loss", "Losses"), "losses.png")
+        metrics = ("val_accuracy", "val_balanced_accuracy", "val_auroc", "test_accuracy", "test_auroc")
+        save(self._epoch_curves(plt, metrics, "metric", "Metrics (validation split is noisy)"), "metrics.png")
+        save(self._scalar_curves(plt), "lilaw_scalars.png")
+        save(self._weight_histograms(plt), "weight_histograms.png")
+
+    def _epoch_curves(self, plt: Any, keys: Sequence[str], ylabel: str, title: str) -> Any:
+        """A figure of the per-epoch values of ``keys`` (those with a finite value)."""
+        epochs = [e["epoch"] for e in self.epochs]
         fig, ax = plt.subplots(figsize=(6, 4))
-        for key in ("train_loss", "val_loss", "test_loss"):
+        for key in keys:
             ys = [e.get(key, float("nan")) for e in self.epochs]
             if any(math.isfinite(y) for y in ys):
                 ax.plot(epochs, ys, marker="o", label=key)
-        ax.set(xlabel="epoch", ylabel="loss", title="Losses")
+        ax.set(xlabel="epoch", ylabel=ylabel, title=title)
         ax.legend(loc="best")
-        save(fig, "losses.png")
+        return fig
 
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key in ("val_accuracy", "val_balanced_accuracy", "val_auroc", "test_accuracy", "test_auroc"):
-            ys = [e.get(key, float("nan")) for e in self.epochs]
-            if any(math.isfinite(y) for y in ys):
-                ax.plot(epochs, ys, marker="o", label=key)
-        ax.set(xlabel="epoch", ylabel="metric", title="Metrics (validation split is noisy)")
-        ax.legend(loc="best")
-        save(fig, "metrics.png")
-
+    def _scalar_curves(self, plt: Any) -> Any:
+        """A figure of alpha, beta and delta per iteration."""
         arr = np.asarray(self.iterations, dtype=np.float64).reshape(-1, len(ITERATION_COLUMNS))
         fig, ax = plt.subplots(figsize=(6, 4))
         for j, name in ((3, "alpha"), (4, "beta"), (5, "delta")):
             ax.plot(arr[:, 1], arr[:, j], label=name)
         ax.set(xlabel="iteration", ylabel="value", title="LiLAW alpha, beta, delta")
         ax.legend(loc="best")
-        save(fig, "lilaw_scalars.png")
+        return fig
+
+    def _weight_histograms(self, plt: Any) -> Any:
+        """A figure of each epoch's histogram of effective weights, coloured by epoch."""
+        from matplotlib.ticker import MaxNLocator
 
         fig, ax = plt.subplots(figsize=(6, 4))
         cmap = plt.get_cmap("viridis")
@@ -245,7 +247,7 @@ class RunLogger:
         # a colour bar reads at any number of epochs, where a legend stops fitting after ten
         mappable = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, max(n, 2)))
         fig.colorbar(mappable, ax=ax, label="epoch").ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        save(fig, "weight_histograms.png")
+        return fig
 
     # ---------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:
