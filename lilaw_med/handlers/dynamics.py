@@ -612,7 +612,7 @@ class DynamicsRecorder:
 
     def _owns(self, state_dict: Mapping[str, Any]) -> bool:
         """Whether a saved state is this process's own part of the epoch (the same rank of as many ranks);
-        a state without a rank (older checkpoints) is rank 0's."""
+        a state that names no rank is rank 0's."""
         if not self._is_distributed():
             return True
         if idist.get_world_size() == 1:  # a launcher of one's own (reduce_fn): ranks unknown here

@@ -137,6 +137,14 @@ class LiLAWHandler:
         TypeError: when ``loss`` is not a :class:`LiLAWLoss`.
         ValueError: on a non-positive ``lr``, ``every`` or ``epoch_budget``, negative ``weight_decay`` or
             unknown ``val_mode``.
+
+    Example::
+
+        loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+        trainer = SupervisedTrainer(device, max_epochs, train_loader, network, optimizer, loss)
+        LiLAWHandler(val_loader, loss).attach(trainer)   # a meta step after every iteration
+        trainer.run()
+        loss.weighting.as_dict()                         # the learned alpha, beta, delta
     """
 
     def __init__(

@@ -3,15 +3,15 @@
 A config is a nested mapping of sections (``data``, ``model``, ``loss``, ``lilaw``, ``optim``,
 ``schedule``, ``train``, ``eval``, ``output``), read from YAML with ``yaml.safe_load`` only. Each
 section is a frozen dataclass below (:class:`DataConfig`, ...) whose fields are the keys, with
-their defaults and checks (:class:`Field`): the one home of every key. :func:`validate_config`
-fills every default, rejects unknown keys (naming the key and suggesting the closest valid one)
-and checks types and ranges (naming the field); :meth:`Config.from_mapping` does the same and
-returns the typed :class:`Config` the training code reads (``cfg.train.epochs``). The LiLAW
-defaults are read from the signatures of :class:`~lilaw_med.weighting.LiLAWWeighting`,
-:class:`~lilaw_med.losses.LiLAWLoss` and :class:`~lilaw_med.handlers.LiLAWHandler`, and the
-presets, networks and losses a config may name from their registries
-(:data:`~lilaw_med.data.presets.PRESETS`, :data:`~lilaw_med.networks.NETWORKS`,
-:data:`~lilaw_med.losses.BASE_LOSSES`), so each of those facts lives in one place.
+their defaults, checks and whether ``--resume`` may change them (:func:`setting`, in
+:mod:`lilaw_med.run.config_schema`): the one home of every key. :func:`validate_config` fills every
+default and rejects unknown keys, wrong types and ranges (naming the field);
+:meth:`Config.from_mapping` does the same and returns the typed :class:`Config` the library reads
+(``cfg.train.epochs``). The LiLAW defaults come from the signatures of
+:class:`~lilaw_med.weighting.LiLAWWeighting` and :class:`~lilaw_med.losses.LiLAWLoss` and from
+:data:`~lilaw_med.meta_step_defaults.META_STEP_DEFAULTS`; the names a config may use from the
+registries (:data:`~lilaw_med.data.presets.PRESETS`, :data:`~lilaw_med.networks.NETWORKS`,
+:data:`~lilaw_med.losses.BASE_LOSSES`).
 
 Relative paths in a config (``data.datalist``, ``data.sample_dir``, ``output.dir``, ...) are
 resolved against the current working directory when the run starts.
@@ -302,6 +302,13 @@ class Config:
 
     Build it with :meth:`from_mapping` (which validates); :meth:`to_dict` gives the plain nested
     dict that ``config.yaml`` and an exported bundle hold.
+
+    Example::
+
+        cfg = Config.from_mapping({"data": {"sample_data": True}, "train": {"epochs": 2}})
+        cfg.train.epochs        # 2
+        cfg.lilaw.alpha         # 2.0, the spec's default
+        cfg.to_dict()["train"]  # the plain section, every default filled
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -588,6 +595,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         FileNotFoundError: when ``path`` does not exist.
         ConfigError: when the file is not YAML (binary, too large, too deeply nested) or the config is
             invalid (the message names the file).
+
+    Example::
+
+        config = load_config("chest.yaml", ["train.epochs=5", "lilaw.enabled=false"])
+        cfg = Config.from_mapping(config)  # typed, for code that reads it
     """
     raw: Any = {}
     if path is not None:

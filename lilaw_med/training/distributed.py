@@ -15,11 +15,7 @@ through :func:`run_on_rank0`: the other ranks wait outside any collective, polli
 group's key-value store for rank 0's heartbeat, so no collective timeout bounds how long rank 0
 may work, and a rank 0 that stops is noticed after ``train.dist_timeout_minutes`` without a beat.
 
-What the pieces add up to (see docs/distributed.md): every rank trains on its own shard of each
-epoch's permutation (``ResumableSampler``/``DistributedSampler``: rank ``r`` takes positions
-``r, r + N, ...``); DDP averages the gradients of the per-rank mean losses; the LiLAW handler
-averages the meta gradient of alpha/beta/delta. With equal per-rank batches ``B`` this is the
-single-process run with batch ``N * B`` on the union of the ranks' batches.
+docs/distributed.md says what the pieces add up to (the single-process run with batch ``N * B``).
 """
 
 from __future__ import annotations

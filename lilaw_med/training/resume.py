@@ -1,32 +1,19 @@
 """Checkpointing a training run and resuming it exactly where it stopped.
 
 :func:`attach_checkpointing` attaches the atomic :class:`~lilaw_med.handlers.checkpoint.CheckpointHandler`;
-:func:`resume_from` restores the newest valid checkpoint into freshly built objects.
+:func:`resume_from` restores the newest valid checkpoint into freshly built objects: counters, the
+training sampler's place in the interrupted epoch, LiLAW's scalars and validation cursor, every random
+state (restored just before the first batch is fetched), the AMP scaler and each rank's own part.
+:func:`check_resume_config` refuses a config change that is not :data:`RESUME_CHANGEABLE`.
+docs/fault_tolerance.md says what is exact and what is not (augmentations with worker processes).
 
-How a resumed run continues *exactly* as the uninterrupted one would (on CPU, deterministic):
+Example::
 
-* counters: the trainer's ``state_dict`` (iteration, epoch length, max epochs) is loaded; ignite then
-  starts the interrupted epoch again and counts its iterations from ``iteration % epoch_length``.
-* data-loader position: ignite re-creates the loader's iterator on resume, from the start of the
-  epoch. The training loader's :class:`~lilaw_med.data.sampler.ResumableSampler` orders each epoch as a
-  pure function of ``(seed, epoch)``; :meth:`~ResumableSampler.set_start` makes that first iterator
-  skip the ``(iteration % epoch_length) * batch_size`` samples already trained on, so no sample is
-  repeated or skipped.
-* LiLAW: alpha, beta, delta and the meta step's validation cursor (pass, batch) come from
-  ``LiLAWHandler.state_dict``; the validation iterator is re-opened at the saved cursor.
-* random numbers: the Python, NumPy, torch and CUDA states saved with the checkpoint are restored
-  at the point of the run where they were taken. Re-creating a ``DataLoader`` iterator draws a seed
-  from torch's generator, which the uninterrupted run did not do mid-epoch; so after a mid-epoch
-  checkpoint the states are restored just before the first batch is fetched (after ignite re-created
-  the iterator), and the LiLAW validation iterator is re-opened at its cursor before the restore.
-* the training loader's own generator and the random states of its dataset's random transforms
-  (augmentations) are saved and restored at the same moment, so augmented runs with ``num_workers=0``
-  resume exactly too (with worker processes, see docs/fault_tolerance.md).
-* AMP: MONAI's ``Trainer.run`` creates a new ``GradScaler``; its saved state is loaded at ``STARTED``.
-* distributed runs: what differs between ranks (the dynamics recorder's part of the interrupted epoch,
-  the random generators, the loader's random state, the sampler) is saved per rank (the checkpoint's
-  ``"ranks"``) and each rank restores its own; a checkpoint written by another number of processes is
-  refused.
+    handler = attach_checkpointing(trainer, "runs/first", objects, every_n_epochs=1)
+    ...
+    done = resume_from("runs/first", trainer, objects, train_sampler=sampler)  # in a new process
+    if not run_is_complete(trainer):
+        trainer.run()
 """
 
 from __future__ import annotations

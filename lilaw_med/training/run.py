@@ -198,6 +198,12 @@ def run_training(
     Under ``torchrun`` (``WORLD_SIZE > 1``) every process calls this: the process group is set up
     from torchrun's environment (:mod:`lilaw_med.training.distributed`), each rank trains on its
     shard with DDP, rank 0 alone writes the run folder and returns the summary (``{}`` elsewhere).
+
+    Example::
+
+        result = run_training(load_config("chest.yaml", ["train.epochs=5"]), "runs/chest")
+        result.summary["best"]["test"]["auroc"]
+        run_training(load_config("runs/chest/config.yaml", ["train.epochs=8"]), "runs/chest", resume=True)
     """
     cfg = Config.from_mapping(config)
     if not (distributed.torchrun_env_present() or distributed.is_distributed()):
