@@ -419,16 +419,22 @@ def validate_config(config: Config | Mapping[str, Any] | None) -> dict[str, dict
     for section, values in config.items():
         if section not in SCHEMA:
             raise ConfigError(f"config section '{section}' is unknown" + suggest(str(section), SCHEMA))
-        if values is None:
-            continue
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"config section '{section}' must be a mapping but is {type(values).__name__}.")
-        for key, value in values.items():
-            fields = SCHEMA[section]
-            if key not in fields:
-                raise ConfigError(f"config key '{section}.{key}' is unknown" + suggest(str(key), fields))
-            out[section][key] = check_value(f"{section}.{key}", fields[key], value)
+        if values is not None:
+            out[section].update(_check_section(section, values))
     _check_consistency(out)
+    return out
+
+
+def _check_section(section: str, values: Any) -> dict[str, Any]:
+    """The checked values of one section's keys (a mapping of known keys)."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config section '{section}' must be a mapping but is {type(values).__name__}.")
+    fields = SCHEMA[section]
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"config key '{section}.{key}' is unknown" + suggest(str(key), fields))
+        out[key] = check_value(f"{section}.{key}", fields[key], value)
     return out
 
 

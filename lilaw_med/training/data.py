@@ -122,15 +122,33 @@ def prepare_datalist(
     cfg = Config.from_mapping(config)
     data = cfg.data
     if datalist_path is None:
-        if data.datalist:
-            datalist_path = data.datalist
-        else:
-            datalist_path = str(_sample_datalist(get_preset(data.preset), Path(data.sample_dir).absolute()))
+        datalist_path = _config_datalist(cfg)
     split_seed = data.split_seed if data.split_seed is not None else cfg.train.seed
     datalist = load_datalist(
         datalist_path, class_names=data.class_names, val_fraction=data.val_fraction, seed=split_seed,
         multi_label=data.multi_label, strict=False,  # label and id problems go to the pre-flight report
     )
+    datalist = _curate(datalist, cfg)
+    datalist = preflight_or_raise(
+        datalist, data.skip_bad, run_dir.rejected if run_dir is not None else None, expected_dims=input_shape(cfg)[0],
+    )
+    if not datalist.training:
+        raise InputError(f"datalist {datalist_path}: the training split is empty.")
+    if not datalist.validation:
+        raise InputError(f"datalist {datalist_path}: the validation split is empty (LiLAW's meta step needs one).")
+    return datalist
+
+
+def _config_datalist(cfg: Config) -> str:
+    """``data.datalist``, or the preset's sample datalist (generated into ``data.sample_dir`` when missing)."""
+    if cfg.data.datalist:
+        return cfg.data.datalist
+    return str(_sample_datalist(get_preset(cfg.data.preset), Path(cfg.data.sample_dir).absolute()))
+
+
+def _curate(datalist: Datalist, cfg: Config) -> Datalist:
+    """``data.exclude``, ``data.relabel`` and ``data.max_items`` applied, in that order."""
+    data = cfg.data
     if data.exclude:
         datalist = apply_exclusions(datalist, data.exclude)
     if data.relabel:
@@ -140,13 +158,6 @@ def prepare_datalist(
         datalist.training, datalist.validation, datalist.test = (
             datalist.training[:n], datalist.validation[:n], datalist.test[:n]
         )
-    datalist = preflight_or_raise(
-        datalist, data.skip_bad, run_dir.rejected if run_dir is not None else None, expected_dims=input_shape(cfg)[0],
-    )
-    if not datalist.training:
-        raise InputError(f"datalist {datalist_path}: the training split is empty.")
-    if not datalist.validation:
-        raise InputError(f"datalist {datalist_path}: the validation split is empty (LiLAW's meta step needs one).")
     return datalist
 
 
@@ -211,6 +222,11 @@ def cache_budget_bytes(cfg: Config, world_size: int = 1) -> float:
         Bytes.
     """
     return cfg.data.cache_memory_fraction * available_memory_bytes() / _ranks_per_node(world_size)
+
+
+def _all_labelled(items: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a split has items and every one has a label (a test split is evaluated only then)."""
+    return bool(items) and all(it.get("label") is not None for it in items)
 
 
 def _cache_dir(cfg: Config, run_dir: RunDir | None) -> Path | None:
@@ -293,7 +309,7 @@ def build_data(
     train_ds = dataset("training", train_tf)
     val_ds = dataset("validation", eval_tf)
     test_ds = dataset("test", eval_tf) if datalist.test else None
-    has_test_labels = bool(datalist.test) and all(it.get("label") is not None for it in datalist.test)
+    has_test_labels = _all_labelled(datalist.test)
 
     train_sampler = _train_sampler(cfg, datalist, len(train_ds), rank, world_size, sharded)
     # the meta step's own sampler: seeded apart from the training order, reshuffled every pass

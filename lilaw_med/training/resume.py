@@ -203,15 +203,9 @@ def resume_from(
             written by another number of processes.
     """
     save_dir = RunDir(run_dir).checkpoints
-    if not find_checkpoints(save_dir):
-        # killed before its first checkpoint: nothing was saved, so nothing can be lost by starting over
-        logger.warning(
-            "no checkpoint in %s yet (the run stopped before its first one): training starts from the beginning.",
-            save_dir,
-        )
+    if _nothing_saved(save_dir):
         return 0
-    objects = {k: v for k, v in objects.items() if v is not None}
-    rank_objects = {k: v for k, v in (rank_objects or {}).items() if v is not None}
+    objects, rank_objects = _given(objects), _given(rank_objects or {})
     max_bytes = None if max_size_ratio is None else _max_checkpoint_bytes(save_dir, objects, rank_objects, max_size_ratio)
     info, ckpt = _load_newest(save_dir, map_location, max_bytes, objects)
     own = _own_rank_state(info, ckpt)
@@ -226,6 +220,23 @@ def resume_from(
     _restore_at_start(trainer, info, ckpt, in_epoch, own)
     logger.info("resuming %s from %s: iteration %d, %s.", run_dir, info.path.name, iteration, _where(ckpt))
     return iteration
+
+
+def _given(objects: Mapping[str, Any]) -> dict[str, Any]:
+    """The objects that are not ``None`` (a run without, say, a scheduler passes ``None`` for it)."""
+    return {k: v for k, v in objects.items() if v is not None}
+
+
+def _nothing_saved(save_dir: Path) -> bool:
+    """Whether the run was killed before its first checkpoint: nothing was saved, so nothing can be
+    lost by starting over (said in a warning)."""
+    if find_checkpoints(save_dir):
+        return False
+    logger.warning(
+        "no checkpoint in %s yet (the run stopped before its first one): training starts from the beginning.",
+        save_dir,
+    )
+    return True
 
 
 def _where(ckpt: Mapping[str, Any]) -> str:

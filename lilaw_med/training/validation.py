@@ -153,6 +153,12 @@ def _gather_padded(
     return [stacked[r * most : r * most + sizes[r]] for r in range(len(sizes))]
 
 
+def _publish(engine: Engine, results: Mapping[str, Mapping[str, Any]]) -> None:
+    """``{split}_{metric}`` of every scalar metric into ``engine.state.metrics``."""
+    for split, metrics in results.items():
+        engine.state.metrics.update({f"{split}_{k}": metrics[k] for k in SCALAR_METRICS})
+
+
 class EpochValidation:
     """Runs inference on the validation (and optionally test) split at ``EPOCH_COMPLETED``.
 
@@ -253,8 +259,7 @@ class EpochValidation:
         if self.test_loader is not None:
             results["test"] = self.evaluate(self.test_loader)
         self.last_metrics = results
-        for split, metrics in results.items():
-            engine.state.metrics.update({f"{split}_{k}": metrics[k] for k in SCALAR_METRICS})
+        _publish(engine, results)
         value = results["val"][self.key_metric]
         if is_better(self.key_metric, value, self.best_metric):
             self.best_metric, self.best_epoch = float(value), epoch
