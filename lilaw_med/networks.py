@@ -96,7 +96,7 @@ def load_pretrained(network: nn.Module, weights: str | os.PathLike) -> nn.Module
 
     Raises:
         FileNotFoundError: when the file is absent (weights are never downloaded).
-        ValueError: when no parameter of the file matches the network.
+        InputError: when no parameter of the file matches the network.
     """
     path = Path(weights)
     if not path.is_file():

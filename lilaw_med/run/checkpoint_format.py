@@ -363,7 +363,7 @@ def validate_checkpoint(payload: Mapping[str, Any], name: str, iteration: int | 
         iteration: the iteration the file name says (``None``: not known).
 
     Raises:
-        ValueError: one line naming the field and what is wrong with it.
+        InputError: one line naming the field and what is wrong with it.
     """
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError(
@@ -399,7 +399,7 @@ def read_checkpoint(
         ``ranks``, ...).
 
     Raises:
-        ValueError: when the file is too large, truncated, corrupt, not a lilaw-med checkpoint, does not
+        InputError: when the file is too large, truncated, corrupt, not a lilaw-med checkpoint, does not
             match its own digest or the index's, or a field a resume trusts is malformed; the one-line
             message says which.
         FileNotFoundError: when the file does not exist.
@@ -439,7 +439,7 @@ def load_latest_checkpoint(
 
     Raises:
         FileNotFoundError: when the folder holds no checkpoint at all.
-        ValueError: when every checkpoint is invalid (the reasons are listed).
+        InputError: when every checkpoint is invalid (the reasons are listed).
     """
     candidates = find_checkpoints(save_dir)
     if not candidates:

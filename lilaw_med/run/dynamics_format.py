@@ -310,7 +310,7 @@ def load_dynamics(path: str | os.PathLike, split: str = "training", mmap: bool =
 
     Raises:
         FileNotFoundError: when no manifest is found.
-        ValueError: on a different format, or a split that was not recorded.
+        InputError: on a different format, or a split that was not recorded.
     """
     folder = dynamics_folder(path)
     manifest_path = folder / MANIFEST

@@ -162,7 +162,7 @@ def init_distributed(
     Raises:
         RuntimeError: when torchrun's variables are incomplete or malformed, or ``torch.distributed``
             is not available in this build of PyTorch.
-        ValueError: on an unknown device, CUDA requested without CUDA, or more processes on a node
+        InputError: on an unknown device, CUDA requested without CUDA, or more processes on a node
             than it has GPUs.
     """
     env = os.environ if environ is None else environ
@@ -321,7 +321,7 @@ def convert_sync_batchnorm(network: nn.Module, device: torch.device | str) -> nn
         The converted network.
 
     Raises:
-        ValueError: on a non-CUDA device: SyncBatchNorm is implemented for CUDA (NCCL) only.
+        InputError: on a non-CUDA device: SyncBatchNorm is implemented for CUDA (NCCL) only.
     """
     if torch.device(device).type != "cuda":
         raise InputError(
@@ -353,7 +353,7 @@ def wrap_ddp(
         then ignored: a single process has nothing to synchronise).
 
     Raises:
-        ValueError: ``sync_batchnorm`` on a CPU device.
+        InputError: ``sync_batchnorm`` on a CPU device.
     """
     if not context.is_distributed:
         return network

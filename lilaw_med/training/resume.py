@@ -196,7 +196,7 @@ def resume_from(
         has no checkpoint yet (killed before its first one): nothing is loaded and training starts over.
 
     Raises:
-        ValueError: when every checkpoint is unusable (too large, corrupt, malformed, or its tensors do
+        InputError: when every checkpoint is unusable (too large, corrupt, malformed, or its tensors do
             not fit the objects' shapes), the checkpoint lacks an object that is given
             (or vice versa), the data changed (a different number of samples per epoch or batch size),
             or a mid-epoch checkpoint is resumed without a :class:`ResumableSampler`, or the checkpoint was
@@ -311,7 +311,7 @@ def _own_rank_state(info: CheckpointInfo, ckpt: Mapping[str, Any]) -> Mapping[st
     """This process's entry of the checkpoint's per-rank states.
 
     Raises:
-        ValueError: when the checkpoint was written by another number of processes: its per-rank states
+        InputError: when the checkpoint was written by another number of processes: its per-rank states
             (the partial epoch of each rank's items, each rank's data position) cannot be split again.
     """
     rank, world_size = idist.get_rank(), idist.get_world_size()
