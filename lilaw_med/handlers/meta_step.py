@@ -117,8 +117,7 @@ class LiLAWHandler:
         val_mode: network mode of the validation forward: ``"train"`` (the default and the paper
             prototype's: batch norm normalises with the validation batch's own statistics and
             updates its running statistics with them; dropout active) or ``"eval"`` (running
-            statistics and dropout left alone). Chosen on RetinaMNIST's noisy validation labels,
-            see docs/method.md.
+            statistics and dropout left alone); docs/method.md says why ``"train"`` is the default.
         distributed: average the meta gradient across ranks; ``None`` decides from whether a
             process group of more than one rank is initialised.
         metrics_prefix: prefix of the keys written to ``engine.state.metrics``.
