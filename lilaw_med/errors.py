@@ -38,12 +38,15 @@ def one_line(error: BaseException | str, limit: int = 500, with_type: bool = Fal
     Returns:
         The line.
     """
-    text = str(error).strip()
     name = type(error).__name__ if isinstance(error, BaseException) else ""
-    lines = [" ".join(line.split()).rstrip(".") for line in text.splitlines() if line.strip()]
-    if len(lines) > 1 and lines[0].endswith(":"):
-        lines = lines[1:]
+    lines = _message_lines(str(error))
     line = "; ".join(lines) or name
     if with_type and name and lines:
         line = f"{name}: {line}"
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _message_lines(text: str) -> list[str]:
+    """The message's non-empty lines, whitespace collapsed, without a trailing "." or a header line."""
+    lines = [" ".join(line.split()).rstrip(".") for line in text.strip().splitlines() if line.strip()]
+    return lines[1:] if len(lines) > 1 and lines[0].endswith(":") else lines

@@ -76,6 +76,12 @@ class LiLAWLoss(nn.Module):
     Raises:
         TypeError: when ``base_loss`` is not callable.
         ValueError: on an unknown ``reduce_classes`` or a negative ``warmup_epochs``.
+
+    Example::
+
+        loss_fn = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0)
+        loss = loss_fn(logits, labels)   # mean_i(w_i * CE_i), alpha/beta/delta held constant
+        loss_fn.set_epoch(2)             # the LiLAW handler does this at each epoch start
     """
 
     def __init__(
@@ -237,6 +243,10 @@ class GCELoss(nn.Module):
 
     Raises:
         ValueError: when ``q`` is outside (0, 1].
+
+    Example::
+
+        per_sample = GCELoss(q=0.7, reduction="none")(logits, labels)  # (N,), for LiLAWLoss
     """
 
     def __init__(self, q: float = 0.7, reduction: str = "mean"):
@@ -263,6 +273,10 @@ class SCELoss(nn.Module):
         beta: weight of RCE (published default 1.0).
         log_zero: the clipped value ``A`` of ``log 0`` (published: -4).
         reduction: ``"none"``, ``"mean"`` or ``"sum"``.
+
+    Example::
+
+        loss = SCELoss()(logits, labels)  # 0.1 * CE + 1.0 * RCE, averaged over the batch
     """
 
     def __init__(self, alpha: float = 0.1, beta: float = 1.0, log_zero: float = -4.0, reduction: str = "mean"):

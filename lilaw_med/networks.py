@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lilaw_med.errors import InputError
+
 __all__ = ["NETWORKS", "SmallCNN", "build_network", "load_pretrained"]
 
 logger = logging.getLogger(__name__)
@@ -94,7 +96,7 @@ def load_pretrained(network: nn.Module, weights: str | os.PathLike) -> nn.Module
 
     Raises:
         FileNotFoundError: when the file is absent (weights are never downloaded).
-        ValueError: when no parameter of the file matches the network.
+        InputError: when no parameter of the file matches the network.
     """
     path = Path(weights)
     if not path.is_file():
@@ -106,7 +108,7 @@ def load_pretrained(network: nn.Module, weights: str | os.PathLike) -> nn.Module
     own = network.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not matched:
-        raise ValueError(f"{path}: no parameter matches the network ({len(state)} tensors in the file).")
+        raise InputError(f"{path}: no parameter matches the network ({len(state)} tensors in the file).")
     skipped = sorted(set(state) - set(matched))
     if skipped:
         logger.info("pretrained %s: %d tensors loaded, %d skipped (shape or name differs): %s",

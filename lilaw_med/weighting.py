@@ -194,6 +194,11 @@ def lilaw_weights(
 
     Returns:
         Weights of shape (N,) (or (N, L) with ``multi_label``), each in (0, 3).
+
+    Example::
+
+        logits, labels = torch.randn(8, 3), torch.randint(0, 3, (8,))
+        w = lilaw_weights(logits, labels, alpha=2.0, beta=2.0, delta=2.0)  # (8,)
     """
     return lilaw_terms(pred, target, alpha, beta, delta, multi_label=multi_label).weight
 
@@ -209,6 +214,12 @@ class LiLAWWeighting(nn.Module):
 
     Raises:
         ValueError: when an initial value is not finite or violates the clamps.
+
+    Example::
+
+        weighting = LiLAWWeighting()               # alpha = beta = delta = 2, alpha_min = 1
+        terms = weighting(logits, labels)          # LiLAWTerms; terms.weight is (N,)
+        weighting.clamp_()                         # after each meta step
     """
 
     def __init__(self, alpha: float = 2.0, beta: float = 2.0, delta: float = 2.0, alpha_min: float = 1.0):

@@ -176,6 +176,13 @@ def gather_rank_states(state: Mapping[str, Any], dst: int = 0) -> list[dict[str,
 
 
 
+def _interval(name: str, value: int | None) -> int | None:
+    """A save interval: a positive integer, or ``None`` (off)."""
+    if value is not None and int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer or None but is {value}.")
+    return None if value is None else int(value)
+
+
 class CheckpointHandler:
     """Takes an atomic checkpoint of ``objects`` every ``every_n_iterations`` iterations and/or every
     ``every_n_epochs`` epochs, and at the end of the run; keeps the newest ``keep_last``.
@@ -228,17 +235,14 @@ class CheckpointHandler:
         save_on_completed: bool = True,
         rank_objects: Mapping[str, Any] | None = None,
     ) -> None:
-        for name, value in (("every_n_iterations", every_n_iterations), ("every_n_epochs", every_n_epochs)):
-            if value is not None and int(value) < 1:
-                raise ValueError(f"{name} must be a positive integer or None but is {value}.")
+        self.every_n_iterations = _interval("every_n_iterations", every_n_iterations)
+        self.every_n_epochs = _interval("every_n_epochs", every_n_epochs)
         if int(keep_last) < 1:
             raise ValueError(f"keep_last must be >= 1 but is {keep_last}.")
         self.objects = {k: v for k, v in objects.items() if v is not None}
         self.rank_objects = {k: v for k, v in (rank_objects or {}).items() if v is not None}
         _check_objects(self.objects, self.rank_objects)
         self.save_dir = Path(save_dir)
-        self.every_n_iterations = None if every_n_iterations is None else int(every_n_iterations)
-        self.every_n_epochs = None if every_n_epochs is None else int(every_n_epochs)
         self.keep_last = int(keep_last)
         self.save_on_completed = bool(save_on_completed)
         self.saver: VerifyingDiskSaver | None = None  # made when the run starts: the folder is created then

@@ -153,17 +153,21 @@ class _EpochBuffer:
 def _batch_ids(batch: Any) -> list[str] | None:
     """Item ids of a collated batch (dict with "id") or a decollated one (list of dicts)."""
     if isinstance(batch, Mapping):
-        ids = batch.get("id")
-        if ids is None:
-            return None
-        if isinstance(ids, str):
-            return [ids]
-        return [str(i) for i in ids]
+        return _collated_ids(batch.get("id"))
     if isinstance(batch, (list, tuple)) and batch and all(isinstance(b, Mapping) for b in batch):
         if not all("id" in b for b in batch):
             return None
         return [str(b["id"]) for b in batch]
     return None
+
+
+def _collated_ids(ids: Any) -> list[str] | None:
+    """A collated batch's ``"id"`` entry as a list of strings (one string: a batch of one)."""
+    if ids is None:
+        return None
+    if isinstance(ids, str):
+        return [ids]
+    return [str(i) for i in ids]
 
 
 def _dataset_ids(loader: Any) -> list[str] | None:
@@ -172,6 +176,33 @@ def _dataset_ids(loader: Any) -> list[str] | None:
     if isinstance(data, Sequence) and data and all(isinstance(d, Mapping) and "id" in d for d in data):
         return [str(d["id"]) for d in data]
     return None
+
+
+def _runner_up(x: torch.Tensor, m: torch.Tensor, probs: torch.Tensor | None) -> torch.Tensor:
+    """The largest probability of another class than the label's: the top one when the label is not
+    it, else the second (from ``probs`` (N, C) when given; exact for binary and per-label outputs,
+    an upper bound of the runner-up otherwise).
+
+    Args:
+        x: the label's probability, (N,) or (N, L).
+        m: the largest probability, shaped like ``x``.
+        probs: (N, C) class probabilities, or ``None``.
+    """
+    agree = x >= m
+    if probs is not None and probs.shape[1] >= 2:
+        return torch.where(agree, probs.topk(2, dim=1).values[:, 1], m)
+    return torch.where(agree, 1 - x, m)
+
+
+def _item_loss(x: torch.Tensor, loss_values: torch.Tensor | None) -> torch.Tensor:
+    """The per-item loss shaped like ``x`` (a per-label loss averaged per item is broadcast; NaN when absent)."""
+    if loss_values is None:
+        return torch.full_like(x, float("nan"))
+    loss = loss_values.detach().float().cpu()
+    if loss.shape != x.shape:
+        n, label_dims = x.shape[0], x.dim() - 1
+        loss = loss.reshape(n, -1).mean(dim=1).reshape(-1, *([1] * label_dims)).expand_as(x)
+    return loss
 
 
 class DynamicsRecorder:
@@ -396,16 +427,10 @@ class DynamicsRecorder:
                 "needs the ids of exactly the items the loss saw."
             )
         m = stats.prob_max.detach().float().cpu()
-        agree = x >= m
         if probs is not None and (probs.ndim != 2 or probs.shape[0] != n or label_shape):
             probs = None  # not one row of class probabilities per item (multi-label, or another output)
-        if probs is not None and probs.shape[1] >= 2:
-            other = torch.where(agree, probs.topk(2, dim=1).values[:, 1], m)
-        else:  # exact for binary and per-label outputs; an upper bound of the runner-up otherwise
-            other = torch.where(agree, 1 - x, m)
-        loss = loss_values.detach().float().cpu() if loss_values is not None else torch.full_like(x, float("nan"))
-        if loss.shape != x.shape:
-            loss = loss.reshape(n, -1).mean(dim=1).reshape(-1, *([1] * len(label_shape))).expand_as(x)
+        other = _runner_up(x, m, probs)
+        loss = _item_loss(x, loss_values)
         cols = [x, m, other, stats.w_alpha, stats.w_beta, stats.w_delta, stats.weight, loss]
         values = torch.stack([c.detach().float().cpu() for c in cols], dim=1).numpy()
         pred = stats.pred_label.detach().cpu().numpy().astype(np.int16)
@@ -558,10 +583,7 @@ class DynamicsRecorder:
         self.buffer_epoch = None if be < 0 else be
         self.epochs = {k: [int(e) for e in v] for k, v in state_dict["epochs"].items()}
         self.lilaw_by_epoch = {k: dict(v) for k, v in state_dict.get("lilaw", {}).items()}
-        val_ids = state_dict.get("val_ids") or []
-        if val_ids and not self.ids.get("validation"):
-            self.ids["validation"] = list(val_ids)
-            self.index["validation"] = self._index_of(self.ids["validation"], "val_ids")
+        self._restore_val_ids(state_dict.get("val_ids") or [])
         if state_dict.get("label_shape") is None:
             return
         shape = tuple(int(s) for s in state_dict["label_shape"])
@@ -570,6 +592,12 @@ class DynamicsRecorder:
             self._ensure_buffers(shape)
         else:
             self._load_buffers(state_dict)
+
+    def _restore_val_ids(self, val_ids: list[str]) -> None:
+        """The validation ids the meta step recorded, unless the recorder was given its own."""
+        if val_ids and not self.ids.get("validation"):
+            self.ids["validation"] = list(val_ids)
+            self.index["validation"] = self._index_of(self.ids["validation"], "val_ids")
 
     def _load_buffers(self, state_dict: Mapping[str, Any]) -> None:
         for split, state in state_dict["buffers"].items():
@@ -584,7 +612,7 @@ class DynamicsRecorder:
 
     def _owns(self, state_dict: Mapping[str, Any]) -> bool:
         """Whether a saved state is this process's own part of the epoch (the same rank of as many ranks);
-        a state without a rank (older checkpoints) is rank 0's."""
+        a state that names no rank is rank 0's."""
         if not self._is_distributed():
             return True
         if idist.get_world_size() == 1:  # a launcher of one's own (reduce_fn): ranks unknown here

@@ -13,6 +13,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 
+from lilaw_med.errors import InputError
 from lilaw_med.losses import LiLAWLoss
 from lilaw_med.meta_step_defaults import META_STEP_DEFAULTS
 
@@ -57,6 +58,24 @@ def enter_autocast_state(state: Mapping[str, AutocastState]) -> contextlib.ExitS
     return stack
 
 
+def _check_settings(lr: float, weight_decay: float, val_mode: str, every: int, epoch_budget: float | None) -> None:
+    """The meta step's settings, as :class:`LiLAWHandler` documents them."""
+    _check_rates(lr, weight_decay)
+    if val_mode not in ("eval", "train"):
+        raise ValueError(f"val_mode must be 'eval' or 'train' but is {val_mode!r}.")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be an integer >= 1 but is {every!r}.")
+    if epoch_budget is not None and not (epoch_budget > 0 and math.isfinite(epoch_budget)):
+        raise ValueError(f"epoch_budget must be None or a positive finite number but is {epoch_budget!r}.")
+
+
+def _check_rates(lr: float, weight_decay: float) -> None:
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive finite number but is {lr}.")
+    if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+        raise ValueError(f"weight_decay must be >= 0 but is {weight_decay}.")
+
+
 class LiLAWHandler:
     """Takes ONE gradient step on alpha, beta, delta on a validation mini-batch after every
     training iteration (or every ``every``-th; once warm-up has ended), then applies the clamps.
@@ -98,8 +117,7 @@ class LiLAWHandler:
         val_mode: network mode of the validation forward: ``"train"`` (the default and the paper
             prototype's: batch norm normalises with the validation batch's own statistics and
             updates its running statistics with them; dropout active) or ``"eval"`` (running
-            statistics and dropout left alone). Chosen on RetinaMNIST's noisy validation labels,
-            see docs/method.md.
+            statistics and dropout left alone); docs/method.md says why ``"train"`` is the default.
         distributed: average the meta gradient across ranks; ``None`` decides from whether a
             process group of more than one rank is initialised.
         metrics_prefix: prefix of the keys written to ``engine.state.metrics``.
@@ -118,6 +136,14 @@ class LiLAWHandler:
         TypeError: when ``loss`` is not a :class:`LiLAWLoss`.
         ValueError: on a non-positive ``lr``, ``every`` or ``epoch_budget``, negative ``weight_decay`` or
             unknown ``val_mode``.
+
+    Example::
+
+        loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+        trainer = SupervisedTrainer(device, max_epochs, train_loader, network, optimizer, loss)
+        LiLAWHandler(val_loader, loss).attach(trainer)   # a meta step after every iteration
+        trainer.run()
+        loss.weighting.as_dict()                         # the learned alpha, beta, delta
     """
 
     def __init__(
@@ -134,16 +160,7 @@ class LiLAWHandler:
     ) -> None:
         if not isinstance(loss, LiLAWLoss):
             raise TypeError(f"loss must be a LiLAWLoss but is {type(loss).__name__}.")
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"lr must be a positive finite number but is {lr}.")
-        if not (weight_decay >= 0 and math.isfinite(weight_decay)):
-            raise ValueError(f"weight_decay must be >= 0 but is {weight_decay}.")
-        if val_mode not in ("eval", "train"):
-            raise ValueError(f"val_mode must be 'eval' or 'train' but is {val_mode!r}.")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an integer >= 1 but is {every!r}.")
-        if epoch_budget is not None and not (epoch_budget > 0 and math.isfinite(epoch_budget)):
-            raise ValueError(f"epoch_budget must be None or a positive finite number but is {epoch_budget!r}.")
+        _check_settings(lr, weight_decay, val_mode, every, epoch_budget)
         self.val_loader = val_loader
         self.loss = loss
         self.lr = float(lr)
@@ -282,7 +299,7 @@ class LiLAWHandler:
             try:
                 batch = next(self._val_iter)
             except StopIteration:
-                raise ValueError("the LiLAW validation loader yields no batches: the validation split is empty.") from None
+                raise InputError("the LiLAW validation loader yields no batches: the validation split is empty.") from None
         self._val_cursor += 1
         self.last_val_batch = batch
         return batch

@@ -73,6 +73,21 @@ def _shorten(ids: Sequence[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
 
 
+def _message(value: float, it: int, ep: int, ids: list[str], bad: list[str], last: Any) -> str:
+    """What stopped training, which items to look at, and where the run can resume."""
+    message = f"the training loss is {value} at iteration {it} (epoch {ep})"
+    if bad:
+        message += f"; items with a non-finite loss: {_shorten(bad)}"
+    if ids:
+        message += f"; items in the batch: {_shorten(ids)}"
+    message += ". Training stopped before this state was saved" + (
+        f"; the last good checkpoint is {last} (lilaw-med train --resume RUN_DIR continues from it)"
+        if last
+        else ""
+    )
+    return message + ". Check those items (lilaw-med validate-data) or lower the learning rate."
+
+
 class NonFiniteLossHandler:
     """Raises :class:`NonFiniteLossError` at the first training iteration whose loss is NaN or inf.
 
@@ -132,29 +147,23 @@ class NonFiniteLossHandler:
         if math.isfinite(value):
             return
         ids = _batch_ids(engine.state.batch)
-        bad: list[str] = []
-        loss = self.loss if self.loss is not None else getattr(engine, "loss_function", None)
-        per_sample = getattr(loss, "last_loss", None)
-        if isinstance(per_sample, torch.Tensor) and ids and per_sample.shape[0] == len(ids):
-            finite = torch.isfinite(per_sample.reshape(len(ids), -1)).all(dim=1).tolist()
-            bad = [i for i, ok in zip(ids, finite, strict=True) if not ok]
+        bad = self._bad_items(engine, ids)
         last = getattr(self.checkpoint, "last_checkpoint", None) or getattr(
             engine.state, "last_checkpoint", None
         )
         it, ep = engine.state.iteration, engine.state.epoch
-        message = f"the training loss is {value} at iteration {it} (epoch {ep})"
-        if bad:
-            message += f"; items with a non-finite loss: {_shorten(bad)}"
-        if ids:
-            message += f"; items in the batch: {_shorten(ids)}"
-        message += ". Training stopped before this state was saved" + (
-            f"; the last good checkpoint is {last} (lilaw-med train --resume RUN_DIR continues from it)"
-            if last
-            else ""
-        )
-        message += ". Check those items (lilaw-med validate-data) or lower the learning rate."
+        message = _message(value, it, ep, ids, bad, last)
         logger.debug(message)  # the caller reports the exception; logging it here would say it twice
         raise NonFiniteLossError(message, it, ep, ids, bad, Path(last) if last else None)
+
+    def _bad_items(self, engine: Engine, ids: list[str]) -> list[str]:
+        """The batch's items whose own loss is not finite, when the loss kept its per-sample values."""
+        loss = self.loss if self.loss is not None else getattr(engine, "loss_function", None)
+        per_sample = getattr(loss, "last_loss", None)
+        if not (isinstance(per_sample, torch.Tensor) and ids and per_sample.shape[0] == len(ids)):
+            return []
+        finite = torch.isfinite(per_sample.reshape(len(ids), -1)).all(dim=1).tolist()
+        return [i for i, ok in zip(ids, finite, strict=True) if not ok]
 
     def state_dict(self) -> dict[str, Any]:
         """Stateless: an empty dict (present so it can sit among checkpointed objects).

@@ -6,7 +6,7 @@ import csv
 import io
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,37 @@ def _scalar(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return None
+
+
+def _output_loss(out: Any) -> float | None:
+    """The loss in a trainer's output: a mapping's ``"loss"``, a number, or the first mapping of a list."""
+    loss_value = _scalar(out.get("loss")) if isinstance(out, Mapping) else _scalar(out)
+    if loss_value is None and isinstance(out, list) and out and isinstance(out[0], Mapping):
+        loss_value = _scalar(out[0].get("loss"))
+    return loss_value
+
+
+def _epochs_csv(epochs: list[dict[str, Any]]) -> str:
+    """``metrics.csv``: one row per epoch, the columns in the order they first appear."""
+    columns: list[str] = []
+    for record in epochs:
+        columns += [k for k in record if k not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for record in epochs:
+        writer.writerow({k: _fmt(v) for k, v in record.items()})
+    return buf.getvalue()
+
+
+def _iterations_csv(iterations: list[list[float]]) -> str:
+    """``lilaw_iterations.csv``: :data:`ITERATION_COLUMNS`, epoch, iteration and the active flag as integers."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(ITERATION_COLUMNS)
+    for row in iterations:
+        w.writerow([int(v) if i in (0, 1, 10) else _fmt(v) for i, v in enumerate(row)])
+    return buf.getvalue()
 
 
 class RunLogger:
@@ -92,20 +123,10 @@ class RunLogger:
     # ---------------------------------------------------------------- events
     def iteration_completed(self, engine: Engine) -> None:
         """Records the iteration's loss, scalars and effective weight statistics."""
-        out = engine.state.output
-        loss_value = _scalar(out.get("loss")) if isinstance(out, Mapping) else _scalar(out)
-        if loss_value is None and isinstance(out, list) and out and isinstance(out[0], Mapping):
-            loss_value = _scalar(out[0].get("loss"))
+        loss_value = _output_loss(engine.state.output)
         scalars = self.loss.weighting.as_dict()
         active = self.loss.is_active
-        stats = self.loss.last_stats
-        if stats is not None and active:
-            w = stats.weight.detach().float().reshape(-1).cpu()
-        elif stats is not None:
-            w = torch.ones(stats.weight.numel())
-        else:
-            w = torch.ones(1)
-        w_np = w.numpy()
+        w_np = self._effective_weights(active)
         self._epoch_hist += np.histogram(np.clip(w_np, 0, 3), bins=HIST_EDGES)[0]
         meta = engine.state.metrics.get("lilaw_val_loss", float("nan")) if active else float("nan")
         row = [
@@ -117,8 +138,26 @@ class RunLogger:
         if loss_value is not None and math.isfinite(loss_value):
             self._epoch_losses.append(loss_value)
 
+    def _effective_weights(self, active: bool) -> np.ndarray:
+        """The last batch's weights as the model step used them (all 1 during warm-up)."""
+        stats = self.loss.last_stats
+        if stats is not None and active:
+            return stats.weight.detach().float().reshape(-1).cpu().numpy()
+        return torch.ones(stats.weight.numel() if stats is not None else 1).numpy()
+
     def __call__(self, engine: Engine) -> None:
         """Epoch end: appends the epoch's record and rewrites every file."""
+        epoch = engine.state.epoch
+        record = self._epoch_record(engine)
+        self.epochs = [e for e in self.epochs if e["epoch"] != epoch] + [record]
+        self.histograms = self.histograms[: epoch - 1] + [self._epoch_hist.tolist()]
+        self._epoch_losses = []
+        self._epoch_hist = np.zeros(len(HIST_EDGES) - 1, dtype=np.int64)
+        self.write()
+
+    def _epoch_record(self, engine: Engine) -> dict[str, Any]:
+        """The epoch's row of ``metrics.json``: mean training loss, learning rate, LiLAW scalars, mean
+        weight and the validation/test metrics found under :attr:`metric_prefixes`."""
         epoch = engine.state.epoch
         record: dict[str, Any] = {
             "epoch": epoch,
@@ -136,31 +175,14 @@ class RunLogger:
                 v = _scalar(value)
                 if v is not None:
                     record[key] = v
-        self.epochs = [e for e in self.epochs if e["epoch"] != epoch] + [record]
-        self.histograms = self.histograms[: epoch - 1] + [self._epoch_hist.tolist()]
-        self._epoch_losses = []
-        self._epoch_hist = np.zeros(len(HIST_EDGES) - 1, dtype=np.int64)
-        self.write()
+        return record
 
     # ---------------------------------------------------------------- files
     def write(self) -> None:
         """Rewrites ``metrics.csv``, ``metrics.json``, ``lilaw_iterations.csv`` and the plots."""
-        columns: list[str] = []
-        for record in self.epochs:
-            columns += [k for k in record if k not in columns]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        for record in self.epochs:
-            writer.writerow({k: _fmt(v) for k, v in record.items()})
-        atomic_write(self.run_dir.metrics_csv, buf.getvalue())
+        atomic_write(self.run_dir.metrics_csv, _epochs_csv(self.epochs))
         self.run_dir.write_json(self.run_dir.METRICS_JSON, {"epochs": self.epochs})
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(ITERATION_COLUMNS)
-        for row in self.iterations:
-            w.writerow([int(v) if i in (0, 1, 10) else _fmt(v) for i, v in enumerate(row)])
-        atomic_write(self.run_dir.lilaw_iterations, buf.getvalue())
+        atomic_write(self.run_dir.lilaw_iterations, _iterations_csv(self.iterations))
         if self.plots:
             try:
                 self.write_plots()
@@ -171,13 +193,9 @@ class RunLogger:
         """Writes ``losses.png``, ``metrics.png``, ``lilaw_scalars.png`` and ``weight_histograms.png``."""
         # matplotlib (about half a second) loads when plots are written, with the Agg backend chosen before pyplot
         import matplotlib
-        from matplotlib.ticker import MaxNLocator
 
         matplotlib.use("Agg", force=False)
-        # matplotlib (about half a second) loads when plots are written, with the Agg backend chosen before pyplot
         import matplotlib.pyplot as plt
-
-        epochs = [e["epoch"] for e in self.epochs]
 
         def save(fig: Any, name: str) -> None:
             out = io.BytesIO()
@@ -186,31 +204,37 @@ class RunLogger:
             plt.close(fig)
             atomic_write(self.run_dir.plots / name, out.getvalue())
 
+        save(self._epoch_curves(plt, ("train_loss", "val_loss", "test_loss"), "loss", "Losses"), "losses.png")
+        metrics = ("val_accuracy", "val_balanced_accuracy", "val_auroc", "test_accuracy", "test_auroc")
+        save(self._epoch_curves(plt, metrics, "metric", "Metrics (validation split is noisy)"), "metrics.png")
+        save(self._scalar_curves(plt), "lilaw_scalars.png")
+        save(self._weight_histograms(plt), "weight_histograms.png")
+
+    def _epoch_curves(self, plt: Any, keys: Sequence[str], ylabel: str, title: str) -> Any:
+        """A figure of the per-epoch values of ``keys`` (those with a finite value)."""
+        epochs = [e["epoch"] for e in self.epochs]
         fig, ax = plt.subplots(figsize=(6, 4))
-        for key in ("train_loss", "val_loss", "test_loss"):
+        for key in keys:
             ys = [e.get(key, float("nan")) for e in self.epochs]
             if any(math.isfinite(y) for y in ys):
                 ax.plot(epochs, ys, marker="o", label=key)
-        ax.set(xlabel="epoch", ylabel="loss", title="Losses")
+        ax.set(xlabel="epoch", ylabel=ylabel, title=title)
         ax.legend(loc="best")
-        save(fig, "losses.png")
+        return fig
 
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for key in ("val_accuracy", "val_balanced_accuracy", "val_auroc", "test_accuracy", "test_auroc"):
-            ys = [e.get(key, float("nan")) for e in self.epochs]
-            if any(math.isfinite(y) for y in ys):
-                ax.plot(epochs, ys, marker="o", label=key)
-        ax.set(xlabel="epoch", ylabel="metric", title="Metrics (validation split is noisy)")
-        ax.legend(loc="best")
-        save(fig, "metrics.png")
-
+    def _scalar_curves(self, plt: Any) -> Any:
+        """A figure of alpha, beta and delta per iteration."""
         arr = np.asarray(self.iterations, dtype=np.float64).reshape(-1, len(ITERATION_COLUMNS))
         fig, ax = plt.subplots(figsize=(6, 4))
         for j, name in ((3, "alpha"), (4, "beta"), (5, "delta")):
             ax.plot(arr[:, 1], arr[:, j], label=name)
         ax.set(xlabel="iteration", ylabel="value", title="LiLAW alpha, beta, delta")
         ax.legend(loc="best")
-        save(fig, "lilaw_scalars.png")
+        return fig
+
+    def _weight_histograms(self, plt: Any) -> Any:
+        """A figure of each epoch's histogram of effective weights, coloured by epoch."""
+        from matplotlib.ticker import MaxNLocator
 
         fig, ax = plt.subplots(figsize=(6, 4))
         cmap = plt.get_cmap("viridis")
@@ -223,7 +247,7 @@ class RunLogger:
         # a colour bar reads at any number of epochs, where a legend stops fitting after ten
         mappable = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, max(n, 2)))
         fig.colorbar(mappable, ax=ax, label="epoch").ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        save(fig, "weight_histograms.png")
+        return fig
 
     # ---------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict[str, Any]:

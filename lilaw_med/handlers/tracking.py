@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from ignite.engine import Engine, Events
 
+from lilaw_med.errors import InputError
 from lilaw_med.handlers.run_logger import HIST_EDGES, ITERATION_COLUMNS, RunLogger
 from lilaw_med.run.run_dir import RunDir
 
@@ -38,6 +39,17 @@ _COLUMN = {name: i for i, name in enumerate(ITERATION_COLUMNS)}
 
 def _installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
+
+
+def _tracker_names(tracking: str | Sequence[str] | None) -> list[str]:
+    """``output.tracking`` as a list of known, installed trackers' names."""
+    names = [tracking] if isinstance(tracking, str) else list(tracking or [])
+    for name in names:
+        if name not in TRACKERS:
+            raise InputError(f"output.tracking: unknown tracker {name!r}; choose from {', '.join(TRACKERS)}.")
+    if "mlflow" in names and not _installed("mlflow"):
+        raise InputError("output.tracking names mlflow but mlflow is not installed (pip install 'lilaw-med[tracking]').")
+    return names
 
 
 def tracking_backends(tracking: str | Sequence[str] | None, tensorboard: bool | str = "auto") -> list[str]:
@@ -59,14 +71,9 @@ def tracking_backends(tracking: str | Sequence[str] | None, tensorboard: bool | 
         The trackers, in the order of :data:`TRACKERS`.
 
     Raises:
-        ValueError: for an unknown name, or ``mlflow`` when mlflow is not installed.
+        InputError: for an unknown name, or ``mlflow`` when mlflow is not installed.
     """
-    names = [tracking] if isinstance(tracking, str) else list(tracking or [])
-    for name in names:
-        if name not in TRACKERS:
-            raise ValueError(f"output.tracking: unknown tracker {name!r}; choose from {', '.join(TRACKERS)}.")
-    if "mlflow" in names and not _installed("mlflow"):
-        raise ValueError("output.tracking names mlflow but mlflow is not installed (pip install 'lilaw-med[tracking]').")
+    names = _tracker_names(tracking)
     wants_tensorboard = "tensorboard" in names or tensorboard is True
     if wants_tensorboard and not _installed("tensorboard"):
         logger.warning("TensorBoard logging asked for but tensorboard is not installed (pip install tensorboard).")

@@ -5,7 +5,9 @@ MONAI's engines, so the audit and any other reader of a run folder need neither 
 its handlers.
 
 * :mod:`~lilaw_med.run.run_dir`: the run folder's file names (:class:`RunDir`) and its lock;
-* :mod:`~lilaw_med.run.config`: the typed, validated config (:class:`Config`) and its schema;
+* :mod:`~lilaw_med.run.config`: the typed, validated config (:class:`Config`) and its sections;
+* :mod:`~lilaw_med.run.config_schema`: how a key is declared, checked and compared (``config_differences``);
+* :mod:`~lilaw_med.run.config_yaml`: config YAML read safely, and ``--set`` overrides;
 * :mod:`~lilaw_med.run.transforms`: the run's transform options and its one evaluation chain;
 * :mod:`~lilaw_med.run.model_file`: the model file and the best-else-final rule;
 * :mod:`~lilaw_med.run.summary`: ``summary.json`` read once (:class:`RunSummary`) and which calibration goes with a model;

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from lilaw_med.errors import InputError, one_line
 from lilaw_med.utils import atomic_write
 
 __all__ = [
@@ -242,31 +243,36 @@ def _read_payload(info: CheckpointInfo, max_bytes: int | None) -> bytes:
     with open(info.path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if info.nbytes is not None and size != info.nbytes:
-            raise ValueError(f"{name} has {size} bytes but {info.nbytes} were written (truncated file)")
+            raise InputError(f"{name} has {size} bytes but {info.nbytes} were written (truncated file)")
         if max_bytes is not None and size > max_bytes:
-            raise ValueError(
+            raise InputError(
                 f"{name} has {size} bytes, more than the {max_bytes} allowed for this run's checkpoints "
                 "(train.max_checkpoint_ratio times the expected size); it was not read"
             )
-        head = f.read(_HEADER)
-        if not (head.startswith(MAGIC) and len(head) == _HEADER):
-            raise ValueError(
-                f"{name} is not a lilaw-med checkpoint (it starts with {head[:16]!r}, expected {MAGIC!r}; "
-                "truncated or corrupt file)"
-            )
-        digest = head[len(MAGIC) : len(MAGIC) + 32]
-        length = int.from_bytes(head[len(MAGIC) + 32 :], "little")
-        if length != size - _HEADER:
-            raise ValueError(
-                f"{name} declares a {length}-byte payload but holds {size - _HEADER} bytes after its header "
-                "(truncated or extended file)"
-            )
+        digest, length = _read_header(f.read(_HEADER), name, size)
         data = f.read(length)
     if hashlib.sha256(data).digest() != digest:
-        raise ValueError(f"{name} does not match the SHA-256 stored in it (corrupt file)")
+        raise InputError(f"{name} does not match the SHA-256 stored in it (corrupt file)")
     if info.sha256 is not None and info.sha256 != digest.hex():
-        raise ValueError(f"{name} does not match the SHA-256 recorded in {INDEX_NAME} (replaced file)")
+        raise InputError(f"{name} does not match the SHA-256 recorded in {INDEX_NAME} (replaced file)")
     return data
+
+
+def _read_header(head: bytes, name: str, size: int) -> tuple[bytes, int]:
+    """``(sha256 digest, payload length)`` from a checkpoint file's header, checked against the file's size."""
+    if not (head.startswith(MAGIC) and len(head) == _HEADER):
+        raise InputError(
+            f"{name} is not a lilaw-med checkpoint (it starts with {head[:16]!r}, expected {MAGIC!r}; "
+            "truncated or corrupt file)"
+        )
+    digest = head[len(MAGIC) : len(MAGIC) + 32]
+    length = int.from_bytes(head[len(MAGIC) + 32 :], "little")
+    if length != size - _HEADER:
+        raise InputError(
+            f"{name} declares a {length}-byte payload but holds {size - _HEADER} bytes after its header "
+            "(truncated or extended file)"
+        )
+    return digest, length
 
 
 def _is_int(value: Any) -> bool:
@@ -285,6 +291,11 @@ def _check_counters(payload: Mapping[str, Any], iteration: int | None, bad: _Bad
         raise bad("iteration", f"is {it} but the file name says {iteration}")
     if not _is_int(epoch) or epoch < 0:
         raise bad("epoch", f"must be a non-negative integer but is {epoch!r}")
+    _check_epoch_length(it, epoch, length, bad)
+
+
+def _check_epoch_length(it: int, epoch: int, length: Any, bad: _Bad) -> None:
+    """The epoch length is present once the run has started, and puts iteration ``it`` in ``epoch``."""
     if length is None:
         if it:
             raise bad("epoch_length", "is missing but the run had started")
@@ -311,11 +322,15 @@ def _check_ranks(payload: Mapping[str, Any], bad: _Bad) -> None:
         got = len(ranks) if isinstance(ranks, list) else type(ranks).__name__
         raise bad("ranks", f"must list the states of {world_size} process(es) but holds {got}")
     for r, entry in enumerate(ranks):
-        if not isinstance(entry, Mapping) or entry.get("rank") != r:
-            raise bad(f"ranks[{r}]", f"must be the state of rank {r} (a mapping with 'rank': {r})")
-        for field in ("objects", "rng"):
-            if not isinstance(entry.get(field), Mapping):
-                raise bad(f"ranks[{r}].{field}", "must map names to saved states")
+        _check_rank_entry(r, entry, bad)
+
+
+def _check_rank_entry(r: int, entry: Any, bad: _Bad) -> None:
+    if not isinstance(entry, Mapping) or entry.get("rank") != r:
+        raise bad(f"ranks[{r}]", f"must be the state of rank {r} (a mapping with 'rank': {r})")
+    for field in ("objects", "rng"):
+        if not isinstance(entry.get(field), Mapping):
+            raise bad(f"ranks[{r}].{field}", "must map names to saved states")
 
 
 def _check_trainer_state(payload: Mapping[str, Any], bad: _Bad) -> None:
@@ -328,7 +343,11 @@ def _check_trainer_state(payload: Mapping[str, Any], bad: _Bad) -> None:
     for field, value in (("iteration", it), ("epoch_length", length)):
         if field in engine and engine[field] != value:
             raise bad(f"objects.trainer.{field}", f"is {engine[field]!r} but the checkpoint's {field} is {value!r}")
-    max_epochs = engine.get("max_epochs")
+    _check_max_epochs(engine.get("max_epochs"), it, length, bad)
+
+
+def _check_max_epochs(max_epochs: Any, it: int, length: int | None, bad: _Bad) -> None:
+    """The trainer's ``max_epochs``: a positive integer, not before the checkpoint's iteration."""
     if max_epochs is not None and (not _is_int(max_epochs) or max_epochs < 1):
         raise bad("objects.trainer.max_epochs", f"must be a positive integer but is {max_epochs!r}")
     if max_epochs is not None and length is not None and it > length * max_epochs:
@@ -344,18 +363,18 @@ def validate_checkpoint(payload: Mapping[str, Any], name: str, iteration: int | 
         iteration: the iteration the file name says (``None``: not known).
 
     Raises:
-        ValueError: one line naming the field and what is wrong with it.
+        InputError: one line naming the field and what is wrong with it.
     """
     if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
+        raise InputError(
             f"{name} is not a lilaw-med checkpoint (format {payload.get('format')!r}, expected {CHECKPOINT_FORMAT!r})"
         )
     missing = {"iteration", "epoch", "objects", "ranks"} - set(payload)
     if missing:
-        raise ValueError(f"{name} lacks {sorted(missing)} (incomplete checkpoint)")
+        raise InputError(f"{name} lacks {sorted(missing)} (incomplete checkpoint)")
 
     def bad(field: str, why: str) -> ValueError:
-        return ValueError(f"{name}: field '{field}' {why} (corrupt or crafted checkpoint)")
+        return InputError(f"{name}: field '{field}' {why} (corrupt or crafted checkpoint)")
 
     _check_counters(payload, iteration, bad)
     _check_loader_fields(payload, bad)
@@ -380,7 +399,7 @@ def read_checkpoint(
         ``ranks``, ...).
 
     Raises:
-        ValueError: when the file is too large, truncated, corrupt, not a lilaw-med checkpoint, does not
+        InputError: when the file is too large, truncated, corrupt, not a lilaw-med checkpoint, does not
             match its own digest or the index's, or a field a resume trusts is malformed; the one-line
             message says which.
         FileNotFoundError: when the file does not exist.
@@ -392,11 +411,9 @@ def read_checkpoint(
     try:
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on bad files
-        raise ValueError(
-            f"{info.path.name} cannot be read: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        ) from e
+        raise InputError(f"{info.path.name} cannot be read: {one_line(e, limit=200, with_type=True)}") from e
     if not isinstance(payload, dict):
-        raise ValueError(f"{info.path.name} is not a lilaw-med checkpoint (it holds a {type(payload).__name__})")
+        raise InputError(f"{info.path.name} is not a lilaw-med checkpoint (it holds a {type(payload).__name__})")
     validate_checkpoint(payload, info.path.name, info.iteration if info.iteration >= 0 else None)
     return payload
 
@@ -422,7 +439,7 @@ def load_latest_checkpoint(
 
     Raises:
         FileNotFoundError: when the folder holds no checkpoint at all.
-        ValueError: when every checkpoint is invalid (the reasons are listed).
+        InputError: when every checkpoint is invalid (the reasons are listed).
     """
     candidates = find_checkpoints(save_dir)
     if not candidates:
@@ -437,7 +454,7 @@ def load_latest_checkpoint(
         except (ValueError, OSError) as e:
             rejected.append((info, str(e)))
     reasons = "; ".join(reason for _, reason in rejected)
-    raise ValueError(f"every checkpoint in {save_dir} is unusable: {reasons}.")
+    raise InputError(f"every checkpoint in {save_dir} is unusable: {reasons}.")
 
 
 def state_nbytes(value: Any) -> int:

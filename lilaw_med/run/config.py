@@ -3,15 +3,15 @@
 A config is a nested mapping of sections (``data``, ``model``, ``loss``, ``lilaw``, ``optim``,
 ``schedule``, ``train``, ``eval``, ``output``), read from YAML with ``yaml.safe_load`` only. Each
 section is a frozen dataclass below (:class:`DataConfig`, ...) whose fields are the keys, with
-their defaults and checks (:class:`Field`): the one home of every key. :func:`validate_config`
-fills every default, rejects unknown keys (naming the key and suggesting the closest valid one)
-and checks types and ranges (naming the field); :meth:`Config.from_mapping` does the same and
-returns the typed :class:`Config` the training code reads (``cfg.train.epochs``). The LiLAW
-defaults are read from the signatures of :class:`~lilaw_med.weighting.LiLAWWeighting`,
-:class:`~lilaw_med.losses.LiLAWLoss` and :class:`~lilaw_med.handlers.LiLAWHandler`, and the
-presets, networks and losses a config may name from their registries
-(:data:`~lilaw_med.data.presets.PRESETS`, :data:`~lilaw_med.networks.NETWORKS`,
-:data:`~lilaw_med.losses.BASE_LOSSES`), so each of those facts lives in one place.
+their defaults, checks and whether ``--resume`` may change them (:func:`setting`, in
+:mod:`lilaw_med.run.config_schema`): the one home of every key. :func:`validate_config` fills every
+default and rejects unknown keys, wrong types and ranges (naming the field);
+:meth:`Config.from_mapping` does the same and returns the typed :class:`Config` the library reads
+(``cfg.train.epochs``). The LiLAW defaults come from the signatures of
+:class:`~lilaw_med.weighting.LiLAWWeighting` and :class:`~lilaw_med.losses.LiLAWLoss` and from
+:data:`~lilaw_med.meta_step_defaults.META_STEP_DEFAULTS`; the names a config may use from the
+registries (:data:`~lilaw_med.data.presets.PRESETS`, :data:`~lilaw_med.networks.NETWORKS`,
+:data:`~lilaw_med.losses.BASE_LOSSES`).
 
 Relative paths in a config (``data.datalist``, ``data.sample_dir``, ``output.dir``, ...) are
 resolved against the current working directory when the run starts.
@@ -19,14 +19,12 @@ resolved against the current working directory when the run starts.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import difflib
 import importlib.resources
 import inspect
 import math
 import os
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +35,19 @@ from lilaw_med.data.presets import PRESETS, get_preset
 from lilaw_med.losses import BASE_LOSSES, LiLAWLoss
 from lilaw_med.meta_step_defaults import META_STEP_DEFAULTS
 from lilaw_med.networks import NETWORKS
+from lilaw_med.run.config_schema import ConfigError, Field, check_value, config_differences, setting, suggest
+from lilaw_med.run.config_yaml import (
+    MAX_CONFIG_BYTES,
+    MAX_CONFIG_DEPTH,
+    apply_overrides,
+    load_yaml_file,
+    parse_override,
+)
 from lilaw_med.weighting import LiLAWWeighting
 
 __all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_CONFIG_DEPTH",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -54,6 +62,7 @@ __all__ = [
     "ScheduleConfig",
     "TrainConfig",
     "apply_overrides",
+    "config_differences",
     "default_config",
     "dump_config",
     "get_value",
@@ -70,17 +79,7 @@ MAX_SPATIAL_VOXELS = 512**3
 """Upper bound of ``data.options.spatial_size``'s pixels/voxels per image (a 512^3 volume, 512 MiB as float32)."""
 MAX_BATCH_SIZE = 65536
 """Upper bound of the batch sizes (``train.batch_size``, ``lilaw.val_batch_size``)."""
-MAX_CONFIG_DEPTH = 32
-"""The deepest nesting of mappings and lists a config file or ``--set`` value may have (a config is
-sections of keys with small values: 4 levels are used)."""
-MAX_CONFIG_BYTES = 16 * 2**20
-"""The largest config file read (configs are a few kB)."""
-_INT64 = 2**63 - 1
 _SEED_MAX = 2**32 - 1  # NumPy's legacy seeding (MONAI's set_determinism) takes seeds below 2**32
-
-
-class ConfigError(ValueError):
-    """A config that does not follow the schema; the message names the field."""
 
 
 def _signature_default(func: Callable, name: str) -> Any:
@@ -88,54 +87,8 @@ def _signature_default(func: Callable, name: str) -> Any:
     return inspect.signature(func).parameters[name].default
 
 
-@dataclass(frozen=True)
-class Field:
-    """How one config key is checked.
-
-    Attributes:
-        default: the value used when the key is absent.
-        types: accepted Python types (``bool`` is never accepted for ``int``/``float``).
-        choices: allowed values, when the field is an enumeration (a registry's live mapping is
-            read at each check, so a preset or loss registered later is accepted).
-        minimum: inclusive lower bound for numbers.
-        maximum: inclusive upper bound for numbers.
-        exclusive_minimum: ``minimum`` is exclusive.
-        nullable: ``None`` (YAML ``null``) is allowed.
-        help: one line describing the field (used in docs and error messages).
-        item_types: accepted types of a list's items.
-        words: the strings a number field also accepts (``"auto"``: decided at run time).
-    """
-
-    default: Any
-    types: tuple[type, ...]
-    choices: Collection[Any] | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    exclusive_minimum: bool = False
-    nullable: bool = False
-    help: str = ""
-    item_types: tuple[type, ...] | None = None
-    words: Collection[str] | None = None
-
-
-def setting(default: Any, types: tuple[type, ...], **checks: Any) -> Any:
-    """A section's dataclass field: its default, with its :class:`Field` (the checks) as metadata.
-
-    Args:
-        default: the default value (lists and dicts are copied for each instance).
-        types: accepted Python types.
-        checks: the other arguments of :class:`Field`.
-
-    Returns:
-        A ``dataclasses.field``.
-    """
-    spec = Field(default, types, **checks)
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"field": spec})
-    return field(default=default, metadata={"field": spec})
-
-
 _NUM = (int, float)
+_CADENCE = "when checkpoints are written, not what they hold"
 _W = LiLAWWeighting.__init__
 _L = LiLAWLoss.__init__
 
@@ -166,6 +119,7 @@ class DataConfig:
     cache_memory_fraction: float = setting(
         0.5, _NUM, minimum=0.0, maximum=1.0, exclusive_minimum=True,
         help="share of the available memory a memory cache may take (split among a node's ranks); above it: disk",
+        resumable="where the deterministic transforms' outputs are cached (memory or disk), not what they are",
     )
     skip_bad: bool = setting(False, (bool,), help="drop items the pre-flight check rejects instead of stopping")
     exclude: str | None = setting(
@@ -275,26 +229,35 @@ class ScheduleConfig:
 class TrainConfig:
     """``train``: the training loop: epochs, batches, seed, device, checkpoints."""
 
-    epochs: int = setting(10, (int,), minimum=1, maximum=1_000_000, help="training epochs")
+    epochs: int = setting(
+        10, (int,), minimum=1, maximum=1_000_000, help="training epochs",
+        resumable="may grow (the run goes on for more epochs), never shrink",
+    )
     batch_size: int = setting(64, (int,), minimum=1, maximum=MAX_BATCH_SIZE, help="training batch size")
     seed: int = setting(0, (int,), minimum=0, maximum=_SEED_MAX, help="random seed (network init, shuffles, augmentations)")
-    device: str = setting("auto", (str,), help="auto (CUDA when present), cpu, cuda or cuda:N")
+    device: str = setting(
+        "auto", (str,), help="auto (CUDA when present), cpu, cuda or cuda:N", resumable="where the run continues"
+    )
     amp: str | bool = setting("auto", (str, bool), choices=("auto", True, False), help="mixed precision (auto: on for CUDA)")
     num_workers: int | str = setting(
         "auto", (int, str), words=("auto",), minimum=0, maximum=1024,
         help="data-loader worker processes (auto: the cores this process may use, split among a node's ranks, at most 8)",
+        resumable="loader processes (with random augmentations, see docs/fault_tolerance.md)",
     )
     deterministic: bool = setting(True, (bool,), help="seed every RNG (reproducible CPU runs)")
-    checkpoint_every_n_epochs: int | None = setting(1, (int,), minimum=1, nullable=True, help="checkpoint interval in epochs")
-    checkpoint_every_n_iterations: int | None = setting(
-        None, (int,), minimum=1, nullable=True, help="checkpoint interval in iterations (null: off)"
+    checkpoint_every_n_epochs: int | None = setting(
+        1, (int,), minimum=1, nullable=True, help="checkpoint interval in epochs", resumable=_CADENCE
     )
-    keep_last: int = setting(2, (int,), minimum=1, help="checkpoints kept")
+    checkpoint_every_n_iterations: int | None = setting(
+        None, (int,), minimum=1, nullable=True, help="checkpoint interval in iterations (null: off)", resumable=_CADENCE
+    )
+    keep_last: int = setting(2, (int,), minimum=1, help="checkpoints kept", resumable="how many checkpoints are kept")
     max_checkpoint_ratio: float = setting(
         8.0, _NUM, minimum=1.0,
         help="on resume, refuse before reading it a checkpoint larger than this many times the expected size (+64 MiB)",
+        resumable="how large a checkpoint may be before it is read",
     )
-    progress: bool = setting(True, (bool,), help="show a progress bar")
+    progress: bool = setting(True, (bool,), help="show a progress bar", resumable="display only")
     sync_batchnorm: bool = setting(
         False, (bool,), help="distributed (torchrun) on CUDA: synchronise batch-norm statistics across ranks"
     )
@@ -302,6 +265,7 @@ class TrainConfig:
         30.0, _NUM, minimum=0.0, exclusive_minimum=True,
         help="distributed (torchrun): how long a collective waits for the other ranks, and a rank for a sign of "
         "rank 0 while rank 0 alone works (pre-flight, final evaluation)",
+        resumable="how long ranks wait for each other, not what they compute",
     )
 
 
@@ -341,6 +305,13 @@ class Config:
 
     Build it with :meth:`from_mapping` (which validates); :meth:`to_dict` gives the plain nested
     dict that ``config.yaml`` and an exported bundle hold.
+
+    Example::
+
+        cfg = Config.from_mapping({"data": {"sample_data": True}, "train": {"epochs": 2}})
+        cfg.train.epochs        # 2
+        cfg.lilaw.alpha         # 2.0, the spec's default
+        cfg.to_dict()["train"]  # the plain section, every default filled
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -395,64 +366,6 @@ def default_config() -> dict[str, dict[str, Any]]:
     return Config().to_dict()
 
 
-def _suggest(name: str, valid: Iterable[str]) -> str:
-    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-    return f"; did you mean '{match[0]}'?" if match else f"; valid keys: {', '.join(sorted(valid))}."
-
-
-def _type_name(types: tuple[type, ...]) -> str:
-    names = {int: "integer", float: "number", str: "string", bool: "boolean", list: "list", dict: "mapping"}
-    return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
-
-
-def _check_value(path: str, spec: Field, value: Any) -> Any:
-    """Checks (and lightly normalises: int -> float for numbers) one value; raises ConfigError."""
-    if value is None:
-        if spec.nullable:
-            return None
-        raise ConfigError(f"config field '{path}' must not be null (expected {_type_name(spec.types)}).")
-    if isinstance(value, bool) and bool not in spec.types:
-        raise ConfigError(f"config field '{path}' must be {_type_name(spec.types)} but is the boolean {value}.")
-    if not isinstance(value, spec.types):
-        raise ConfigError(
-            f"config field '{path}' must be {_type_name(spec.types)} but is {type(value).__name__} {value!r}."
-        )
-    if spec.words is not None and isinstance(value, str):
-        if value not in spec.words:
-            raise ConfigError(
-                f"config field '{path}' must be a number or one of {list(spec.words)} but is {value!r}"
-                + _suggest(value, list(spec.words))
-            )
-        return value
-    if spec.choices is not None and value not in spec.choices:
-        raise ConfigError(
-            f"config field '{path}' must be one of {list(spec.choices)} but is {value!r}"
-            + (_suggest(value, [str(c) for c in spec.choices]) if isinstance(value, str) else ".")
-        )
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _INT64:
-        # YAML reads any number of digits; torch and NumPy would overflow later, mid-run
-        raise ConfigError(f"config field '{path}' must fit in a 64-bit integer but is {value}.")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise ConfigError(f"config field '{path}' must be finite but is {value}.")
-        if spec.minimum is not None:
-            too_low = value <= spec.minimum if spec.exclusive_minimum else value < spec.minimum
-            if too_low:
-                op = ">" if spec.exclusive_minimum else ">="
-                raise ConfigError(f"config field '{path}' must be {op} {spec.minimum} but is {value}.")
-        if spec.maximum is not None and value > spec.maximum:
-            raise ConfigError(f"config field '{path}' must be <= {spec.maximum} but is {value}.")
-        if float in spec.types and int in spec.types:
-            value = float(value)
-    if isinstance(value, list) and spec.item_types is not None:
-        for i, item in enumerate(value):
-            if isinstance(item, bool) or not isinstance(item, spec.item_types):
-                raise ConfigError(
-                    f"config field '{path}[{i}]' must be {_type_name(spec.item_types)} but is {item!r}."
-                )
-    return copy.deepcopy(value)
-
-
 def _check_options(preset: str, options: Mapping[str, Any]) -> None:
     """Checks ``data.options`` keys against the preset's documented options, and the image size
     against :data:`MAX_SPATIAL_VOXELS` (before anything of that size is allocated)."""
@@ -460,18 +373,22 @@ def _check_options(preset: str, options: Mapping[str, Any]) -> None:
     valid = spec.default_options()
     for key in options:
         if key not in valid:
-            raise ConfigError(f"config key 'data.options.{key}' is unknown for preset '{preset}'" + _suggest(key, valid))
+            raise ConfigError(f"config key 'data.options.{key}' is unknown for preset '{preset}'" + suggest(key, valid))
     size = options.get("spatial_size")
-    if size is None:
-        return
-    sizes = [size] * spec.spatial_dims if isinstance(size, int) and not isinstance(size, bool) else size
+    if size is not None:
+        _check_spatial_size(preset, spec.spatial_dims, size)
+
+
+def _check_spatial_size(preset: str, spatial_dims: int, size: Any) -> None:
+    """``data.options.spatial_size``: one positive integer per dimension, at most :data:`MAX_SPATIAL_VOXELS` in all."""
+    sizes = [size] * spatial_dims if isinstance(size, int) and not isinstance(size, bool) else size
     if (
         not isinstance(sizes, list)
-        or len(sizes) != spec.spatial_dims
+        or len(sizes) != spatial_dims
         or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes)
     ):
         raise ConfigError(
-            f"config field 'data.options.spatial_size' must be {spec.spatial_dims} positive integers (or null) for "
+            f"config field 'data.options.spatial_size' must be {spatial_dims} positive integers (or null) for "
             f"preset '{preset}' but is {size!r}."
         )
     voxels = math.prod(sizes)
@@ -504,156 +421,56 @@ def validate_config(config: Config | Mapping[str, Any] | None) -> dict[str, dict
     out = default_config()
     for section, values in config.items():
         if section not in SCHEMA:
-            raise ConfigError(f"config section '{section}' is unknown" + _suggest(str(section), SCHEMA))
-        if values is None:
-            continue
-        if not isinstance(values, Mapping):
-            raise ConfigError(f"config section '{section}' must be a mapping but is {type(values).__name__}.")
-        for key, value in values.items():
-            fields = SCHEMA[section]
-            if key not in fields:
-                raise ConfigError(f"config key '{section}.{key}' is unknown" + _suggest(str(key), fields))
-            out[section][key] = _check_value(f"{section}.{key}", fields[key], value)
+            raise ConfigError(f"config section '{section}' is unknown" + suggest(str(section), SCHEMA))
+        if values is not None:
+            out[section].update(_check_section(section, values))
     _check_consistency(out)
     return out
 
 
+def _check_section(section: str, values: Any) -> dict[str, Any]:
+    """The checked values of one section's keys (a mapping of known keys)."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config section '{section}' must be a mapping but is {type(values).__name__}.")
+    fields = SCHEMA[section]
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"config key '{section}.{key}' is unknown" + suggest(str(key), fields))
+        out[key] = check_value(f"{section}.{key}", fields[key], value)
+    return out
+
+
 def _check_consistency(cfg: dict[str, dict[str, Any]]) -> None:
-    data, model, loss, lilaw = cfg["data"], cfg["model"], cfg["loss"], cfg["lilaw"]
+    """Checks the rules that tie fields together (each message names the field it refuses)."""
+    data, model = cfg["data"], cfg["model"]
     if data["datalist"] is None and not data["sample_data"]:
         raise ConfigError("config field 'data.datalist' is required (or set 'data.sample_data: true').")
-    if lilaw["alpha"] < lilaw["alpha_min"]:
-        raise ConfigError(f"config field 'lilaw.alpha' must be >= lilaw.alpha_min={lilaw['alpha_min']} but is {lilaw['alpha']}.")
-    if lilaw["delta"] < lilaw["beta"]:
-        raise ConfigError(f"config field 'lilaw.delta' must be >= lilaw.beta={lilaw['beta']} but is {lilaw['delta']}.")
-    if data["multi_label"] and not BASE_LOSSES[loss["name"]].multi_label:
-        names = " or ".join(f"'{n}'" for n, entry in BASE_LOSSES.items() if entry.multi_label)
-        raise ConfigError(f"config field 'loss.name' must be {names} when data.multi_label is true but is '{loss['name']}'.")
+    _check_lilaw_order(cfg["lilaw"])
+    _check_loss_fits_labels(data, cfg["loss"])
     if model["pretrained"] and not model["weights"]:
         raise ConfigError(
             "config field 'model.weights' must name a local weights file when model.pretrained is true "
             "(weights are never downloaded)."
         )
-    if loss["class_balance"] != "none" and data["multi_label"]:
+    if cfg["loss"]["class_balance"] != "none" and data["multi_label"]:
         raise ConfigError("config field 'loss.class_balance' must be 'none' for multi-label data.")
     _check_options(data["preset"], data["options"])
 
 
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    """A one-line description of a YAML error (with its line when known)."""
-    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-    mark = getattr(e, "problem_mark", None)
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
+def _check_lilaw_order(lilaw: Mapping[str, Any]) -> None:
+    """alpha_min <= alpha and beta <= delta, as :class:`~lilaw_med.weighting.LiLAWWeighting` requires."""
+    if lilaw["alpha"] < lilaw["alpha_min"]:
+        raise ConfigError(f"config field 'lilaw.alpha' must be >= lilaw.alpha_min={lilaw['alpha_min']} but is {lilaw['alpha']}.")
+    if lilaw["delta"] < lilaw["beta"]:
+        raise ConfigError(f"config field 'lilaw.delta' must be >= lilaw.beta={lilaw['beta']} but is {lilaw['delta']}.")
 
 
-def _load_yaml(text: str, source: str) -> Any:
-    """``yaml.safe_load`` of ``text`` after checking its nesting depth on the parser's event stream.
-
-    PyYAML's parser is iterative but its composer recurses once per level, so a 20,000-deep document
-    would end in a ``RecursionError``; the depth is checked first, without building anything.
-
-    Raises:
-        ConfigError: naming ``source``, when the text is not YAML or nests deeper than :data:`MAX_CONFIG_DEPTH`.
-    """
-    depth = 0
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-                depth += 1
-                if depth > MAX_CONFIG_DEPTH:
-                    raise ConfigError(
-                        f"{source}: nested deeper than {MAX_CONFIG_DEPTH} levels (at line {event.start_mark.line + 1}); "
-                        "a config holds sections of keys with small values."
-                    )
-            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-                depth -= 1
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
-
-
-def load_yaml_file(path: str | os.PathLike) -> Any:
-    """Reads a YAML file (safe-loaded) with the limits of a config: size, text encoding, depth.
-
-    Args:
-        path: the file.
-
-    Returns:
-        What it holds (``None`` for an empty file).
-
-    Raises:
-        FileNotFoundError: when it does not exist.
-        ConfigError: naming the file, when it is larger than :data:`MAX_CONFIG_BYTES`, not UTF-8 text
-            (a binary file), not YAML, or nested deeper than :data:`MAX_CONFIG_DEPTH`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: {size} bytes; a config is a small YAML text file (at most {MAX_CONFIG_BYTES} bytes).")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            f"{path}: not a YAML text file (byte 0x{data[e.start]:02x} at offset {e.start} is not UTF-8; a binary file?)"
-        ) from None
-    return _load_yaml(text, str(path))
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """Parses one ``--set`` override ``section.key[.sub]=value``.
-
-    The value is read with ``yaml.safe_load`` (``1`` -> int, ``true`` -> bool, ``[32, 32]`` -> list,
-    ``null`` -> None); no code is ever evaluated.
-
-    Args:
-        text: e.g. ``"train.epochs=1"``.
-
-    Returns:
-        ``(dotted_key, value)``.
-
-    Raises:
-        ConfigError: when there is no ``=`` or the key is empty.
-    """
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. train.epochs=1).")
-    value = _load_yaml(raw, f"override {text!r}: the value") if raw.strip() else None
-    return key, value
-
-
-def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Applies ``--set`` overrides to a (raw or validated) config.
-
-    Args:
-        config: the config to start from (not modified).
-        overrides: strings ``section.key[.sub...]=value``.
-
-    Returns:
-        A new config dict with the overrides set (validate it afterwards).
-
-    Raises:
-        ConfigError: on a malformed override or a path through a non-mapping.
-    """
-    out: dict[str, Any] = copy.deepcopy(dict(config))
-    for text in overrides:
-        key, value = parse_override(text)
-        parts = key.split(".")
-        if len(parts) < 2:
-            raise ConfigError(f"override {text!r} must name a section and a key (e.g. train.epochs=1).")
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: '{'.'.join(parts[: i + 1])}' is not a mapping.")
-            node = child
-        node[parts[-1]] = value
-    return out
+def _check_loss_fits_labels(data: Mapping[str, Any], loss: Mapping[str, Any]) -> None:
+    """Multi-label data needs a loss that takes multi-label targets."""
+    if data["multi_label"] and not BASE_LOSSES[loss["name"]].multi_label:
+        names = " or ".join(f"'{n}'" for n, entry in BASE_LOSSES.items() if entry.multi_label)
+        raise ConfigError(f"config field 'loss.name' must be {names} when data.multi_label is true but is '{loss['name']}'.")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
@@ -670,6 +487,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         FileNotFoundError: when ``path`` does not exist.
         ConfigError: when the file is not YAML (binary, too large, too deeply nested) or the config is
             invalid (the message names the file).
+
+    Example::
+
+        config = load_config("chest.yaml", ["train.epochs=5", "lilaw.enabled=false"])
+        cfg = Config.from_mapping(config)  # typed, for code that reads it
     """
     raw: Any = {}
     if path is not None:

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from lilaw_med.errors import InputError
 from lilaw_med.utils import atomic_write
 
 __all__ = [
@@ -309,7 +310,7 @@ def load_dynamics(path: str | os.PathLike, split: str = "training", mmap: bool =
 
     Raises:
         FileNotFoundError: when no manifest is found.
-        ValueError: on a different format, or a split that was not recorded.
+        InputError: on a different format, or a split that was not recorded.
     """
     folder = dynamics_folder(path)
     manifest_path = folder / MANIFEST
@@ -320,11 +321,11 @@ def load_dynamics(path: str | os.PathLike, split: str = "training", mmap: bool =
         )
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("format") != FORMAT_NAME:
-        raise ValueError(f"{manifest_path} is not a {FORMAT_NAME} manifest.")
+        raise InputError(f"{manifest_path} is not a {FORMAT_NAME} manifest.")
     if int(manifest.get("version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{manifest_path} has format version {manifest['version']}; this reader knows {FORMAT_VERSION}.")
+        raise InputError(f"{manifest_path} has format version {manifest['version']}; this reader knows {FORMAT_VERSION}.")
     if split not in manifest["splits"]:
-        raise ValueError(f"split {split!r} was not recorded; recorded: {sorted(manifest['splits'])}.")
+        raise InputError(f"split {split!r} was not recorded; recorded: {sorted(manifest['splits'])}.")
     info = manifest["splits"][split]
     ids = json.loads((folder / info["ids"]).read_text())
     epochs = [int(e) for e in info["epochs"]]

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from lilaw_med.errors import InputError, one_line
 from lilaw_med.run.run_dir import RunDir
 
 __all__ = ["MODEL_FILE_KEYS", "MODELS", "model_file", "read_model_file"]
@@ -38,29 +39,35 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: when it does not exist.
-        ValueError: one line, when it cannot be loaded (truncated, corrupt, not a torch file, a pickle
+        InputError: one line, when it cannot be loaded (truncated, corrupt, not a torch file, a pickle
             that would run code) or is not a lilaw-med model file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
+    ckpt = _load(path)
+    if not isinstance(ckpt, dict):
+        raise InputError(f"{path}: not a lilaw-med model file (it holds a {type(ckpt).__name__}).")
+    missing = [k for k in MODEL_FILE_KEYS if k not in ckpt]
+    if missing or not isinstance(ckpt["network"], Mapping):
+        raise InputError(f"{path}: not a lilaw-med model file (it lacks {missing or ['a network state dict']}).")
+    return ckpt
+
+
+def _load(path: Path) -> Any:
+    """``torch.load`` with ``weights_only=True``; any failure as one line naming the file."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # torch's message suggests weights_only=False, which would run whatever the file holds: never
-        raise ValueError(
+        raise InputError(
             f"{path}: cannot load the model file (UnpicklingError: not a torch file, or it holds objects other "
             "than tensors and plain values, which are never loaded)."
         ) from None
     except Exception as e:  # torch raises RuntimeError, EOFError, ... on truncated or corrupt files
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ValueError(f"{path}: cannot load the model file ({type(e).__name__}: {first}).") from None
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: not a lilaw-med model file (it holds a {type(ckpt).__name__}).")
-    missing = [k for k in MODEL_FILE_KEYS if k not in ckpt]
-    if missing or not isinstance(ckpt["network"], Mapping):
-        raise ValueError(f"{path}: not a lilaw-med model file (it lacks {missing or ['a network state dict']}).")
-    return ckpt
+        raise InputError(
+            f"{path}: cannot load the model file ({one_line(e, limit=200, with_type=True)})."
+        ) from None
 
 
 def model_file(run_dir: str | os.PathLike, which: str = "best") -> Path:

@@ -174,6 +174,13 @@ class RunDir:
 
     Args:
         root: the run folder (created by :meth:`create`).
+
+    Example::
+
+        run = RunDir("runs/first")
+        run.best_model                      # runs/first/checkpoints/best_model.pt (absolute)
+        config = run.read_config()          # the plain dict of config.yaml
+        run.write_json(RunDir.EVALUATION, {"accuracy": 0.9})   # atomically
     """
 
     CONFIG = "config.yaml"

@@ -28,6 +28,7 @@ from lilaw_med.data.presets import PresetSpec, get_preset
 from lilaw_med.data.sample import write_sample_data
 from lilaw_med.data.sampler import ResumableSampler
 from lilaw_med.data.transforms import build_transforms
+from lilaw_med.errors import InputError
 from lilaw_med.run.config import Config
 from lilaw_med.run.run_dir import RunDir
 from lilaw_med.run.transforms import evaluation_transforms, transform_options
@@ -87,7 +88,7 @@ def training_labels(items: Sequence[Mapping[str, Any]]) -> list[int]:
 def _sample_datalist(preset: PresetSpec, sample_dir: Path) -> Path:
     """The generated sample datalist of ``preset``, generating the sample data when missing."""
     if preset.sample_key is None:
-        raise ValueError(f"preset '{preset.name}' has no sample data; set data.datalist.")
+        raise InputError(f"preset '{preset.name}' has no sample data; set data.datalist.")
     index_path = sample_dir / _SAMPLE_INDEX
     if index_path.is_file():
         with contextlib.suppress(ValueError, KeyError, OSError):
@@ -121,15 +122,33 @@ def prepare_datalist(
     cfg = Config.from_mapping(config)
     data = cfg.data
     if datalist_path is None:
-        if data.datalist:
-            datalist_path = data.datalist
-        else:
-            datalist_path = str(_sample_datalist(get_preset(data.preset), Path(data.sample_dir).absolute()))
+        datalist_path = _config_datalist(cfg)
     split_seed = data.split_seed if data.split_seed is not None else cfg.train.seed
     datalist = load_datalist(
         datalist_path, class_names=data.class_names, val_fraction=data.val_fraction, seed=split_seed,
         multi_label=data.multi_label, strict=False,  # label and id problems go to the pre-flight report
     )
+    datalist = _curate(datalist, cfg)
+    datalist = preflight_or_raise(
+        datalist, data.skip_bad, run_dir.rejected if run_dir is not None else None, expected_dims=input_shape(cfg)[0],
+    )
+    if not datalist.training:
+        raise InputError(f"datalist {datalist_path}: the training split is empty.")
+    if not datalist.validation:
+        raise InputError(f"datalist {datalist_path}: the validation split is empty (LiLAW's meta step needs one).")
+    return datalist
+
+
+def _config_datalist(cfg: Config) -> str:
+    """``data.datalist``, or the preset's sample datalist (generated into ``data.sample_dir`` when missing)."""
+    if cfg.data.datalist:
+        return cfg.data.datalist
+    return str(_sample_datalist(get_preset(cfg.data.preset), Path(cfg.data.sample_dir).absolute()))
+
+
+def _curate(datalist: Datalist, cfg: Config) -> Datalist:
+    """``data.exclude``, ``data.relabel`` and ``data.max_items`` applied, in that order."""
+    data = cfg.data
     if data.exclude:
         datalist = apply_exclusions(datalist, data.exclude)
     if data.relabel:
@@ -139,13 +158,6 @@ def prepare_datalist(
         datalist.training, datalist.validation, datalist.test = (
             datalist.training[:n], datalist.validation[:n], datalist.test[:n]
         )
-    datalist = preflight_or_raise(
-        datalist, data.skip_bad, run_dir.rejected if run_dir is not None else None, expected_dims=input_shape(cfg)[0],
-    )
-    if not datalist.training:
-        raise ValueError(f"datalist {datalist_path}: the training split is empty.")
-    if not datalist.validation:
-        raise ValueError(f"datalist {datalist_path}: the validation split is empty (LiLAW's meta step needs one).")
     return datalist
 
 
@@ -212,6 +224,37 @@ def cache_budget_bytes(cfg: Config, world_size: int = 1) -> float:
     return cfg.data.cache_memory_fraction * available_memory_bytes() / _ranks_per_node(world_size)
 
 
+def _all_labelled(items: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a split has items and every one has a label (a test split is evaluated only then)."""
+    return bool(items) and all(it.get("label") is not None for it in items)
+
+
+def _cache_dir(cfg: Config, run_dir: RunDir | None) -> Path | None:
+    """``data.cache_dir``, else ``RUN_DIR/cache`` (``None`` without a run folder)."""
+    if cfg.data.cache_dir:
+        return Path(cfg.data.cache_dir)
+    return run_dir.root / "cache" if run_dir else None
+
+
+def _cached_positions(size: int, rank: int, world_size: int, sharded: bool) -> list[int]:
+    """The positions of a split this rank caches: its shard, or all of them."""
+    return shard_indices(size, rank, world_size) if sharded else list(range(size))
+
+
+def _train_sampler(cfg: Config, datalist: Datalist, size: int, rank: int, world_size: int, shard: bool) -> Any:
+    """The training order: class-balanced (``loss.class_balance: sampler``) or a seeded shuffle, both resumable."""
+    if cfg.loss.class_balance == "sampler":
+        return ClassBalancedSampler(
+            training_labels(datalist.training), seed=cfg.train.seed, rank=rank, world_size=world_size, shard=shard
+        )
+    return ResumableSampler(size, shuffle=True, seed=cfg.train.seed, rank=rank, world_size=world_size, shard=shard)
+
+
+def _shard_loader(dataset: Any, batch_size: int, rank: int, world_size: int, nw: int, seed: int, pin: bool) -> Any:
+    """A once-per-epoch loader of this rank's positions ``rank::world_size`` of ``dataset``."""
+    return _loader(dataset, batch_size, shard_indices(len(dataset), rank, world_size), nw, seed, pin, persistent=False)
+
+
 def build_data(
     cfg: Config, datalist: Datalist, run_dir: RunDir | None, device: torch.device, rank: int = 0, world_size: int = 1
 ) -> TrainingData:
@@ -238,7 +281,7 @@ def build_data(
         ValueError: from the transforms (an invalid option).
     """
     data, train, seed = cfg.data, cfg.train, cfg.train.seed
-    cache_dir = Path(data.cache_dir) if data.cache_dir else (run_dir.root / "cache" if run_dir else None)
+    cache_dir = _cache_dir(cfg, run_dir)
     options = transform_options(cfg)
     train_tf = build_transforms(data.preset, options, train=True)
     eval_tf = evaluation_transforms(cfg)
@@ -249,10 +292,7 @@ def build_data(
     # not by the budget, so the order of a run does not depend on the machine's memory)
     sharded = data.cache == "memory" and world_size > 1
     splits = {"training": datalist.training, "validation": datalist.validation, "test": datalist.test}
-    cached = {
-        name: shard_indices(len(items), rank, world_size) if sharded else list(range(len(items)))
-        for name, items in splits.items()
-    }
+    cached = {name: _cached_positions(len(items), rank, world_size, sharded) for name, items in splits.items()}
     plan = plan_cache(
         data.cache, datalist.training, train_tf, sum(len(c) for c in cached.values()),
         cache_budget_bytes(cfg, world_size), cache_dir,
@@ -269,16 +309,9 @@ def build_data(
     train_ds = dataset("training", train_tf)
     val_ds = dataset("validation", eval_tf)
     test_ds = dataset("test", eval_tf) if datalist.test else None
-    has_test_labels = bool(datalist.test) and all(it.get("label") is not None for it in datalist.test)
+    has_test_labels = _all_labelled(datalist.test)
 
-    if cfg.loss.class_balance == "sampler":
-        train_sampler: Any = ClassBalancedSampler(
-            training_labels(datalist.training), seed=seed, rank=rank, world_size=world_size, shard=sharded
-        )
-    else:
-        train_sampler = ResumableSampler(
-            len(train_ds), shuffle=True, seed=seed, rank=rank, world_size=world_size, shard=sharded
-        )
+    train_sampler = _train_sampler(cfg, datalist, len(train_ds), rank, world_size, sharded)
     # the meta step's own sampler: seeded apart from the training order, reshuffled every pass
     meta_sampler = ResumableSampler(
         len(val_ds), shuffle=True, seed=seed + 1, rank=rank, world_size=world_size, shard=sharded
@@ -293,13 +326,9 @@ def build_data(
     if world_size > 1:
         # each rank evaluates its own positions (a plain list of them: a DistributedSampler would pad with
         # repeated items, which must not enter the metrics); EpochValidation gathers the shards
-        epoch_val_loader = _loader(
-            val_ds, batch, shard_indices(len(val_ds), rank, world_size), nw, seed + 2, pin, persistent=False
-        )
+        epoch_val_loader = _shard_loader(val_ds, batch, rank, world_size, nw, seed + 2, pin)
         if has_test_labels:
-            epoch_test_loader = _loader(
-                test_ds, batch, shard_indices(len(test_ds), rank, world_size), nw, seed + 3, pin, persistent=False
-            )
+            epoch_test_loader = _shard_loader(test_ds, batch, rank, world_size, nw, seed + 3, pin)
     return TrainingData(
         datalist=datalist,
         train_loader=_loader(train_ds, batch, train_sampler, nw, seed, pin, persistent=True),

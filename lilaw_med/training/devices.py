@@ -11,6 +11,8 @@ import logging
 
 import torch
 
+from lilaw_med.errors import InputError
+
 __all__ = ["resolve_device"]
 
 logger = logging.getLogger("lilaw_med.training.distributed")  # the messages of the rank and device helpers
@@ -28,7 +30,7 @@ def resolve_device(device: str | torch.device | None = "auto", local_rank: int |
         The device.
 
     Raises:
-        ValueError: when CUDA is asked for but not available, the GPU does not exist (or a node runs
+        InputError: when CUDA is asked for but not available, the GPU does not exist (or a node runs
             more processes than it has GPUs), or the name is unknown.
     """
     name = "auto" if device is None else str(device).strip().lower()
@@ -37,19 +39,24 @@ def resolve_device(device: str | torch.device | None = "auto", local_rank: int |
     if name == "cpu":
         return torch.device("cpu")
     if not name.startswith("cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' but is '{name}'.")
+        raise InputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' but is '{name}'.")
     if not torch.cuda.is_available():
-        raise ValueError(f"device '{name}' was asked for but CUDA is not available on this machine; use --device cpu.")
+        raise InputError(f"device '{name}' was asked for but CUDA is not available on this machine; use --device cpu.")
+    return _cuda_device(name, local_rank)
+
+
+def _cuda_device(name: str, local_rank: int | None) -> torch.device:
+    """``cuda``/``cuda:N`` on this machine: that GPU, or under torchrun ``cuda:<local_rank>``."""
     dev = torch.device(name)
     count = torch.cuda.device_count()
     if local_rank is None:
         if dev.index is not None and dev.index >= count:
-            raise ValueError(f"device '{name}' does not exist: {count} CUDA device(s) visible.")
+            raise InputError(f"device '{name}' does not exist: {count} CUDA device(s) visible.")
         return dev
     if dev.index is not None and dev.index != local_rank:
         logger.warning("device %s ignored under torchrun: rank with LOCAL_RANK %d uses cuda:%d.", dev, local_rank, local_rank)
     if local_rank >= count:
-        raise ValueError(
+        raise InputError(
             f"LOCAL_RANK {local_rank} needs GPU cuda:{local_rank} but this node has {count} GPU(s); "
             f"start at most {count} processes per node (torchrun --nproc_per_node {count})."
         )

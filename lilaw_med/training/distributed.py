@@ -15,11 +15,7 @@ through :func:`run_on_rank0`: the other ranks wait outside any collective, polli
 group's key-value store for rank 0's heartbeat, so no collective timeout bounds how long rank 0
 may work, and a rank 0 that stops is noticed after ``train.dist_timeout_minutes`` without a beat.
 
-What the pieces add up to (see docs/distributed.md): every rank trains on its own shard of each
-epoch's permutation (``ResumableSampler``/``DistributedSampler``: rank ``r`` takes positions
-``r, r + N, ...``); DDP averages the gradients of the per-rank mean losses; the LiLAW handler
-averages the meta gradient of alpha/beta/delta. With equal per-rank batches ``B`` this is the
-single-process run with batch ``N * B`` on the union of the ranks' batches.
+docs/distributed.md says what the pieces add up to (the single-process run with batch ``N * B``).
 """
 
 from __future__ import annotations
@@ -43,6 +39,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from lilaw_med.errors import InputError, one_line
 from lilaw_med.training.devices import resolve_device
 
 __all__ = [
@@ -165,39 +162,21 @@ def init_distributed(
     Raises:
         RuntimeError: when torchrun's variables are incomplete or malformed, or ``torch.distributed``
             is not available in this build of PyTorch.
-        ValueError: on an unknown device, CUDA requested without CUDA, or more processes on a node
+        InputError: on an unknown device, CUDA requested without CUDA, or more processes on a node
             than it has GPUs.
     """
     env = os.environ if environ is None else environ
     if dist.is_available() and dist.is_initialized():
-        rank, world_size = dist.get_rank(), dist.get_world_size()
-        local_rank = int(env.get("LOCAL_RANK", rank))
-        dev = resolve_device(device, local_rank if world_size > 1 else None)
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        _sync_ignite(local_rank)
-        return DistributedContext(rank, local_rank, world_size, dev, dist.get_backend(), False)
+        return _join_existing_group(device, env)
     if not torchrun_env_present(env):
         return DistributedContext(device=resolve_device(device))
-    if not dist.is_available():
-        raise RuntimeError(
-            "WORLD_SIZE > 1 asks for distributed training but torch.distributed is not available."
-        )
-    rank, world_size, local_rank = (_env_int(env, k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-    if "MASTER_ADDR" not in env:
-        raise RuntimeError(
-            "environment variable MASTER_ADDR is not set; launch distributed training with torchrun."
-        )
-    _env_int(env, "MASTER_PORT")
-    if not 0 <= rank < world_size:
-        raise RuntimeError(f"RANK must lie in [0, {world_size}) but is {rank}.")
+    rank, world_size, local_rank = _torchrun_ranks(env)
     dev = resolve_device(device, local_rank)
     if backend is None:
         backend = "nccl" if dev.type == "cuda" else "gloo"
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)  # NCCL collectives (and all_gather_object) use the current device
     kwargs: dict[str, Any] = {}
     if dev.type == "cuda":
+        torch.cuda.set_device(dev)  # NCCL collectives (and all_gather_object) use the current device
         kwargs["device_id"] = dev  # binds the communicator eagerly; avoids a guessed device
     # torchrun: env:// (it may hand over its own rendezvous store); an explicit environment (tests,
     # embedding) names the rendezvous directly, leaving os.environ alone
@@ -223,6 +202,38 @@ def init_distributed(
         backend,
     )
     return DistributedContext(rank, local_rank, world_size, dev, backend, True)
+
+
+def _join_existing_group(device: str | torch.device | None, env: Mapping[str, str]) -> DistributedContext:
+    """The context of a process group that already exists (set up by a test or the embedding program)."""
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    local_rank = int(env.get("LOCAL_RANK", rank))
+    dev = resolve_device(device, local_rank if world_size > 1 else None)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    _sync_ignite(local_rank)
+    return DistributedContext(rank, local_rank, world_size, dev, dist.get_backend(), False)
+
+
+def _torchrun_ranks(env: Mapping[str, str]) -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's variables, checked.
+
+    Raises:
+        RuntimeError: when ``torch.distributed`` is missing, or a variable is absent or malformed.
+    """
+    if not dist.is_available():
+        raise RuntimeError(
+            "WORLD_SIZE > 1 asks for distributed training but torch.distributed is not available."
+        )
+    rank, world_size, local_rank = (_env_int(env, k) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if "MASTER_ADDR" not in env:
+        raise RuntimeError(
+            "environment variable MASTER_ADDR is not set; launch distributed training with torchrun."
+        )
+    _env_int(env, "MASTER_PORT")
+    if not 0 <= rank < world_size:
+        raise RuntimeError(f"RANK must lie in [0, {world_size}) but is {rank}.")
+    return rank, world_size, local_rank
 
 
 def cleanup_distributed(context: DistributedContext | None = None) -> None:
@@ -310,10 +321,10 @@ def convert_sync_batchnorm(network: nn.Module, device: torch.device | str) -> nn
         The converted network.
 
     Raises:
-        ValueError: on a non-CUDA device: SyncBatchNorm is implemented for CUDA (NCCL) only.
+        InputError: on a non-CUDA device: SyncBatchNorm is implemented for CUDA (NCCL) only.
     """
     if torch.device(device).type != "cuda":
-        raise ValueError(
+        raise InputError(
             f"SyncBatchNorm runs on CUDA devices only but the device is {str(device)!r}; "
             "set train.sync_batchnorm: false for CPU training (each rank then keeps its own batch statistics)."
         )
@@ -342,7 +353,7 @@ def wrap_ddp(
         then ignored: a single process has nothing to synchronise).
 
     Raises:
-        ValueError: ``sync_batchnorm`` on a CPU device.
+        InputError: ``sync_batchnorm`` on a CPU device.
     """
     if not context.is_distributed:
         return network
@@ -419,10 +430,6 @@ def _store() -> Any:
     return dist.distributed_c10d._get_default_store()
 
 
-def _one_line(error: BaseException) -> str:
-    return (" ".join(str(error).split()) or type(error).__name__)[:500]
-
-
 def run_on_rank0(
     work: Callable[[], T], what: str, timeout_s: float = DEFAULT_TIMEOUT_S, poll_s: float = 0.2
 ) -> T | None:
@@ -476,7 +483,7 @@ def _work_with_heartbeat(work: Callable[[], T], store: Any, key: str) -> T:
     try:
         result = work()
     except BaseException as e:
-        store.set(f"{key}/state", f"failed: {type(e).__name__}: {_one_line(e)}")
+        store.set(f"{key}/state", f"failed: {one_line(e, with_type=True)}")
         raise
     finally:
         stop.set()

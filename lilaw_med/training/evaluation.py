@@ -178,9 +178,12 @@ def choose_threshold(prob_positive: np.ndarray, labels: np.ndarray) -> float:
     neg = np.sort(p[(y == 0) & ~np.isnan(p)])
     tp = len(pos) - np.searchsorted(pos, candidates, side="left")
     tn = num_neg - (len(neg) - np.searchsorted(neg, candidates, side="left"))
-    scores = (tn / num_neg + tp / num_pos) / 2
-    # the tie rule compares each candidate with the best so far in increasing order (with a tolerance,
-    # so not a plain argmax); one pass of scalar comparisons keeps it exactly
+    return _best_threshold(candidates, (tn / num_neg + tp / num_pos) / 2)
+
+
+def _best_threshold(candidates: np.ndarray, scores: np.ndarray) -> float:
+    """The tie rule of :func:`choose_threshold`: it compares each candidate with the best so far in
+    increasing order (with a tolerance, so not a plain argmax); one pass of scalar comparisons keeps it exactly."""
     best_t, best_score = 0.5, -1.0
     for t, score in zip(candidates.tolist(), scores.tolist(), strict=True):
         if score > best_score + 1e-12 or (abs(score - best_score) <= 1e-12 and abs(t - 0.5) < abs(best_t - 0.5)):
@@ -222,9 +225,6 @@ def choose_class_bias(
     Raises:
         ValueError: when the logits are not (N, C >= 2) or the labels do not match them.
     """
-    # predict computes no metrics and runs without scikit-learn (lilaw_med.lean)
-    from sklearn.metrics import balanced_accuracy_score
-
     z = np.asarray(torch.as_tensor(np.asarray(logits), dtype=torch.float64))
     y = np.asarray(labels).reshape(-1).astype(int)
     if z.ndim != 2 or z.shape[1] < 2 or len(y) != len(z):
@@ -235,6 +235,15 @@ def choose_class_bias(
     log_prior = np.log((np.bincount(y, minlength=num_classes) + 1.0) / (len(y) + num_classes))
     if len(np.unique(y)) < 2:
         return [0.0] * num_classes, 0.0
+    best_tau = _best_strength(z, y, log_prior, strengths)
+    return [float(-best_tau * v / float(temperature)) for v in log_prior], best_tau
+
+
+def _best_strength(z: np.ndarray, y: np.ndarray, log_prior: np.ndarray, strengths: Sequence[float]) -> float:
+    """The smallest tau of ``strengths`` whose corrected argmax has the highest balanced accuracy."""
+    # predict computes no metrics and runs without scikit-learn (lilaw_med.lean)
+    from sklearn.metrics import balanced_accuracy_score
+
     best_tau, best_score = 0.0, -1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a class absent from the split
@@ -242,7 +251,7 @@ def choose_class_bias(
             score = balanced_accuracy_score(y, (z - tau * log_prior).argmax(axis=1))
             if score > best_score + 1e-12:
                 best_tau, best_score = tau, score
-    return [float(-best_tau * v / float(temperature)) for v in log_prior], best_tau
+    return best_tau
 
 
 def calibration_args(calibration: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -341,14 +350,6 @@ def classification_metrics(
         {"precision", "recall", "support"}}, "confusion_matrix": [[...]] (rows = true)}``;
         undefined values (e.g. AUROC with one class present) are NaN.
     """
-    # predict computes no metrics and runs without scikit-learn (lilaw_med.lean)
-    from sklearn.metrics import (
-        accuracy_score,
-        balanced_accuracy_score,
-        confusion_matrix,
-        precision_recall_fscore_support,
-    )
-
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     y = np.asarray(labels)
     n = int(z.shape[0])
@@ -360,31 +361,64 @@ def classification_metrics(
         return {"n": 0, "accuracy": float("nan"), "balanced_accuracy": float("nan"), "auroc": float("nan"),
                 "ece": float("nan"), "loss": float("nan"), "per_class": {}, "confusion_matrix": []}
     if multi_label:
-        y = y.reshape(n, -1).astype(int)
-        num = y.shape[1]
-        names = list(class_names) if class_names else [str(i) for i in range(num)]
-        loss = float(nn.functional.binary_cross_entropy_with_logits(zt, torch.as_tensor(y, dtype=torch.float64)))
-        per_class: dict[str, dict[str, float]] = {}
-        aurocs, baccs = [], []
-        for j, name in enumerate(names):
-            two = np.stack([1 - probs[:, j], probs[:, j]], axis=1)
-            aurocs.append(_auroc(y[:, j], two, 2))
-            baccs.append(balanced_accuracy_score(y[:, j], pred[:, j]) if len(np.unique(y[:, j])) > 1 else float("nan"))
-            p, r, _, s = precision_recall_fscore_support(y[:, j], pred[:, j], labels=[1], zero_division=0)
-            per_class[name] = {"precision": float(p[0]), "recall": float(r[0]), "support": int(s[0])}
-        eces = [expected_calibration_error(np.stack([1 - probs[:, j], probs[:, j]], 1), y[:, j], n_bins) for j in range(num)]
-        return {
-            "n": n,
-            "accuracy": float((pred == y).mean()),
-            "balanced_accuracy": float(np.nanmean(baccs)) if not all(map(math.isnan, baccs)) else float("nan"),
-            "auroc": float(np.nanmean(aurocs)) if not all(map(math.isnan, aurocs)) else float("nan"),
-            "ece": float(np.mean(eces)),
-            "loss": loss,
-            "per_class": per_class,
-            "confusion_matrix": [],
-        }
-    y = y.reshape(-1).astype(int)
-    num_classes = probs.shape[1]
+        return _multi_label_metrics(zt, y.reshape(n, -1).astype(int), probs, pred, class_names, n_bins)
+    return _single_label_metrics(zt, y.reshape(-1).astype(int), probs, pred, class_names, n_bins)
+
+
+def _multi_label_metrics(
+    zt: torch.Tensor, y: np.ndarray, probs: np.ndarray, pred: np.ndarray, class_names: Sequence[str] | None,
+    n_bins: int,
+) -> dict[str, Any]:
+    """:func:`classification_metrics` of multi-label outputs: per-label metrics averaged over labels.
+
+    Args:
+        zt: (N, L) calibrated logits; ``y``, ``probs``, ``pred``: (N, L).
+    """
+    # predict computes no metrics and runs without scikit-learn (lilaw_med.lean)
+    from sklearn.metrics import balanced_accuracy_score, precision_recall_fscore_support
+
+    n, num = y.shape
+    names = list(class_names) if class_names else [str(i) for i in range(num)]
+    loss = float(nn.functional.binary_cross_entropy_with_logits(zt, torch.as_tensor(y, dtype=torch.float64)))
+    per_class: dict[str, dict[str, float]] = {}
+    aurocs, baccs = [], []
+    for j, name in enumerate(names):
+        two = np.stack([1 - probs[:, j], probs[:, j]], axis=1)
+        aurocs.append(_auroc(y[:, j], two, 2))
+        baccs.append(balanced_accuracy_score(y[:, j], pred[:, j]) if len(np.unique(y[:, j])) > 1 else float("nan"))
+        p, r, _, s = precision_recall_fscore_support(y[:, j], pred[:, j], labels=[1], zero_division=0)
+        per_class[name] = {"precision": float(p[0]), "recall": float(r[0]), "support": int(s[0])}
+    eces = [expected_calibration_error(np.stack([1 - probs[:, j], probs[:, j]], 1), y[:, j], n_bins) for j in range(num)]
+    return {
+        "n": n,
+        "accuracy": float((pred == y).mean()),
+        "balanced_accuracy": float(np.nanmean(baccs)) if not all(map(math.isnan, baccs)) else float("nan"),
+        "auroc": float(np.nanmean(aurocs)) if not all(map(math.isnan, aurocs)) else float("nan"),
+        "ece": float(np.mean(eces)),
+        "loss": loss,
+        "per_class": per_class,
+        "confusion_matrix": [],
+    }
+
+
+def _single_label_metrics(
+    zt: torch.Tensor, y: np.ndarray, probs: np.ndarray, pred: np.ndarray, class_names: Sequence[str] | None,
+    n_bins: int,
+) -> dict[str, Any]:
+    """:func:`classification_metrics` of single-label outputs.
+
+    Args:
+        zt: (N, C) or (N, 1) calibrated logits; ``y``, ``pred``: (N,); ``probs``: (N, C).
+    """
+    # predict computes no metrics and runs without scikit-learn (lilaw_med.lean)
+    from sklearn.metrics import (
+        accuracy_score,
+        balanced_accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
+
+    n, num_classes = len(y), probs.shape[1]
     names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
     if zt.shape[1] == 1:
         loss = float(nn.functional.binary_cross_entropy_with_logits(zt[:, 0], torch.as_tensor(y, dtype=torch.float64)))
@@ -450,19 +484,27 @@ def run_inference(
     with eval_mode(network):
         for batch in loader:
             image, label = prepare(batch, device, False)[:2]
-            if channels_last and image.ndim == 4:
-                image = image.contiguous(memory_format=torch.channels_last)
-            if amp:
-                with torch.autocast("cuda"):
-                    pred = network(image)
-            else:
-                pred = network(image)
+            pred = _forward(network, image, amp, channels_last)
             logits.append(pred.detach().float().cpu())
             if isinstance(label, torch.Tensor):
                 labels.append(label.detach().cpu())
-            batch_ids = batch.get("id") if isinstance(batch, dict) else None
-            n = pred.shape[0]
-            ids.extend([str(i) for i in batch_ids] if batch_ids is not None else [""] * n)
+            ids.extend(_item_ids(batch, pred.shape[0]))
     all_logits = torch.cat(logits) if logits else torch.zeros(0, 1)
     all_labels = torch.cat(labels) if labels and len(labels) == len(logits) else None
     return all_logits, all_labels, ids
+
+
+def _forward(network: nn.Module, image: torch.Tensor, amp: bool, channels_last: bool) -> torch.Tensor:
+    """The network's output for one batch, channels-last and autocast as asked."""
+    if channels_last and image.ndim == 4:
+        image = image.contiguous(memory_format=torch.channels_last)
+    if amp:
+        with torch.autocast("cuda"):
+            return network(image)
+    return network(image)
+
+
+def _item_ids(batch: Any, n: int) -> list[str]:
+    """The batch's item ids (``""`` for each of its ``n`` items when it has none)."""
+    batch_ids = batch.get("id") if isinstance(batch, dict) else None
+    return [str(i) for i in batch_ids] if batch_ids is not None else [""] * n

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from lilaw_med.data.presets import get_preset
+from lilaw_med.errors import InputError, one_line
 from lilaw_med.losses import BASE_LOSSES
 from lilaw_med.networks import build_network
 from lilaw_med.run.config import Config, ConfigError
@@ -188,8 +189,9 @@ def load_model(
         )
         network.load_state_dict(ckpt["network"])
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ValueError(f"{path}: the weights do not fit a {ckpt['network_name']!r} network ({first}).") from None
+        raise InputError(
+            f"{path}: the weights do not fit a {ckpt['network_name']!r} network ({one_line(e, limit=200)})."
+        ) from None
     network.to(device).eval()
     meta = {k: v for k, v in ckpt.items() if k != "network"}
     meta["path"] = str(path)

@@ -1,32 +1,19 @@
 """Checkpointing a training run and resuming it exactly where it stopped.
 
 :func:`attach_checkpointing` attaches the atomic :class:`~lilaw_med.handlers.checkpoint.CheckpointHandler`;
-:func:`resume_from` restores the newest valid checkpoint into freshly built objects.
+:func:`resume_from` restores the newest valid checkpoint into freshly built objects: counters, the
+training sampler's place in the interrupted epoch, LiLAW's scalars and validation cursor, every random
+state (restored just before the first batch is fetched), the AMP scaler and each rank's own part.
+:func:`check_resume_config` refuses a config change that is not :data:`RESUME_CHANGEABLE`.
+docs/fault_tolerance.md says what is exact and what is not (augmentations with worker processes).
 
-How a resumed run continues *exactly* as the uninterrupted one would (on CPU, deterministic):
+Example::
 
-* counters: the trainer's ``state_dict`` (iteration, epoch length, max epochs) is loaded; ignite then
-  starts the interrupted epoch again and counts its iterations from ``iteration % epoch_length``.
-* data-loader position: ignite re-creates the loader's iterator on resume, from the start of the
-  epoch. The training loader's :class:`~lilaw_med.data.sampler.ResumableSampler` orders each epoch as a
-  pure function of ``(seed, epoch)``; :meth:`~ResumableSampler.set_start` makes that first iterator
-  skip the ``(iteration % epoch_length) * batch_size`` samples already trained on, so no sample is
-  repeated or skipped.
-* LiLAW: alpha, beta, delta and the meta step's validation cursor (pass, batch) come from
-  ``LiLAWHandler.state_dict``; the validation iterator is re-opened at the saved cursor.
-* random numbers: the Python, NumPy, torch and CUDA states saved with the checkpoint are restored
-  at the point of the run where they were taken. Re-creating a ``DataLoader`` iterator draws a seed
-  from torch's generator, which the uninterrupted run did not do mid-epoch; so after a mid-epoch
-  checkpoint the states are restored just before the first batch is fetched (after ignite re-created
-  the iterator), and the LiLAW validation iterator is re-opened at its cursor before the restore.
-* the training loader's own generator and the random states of its dataset's random transforms
-  (augmentations) are saved and restored at the same moment, so augmented runs with ``num_workers=0``
-  resume exactly too (with worker processes, see docs/fault_tolerance.md).
-* AMP: MONAI's ``Trainer.run`` creates a new ``GradScaler``; its saved state is loaded at ``STARTED``.
-* distributed runs: what differs between ranks (the dynamics recorder's part of the interrupted epoch,
-  the random generators, the loader's random state, the sampler) is saved per rank (the checkpoint's
-  ``"ranks"``) and each rank restores its own; a checkpoint written by another number of processes is
-  refused.
+    handler = attach_checkpointing(trainer, "runs/first", objects, every_n_epochs=1)
+    ...
+    done = resume_from("runs/first", trainer, objects, train_sampler=sampler)  # in a new process
+    if not run_is_complete(trainer):
+        trainer.run()
 """
 
 from __future__ import annotations
@@ -44,6 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from lilaw_med.data.sampler import ResumableSampler
+from lilaw_med.errors import InputError
 from lilaw_med.handlers.checkpoint import CheckpointHandler, load_object_state, object_state
 from lilaw_med.handlers.meta_step import LiLAWHandler
 from lilaw_med.rng import restore_loader_rng_state, restore_rng_state
@@ -53,7 +41,7 @@ from lilaw_med.run.checkpoint_format import (
     load_latest_checkpoint,
     state_nbytes,
 )
-from lilaw_med.run.config import Config
+from lilaw_med.run.config import SCHEMA, Config, config_differences
 from lilaw_med.run.run_dir import RunDir
 
 __all__ = ["RESUME_CHANGEABLE", "attach_checkpointing", "check_resume_config", "resume_from", "run_is_complete"]
@@ -64,17 +52,14 @@ CHECKPOINT_SIZE_SLACK = 64 * 2**20
 """Bytes allowed on top of ``max_size_ratio`` times the expected checkpoint size (small runs, loggers)."""
 
 RESUME_CHANGEABLE: dict[str, str] = {
-    "train.epochs": "may grow (the run goes on for more epochs), never shrink",
-    "train.device": "where the run continues",
-    "train.progress": "display only",
-    "train.num_workers": "loader processes (with random augmentations, see docs/fault_tolerance.md)",
-    "train.checkpoint_every_n_iterations": "when checkpoints are written, not what they hold",
-    "train.checkpoint_every_n_epochs": "when checkpoints are written, not what they hold",
-    "train.keep_last": "how many checkpoints are kept",
-    "train.max_checkpoint_ratio": "how large a checkpoint may be before it is read",
-    "train.dist_timeout_minutes": "how long ranks wait for each other, not what they compute",
+    f"{section}.{key}": spec.resumable
+    for section, fields in SCHEMA.items()
+    for key, spec in fields.items()
+    if spec.resumable is not None
 }
-"""The config keys ``--resume`` accepts a change of (key -> why it is harmless); any other change is refused."""
+"""The config keys ``--resume`` accepts a change of (key -> why it is harmless), read from the schema
+(:attr:`~lilaw_med.run.config.Field.resumable`); any other change is refused."""
+
 
 def attach_checkpointing(
     trainer: Engine,
@@ -120,17 +105,6 @@ def attach_checkpointing(
     return handler
 
 
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(_flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
 def check_resume_config(saved: Mapping[str, Any], config: Any, source: str | Path = "config.yaml") -> None:
     """Refuses to resume a run with a config that differs from the one it was started with, except for
     the keys of :data:`RESUME_CHANGEABLE`.
@@ -145,25 +119,20 @@ def check_resume_config(saved: Mapping[str, Any], config: Any, source: str | Pat
         source: where ``saved`` comes from, for the message.
 
     Raises:
-        ValueError: naming the first changed key that is not allowed (or ``train.epochs`` when it shrinks).
+        InputError: naming the first changed key that is not allowed (or ``train.epochs`` when it shrinks).
     """
 
-    old = _flatten(Config.from_mapping(saved).to_dict())
-    new = _flatten(Config.from_mapping(config).to_dict())
-    for key in sorted(set(old) | set(new)):
-        before, after = old.get(key), new.get(key)
-        if before == after:
+    changes = config_differences(Config.from_mapping(saved).to_dict(), Config.from_mapping(config).to_dict())
+    for key, (before, after) in changes.items():
+        if key == "train.epochs":
+            if isinstance(before, int) and isinstance(after, int) and after > before:
+                continue
+            reason = "fewer epochs than the run was started with"
+        elif key in RESUME_CHANGEABLE:
             continue
-        if key == "train.epochs" and isinstance(before, int) and isinstance(after, int) and after > before:
-            continue
-        if key in RESUME_CHANGEABLE and key != "train.epochs":
-            continue
-        reason = (
-            "fewer epochs than the run was started with"
-            if key == "train.epochs"
-            else f"only {', '.join(sorted(RESUME_CHANGEABLE))} may change on --resume"
-        )
-        raise ValueError(
+        else:
+            reason = f"only {', '.join(sorted(RESUME_CHANGEABLE))} may change on --resume"
+        raise InputError(
             f"cannot resume with '{key}' changed from {before!r} (in {source}) to {after!r}: {reason}; start a new "
             "run (a new --output) instead."
         )
@@ -227,36 +196,69 @@ def resume_from(
         has no checkpoint yet (killed before its first one): nothing is loaded and training starts over.
 
     Raises:
-        ValueError: when every checkpoint is unusable (too large, corrupt, malformed, or its tensors do
+        InputError: when every checkpoint is unusable (too large, corrupt, malformed, or its tensors do
             not fit the objects' shapes), the checkpoint lacks an object that is given
             (or vice versa), the data changed (a different number of samples per epoch or batch size),
             or a mid-epoch checkpoint is resumed without a :class:`ResumableSampler`, or the checkpoint was
             written by another number of processes.
     """
     save_dir = RunDir(run_dir).checkpoints
-    if not find_checkpoints(save_dir):
-        # killed before its first checkpoint: nothing was saved, so nothing can be lost by starting over
-        logger.warning(
-            "no checkpoint in %s yet (the run stopped before its first one): training starts from the beginning.",
-            save_dir,
-        )
+    if _nothing_saved(save_dir):
         return 0
-    objects = {k: v for k, v in objects.items() if v is not None}
-    rank_objects = {k: v for k, v in (rank_objects or {}).items() if v is not None}
-    max_bytes = (
-        None
-        if max_size_ratio is None
-        else _max_checkpoint_bytes(save_dir, objects, rank_objects, max_size_ratio)
-    )
+    objects, rank_objects = _given(objects), _given(rank_objects or {})
+    max_bytes = None if max_size_ratio is None else _max_checkpoint_bytes(save_dir, objects, rank_objects, max_size_ratio)
     info, ckpt = _load_newest(save_dir, map_location, max_bytes, objects)
     own = _own_rank_state(info, ckpt)
-    saved_rank_objects = own["objects"]
-    _check_objects(info, ckpt["objects"], objects, saved_rank_objects, rank_objects)
+    _check_objects(info, ckpt["objects"], objects, own["objects"], rank_objects)
     _check_position(info, ckpt, trainer, train_sampler)
+    _restore_objects(trainer, info, _states_to_restore(ckpt, own, objects, rank_objects))
+    _reopen_validation(objects.values())
+    iteration, epoch_length = int(ckpt["iteration"]), ckpt.get("epoch_length")
+    in_epoch = iteration % epoch_length if epoch_length else 0
+    if train_sampler is not None:
+        _restore_sampler(train_sampler, trainer, info, ckpt, own, in_epoch)
+    _restore_at_start(trainer, info, ckpt, in_epoch, own)
+    logger.info("resuming %s from %s: iteration %d, %s.", run_dir, info.path.name, iteration, _where(ckpt))
+    return iteration
 
-    max_epochs = getattr(trainer.state, "max_epochs", None)
+
+def _given(objects: Mapping[str, Any]) -> dict[str, Any]:
+    """The objects that are not ``None`` (a run without, say, a scheduler passes ``None`` for it)."""
+    return {k: v for k, v in objects.items() if v is not None}
+
+
+def _nothing_saved(save_dir: Path) -> bool:
+    """Whether the run was killed before its first checkpoint: nothing was saved, so nothing can be
+    lost by starting over (said in a warning)."""
+    if find_checkpoints(save_dir):
+        return False
+    logger.warning(
+        "no checkpoint in %s yet (the run stopped before its first one): training starts from the beginning.",
+        save_dir,
+    )
+    return True
+
+
+def _where(ckpt: Mapping[str, Any]) -> str:
+    """Where in the run a checkpoint was taken, for the log."""
+    iteration, epoch_length = int(ckpt["iteration"]), ckpt.get("epoch_length")
+    in_epoch = iteration % epoch_length if epoch_length else 0
+    if in_epoch:
+        return f"inside epoch {iteration // epoch_length + 1} (iteration {in_epoch} of {epoch_length})"
+    return f"after epoch {ckpt['epoch']}"
+
+
+def _states_to_restore(
+    ckpt: Mapping[str, Any], own: Mapping[str, Any], objects: Mapping[str, Any], rank_objects: Mapping[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """``(name, object, saved state)``: the shared objects from the checkpoint, the per-rank ones from this rank's entry."""
     restore = [(name, obj, ckpt["objects"][name]) for name, obj in objects.items()]
-    restore += [(name, obj, saved_rank_objects[name]) for name, obj in rank_objects.items()]
+    return restore + [(name, obj, own["objects"][name]) for name, obj in rank_objects.items()]
+
+
+def _restore_objects(trainer: Engine, info: CheckpointInfo, restore: list[tuple[str, Any, Any]]) -> None:
+    """Loads each ``(name, object, saved state)``; keeps the new config's ``max_epochs`` when it is larger."""
+    max_epochs = getattr(trainer.state, "max_epochs", None)
     for name, obj, state in restore:
         try:
             load_object_state(obj, state)
@@ -264,30 +266,29 @@ def resume_from(
             raise ValueError(f"cannot restore {name!r} from checkpoint {info.path.name}: {e}") from e
     if max_epochs and trainer.state.max_epochs and max_epochs > trainer.state.max_epochs:
         trainer.state.max_epochs = max_epochs  # the new config asks for more epochs: extend the run
-    for obj in objects.values():
-        # re-open the LiLAW validation iterator at its saved cursor now, BEFORE the RNG states are
-        # restored: creating a DataLoader iterator draws a seed from torch's generator, which the
-        # uninterrupted run did not do at this point (opened lazily, it would shift every later draw)
+
+
+def _reopen_validation(objects: Any) -> None:
+    """Re-opens the LiLAW validation iterator at its saved cursor now, BEFORE the RNG states are
+    restored: creating a DataLoader iterator draws a seed from torch's generator, which the
+    uninterrupted run did not do at this point (opened lazily, it would shift every later draw)."""
+    for obj in objects:
         if isinstance(obj, LiLAWHandler) and any(obj.validation_position):
             obj.open_validation_pass()
 
-    iteration, epoch_length = int(ckpt["iteration"]), ckpt.get("epoch_length")
-    in_epoch = iteration % epoch_length if epoch_length else 0
-    if train_sampler is not None:
-        if "sampler" in own and callable(getattr(train_sampler, "load_state_dict", None)):
-            try:  # checks that the data and its partitioning are the ones this rank trained on
-                train_sampler.load_state_dict(own["sampler"])
-            except ValueError as e:
-                raise ValueError(f"checkpoint {info.path.name}: {e}") from e
-        _place_sampler(train_sampler, trainer, ckpt, in_epoch)
-    _restore_at_start(trainer, info, ckpt, in_epoch, own)
-    where = (
-        f"inside epoch {iteration // epoch_length + 1} (iteration {in_epoch} of {epoch_length})"
-        if in_epoch
-        else (f"after epoch {ckpt['epoch']}")
-    )
-    logger.info("resuming %s from %s: iteration %d, %s.", run_dir, info.path.name, iteration, where)
-    return iteration
+
+def _restore_sampler(
+    train_sampler: Any, trainer: Engine, info: CheckpointInfo, ckpt: Mapping[str, Any], own: Mapping[str, Any],
+    in_epoch: int,
+) -> None:
+    """Loads this rank's sampler state (which checks the data and its partitioning are the ones it
+    trained on) and places the sampler at the interrupted epoch's position."""
+    if "sampler" in own and callable(getattr(train_sampler, "load_state_dict", None)):
+        try:
+            train_sampler.load_state_dict(own["sampler"])
+        except ValueError as e:
+            raise InputError(f"checkpoint {info.path.name}: {e}") from e
+    _place_sampler(train_sampler, trainer, ckpt, in_epoch)
 
 
 def _max_checkpoint_bytes(
@@ -310,13 +311,13 @@ def _own_rank_state(info: CheckpointInfo, ckpt: Mapping[str, Any]) -> Mapping[st
     """This process's entry of the checkpoint's per-rank states.
 
     Raises:
-        ValueError: when the checkpoint was written by another number of processes: its per-rank states
+        InputError: when the checkpoint was written by another number of processes: its per-rank states
             (the partial epoch of each rank's items, each rank's data position) cannot be split again.
     """
     rank, world_size = idist.get_rank(), idist.get_world_size()
     ranks = ckpt["ranks"]
     if len(ranks) != world_size:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {info.path.name} was written by {len(ranks)} process(es) but this run has {world_size}: "
             f"resume with the same number (torchrun --nproc_per_node {len(ranks)}), or start a new run."
         )
@@ -348,40 +349,49 @@ def _check_fits(objects: Mapping[str, Any]) -> Any:
 def _check_module(info: CheckpointInfo, name: str, module: nn.Module, saved: Any) -> None:
     expected = module.state_dict()
     if not isinstance(saved, Mapping):
-        raise ValueError(f"{info.path.name}: the state of {name!r} is a {type(saved).__name__}, not a state dict")
+        raise InputError(f"{info.path.name}: the state of {name!r} is a {type(saved).__name__}, not a state dict")
     for key in sorted(set(expected) ^ set(saved)):
         where = "missing from the checkpoint" if key in expected else "unknown to this run's model"
-        raise ValueError(f"{info.path.name}: {name} tensor {key!r} is {where}")
+        raise InputError(f"{info.path.name}: {name} tensor {key!r} is {where}")
     for key, tensor in expected.items():
         got = saved[key]
         if _shape(got) != _shape(tensor):
-            raise ValueError(
+            raise InputError(
                 f"{info.path.name}: {name} tensor {key!r} has shape {_shape(got)} but this run's model has {_shape(tensor)}"
             )
         if name == "network" and got.is_floating_point() and not bool(torch.isfinite(got).all()):
-            raise ValueError(f"{info.path.name}: {name} tensor {key!r} holds NaN or infinite values")
+            raise InputError(f"{info.path.name}: {name} tensor {key!r} holds NaN or infinite values")
 
 
 def _check_optimizer(info: CheckpointInfo, name: str, optimizer: torch.optim.Optimizer, saved: Any) -> None:
+    """A saved optimizer state fits this run's parameters: their number, and each moment's shape."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if not isinstance(saved, Mapping) or not isinstance(saved.get("state"), Mapping):
-        raise ValueError(f"{info.path.name}: the state of {name!r} is not an optimizer state dict")
-    saved_params = [i for group in saved.get("param_groups", []) for i in group.get("params", [])]
+        raise InputError(f"{info.path.name}: the state of {name!r} is not an optimizer state dict")
+    saved_params = _saved_param_ids(saved)
     if len(saved_params) != len(params):
-        raise ValueError(
+        raise InputError(
             f"{info.path.name}: {name} holds {len(saved_params)} parameters but this run's model has {len(params)}"
         )
     index = {i: p for i, p in zip(saved_params, params, strict=True)}
     for i, state in saved["state"].items():
         if i not in index or not isinstance(state, Mapping):
-            raise ValueError(f"{info.path.name}: {name} has state for an unknown parameter {i!r}")
-        for key, value in state.items():
-            # per-parameter moments (exp_avg, momentum_buffer, ...) have the parameter's shape; step counters are scalars
-            if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != tuple(index[i].shape):
-                raise ValueError(
-                    f"{info.path.name}: {name} {key} of parameter {i} has shape {tuple(value.shape)} but the "
-                    f"parameter has {tuple(index[i].shape)}"
-                )
+            raise InputError(f"{info.path.name}: {name} has state for an unknown parameter {i!r}")
+        _check_moments(info, name, i, state, index[i])
+
+
+def _saved_param_ids(saved: Mapping[str, Any]) -> list[Any]:
+    return [i for group in saved.get("param_groups", []) for i in group.get("params", [])]
+
+
+def _check_moments(info: CheckpointInfo, name: str, i: Any, state: Mapping[str, Any], param: torch.Tensor) -> None:
+    """Per-parameter moments (exp_avg, momentum_buffer, ...) have the parameter's shape; step counters are scalars."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != tuple(param.shape):
+            raise InputError(
+                f"{info.path.name}: {name} {key} of parameter {i} has shape {tuple(value.shape)} but the "
+                f"parameter has {tuple(param.shape)}"
+            )
 
 
 def _load_newest(
@@ -415,13 +425,13 @@ def _check_objects(
     saved_rank, rank_objects = saved_rank or {}, rank_objects or {}
     missing_rank = sorted(set(rank_objects) - set(saved_rank))
     if missing_rank:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {info.path} has no state of this rank for {missing_rank} (it holds "
             f"{sorted(saved_rank)}): it was written by a run with a different configuration."
         )
     missing = sorted(set(objects) - set(saved))
     if missing:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {info.path} has no state for {missing} (it holds {sorted(saved)}): it was written by a "
             "run with a different configuration."
         )
@@ -438,32 +448,35 @@ def _check_position(info: CheckpointInfo, ckpt: Mapping[str, Any], trainer: Engi
     in_epoch = iteration % epoch_length if epoch_length else 0
     loader = getattr(trainer, "data_loader", None)
     if epoch_length and getattr(trainer.state, "epoch_length", None) not in (None, epoch_length):
-        raise ValueError(
+        raise InputError(
             f"checkpoint {info.path.name} was written with {epoch_length} iterations per epoch but this run has "
             f"{trainer.state.epoch_length}: the training data or batch size changed; start a new run instead."
         )
     if in_epoch:
-        if not callable(getattr(train_sampler, "set_start", None)):
-            raise ValueError(
-                f"checkpoint {info.path.name} was taken inside epoch {iteration // epoch_length + 1} (iteration "
-                f"{in_epoch} of {epoch_length}); resuming there needs the training loader's ResumableSampler "
-                f"(or another sampler with set_epoch/set_start), got {type(train_sampler).__name__}."
-            )
-        batch_size = ckpt.get("batch_size") or getattr(loader, "batch_size", None)
-        if not batch_size:
-            raise ValueError(
-                "cannot place the sampler: the checkpoint and the trainer's loader give no batch size."
-            )
-        if getattr(loader, "batch_size", batch_size) != batch_size:
-            raise ValueError(
-                f"the batch size changed since the checkpoint ({batch_size} -> {loader.batch_size})."
-            )
+        _check_mid_epoch(info, ckpt, loader, train_sampler)
     saved_len = ckpt.get("sampler_length")
     if train_sampler is not None and saved_len is not None and len(train_sampler) != saved_len:
-        raise ValueError(
+        raise InputError(
             f"the training sampler yields {len(train_sampler)} samples per epoch but {saved_len} when checkpoint "
             f"{info.path.name} was written: the training data changed; start a new run instead."
         )
+
+
+def _check_mid_epoch(info: CheckpointInfo, ckpt: Mapping[str, Any], loader: Any, train_sampler: Any) -> None:
+    """A checkpoint taken inside an epoch needs a sampler that can start mid-epoch and the same batch size."""
+    iteration, epoch_length = int(ckpt["iteration"]), ckpt["epoch_length"]
+    in_epoch = iteration % epoch_length
+    if not callable(getattr(train_sampler, "set_start", None)):
+        raise InputError(
+            f"checkpoint {info.path.name} was taken inside epoch {iteration // epoch_length + 1} (iteration "
+            f"{in_epoch} of {epoch_length}); resuming there needs the training loader's ResumableSampler "
+            f"(or another sampler with set_epoch/set_start), got {type(train_sampler).__name__}."
+        )
+    batch_size = ckpt.get("batch_size") or getattr(loader, "batch_size", None)
+    if not batch_size:
+        raise InputError("cannot place the sampler: the checkpoint and the trainer's loader give no batch size.")
+    if getattr(loader, "batch_size", batch_size) != batch_size:
+        raise InputError(f"the batch size changed since the checkpoint ({batch_size} -> {loader.batch_size}).")
 
 
 def _place_sampler(train_sampler: Any, trainer: Engine, ckpt: Mapping[str, Any], in_epoch: int) -> None:

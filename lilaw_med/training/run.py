@@ -198,6 +198,12 @@ def run_training(
     Under ``torchrun`` (``WORLD_SIZE > 1``) every process calls this: the process group is set up
     from torchrun's environment (:mod:`lilaw_med.training.distributed`), each rank trains on its
     shard with DDP, rank 0 alone writes the run folder and returns the summary (``{}`` elsewhere).
+
+    Example::
+
+        result = run_training(load_config("chest.yaml", ["train.epochs=5"]), "runs/chest")
+        result.summary["best"]["test"]["auroc"]
+        run_training(load_config("runs/chest/config.yaml", ["train.epochs=8"]), "runs/chest", resume=True)
     """
     cfg = Config.from_mapping(config)
     if not (distributed.torchrun_env_present() or distributed.is_distributed()):
@@ -232,17 +238,7 @@ def _open_run_dir(cfg: Config, output_dir: str | os.PathLike | None, resume: boo
     else:
         run_dir = RunDir(Path(cfg.output.dir) / (cfg.output.name or default_run_name(cfg.data.preset)))
     run_dir = RunDir(distributed.broadcast_object(str(run_dir.root)))
-    error: BaseException | None = None
-    if rank == 0:
-        try:
-            if resume:
-                if not run_dir.exists():
-                    raise FileNotFoundError(f"cannot resume: {run_dir.root} is not a run folder (no {RunDir.CONFIG}).")
-                run_dir.held_lock = run_dir.lock("lilaw-med train --resume")
-            else:
-                run_dir.create(overwrite=cfg.output.overwrite)
-        except (OSError, RunDirBusyError) as e:
-            error = e
+    error = _open_on_rank0(run_dir, resume, cfg.output.overwrite) if rank == 0 else None
     if distributed.is_distributed():
         # the other ranks learn of rank 0's failure here rather than waiting in a later collective
         message = distributed.broadcast_object(None if error is None else f"{type(error).__name__}: {error}")
@@ -251,6 +247,20 @@ def _open_run_dir(cfg: Config, output_dir: str | os.PathLike | None, resume: boo
     if error is not None:
         raise error
     return run_dir
+
+
+def _open_on_rank0(run_dir: RunDir, resume: bool, overwrite: bool) -> BaseException | None:
+    """Creates (new run) or locks (resume) the run folder; the error, for every rank to raise, or ``None``."""
+    try:
+        if resume:
+            if not run_dir.exists():
+                raise FileNotFoundError(f"cannot resume: {run_dir.root} is not a run folder (no {RunDir.CONFIG}).")
+            run_dir.held_lock = run_dir.lock("lilaw-med train --resume")
+        else:
+            run_dir.create(overwrite=overwrite)
+    except (OSError, RunDirBusyError) as e:
+        return e
+    return None
 
 
 def _run_datalist(cfg: Config, run_dir: RunDir, resume: bool, datalist: Datalist | None) -> Datalist | None:
@@ -286,6 +296,26 @@ def _resume(c: TrainingComponents, run_dir: RunDir) -> int:
     return resumed_from
 
 
+def _check_and_clean(cfg: Config, run_dir: RunDir, resume: bool, rank: int) -> None:
+    """Before anything is built: a resume continues only as the run was configured (an allow-list of
+    harmless changes aside), and rank 0 removes the remains of writes a kill interrupted (nobody else
+    can be writing now)."""
+    if resume:
+        check_resume_config(run_dir.read_config(), cfg, run_dir.config)
+    if rank == 0:
+        for tmp in run_dir.remove_stale_temp_files():
+            logger.info("removed %s, left by an interrupted write.", tmp)
+
+
+def _log_start(c: TrainingComponents) -> None:
+    cfg = c.config
+    logger.info(
+        "training %s on %s: %d training / %d validation / %d test items, %d epochs, LiLAW %s",
+        cfg.model.network, c.device, len(c.datalist.training), len(c.datalist.validation), len(c.datalist.test),
+        cfg.train.epochs, "on" if c.loss.warmup_epochs < cfg.train.epochs else "off",
+    )
+
+
 def _run(
     cfg: Config,
     output_dir: str | os.PathLike | None,
@@ -317,12 +347,7 @@ def _run_locked(
 ) -> RunResult:
     """:func:`_run` once the run folder is open (and, on rank 0, locked)."""
     rank = distributed.get_rank()
-    if resume:
-        # the run continues only as it was configured (an allow-list of harmless changes aside)
-        check_resume_config(run_dir.read_config(), cfg, run_dir.config)
-    if rank == 0:  # nobody else can be writing now: remains of writes a kill interrupted go
-        for tmp in run_dir.remove_stale_temp_files():
-            logger.info("removed %s, left by an interrupted write.", tmp)
+    _check_and_clean(cfg, run_dir, resume, rank)
     c = build_components(cfg, run_dir, datalist=_run_datalist(cfg, run_dir, resume, datalist), device=device)
     if rank == 0:
         run_dir.write_config(c.config)
@@ -331,11 +356,7 @@ def _run_locked(
         distributed.AverageLossAcrossRanks().attach(c.trainer)
     c.handlers = attach_run_handlers(c, run_dir, cfg.train.progress if progress is None else progress)
     resumed_from = _resume(c, run_dir) if resume else 0
-    logger.info(
-        "training %s on %s: %d training / %d validation / %d test items, %d epochs, LiLAW %s",
-        cfg.model.network, c.device, len(c.datalist.training), len(c.datalist.validation), len(c.datalist.test),
-        cfg.train.epochs, "on" if c.loss.warmup_epochs < cfg.train.epochs else "off",
-    )
+    _log_start(c)
     if resume and run_is_complete(c.trainer):
         logger.info("the run in %s had already finished; recomputing its summary only.", run_dir.root)
     else:

@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from lilaw_med.errors import InputError
+
 __all__ = ["ClassBalancedSampler", "inverse_frequency_weights"]
 
 
@@ -116,6 +118,6 @@ class ClassBalancedSampler(Sampler[int]):
         """
         for key in ("length", "seed", "world_size", "shard"):
             if key in state_dict and state_dict[key] != getattr(self, key):
-                raise ValueError(f"cannot resume the sampler: saved {key}={state_dict[key]!r}, now {getattr(self, key)!r}.")
+                raise InputError(f"cannot resume the sampler: saved {key}={state_dict[key]!r}, now {getattr(self, key)!r}.")
         self.epoch = int(state_dict.get("epoch", self.epoch))
         self.start = int(state_dict.get("start", 0))

@@ -14,10 +14,12 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from lilaw_med.errors import InputError
 from lilaw_med.training import distributed
 from lilaw_med.training.evaluation import classification_metrics, is_better, run_inference
 from lilaw_med.utils import atomic_save_torch
@@ -52,6 +54,28 @@ def merge_shards(
         raise ValueError(f"one shard per rank expected: {len(logits)} logits, {len(labels)} labels, {len(ids)} ids.")
     lengths = [int(t.shape[0]) for t in logits]
     n = sum(lengths)
+    _check_shard_sizes(lengths, ids)
+    filled = [r for r in range(world) if lengths[r]]
+    if not filled:
+        return logits[0], labels[0], []
+    inverse = _interleaving(n, world)
+    all_logits = torch.cat([logits[r] for r in filled])[inverse]
+    return all_logits, _merged_labels([labels[r] for r in filled], inverse), _merged_ids(ids, inverse)
+
+
+def _merged_labels(parts: Sequence[torch.Tensor | None], inverse: torch.Tensor) -> torch.Tensor | None:
+    """The non-empty shards' labels in split order; ``None`` when one of them has none."""
+    return None if any(p is None for p in parts) else torch.cat(parts)[inverse]  # type: ignore[arg-type]
+
+
+def _merged_ids(ids: Sequence[Sequence[str]], inverse: torch.Tensor) -> list[str]:
+    flat = [str(i) for shard in ids for i in shard]
+    return [flat[j] for j in inverse.tolist()]
+
+
+def _check_shard_sizes(lengths: Sequence[int], ids: Sequence[Sequence[str]]) -> None:
+    """Rank ``r`` holds positions ``r::world_size`` of the split: exactly that many items and ids."""
+    world, n = len(lengths), sum(lengths)
     for r, k in enumerate(lengths):
         expected = len(range(r, n, world))
         if k != expected or len(ids[r]) != k:
@@ -60,17 +84,14 @@ def merge_shards(
                 f"{r}+{world}, ... of {n} items are {expected}: the per-epoch loaders must take exactly "
                 "positions rank::world_size of the split (no padding, no repeats)."
             )
-    filled = [r for r in range(world) if lengths[r]]
-    if not filled:
-        return logits[0], labels[0], []
+
+
+def _interleaving(n: int, world: int) -> torch.Tensor:
+    """The row of the rank-ordered concatenation of ``world`` shards that holds each split position (n,)."""
     order = torch.cat([torch.arange(r, n, world) for r in range(world)])  # split position of each gathered row
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(n)
-    all_logits = torch.cat([logits[r] for r in filled])[inverse]
-    parts = [labels[r] for r in filled]
-    all_labels = None if any(p is None for p in parts) else torch.cat(parts)[inverse]  # type: ignore[arg-type]
-    flat = [str(i) for r in range(world) for i in ids[r]]
-    return all_logits, all_labels, [flat[j] for j in inverse.tolist()]
+    return inverse
 
 
 def gather_shards(
@@ -94,8 +115,6 @@ def gather_shards(
     Raises:
         RuntimeError: when the process group's size is not ``world_size``.
     """
-    import ignite.distributed as idist
-
     if idist.get_world_size() != world_size:
         raise RuntimeError(
             f"validation is sharded for {world_size} ranks but the process group has {idist.get_world_size()}."
@@ -107,22 +126,37 @@ def gather_shards(
     sizes = [int(m["n"]) for m in metas]
     filled = [m for m in metas if m["n"]] or metas[:1]
     most = max(sizes)
+    all_logits = _gather_padded(logits, filled[0]["shape"], filled[0]["dtype"], sizes) if most else [logits] * world_size
+    return all_logits, _gather_labels(labels, filled, sizes), [list(m["ids"]) for m in metas]
 
-    def gather(local: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> list[torch.Tensor]:
-        padded = torch.zeros((most, *shape), dtype=dtype)
-        if local is not None and n:
-            padded[:n] = local.reshape(n, *shape).to(dtype)
-        stacked = idist.all_gather(padded).cpu()  # (world_size * most, ...)
-        return [stacked[r * most : r * most + sizes[r]] for r in range(world_size)]
 
-    all_logits = gather(logits, filled[0]["shape"], filled[0]["dtype"]) if most else [logits] * world_size
-    all_labels: list[torch.Tensor | None]
-    if any(m["labels"] is None for m in filled) or not most:
-        all_labels = [None] * world_size  # a shard without labels: the split has none (the same on every rank)
-    else:
-        shape, dtype = filled[0]["labels"]
-        all_labels = list(gather(labels, shape, dtype))
-    return all_logits, all_labels, [list(m["ids"]) for m in metas]
+def _gather_labels(
+    labels: torch.Tensor | None, filled: Sequence[Mapping[str, Any]], sizes: Sequence[int]
+) -> list[torch.Tensor | None]:
+    """Every rank's labels; all ``None`` when a non-empty shard has none (the same on every rank)."""
+    if any(m["labels"] is None for m in filled) or not max(sizes):
+        return [None] * len(sizes)
+    shape, dtype = filled[0]["labels"]
+    return list(_gather_padded(labels, shape, dtype, sizes))
+
+
+def _gather_padded(
+    local: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype, sizes: Sequence[int]
+) -> list[torch.Tensor]:
+    """Every rank's rows of ``local`` (this rank's ``sizes[rank]`` rows of ``shape``), padded to the
+    largest shard for ``all_gather`` and cut back to each shard's true length."""
+    n, most = sizes[idist.get_rank()], max(sizes)
+    padded = torch.zeros((most, *shape), dtype=dtype)
+    if local is not None and n:
+        padded[:n] = local.reshape(n, *shape).to(dtype)
+    stacked = idist.all_gather(padded).cpu()  # (world_size * most, ...)
+    return [stacked[r * most : r * most + sizes[r]] for r in range(len(sizes))]
+
+
+def _publish(engine: Engine, results: Mapping[str, Mapping[str, Any]]) -> None:
+    """``{split}_{metric}`` of every scalar metric into ``engine.state.metrics``."""
+    for split, metrics in results.items():
+        engine.state.metrics.update({f"{split}_{k}": metrics[k] for k in SCALAR_METRICS})
 
 
 class EpochValidation:
@@ -209,7 +243,7 @@ class EpochValidation:
         if self.world_size > 1:
             logits, labels, ids = merge_shards(*gather_shards(logits, labels, ids, self.world_size))
         if labels is None:
-            raise ValueError("the evaluation split has no labels.")
+            raise InputError("the evaluation split has no labels.")
         return classification_metrics(
             logits, labels, self.class_names, multi_label=self.multi_label, n_bins=self.n_bins
         )
@@ -225,28 +259,32 @@ class EpochValidation:
         if self.test_loader is not None:
             results["test"] = self.evaluate(self.test_loader)
         self.last_metrics = results
-        for split, metrics in results.items():
-            engine.state.metrics.update({f"{split}_{k}": metrics[k] for k in SCALAR_METRICS})
+        _publish(engine, results)
         value = results["val"][self.key_metric]
         if is_better(self.key_metric, value, self.best_metric):
             self.best_metric, self.best_epoch = float(value), epoch
-            if self.best_path is not None:
-                atomic_save_torch(
-                    {
-                        "network": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
-                        "epoch": epoch,
-                        "key_metric": self.key_metric,
-                        "metric": float(value),
-                        **self.checkpoint_extra,
-                    },
-                    self.best_path,
-                )
+            self._save_best(epoch, float(value))
         engine.state.metrics[f"val_best_{self.key_metric}"] = (
             self.best_metric if self.best_metric is not None else math.nan
         )
         logger.info(
             "epoch %d: val %s=%.4f (best %.4f at epoch %d)",
             epoch, self.key_metric, value, self.best_metric if self.best_metric is not None else math.nan, self.best_epoch,
+        )
+
+    def _save_best(self, epoch: int, value: float) -> None:
+        """Writes the network's weights to :attr:`best_path` (when given), atomically."""
+        if self.best_path is None:
+            return
+        atomic_save_torch(
+            {
+                "network": {k: v.detach().cpu() for k, v in self.network.state_dict().items()},
+                "epoch": epoch,
+                "key_metric": self.key_metric,
+                "metric": value,
+                **self.checkpoint_extra,
+            },
+            self.best_path,
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -8,9 +8,12 @@ import pytest
 import yaml
 
 from lilaw_med import LiLAWHandler, LiLAWLoss, LiLAWWeighting
+from lilaw_med.errors import InputError
 from lilaw_med.run.config import (
+    SCHEMA,
     ConfigError,
     apply_overrides,
+    config_differences,
     default_config,
     dump_config,
     load_config,
@@ -126,3 +129,22 @@ def test_load_config_names_the_file(tmp_path) -> None:
         load_config(path)
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_config_differences_names_each_changed_key_with_both_values() -> None:
+    a = {"train": {"seed": 0, "epochs": 2}, "data": {"options": {}, "preset": "radiology_2d"}}
+    b = {"train": {"seed": 5, "epochs": 2}, "data": {"options": {"spatial_size": [32, 32]}, "preset": "radiology_2d"}}
+    assert config_differences(a, b) == {
+        "data.options.spatial_size": (None, [32, 32]),  # absent on one side counts as None
+        "train.seed": (0, 5),
+    }
+    assert list(config_differences(b, a)) == ["data.options.spatial_size", "train.seed"]  # sorted keys
+    assert config_differences(a, a) == {}
+    assert config_differences({"x": [1, 2]}, {"x": [1, 3]}) == {"x": ([1, 2], [1, 3])}  # a list is one value
+
+
+def test_config_errors_are_input_errors_and_resumable_is_a_field_property() -> None:
+    with pytest.raises(InputError, match="config field 'train.epochs' must be >= 1 but is 0"):
+        validate_config({"data": {"sample_data": True}, "train": {"epochs": 0}})
+    assert issubclass(ConfigError, InputError) and issubclass(ConfigError, ValueError)
+    assert SCHEMA["train"]["epochs"].resumable and SCHEMA["train"]["seed"].resumable is None

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from lilaw_med.run.run_dir import RunDir, RunDirBusyError, RunLock
-from lilaw_med.training.resume import check_resume_config
+from lilaw_med.training.resume import RESUME_CHANGEABLE, check_resume_config
 from tests.training.fault_harness import (
     FORK_AND_PROC,
     Pause,
@@ -146,9 +146,7 @@ def test_resume_refuses_a_changed_seed_and_fewer_epochs_naming_the_key(tiny: dic
     assert run_cli(["train", "--resume", str(run), "--set", "train.seed=5"], log=log) == 1
     assert _error_lines(log)[-1] == (
         f"lilaw-med train: error: cannot resume with 'train.seed' changed from 0 (in {run / 'config.yaml'}) to 5: "
-        "only train.checkpoint_every_n_epochs, train.checkpoint_every_n_iterations, train.device, train.epochs, "
-        "train.keep_last, train.max_checkpoint_ratio, train.num_workers, train.progress may change on --resume; start a new run (a new "
-        "--output) instead."
+        f"only {', '.join(sorted(RESUME_CHANGEABLE))} may change on --resume; start a new run (a new --output) instead."
     )
     assert run_cli(["train", "--resume", str(run), "--set", "train.epochs=1"], log=log) == 1
     assert "'train.epochs' changed from 2" in _error_lines(log)[-1] and "fewer epochs" in _error_lines(log)[-1]
@@ -156,11 +154,23 @@ def test_resume_refuses_a_changed_seed_and_fewer_epochs_naming_the_key(tiny: dic
     assert (run / ".lock").is_file() and RunLock(run).acquire().release() is None  # released on the error
 
 
+def test_resume_allow_list_is_the_schemas_resumable_fields() -> None:
+    assert sorted(RESUME_CHANGEABLE) == [
+        "data.cache_memory_fraction", "train.checkpoint_every_n_epochs", "train.checkpoint_every_n_iterations",
+        "train.device", "train.dist_timeout_minutes", "train.epochs", "train.keep_last", "train.max_checkpoint_ratio",
+        "train.num_workers", "train.progress",
+    ]
+    assert all(reason for reason in RESUME_CHANGEABLE.values())  # each says why a change is harmless
+
+
 def test_resume_config_allow_list() -> None:
     saved = yaml.safe_load(
         "data: {sample_data: true, options: {spatial_size: [16, 16]}}\ntrain: {epochs: 2, device: cpu}\n"
     )
-    allowed = {**saved, "train": {"epochs": 5, "device": "cuda", "progress": False, "num_workers": 2, "keep_last": 3}}
+    allowed = {
+        **saved, "train": {"epochs": 5, "device": "cuda", "progress": False, "num_workers": 2, "keep_last": 3},
+        "data": {**saved["data"], "cache_memory_fraction": 0.25},
+    }
     check_resume_config(saved, allowed)  # more epochs, another device, display and checkpoint cadence
     for changed, key in (
         ({**saved, "data": {"sample_data": True, "options": {"spatial_size": [32, 16]}}}, "data.options.spatial_size"),
