@@ -41,7 +41,7 @@ from lilaw_med.bundle.source import (
 from lilaw_med.data.datalist import load_datalist
 from lilaw_med.data.presets import get_preset
 from lilaw_med.errors import InputError
-from lilaw_med.run.config import load_config, validate_config
+from lilaw_med.run.config import Config, load_config, validate_config
 from lilaw_med.run.run_dir import RunDir
 from lilaw_med.run.summary import RunSummary
 from lilaw_med.training.data import prepare_datalist
@@ -181,10 +181,10 @@ def _is_own_config(config: Mapping[str, Any] | str | os.PathLike, run: RunDir, b
 
 def _read_config_datalist(cfg: Mapping[str, Any]) -> Any:
     """The config's datalist, split as the run split it (the same classes, validation share and seed)."""
-    data = cfg["data"]
-    seed = data["split_seed"] if data["split_seed"] is not None else cfg["train"]["seed"]
-    return load_datalist(data["datalist"], class_names=data["class_names"], multi_label=bool(data["multi_label"]),
-                         val_fraction=data["val_fraction"], seed=seed, strict=False)
+    typed = Config.from_mapping(cfg)
+    data = typed.data
+    return load_datalist(data.datalist, class_names=data.class_names, multi_label=bool(data.multi_label),
+                         val_fraction=data.val_fraction, seed=typed.split_seed, strict=False)
 
 
 def _metadata(

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from lilaw_med.errors import InputError
-from lilaw_med.run.config import Config, load_config
+from lilaw_med.run.config import Config, config_differences, load_config
 from lilaw_med.run.model_file import model_file, read_model_file
 from lilaw_med.run.run_dir import RunDir
 from lilaw_med.run.summary import RunSummary
@@ -110,15 +110,6 @@ def check_no_config_syntax(node: Any, path: str = "lilaw_config") -> None:
             "code or a reference: rename the file or folder (or set the value on the command line)."
         )
 
-
-def _differences(a: Any, b: Any, path: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested config dicts."""
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        out: list[str] = []
-        for key in sorted(set(a) | set(b), key=str):
-            out += _differences(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
-        return out
-    return [] if a == b else [path]
 
 
 def input_spatial_shape(config: Mapping[str, Any], spatial_dims: int) -> list[int | str]:
@@ -224,7 +215,7 @@ def from_run(
             given["data"]["datalist"] = own["data"]["datalist"]  # the run's datalist.json is the run's own data
         if given["data"]["datalist"] and own["data"]["datalist"]:
             given["data"]["sample_dir"] = own["data"]["sample_dir"]  # not read when a datalist is given
-        differences = _differences(given, own)
+        differences = list(config_differences(given, own))
         if differences:
             logger.warning(
                 "the bundle's train.yaml follows the given config, which differs from the run's %s in %s: "

@@ -324,6 +324,11 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
+    @property
+    def split_seed(self) -> int:
+        """The seed of the validation split: ``data.split_seed``, else ``train.seed``."""
+        return self.data.split_seed if self.data.split_seed is not None else self.train.seed
+
     @classmethod
     def from_mapping(cls, config: Config | Mapping[str, Any] | None) -> Config:
         """Validates a config mapping (see :func:`validate_config`) and types it.

@@ -123,9 +123,8 @@ def prepare_datalist(
     data = cfg.data
     if datalist_path is None:
         datalist_path = _config_datalist(cfg)
-    split_seed = data.split_seed if data.split_seed is not None else cfg.train.seed
     datalist = load_datalist(
-        datalist_path, class_names=data.class_names, val_fraction=data.val_fraction, seed=split_seed,
+        datalist_path, class_names=data.class_names, val_fraction=data.val_fraction, seed=cfg.split_seed,
         multi_label=data.multi_label, strict=False,  # label and id problems go to the pre-flight report
     )
     datalist = _curate(datalist, cfg)
