@@ -14,14 +14,17 @@ from ignite.engine import Engine, Events
 
 __all__ = ["NonFiniteLossError", "NonFiniteLossHandler"]
 
+from lilaw_med.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(FloatingPointError, ValueError):
+class NonFiniteLossError(FloatingPointError, InputError):
     """The training loss became NaN or infinite.
 
-    It is a ``ValueError`` too (a bad value reached the loss), so callers that report bad inputs
-    report it the same way; the ``lilaw-med`` CLI prints its message as one line.
+    It is an :class:`~lilaw_med.errors.InputError` (a bad value in the data, or settings such as the
+    learning rate, reached the loss): the user acts on it, so the ``lilaw-med`` CLI prints its
+    message, which names the iteration, the batch's items and the last good checkpoint, as one line.
 
     Attributes:
         iteration: the engine iteration (1-based) whose loss was not finite.
