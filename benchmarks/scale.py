@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = Path(__file__).resolve().parent / "out"
 PARTS = ("preflight", "loading", "cache", "threshold", "audit", "predict", "train")
 
-FULL = {"preflight": 100_000, "loading": 1_000, "cache": 256, "threshold": 150_000, "audit": 1_000_000,
+FULL = {"preflight": 100_000, "loading": 3_000, "cache": 256, "threshold": 150_000, "audit": 1_000_000,
         "predict": 20_000, "train": 20_000}
 QUICK = {"preflight": 2_000, "loading": 32, "cache": 32, "threshold": 5_000, "audit": 5_000, "predict": 64, "train": 64}
 TRAIN_CACHE_FRACTION = 0.01
