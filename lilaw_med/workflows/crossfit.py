@@ -35,7 +35,7 @@ import numpy as np
 
 from lilaw_med.data.datalist import group_kfold
 from lilaw_med.errors import InputError
-from lilaw_med.run.config import load_config
+from lilaw_med.run.config import Config, load_config
 from lilaw_med.run.dynamics_format import load_dynamics
 from lilaw_med.run.run_dir import RunDir
 from lilaw_med.training.evaluation import probabilities, run_inference
@@ -162,7 +162,7 @@ def cross_fit(
     rd = _check_cross_fit(RunDir(run_dir), folds)
     out = Path(out_dir) if out_dir is not None else rd.root / f"crossfit_{folds}"
     base_cfg = load_config(rd.config)
-    split_seed = int(base_cfg["train"]["seed"] if seed is None else seed)
+    split_seed = int(Config.from_mapping(base_cfg).train.seed if seed is None else seed)
     settings = {"folds": folds, "overrides": list(overrides), "which": which, "seed": split_seed}
     if _finished(out, settings):
         return load_cross_fit(out)

@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from lilaw_med.audit.core import AuditOptions
 from lilaw_med.audit.report import AuditFiles, AuditResult, csv_text
 from lilaw_med.data.curation import apply_exclusions
 from lilaw_med.data.datalist import load_datalist
-from lilaw_med.run.config import validate_config
+from lilaw_med.run.config import Config
 from lilaw_med.run.run_dir import RunDir, default_run_name
 from lilaw_med.training.run import run_training
 from lilaw_med.utils import atomic_write
@@ -68,7 +67,7 @@ def _metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_refine(
-    config: Mapping[str, Any],
+    config: Config | Mapping[str, Any],
     output_dir: str | os.PathLike | None = None,
     *,
     audit_options: AuditOptions | None = None,
@@ -101,11 +100,11 @@ def run_refine(
         result.n_excluded, result.refine["refined"]["best"]
     """
 
-    cfg = validate_config(config)
+    cfg = Config.from_mapping(config)
     root = _refine_root(cfg, output_dir)
 
     logger.info("refine 1/3: training the initial run in %s", root / "initial")
-    initial = run_training(copy.deepcopy(config), root / "initial", device=device, progress=progress)
+    initial = run_training(cfg, root / "initial", device=device, progress=progress)
     logger.info("refine 2/3: auditing the initial run")
     audit = run_audit(initial.run_dir, root / RunDir.AUDIT, audit_options or AuditOptions())
     for w in audit.summary["splits"]["training"].get("warnings", []):
@@ -117,11 +116,11 @@ def run_refine(
     exclude_csv = atomic_write(root / "refine_exclude.csv",
                                csv_text(excluded, ["id", "split", "path", "given_label", "label_score", "rank"]))
 
-    datalist = load_datalist(RunDir(initial.run_dir).datalist, class_names=cfg["data"]["class_names"],
-                             multi_label=cfg["data"]["multi_label"])
+    datalist = load_datalist(RunDir(initial.run_dir).datalist, class_names=cfg.data.class_names,
+                             multi_label=cfg.data.multi_label)
     datalist = apply_exclusions(datalist, exclude_csv)
     logger.info("refine 3/3: retraining without %d suspected mislabels in %s", len(excluded), root / "refined")
-    refined = run_training(copy.deepcopy(config), root / "refined", device=device, progress=progress, datalist=datalist)
+    refined = run_training(cfg, root / "refined", device=device, progress=progress, datalist=datalist)
 
     summary = _refine_summary(audit, initial, refined, len(excluded), exclude_validation)
     atomic_write(root / "refine.json", json.dumps(summary, indent=2, default=str))
@@ -132,15 +131,15 @@ def run_refine(
                         summary=dict(refined.summary or {}))
 
 
-def _refine_root(cfg: Mapping[str, Any], output_dir: str | os.PathLike | None) -> Path:
+def _refine_root(cfg: Config, output_dir: str | os.PathLike | None) -> Path:
     """The refine folder, created: ``output_dir``, else the config's output folder and name (or a
     timestamped ``<preset>-...-refine``); it must be empty unless ``output.overwrite``."""
     if output_dir is None:
-        out = cfg["output"]
-        root = Path(out["dir"]) / (out["name"] or f"{default_run_name(cfg['data']['preset'])}-refine")
+        out = cfg.output
+        root = Path(out.dir) / (out.name or f"{default_run_name(cfg.data.preset)}-refine")
     else:
         root = Path(output_dir)
-    if root.exists() and any(root.iterdir()) and not cfg["output"]["overwrite"]:
+    if root.exists() and any(root.iterdir()) and not cfg.output.overwrite:
         raise FileExistsError(f"refine folder {root} exists and is not empty: choose another --output.")
     root.mkdir(parents=True, exist_ok=True)
     return root
