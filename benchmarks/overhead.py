@@ -138,7 +138,9 @@ class _Synthetic(Dataset):
 
 def _make_trainer(method: str, network: nn.Module, train_data: Iterable, val_data: Iterable) -> SupervisedTrainer:
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-3, weight_decay=1e-4)
-    loss: nn.Module = nn.CrossEntropyLoss() if method == "plain" else LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
+    # one epoch is measured: no warm-up, so the meta step runs in it
+    loss: nn.Module = (nn.CrossEntropyLoss() if method == "plain"
+                       else LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0))
     trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=train_data,
                                 network=network, optimizer=optimizer, loss_function=loss, decollate=False)
     if method == "lilaw":
