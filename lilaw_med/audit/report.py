@@ -10,14 +10,12 @@ spreadsheet would run as a formula are neutralised (OWASP's CSV-injection rule).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +39,7 @@ from lilaw_med.audit.rank import self_confidence
 from lilaw_med.audit.window import choose_window, window_pred_probs
 from lilaw_med.errors import InputError
 from lilaw_med.run.run_dir import RunDir, to_jsonable
-from lilaw_med.utils import FORMULA_START, atomic_write, guard_csv_text, unguard_csv_text
+from lilaw_med.utils import FORMULA_START, atomic_write, atomic_writer, guard_csv_text, unguard_csv_text
 
 __all__ = ["COLUMNS", "AuditFiles", "AuditResult", "FinalModelProbabilities", "csv_text", "dicom_uids", "read_audit_rows", "write_audit"]
 
@@ -288,27 +286,17 @@ def _format_column(name: str, values: list[Any]) -> list[Any]:
 def _write_items_csv(path: Path, record: RunRecord, splits: Mapping[str, SplitAudit], include_identifying: bool) -> Path:
     """Writes ``audit.csv`` chunk by chunk into a temporary file beside ``path``, then renames it (atomic)."""
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            header: list[str] | None = None
-            for a in splits.values():
-                for lo in range(0, len(a.ids), CSV_CHUNK):
-                    cols = item_columns(record, a, np.arange(lo, min(lo + CSV_CHUNK, len(a.ids))), include_identifying)
-                    if header is None:
-                        header = [*COLUMNS, *(k for k in cols if k not in COLUMNS)]
-                        writer.writerow(header)
-                    writer.writerows(zip(*(_format_column(k, cols[k]) if k in cols else [""] * len(cols["id"])
-                                           for k in header), strict=True))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        header: list[str] | None = None
+        for a in splits.values():
+            for lo in range(0, len(a.ids), CSV_CHUNK):
+                cols = item_columns(record, a, np.arange(lo, min(lo + CSV_CHUNK, len(a.ids))), include_identifying)
+                if header is None:
+                    header = [*COLUMNS, *(k for k in cols if k not in COLUMNS)]
+                    writer.writerow(header)
+                writer.writerows(zip(*(_format_column(k, cols[k]) if k in cols else [""] * len(cols["id"])
+                                       for k in header), strict=True))
     return path
 
 

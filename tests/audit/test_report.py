@@ -414,3 +414,16 @@ def test_audit_cli_adjust_subtracts_each_classs_confident_threshold_before_scori
     assert main([*args, "--method", "normalized_margin"]) == 0  # unadjusted: the window probability itself
     rows = {r["id"]: float(r["label_score"]) for r in _rows(out / "audit.csv") if r["split"] == "training"}
     assert rows == pytest.approx({item_id(i): p[i] for i in range(N_TRAIN)}, abs=1e-4)
+
+
+def test_the_chunked_audit_csv_gets_the_permissions_atomic_write_gives(run_folder, tmp_path):
+    import stat
+
+    from lilaw_med import utils
+    from lilaw_med.utils import atomic_write
+
+    _quiet(run_folder, tmp_path / "out")
+    reference = atomic_write(tmp_path / "reference.csv", "x")
+    mode = stat.S_IMODE((tmp_path / "out" / "audit.csv").stat().st_mode)
+    assert mode == stat.S_IMODE(reference.stat().st_mode) == 0o666 & ~utils._UMASK  # not mkstemp's 0600
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
