@@ -203,3 +203,25 @@ def test_top_level_imports_form_no_cycle() -> None:
 )
 def test_layer_of_known_modules(module: str, layer: str) -> None:
     assert LAYERS[layer_of(module)][0] == layer
+
+
+THIRD_PARTY_FORBIDDEN: dict[str, tuple[str, ...]] = {"lilaw_med.run": ("ignite", "monai.engines", "monai.handlers")}
+"""What a run folder is must read without the training engine: the run layer never imports ignite."""
+
+
+def _third_party_imports(path: Path) -> Iterator[tuple[str, int]]:
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            yield from ((alias.name, node.lineno) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module, node.lineno
+
+
+def test_the_run_layer_imports_no_training_engine() -> None:
+    wrong = [
+        f"{path.relative_to(REPO_ROOT)}:{line}: {module} imports {name}"
+        for module, path in MODULES.items()
+        for prefix, banned in THIRD_PARTY_FORBIDDEN.items() if _within(module, prefix)
+        for name, line in _third_party_imports(path) if any(_within(name, b) for b in banned)
+    ]
+    assert not wrong, "\n".join(wrong)

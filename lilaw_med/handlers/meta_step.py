@@ -128,9 +128,9 @@ class LiLAWHandler:
         epoch_budget: how far one epoch moves the scalars, in the spec's steps. ``None`` takes the
             spec's step (``lr``, ``weight_decay``) at every meta step, so the scalars' end point
             follows the number of meta steps (batch size, data-set size, epochs). A number ``S``
-            scales each step's ``lr`` by ``S / k``, with ``k`` the meta steps of an epoch
-            (``epoch_length // every``): an epoch then moves the scalars as ``S`` spec steps
-            would, whatever the batch size and the number of items.
+            scales each step's ``lr`` by ``S / k``, with ``k = epoch_length / every`` the meta steps
+            of an epoch on average: an epoch then moves the scalars as ``S`` spec steps would,
+            whatever the batch size and the number of items.
 
     Raises:
         TypeError: when ``loss`` is not a :class:`LiLAWLoss`.
@@ -170,6 +170,7 @@ class LiLAWHandler:
         self.metrics_prefix = metrics_prefix
         self.every = every
         self.epoch_budget = None if epoch_budget is None else float(epoch_budget)
+        self._warned_no_length = False
         self.steps = 0
         self.skipped_steps = 0
         self.last_values: dict[str, float] = {}
@@ -253,8 +254,13 @@ class LiLAWHandler:
             return self.lr
         length = getattr(engine.state, "epoch_length", None)
         if not length:  # a loader without len(): no epoch to spread a budget over
+            if not self._warned_no_length:
+                self._warned_no_length = True
+                logger.warning("LiLAW epoch_budget=%s: the training loader has no length, so the meta step "
+                               "takes the spec's lr until the epoch length is known.", self.epoch_budget)
             return self.lr
-        return self.lr * self.epoch_budget / max(1, int(length) // self.every)
+        # meta steps fire on global iterations divisible by `every`: an epoch averages length / every
+        return self.lr * self.epoch_budget * self.every / int(length)
 
     def _is_distributed(self) -> bool:
         if self.distributed is not None:

@@ -62,6 +62,11 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+KEYS_ADDED_LATER: dict[tuple[str, str], Any] = {("lilaw", "epoch_budget"): None}
+"""(section, key) -> the behaviour of a run folder written before the key existed: its ``config.yaml``
+holds every key of its day, so a missing one means that day's behaviour, not today's default."""
+
+
 class RunDirBusyError(RuntimeError):
     """Another live process holds the run folder's lock (a second ``train -o``, ``--resume`` or ``audit``)."""
 
@@ -362,7 +367,9 @@ class RunDir:
         return atomic_write(self.config, dump_config(config))
 
     def read_config(self) -> dict[str, Any]:
-        """Reads ``config.yaml`` (safe-loaded).
+        """Reads ``config.yaml`` (safe-loaded), with the value each key added since the run was written
+        had then (:data:`KEYS_ADDED_LATER`), so the run's own behaviour is what a resume, a cross-fit
+        or an export reproduces.
 
         Raises:
             FileNotFoundError: when the folder is not a run folder.
@@ -371,7 +378,11 @@ class RunDir:
 
         if not self.config.is_file():
             raise FileNotFoundError(f"{self.root} is not a run folder: {self.CONFIG} is missing.")
-        return load_yaml_file(self.config)
+        config = load_yaml_file(self.config)
+        for (section, key), value in KEYS_ADDED_LATER.items():
+            if isinstance(config, dict) and isinstance(config.get(section), dict) and key not in config[section]:
+                config[section][key] = value
+        return config
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.root)!r})"

@@ -483,7 +483,9 @@ def _work_with_heartbeat(work: Callable[[], T], store: Any, key: str) -> T:
     try:
         result = work()
     except BaseException as e:
-        store.set(f"{key}/state", f"failed: {one_line(e, with_type=True)}")
+        # a user's error on rank 0 stays a user's error on the waiting ranks (one line, no traceback)
+        kind = "input" if isinstance(e, (InputError, OSError)) else "failed"
+        store.set(f"{key}/state", f"{kind}: {one_line(e, with_type=kind == 'failed')}")
         raise
     finally:
         stop.set()
@@ -506,6 +508,8 @@ def _wait_for_rank0(store: Any, key: str, what: str, timeout_s: float, poll_s: f
             )
         time.sleep(poll_s)
     state = store.get(f"{key}/state").decode()
+    if state.startswith("input: "):
+        raise InputError(f"rank 0 stopped while it ran {what}: {state.removeprefix('input: ')}")
     if state != "done":
         raise RuntimeError(f"rank 0 failed while it ran {what}: {state.removeprefix('failed: ')}")
 

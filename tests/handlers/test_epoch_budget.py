@@ -51,6 +51,9 @@ def test_step_lr_scales_the_spec_step_by_budget_over_meta_steps_per_epoch():
     assert LiLAWHandler([], loss, lr=0.01, epoch_budget=None).step_lr(engine) == 0.01
     assert LiLAWHandler([], loss, lr=0.01, epoch_budget=32).step_lr(engine) == pytest.approx(0.01 * 32 / 150)
     assert LiLAWHandler([], loss, lr=0.01, epoch_budget=32, every=2).step_lr(engine) == pytest.approx(0.01 * 32 / 75)
+    # every=4 on 7 iterations: steps at global iterations 4, 8, 12, ... average 7 / 4 per epoch
+    short = SimpleNamespace(state=SimpleNamespace(epoch_length=7))
+    assert LiLAWHandler([], loss, lr=0.01, epoch_budget=32, every=4).step_lr(short) == pytest.approx(0.01 * 32 * 4 / 7)
     no_length = SimpleNamespace(state=SimpleNamespace(epoch_length=None))
     assert LiLAWHandler([], loss, lr=0.01, epoch_budget=32).step_lr(no_length) == 0.01
 

@@ -72,6 +72,16 @@ def _waiting_worker(rank: int, port: int, out_dir: str) -> None:
             D.run_on_rank0(fail, "the check", timeout_s=30)
         except (ValueError, RuntimeError) as e:
             seen["error"] = f"{type(e).__name__}: {e}"
+
+        def bad_input() -> None:
+            from lilaw_med.errors import InputError
+
+            raise InputError("items.csv: label 7 is out of range")
+
+        try:  # a user's error on rank 0 stays one on the waiting rank (the CLI prints it as one line)
+            D.run_on_rank0(bad_input, "the pre-flight", timeout_s=30)
+        except ValueError as e:
+            seen["input"] = f"{type(e).__name__}: {e}"
         seen["result"] = repr(D.run_on_rank0(lambda: 41 + 1, "the sum", timeout_s=30))
         if rank == 1:  # rank 0 never starts this work: no beat comes, the wait ends after its timeout
             try:
@@ -96,5 +106,7 @@ def test_waiting_ranks_learn_rank0s_error_its_result_and_time_out_without_a_beat
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(2))
     assert rank0["error"] == "ValueError: item x: bad header"
     assert rank1["error"] == "RuntimeError: rank 0 failed while it ran the check: ValueError: item x: bad header"
+    assert rank0["input"] == "InputError: items.csv: label 7 is out of range"
+    assert rank1["input"] == "InputError: rank 0 stopped while it ran the pre-flight: items.csv: label 7 is out of range"
     assert rank0["result"] == "42" and rank1["result"] == "None"  # the result stays on rank 0 (broadcast it)
     assert rank1["timeout"].startswith("rank 1: no sign of rank 0 for 0.0166667 minutes while it runs work rank 0")
