@@ -1,7 +1,7 @@
 """Data commands: ``sample-data``, ``add-noise``, ``validate-data``, ``import-npz``.
 
-Parses and validates arguments, calls :mod:`lilaw_med.data`, and turns its errors into
-:class:`~lilaw_med.cli.UserError` lines; no logic of its own.
+Parses and validates arguments, calls :mod:`lilaw_med.data` inside :func:`~lilaw_med.cli.user_errors`
+(which turns the user's errors into one-line messages); no logic of its own.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lilaw_med.cli import UserError
+from lilaw_med.cli import UserError, user_errors
 from lilaw_med.data.noise import NOISE_KINDS
 from lilaw_med.data.presets import PRESETS, get_preset
-from lilaw_med.errors import InputError
 
 __all__ = ["register"]
 
@@ -108,7 +107,7 @@ def _sample_data(args: argparse.Namespace) -> int:
     # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.data.sample import write_sample_data
 
-    try:
+    with user_errors():
         paths = write_sample_data(
             args.dir,
             seed=args.seed,
@@ -117,19 +116,20 @@ def _sample_data(args: argparse.Namespace) -> int:
             n_tiles=args.n_tiles,
             noise_rate=args.noise_rate,
         )
-    except (InputError, OSError) as e:
-        raise UserError(str(e)) from e
     for name, path in paths.items():
         print(f"{name:13s} {path}")
     return 0
 
 
 def _parse_transition(value: str) -> Any:
-    text = (
-        Path(value).read_text(encoding="utf-8")
-        if value.endswith(".json") and Path(value).is_file()
-        else value
-    )
+    try:
+        text = (
+            Path(value).read_text(encoding="utf-8")
+            if value.endswith(".json") and Path(value).is_file()
+            else value
+        )
+    except UnicodeDecodeError as e:
+        raise UserError(f"--transition file {value} is not UTF-8 text: {e.reason} at byte {e.start}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -153,14 +153,14 @@ def _add_noise(args: argparse.Namespace) -> int:
     # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.data.noise import add_noise_to_datalist
 
-    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
-    transition = _parse_transition(args.transition) if args.transition else None
-    pairs = _parse_pairs(args.pairs) if args.pairs else None
-    if args.rate is None and transition is None:
-        raise UserError("give --rate (or --transition for --kind asymmetric)")
-    if transition is not None and args.kind != "asymmetric":
-        raise UserError("--transition applies to --kind asymmetric only")
-    try:
+    with user_errors():
+        splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+        transition = _parse_transition(args.transition) if args.transition else None
+        pairs = _parse_pairs(args.pairs) if args.pairs else None
+        if args.rate is None and transition is None:
+            raise UserError("give --rate (or --transition for --kind asymmetric)")
+        if transition is not None and args.kind != "asymmetric":
+            raise UserError("--transition applies to --kind asymmetric only")
         res = add_noise_to_datalist(
             args.datalist,
             args.output,
@@ -172,8 +172,6 @@ def _add_noise(args: argparse.Namespace) -> int:
             pairs=pairs,
             class_names=_names(args.class_names),
         )
-    except (InputError, OSError, RuntimeError) as e:
-        raise UserError(str(e)) from e
     for split, rate in res.actual_rate.items():
         print(f"{split:10s} {res.num_flipped[split]} labels changed, actual noise rate {rate:.3f}")
     print(f"wrote {res.datalist} and {res.sidecar}")
@@ -185,7 +183,7 @@ def _validate_data(args: argparse.Namespace) -> int:
     from lilaw_med.data.datalist import load_datalist
     from lilaw_med.data.preflight import check_datalist, default_cache_dir, write_problems_csv
 
-    try:
+    with user_errors():
         dl = load_datalist(
             args.datalist,
             class_names=_names(args.class_names),
@@ -193,14 +191,12 @@ def _validate_data(args: argparse.Namespace) -> int:
             require_training=False,
             strict=False,
         )
-    except (InputError, FileNotFoundError) as e:
-        raise UserError(str(e)) from e
-    dims = args.dims or (get_preset(args.preset).spatial_dims if args.preset else None)
-    cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
-    problems = check_datalist(dl, dims, args.num_classes, decode=args.decode, cache_dir=cache, progress=True)
-    n = sum(1 for _ in dl.iter_items())
-    if args.report:
-        write_problems_csv(problems, args.report)
+        dims = args.dims or (get_preset(args.preset).spatial_dims if args.preset else None)
+        cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
+        problems = check_datalist(dl, dims, args.num_classes, decode=args.decode, cache_dir=cache, progress=True)
+        n = sum(1 for _ in dl.iter_items())
+        if args.report:
+            write_problems_csv(problems, args.report)
     if not problems:
         print(
             f"OK: {n} items checked ({len(dl.training)} training, {len(dl.validation)} validation, {len(dl.test)} test), no problems"
@@ -216,7 +212,8 @@ def _import_npz(args: argparse.Namespace) -> int:
     # a command's modules load when it runs: the parser imports no torch or MONAI (tests/core/test_lean_imports.py)
     from lilaw_med.data.npz_import import import_npz
 
-    try:
+    # import_npz raises an InputError naming the arrays it misses (not a KeyError)
+    with user_errors():
         path = import_npz(
             args.npz,
             args.output,
@@ -225,7 +222,5 @@ def _import_npz(args: argparse.Namespace) -> int:
             limit=args.limit,
             modality=args.modality,
         )
-    except (InputError, OSError, KeyError) as e:
-        raise UserError(str(e)) from e
     print(f"wrote {path}")
     return 0

@@ -119,3 +119,51 @@ def test_validate_data_decode_reads_the_pixels_the_header_check_leaves_on_disk(t
     printed = capsys.readouterr().out
     assert "1 problem(s) in 2 items" in printed and str(bad) in printed
     assert report.read_text().splitlines()[1:] == [f"inf,{bad},training,NaN or inf pixel values."]
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("lilaw-med ")]  # not the progress bar's
+    assert "Traceback" not in err and len(errors) == 1, err
+    return errors[0]
+
+
+def test_add_noise_transition_file_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    matrix = tmp_path / "t.json"
+    matrix.write_bytes(b"\xff\xfe[[0.8, 0.2], [0.3, 0.7]]")
+    args = ["add-noise", str(tmp_path / "dl.json"), "--kind", "asymmetric", "--transition", str(matrix),
+            "-o", str(tmp_path / "noisy.json")]
+    assert main(args) == 1
+    assert f"--transition file {matrix} is not UTF-8 text" in _one_error_line(capsys)
+
+    def denied(self: Path, *a: object, **k: object) -> str:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    assert main(args) == 1
+    assert f"Permission denied: '{matrix}'" in _one_error_line(capsys)
+
+
+def test_validate_data_unwritable_report_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    image = tmp_path / "a.dcm"
+    pydicom.dcmread(get_testdata_file("CT_small.dcm")).save_as(image)
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"training": [{"id": "a", "image": str(image), "label": 0}],
+                                    "validation": [{"id": "b", "image": str(image), "label": 0}]}))
+    report = datalist / "report.csv"  # its folder is a file
+    assert main(["validate-data", str(datalist), "--dims", "2", "--no-cache", "--report", str(report)]) == 1
+    assert f"cannot write {report}" in _one_error_line(capsys)
+
+
+def test_import_npz_missing_labels_is_one_line_naming_the_arrays(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.savez(tmp_path / "x.npz", train_images=np.zeros((2, 4, 4), np.uint8))
+    assert main(["import-npz", str(tmp_path / "x.npz"), "-o", str(tmp_path / "out")]) == 1
+    err = _one_error_line(capsys)
+    assert "train_images/train_labels" in err and "['train_images']" in err
