@@ -17,11 +17,13 @@ On disk (``OUT_DIR``, by default ``RUN_DIR/crossfit_K``)::
 
 A finished fold (its ``summary.json``, and ``fold.json`` naming the folds, overrides, seed and
 held-out ids it was trained for) is never trained again, so an interrupted cross-fit resumes fold
-by fold; a fold trained for other settings is trained again.
+by fold; a fold trained for other settings is trained again. The settings include a hash of the
+training ids, so a ``crossfit_K`` folder made for another datalist is recomputed, never reused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -73,12 +75,12 @@ class CrossFitResult:
         """The rows for ``ids`` (any order).
 
         Raises:
-            KeyError: when an id has no out-of-fold row (the cross-fit belongs to another datalist).
+            InputError: when an id has no out-of-fold row (the cross-fit belongs to another datalist).
         """
         index = {i: k for k, i in enumerate(self.ids)}
         missing = [i for i in ids if i not in index]
         if missing:
-            raise KeyError(f"{len(missing)} item(s) have no out-of-fold probabilities in {self.out_dir} "
+            raise InputError(f"{len(missing)} item(s) have no out-of-fold probabilities in {self.out_dir} "
                            f"(e.g. {missing[0]!r}): the cross-fit was made for another datalist.")
         return self.probs[[index[i] for i in ids]]
 
@@ -147,7 +149,7 @@ def cross_fit(
 
     Returns:
         The :class:`CrossFitResult`; reused as is when ``out_dir`` already holds one made with the
-        same folds, overrides, checkpoint and seed.
+        same folds, overrides, checkpoint, seed and training ids.
 
     Raises:
         FileNotFoundError: when ``run_dir`` is not a finished run folder.
@@ -163,15 +165,17 @@ def cross_fit(
     out = Path(out_dir) if out_dir is not None else rd.root / f"crossfit_{folds}"
     base_cfg = load_config(rd.config)
     split_seed = int(Config.from_mapping(base_cfg).train.seed if seed is None else seed)
-    settings = {"folds": folds, "overrides": list(overrides), "which": which, "seed": split_seed}
-    if _finished(out, settings):
-        return load_cross_fit(out)
     datalist = json.loads(rd.datalist.read_text(encoding="utf-8"))
     ids, items = _training_items(rd, datalist)
+    ids_sha256 = _ids_hash(ids)
+    settings = {"folds": folds, "overrides": list(overrides), "which": which, "seed": split_seed,
+                "ids_sha256": ids_sha256}
+    if _finished(out, settings):
+        return load_cross_fit(out)
     probs = np.full((len(items), 0), np.nan)
     sizes = []
     for k, (train_idx, held_idx) in enumerate(group_kfold(items, folds, seed=split_seed), start=1):
-        fold_key = {"folds": folds, "overrides": list(overrides), "seed": split_seed,
+        fold_key = {"folds": folds, "overrides": list(overrides), "seed": split_seed, "ids_sha256": ids_sha256,
                     "held_out": [ids[i] for i in held_idx]}
         fold_datalist = _fold_datalist(datalist, [items[i] for i in train_idx], [items[i] for i in held_idx])
         fold_run = _train_fold(rd, out / f"fold_{k}", fold_key, fold_datalist, overrides, f"{k}/{folds}")
@@ -195,8 +199,13 @@ def _check_cross_fit(rd: RunDir, folds: int) -> RunDir:
     return rd
 
 
+def _ids_hash(ids: Sequence[str]) -> str:
+    """SHA-256 of the training ids in order: tells a cross-fit of this datalist from one of another."""
+    return hashlib.sha256(json.dumps(list(ids)).encode("utf-8")).hexdigest()
+
+
 def _finished(out: Path, settings: Mapping[str, Any]) -> bool:
-    """Whether ``out`` holds a cross-fit made with ``settings`` (folds, overrides, checkpoint, seed)."""
+    """Whether ``out`` holds a cross-fit made with ``settings`` (folds, overrides, checkpoint, seed, ids)."""
     if not (out / INFO).is_file():
         return False
     done = json.loads((out / INFO).read_text(encoding="utf-8"))
@@ -238,7 +247,7 @@ def _train_fold(
 
 
 def _fold_done(fold_dir: Path, summary: Path, fold_key: Mapping[str, Any]) -> bool:
-    """Whether ``fold_dir`` holds a finished fold trained for ``fold_key`` (folds, overrides, seed, held-out ids)."""
+    """Whether ``fold_dir`` holds a finished fold trained for ``fold_key`` (folds, overrides, seed, ids, held-out ids)."""
     if not summary.is_file():
         return False
     marker = fold_dir / FOLD_INFO

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import lilaw_med.workflows.crossfit as crossfit_module
+from lilaw_med.errors import InputError
 from lilaw_med.run.dynamics_format import load_dynamics
 from lilaw_med.training.run import run_training
 from lilaw_med.workflows.crossfit import cross_fit, item_probabilities, load_cross_fit
@@ -153,7 +154,7 @@ def test_cross_fit_input_errors(tmp_path, crossfit):
         cross_fit(tmp_path, folds=2)
     with pytest.raises(ValueError, match="folds must be at least 2 but is 1"):
         cross_fit(crossfit[0], folds=1)
-    with pytest.raises(KeyError, match="no out-of-fold probabilities"):
+    with pytest.raises(InputError, match="no out-of-fold probabilities"):  # one line on the command line
         crossfit[1].aligned(["not-an-item"])
 
 
@@ -178,3 +179,16 @@ def test_run_audit_with_folds_reads_the_cached_out_of_fold_probabilities(crossfi
     np.testing.assert_array_equal(train.noise.per_class, plain.splits["training"].noise.per_class)
     alone = run_audit(run, tmp_path / "oof", folds=2, fold_combine="oof", **quiet)
     np.testing.assert_allclose(alone.splits["training"].pred_probs, oof)
+
+
+def test_a_finished_cross_fit_of_another_datalist_is_recomputed_not_reused(crossfit, monkeypatch, tmp_path):
+    run, result = crossfit
+    monkeypatch.setattr(crossfit_module, "run_training", _no_training)
+    stale = shutil.copytree(run / "crossfit_2", tmp_path / "stale")
+    # as another datalist's cross-fit with the same folds, overrides, checkpoint and seed leaves it
+    (stale / "oof_ids.json").write_text(json.dumps([f"other_{i}" for i in range(len(result.ids))]))
+    info = json.loads((stale / "crossfit.json").read_text())
+    (stale / "crossfit.json").write_text(json.dumps({**info, "ids_sha256": "0" * 64}))
+    again = cross_fit(run, folds=2, out_dir=stale, overrides=OVERRIDES)  # its folds match: predicted again
+    assert again.ids == result.ids
+    np.testing.assert_allclose(again.aligned(result.ids), result.probs, atol=1e-6)
