@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,3 +92,34 @@ def test_predict_on_a_slide_as_a_program_imports_no_pandas_matplotlib_sklearn_sc
     with open(out, newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert row["kind"] == "slide" and int(row["num_patches"]) > 0
+
+
+def test_two_slides_with_one_file_name_in_two_folders_keep_their_own_maps(tmp_path_factory) -> None:
+    import json
+    import shutil
+
+    from lilaw_med.workflows.predict import predict_inputs
+    from lilaw_med.workflows.predict.core import _slide_prefixes
+
+    sample = small_sample_data(tmp_path_factory.mktemp("sample"))
+    run = pathology_patch.run(output_dir=tmp_path_factory.mktemp("runs") / "path", overrides=tiny_overrides("pathology_patch", sample))
+    slide = sample["slide"].parent / json.loads(sample["slide"].read_text())["training"][0]["image"]
+    here = tmp_path_factory.mktemp("slides")
+    copies = []
+    for folder in ("a", "b"):
+        (here / folder).mkdir()
+        copies.append(Path(shutil.copy(slide, here / folder / slide.name)))
+    out = tmp_path_factory.mktemp("pred") / "preds.csv"
+    result = predict_inputs(run.run_dir, [str(p) for p in copies], out, slide_aggregation="mean", calibrated=False)
+    assert not result["failed"]
+    prefixes = _slide_prefixes(out, copies)
+    assert len(set(prefixes.values())) == 2
+    for p in copies:
+        assert prefixes[p].name.startswith(f"preds_{slide.name.split('.')[0]}_")
+        assert Path(f"{prefixes[p]}_probmap.npy").is_file() and Path(f"{prefixes[p]}_patches.csv").is_file()
+    maps = result["slide_maps"]
+    assert len(maps) == len(set(maps)) and {Path(m).name[: len(prefixes[copies[0]].name)] for m in maps} == {
+        prefixes[p].name for p in copies
+    }
+    # a slide whose name no other shares keeps the documented name
+    assert _slide_prefixes(out, [copies[0]])[copies[0]] == out.with_name(f"preds_{slide.name.split('.')[0]}")

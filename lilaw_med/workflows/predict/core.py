@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,14 +30,30 @@ __all__ = ["predict_inputs"]
 logger = logging.getLogger(__name__)
 
 
+def _slide_prefixes(output: Path, slides: Sequence[Path]) -> dict[Path, Path]:
+    """Each slide's map prefix, ``{output stem}_{slide name up to its first dot}``, unique among ``slides``.
+
+    Slides whose names share that part (the same file name in two folders, ``a.svs`` and ``a.tif``)
+    get the first 8 hex digits of the SHA-256 of their absolute path appended, so that no slide's
+    maps overwrite another's; the others keep the plain name.
+    """
+    stems = {p: p.name.split(".")[0] for p in slides}
+    count = Counter(stems[p].lower() for p in dict.fromkeys(slides))
+    prefixes = {}
+    for p, stem in stems.items():
+        if count[stem.lower()] > 1:
+            stem += "_" + hashlib.sha256(str(p.absolute()).encode("utf-8")).hexdigest()[:8]
+        prefixes[p] = output.with_name(f"{output.stem}_{stem}")
+    return prefixes
+
+
 def _slide_row(
-    path: Path, run: TrainedRun, cal: Mapping[str, Any], patch: int, output: Path, batch_size: int,
+    path: Path, run: TrainedRun, cal: Mapping[str, Any], patch: int, prefix: Path, batch_size: int,
     aggregation: str, tissue_threshold: float, maps: list[str],
 ) -> list[Any]:
-    """The row cells after ``kind`` of one slide; its PNG maps are added to ``maps``."""
+    """The row cells after ``kind`` of one slide; its maps are written at ``prefix``, its PNG maps added to ``maps``."""
     names = run.output_names
     try:
-        prefix = output.with_name(f"{output.stem}_{path.name.split('.')[0]}")
         scores, written, n_patches = predict_slide(
             path, run, cal, patch, prefix, batch_size, aggregation, tissue_threshold
         )
@@ -134,13 +152,15 @@ def predict_inputs(
     slide = [_is_slide_input(p, patch) for p in absolute]
     workers = auto_num_workers() if num_workers is None else num_workers
     images = [str(p) for p, s in zip(absolute, slide, strict=True) if not s]
-    image_rows = _image_rows(predict_images(images, run, cal, batch_size, workers))
+    prefixes = _slide_prefixes(out_path, [p for p, s in zip(absolute, slide, strict=True) if s])
     maps: list[str] = []
     failed: list[tuple[str, str]] = []
 
     def slide_row(path: Path) -> tuple[list[Any], bool]:
-        return _slide_row(path, run, cal, patch, out_path, batch_size, slide_aggregation, tissue_threshold, maps), True
+        row = _slide_row(path, run, cal, patch, prefixes[path], batch_size, slide_aggregation, tissue_threshold, maps)
+        return row, True
 
+    image_rows = _image_rows(predict_images(images, run, cal, batch_size, workers))
     with PredictionWriter(out_path, header(run.output_names)) as writer:
         for raw, p, is_a_slide in zip(inputs, absolute, slide, strict=True):
             row, batch_done = slide_row(p) if is_a_slide else next(image_rows)
