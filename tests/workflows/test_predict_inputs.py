@@ -136,3 +136,36 @@ def test_pictures_are_decoded_once_and_judged_as_the_pre_flight_judges_them(
     assert rows[2][-1].startswith(f"{truncated}: ") and rows[2][3] == ""
     assert rows[3][-1] == f"image not found: {tmp_path / 'absent.png'}"
     assert len(result["failed"]) == 3
+
+
+def test_a_writer_error_closes_the_image_generator_and_its_loader(
+    run_2d: Path, pngs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lilaw_med.workflows.predict.core as core
+    from lilaw_med.workflows.predict.output import PredictionWriter
+
+    real_images, real_write = core.predict_images, PredictionWriter.write_rows
+    state = {"closed": False, "rows": 0}
+
+    def watched_images(*args, **kwargs):
+        try:
+            yield from real_images(*args, **kwargs)
+        finally:
+            state["closed"] = True
+
+    def failing_write(self, rows):
+        state["rows"] += 1
+        if state["rows"] == 3:
+            raise OSError(28, "No space left on device")
+        real_write(self, rows)
+
+    monkeypatch.setattr(core, "predict_images", watched_images)
+    monkeypatch.setattr(PredictionWriter, "write_rows", failing_write)
+    try:
+        predict_inputs(run_2d, pngs[:16], tmp_path / "p.csv", batch_size=8, num_workers=0)
+    except OSError as e:
+        # checked while the traceback still holds predict_inputs' frame: only an explicit close ends
+        # the generator this early (else it waits for the garbage collector, its workers with it)
+        assert state["closed"] and "No space left" in str(e)
+    else:
+        pytest.fail("the writer's error did not propagate")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -160,8 +161,10 @@ def predict_inputs(
         row = _slide_row(path, run, cal, patch, prefixes[path], batch_size, slide_aggregation, tissue_threshold, maps)
         return row, True
 
-    image_rows = _image_rows(predict_images(images, run, cal, batch_size, workers))
-    with PredictionWriter(out_path, header(run.output_names)) as writer:
+    # closing() ends the generator, and with it its DataLoader's workers, when the writer block raises
+    with (contextlib.closing(predict_images(images, run, cal, batch_size, workers)) as batches,
+          PredictionWriter(out_path, header(run.output_names)) as writer):
+        image_rows = _image_rows(batches)
         for raw, p, is_a_slide in zip(inputs, absolute, slide, strict=True):
             row, batch_done = slide_row(p) if is_a_slide else next(image_rows)
             if row[-1]:
