@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,25 @@ if TYPE_CHECKING:
 __all__ = ["DynamicsRecorder"]
 
 logger = logging.getLogger(__name__)
+
+_PID_IN_NAME = re.compile(r"\.pid(\d+)\.npy$")
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (signal 0 checks without sending anything).
+
+    A process of another user (``PermissionError``) counts as alive, and so does anything unsure:
+    only a file whose process is surely gone may be deleted.
+    """
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 DEFAULT_MEMMAP_THRESHOLD = 2_000_000
 
@@ -302,8 +322,9 @@ class DynamicsRecorder:
         """Registers the recorder: ``EPOCH_STARTED`` (new accumulators), MONAI's
         ``FORWARD_COMPLETED`` when the engine has it (ids and the runner-up class probability from
         the logits the trainer computed), ``ITERATION_COMPLETED`` (the records) and
-        ``EPOCH_COMPLETED`` (reduce across ranks, write) and ``COMPLETED`` (remove the memory-mapped
-        accumulator file).
+        ``EPOCH_COMPLETED`` (reduce across ranks, write), and ``COMPLETED`` and ``EXCEPTION_RAISED``
+        (remove the memory-mapped accumulator file; the exception is raised again, as ignite raises
+        none itself once an ``EXCEPTION_RAISED`` handler exists).
 
         Args:
             engine: a MONAI ``SupervisedTrainer`` or any ignite engine whose process function
@@ -320,6 +341,7 @@ class DynamicsRecorder:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
         engine.add_event_handler(Events.COMPLETED, self._remove_memmap)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._exception_raised)
 
     # ---------------------------------------------------------------- distributed helpers
     def _is_distributed(self) -> bool:
@@ -362,10 +384,13 @@ class DynamicsRecorder:
     def _memmap_path(self) -> Path:
         """This process's accumulator file: the rank and the process id in its name, so ranks on one
         node (or processes of a launcher of one's own, which ignite sees as rank 0 each) never share
-        one. A file this rank's earlier, killed process left behind is removed."""
+        one. A file this rank's earlier, killed process left behind is removed; a live process's file
+        (another run into the same folder) is left alone."""
         rank = self.rank if self.rank is not None else idist.get_rank()
         for stale in self.out_dir.glob(f".accumulators_training.rank{rank}.pid*.npy"):
-            stale.unlink(missing_ok=True)
+            match = _PID_IN_NAME.search(stale.name)
+            if match is not None and not _process_alive(int(match.group(1))):
+                stale.unlink(missing_ok=True)
         return self.out_dir / f".accumulators_training.rank{rank}.pid{os.getpid()}.npy"
 
     def _remove_memmap(self, engine: Engine | None = None) -> None:
@@ -375,6 +400,11 @@ class DynamicsRecorder:
             path, buffer.memmap_path = buffer.memmap_path, None
             buffer.sums = np.array(buffer.sums)  # keeps the values readable after the file goes
             path.unlink(missing_ok=True)
+
+    def _exception_raised(self, engine: Engine, e: BaseException) -> None:
+        """Deletes this process's accumulator file when training fails, then raises ``e`` again."""
+        self._remove_memmap(engine)
+        raise e
 
     def _ensure_val_buffer(self, handler: LiLAWHandler) -> bool:
         """Creates the validation accumulators at the first meta step; ``False`` when impossible."""

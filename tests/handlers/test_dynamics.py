@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
 from torch import nn
 from torch.utils.data import DataLoader
@@ -438,3 +438,44 @@ def test_without_the_meta_handler_validation_is_not_recorded_and_the_log_says_wh
     assert list(val.ids) == ["v0"] and val.epochs == [1]
     np.testing.assert_array_equal(val["count"], [[0]])
     np.testing.assert_allclose(load_dynamics(tmp_path)["probs"][0], _hand_probs(1))
+
+
+def _dead_pid() -> int:
+    """The pid of a child that has exited and been reaped: no process has it (until pids wrap)."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_dead_processs_accumulator_file_is_removed_and_a_live_ones_kept(tmp_path):
+    dead = tmp_path / f".accumulators_training.rank0.pid{_dead_pid()}.npy"
+    live = tmp_path / f".accumulators_training.rank0.pid{os.getppid()}.npy"  # another run into this folder
+    other_rank = tmp_path / f".accumulators_training.rank1.pid{_dead_pid()}.npy"
+    for path in (dead, live, other_rank):
+        path.write_bytes(b"old")
+    loss = _loss()
+    rec = DynamicsRecorder(loss, IDS, tmp_path, record_validation=False, memmap=True, rank=0)
+    _drive(rec, loss, 1, ORDER)
+    own = tmp_path / f".accumulators_training.rank0.pid{os.getpid()}.npy"
+    assert sorted(p.name for p in tmp_path.glob(".accumulators_training.*")) == sorted(
+        p.name for p in (live, other_rank, own))
+    assert live.read_bytes() == b"old"
+
+
+def test_a_failing_training_removes_its_accumulator_file_and_still_raises(tmp_path):
+    loss = _loss()
+    engine = _hand_engine(loss)
+    rec = DynamicsRecorder(loss, IDS, tmp_path, record_validation=False, memmap=True)
+    rec.attach(engine)
+
+    @engine.on(Events.ITERATION_COMPLETED(once=2))
+    def fail(_: Engine) -> None:
+        assert list(tmp_path.glob(".accumulators_training.*"))  # the file exists while training runs
+        raise RuntimeError("out of memory, say")
+
+    with pytest.raises(RuntimeError, match="out of memory, say"):
+        engine.run(_batches(), max_epochs=1)
+    assert not list(tmp_path.glob(".accumulators_training.*"))
