@@ -37,7 +37,7 @@ import numpy as np
 
 from lilaw_med.data.datalist import group_kfold
 from lilaw_med.errors import InputError
-from lilaw_med.run.config import Config, load_config
+from lilaw_med.run.config import Config, apply_overrides, validate_config
 from lilaw_med.run.dynamics_format import load_dynamics
 from lilaw_med.run.run_dir import RunDir
 from lilaw_med.training.evaluation import probabilities, run_inference
@@ -163,7 +163,7 @@ def cross_fit(
 
     rd = _check_cross_fit(RunDir(run_dir), folds)
     out = Path(out_dir) if out_dir is not None else rd.root / f"crossfit_{folds}"
-    base_cfg = load_config(rd.config)
+    base_cfg = validate_config(rd.read_config())  # the run's own settings, keys added since included
     split_seed = int(Config.from_mapping(base_cfg).train.seed if seed is None else seed)
     datalist = json.loads(rd.datalist.read_text(encoding="utf-8"))
     ids, items = _training_items(rd, datalist)
@@ -239,8 +239,9 @@ def _train_fold(
         list_path = atomic_write(fold_dir / "datalist_in.json", json.dumps(fold_datalist, indent=1))
         logger.info("cross-fit fold %s: training on %d items, predicting %d", name, len(fold_datalist["training"]),
                     len(fold_datalist["test"]))
-        cfg = load_config(rd.config, [*overrides, f"data.datalist={list_path}", "data.sample_data=false",
-                                      "data.exclude=null", "data.relabel=null", "output.overwrite=true"])
+        cfg = validate_config(apply_overrides(rd.read_config(), [
+            *overrides, f"data.datalist={list_path}", "data.sample_data=false", "data.exclude=null",
+            "data.relabel=null", "output.overwrite=true"]))
         run_training(cfg, fold_run.root)
         atomic_write(marker, json.dumps(fold_key))
     return fold_run
