@@ -141,7 +141,7 @@ class LiLAWHandler:
 
         loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"))
         trainer = SupervisedTrainer(device, max_epochs, train_loader, network, optimizer, loss)
-        LiLAWHandler(val_loader, loss).attach(trainer)   # a meta step after every iteration
+        LiLAWHandler(val_loader, loss).attach(trainer)   # a meta step per iteration after the warm-up epoch
         trainer.run()
         loss.weighting.as_dict()                         # the learned alpha, beta, delta
     """
