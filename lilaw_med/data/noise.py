@@ -75,14 +75,8 @@ def symmetric_noise(
     Returns:
         ``(noisy, actual_rate)``: noisy labels (N,) int64 and ``mean(noisy != labels)``.
     """
-    y = _check_labels(labels, num_classes)
-    rate = _check_rate(rate)
-    rng = np.random.default_rng(seed)
-    flip = rng.random(y.shape[0]) < rate
     # an offset in [1, K-1] added mod K gives a uniform choice among the other classes
-    offset = rng.integers(1, num_classes, size=y.shape[0])
-    noisy = np.where(flip, (y + offset) % num_classes, y)
-    return noisy, float(np.mean(noisy != y)) if y.size else 0.0
+    return _replace_with_offset(labels, rate, num_classes, seed, lowest_offset=1)
 
 
 def uniform_noise(
@@ -102,11 +96,20 @@ def uniform_noise(
     Returns:
         ``(noisy, actual_rate)``: noisy labels (N,) int64 and ``mean(noisy != labels)``.
     """
+    # an offset in [0, K-1] added mod K gives a uniform choice among all classes
+    return _replace_with_offset(labels, rate, num_classes, seed, lowest_offset=0)
+
+
+def _replace_with_offset(
+    labels: Sequence[int] | np.ndarray, rate: float, num_classes: int, seed: int, lowest_offset: int
+) -> tuple[np.ndarray, float]:
+    """Each label, with probability ``rate``, moves by a uniform offset in ``[lowest_offset, K-1]`` mod K."""
     y = _check_labels(labels, num_classes)
     rate = _check_rate(rate)
     rng = np.random.default_rng(seed)
-    redraw = rng.random(y.shape[0]) < rate
-    noisy = np.where(redraw, rng.integers(0, num_classes, size=y.shape[0]), y)
+    moved = rng.random(y.shape[0]) < rate
+    offset = rng.integers(lowest_offset, num_classes, size=y.shape[0])
+    noisy = np.where(moved, (y + offset) % num_classes, y)
     return noisy, float(np.mean(noisy != y)) if y.size else 0.0
 
 

@@ -12,12 +12,14 @@ import pytest
 from lilaw_med.cli import main
 from lilaw_med.data.datalist import load_datalist
 from lilaw_med.data.noise import (
+    add_noise,
     add_noise_to_datalist,
     asymmetric_noise,
     instance_dependent_noise,
     load_noise_truth,
     pairs_to_transition,
     symmetric_noise,
+    uniform_noise,
 )
 
 N = 20000
@@ -176,3 +178,17 @@ def test_instance_noise_on_a_datalist_uses_image_thumbnails(
         clean, tmp_path / "inst2.json", kind="instance", rate=0.5, seed=0, splits=("training",)
     )
     assert load_datalist(again.datalist).training == load_datalist(res.datalist).training
+
+
+def test_uniform_noise_redraws_from_all_classes_so_fewer_labels_end_wrong() -> None:
+
+
+    y = np.repeat(np.arange(2), 50_000)
+    noisy, actual = uniform_noise(y, 0.4, 2, seed=0)
+    assert actual == pytest.approx(0.4 * 1 / 2, abs=0.005)  # binary: the prototype's 40% is 20% wrong
+    y9 = np.repeat(np.arange(9), 10_000)
+    noisy9, actual9 = uniform_noise(y9, 0.6, 9, seed=0)
+    assert actual9 == pytest.approx(0.6 * 8 / 9, abs=0.01)
+    wrong = noisy9[noisy9 != y9] - y9[noisy9 != y9]
+    assert set(np.unique(wrong % 9)) == set(range(1, 9))  # every other class is reached
+    assert add_noise(y9, "uniform", 9, rate=0.6, seed=0)[1] == actual9  # the kind by name

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.scale_predict import threshold_by_sklearn_calls  # the former implementation, the reference
 from lilaw_med.training.evaluation import (
     apply_calibration,
     choose_threshold,
@@ -105,23 +106,6 @@ def test_class_balanced_sampler_balances_and_resumes() -> None:
     assert list(s) != draw
 
 
-def _threshold_by_one_sklearn_call_per_candidate(prob_positive: np.ndarray, labels: np.ndarray) -> float:
-    """The reference: the first implementation of ``choose_threshold`` (one scikit-learn call per candidate)."""
-    from sklearn.metrics import balanced_accuracy_score
-
-    p = np.asarray(prob_positive, dtype=np.float64).reshape(-1)
-    y = np.asarray(labels).reshape(-1).astype(int)
-    if len(np.unique(y)) < 2:
-        return 0.5
-    u = np.unique(p)
-    candidates = np.unique(np.concatenate([(u[:-1] + u[1:]) / 2, [0.5]]))
-    best_t, best_score = 0.5, -1.0
-    for t in candidates:
-        score = balanced_accuracy_score(y, (p >= t).astype(int))
-        if score > best_score + 1e-12 or (abs(score - best_score) <= 1e-12 and abs(t - 0.5) < abs(best_t - 0.5)):
-            best_t, best_score = float(t), score
-    return best_t
-
 
 @pytest.mark.parametrize("seed", range(12))
 def test_threshold_by_sorting_equals_one_sklearn_call_per_candidate(seed: int) -> None:
@@ -135,7 +119,7 @@ def test_threshold_by_sorting_equals_one_sklearn_call_per_candidate(seed: int) -
         score[rng.random(n) < 0.05] = 0.5
     else:  # continuous scores that separate the classes perfectly: a plateau of equal optima
         score = np.where(y == 1, rng.uniform(0.6, 1.0, n), rng.uniform(0.0, 0.3, n))
-    assert choose_threshold(score, y) == _threshold_by_one_sklearn_call_per_candidate(score, y)
+    assert choose_threshold(score, y) == threshold_by_sklearn_calls(score, y)
 
 
 def test_threshold_at_hand_computed_cases() -> None:
@@ -150,7 +134,7 @@ def test_threshold_at_hand_computed_cases() -> None:
     # far from 0.5, the lower one (met first) is kept
     p = np.array([0.0, 0.375, 0.5, 0.625, 0.625, 1.0])
     y = np.array([0, 1, 1, 0, 0, 1])
-    assert choose_threshold(p, y) == 0.1875 == _threshold_by_one_sklearn_call_per_candidate(p, y)
+    assert choose_threshold(p, y) == 0.1875 == threshold_by_sklearn_calls(p, y)
     # one class only, or no item: 0.5
     assert choose_threshold(np.array([0.1, 0.9]), np.array([1, 1])) == 0.5
     assert choose_threshold(np.zeros(0), np.zeros(0, dtype=int)) == 0.5
