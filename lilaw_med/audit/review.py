@@ -61,6 +61,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_IMAGE_SIZE = 512
+DEFAULT_MAX_ITEMS = 1000
+"""The page embeds every queued item's image (about 0.2 MB at 512 px): at a million items the audit
+may flag far more than one page can hold or one reader decide, so the queue stops here by default."""
 """Longest side, in pixels, of an embedded image: large on a screen, about 100-250 kB per item."""
 _SPLIT_ORDER = ("training", "validation", "test")
 REASONS = ("flagged", "hard", "asked for")
@@ -436,6 +439,7 @@ def write_review_page(
     hard: bool = True,
     image_size: int = DEFAULT_IMAGE_SIZE,
     images: bool = True,
+    max_items: int | None = DEFAULT_MAX_ITEMS,
 ) -> Path:
     """Writes the review page of an audited run.
 
@@ -449,6 +453,7 @@ def write_review_page(
         hard: queue the audit's hard items after the flagged ones.
         image_size: the longest side of an embedded image, in pixels (at least 32).
         images: read the images.
+        max_items: the longest queue (its head: the flagged items by rank first); ``None``: all.
 
     Returns:
         The page's path.
@@ -465,6 +470,8 @@ def write_review_page(
 
     if image_size < 32:
         raise InputError(f"image_size must be at least 32 pixels but is {image_size}.")
+    if max_items is not None and max_items < 1:
+        raise InputError(f"max_items must be at least 1 but is {max_items}.")
     record = RunRecord.read(run_dir)
     folder = Path(audit_dir) if audit_dir is not None else record.root / RunDir.AUDIT
     summary = _read_summary(folder)
@@ -472,6 +479,10 @@ def write_review_page(
     names = _class_names(record)
     classes = [_class_index(c, names) for c in include_classes]
     queue = review_queue(rows, record.items, include, classes, include_splits, hard)
+    if max_items is not None and len(queue) > max_items:
+        logger.warning("the review queue holds %d items; the page shows the first %d (the flagged ones by rank "
+                       "first): raise --max-items, or review a class or split at a time.", len(queue), max_items)
+        queue = queue[:max_items]
     if not queue:
         logger.warning("the review queue is empty: the audit flags no item and grades none hard; "
                        "add items with --include, --include-class or --split.")

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 # lilaw_med.audit.review.DEFAULT_IMAGE_SIZE (a test keeps them equal): importing that module to build
 # the parser would import torch (about 1.5 s for `lilaw-med --help`)
 _IMAGE_SIZE = 512
+_MAX_ITEMS = 1000  # lilaw_med.audit.review.DEFAULT_MAX_ITEMS, likewise
 
 
 def _open_in_browser(path: Path) -> bool:
@@ -85,6 +86,7 @@ def _cmd_review(args: argparse.Namespace) -> int:
         path = write_review_page(
             args.run_dir, audit_dir, args.output, include=args.include or (), include_classes=args.include_class or (),
             include_splits=args.split or (), hard=not args.no_hard, image_size=args.image_size,
+            max_items=args.max_items or None,
         )
     print(f"review page: {path}")
     print("decide with the keyboard (K keep, 1-9 relabel, X exclude, S skip, U undo), then 'Save decisions' and "
@@ -139,6 +141,8 @@ def register(subparsers: Any) -> None:
                    "not the audit's other hard ones")
     p.add_argument("--image-size", type=int, default=_IMAGE_SIZE, metavar="PX",
                    help="longest side of an embedded image in pixels (default %(default)s)")
+    p.add_argument("--max-items", type=int, default=_MAX_ITEMS, metavar="N",
+                   help=f"the longest queue: the flagged items by rank first (default {_MAX_ITEMS}; 0: all)")
     p.add_argument("--no-open", action="store_true", help="do not open the page in a browser")
     p.add_argument("--merge", nargs="+", metavar="CSV", help="combine the decision files of several readers into -o")
     p.set_defaults(func=_cmd_review)

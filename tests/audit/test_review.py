@@ -21,6 +21,7 @@ from PIL import Image
 from lilaw_med.audit.report import COLUMNS, AuditFiles, read_audit_rows
 from lilaw_med.audit.review import (
     DEFAULT_IMAGE_SIZE,
+    DEFAULT_MAX_ITEMS,
     QueueEntry,
     display_images,
     embed_json,
@@ -297,6 +298,7 @@ def test_cli_default_image_size_is_the_library_default():
     from lilaw_med.cli import build_parser
 
     assert build_parser().parse_args(["review", "r"]).image_size == DEFAULT_IMAGE_SIZE
+    assert build_parser().parse_args(["review", "r"]).max_items == DEFAULT_MAX_ITEMS
 
 
 def test_training_with_a_decision_file_applies_it_and_records_it_in_the_summary(tmp_path):
@@ -341,3 +343,12 @@ def test_a_3d_run_shows_three_slices_per_item_through_its_ct_window(run_folder, 
     assert axial.shape == (8, 6)  # (H, W) of the 6 x 8 x 10 volume at its own size, not the network's 4^3
     # the window maps -160..240 HU to 0..1: air is black, 40 HU mid-grey (0.5 -> 128)
     assert axial.min() == 0 and abs(int(axial.max()) - 128) <= 1
+
+
+def test_the_queue_stops_at_max_items_keeping_the_flagged_ones_first(audited, caplog):
+    page = write_review_page(audited, include_splits=["training"], images=False, max_items=4)
+    ids = [it["id"] for it in _page_data(page.read_text())["items"]]
+    assert ids[:3] == ["img-01", "img-06", "img-11"] and len(ids) == 4  # of 16 queued
+    assert "holds 16 items; the page shows the first 4" in caplog.text
+    with pytest.raises(ValueError, match="max_items"):
+        write_review_page(audited, images=False, max_items=0)
