@@ -70,12 +70,18 @@ def test_merge_rejects_shards_that_are_not_rank_strided() -> None:
         merge_shards([logits[:2], logits[2:]], [None], [["a", "b"], ["c", "d"]])
 
 
-def _datalist(folder: Path) -> Datalist:
+def _write_images(folder: Path) -> None:
     rng = np.random.default_rng(0)
-    items = []
     for i in range(8 + N_VAL + N_TEST):
         Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(folder / f"{i}.png")
-        items.append({"id": f"i{i:02d}", "image": str(folder / f"{i}.png"), "label": i % 2, "group": None})
+
+
+def _datalist(folder: Path) -> Datalist:
+    # reads only: the ranks share the folder, and a rank rewriting an image another is reading breaks it
+    items = [
+        {"id": f"i{i:02d}", "image": str(folder / f"{i}.png"), "label": i % 2, "group": None}
+        for i in range(8 + N_VAL + N_TEST)
+    ]
     return Datalist(
         training=items[:8], validation=items[8 : 8 + N_VAL], test=items[8 + N_VAL :], class_names=["a", "b"]
     )
@@ -89,6 +95,7 @@ def _config() -> Config:
 
 
 def test_build_data_gives_each_rank_its_shard_and_one_process_the_whole_split(tmp_path: Path) -> None:
+    _write_images(tmp_path)
     dl, cfg = _datalist(tmp_path), _config()
     for rank in range(WORLD_SIZE):
         data = build_data(cfg, dl, None, torch.device("cpu"), rank=rank, world_size=WORLD_SIZE)
@@ -154,6 +161,7 @@ def test_two_gloo_ranks_validate_their_shards_and_agree_with_one_process(tmp_pat
     folder, out = tmp_path / "images", tmp_path / "out"
     folder.mkdir()
     out.mkdir()
+    _write_images(folder)
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     ctx = mp.start_processes(
         _worker, args=(free_port(), str(folder), str(out)), nprocs=WORLD_SIZE, join=False, start_method=method
