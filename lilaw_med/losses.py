@@ -71,7 +71,14 @@ class LiLAWLoss(nn.Module):
             gradient, are about twice the base loss's: harmless with Adam/AdamW (invariant to a
             constant loss scale), a doubled step size with SGD. The mean is a constant of the
             step (detached), so only the relative weights shape the gradient. ``last_stats``
-            keeps the raw weights; the meta step is never normalised (see :meth:`meta_loss`).
+            keeps the raw weights; the meta step's objective is ``meta_objective``'s.
+        meta_objective: what the meta step lowers over a validation batch. ``"mean"`` (the spec's):
+            ``mean(w * L)``, lowered by lowering every weight, so its gradient has one sign
+            whatever the batch holds (alpha falls, beta rises) and the scalars' end point follows
+            how far the steps take them. ``"normalized"``: ``sum(w * L) / sum(w)``, the weighted
+            mean loss, invariant to a common scale of the weights; its gradient,
+            ``sum(dw * (L - Lbar_w)) / sum(w)``, moves weight toward the items whose loss is below
+            the weighted mean, in the direction the batch says.
 
     Raises:
         TypeError: when ``base_loss`` is not callable.
@@ -93,12 +100,15 @@ class LiLAWLoss(nn.Module):
         multi_label: bool = False,
         detach_weights: bool = False,
         normalize_weights: bool = False,
+        meta_objective: Literal["mean", "normalized"] = "mean",
     ):
         super().__init__()
         if not callable(base_loss):
             raise TypeError(f"base_loss must be callable but is {type(base_loss).__name__}.")
         if reduce_classes not in (None, "sum", "mean"):
             raise ValueError(f"reduce_classes must be 'sum', 'mean' or None but is {reduce_classes!r}.")
+        if meta_objective not in ("mean", "normalized"):
+            raise ValueError(f"meta_objective must be 'mean' or 'normalized' but is {meta_objective!r}.")
         if int(warmup_epochs) < 0:
             raise ValueError(f"warmup_epochs must be >= 0 but is {warmup_epochs}.")
         self.base_loss = base_loss
@@ -108,6 +118,7 @@ class LiLAWLoss(nn.Module):
         self.multi_label = bool(multi_label)
         self.detach_weights = bool(detach_weights)
         self.normalize_weights = bool(normalize_weights)
+        self.meta_objective = meta_objective
         self.epoch = 1
         self.last_stats: LiLAWStats | None = None
         self.last_loss: torch.Tensor | None = None
@@ -198,15 +209,14 @@ class LiLAWLoss(nn.Module):
         return loss
 
     def meta_loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The meta step's loss: ``mean(w * L)`` with the network's outputs held constant.
+        """The meta step's loss with the network's outputs held constant: ``mean(w * L)`` (the spec's)
+        or, with ``meta_objective="normalized"``, ``sum(w * L) / sum(w)``.
 
         Gradients reach alpha, beta and delta only. Its statistics go to ``last_val_stats``.
 
-        It is never normalised, whatever ``normalize_weights`` says: divided by ``mean(w)``, the
-        loss would be invariant to a common scale of the weights, so its gradient would lose the
-        direction that raises or lowers all weights together (e.g. alpha for a batch of easy
-        samples), and the meta step would optimise another objective than the spec's. The
-        normalisation is a matter of the network optimizer's step size only.
+        ``normalize_weights`` does not touch it: that divides by a detached mean, a matter of the
+        network optimizer's step size; the normalised objective divides by ``sum(w)`` with the
+        gradient through it, which changes the direction the scalars move.
 
         Args:
             pred: logits of a validation batch (detached here).
@@ -221,6 +231,9 @@ class LiLAWLoss(nn.Module):
         terms = self.weighting(pred, target, multi_label=self.multi_label)
         self.last_val_stats = terms.detach()
         self.last_val_loss = losses
+        if self.meta_objective == "normalized":
+            w = terms.weight
+            return (w * losses).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny)
         return (terms.weight * losses).mean()
 
 

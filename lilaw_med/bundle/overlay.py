@@ -57,7 +57,7 @@ _SETTINGS: dict[str, Any] = {
     "weight_decay": META_STEP_DEFAULTS["weight_decay"],
     **_signature_defaults(LiLAWLoss.__init__, ("warmup_epochs",)),
     "val_mode": META_STEP_DEFAULTS["val_mode"],
-    **_signature_defaults(LiLAWLoss.__init__, ("detach_weights", "normalize_weights")),
+    **_signature_defaults(LiLAWLoss.__init__, ("detach_weights", "normalize_weights", "meta_objective")),
     "meta_every": META_STEP_DEFAULTS["every"],
     "epoch_budget": META_STEP_DEFAULTS["epoch_budget"],
     **_signature_defaults(LiLAWLoss.__init__, ("reduce_classes", "multi_label")),
@@ -142,6 +142,7 @@ def lilaw_overlay(layout: BundleLayout) -> dict[str, Any]:
                 "multi_label": "@lilaw#multi_label",
                 "detach_weights": "@lilaw#detach_weights",
                 "normalize_weights": "@lilaw#normalize_weights",
+                "meta_objective": "@lilaw#meta_objective",
             },
             # on the trainer's device, so the meta step's gradients and loss live on one device
             "loss": f"$@lilaw#loss_def.to(@{trainer}#device)",

@@ -189,6 +189,10 @@ class LiLAWConfig:
         _signature_default(_L, "normalize_weights"), (bool,),
         help="divide w by its batch mean in the model step (the base loss's scale; for SGD)",
     )
+    meta_objective: str = setting(
+        _signature_default(_L, "meta_objective"), (str,), choices=("mean", "normalized"),
+        help="what the meta step lowers: mean(w*L) (the spec's) or sum(w*L)/sum(w)",
+    )
     val_batch_size: int | None = setting(
         None, (int,), minimum=1, maximum=MAX_BATCH_SIZE, nullable=True, help="meta batch size (null: train.batch_size)"
     )

@@ -62,7 +62,7 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
-KEYS_ADDED_LATER: dict[tuple[str, str], Any] = {("lilaw", "epoch_budget"): None}
+KEYS_ADDED_LATER: dict[tuple[str, str], Any] = {("lilaw", "epoch_budget"): None, ("lilaw", "meta_objective"): "mean"}
 """(section, key) -> the behaviour of a run folder written before the key existed: its ``config.yaml``
 holds every key of its day, so a missing one means that day's behaviour, not today's default."""
 

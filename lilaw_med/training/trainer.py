@@ -142,6 +142,7 @@ def build_lilaw_loss(cfg: Config, base_loss: nn.Module) -> LiLAWLoss:
     return LiLAWLoss(
         base_loss, weighting, warmup_epochs=warmup, multi_label=cfg.data.multi_label,
         detach_weights=lilaw.detach_weights, normalize_weights=lilaw.normalize_weights,
+        meta_objective=lilaw.meta_objective,
     )
 
 

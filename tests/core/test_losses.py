@@ -239,3 +239,66 @@ def test_normalize_weights_comes_from_the_config():
         cfg = Config.from_mapping({"data": {"sample_data": True}, "lilaw": {"normalize_weights": value}})
         assert build_lilaw_loss(cfg, nn.CrossEntropyLoss(reduction="none")).normalize_weights is value
     assert Config.from_mapping({"data": {"sample_data": True}}).lilaw.normalize_weights is False
+
+
+def _normalized_objective(logits: torch.Tensor, labels: torch.Tensor, a: float, b: float, d: float) -> float:
+    w, ce = _by_hand(logits, labels, a, b, d)
+    return float((w * ce).sum() / w.sum())
+
+
+def test_normalized_meta_objective_is_the_weighted_mean_loss_with_finite_difference_gradients():
+    logits, labels = _normalize_case()
+    scalars = (1.5, 1.0, 2.5)
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), LiLAWWeighting(*scalars), warmup_epochs=0,
+                     meta_objective="normalized")
+    value = loss.meta_loss(logits, labels)
+    assert value.item() == pytest.approx(_normalized_objective(logits, labels, *scalars), rel=1e-6)
+    value.backward()
+    grads = [loss.weighting.alpha.grad.item(), loss.weighting.beta.grad.item(), loss.weighting.delta.grad.item()]
+    h = 1e-6
+    for i, g in enumerate(grads):
+        up, down = list(scalars), list(scalars)
+        up[i] += h
+        down[i] -= h
+        fd = (_normalized_objective(logits, labels, *up) - _normalized_objective(logits, labels, *down)) / (2 * h)
+        assert g == pytest.approx(fd, rel=1e-4, abs=1e-7)
+
+
+def _agree_and_disagree() -> tuple[torch.Tensor, torch.Tensor]:
+    # item 0: the model agrees with its label (s[y] ~ 0.9, low loss); item 1: it does not (s[y] ~ 0.1)
+    logits = torch.tensor([[2.2, 0.0], [0.0, -2.2]], dtype=torch.float64)
+    return logits, torch.tensor([0, 1])
+
+
+@pytest.mark.parametrize(("objective", "alpha_sign", "beta_sign"), [("mean", 1, -1), ("normalized", -1, 1)])
+def test_the_spec_objective_lowers_every_weight_and_the_normalized_one_follows_the_batch(objective, alpha_sign, beta_sign):
+    # d(alpha) and d(beta) of the spec's mean(w * L) have one sign for every item (alpha falls and
+    # beta rises on any batch); the weighted mean moves weight toward the low-loss item instead
+    logits, labels = _agree_and_disagree()
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0, meta_objective=objective)
+    loss.meta_loss(logits, labels).backward()
+    assert math.copysign(1, loss.weighting.alpha.grad.item()) == alpha_sign
+    assert math.copysign(1, loss.weighting.beta.grad.item()) == beta_sign
+
+
+def test_normalized_meta_objective_has_no_gradient_when_every_item_has_the_same_loss():
+    # equal losses: the weighted mean is that loss whatever the weights, so nothing moves the scalars
+    logits = torch.tensor([[1.0, 0.0, -1.0], [-1.0, 1.0, 0.0], [0.0, -1.0, 1.0]], dtype=torch.float64)
+    loss = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0, meta_objective="normalized")
+    loss.meta_loss(logits, torch.tensor([0, 1, 2])).backward()
+    for p in (loss.weighting.alpha, loss.weighting.beta, loss.weighting.delta):
+        assert abs(p.grad.item()) < 1e-6
+    spec = LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), warmup_epochs=0)
+    spec.meta_loss(logits, torch.tensor([0, 1, 2])).backward()
+    assert spec.weighting.alpha.grad.item() > 1e-3  # the spec's objective moves them all the same
+
+
+def test_meta_objective_comes_from_the_config_and_rejects_unknown_names():
+    from lilaw_med.run.config import Config
+    from lilaw_med.training.trainer import build_lilaw_loss
+
+    for value in ("mean", "normalized"):
+        cfg = Config.from_mapping({"data": {"sample_data": True}, "lilaw": {"meta_objective": value}})
+        assert build_lilaw_loss(cfg, nn.CrossEntropyLoss(reduction="none")).meta_objective == value
+    with pytest.raises(ValueError, match="meta_objective"):
+        LiLAWLoss(nn.CrossEntropyLoss(reduction="none"), meta_objective="sum")

@@ -16,7 +16,8 @@ from lilaw_med.training.resume import check_resume_config
 def _old_run(tmp_path: Path) -> RunDir:
     rd = RunDir(tmp_path / "run").create()
     config = Config.from_mapping({"data": {"sample_data": True}}).to_dict()
-    del config["lilaw"]["epoch_budget"]  # the key did not exist when this run was written
+    del config["lilaw"]["epoch_budget"]  # the keys did not exist when this run was written
+    del config["lilaw"]["meta_objective"]
     rd.config.write_text(yaml.safe_dump(config))
     return rd
 
@@ -24,6 +25,7 @@ def _old_run(tmp_path: Path) -> RunDir:
 def test_a_run_without_epoch_budget_reads_as_the_specs_step(tmp_path: Path) -> None:
     saved = _old_run(tmp_path).read_config()
     assert saved["lilaw"]["epoch_budget"] is None
+    assert saved["lilaw"]["meta_objective"] == "mean"
     assert Config.from_mapping(saved).lilaw.epoch_budget is None
 
 
