@@ -19,7 +19,8 @@ Two stages:
 
 Usage::
 
-    python -m benchmarks.preset_gain --stage dev              # train what is missing, then report
+    python -m benchmarks.preset_gain --stage dev --round 1    # round 1 (the schedule): train what is missing, report
+    python -m benchmarks.preset_gain --stage dev              # round 2 (the meta objective, against round 1's choice)
     python -m benchmarks.preset_gain --stage eval --seeds 10
     python -m benchmarks.preset_gain --stage eval --report    # report from the cache only
     python -m benchmarks.preset_gain --stage refine           # train --refine at 40%: the share won back
@@ -67,9 +68,15 @@ VARIANTS: dict[str, list[str]] = {
     "budget32": [*LILAW_COMMON, "lilaw.epoch_budget=32"],
     "budget64": [*LILAW_COMMON, "lilaw.epoch_budget=64"],
     "budget32_eval": [*LILAW_COMMON, "lilaw.epoch_budget=32", "lilaw.val_mode=eval"],
+    "norm32": [*LILAW_COMMON, "lilaw.epoch_budget=32", "lilaw.meta_objective=normalized"],
+    "norm32_lr0.1": [*LILAW_COMMON, "lilaw.epoch_budget=32", "lilaw.meta_objective=normalized", "lilaw.lr=0.1"],
 }
 """Variant -> ``--set`` overrides. Every LiLAW variant has the prototype's one-epoch warm-up."""
 CANDIDATES = ("spec", "budget16", "budget32", "budget64", "budget32_eval")
+"""Round 1 (``preset_gain_rule.md``): the meta step's schedule."""
+ROUND2 = ("norm32", "norm32_lr0.1")
+"""Round 2: the normalised meta objective, against round 1's choice ``budget32``."""
+INCUMBENT = "budget32"
 
 DEV_CELLS = [
     Cell(d, "symmetric", r, s)
@@ -168,15 +175,16 @@ def _pct(d: dict[str, float]) -> str:
     return f"{100 * d['mean']:+.1f} [{100 * d['ci_low']:+.1f}, {100 * d['ci_high']:+.1f}]"
 
 
-def dev_report(seeds: Sequence[int] = (0, 1, 2)) -> dict[str, Any]:
-    """The rule of ``preset_gain_rule.md`` over the development cells that are complete."""
+def dev_report(seeds: Sequence[int] = (0, 1, 2), round_: int = 1) -> dict[str, Any]:
+    """The rule of ``preset_gain_rule.md`` (``round_`` 1 or 2) over the development cells that are complete."""
+    candidates = CANDIDATES if round_ == 1 else (INCUMBENT, *ROUND2)
     cells: dict[tuple[str, float], list[Cell]] = {}
     for c in DEV_CELLS:
         if c.seed in seeds:
             cells.setdefault((c.dataset, c.rate), []).append(c)
     rows, qualifying = [], []
     for key, group in cells.items():
-        done = [c for c in group if all((run_path(c, v) / "summary.json").is_file() for v in VARIANTS)]
+        done = [c for c in group if all((run_path(c, v) / "summary.json").is_file() for v in ("ce", *candidates))]
         if len(done) < len(group):
             rows.append({"cell": f"{key[0]} {key[1]:g}", "complete": False})
             continue
@@ -184,7 +192,7 @@ def dev_report(seeds: Sequence[int] = (0, 1, 2)) -> dict[str, Any]:
         ce_val = mean_ci([f.val_auroc_final for f in ce])
         row: dict[str, Any] = {"cell": f"{key[0]} {key[1]:g}", "complete": True, "ce_val_auroc_final": ce_val["mean"]}
         row["qualifies"] = bool(ce_val["mean"] >= 0.65)
-        for v in CANDIDATES:
+        for v in candidates:
             lil = [read(run_path(c, v)) for c in done]
             row[v] = {
                 "final": paired_difference([f.val_auroc_final for f in lil], [f.val_auroc_final for f in ce]),
@@ -197,27 +205,34 @@ def dev_report(seeds: Sequence[int] = (0, 1, 2)) -> dict[str, Any]:
         if row["qualifies"]:
             qualifying.append(row)
     scores = {v: (sum(r[v]["final"]["mean"] + r[v]["best"]["mean"] for r in qualifying) / (2 * len(qualifying))
-                  if qualifying else math.nan) for v in CANDIDATES}
-    md = ["| cell | CE noisy-val AUROC | qualifies | " + " | ".join(CANDIDATES) + " |",
-          "|---|---|---|" + "---|" * len(CANDIDATES)]
+                  if qualifying else math.nan) for v in candidates}
+    md = ["| cell | CE noisy-val AUROC | qualifies | " + " | ".join(candidates) + " |",
+          "|---|---|---|" + "---|" * len(candidates)]
     for r in rows:
         if not r["complete"]:
-            md.append(f"| {r['cell']} | (incomplete) | | " + " | ".join("" for _ in CANDIDATES) + " |")
+            md.append(f"| {r['cell']} | (incomplete) | | " + " | ".join("" for _ in candidates) + " |")
             continue
         cells_md = [f"final {_pct(r[v]['final'])}, best {_pct(r[v]['best'])}; a/b/d {r[v]['alpha']:.2f}/"
-                    f"{r[v]['beta']:.2f}/{r[v]['delta']:.2f}" for v in CANDIDATES]
+                    f"{r[v]['beta']:.2f}/{r[v]['delta']:.2f}" for v in candidates]
         md.append(f"| {r['cell']} | {r['ce_val_auroc_final']:.3f} | {'yes' if r['qualifies'] else 'no'} | "
                   + " | ".join(cells_md) + " |")
     md.append("")
     md.append("Score (mean paired LiLAW - CE noisy-validation AUROC, final and best averaged, qualifying cells): "
-              + ", ".join(f"{v} {100 * scores[v]:+.2f}" for v in CANDIDATES))
+              + ", ".join(f"{v} {100 * scores[v]:+.2f}" for v in candidates))
     finite = {v: s for v, s in scores.items() if math.isfinite(s)}
     chosen = None
     if finite and all(r["complete"] for r in rows):
-        best = max(finite.values())
-        # tie rule of preset_gain_rule.md: within 0.2 points of the best, the smallest budget, then train mode
-        order = ["budget16", "budget32", "budget32_eval", "budget64", "spec"]
-        chosen = next(v for v in order if v in finite and finite[v] >= best - 0.002)
+        if round_ == 1:
+            best = max(finite.values())
+            # tie rule of preset_gain_rule.md: within 0.2 points of the best, the smallest budget, then train mode
+            order = ["budget16", "budget32", "budget32_eval", "budget64", "spec"]
+            chosen = next(v for v in order if v in finite and finite[v] >= best - 0.002)
+        else:
+            # round 2: the best new candidate (ties within 0.2 points to the first of ROUND2) replaces the
+            # incumbent only if it leads it by more than 0.2 points
+            new_best = max(finite[v] for v in ROUND2 if v in finite)
+            challenger = next(v for v in ROUND2 if v in finite and finite[v] >= new_best - 0.002)
+            chosen = challenger if finite[challenger] > finite.get(INCUMBENT, -math.inf) + 0.002 else INCUMBENT
         md.append(f"Chosen by the rule: **{chosen}**")
     return {"rows": rows, "scores": scores, "chosen": chosen, "markdown": "\n".join(md)}
 
@@ -295,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stage", choices=("dev", "eval", "refine", "resnet"), required=True)
     p.add_argument("--seeds", type=int, default=10, help="eval stage: seeds 0..N-1")
+    p.add_argument("--round", type=int, choices=(1, 2), default=2,
+                   help="dev stage: the rule's round (1: the schedule; 2: the normalised meta objective)")
     p.add_argument("--variant", default=None, help="eval stage: the LiLAW variant (default: the dev stage's choice)")
     p.add_argument("--report", action="store_true", help="report from the cache, train nothing")
     p.add_argument("--budget", type=float, default=None, help="minutes after which no new run starts")
@@ -306,21 +323,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out = cache_root() / "preset_gain"
     if args.stage == "dev":
+        candidates = CANDIDATES if args.round == 1 else (INCUMBENT, *ROUND2)
         if not args.report:
             for cell in DEV_CELLS:
-                for v in VARIANTS:
+                for v in ("ce", *candidates):
                     if out_of_time():
                         break
                     train(cell, v)
-        rep = dev_report()
-        atomic_write(out / "dev.md", rep["markdown"] + "\n")
-        atomic_write(out / "dev.json", json.dumps({k: rep[k] for k in ("rows", "scores", "chosen")}, indent=1,
-                                                  default=float))
+        rep = dev_report(round_=args.round)
+        name = "dev" if args.round == 1 else f"dev_round{args.round}"
+        atomic_write(out / f"{name}.md", rep["markdown"] + "\n")
+        atomic_write(out / f"{name}.json", json.dumps({k: rep[k] for k in ("rows", "scores", "chosen")}, indent=1,
+                                                      default=float))
         print(rep["markdown"])
         return 0
     variant = args.variant
     if variant is None:
-        chosen = json.loads((out / "dev.json").read_text(encoding="utf-8")).get("chosen") if (out / "dev.json").is_file() else None
+        latest = out / "dev_round2.json" if (out / "dev_round2.json").is_file() else out / "dev.json"
+        chosen = json.loads(latest.read_text(encoding="utf-8")).get("chosen") if latest.is_file() else None
         if chosen is None:
             print("no variant: run the dev stage to the end first or pass --variant", file=sys.stderr)
             return 2
