@@ -23,52 +23,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from lilaw_med.audit.rank import check_inputs, confident_thresholds, order_label_issues
+from lilaw_med.audit.rank import check_inputs, confident_joint, confident_thresholds, order_label_issues
 
 __all__ = [
     "NoiseEstimate", "combine_estimates", "confident_joint", "estimate_noise", "expected_precision", "find_label_issues",
     "wrong_label_chances",
 ]
-
-
-def confident_joint(
-    labels: np.ndarray, pred_probs: np.ndarray, calibrate: bool = True, thresholds: np.ndarray | None = None
-) -> np.ndarray:
-    """The confident joint ``C[i, j]``: items given label i whose confident class is j.
-
-    An item's confident class is the most probable class among those whose probability reaches
-    that class's threshold; an item that reaches none is not counted. With ``calibrate``, each row
-    is rescaled to the number of items given that label (rows of empty classes stay 0), so the
-    matrix sums to N (cleanlab's ``calibrate_confident_joint``).
-
-    Args:
-        labels: int (N,) given labels.
-        pred_probs: (N, C) probabilities (NaN rows are left out).
-        calibrate: rescale rows to the label counts.
-        thresholds: (C,) per-class thresholds to use instead of those of ``labels`` and ``pred_probs``
-            (e.g. from out-of-sample items).
-
-    Returns:
-        float64 (C, C).
-
-    Example::
-
-        joint = confident_joint(labels, pred_probs)            # (C, C): given i (rows), truly j (columns)
-    """
-    y, p = check_inputs(labels, pred_probs)
-    c = p.shape[1]
-    t = confident_thresholds(y, p) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-    ok = np.isfinite(p).all(axis=1)
-    above = (p >= t[None, :] - 1e-9) & ok[:, None]
-    has = above.any(axis=1)
-    guess = np.where(above, p, -np.inf).argmax(axis=1)
-    joint = np.zeros((c, c))
-    np.add.at(joint, (y[has], guess[has]), 1.0)
-    if calibrate:
-        counts = np.bincount(y[ok], minlength=c).astype(np.float64)
-        row = joint.sum(axis=1, keepdims=True)
-        joint = np.where(row > 0, joint / np.maximum(row, 1e-12) * counts[:, None], 0.0)
-    return joint
 
 
 def _cell_counts(labels: np.ndarray, pred_probs: np.ndarray, thresholds: np.ndarray | None = None) -> np.ndarray:

@@ -23,10 +23,12 @@ from lilaw_med.errors import InputError
 __all__ = [
     "SCORE_METHODS",
     "check_inputs",
+    "confident_joint",
     "confident_thresholds",
     "get_label_quality_scores",
     "normalized_margin",
     "order_label_issues",
+    "posterior",
     "self_confidence",
     "subtract_confident_thresholds",
 ]
@@ -109,9 +111,77 @@ def normalized_margin(labels: np.ndarray, pred_probs: np.ndarray) -> np.ndarray:
     return (given - other.max(axis=1) + 1) / 2
 
 
+def confident_joint(
+    labels: np.ndarray, pred_probs: np.ndarray, calibrate: bool = True, thresholds: np.ndarray | None = None
+) -> np.ndarray:
+    """The confident joint ``C[i, j]``: items given label i whose confident class is j.
+
+    An item's confident class is the most probable class among those whose probability reaches
+    that class's threshold; an item that reaches none is not counted. With ``calibrate``, each row
+    is rescaled to the number of items given that label (rows of empty classes stay 0), so the
+    matrix sums to N (cleanlab's ``calibrate_confident_joint``).
+
+    Args:
+        labels: int (N,) given labels.
+        pred_probs: (N, C) probabilities (NaN rows are left out).
+        calibrate: rescale rows to the label counts.
+        thresholds: (C,) per-class thresholds to use instead of those of ``labels`` and ``pred_probs``
+            (e.g. from out-of-sample items).
+
+    Returns:
+        float64 (C, C).
+
+    Example::
+
+        joint = confident_joint(labels, pred_probs)            # (C, C): given i (rows), truly j (columns)
+    """
+    y, p = check_inputs(labels, pred_probs)
+    c = p.shape[1]
+    t = confident_thresholds(y, p) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    ok = np.isfinite(p).all(axis=1)
+    above = (p >= t[None, :] - 1e-9) & ok[:, None]
+    has = above.any(axis=1)
+    guess = np.where(above, p, -np.inf).argmax(axis=1)
+    joint = np.zeros((c, c))
+    np.add.at(joint, (y[has], guess[has]), 1.0)
+    if calibrate:
+        counts = np.bincount(y[ok], minlength=c).astype(np.float64)
+        row = joint.sum(axis=1, keepdims=True)
+        joint = np.where(row > 0, joint / np.maximum(row, 1e-12) * counts[:, None], 0.0)
+    return joint
+
+
+def posterior(labels: np.ndarray, pred_probs: np.ndarray, prior_count: float = 1.0) -> np.ndarray:
+    """``P(true = y | x, given = y)`` by Bayes: the probabilities as the prior over the true class, and
+    the noise transitions that their calibrated confident joint implies as the likelihood.
+
+    ``P(given = y | true = j) = C[y, j] / sum_i C[i, j]`` (each cell plus ``prior_count``, so a
+    transition no item showed stays possible). Under symmetric noise every off-diagonal transition
+    is alike and the score orders the items of a class as ``p[y]`` does; a systematic flip
+    ``j -> y`` makes ``C[y, j]`` large, so an item labelled ``y`` that the network finds likely to
+    be ``j`` scores low even where the network has learned part of the flip and ``p[y]`` is high.
+
+    Args:
+        labels: int (N,) given labels.
+        pred_probs: (N, C) probabilities.
+        prior_count: added to every cell of the confident joint.
+
+    Returns:
+        (N,) the posterior probability of the given label (NaN rows stay NaN).
+    """
+    y, p = check_inputs(labels, pred_probs)
+    joint = confident_joint(y, p) + prior_count
+    likelihood = joint / joint.sum(axis=0, keepdims=True)  # [i, j]: P(given = i | true = j)
+    rows = np.arange(y.size)
+    evidence = (p * likelihood[y, :]).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return p[rows, y] * likelihood[y, y] / evidence
+
+
 SCORE_METHODS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "self_confidence": self_confidence,
     "normalized_margin": normalized_margin,
+    "posterior": posterior,
 }
 """Named label quality scores over (labels, pred_probs)."""
 

@@ -12,6 +12,7 @@ from lilaw_med.audit.rank import (
     get_label_quality_scores,
     normalized_margin,
     order_label_issues,
+    posterior,
     self_confidence,
     subtract_confident_thresholds,
 )
@@ -103,7 +104,7 @@ def test_scores_are_clipped_to_zero_one():
 
 
 def test_an_unknown_method_is_a_value_error_naming_the_choices():
-    with pytest.raises(ValueError, match=r"method must be one of \['normalized_margin', 'self_confidence'\] but is 'bogus'"):
+    with pytest.raises(ValueError, match=r"method must be one of \['normalized_margin', 'posterior', 'self_confidence'\] but is 'bogus'"):
         get_label_quality_scores(LABELS, PROBS, method="bogus")
 
 
@@ -127,3 +128,31 @@ def test_order_label_issues_puts_the_lowest_first_ties_in_order_and_nan_last():
     # 0.1 (item 2), 0.1 (item 4, after 2: stable), 0.3, 0.5, then the NaNs in their order
     assert order_label_issues(q).tolist() == [2, 4, 3, 0, 1, 5]
     assert order_label_issues(np.array([])).tolist() == []
+
+
+def test_posterior_by_hand():
+    # thresholds (0.7, 0.55, 0.5); confident classes 0, none, 2, 1; calibrated joint diag(1, 2, 1);
+    # plus 1 per cell, over column sums (4, 5, 4): P(given = i | true = j) =
+    # [[0.5, 0.2, 0.25], [0.25, 0.6, 0.25], [0.25, 0.2, 0.5]]
+    # item 0: 0.7 * 0.5 / (0.7 * 0.5 + 0.2 * 0.2 + 0.1 * 0.25) = 0.35 / 0.415
+    # item 1: 0.3 * 0.6 / (0.6 * 0.25 + 0.3 * 0.6 + 0.1 * 0.25) = 0.18 / 0.355
+    # item 2: 0.5 * 0.5 / (0.2 * 0.25 + 0.3 * 0.2 + 0.5 * 0.5) = 0.25 / 0.36
+    # item 3: 0.8 * 0.6 / (0.1 * 0.25 + 0.8 * 0.6 + 0.1 * 0.25) = 0.48 / 0.53
+    expected = [0.35 / 0.415, 0.18 / 0.355, 0.25 / 0.36, 0.48 / 0.53]
+    np.testing.assert_allclose(posterior(LABELS, PROBS), expected, rtol=1e-12)
+    np.testing.assert_allclose(get_label_quality_scores(LABELS, PROBS, method="posterior"), expected, rtol=1e-12)
+
+
+def test_posterior_scores_an_item_the_systematic_flip_explains_below_one_it_does_not():
+    # ten items of class 0 flipped to label 1 (the network is sure they are 0): the joint's C[1, 0]
+    # is large, C[1, 2] is not; two probes labelled 1 with the same p[1] = 0.55, one leaning to 0
+    # and one to 2: self-confidence ties them, the posterior puts the one the flip explains first
+    rows = ([[0.9, 0.1, 0.0]] * 10 + [[0.9, 0.1, 0.0]] * 10 + [[0.05, 0.9, 0.05]] * 10
+            + [[0.05, 0.05, 0.9]] * 10 + [[0.4, 0.55, 0.05], [0.05, 0.55, 0.4]])
+    labels = np.array([0] * 10 + [1] * 10 + [1] * 10 + [2] * 10 + [1, 1])
+    probs = np.array(rows)
+    sc, post = self_confidence(labels, probs), posterior(labels, probs)
+    assert sc[-2] == sc[-1]
+    assert post[-2] < post[-1] - 0.1
+    # the flipped items themselves rank below every correctly labelled item of class 1
+    assert post[10:20].max() < post[20:30].min()
