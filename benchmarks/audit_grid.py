@@ -22,6 +22,7 @@ Stages::
     python -m benchmarks.audit_grid --stage count_dev --evaluate
     python -m benchmarks.audit_grid --stage grid    # the evaluation grid -> benchmarks/RESULTS.md section
     python -m benchmarks.audit_grid --stage dev --cells breastmnist:symmetric:0.3:0  # one cell
+    python -m benchmarks.audit_grid --stage round7 --evaluate   # round 7: the ranking score (rule in audit_selection_rule.md)
 
 Runs are cached under ``$LILAW_BENCH_CACHE`` (default ``~/.cache/lilaw-med-bench``): a finished
 run (its ``summary.json``) is never trained again. Data: ``../shared/data`` or
@@ -33,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -49,21 +51,22 @@ from lilaw_med.audit.core import DEFAULT_COUNT_WINDOW
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("benchmarks.audit_grid")
 
-# data set -> (npz, preset, import format, class names, --set overrides giving the native size)
+# data set -> (npz, preset, import format, class names, --set overrides giving the native size; "ordinal": the
+# classes are grades, which a user says with `lilaw-med audit --ordinal`)
 DATASETS: dict[str, dict[str, Any]] = {
     "breastmnist": {"npz": "breastmnist.npz", "preset": "radiology_2d", "format": "dicom",
                     "names": "malignant,normal_or_benign", "set": ["data.options.spatial_size=[28,28]"]},
     "pneumoniamnist_balanced": {"npz": "pneumoniamnist_balanced.npz", "preset": "radiology_2d", "format": "dicom",
                                 "names": "normal,pneumonia", "set": ["data.options.spatial_size=[28,28]"]},
     "retinamnist": {"npz": "retinamnist.npz", "preset": "pathology", "format": "png",
-                    "names": "grade0,grade1,grade2,grade3,grade4", "set": []},
+                    "names": "grade0,grade1,grade2,grade3,grade4", "set": [], "ordinal": True},
     "pathmnist_1000": {"npz": "pathmnist_1000.npz", "preset": "pathology", "format": "png",
                        "names": "adipose,background,debris,lymphocytes,mucus,smooth_muscle,normal_mucosa,stroma,"
                                 "tumor_epithelium", "set": []},
     # held-out images of two grid data sets (their npz val + test splits, never in a grid cell): round 6's
     # multi-class development cells for the counts
     "retinamnist_heldout": {"npz": "retinamnist.npz", "heldout": True, "preset": "pathology", "format": "png",
-                            "names": "grade0,grade1,grade2,grade3,grade4", "set": []},
+                            "names": "grade0,grade1,grade2,grade3,grade4", "set": [], "ordinal": True},
     "pathmnist_heldout": {"npz": "pathmnist_1000.npz", "heldout": True, "preset": "pathology", "format": "png",
                           "names": "adipose,background,debris,lymphocytes,mucus,smooth_muscle,normal_mucosa,stroma,"
                                    "tumor_epithelium", "set": []},
@@ -295,7 +298,9 @@ def refine_markdown(rows: Sequence[dict[str, Any]]) -> str:
 # ----------------------------------------------------------------------------- scoring
 WINDOWS = ("best_val_loss", "best_val_accuracy", "best_meta_loss", "all", "last", "fraction",
            "val_loss_at_least_fraction")
-SCORES = ("self_confidence", "normalized_margin", "self_confidence+adjust", "normalized_margin+adjust")
+SCORES = ("self_confidence", "normalized_margin", "posterior", "self_confidence+adjust", "normalized_margin+adjust")
+ROUND7_METHODS = ("self_confidence", "normalized_margin", "posterior")
+"""Round 7's candidate ranking scores (``audit_selection_rule.md``), in the rule's tie order."""
 
 
 @dataclass
@@ -396,6 +401,28 @@ def level_table(levels: np.ndarray, wrong: np.ndarray) -> dict[str, dict[str, fl
             for lv in ("easy", "moderate", "hard")}
 
 
+def shipped_audit(rd: Path, wrong: np.ndarray, ids: Sequence[str], method: str,
+                  oof: np.ndarray | None = None, ordinal: bool = False) -> dict[str, Any]:
+    """The library's own audit of the run's training items (:func:`lilaw_med.audit.core.audit_split`, every
+    default but ``method``; ``oof``: the ``--folds`` probabilities), scored against the truth: ranking, flagged
+    count, the 95% interval of the noise rate and whether it holds the true rate, and the identifiability verdict."""
+    from lilaw_med.audit.core import AuditOptions, audit_split
+    from lilaw_med.audit.detection import detection_quality
+    from lilaw_med.audit.record import RunRecord
+
+    record = RunRecord.read(rd)
+    audit = audit_split(record, "training", AuditOptions(method=method, thumbnails=False, ordinal=ordinal),
+                        oof_probs=oof)
+    if list(audit.ids) != list(ids):
+        raise ValueError(f"{rd}: the audit's item order differs from the benchmark's")
+    lo, hi = audit.noise.overall_interval
+    truth = float(wrong.mean())
+    return {**detection_quality(audit.scores, wrong), **flag_quality(audit.is_label_issue, wrong),
+            "estimate": float(audit.noise.overall), "interval": [float(lo), float(hi)], "true_rate": truth,
+            "covers": bool(lo - 1e-9 <= truth <= hi + 1e-9), "identifiable": audit.identifiable,
+            "reasons": list(audit.not_identifiable)}
+
+
 SHIPPED_COUNT_WINDOW = DEFAULT_COUNT_WINDOW
 """The library's ``count_window`` default; this benchmark's window of that name reads ``metrics.csv``'s curve, as the
 library's count window does."""
@@ -453,6 +480,8 @@ def evaluate_cell(cell: Cell, folds: int = 4) -> dict[str, Any]:
     d = run.dynamics
     out["difficulty"]["lilaw_terms"] = level_table(lilaw_term_difficulty(d["w_alpha"], d["w_beta"], d["w_delta"]), wrong)
     out["variants"]["final_model/self_confidence"] = detection_quality(final_model_self_confidence(rd, run), wrong)
+    ordinal = bool(DATASETS[cell.dataset].get("ordinal"))
+    out["shipped"] = {f"one_run/{m}": shipped_audit(rd, wrong, run.ids, m, ordinal=ordinal) for m in ROUND7_METHODS}
     for variant in ("lilaw", "ce"):
         cf_dir = rd.parent / f"crossfit{folds}_{variant}"
         try:
@@ -472,7 +501,9 @@ def evaluate_cell(cell: Cell, folds: int = 4) -> dict[str, Any]:
         if variant == "ce":  # --folds: scores on the mean of the out-of-fold and the window's probabilities
             mixed = score_probs(run.labels, (oof + probs_by_window["best_meta_loss"]) / 2, "self_confidence")
             out["counts"]["shipped/folds"] = flag_quality(find_label_issues(mixed, run.labels, shipped_n)[0], wrong)
-        if variant == "ce":
+        if variant == "ce":  # the library's --folds 4 (LiLAW-off fold models, best checkpoint: what cleanlab reads)
+            for m in ROUND7_METHODS:
+                out["shipped"][f"folds/{m}"] = shipped_audit(rd, wrong, run.ids, m, oof, ordinal=ordinal)
             try:
                 from cleanlab.filter import find_label_issues as cl_find
                 from cleanlab.rank import get_label_quality_scores as cl_scores
@@ -547,33 +578,85 @@ def difficulty_markdown(results: Sequence[dict[str, Any]], window: str = "best_m
     return "\n".join(lines)
 
 
-def grid_markdown(results: Sequence[dict[str, Any]]) -> str:
-    """The evaluation grid: per cell, the shipped audit (one run; --folds 4) against the baselines."""
-    methods = [("shipped audit, one run (1 training)", SHIPPED["one_run"], SHIPPED["one_run_counts"]),
-               ("shipped audit, --folds 4 (1 + 4 trainings)", SHIPPED["folds"], SHIPPED["folds_counts"]),
-               ("final-model self-confidence (1 training)", "final_model/self_confidence", None),
-               ("final-epoch self-confidence (1 training)", "last/self_confidence", None),
-               ("cleanlab 2.9, 4-fold OOF, LiLAW off (4 trainings)", "cleanlab", "cleanlab")]
-    lines = ["| cell | n (wrong) | method | AUROC | AP | flagged | precision | recall | F1 | count error |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        for name, v, c in methods:
-            if v not in r["variants"]:
-                continue
-            m = r["variants"][v]
-            f = r["counts"].get(c) if c else None
-            flag = (f"{f['n_flagged']} | {_fmt(f['precision'])} | {_fmt(f['recall'])} | {_fmt(f['f1'])} | "
-                    f"{_fmt(f['count_error'])}") if f else "| | | |"
-            lines.append(f"| {r['cell']} | {r['n']} ({r['n_wrong']}) | {name} | {_fmt(m['auroc'])} | "
-                         f"{_fmt(m['average_precision'])} | {flag} |")
-    means = []
-    for name, v, c in methods:
-        vals = [r["variants"][v]["auroc"] for r in results if v in r["variants"]]
-        errs = [r["counts"][c]["count_error"] for r in results if c and c in r["counts"]]
-        if vals:
-            means.append(f"| {name} | {len(vals)} | {_fmt(float(np.mean(vals)))} | "
-                         f"{_fmt(float(np.max(errs))) if errs else 'n/a'} |")
-    return "\n".join(lines + ["", "| method | cells | mean AUROC | worst count error |", "|---|---|---|---|", *means])
+def _cl(r: dict[str, Any]) -> tuple[float, float]:
+    return r["variants"]["cleanlab"]["auroc"], r["counts"]["cleanlab"]["count_error"]
+
+
+def grid_markdown(results: Sequence[dict[str, Any]], method: str | None = None) -> str:
+    """The evaluation grid: per cell, the library's audit (one run; ``--folds 4``) against cleanlab on the same
+    fold models (LiLAW off, each fold model's best checkpoint), then the floors of issue 25."""
+    from lilaw_med.audit.core import DEFAULT_METHOD
+
+    method = method or DEFAULT_METHOD
+    one, folds = f"one_run/{method}", f"folds/{method}"
+    rows = [r for r in results if one in r.get("shipped", {}) and "cleanlab" in r["variants"]]
+    lines = [f"Ranking score `{method}`. AUROC of the ranking; count error = |flagged - wrong| / n; interval = the "
+             "audit's 95% interval of the share of wrong labels (`covers`: it holds the true share); "
+             "`identifiable`: the audit's own verdict.", "",
+             "| cell | n (wrong) | true share | one run: AUROC | estimate [95% interval] | covers | identifiable | "
+             "count error | --folds 4: AUROC | count error | cleanlab: AUROC | count error | one run - cleanlab | "
+             "folds - cleanlab |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        o, f = r["shipped"][one], r["shipped"].get(folds)
+        cl_auroc, cl_err = _cl(r)
+        lines.append(
+            f"| {r['cell']} | {r['n']} ({r['n_wrong']}) | {o['true_rate']:.3f} | {_fmt(o['auroc'])} | "
+            f"{o['estimate']:.3f} [{o['interval'][0]:.3f}, {o['interval'][1]:.3f}] | {'yes' if o['covers'] else '**no**'} | "
+            f"{'yes' if o['identifiable'] else 'no'} | {_fmt(o['count_error'])} | "
+            f"{_fmt(f['auroc']) if f else 'n/a'} | {_fmt(f['count_error']) if f else 'n/a'} | {_fmt(cl_auroc)} | "
+            f"{_fmt(cl_err)} | {o['auroc'] - cl_auroc:+.3f} | {(f['auroc'] - cl_auroc) if f else math.nan:+.3f} |")
+    if not rows:
+        return "\n".join(lines)
+    one_a = np.array([r["shipped"][one]["auroc"] for r in rows])
+    fold_a = np.array([r["shipped"][folds]["auroc"] if folds in r["shipped"] else np.nan for r in rows])
+    cl_a = np.array([_cl(r)[0] for r in rows])
+    covers = [r["shipped"][one]["covers"] for r in rows]
+    ident = [r for r in rows if r["shipped"][one]["identifiable"]]
+    ident_ok = [r for r in ident if r["shipped"][one]["count_error"] <= 0.10]
+    lines += ["", "| floor (issue 25) | figure | met |", "|---|---|---|",
+              f"| 95% interval holds the true share in >= 90% of cells | {sum(covers)} of {len(rows)} "
+              f"({100 * np.mean(covers):.0f}%) | {'yes' if np.mean(covers) >= 0.9 else 'no'} |",
+              f"| count error <= 0.10 where the audit says identifiable | {len(ident_ok)} of {len(ident)} identifiable "
+              f"cells ({len(rows) - len(ident)} said not identifiable) | {'yes' if len(ident_ok) == len(ident) else 'no'} |",
+              f"| one-run mean AUROC >= cleanlab's | {one_a.mean():.3f} vs {cl_a.mean():.3f} | "
+              f"{'yes' if one_a.mean() >= cl_a.mean() else 'no'} |",
+              f"| no cell more than 0.02 below cleanlab | worst {np.min(one_a - cl_a):+.3f} | "
+              f"{'yes' if np.min(one_a - cl_a) >= -0.02 else 'no'} |",
+              f"| --folds 4 >= cleanlab in every cell | {int(np.sum(fold_a >= cl_a))} of {len(rows)}, worst "
+              f"{np.nanmin(fold_a - cl_a):+.3f} | {'yes' if np.all(fold_a >= cl_a) else 'no'} |"]
+    by_cell: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if "-asymmetric" in r["cell"]:
+            by_cell.setdefault(r["cell"].rsplit("-seed", 1)[0], []).append(r)
+    for name, group in sorted(by_cell.items()):
+        d = np.array([r["shipped"][one]["auroc"] - _cl(r)[0] for r in group])
+        lines.append(f"| asymmetric {name}: one-run mean >= cleanlab's over >= 3 seeds, no seed < -0.02 | "
+                     f"{len(group)} seeds, mean {d.mean():+.3f}, worst {d.min():+.3f} | "
+                     f"{'yes' if len(group) >= 3 and d.mean() >= 0 and d.min() >= -0.02 else 'no'} |")
+    return "\n".join(lines)
+
+
+def round7_report(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Round 7's rule (``audit_selection_rule.md``) over the development cells evaluated so far."""
+    kinds = ("symmetric", "asymmetric", "instance")
+    table: dict[str, dict[str, float]] = {}
+    for m in ROUND7_METHODS:
+        vals = [(r["cell"], r["shipped"][f"one_run/{m}"]["auroc"]) for r in results if f"one_run/{m}" in r.get("shipped", {})]
+        table[m] = {"all": float(np.nanmean([v for _, v in vals])), "cells": len(vals)}
+        for k in kinds:
+            table[m][k] = float(np.nanmean([v for c, v in vals if f"-{k}" in c]))
+    inc = table[ROUND7_METHODS[0]]
+    eligible = [m for m in ROUND7_METHODS
+                if all(table[m][k] >= inc[k] - 0.01 for k in ("symmetric", "instance"))]
+    top = max(table[m]["all"] for m in eligible)
+    chosen = next(m for m in ROUND7_METHODS if m in eligible and table[m]["all"] >= top - 0.005)
+    md = ["| method | cells | mean AUROC (one run) | symmetric | asymmetric | instance | eligible |", "|---|---|---|---|---|---|---|"]
+    for m in ROUND7_METHODS:
+        t = table[m]
+        md.append(f"| {m} | {t['cells']} | {t['all']:.3f} | {t['symmetric']:.3f} | {t['asymmetric']:.3f} | "
+                  f"{t['instance']:.3f} | {'yes' if m in eligible else 'no'} |")
+    md.append(f"\nChosen by the rule: **{chosen}**")
+    return {"table": table, "chosen": chosen, "markdown": "\n".join(md)}
 
 
 def grid_report(results: Sequence[dict[str, Any]]) -> str:
@@ -602,7 +685,8 @@ def grid_report(results: Sequence[dict[str, Any]]) -> str:
         "dropped, so the pipeline splits a noisy 15% off), `train` with the preset's default network (`small_cnn`) "
         "at the data's native size (radiology_2d for PneumoniaMNIST, pathology for PathMNIST and RetinaMNIST (RGB), "
         "radiology_3d for AdrenalMNIST3D), LiLAW on; `audit` with the shipped defaults. cleanlab gets 4-fold "
-        "out-of-fold probabilities of the same preset with LiLAW off, which `--folds 4` shares.",
+        "out-of-fold probabilities of the same preset with LiLAW off, each fold model's best checkpoint by the noisy "
+        "validation key metric (the model `lilaw-med predict` uses), which `--folds 4` shares.",
         f"- Cells done: {len(done)} of {len(GRID_CELLS)}" + (f"; not yet run: {', '.join(missing)}" if missing else "") + ".",
     ]
     return ("\n".join(head) + "\n\n" + grid_markdown(results) + "\n\nDifficulty (share / true mislabel rate):\n\n"
@@ -612,12 +696,14 @@ def grid_report(results: Sequence[dict[str, Any]]) -> str:
 def cells_for(stage: str, only: Iterable[str] | None) -> list[Cell]:
     if only:
         return [Cell.parse(c) for c in only]
-    return {"dev": DEV_CELLS, "count_dev": COUNT_DEV_CELLS, "grid": GRID_CELLS, "refine": REFINE_CELLS}[stage]
+    return {"dev": DEV_CELLS, "count_dev": COUNT_DEV_CELLS, "grid": GRID_CELLS, "refine": REFINE_CELLS,
+            "round7": COUNT_DEV_CELLS + DEV_CELLS}[stage]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=("dev", "count_dev", "grid", "refine"), default="dev")
+    parser.add_argument("--stage", choices=("dev", "count_dev", "grid", "refine", "round7"), default="dev",
+                        help="round7: the ranking score's development cells (count_dev + dev) and its rule")
     parser.add_argument("--cells", nargs="*", help="DATASET:KIND:RATE:SEED cells instead of the stage's")
     parser.add_argument("--train-only", action="store_true", help="train the one-run audits only (no cross-fitting)")
     parser.add_argument("--fold-models", choices=("ce", "lilaw", "both"), default="ce",
@@ -657,6 +743,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         md = cache_root() / f"eval_{args.stage}.md"
         md.write_text(dev_markdown(results) + "\n\n" + difficulty_markdown(results) + "\n\n" + grid_markdown(results) + "\n",
                       encoding="utf-8")
+        if args.stage == "round7":
+            rep = round7_report(results)
+            (cache_root() / "eval_round7.md").write_text(rep["markdown"] + "\n", encoding="utf-8")
+            print(rep["markdown"])
         if args.stage == "grid":
             from lilaw_med.utils import atomic_write
 
