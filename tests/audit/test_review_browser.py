@@ -59,6 +59,25 @@ def _wait(condition, timeout: float = 10.0):
     raise AssertionError("timed out waiting for the page")
 
 
+def _reopen(driver, path: Path) -> None:
+    """Closes the page and opens it again in a new tab, once the new tab's localStorage holds what
+    the page wrote (the writes reach the browser's storage asynchronously; a reader takes seconds
+    between actions, a test milliseconds).
+
+    A new tab, not a reload: headless Chromium, reloading a file:// page (an opaque origin) within
+    milliseconds of its writes, now and then shows the reloaded page an empty localStorage.
+    """
+    script = "return JSON.stringify(Object.entries(localStorage).sort())"
+    written, old_tab = driver.execute_script(script), driver.current_window_handle
+    driver.switch_to.new_window("tab")
+    _open(driver, path)
+    _wait(lambda: driver.execute_script(script) == written)
+    new_tab = driver.current_window_handle
+    driver.switch_to.window(old_tab)
+    driver.close()
+    driver.switch_to.window(new_tab)
+
+
 def _keys(driver, keys: str) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
 
@@ -105,8 +124,7 @@ def test_ten_keyboard_decisions_persist_save_as_csv_and_train_the_next_run(brows
     assert (_text(browser, "n-decided"), _text(browser, "n-left")) == ("10", "6")
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []  # no script error, no CSP refusal
 
-    browser.refresh()  # the reader closes the page and comes back
-    _open(browser, page)
+    _reopen(browser, page)  # the reader closes the page and comes back
     assert (_text(browser, "n-decided"), _text(browser, "n-left")) == ("10", "6")
     assert _current(browser)["id"] == queue[10]["id"]
     dots = browser.execute_script("return Array.from(document.querySelectorAll('#queue .dot')).map(d => d.className)")
@@ -141,11 +159,14 @@ def test_markup_typed_into_a_note_is_shown_as_text(browser, page):
 
     _open(browser, page)
     _keys(browser, "n")
+    _wait(lambda: browser.execute_script("return document.activeElement.id") == "note")
     _keys(browser, MARKUP + Keys.ESCAPE)
+    _wait(lambda: browser.find_element("id", "note").get_attribute("value") == MARKUP)
     _keys(browser, "k")  # decided, moved on
+    _wait(lambda: _text(browser, "n-decided") == "1")
     _keys(browser, Keys.ARROW_LEFT)
-    browser.refresh()
-    _open(browser, page)
+    _wait(lambda: _current(browser)["id"] == "img-01")
+    _reopen(browser, page)
     assert browser.find_element("id", "note").get_attribute("value") == MARKUP
     assert browser.execute_script("return document.querySelectorAll('img[src=\"x\"], img[onerror]').length") == 0
     with pytest.raises(NoAlertPresentException):
