@@ -86,11 +86,12 @@ def prepare_nifti(npz: str | os.PathLike, nifti_dir: str | os.PathLike, class_na
 
 
 def noisy_datalist(base: Path, seed: int, rate: float) -> tuple[Path, float]:
-    """Writes ``noisy_symmetric<rate>_seed<k>.json`` beside ``base``: training labels noised, test clean."""
+    """Writes ``noisy_symmetric<rate>_seed<k>_noisyval.json`` beside ``base``: training and validation labels
+    noised (loading ``base`` splits the validation items off first), test clean."""
     from lilaw_med.data.noise import add_noise_to_datalist
 
-    out = base.parent / f"noisy_symmetric{rate:g}_seed{seed}.json"
-    res = add_noise_to_datalist(base, out, kind="symmetric", rate=rate, seed=seed, splits=("training",))
+    out = base.parent / f"noisy_symmetric{rate:g}_seed{seed}_noisyval.json"
+    res = add_noise_to_datalist(base, out, kind="symmetric", rate=rate, seed=seed, splits=("training", "validation"))
     return out, float(res.actual_rate.get("training", float("nan")))
 
 

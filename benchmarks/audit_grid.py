@@ -4,12 +4,12 @@ cleanlab, on data and noise it was not tuned on, through the CLI a user runs?
 Every cell goes through the real commands (as subprocesses, one at a time)::
 
     lilaw-med import-npz NPZ --format dicom|png|nifti -o DATA      # once per data set
-    lilaw-med add-noise DATALIST --kind K --rate R --seed S --splits training -o NOISY
+    lilaw-med add-noise DATALIST --kind K --rate R --seed S --splits training,validation -o NOISY
     lilaw-med train --config configs/PRESET.yaml --set data.datalist=NOISY ... -o RUN   # LiLAW on
     lilaw-med audit RUN [--folds 4]
 
-The npz's own validation split is dropped, so the pipeline splits a stratified 15% of the noisy
-training items off as its (noisy) validation split, as it does for a user's datalist; the npz test
+The npz's own validation split is dropped; ``add-noise`` splits a stratified 15% of the training items off as
+the validation split (as the pipeline does for a user's datalist) and noises it with the training split; the npz test
 split stays clean and unused here (the ``count_dev`` cells train on the val and test images of two
 data sets instead: held-out images, no grid cell holds them). cleanlab 2.9 (AGPL: a benchmark-only
 extra) gets 4-fold out-of-fold probabilities of the same preset and network trained by the same CLI with LiLAW off
@@ -187,10 +187,19 @@ def clean_datalist(dataset: str) -> Path:
 
 
 def noisy_datalist(cell: Cell) -> Path:
-    out = cache_root() / "data" / cell.dataset / f"noisy_{cell.kind}{cell.rate:g}_seed{cell.seed}.json"
+    """The cell's datalist with the training AND validation labels noised (written once).
+
+    ``add-noise`` loads the datalist, which splits a stratified 15% of the training items off as the
+    validation split when it has none (as the pipeline would); both splits are noised, so the meta
+    step, the best checkpoint and the audit read a validation split as noisy as the training one,
+    which is what a user's data gives them. (Until 2026-12-07 this passed ``--splits training`` and
+    left that validation split clean; those runs are kept apart as ``*_cleanval``.)
+    """
+    out = cache_root() / "data" / cell.dataset / f"noisy_{cell.kind}{cell.rate:g}_seed{cell.seed}_noisyval.json"
     if not out.is_file():
         _run(lilaw("add-noise", str(clean_datalist(cell.dataset)), "--kind", cell.kind, "--rate", str(cell.rate),
-                   "--seed", str(cell.seed), "--splits", "training", "-o", str(out)), out.with_suffix(".log"))
+                   "--seed", str(cell.seed), "--splits", "training,validation", "-o", str(out)),
+             out.with_suffix(".log"))
     return out
 
 
@@ -681,7 +690,7 @@ def grid_report(results: Sequence[dict[str, Any]]) -> str:
         f"- Machine: {platform.platform()}, {os.cpu_count()} CPUs shared with other work; date "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {torch.__version__}, monai {monai.__version__}, "
         f"scikit-learn {sklearn.__version__}, cleanlab {cl}.",
-        "- Each cell through the CLI: `import-npz`, `add-noise --splits training` (30%; the npz validation split "
+        "- Each cell through the CLI: `import-npz`, `add-noise --splits training,validation` (30%; the npz validation split "
         "dropped, so the pipeline splits a noisy 15% off), `train` with the preset's default network (`small_cnn`) "
         "at the data's native size (radiology_2d for PneumoniaMNIST, pathology for PathMNIST and RetinaMNIST (RGB), "
         "radiology_3d for AdrenalMNIST3D), LiLAW on; `audit` with the shipped defaults. cleanlab gets 4-fold "
