@@ -97,6 +97,8 @@ class Datalist:
         multi_label: labels are 0/1 lists (one flag per class).
         problems: item problems found while loading with ``strict=False`` (the pre-flight check
             reports them); always empty after a strict load.
+        validation_split_off: the file had no validation split, so :func:`load_datalist` split it off
+            the training items.
     """
 
     training: list[dict[str, Any]]
@@ -107,6 +109,7 @@ class Datalist:
     noise_sidecar: Path | None = None
     multi_label: bool = False
     problems: list[Problem] = field(default_factory=list)
+    validation_split_off: bool = False
 
     def split(self, name: str) -> list[dict[str, Any]]:
         """Returns the items of split ``name`` ("training", "validation" or "test")."""
@@ -325,6 +328,7 @@ def _split_off_validation(datalist: Datalist, path: Path, val_fraction: float, s
     """Moves a grouped, stratified ``val_fraction`` of the training items to validation."""
     train, val = split_validation(datalist.training, val_fraction, seed)
     datalist.training, datalist.validation = train, val
+    datalist.validation_split_off = True
     logger.info(
         "%s: no validation split; split off %d of %d training items (grouped, stratified, seed %d)",
         path.name,

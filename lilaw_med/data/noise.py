@@ -393,6 +393,14 @@ def add_noise_to_datalist(
     """
     dl = datalist if isinstance(datalist, Datalist) else load_datalist(datalist, class_names=class_names)
     _check_request(splits, kind)
+    if dl.validation_split_off and "training" in splits and "validation" not in splits:
+        # the user's training labels carry the noise, so theirs would reach validation too; a clean one
+        # here is a set-up a user cannot have without clean labels (the meta step, the best checkpoint
+        # and the audit's counts would all read them)
+        logger.warning(
+            "%s has no validation split: the one split off its training items when it was loaded stays clean "
+            "with splits=%s; noise it like the training split with --splits training,validation.",
+            dl.source.name, ",".join(splits))
     spec = _NoiseSpec(kind, rate, seed, transition, pairs)
     out_path = Path(out_path)
     out_dir = Path(os.path.abspath(out_path.parent))

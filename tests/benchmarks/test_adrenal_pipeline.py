@@ -38,10 +38,16 @@ def test_run_pipeline_on_tiny_npz(tmp_path):
     assert len(list((nifti / "images").glob("*.nii.gz"))) == 40 + 6 + 12
     base = json.loads((nifti / "datalist_train_test.json").read_text())
     assert "validation" not in base and len(base["training"]) == 40 and len(base["test"]) == 12
-    # noise on training labels only; the test labels stay clean
-    noisy = json.loads((nifti / "noisy_symmetric0.4_seed0.json").read_text())
+    # noise on the training and the validation labels (loading the datalist split the validation items off
+    # first); the test labels stay clean
+    noisy = json.loads((nifti / "noisy_symmetric0.4_seed0_noisyval.json").read_text())
     assert [it["label"] for it in noisy["test"]] == [it["label"] for it in base["test"]]
-    assert any(a["label"] != b["label"] for a, b in zip(noisy["training"], base["training"], strict=True))
+    given = {it["id"]: it["label"] for it in base["training"]}
+    assert len(noisy["training"]) + len(noisy["validation"]) == 40 and noisy["validation"]
+    assert set(noisy["noise"]["splits"]) == {"training", "validation"}
+    for split in ("training", "validation"):
+        changed = sum(it["label"] != given[it["id"]] for it in noisy[split])
+        assert changed == round(noisy["noise"]["actual_rate"][split] * len(noisy[split])) > 0, split
     # one run folder per (method, seed), LiLAW on in one arm only
     summaries = {}
     for m in METHODS:

@@ -125,6 +125,24 @@ def test_add_noise_to_datalist_writes_noisy_labels_and_a_sidecar_with_the_truth(
     assert set(rows[0]) == {"id", "split", "true_label", "noisy_label"}
 
 
+def test_the_validation_split_a_load_splits_off_is_noised_by_default_and_warned_about_when_left_clean(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the file has no validation split: loading it splits one off the training items before any noise
+    src = _datalist(tmp_path)
+    res = add_noise_to_datalist(src, tmp_path / "both.json", kind="symmetric", rate=0.4, seed=0)
+    noisy, truth = load_datalist(res.datalist), load_noise_truth(res.datalist)
+    wrong = np.mean([truth[it["id"]] != it["label"] for it in noisy.validation])
+    assert noisy.validation and res.actual_rate["validation"] == pytest.approx(wrong) and wrong > 0
+    assert "no validation split" not in caplog.text
+    with caplog.at_level("WARNING", logger="lilaw_med.data.noise"):
+        only = add_noise_to_datalist(src, tmp_path / "train_only.json", kind="symmetric", rate=0.4, seed=0,
+                                     splits=("training",))
+    left = load_datalist(only.datalist)
+    assert all(it["label"] == load_noise_truth(only.datalist).get(it["id"], it["label"]) for it in left.validation)
+    assert "dl.json has no validation split" in caplog.text and "--splits training,validation" in caplog.text
+
+
 def test_noise_on_noise_keeps_the_original_truth(tmp_path: Path) -> None:
     first = add_noise_to_datalist(_datalist(tmp_path), tmp_path / "n1.json", rate=0.3, seed=0)
     second = add_noise_to_datalist(first.datalist, tmp_path / "n2.json", rate=0.3, seed=1)
