@@ -65,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = "best_val_loss"
 DEFAULT_COUNT_WINDOW = "val_loss_at_least_fraction"
-DEFAULT_METHOD = "self_confidence"
+DEFAULT_METHOD = "normalized_margin"
 DEFAULT_ADJUST = False
 FOLD_COMBINE = ("oof", "mean")
 """How out-of-fold probabilities (``--folds``) meet the run's own: ``"oof"`` alone, or ``"mean"``
