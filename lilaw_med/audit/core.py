@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_FOLD_COMBINE",
     "DEFAULT_METHOD",
     "DEFAULT_WINDOW",
+    "IDENTIFIABLE_WIDTH",
     "FOLD_CHECKPOINTS",
     "FOLD_COMBINE",
     "AuditOptions",
@@ -81,6 +82,10 @@ MODEL_ERROR_LIMIT = 0.10
 validation items, ``(1 - estimated rate) - best noisy validation accuracy``, exceeds both this and
 the estimated rate itself: the confident joint cannot then tell the network's confusions from wrong
 labels."""
+IDENTIFIABLE_WIDTH = 0.20
+"""The widest 95% interval of the share of wrong labels with which the audit still calls the count
+identifiable: wider, the windows and the bootstrap disagree by more than about +-0.10, and the
+report says the count is not pinned down (docs/audit.md, section 5.6)."""
 DEFAULT_FOLD_OVERRIDES = ("lilaw.enabled=false",)
 """The fold models train without LiLAW (cleanlab's recipe, about 25% cheaper); ``--fold-set
 lilaw.enabled=true`` trains them with the run's own config."""
@@ -391,6 +396,16 @@ def _wide(estimate: NoiseEstimate, disagree: np.ndarray) -> NoiseEstimate:
                    overall_interval=(0.0, max(estimate.overall_interval[1], overall_disagree)))
 
 
+def _width_reasons(interval: tuple[float, float]) -> list[str]:
+    """Why a count with this 95% interval is not pinned down (empty when the interval is no wider than
+    :data:`IDENTIFIABLE_WIDTH`)."""
+    lo, hi = interval
+    if hi - lo <= IDENTIFIABLE_WIDTH + 1e-12:
+        return []
+    return [f"the 95% interval [{lo:.2f}, {hi:.2f}] is wider than {IDENTIFIABLE_WIDTH:.2f}: the candidate count "
+            "windows and the bootstrap disagree about the share of wrong labels by more than about 0.10"]
+
+
 def review_budget(review: float, n_items: int) -> int:
     """The number of items a review budget flags in a split of ``n_items``: ``review`` itself when
     it is a count (>= 1), else the share ``review`` of the split, rounded; at most ``n_items``."""
@@ -460,6 +475,8 @@ def audit_split(
     reasons = not_identifiable_reasons(record, options, estimates[0])
     if reasons:
         noise = _wide(noise, disagree)
+    else:  # already wide, the interval carries the spread: nothing to widen
+        reasons = _width_reasons(noise.overall_interval)
     rank = np.empty(len(scores), dtype=np.int64)
     rank[order_label_issues(scores)] = np.arange(1, len(scores) + 1)
     flags, thresholds, rule = _flag(scores, labels, rank, noise, options, num_classes)

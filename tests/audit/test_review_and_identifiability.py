@@ -40,14 +40,26 @@ def test_a_review_budget_flags_the_lowest_ranked_items_of_each_split(run_folder)
     assert int(share.splits["validation"].is_label_issue.sum()) == N_VAL // 2
 
 
-def test_the_fixture_run_identifies_its_training_rate_but_not_its_validation_rate(run_folder):
-    # training: estimate 3/16 = 0.1875; the network's own error (1 - 0.1875) - 0.75 = 0.06 is below 0.10
-    # validation: estimate 0 of 4 items; error (1 - 0) - 0.75 = 0.25 exceeds 0.10 and the estimate
+def test_the_fixture_run_says_why_neither_rate_is_identifiable(run_folder):
+    # training: estimate 3/16 = 0.1875; the network's own error (1 - 0.1875) - 0.75 = 0.06 is below 0.10, but
+    # 16 items and the count windows leave a 95% interval [0, 0.4375], wider than 0.20: left as it is
+    # validation: estimate 0 of 4 items; error (1 - 0) - 0.75 = 0.25 exceeds 0.10 and the estimate: widened
     result = _audit(run_folder)
     train, val = result.summary["splits"]["training"], result.summary["splits"]["validation"]
-    assert train["identifiable"] and train["not_identifiable_because"] == []
+    assert not train["identifiable"] and len(train["not_identifiable_because"]) == 1
+    assert train["not_identifiable_because"][0].startswith("the 95% interval [0.00, 0.44] is wider than 0.20")
+    assert train["estimated_noise_rate_interval"] == pytest.approx([0.0, 0.4375])
     assert not val["identifiable"] and "own error on the validation items (about 0.25" in val["not_identifiable_because"][0]
     assert val["estimated_noise_rate_interval"][0] == 0.0
+
+
+def test_a_count_is_identifiable_only_within_an_interval_no_wider_than_0_20():
+    from lilaw_med.audit.core import IDENTIFIABLE_WIDTH, _width_reasons
+
+    assert IDENTIFIABLE_WIDTH == 0.20
+    assert _width_reasons((0.20, 0.40)) == [] and _width_reasons((0.25, 0.30)) == []
+    (reason,) = _width_reasons((0.20, 0.41))
+    assert reason.startswith("the 95% interval [0.20, 0.41] is wider than 0.20")
 
 
 def test_a_network_still_learning_gives_a_wide_interval_and_says_why(tmp_path):
