@@ -84,8 +84,9 @@ the estimated rate itself: the confident joint cannot then tell the network's co
 labels."""
 IDENTIFIABLE_WIDTH = 0.20
 """The widest 95% interval of the share of wrong labels with which the audit still calls the count
-identifiable: wider, the windows and the bootstrap disagree by more than about +-0.10, and the
-report says the count is not pinned down (docs/audit.md, section 5.6)."""
+identifiable: wider, the windows and the bootstrap disagree by more than about +-0.10, so the report
+says the count is not pinned down and gives the wide interval of every count one run cannot
+identify (docs/audit.md, section 5.6)."""
 DEFAULT_FOLD_OVERRIDES = ("lilaw.enabled=false",)
 """The fold models train without LiLAW (cleanlab's recipe, about 25% cheaper); ``--fold-set
 lilaw.enabled=true`` trains them with the run's own config."""
@@ -472,11 +473,9 @@ def audit_split(
     estimates, disagree, chances = _window_estimates(views, labels, candidates, num_classes, options)
     scores = get_label_quality_scores(labels, probs, method=options.method, adjust_pred_probs=options.adjust_pred_probs)
     noise = combine_estimates(estimates[0], estimates[1:])
-    reasons = not_identifiable_reasons(record, options, estimates[0])
+    reasons = not_identifiable_reasons(record, options, estimates[0]) or _width_reasons(noise.overall_interval)
     if reasons:
         noise = _wide(noise, disagree)
-    else:  # already wide, the interval carries the spread: nothing to widen
-        reasons = _width_reasons(noise.overall_interval)
     rank = np.empty(len(scores), dtype=np.int64)
     rank[order_label_issues(scores)] = np.arange(1, len(scores) + 1)
     flags, thresholds, rule = _flag(scores, labels, rank, noise, options, num_classes)

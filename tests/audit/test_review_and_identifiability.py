@@ -42,13 +42,14 @@ def test_a_review_budget_flags_the_lowest_ranked_items_of_each_split(run_folder)
 
 def test_the_fixture_run_says_why_neither_rate_is_identifiable(run_folder):
     # training: estimate 3/16 = 0.1875; the network's own error (1 - 0.1875) - 0.75 = 0.06 is below 0.10, but
-    # 16 items and the count windows leave a 95% interval [0, 0.4375], wider than 0.20: left as it is
-    # validation: estimate 0 of 4 items; error (1 - 0) - 0.75 = 0.25 exceeds 0.10 and the estimate: widened
+    # 16 items and the count windows leave a 95% interval [0, 0.4375], wider than 0.20
+    # validation: estimate 0 of 4 items; error (1 - 0) - 0.75 = 0.25 exceeds 0.10 and the estimate
+    # both are widened to [0, max(upper end, the share the network's most probable class disagrees with)]
     result = _audit(run_folder)
     train, val = result.summary["splits"]["training"], result.summary["splits"]["validation"]
     assert not train["identifiable"] and len(train["not_identifiable_because"]) == 1
     assert train["not_identifiable_because"][0].startswith("the 95% interval [0.00, 0.44] is wider than 0.20")
-    assert train["estimated_noise_rate_interval"] == pytest.approx([0.0, 0.4375])
+    assert train["estimated_noise_rate_interval"][0] == 0.0 and train["estimated_noise_rate_interval"][1] >= 0.4375
     assert not val["identifiable"] and "own error on the validation items (about 0.25" in val["not_identifiable_because"][0]
     assert val["estimated_noise_rate_interval"][0] == 0.0
 
