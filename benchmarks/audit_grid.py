@@ -550,14 +550,6 @@ def count_table(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["count_error"])
 
 
-SHIPPED = {"one_run": "best_meta_loss/self_confidence", "one_run_counts": "shipped/one_run",
-           "folds": "oof_ce+best_meta_loss/self_confidence", "folds_counts": "shipped/folds"}
-"""The shipped defaults in this benchmark's variant names (``best_meta_loss`` is the library's
-``best_val_loss`` window when the meta step's validation records exist; this benchmark's ``best_val_loss`` and
-``val_loss_at_least_fraction`` read ``metrics.csv``'s end-of-epoch validation loss, as the library's count window
-does)."""
-
-
 def _fmt(v: Any, d: int = 3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{d}f}"
 
