@@ -684,9 +684,10 @@ def grid_report(results: Sequence[dict[str, Any]]) -> str:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; torch {torch.__version__}, monai {monai.__version__}, "
         f"scikit-learn {sklearn.__version__}, cleanlab {cl}.",
         "- Each cell through the CLI: `import-npz`, `add-noise --splits training,validation` (30%; the npz validation split "
-        "dropped, so the pipeline splits a noisy 15% off), `train` with the preset's default network (`small_cnn`) "
+        "dropped; add-noise splits 15% of the training items off as validation and noises both), `train` with the preset's default network (`small_cnn`) "
         "at the data's native size (radiology_2d for PneumoniaMNIST, pathology for PathMNIST and RetinaMNIST (RGB), "
-        "radiology_3d for AdrenalMNIST3D), LiLAW on; `audit` with the shipped defaults. cleanlab gets 4-fold "
+        "radiology_3d for AdrenalMNIST3D), LiLAW on; `audit` with the shipped defaults (RetinaMNIST with `--ordinal`: its classes are grades). "
+        "cleanlab gets 4-fold "
         "out-of-fold probabilities of the same preset with LiLAW off, each fold model's best checkpoint by the noisy "
         "validation key metric (the model `lilaw-med predict` uses), which `--folds 4` shares.",
         f"- Cells done: {len(done)} of {len(GRID_CELLS)}" + (f"; not yet run: {', '.join(missing)}" if missing else "") + ".",
