@@ -9,12 +9,12 @@ Issue 7.1's AdrenalMNIST3D cell, read through the files a user would have (the a
 1. ``../shared/data/adrenalmnist3d.npz`` (or ``$LILAW_SHARED_DATA``) is written out as NIfTI
    volumes plus a decathlon datalist by the toolkit's own converter
    (:func:`lilaw_med.data.npz_import.import_npz`) into ``benchmarks/out/adrenal_nifti`` (reused
-   when present). The npz ``val`` split is dropped from the datalist used for training: the
-   pipeline splits a stratified 15% of the (noisy) training items off as validation
-   (``data.val_fraction``, seeded by the seed); the npz ``test`` split, clean, is the test set.
-2. Per seed, 40% symmetric noise is injected into the training labels (hence into the noisy
-   validation split too) with :func:`lilaw_med.data.noise.add_noise_to_datalist` (the toolkit's
-   ``symmetric_noise``, Bernoulli flips, seeded by the seed; the test labels stay clean).
+   when present). The npz ``val`` split is dropped from the datalist used for training.
+2. Per seed, 40% symmetric noise is injected with :func:`lilaw_med.data.noise.add_noise_to_datalist`
+   (the toolkit's ``symmetric_noise``, Bernoulli flips, seeded by the seed) into the training and the
+   validation labels: loading the datalist splits a stratified 15% of the training items off as
+   validation first (seed 0, the same items for every seed), and both splits are noised; the npz
+   ``test`` split, clean, is the test set.
 3. Each (seed, method) trains through :func:`lilaw_med.training.run.run_training` with the
    packaged ``radiology_3d.yaml`` preset and ``--set``-style overrides: the paper protocol
    (Adam lr 1e-3, weight decay 1e-4, batch 64, 10 epochs, constant LR), the preset's network

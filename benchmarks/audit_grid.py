@@ -193,8 +193,7 @@ def noisy_datalist(cell: Cell) -> Path:
     ``add-noise`` loads the datalist, which splits a stratified 15% of the training items off as the
     validation split when it has none (as the pipeline would); both splits are noised, so the meta
     step, the best checkpoint and the audit read a validation split as noisy as the training one,
-    which is what a user's data gives them. (Until 2026-12-07 this passed ``--splits training`` and
-    left that validation split clean; those runs are kept apart as ``*_cleanval``.)
+    which is what a user's data gives them.
     """
     out = cache_root() / "data" / cell.dataset / f"noisy_{cell.kind}{cell.rate:g}_seed{cell.seed}_noisyval.json"
     if not out.is_file():
@@ -221,10 +220,22 @@ def run_dir(cell: Cell, variant: str = "lilaw") -> Path:
     return cache_root() / "runs" / cell.name / variant
 
 
+def reads_datalist(rd: Path, datalist: Path) -> bool:
+    """Whether the run folder (or a refine's ``initial/`` run) trained on ``datalist`` (by file name): a
+    cached run made from another datalist of the same cell (an older protocol's) is not reused."""
+    import yaml
+
+    for config in (rd / "config.yaml", rd / "initial" / "config.yaml"):
+        if config.is_file():
+            given = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("data", {}).get("datalist")
+            return given is not None and Path(str(given)).name == datalist.name
+    return False
+
+
 def train(cell: Cell, lilaw_on: bool = True) -> Path:
-    """Trains the cell's run once (cached by its ``summary.json``)."""
+    """Trains the cell's run once (cached by its ``summary.json`` and its datalist)."""
     rd = run_dir(cell, "lilaw" if lilaw_on else "ce")
-    if not (rd / "summary.json").is_file():
+    if not ((rd / "summary.json").is_file() and reads_datalist(rd, noisy_datalist(cell))):
         if rd.exists():
             import shutil
 
@@ -247,7 +258,7 @@ def crossfit(cell: Cell, lilaw_on: bool, folds: int = 4) -> Path:
 def refine(cell: Cell) -> Path:
     """``lilaw-med train --refine`` on the cell, LiLAW on, the preset's defaults (cached by ``refine.json``)."""
     rd = run_dir(cell, "refine")
-    if not (rd / "refine.json").is_file():
+    if not ((rd / "refine.json").is_file() and reads_datalist(rd, noisy_datalist(cell))):
         if rd.exists():
             import shutil
 

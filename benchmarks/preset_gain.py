@@ -54,6 +54,7 @@ from benchmarks.audit_grid import (
     clean_datalist,
     lilaw,
     noisy_datalist,
+    reads_datalist,
 )
 from benchmarks.harness import mean_ci, paired_difference
 from lilaw_med.utils import atomic_write
@@ -118,7 +119,7 @@ def train(cell: Cell, variant: str, refine: bool = False, network: str | None = 
     ``refine``: ``train --refine``, cached by ``refine.json``; ``network``: another ``model.network``)."""
     name = f"refine_{variant}" if refine else variant
     rd = run_path(cell, f"{network}_{name}" if network else name)
-    if (rd / ("refine.json" if refine else "summary.json")).is_file():
+    if (rd / ("refine.json" if refine else "summary.json")).is_file() and reads_datalist(rd, datalist_of(cell)):
         return rd
     if rd.exists():
         shutil.rmtree(rd)
@@ -232,7 +233,7 @@ def dev_report(seeds: Sequence[int] = (0, 1, 2), round_: int = 1) -> dict[str, A
             # incumbent only if it leads it by more than 0.2 points
             new_best = max(finite[v] for v in ROUND2 if v in finite)
             challenger = next(v for v in ROUND2 if v in finite and finite[v] >= new_best - 0.002)
-            chosen = challenger if finite[challenger] > finite.get(INCUMBENT, -math.inf) + 0.002 else INCUMBENT
+            chosen = challenger if new_best > finite.get(INCUMBENT, -math.inf) + 0.002 else INCUMBENT
         md.append(f"Chosen by the rule: **{chosen}**")
     return {"rows": rows, "scores": scores, "chosen": chosen, "markdown": "\n".join(md)}
 

@@ -73,8 +73,8 @@ class LiLAWLoss(nn.Module):
             step (detached), so only the relative weights shape the gradient. ``last_stats``
             keeps the raw weights; the meta step's objective is ``meta_objective``'s.
         meta_objective: what the meta step lowers over a validation batch. ``"mean"`` (the spec's):
-            ``mean(w * L)``, lowered by lowering every weight, so its gradient has one sign
-            whatever the batch holds (alpha falls, beta rises) and the scalars' end point follows
+            ``mean(w * L)``, lowered by lowering every weight, so alpha's and beta's gradients
+            have one sign whatever the batch holds (alpha falls, beta rises) and the scalars' end point follows
             how far the steps take them. ``"normalized"``: ``sum(w * L) / sum(w)``, the weighted
             mean loss, invariant to a common scale of the weights; its gradient,
             ``sum(dw * (L - Lbar_w)) / sum(w)``, moves weight toward the items whose loss is below
@@ -82,7 +82,7 @@ class LiLAWLoss(nn.Module):
 
     Raises:
         TypeError: when ``base_loss`` is not callable.
-        ValueError: on an unknown ``reduce_classes`` or a negative ``warmup_epochs``.
+        ValueError: on an unknown ``reduce_classes`` or ``meta_objective``, or a negative ``warmup_epochs``.
 
     Example::
 

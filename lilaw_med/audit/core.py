@@ -403,8 +403,8 @@ def _width_reasons(interval: tuple[float, float]) -> list[str]:
     lo, hi = interval
     if hi - lo <= IDENTIFIABLE_WIDTH + 1e-12:
         return []
-    return [f"the 95% interval [{lo:.2f}, {hi:.2f}] is wider than {IDENTIFIABLE_WIDTH:.2f}: the candidate count "
-            "windows and the bootstrap disagree about the share of wrong labels by more than about 0.10"]
+    return [f"the count windows' and the bootstrap's 95% interval [{lo:.2f}, {hi:.2f}] is wider than "
+            f"{IDENTIFIABLE_WIDTH:.2f}: they disagree about the share of wrong labels by more than about 0.10"]
 
 
 def review_budget(review: float, n_items: int) -> int:
@@ -473,7 +473,7 @@ def audit_split(
     estimates, disagree, chances = _window_estimates(views, labels, candidates, num_classes, options)
     scores = get_label_quality_scores(labels, probs, method=options.method, adjust_pred_probs=options.adjust_pred_probs)
     noise = combine_estimates(estimates[0], estimates[1:])
-    reasons = not_identifiable_reasons(record, options, estimates[0]) or _width_reasons(noise.overall_interval)
+    reasons = not_identifiable_reasons(record, options, estimates[0]) + _width_reasons(noise.overall_interval)
     if reasons:
         noise = _wide(noise, disagree)
     rank = np.empty(len(scores), dtype=np.int64)
@@ -494,7 +494,8 @@ def audit_split(
     audit.warnings.extend(_learning_warnings(audit, np.bincount(labels, minlength=num_classes)))
     if reasons:
         audit.warnings.append("the noise rate is not identifiable from this run (" + "; ".join(reasons) + "): the "
-                              "interval is wide; cross-fitting (--folds 4) or a clean validation set narrows it.")
+                              "interval is wide; a clean validation set, or more items, narrows it (--folds changes the ranking, not "
+                              "the count).")
     for w in audit.warnings:
         logger.warning("audit of the %s items: %s", split, w)
     return audit

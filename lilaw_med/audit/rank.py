@@ -168,7 +168,16 @@ def posterior(labels: np.ndarray, pred_probs: np.ndarray, prior_count: float = 1
 
     Returns:
         (N,) the posterior probability of the given label (NaN rows stay NaN).
+
+    Raises:
+        InputError: on malformed inputs or a ``prior_count`` that is not positive.
+
+    Example::
+
+        scores = posterior(labels, pred_probs)   # lower = the given label more likely wrong
     """
+    if not prior_count > 0:
+        raise InputError(f"prior_count must be > 0 but is {prior_count}.")
     y, p = check_inputs(labels, pred_probs)
     joint = confident_joint(y, p) + prior_count
     likelihood = joint / joint.sum(axis=0, keepdims=True)  # [i, j]: P(given = i | true = j)
@@ -197,7 +206,8 @@ def get_label_quality_scores(
     Args:
         labels: int (N,) given labels.
         pred_probs: (N, C) class probabilities.
-        method: a key of :data:`SCORE_METHODS`.
+        method: a key of :data:`SCORE_METHODS` (default cleanlab's; the audit's own default is
+            :data:`lilaw_med.audit.core.DEFAULT_METHOD`).
         adjust_pred_probs: subtract the per-class confident thresholds first
             (:func:`subtract_confident_thresholds`).
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from lilaw_med.errors import InputError
-from lilaw_med.run.config import Config, config_differences, load_config
+from lilaw_med.run.config import Config, config_differences
 from lilaw_med.run.model_file import model_file, read_model_file
 from lilaw_med.run.run_dir import RunDir
 from lilaw_med.run.summary import RunSummary
@@ -209,7 +209,8 @@ def from_run(
         )
     run = RunDir(run_dir)
     if run.config.is_file():
-        own = absolute_paths(load_config(run.config), run.root.absolute())
+        # read_config: a key added since the run was written compares with the run's own behaviour
+        own = absolute_paths(Config.from_mapping(run.read_config()).to_dict(), run.root.absolute())
         given = copy.deepcopy(dict(cfg))
         if given["data"]["datalist"] == os.path.abspath(run.datalist):
             given["data"]["datalist"] = own["data"]["datalist"]  # the run's datalist.json is the run's own data

@@ -98,7 +98,10 @@ class LiLAWHandler:
 
     Under ``torch.distributed`` every rank takes its own validation batch and the three gradients
     (and the loss) are averaged across ranks before the step, so all ranks hold identical scalars:
-    with equal per-rank batches this is the meta step on the union of the ranks' batches.
+    with equal per-rank batches and the spec's ``mean`` objective this is the meta step on the union
+    of the ranks' batches; with ``meta_objective="normalized"`` it is the mean of the ranks' weighted
+    means (each rank's ``sum(w)`` normalises its own batch), close to the union's when the ranks'
+    weight totals are alike.
 
     The validation loader is cycled; on every new pass its sampler's ``set_epoch(pass_index)``
     is called when it has one (a ``DistributedSampler`` or a seeded resumable sampler), so each

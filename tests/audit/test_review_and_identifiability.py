@@ -48,7 +48,7 @@ def test_the_fixture_run_says_why_neither_rate_is_identifiable(run_folder):
     result = _audit(run_folder)
     train, val = result.summary["splits"]["training"], result.summary["splits"]["validation"]
     assert not train["identifiable"] and len(train["not_identifiable_because"]) == 1
-    assert train["not_identifiable_because"][0].startswith("the 95% interval [0.00, 0.44] is wider than 0.20")
+    assert train["not_identifiable_because"][0].startswith("the count windows' and the bootstrap's 95% interval [0.00, 0.44] is wider than 0.20")
     assert train["estimated_noise_rate_interval"][0] == 0.0 and train["estimated_noise_rate_interval"][1] >= 0.4375
     assert not val["identifiable"] and "own error on the validation items (about 0.25" in val["not_identifiable_because"][0]
     assert val["estimated_noise_rate_interval"][0] == 0.0
@@ -60,7 +60,7 @@ def test_a_count_is_identifiable_only_within_an_interval_no_wider_than_0_20():
     assert IDENTIFIABLE_WIDTH == 0.20
     assert _width_reasons((0.20, 0.40)) == [] and _width_reasons((0.25, 0.30)) == []
     (reason,) = _width_reasons((0.20, 0.41))
-    assert reason.startswith("the 95% interval [0.20, 0.41] is wider than 0.20")
+    assert reason.startswith("the count windows' and the bootstrap's 95% interval [0.20, 0.41] is wider than 0.20")
 
 
 def test_a_network_still_learning_gives_a_wide_interval_and_says_why(tmp_path):

@@ -22,7 +22,7 @@ def _old_run(tmp_path: Path) -> RunDir:
     return rd
 
 
-def test_a_run_without_epoch_budget_reads_as_the_specs_step(tmp_path: Path) -> None:
+def test_a_run_without_the_later_keys_reads_with_the_behaviour_it_trained_with(tmp_path: Path) -> None:
     saved = _old_run(tmp_path).read_config()
     assert saved["lilaw"]["epoch_budget"] is None
     assert saved["lilaw"]["meta_objective"] == "mean"
