@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -41,3 +43,23 @@ def torchrun_env(scratch: Path, env: Mapping[str, str]) -> dict[str, str]:
     tmp = scratch / "tmpdir"
     tmp.mkdir(parents=True, exist_ok=True)
     return {**env, "TMPDIR": str(tmp)}
+
+
+def run_processes(worker: Callable[..., None], args: tuple[Any, ...], nprocs: int, timeout_s: float, what: str) -> None:
+    """Runs ``worker(rank, *args)`` in ``nprocs`` processes and waits for all of them; kills them and
+    fails the test after ``timeout_s`` (a hung collective must not hang the suite).
+
+    fork, as DataLoader workers are started, spares each child re-importing torch and MONAI.
+    """
+    import pytest
+    import torch.multiprocessing as mp
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.start_processes(worker, args=args, nprocs=nprocs, join=False, start_method=method)
+    deadline = time.monotonic() + timeout_s
+    while not ctx.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            pytest.fail(f"the {what} did not finish within {timeout_s:.0f} s")

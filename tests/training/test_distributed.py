@@ -15,14 +15,12 @@ One 2-process run (a module fixture) serves every test here: starting processes 
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from ignite.engine import Engine, Events
 from torch import nn
 from torch.utils.data import DataLoader
@@ -31,7 +29,7 @@ from lilaw_med.data.sampler import ResumableSampler
 from lilaw_med.handlers.meta_step import LiLAWHandler
 from lilaw_med.losses import LiLAWLoss
 from lilaw_med.training import distributed as D
-from tests.torchrun import free_port
+from tests.torchrun import free_port, run_processes
 
 TOLERANCE = 1e-5  # fixed before the test was written (issue 8)
 WORLD_SIZE = 2
@@ -143,18 +141,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def _run_two_processes(out_dir: Path) -> list[dict[str, Any]]:
-    # fork (as DataLoader workers are started) spares each child re-importing torch and MONAI
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.start_processes(
-        _worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method=method
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"the 2-process DDP run did not finish within {TIMEOUT_S:.0f} s")
+    run_processes(_worker, (free_port(), str(out_dir)), WORLD_SIZE, TIMEOUT_S, "2-process DDP run")
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
 
 

@@ -11,14 +11,12 @@ that :func:`build_data` makes, with a network whose outputs do not depend on the
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from ignite.engine import Engine
 from PIL import Image
 from torch import nn
@@ -31,7 +29,7 @@ from lilaw_med.training import distributed as D
 from lilaw_med.training.data import build_data
 from lilaw_med.training.evaluation import classification_metrics, run_inference
 from lilaw_med.training.validation import SCALAR_METRICS, EpochValidation, merge_shards
-from tests.torchrun import free_port
+from tests.torchrun import free_port, run_processes
 
 WORLD_SIZE = 2
 N_VAL, N_TEST = 11, 5  # neither a multiple of the world size: the last shard is one item short
@@ -162,17 +160,7 @@ def test_two_gloo_ranks_validate_their_shards_and_agree_with_one_process(tmp_pat
     folder.mkdir()
     out.mkdir()
     _write_images(folder)
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.start_processes(
-        _worker, args=(free_port(), str(folder), str(out)), nprocs=WORLD_SIZE, join=False, start_method=method
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"the 2-process validation did not finish within {TIMEOUT_S:.0f} s")
+    run_processes(_worker, (free_port(), str(folder), str(out)), WORLD_SIZE, TIMEOUT_S, "2-process validation")
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
     single = _validate(folder, None, 0, 1)
 
