@@ -50,6 +50,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "DEFAULT_WINDOW",
     "IDENTIFIABLE_WIDTH",
+    "LEARNT_MARGIN",
     "FOLD_CHECKPOINTS",
     "FOLD_COMBINE",
     "AuditOptions",
@@ -82,6 +83,11 @@ MODEL_ERROR_LIMIT = 0.10
 validation items, ``(1 - estimated rate) - best noisy validation accuracy``, exceeds both this and
 the estimated rate itself: the confident joint cannot then tell the network's confusions from wrong
 labels."""
+LEARNT_MARGIN = 0.02
+"""How far the network's agreement with the given labels must rise above always answering the largest
+class before the audit treats it as having learnt. Read on the scored window's training items and on
+the best noisy validation accuracy; at or below it the network's confusions and the wrong labels
+cannot be told apart, so the count is not identifiable and the scores are unreliable."""
 IDENTIFIABLE_WIDTH = 0.20
 """The widest 95% interval of the share of wrong labels with which the audit still calls the count
 identifiable: wider, the windows and the bootstrap disagree by more than about +-0.10, so the report
@@ -344,19 +350,25 @@ def _window_estimates(views: Mapping[str, Any], labels: np.ndarray, windows: Seq
     return [estimates[(w.start, w.stop)] for w in windows], disagree, chances
 
 
-def not_identifiable_reasons(record: RunRecord, options: AuditOptions, estimate: NoiseEstimate) -> list[str]:
+def not_identifiable_reasons(record: RunRecord, options: AuditOptions, estimate: NoiseEstimate,
+                             window_probs: np.ndarray | None = None, labels: np.ndarray | None = None) -> list[str]:
     """Why one run cannot identify its noise rate (empty when nothing says so).
 
-    Three situations, each read off the run without clean labels: ordinal grades (the option or the
+    Four situations, each read off the run without clean labels: ordinal grades (the option or the
     datalist's ``"ordinal"`` key); a network still learning (the validation loss the count window
     reads was lowest at the last recorded epoch); a network whose own error on the validation items,
     ``(1 - estimated rate) - best noisy validation accuracy``, exceeds both :data:`MODEL_ERROR_LIMIT`
-    and the estimated rate.
+    and the estimated rate; a network that never beat always answering the largest class by more
+    than :data:`LEARNT_MARGIN` (the scored window on the split's items, or the best noisy validation
+    accuracy on the validation items).
 
     Args:
         record: the run folder.
         options: the audit options.
         estimate: the split's estimate over the count window.
+        window_probs: (N, C) the split's scoring-window probabilities (NaN rows allowed), with
+            ``labels``, for the scored window's agreement with the labels.
+        labels: int (N,) the split's given labels.
 
     Returns:
         One sentence per reason.
@@ -382,7 +394,31 @@ def not_identifiable_reasons(record: RunRecord, options: AuditOptions, estimate:
                            f"validation accuracy {accuracy.max():.2f} against {1 - estimate.overall:.2f} expected "
                            "from the estimate) exceeds the estimated share of wrong labels, so the count cannot "
                            "tell the two apart")
+    if window_probs is not None and labels is not None:
+        agreement = agreement_with_labels(window_probs, labels)
+        if agreement is not None and agreement[0] < agreement[1] + LEARNT_MARGIN:
+            reasons.append(f"the network had not learnt: in the scored epochs it agrees with the given labels no "
+                           f"better than always predicting the largest class ({agreement[0]:.3f} vs "
+                           f"{agreement[1]:.3f})")
+    val_labels = np.array([int(it["label"]) for split, it in record.items.values() if split == "validation"])
+    if accuracy.size and val_labels.size:
+        largest = float(np.bincount(val_labels).max() / val_labels.size)
+        if float(accuracy.max()) < largest + LEARNT_MARGIN:
+            reasons.append(f"the network never predicted the validation labels better than always answering the "
+                           f"largest class (best noisy validation accuracy {accuracy.max():.3f} vs "
+                           f"{largest:.3f}), so its confusions and the wrong labels cannot be told apart")
     return reasons
+
+
+def agreement_with_labels(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float] | None:
+    """``(share of items whose most probable class is the label, the largest class's share)`` over the
+    items with probabilities; None when none has any."""
+    ok = np.isfinite(probs).all(axis=1)
+    if not ok.any():
+        return None
+    agreement = float((probs[ok].argmax(axis=1) == labels[ok]).mean())
+    counts = np.bincount(labels)
+    return agreement, float(counts.max() / max(counts.sum(), 1))
 
 
 def _wide(estimate: NoiseEstimate, disagree: np.ndarray) -> NoiseEstimate:
@@ -473,7 +509,8 @@ def audit_split(
     estimates, disagree, chances = _window_estimates(views, labels, candidates, num_classes, options)
     scores = get_label_quality_scores(labels, probs, method=options.method, adjust_pred_probs=options.adjust_pred_probs)
     noise = combine_estimates(estimates[0], estimates[1:])
-    reasons = not_identifiable_reasons(record, options, estimates[0]) + _width_reasons(noise.overall_interval)
+    reasons = (not_identifiable_reasons(record, options, estimates[0], w_probs, labels)
+               + _width_reasons(noise.overall_interval))
     if reasons:
         noise = _wide(noise, disagree)
     rank = np.empty(len(scores), dtype=np.int64)
@@ -491,7 +528,7 @@ def audit_split(
         window_estimates=list(zip(candidates, estimates, strict=True)), not_identifiable=reasons,
         expected_precision=precision, flag_rule=rule,
     )
-    audit.warnings.extend(_learning_warnings(audit, np.bincount(labels, minlength=num_classes)))
+    audit.warnings.extend(_learning_warnings(audit))
     if reasons:
         audit.warnings.append("the noise rate is not identifiable from this run (" + "; ".join(reasons) + "): the "
                               "interval is wide; a clean validation set, or more items, narrows it (--folds changes the ranking, not "
@@ -501,19 +538,16 @@ def audit_split(
     return audit
 
 
-def _learning_warnings(audit: SplitAudit, counts: np.ndarray) -> list[str]:
-    """A warning when the window's predictions agree with the labels no better than the largest class."""
-    ok = audit.predicted >= 0
-    if not ok.any():
-        return []
-    agreement = float((audit.predicted[ok] == audit.labels[ok]).mean())
-    chance = float(counts.max() / max(counts.sum(), 1))
-    if agreement >= chance + 0.02:
+def _learning_warnings(audit: SplitAudit) -> list[str]:
+    """A warning when the ranked probabilities agree with the labels no better than the largest class
+    (by :data:`LEARNT_MARGIN`)."""
+    agreement = agreement_with_labels(audit.pred_probs, audit.labels)
+    if agreement is None or agreement[0] >= agreement[1] + LEARNT_MARGIN:
         return []
     return [
         f"in the scored epochs the network agrees with the given {audit.split} labels no better than always "
-        f"predicting the largest class ({agreement:.3f} vs {chance:.3f}): it had not learnt yet, so the scores and "
-        "counts are unreliable. Train longer, or cross-fit (--folds 4)."
+        f"predicting the largest class ({agreement[0]:.3f} vs {agreement[1]:.3f}): it had not learnt yet, so the "
+        "scores and counts are unreliable. Train longer, or cross-fit (--folds 4)."
     ]
 
 

@@ -390,6 +390,9 @@ def test_an_unlearnt_scoring_window_is_reported(tmp_path, capsys):
     # the learning warning, then the count's: p = 0.5 everywhere pins no share of wrong labels
     assert len(summary["warnings"]) == 2 and "Train longer, or cross-fit" in summary["warnings"][0]
     assert "not identifiable from this run" in summary["warnings"][1]
+    assert any(r.startswith("the network had not learnt: in the scored epochs it agrees with the given labels no "
+                            "better than always predicting the largest class (0.562 vs 0.562)")
+               for r in summary["not_identifiable_because"])
     assert "Warning:" in (run / "audit" / "report.html").read_text()
 
 

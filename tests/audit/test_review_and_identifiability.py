@@ -4,10 +4,14 @@ wide interval) where one run cannot tell; the CLI passes --review, --count-windo
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
+import numpy as np
 import pytest
 
-from lilaw_med.audit.core import AuditOptions, review_budget
+from lilaw_med.audit.core import AuditOptions, not_identifiable_reasons, review_budget
+from lilaw_med.audit.counts import NoiseEstimate
+from lilaw_med.audit.record import RunRecord
 from lilaw_med.cli import main
 from lilaw_med.workflows.audit import run_audit
 from tests.audit.conftest import N_TRAIN, N_VAL, make_run_folder, wrong_ids
@@ -73,6 +77,42 @@ def test_a_network_still_learning_gives_a_wide_interval_and_says_why(tmp_path):
     assert lo == 0.0 and hi >= info["estimated_noise_rate_sampling_interval"][1]
     assert any("not identifiable" in w for w in info["warnings"])
     assert "not identifiable from this run" in (learning / "audit" / "report.html").read_text()
+
+
+def test_agreement_with_labels_counts_the_items_with_probabilities():
+    from lilaw_med.audit.core import agreement_with_labels
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [np.nan, np.nan]])
+    # most probable 0, 1, 0 against labels 0, 1, 1 (the NaN row is left out); classes 2 and 2 of 4
+    assert agreement_with_labels(probs, np.array([0, 1, 1, 0])) == pytest.approx((2 / 3, 0.5))
+    assert agreement_with_labels(np.full((2, 2), np.nan), np.array([0, 1])) is None
+
+
+def _estimate(rate: float) -> NoiseEstimate:
+    return NoiseEstimate(np.array([rate, rate]), np.array([[rate, rate], [rate, rate]]), rate, (rate, rate),
+                         np.array([8.0, 8.0]), 0.95)
+
+
+@pytest.mark.parametrize(("above", "called"), [(0.01, True), (0.03, False)])
+def test_a_network_no_better_than_the_largest_class_is_not_identifiable(run_folder, above, called):
+    # the fixture's 4 validation items are labelled 0, 1, 0, 1: the largest class holds 0.5 of them; an
+    # estimate of 0.3 keeps the own-error rule quiet ((1 - 0.3) - 0.51 = 0.19 < 0.3)
+    record = RunRecord.read(run_folder)
+    record = replace(record, val_accuracy=np.full_like(record.val_accuracy, 0.5 + above))
+    reasons = not_identifiable_reasons(record, AuditOptions(), _estimate(0.3))
+    assert any("never predicted the validation labels better than always answering the largest class "
+               f"(best noisy validation accuracy {0.5 + above:.3f} vs 0.500)" in r for r in reasons) == called
+
+
+@pytest.mark.parametrize(("agreeing", "called"), [(9, True), (10, False)])
+def test_a_scored_window_no_better_than_the_largest_class_is_not_identifiable(run_folder, agreeing, called):
+    # 16 items, 9 of class 0 (largest share 0.5625): 9 agreeing (0.5625) is within 0.02 of it, 10 (0.625) is not
+    record = RunRecord.read(run_folder)
+    labels = np.array([0] * 9 + [1] * 7)
+    probs = np.zeros((16, 2))
+    probs[np.arange(16), np.where(np.arange(16) < agreeing, labels, 1 - labels)] = 1.0
+    reasons = not_identifiable_reasons(record, AuditOptions(), _estimate(0.3), probs, labels)
+    assert any(r.startswith("the network had not learnt") for r in reasons) == called
 
 
 def test_ordinal_grades_are_never_called_identifiable(run_folder):
