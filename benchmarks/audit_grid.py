@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from lilaw_med.audit.core import DEFAULT_COUNT_WINDOW
+from lilaw_med.workflows.refine import DEFAULT_EXCLUDE_VALIDATION
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("benchmarks.audit_grid")
@@ -116,6 +117,12 @@ splits as training items), the failure the first development cells lacked (a slo
 multi-class task)."""
 REFINE_CELLS = [Cell("pneumoniamnist_balanced", "symmetric", 0.4, s) for s in range(5)]
 """Issue 12 item 4: ``train --refine`` at 40% symmetric noise, clean-test AUROC of the refined run."""
+REFINE_DEV_CELLS = [Cell(d, "symmetric", r, s) for d, r in (("breastmnist", 0.2), ("sample_radiology", 0.4))
+                    for s in range(5)]
+"""Round 10 (refine's validation items): two data sets no refine evaluation uses, where the preset learns."""
+REFINE_VARIANTS = {"keep": "refine", "exclude": "refine_exclude"}
+"""``--refine-validation`` -> the refine folder's name (``refine``: the runs made before the option existed, which
+kept the validation items)."""
 
 
 def cache_root() -> Path:
@@ -255,36 +262,41 @@ def crossfit(cell: Cell, lilaw_on: bool, folds: int = 4) -> Path:
     return out
 
 
-def refine(cell: Cell) -> Path:
-    """``lilaw-med train --refine`` on the cell, LiLAW on, the preset's defaults (cached by ``refine.json``)."""
-    rd = run_dir(cell, "refine")
+def refine(cell: Cell, validation: str) -> Path:
+    """``lilaw-med train --refine --refine-validation VALIDATION`` on the cell, LiLAW on, the preset's defaults
+    (cached by ``refine.json``)."""
+    rd = run_dir(cell, REFINE_VARIANTS[validation])
     if not ((rd / "refine.json").is_file() and reads_datalist(rd, noisy_datalist(cell))):
         if rd.exists():
             import shutil
 
             shutil.rmtree(rd)
-        _run(lilaw(*train_args(cell, True), "--refine", "-o", str(rd)), rd.parent / "train_refine.log")
+        _run(lilaw(*train_args(cell, True), "--refine", "--refine-validation", validation, "-o", str(rd)),
+             rd.parent / f"train_{rd.name}.log")
     return rd
 
 
-def evaluate_refine(cell: Cell) -> dict[str, Any]:
+def evaluate_refine(cell: Cell, validation: str) -> dict[str, Any]:
     """Clean-test AUROC of both runs of a refine, and how many of its exclusions were wrong labels."""
     import csv
 
     from lilaw_med.data.noise import load_noise_truth
     from lilaw_med.utils import unguard_csv_text
 
-    rd = run_dir(cell, "refine")
+    rd = run_dir(cell, REFINE_VARIANTS[validation])
     info = json.loads((rd / "refine.json").read_text(encoding="utf-8"))
     initial = rd / "initial"
     datalist = json.loads((initial / "datalist.json").read_text(encoding="utf-8"))
-    given = {str(it["id"]): int(it["label"]) for it in datalist["training"]}
     truth = load_noise_truth(initial / "datalist.json")
-    wrong = {i for i, y in given.items() if int(truth.get(i, y)) != y}
     with (rd / "refine_exclude.csv").open(newline="", encoding="utf-8") as f:
-        excluded = {unguard_csv_text(r["id"]) for r in csv.DictReader(f)}
-    out: dict[str, Any] = {"cell": cell.name, "n": len(given), "n_wrong": len(wrong), "n_excluded": len(excluded),
-                           "excluded_wrong": len(excluded & wrong)}
+        rows = list(csv.DictReader(f))
+    out: dict[str, Any] = {"cell": cell.name, "validation": validation}
+    for split, key in (("training", ""), ("validation", "val_")):
+        given = {str(it["id"]): int(it["label"]) for it in datalist.get(split, [])}
+        wrong = {i for i, y in given.items() if int(truth.get(i, y)) != y}
+        excluded = {unguard_csv_text(r["id"]) for r in rows if r["split"] == split}
+        out.update({f"{key}n": len(given), f"{key}n_wrong": len(wrong), f"{key}n_excluded": len(excluded),
+                    f"{key}excluded_wrong": len(excluded & wrong)})
     for run in ("initial", "refined"):
         for ckpt in ("best", "final"):
             out[f"{run}_{ckpt}_auroc"] = float(info[run][ckpt]["test"]["auroc"])
@@ -313,6 +325,29 @@ def refine_markdown(rows: Sequence[dict[str, Any]]) -> str:
                 h = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
                 cells.append(f"{v.mean():.3f} [{v.mean() - h:.3f}, {v.mean() + h:.3f}]")
             lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def round10_markdown(keep: Sequence[dict[str, Any]], exclude: Sequence[dict[str, Any]]) -> str:
+    """Round 10's table: per seed, the refined run's clean-test AUROC (best checkpoint, the rule's figure; final
+    too) with the flagged validation items kept and left out, and the rule's verdict on the paired seeds."""
+    by_cell = {r["cell"]: r for r in exclude}
+    pairs = [(k, by_cell[k["cell"]]) for k in keep if k["cell"] in by_cell]
+    lines = ["| cell | validation n (wrong) | validation excluded (wrong among them) | refined best AUROC keep / exclude "
+             "| refined final AUROC keep / exclude |", "|---|---|---|---|---|"]
+    for k, e in pairs:
+        lines.append(f"| {k['cell']} | {e['val_n']} ({e['val_n_wrong']}) | {e['val_n_excluded']} ({e['val_excluded_wrong']}) | "
+                     f"{_fmt(k['refined_best_auroc'])} / {_fmt(e['refined_best_auroc'])} | "
+                     f"{_fmt(k['refined_final_auroc'])} / {_fmt(e['refined_final_auroc'])} |")
+    if pairs:
+        diff = np.array([e["refined_best_auroc"] - k["refined_best_auroc"] for k, e in pairs])
+        keep_mean = float(np.mean([k["refined_best_auroc"] for k, _ in pairs]))
+        excl_mean = float(np.mean([e["refined_best_auroc"] for _, e in pairs]))
+        verdict = "exclude" if len(pairs) == len(REFINE_DEV_CELLS) and excl_mean > keep_mean else "keep"
+        lines += ["", f"Mean refined best-checkpoint AUROC over {len(pairs)} seeds: keep {keep_mean:.3f}, exclude "
+                  f"{excl_mean:.3f} (paired difference {diff.mean():+.3f}, exclude ahead in {int((diff > 0).sum())} of "
+                  f"{len(pairs)}). Chosen by the rule: **{verdict}**"
+                  + ("" if len(pairs) == len(REFINE_DEV_CELLS) else " (not every seed is done: the incumbent stays)")]
     return "\n".join(lines)
 
 
@@ -711,13 +746,18 @@ def cells_for(stage: str, only: Iterable[str] | None) -> list[Cell]:
     if only:
         return [Cell.parse(c) for c in only]
     return {"dev": DEV_CELLS, "count_dev": COUNT_DEV_CELLS, "grid": GRID_CELLS, "refine": REFINE_CELLS,
-            "round7": COUNT_DEV_CELLS + DEV_CELLS}[stage]
+            "refine_dev": REFINE_DEV_CELLS, "round7": COUNT_DEV_CELLS + DEV_CELLS}[stage]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=("dev", "count_dev", "grid", "refine", "round7"), default="dev",
-                        help="round7: the ranking score's development cells (count_dev + dev) and its rule")
+    parser.add_argument("--stage", choices=("dev", "count_dev", "grid", "refine", "refine_dev", "round7"), default="dev",
+                        help="round7: the ranking score's development cells (count_dev + dev) and its rule; "
+                        "refine_dev: round 10's cells, --refine-validation keep and exclude, and its rule")
+    parser.add_argument("--refine-validation", choices=tuple(REFINE_VARIANTS),
+                        default="exclude" if DEFAULT_EXCLUDE_VALIDATION else "keep",
+                        help="refine stage: what the retraining does with the flagged validation items "
+                        "(default: the library's, %(default)s)")
     parser.add_argument("--cells", nargs="*", help="DATASET:KIND:RATE:SEED cells instead of the stage's")
     parser.add_argument("--train-only", action="store_true", help="train the one-run audits only (no cross-fitting)")
     parser.add_argument("--fold-models", choices=("ce", "lilaw", "both"), default="ce",
@@ -727,18 +767,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--evaluate", action="store_true", help="score the cached runs (no training)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    if args.stage == "refine":
-        rows = []
-        for cell in cells_for(args.stage, args.cells):
-            if not args.evaluate:
-                refine(cell)
-            if (run_dir(cell, "refine") / "refine.json").is_file():
-                rows.append(evaluate_refine(cell))
-        if args.evaluate and rows:
-            from lilaw_med.utils import atomic_write
+    if args.stage in ("refine", "refine_dev"):
+        from lilaw_med.utils import atomic_write
 
-            atomic_write(REPO / "benchmarks" / "audit_refine.md", refine_markdown(rows) + "\n")
-            print(refine_markdown(rows))
+        variants = ("keep", "exclude") if args.stage == "refine_dev" else (args.refine_validation,)
+        rows = {v: [] for v in variants}
+        for cell in cells_for(args.stage, args.cells):
+            for v in variants:
+                if not args.evaluate:
+                    refine(cell, v)
+                if (run_dir(cell, REFINE_VARIANTS[v]) / "refine.json").is_file():
+                    rows[v].append(evaluate_refine(cell, v))
+        if args.evaluate and args.stage == "refine" and rows[args.refine_validation]:
+            md = f"`--refine-validation {args.refine_validation}`\n\n" + refine_markdown(rows[args.refine_validation])
+            atomic_write(REPO / "benchmarks" / "audit_refine.md", md + "\n")
+            print(md)
+        if args.evaluate and args.stage == "refine_dev":
+            md = round10_markdown(rows["keep"], rows["exclude"])
+            atomic_write(cache_root() / "eval_round10.md", md + "\n")
+            print(md)
         return 0
     if args.evaluate:
         results = []

@@ -58,6 +58,7 @@ from benchmarks.audit_grid import (
 )
 from benchmarks.harness import mean_ci, paired_difference
 from lilaw_med.utils import atomic_write
+from lilaw_med.workflows.refine import DEFAULT_EXCLUDE_VALIDATION
 
 logger = logging.getLogger("benchmarks.preset_gain")
 
@@ -114,10 +115,18 @@ RESNET_CELLS = [Cell("pathmnist_1000", "symmetric", 0.4, s) for s in range(5)]
 """The presets' GPU-class network (``model.network: resnet18``) on the cheapest noisy multi-class cell."""
 
 
-def train(cell: Cell, variant: str, refine: bool = False, network: str | None = None) -> Path:
+def refine_name(variant: str, validation: str) -> str:
+    """The folder of a ``train --refine`` run (``refine_<variant>``: the runs made before
+    ``--refine-validation`` existed, which kept the flagged validation items)."""
+    return f"refine_{variant}" if validation == "keep" else f"refine_{validation}_{variant}"
+
+
+def train(cell: Cell, variant: str, refine: bool = False, network: str | None = None,
+          refine_validation: str = "keep") -> Path:
     """Trains one (cell, variant) through ``lilaw-med train`` once (cached by ``summary.json``;
-    ``refine``: ``train --refine``, cached by ``refine.json``; ``network``: another ``model.network``)."""
-    name = f"refine_{variant}" if refine else variant
+    ``refine``: ``train --refine --refine-validation REFINE_VALIDATION``, cached by ``refine.json``;
+    ``network``: another ``model.network``)."""
+    name = refine_name(variant, refine_validation) if refine else variant
     rd = run_path(cell, f"{network}_{name}" if network else name)
     if (rd / ("refine.json" if refine else "summary.json")).is_file() and reads_datalist(rd, datalist_of(cell)):
         return rd
@@ -133,7 +142,7 @@ def train(cell: Cell, variant: str, refine: bool = False, network: str | None = 
     for s in sets:
         args += ["--set", s]
     if refine:
-        args.append("--refine")
+        args += ["--refine", "--refine-validation", refine_validation]
     _run(lilaw(*args, "-o", str(rd)), rd.parent / f"train_{rd.name}.log")
     return rd
 
@@ -270,9 +279,10 @@ def eval_report(variant: str, seeds: int, network: str | None = None) -> dict[st
     return {"rows": out, "markdown": "\n".join(md)}
 
 
-def refine_report(variant: str, seeds: int) -> dict[str, Any]:
+def refine_report(variant: str, seeds: int, validation: str = "keep") -> dict[str, Any]:
     """The share of the clean-test AUROC that 40% noise costs CE which ``train --refine`` wins back."""
-    md = [f"`train --refine` with LiLAW ({variant}) at 40% symmetric noise: clean-test AUROC (best checkpoint / "
+    md = [f"`train --refine --refine-validation {validation}` with LiLAW ({variant}) at 40% symmetric noise: "
+          "clean-test AUROC (best checkpoint / "
           "final), and the share of CE's noise cost won back, (refined - CE noisy) / (CE clean - CE noisy)",
           "", "| data set | seeds | CE clean | CE 40% | refined | won back (best) | won back (final) |",
           "|---|---|---|---|---|---|---|"]
@@ -282,7 +292,7 @@ def refine_report(variant: str, seeds: int) -> dict[str, Any]:
         for seed in range(seeds):
             clean, noisy = Cell(dataset, "none", 0.0, seed), Cell(dataset, "symmetric", 0.4, seed)
             paths = (run_path(clean, "ce") / "summary.json", run_path(noisy, "ce") / "summary.json",
-                     run_path(noisy, f"refine_{variant}") / "refine.json")
+                     run_path(noisy, refine_name(variant, validation)) / "refine.json")
             if not all(p.is_file() for p in paths):
                 continue
             info = json.loads(paths[2].read_text(encoding="utf-8"))
@@ -315,6 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="dev stage: the rule's round (1: the schedule; 2: the normalised meta objective)")
     p.add_argument("--variant", default=None, help="eval stage: the LiLAW variant (default: the dev stage's choice)")
     p.add_argument("--report", action="store_true", help="report from the cache, train nothing")
+    p.add_argument("--refine-validation", choices=("keep", "exclude"),
+                   default="exclude" if DEFAULT_EXCLUDE_VALIDATION else "keep",
+                   help="refine stage: what the retraining does with the flagged validation items (default: the "
+                   "library's, %(default)s)")
     p.add_argument("--budget", type=float, default=None, help="minutes after which no new run starts")
     args = p.parse_args(argv)
     t0 = time.time()
@@ -366,9 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         break
                     train(Cell(dataset, "none", 0.0, seed), "ce")
                     train(Cell(dataset, "symmetric", 0.4, seed), "ce")
-                    train(Cell(dataset, "symmetric", 0.4, seed), variant, refine=True)
-        rep = refine_report(variant, seeds)
-        atomic_write(out / f"refine_{variant}.md", rep["markdown"] + "\n")
+                    train(Cell(dataset, "symmetric", 0.4, seed), variant, refine=True,
+                          refine_validation=args.refine_validation)
+        rep = refine_report(variant, seeds, args.refine_validation)
+        atomic_write(out / f"{refine_name(variant, args.refine_validation)}.md", rep["markdown"] + "\n")
         print(rep["markdown"])
         return 0
     if not args.report:

@@ -121,7 +121,8 @@ def _refine(config: Mapping[str, Any], output: Path | None, args: argparse.Names
             "--refine does not run under torchrun; train under torchrun, then run `lilaw-med audit RUN_DIR` "
             "and train again under torchrun with --exclude RUN_DIR/audit/exclude.csv."
         )
-    return run_refine(config, output)
+    kwargs = {} if args.refine_validation is None else {"exclude_validation": args.refine_validation == "exclude"}
+    return run_refine(config, output, **kwargs)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -130,6 +131,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     _quiet_engines(args)
     with user_errors():
+        if args.refine_validation is not None and not args.refine:
+            raise UserError("--refine-validation applies to --refine only.")
         config, output = _train_config(args)
         if args.refine:
             result = _refine(config, output, args)
@@ -273,6 +276,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--relabel", metavar="CSV", help="relabel items: a CSV of item ids and new labels (a review decision file: its relabel rows)")
     p.add_argument("--refine", action="store_true",
                    help="train, audit, exclude suspected mislabels by the documented rule, and retrain")
+    p.add_argument("--refine-validation", choices=("keep", "exclude"), default=None,
+                   help="with --refine: keep the validation items the audit flags, or leave them out of the "
+                   "retraining's validation split too (default: the library's, see docs/audit.md section 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = _add(

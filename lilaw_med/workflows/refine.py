@@ -33,12 +33,15 @@ from lilaw_med.training.run import run_training
 from lilaw_med.utils import atomic_write
 from lilaw_med.workflows.audit import run_audit
 
-__all__ = ["REFINE_RULE", "RefineResult", "run_refine"]
+__all__ = ["DEFAULT_EXCLUDE_VALIDATION", "REFINE_RULE", "RefineResult", "run_refine"]
 
 logger = logging.getLogger(__name__)
 
 REFINE_RULE: dict[str, Any] = {"exclude": "is_label_issue", "audit": "shipped defaults (lilaw_med.audit.core)"}
 """The default exclusion rule of refine (see the module docstring)."""
+DEFAULT_EXCLUDE_VALIDATION = False
+"""Whether the retraining also leaves out the validation items the audit flags (``--refine-validation``);
+how the default was chosen: docs/audit.md, section 4."""
 
 
 @dataclass
@@ -71,7 +74,7 @@ def run_refine(
     output_dir: str | os.PathLike | None = None,
     *,
     audit_options: AuditOptions | None = None,
-    exclude_validation: bool = False,
+    exclude_validation: bool | None = None,
     device: str | None = None,
     progress: bool | None = None,
 ) -> RefineResult:
@@ -83,7 +86,8 @@ def run_refine(
             timestamped ``<preset>-...-refine``).
         audit_options: how the first run is audited (default: the shipped audit).
         exclude_validation: also drop the validation items the audit flags (from the meta step's
-            records), so the meta step learns from cleaner labels.
+            records), so the retraining's meta step and best checkpoint read cleaner labels (``None``:
+            :data:`DEFAULT_EXCLUDE_VALIDATION`).
         device: overrides ``train.device``.
         progress: overrides ``train.progress``.
 
@@ -102,6 +106,8 @@ def run_refine(
 
     cfg = Config.from_mapping(config)
     root = _refine_root(cfg, output_dir)
+    if exclude_validation is None:
+        exclude_validation = DEFAULT_EXCLUDE_VALIDATION
 
     logger.info("refine 1/3: training the initial run in %s", root / "initial")
     initial = run_training(cfg, root / "initial", device=device, progress=progress)

@@ -129,3 +129,41 @@ def test_refine_with_the_shipped_audit_excludes_what_its_count_window_flags(tmp_
     initial, second = root / "initial" / "datalist.json", root / "refined" / "datalist.json"
     assert set(_ids(initial, "training")) - set(_ids(second, "training")) == set(flagged)
     assert len(_ids(second, "training")) == len(_ids(initial, "training")) - len(flagged)
+
+
+def test_refine_can_leave_the_flagged_validation_items_out_too(tmp_path):
+    root = tmp_path / "refine"
+    cfg = tiny_config(make_image_datalist(tmp_path / "data"), "train.epochs=2")
+    # a review budget of 2 flags exactly two items of each split, so the validation exclusions are never empty
+    run_refine(cfg, root, audit_options=AuditOptions(review=2), exclude_validation=True, progress=False)
+    flagged = {(it["split"], it["id"]) for it in read_audit_rows(root / "audit") if it["is_label_issue"]}
+    val_flagged = {i for split, i in flagged if split == "validation"}
+    assert len(val_flagged) == 2 and len(flagged) == 4
+    assert {(r["split"], r["id"]) for r in read_id_csv(root / "refine_exclude.csv")} == flagged
+    initial, second = root / "initial" / "datalist.json", root / "refined" / "datalist.json"
+    assert set(_ids(initial, "validation")) - set(_ids(second, "validation")) == val_flagged
+    assert len(_ids(second, "validation")) == len(_ids(initial, "validation")) - 2
+    assert json.loads((root / "refine.json").read_text())["rule"]["exclude_validation"] is True
+
+
+@pytest.mark.parametrize(("flag", "expected"), [([], {}), (["--refine-validation", "exclude"], {"exclude_validation": True}),
+                                                (["--refine-validation", "keep"], {"exclude_validation": False})])
+def test_the_cli_passes_refine_validation(tmp_path, monkeypatch, flag, expected):
+    import yaml
+
+    import lilaw_med.workflows.refine as refine_module
+    from lilaw_med.cli import main
+
+    seen = {}
+
+    def fake_refine(config, output, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(refine_module, "run_refine", fake_refine)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(make_image_datalist(tmp_path / "data"))))
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(config), "-o", str(tmp_path / "out"), "--refine", *flag])
+    assert seen == expected
+    assert main(["train", "--config", str(config), "--refine-validation", "keep"]) != 0
