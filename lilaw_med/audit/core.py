@@ -395,7 +395,7 @@ def not_identifiable_reasons(record: RunRecord, options: AuditOptions, estimate:
                            "from the estimate) exceeds the estimated share of wrong labels, so the count cannot "
                            "tell the two apart")
     if window_probs is not None and labels is not None:
-        agreement = agreement_with_labels(window_probs, labels)
+        agreement = _agreement_with_labels(window_probs, labels)
         if agreement is not None and agreement[0] < agreement[1] + LEARNT_MARGIN:
             reasons.append(f"the network had not learnt: in the scored epochs it agrees with the given labels no "
                            f"better than always predicting the largest class ({agreement[0]:.3f} vs "
@@ -410,7 +410,7 @@ def not_identifiable_reasons(record: RunRecord, options: AuditOptions, estimate:
     return reasons
 
 
-def agreement_with_labels(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float] | None:
+def _agreement_with_labels(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float] | None:
     """``(share of items whose most probable class is the label, the largest class's share)`` over the
     items with probabilities; None when none has any."""
     ok = np.isfinite(probs).all(axis=1)
@@ -541,7 +541,7 @@ def audit_split(
 def _learning_warnings(audit: SplitAudit) -> list[str]:
     """A warning when the ranked probabilities agree with the labels no better than the largest class
     (by :data:`LEARNT_MARGIN`)."""
-    agreement = agreement_with_labels(audit.pred_probs, audit.labels)
+    agreement = _agreement_with_labels(audit.pred_probs, audit.labels)
     if agreement is None or agreement[0] >= agreement[1] + LEARNT_MARGIN:
         return []
     return [

@@ -80,12 +80,12 @@ def test_a_network_still_learning_gives_a_wide_interval_and_says_why(tmp_path):
 
 
 def test_agreement_with_labels_counts_the_items_with_probabilities():
-    from lilaw_med.audit.core import agreement_with_labels
+    from lilaw_med.audit.core import _agreement_with_labels
 
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [np.nan, np.nan]])
     # most probable 0, 1, 0 against labels 0, 1, 1 (the NaN row is left out); classes 2 and 2 of 4
-    assert agreement_with_labels(probs, np.array([0, 1, 1, 0])) == pytest.approx((2 / 3, 0.5))
-    assert agreement_with_labels(np.full((2, 2), np.nan), np.array([0, 1])) is None
+    assert _agreement_with_labels(probs, np.array([0, 1, 1, 0])) == pytest.approx((2 / 3, 0.5))
+    assert _agreement_with_labels(np.full((2, 2), np.nan), np.array([0, 1])) is None
 
 
 def _estimate(rate: float) -> NoiseEstimate:
