@@ -23,6 +23,8 @@ Stages::
     python -m benchmarks.audit_grid --stage grid    # the evaluation grid -> benchmarks/RESULTS.md section
     python -m benchmarks.audit_grid --stage dev --cells breastmnist:symmetric:0.3:0  # one cell
     python -m benchmarks.audit_grid --stage round7 --evaluate   # round 7: the ranking score (rule in audit_selection_rule.md)
+    python -m benchmarks.audit_grid --stage refine  # train --refine at 40% (PneumoniaMNIST), then --evaluate
+    python -m benchmarks.audit_grid --stage refine_dev   # round 10: --refine-validation keep vs exclude, then --evaluate
 
 Runs are cached under ``$LILAW_BENCH_CACHE`` (default ``~/.cache/lilaw-med-bench``): a finished
 run (its ``summary.json``) is never trained again. Data: ``../shared/data`` or
@@ -47,7 +49,6 @@ from typing import Any
 import numpy as np
 
 from lilaw_med.audit.core import DEFAULT_COUNT_WINDOW
-from lilaw_med.workflows.refine import DEFAULT_EXCLUDE_VALIDATION
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("benchmarks.audit_grid")
@@ -263,8 +264,15 @@ def crossfit(cell: Cell, lilaw_on: bool, folds: int = 4) -> Path:
 
 
 def refine(cell: Cell, validation: str) -> Path:
-    """``lilaw-med train --refine --refine-validation VALIDATION`` on the cell, LiLAW on, the preset's defaults
-    (cached by ``refine.json``)."""
+    """``lilaw-med train --refine --refine-validation VALIDATION`` on the cell, LiLAW on, the preset's defaults.
+
+    Args:
+        cell: the cell.
+        validation: ``"keep"`` or ``"exclude"`` (a key of :data:`REFINE_VARIANTS`).
+
+    Returns:
+        The refine folder (cached by its ``refine.json``).
+    """
     rd = run_dir(cell, REFINE_VARIANTS[validation])
     if not ((rd / "refine.json").is_file() and reads_datalist(rd, noisy_datalist(cell))):
         if rd.exists():
@@ -277,7 +285,17 @@ def refine(cell: Cell, validation: str) -> Path:
 
 
 def evaluate_refine(cell: Cell, validation: str) -> dict[str, Any]:
-    """Clean-test AUROC of both runs of a refine, and how many of its exclusions were wrong labels."""
+    """Clean-test AUROC of both runs of a refine, and how many of its exclusions were wrong labels.
+
+    Args:
+        cell: the cell.
+        validation: the refine variant (a key of :data:`REFINE_VARIANTS`).
+
+    Returns:
+        ``cell``, ``validation``; per split the items ``n``, wrong labels ``n_wrong``, exclusions ``n_excluded``
+        and wrong labels among them ``excluded_wrong`` (the validation split's keys prefixed ``val_``); and
+        ``{initial,refined}_{best,final}_{auroc,accuracy}`` (clean test; accuracy at the calibrated threshold).
+    """
     import csv
 
     from lilaw_med.data.noise import load_noise_truth
@@ -329,8 +347,17 @@ def refine_markdown(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def round10_markdown(keep: Sequence[dict[str, Any]], exclude: Sequence[dict[str, Any]]) -> str:
-    """Round 10's table: per seed, the refined run's clean-test AUROC (best checkpoint, the rule's figure; final
-    too) with the flagged validation items kept and left out, and the rule's verdict on the paired seeds."""
+    """Round 10's table and verdict.
+
+    Args:
+        keep: :func:`evaluate_refine` rows of the ``keep`` runs.
+        exclude: the same of the ``exclude`` runs (paired with ``keep`` by cell).
+
+    Returns:
+        Markdown: per cell, the refined run's clean-test AUROC (best checkpoint, the rule's figure; final too)
+        with the flagged validation items kept and left out; then the means and the rule's choice (``keep``
+        unless every cell of :data:`REFINE_DEV_CELLS` is done and ``exclude``'s mean is higher).
+    """
     by_cell = {r["cell"]: r for r in exclude}
     pairs = [(k, by_cell[k["cell"]]) for k in keep if k["cell"] in by_cell]
     lines = ["| cell | validation n (wrong) | validation excluded (wrong among them) | refined best AUROC keep / exclude "
@@ -344,10 +371,10 @@ def round10_markdown(keep: Sequence[dict[str, Any]], exclude: Sequence[dict[str,
         keep_mean = float(np.mean([k["refined_best_auroc"] for k, _ in pairs]))
         excl_mean = float(np.mean([e["refined_best_auroc"] for _, e in pairs]))
         verdict = "exclude" if len(pairs) == len(REFINE_DEV_CELLS) and excl_mean > keep_mean else "keep"
-        lines += ["", f"Mean refined best-checkpoint AUROC over {len(pairs)} seeds: keep {keep_mean:.3f}, exclude "
+        lines += ["", f"Mean refined best-checkpoint AUROC over {len(pairs)} cells: keep {keep_mean:.3f}, exclude "
                   f"{excl_mean:.3f} (paired difference {diff.mean():+.3f}, exclude ahead in {int((diff > 0).sum())} of "
                   f"{len(pairs)}). Chosen by the rule: **{verdict}**"
-                  + ("" if len(pairs) == len(REFINE_DEV_CELLS) else " (not every seed is done: the incumbent stays)")]
+                  + ("" if len(pairs) == len(REFINE_DEV_CELLS) else " (not every cell is done: the incumbent stays)")]
     return "\n".join(lines)
 
 
@@ -750,6 +777,8 @@ def cells_for(stage: str, only: Iterable[str] | None) -> list[Cell]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from lilaw_med.workflows.refine import DEFAULT_EXCLUDE_VALIDATION  # loads torch: not at import
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=("dev", "count_dev", "grid", "refine", "refine_dev", "round7"), default="dev",
                         help="round7: the ranking score's development cells (count_dev + dev) and its rule; "
@@ -780,7 +809,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     rows[v].append(evaluate_refine(cell, v))
         if args.evaluate and args.stage == "refine" and rows[args.refine_validation]:
             md = f"`--refine-validation {args.refine_validation}`\n\n" + refine_markdown(rows[args.refine_validation])
-            atomic_write(REPO / "benchmarks" / "audit_refine.md", md + "\n")
+            name = "audit_refine" if args.refine_validation == "keep" else f"audit_refine_{args.refine_validation}"
+            atomic_write(REPO / "benchmarks" / f"{name}.md", md + "\n")
             print(md)
         if args.evaluate and args.stage == "refine_dev":
             md = round10_markdown(rows["keep"], rows["exclude"])

@@ -58,7 +58,6 @@ from benchmarks.audit_grid import (
 )
 from benchmarks.harness import mean_ci, paired_difference
 from lilaw_med.utils import atomic_write
-from lilaw_med.workflows.refine import DEFAULT_EXCLUDE_VALIDATION
 
 logger = logging.getLogger("benchmarks.preset_gain")
 
@@ -116,8 +115,16 @@ RESNET_CELLS = [Cell("pathmnist_1000", "symmetric", 0.4, s) for s in range(5)]
 
 
 def refine_name(variant: str, validation: str) -> str:
-    """The folder of a ``train --refine`` run (``refine_<variant>``: the runs made before
-    ``--refine-validation`` existed, which kept the flagged validation items)."""
+    """The folder name of a ``train --refine`` run.
+
+    Args:
+        variant: the LiLAW variant (a key of :data:`VARIANTS`).
+        validation: ``--refine-validation`` (``"keep"`` or ``"exclude"``).
+
+    Returns:
+        ``refine_<variant>`` for ``keep`` (the runs made before ``--refine-validation`` existed kept the
+        flagged validation items), else ``refine_<validation>_<variant>``.
+    """
     return f"refine_{variant}" if validation == "keep" else f"refine_{validation}_{variant}"
 
 
@@ -318,6 +325,8 @@ def refine_report(variant: str, seeds: int, validation: str = "keep") -> dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from lilaw_med.workflows.refine import DEFAULT_EXCLUDE_VALIDATION  # loads torch: not at import
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stage", choices=("dev", "eval", "refine", "resnet"), required=True)
     p.add_argument("--seeds", type=int, default=10, help="eval stage: seeds 0..N-1")

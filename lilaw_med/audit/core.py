@@ -85,9 +85,10 @@ the estimated rate itself: the confident joint cannot then tell the network's co
 labels."""
 LEARNT_MARGIN = 0.02
 """How far the network's agreement with the given labels must rise above always answering the largest
-class before the audit treats it as having learnt. Read on the scored window's training items and on
-the best noisy validation accuracy; at or below it the network's confusions and the wrong labels
-cannot be told apart, so the count is not identifiable and the scores are unreliable."""
+class before the audit treats it as having learnt. Read on the scored window's predictions of the
+audited split's items and on the best noisy validation accuracy; less than this above the largest
+class, the network's confusions and the wrong labels cannot be told apart, so the count is not
+identifiable and the scores are unreliable."""
 IDENTIFIABLE_WIDTH = 0.20
 """The widest 95% interval of the share of wrong labels with which the audit still calls the count
 identifiable: wider, the windows and the bootstrap disagree by more than about +-0.10, so the report
@@ -411,8 +412,15 @@ def not_identifiable_reasons(record: RunRecord, options: AuditOptions, estimate:
 
 
 def _agreement_with_labels(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float] | None:
-    """``(share of items whose most probable class is the label, the largest class's share)`` over the
-    items with probabilities; None when none has any."""
+    """How often the most probable class is the given label, against always answering the largest class.
+
+    Args:
+        probs: (N, C) probabilities; rows with NaN (items without any) are left out of the agreement.
+        labels: int (N,) given labels; the largest class's share counts every item.
+
+    Returns:
+        ``(agreement, largest class's share)``, or None when no item has probabilities.
+    """
     ok = np.isfinite(probs).all(axis=1)
     if not ok.any():
         return None
@@ -539,9 +547,9 @@ def audit_split(
 
 
 def _learning_warnings(audit: SplitAudit) -> list[str]:
-    """A warning when the ranked probabilities agree with the labels no better than the largest class
-    (by :data:`LEARNT_MARGIN`)."""
-    agreement = _agreement_with_labels(audit.pred_probs, audit.labels)
+    """A warning when the scoring window's predictions agree with the labels no better than the largest
+    class (by :data:`LEARNT_MARGIN`): the same reading as the not-identifiable reason, with advice."""
+    agreement = _agreement_with_labels(audit.window_probs, audit.labels)
     if agreement is None or agreement[0] >= agreement[1] + LEARNT_MARGIN:
         return []
     return [

@@ -115,6 +115,9 @@ def run_refine(
     audit = run_audit(initial.run_dir, root / RunDir.AUDIT, audit_options or AuditOptions())
     for w in audit.summary["splits"]["training"].get("warnings", []):
         logger.warning("refine: %s The exclusions may be close to random.", w)
+    if exclude_validation and "validation" not in audit.summary["splits"]:
+        logger.warning("refine: the validation items cannot be left out: the run recorded no validation dynamics "
+                       "(they are recorded by LiLAW's meta step; lilaw.enabled is false), so the audit flagged none.")
     splits = ("training", "validation") if exclude_validation else ("training",)
     excluded = [row for row in audit.rows if row["split"] in splits and row["is_label_issue"]]
     # written as the audit writes its CSV files: a text cell a spreadsheet would run as a formula gets a
