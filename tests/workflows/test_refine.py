@@ -167,3 +167,14 @@ def test_the_cli_passes_refine_validation(tmp_path, monkeypatch, flag, expected)
         main(["train", "--config", str(config), "-o", str(tmp_path / "out"), "--refine", *flag])
     assert seen == expected
     assert main(["train", "--config", str(config), "--refine-validation", "keep"]) != 0
+
+
+def test_refine_says_when_validation_items_cannot_be_left_out(tmp_path, caplog):
+    # without LiLAW no meta step records the validation items, so the audit has none to flag
+    cfg = tiny_config(make_image_datalist(tmp_path / "data"), "train.epochs=1", "lilaw.enabled=false")
+    with caplog.at_level("WARNING", logger="lilaw_med.workflows.refine"):
+        run_refine(cfg, tmp_path / "refine", audit_options=AuditOptions(review=2), exclude_validation=True,
+                   progress=False)
+    assert any("validation items cannot be left out" in r.getMessage() for r in caplog.records)
+    initial, second = tmp_path / "refine" / "initial" / "datalist.json", tmp_path / "refine" / "refined" / "datalist.json"
+    assert _ids(second, "validation") == _ids(initial, "validation")
