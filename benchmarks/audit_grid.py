@@ -24,7 +24,8 @@ Stages::
     python -m benchmarks.audit_grid --stage dev --cells breastmnist:symmetric:0.3:0  # one cell
     python -m benchmarks.audit_grid --stage round7 --evaluate   # round 7: the ranking score (rule in audit_selection_rule.md)
     python -m benchmarks.audit_grid --stage refine  # train --refine at 40% (PneumoniaMNIST), then --evaluate
-    python -m benchmarks.audit_grid --stage refine_dev   # round 10: --refine-validation keep vs exclude, then --evaluate
+    python -m benchmarks.audit_grid --stage refine_dev --round 10   # --refine-validation keep vs exclude, then --evaluate
+    python -m benchmarks.audit_grid --stage refine_dev --round 11   # --refine-flagged exclude vs relabel, then --evaluate
 
 Runs are cached under ``$LILAW_BENCH_CACHE`` (default ``~/.cache/lilaw-med-bench``): a finished
 run (its ``summary.json``) is never trained again. Data: ``../shared/data`` or
@@ -121,9 +122,17 @@ REFINE_CELLS = [Cell("pneumoniamnist_balanced", "symmetric", 0.4, s) for s in ra
 REFINE_DEV_CELLS = [Cell(d, "symmetric", r, s) for d, r in (("breastmnist", 0.2), ("sample_radiology", 0.4))
                     for s in range(5)]
 """Round 10 (refine's validation items): two data sets no refine evaluation uses, where the preset learns."""
-REFINE_VARIANTS = {"keep": "refine", "exclude": "refine_exclude"}
-"""``--refine-validation`` -> the refine folder's name (``refine``: the runs made before the option existed, which
-kept the validation items)."""
+REFINE_VARIANTS = {"default": ("keep", "exclude"), "exclude_validation": ("exclude", "exclude"),
+                   "relabel": ("keep", "relabel")}
+"""A refine variant -> its ``(--refine-validation, --refine-flagged)``; ``default`` is the library's defaults."""
+REFINE_ROUNDS = {10: ("default", "exclude_validation"), 11: ("default", "relabel")}
+"""Round -> (incumbent, candidate) (``benchmarks/audit_selection_rule.md``)."""
+
+
+def refine_folder(variant: str) -> str:
+    """The refine folder's name: ``refine`` for the defaults (the runs made before the options existed), else
+    ``refine_exclude`` (validation items left out) or ``refine_relabel``."""
+    return "refine" if variant == "default" else {"exclude_validation": "refine_exclude"}.get(variant, f"refine_{variant}")
 
 
 def cache_root() -> Path:
@@ -263,52 +272,60 @@ def crossfit(cell: Cell, lilaw_on: bool, folds: int = 4) -> Path:
     return out
 
 
-def refine(cell: Cell, validation: str) -> Path:
-    """``lilaw-med train --refine --refine-validation VALIDATION`` on the cell, LiLAW on, the preset's defaults.
+def refine(cell: Cell, variant: str) -> Path:
+    """``lilaw-med train --refine --refine-validation V --refine-flagged F`` on the cell, LiLAW on, the preset's
+    defaults otherwise.
 
     Args:
         cell: the cell.
-        validation: ``"keep"`` or ``"exclude"`` (a key of :data:`REFINE_VARIANTS`).
+        variant: a key of :data:`REFINE_VARIANTS` (its ``V`` and ``F``).
 
     Returns:
         The refine folder (cached by its ``refine.json``).
     """
-    rd = run_dir(cell, REFINE_VARIANTS[validation])
+    rd = run_dir(cell, refine_folder(variant))
     if not ((rd / "refine.json").is_file() and reads_datalist(rd, noisy_datalist(cell))):
         if rd.exists():
             import shutil
 
             shutil.rmtree(rd)
-        _run(lilaw(*train_args(cell, True), "--refine", "--refine-validation", validation, "-o", str(rd)),
-             rd.parent / f"train_{rd.name}.log")
+        validation, flagged = REFINE_VARIANTS[variant]
+        _run(lilaw(*train_args(cell, True), "--refine", "--refine-validation", validation, "--refine-flagged", flagged,
+                   "-o", str(rd)), rd.parent / f"train_{rd.name}.log")
     return rd
 
 
-def evaluate_refine(cell: Cell, validation: str) -> dict[str, Any]:
+def evaluate_refine(cell: Cell, variant: str) -> dict[str, Any]:
     """Clean-test AUROC of both runs of a refine, and how many of its exclusions were wrong labels.
 
     Args:
         cell: the cell.
-        validation: the refine variant (a key of :data:`REFINE_VARIANTS`).
+        variant: the refine variant (a key of :data:`REFINE_VARIANTS`).
 
     Returns:
-        ``cell``, ``validation``; per split the items ``n``, wrong labels ``n_wrong``, exclusions ``n_excluded``
-        and wrong labels among them ``excluded_wrong`` (the validation split's keys prefixed ``val_``); and
-        ``{initial,refined}_{best,final}_{auroc,accuracy}`` (clean test; accuracy at the calibrated threshold).
+        ``cell``, ``variant``; per split the items ``n``, wrong labels ``n_wrong``, exclusions ``n_excluded``
+        and wrong labels among them ``excluded_wrong`` (the validation split's keys prefixed ``val_``); the
+        relabelled training items ``n_relabelled`` and those whose new label is the true one ``relabelled_right``;
+        and ``{initial,refined}_{best,final}_{auroc,accuracy}`` (clean test; accuracy at the calibrated threshold).
     """
     import csv
 
     from lilaw_med.data.noise import load_noise_truth
     from lilaw_med.utils import unguard_csv_text
 
-    rd = run_dir(cell, REFINE_VARIANTS[validation])
+    rd = run_dir(cell, refine_folder(variant))
     info = json.loads((rd / "refine.json").read_text(encoding="utf-8"))
     initial = rd / "initial"
     datalist = json.loads((initial / "datalist.json").read_text(encoding="utf-8"))
     truth = load_noise_truth(initial / "datalist.json")
     with (rd / "refine_exclude.csv").open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    out: dict[str, Any] = {"cell": cell.name, "validation": validation}
+    relabelled: dict[str, int] = {}
+    if (rd / "refine_relabel.csv").is_file():
+        with (rd / "refine_relabel.csv").open(newline="", encoding="utf-8") as f:
+            relabelled = {unguard_csv_text(r["id"]): int(r["label"]) for r in csv.DictReader(f)}
+    out: dict[str, Any] = {"cell": cell.name, "variant": variant, "n_relabelled": len(relabelled),
+                           "relabelled_right": sum(int(truth.get(i, -1)) == y for i, y in relabelled.items())}
     for split, key in (("training", ""), ("validation", "val_")):
         given = {str(it["id"]): int(it["label"]) for it in datalist.get(split, [])}
         wrong = {i for i, y in given.items() if int(truth.get(i, y)) != y}
@@ -346,33 +363,39 @@ def refine_markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def round10_markdown(keep: Sequence[dict[str, Any]], exclude: Sequence[dict[str, Any]]) -> str:
-    """Round 10's table and verdict.
+def refine_round_markdown(incumbent: Sequence[dict[str, Any]], candidate: Sequence[dict[str, Any]],
+                          names: tuple[str, str]) -> str:
+    """A refine development round's table and verdict (rounds 10 and 11).
 
     Args:
-        keep: :func:`evaluate_refine` rows of the ``keep`` runs.
-        exclude: the same of the ``exclude`` runs (paired with ``keep`` by cell).
+        incumbent: :func:`evaluate_refine` rows of the incumbent's runs.
+        candidate: the same of the candidate's runs (paired with ``incumbent`` by cell).
+        names: ``(incumbent, candidate)`` as the table names them.
 
     Returns:
-        Markdown: per cell, the refined run's clean-test AUROC (best checkpoint, the rule's figure; final too)
-        with the flagged validation items kept and left out; then the means and the rule's choice (``keep``
-        unless every cell of :data:`REFINE_DEV_CELLS` is done and ``exclude``'s mean is higher).
+        Markdown: per cell, what the candidate left out of the validation split and relabelled, and the
+        refined run's clean-test AUROC (best checkpoint, the rule's figure; final too) of both; then the means
+        and the rule's choice (the incumbent unless every cell of :data:`REFINE_DEV_CELLS` is done and the
+        candidate's mean is higher).
     """
-    by_cell = {r["cell"]: r for r in exclude}
-    pairs = [(k, by_cell[k["cell"]]) for k in keep if k["cell"] in by_cell]
-    lines = ["| cell | validation n (wrong) | validation excluded (wrong among them) | refined best AUROC keep / exclude "
-             "| refined final AUROC keep / exclude |", "|---|---|---|---|---|"]
+    inc, cand = names
+    by_cell = {r["cell"]: r for r in candidate}
+    pairs = [(k, by_cell[k["cell"]]) for k in incumbent if k["cell"] in by_cell]
+    lines = [f"| cell | validation n (wrong) | {cand}: validation excluded (wrong among them) | {cand}: training "
+             f"relabelled (now right) | refined best AUROC {inc} / {cand} | refined final AUROC {inc} / {cand} |",
+             "|---|---|---|---|---|---|"]
     for k, e in pairs:
         lines.append(f"| {k['cell']} | {e['val_n']} ({e['val_n_wrong']}) | {e['val_n_excluded']} ({e['val_excluded_wrong']}) | "
+                     f"{e['n_relabelled']} ({e['relabelled_right']}) | "
                      f"{_fmt(k['refined_best_auroc'])} / {_fmt(e['refined_best_auroc'])} | "
                      f"{_fmt(k['refined_final_auroc'])} / {_fmt(e['refined_final_auroc'])} |")
     if pairs:
         diff = np.array([e["refined_best_auroc"] - k["refined_best_auroc"] for k, e in pairs])
-        keep_mean = float(np.mean([k["refined_best_auroc"] for k, _ in pairs]))
-        excl_mean = float(np.mean([e["refined_best_auroc"] for _, e in pairs]))
-        verdict = "exclude" if len(pairs) == len(REFINE_DEV_CELLS) and excl_mean > keep_mean else "keep"
-        lines += ["", f"Mean refined best-checkpoint AUROC over {len(pairs)} cells: keep {keep_mean:.3f}, exclude "
-                  f"{excl_mean:.3f} (paired difference {diff.mean():+.3f}, exclude ahead in {int((diff > 0).sum())} of "
+        inc_mean = float(np.mean([k["refined_best_auroc"] for k, _ in pairs]))
+        cand_mean = float(np.mean([e["refined_best_auroc"] for _, e in pairs]))
+        verdict = cand if len(pairs) == len(REFINE_DEV_CELLS) and cand_mean > inc_mean else inc
+        lines += ["", f"Mean refined best-checkpoint AUROC over {len(pairs)} cells: {inc} {inc_mean:.3f}, {cand} "
+                  f"{cand_mean:.3f} (paired difference {diff.mean():+.3f}, {cand} ahead in {int((diff > 0).sum())} of "
                   f"{len(pairs)}). Chosen by the rule: **{verdict}**"
                   + ("" if len(pairs) == len(REFINE_DEV_CELLS) else " (not every cell is done: the incumbent stays)")]
     return "\n".join(lines)
@@ -777,16 +800,14 @@ def cells_for(stage: str, only: Iterable[str] | None) -> list[Cell]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lilaw_med.workflows.refine import DEFAULT_EXCLUDE_VALIDATION  # loads torch: not at import
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", choices=("dev", "count_dev", "grid", "refine", "refine_dev", "round7"), default="dev",
                         help="round7: the ranking score's development cells (count_dev + dev) and its rule; "
-                        "refine_dev: round 10's cells, --refine-validation keep and exclude, and its rule")
-    parser.add_argument("--refine-validation", choices=tuple(REFINE_VARIANTS),
-                        default="exclude" if DEFAULT_EXCLUDE_VALIDATION else "keep",
-                        help="refine stage: what the retraining does with the flagged validation items "
-                        "(default: the library's, %(default)s)")
+                        "refine_dev: a refine round's cells, its incumbent and candidate, and its rule")
+    parser.add_argument("--refine-variant", choices=tuple(REFINE_VARIANTS), default="default",
+                        help="refine stage: which refine (default: the library's defaults)")
+    parser.add_argument("--round", type=int, choices=tuple(REFINE_ROUNDS), default=max(REFINE_ROUNDS),
+                        help="refine_dev stage: the round (default %(default)s)")
     parser.add_argument("--cells", nargs="*", help="DATASET:KIND:RATE:SEED cells instead of the stage's")
     parser.add_argument("--train-only", action="store_true", help="train the one-run audits only (no cross-fitting)")
     parser.add_argument("--fold-models", choices=("ce", "lilaw", "both"), default="ce",
@@ -799,22 +820,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.stage in ("refine", "refine_dev"):
         from lilaw_med.utils import atomic_write
 
-        variants = ("keep", "exclude") if args.stage == "refine_dev" else (args.refine_validation,)
-        rows = {v: [] for v in variants}
+        variants = REFINE_ROUNDS[args.round] if args.stage == "refine_dev" else (args.refine_variant,)
+        rows: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         for cell in cells_for(args.stage, args.cells):
             for v in variants:
                 if not args.evaluate:
                     refine(cell, v)
-                if (run_dir(cell, REFINE_VARIANTS[v]) / "refine.json").is_file():
+                if (run_dir(cell, refine_folder(v)) / "refine.json").is_file():
                     rows[v].append(evaluate_refine(cell, v))
-        if args.evaluate and args.stage == "refine" and rows[args.refine_validation]:
-            md = f"`--refine-validation {args.refine_validation}`\n\n" + refine_markdown(rows[args.refine_validation])
-            name = "audit_refine" if args.refine_validation == "keep" else f"audit_refine_{args.refine_validation}"
+        if args.evaluate and args.stage == "refine" and rows[args.refine_variant]:
+            validation, flagged = REFINE_VARIANTS[args.refine_variant]
+            md = (f"`--refine-validation {validation} --refine-flagged {flagged}`\n\n"
+                  + refine_markdown(rows[args.refine_variant]))
+            name = "audit_refine" if args.refine_variant == "default" else f"audit_refine_{args.refine_variant}"
             atomic_write(REPO / "benchmarks" / f"{name}.md", md + "\n")
             print(md)
         if args.evaluate and args.stage == "refine_dev":
-            md = round10_markdown(rows["keep"], rows["exclude"])
-            atomic_write(cache_root() / "eval_round10.md", md + "\n")
+            md = refine_round_markdown(rows[variants[0]], rows[variants[1]], variants)
+            atomic_write(cache_root() / f"eval_round{args.round}.md", md + "\n")
             print(md)
         return 0
     if args.evaluate:

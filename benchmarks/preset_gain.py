@@ -47,6 +47,7 @@ from typing import Any
 
 from benchmarks.audit_grid import (
     DATASETS,
+    REFINE_VARIANTS,
     REPO,
     Cell,
     _run,
@@ -114,26 +115,26 @@ RESNET_CELLS = [Cell("pathmnist_1000", "symmetric", 0.4, s) for s in range(5)]
 """The presets' GPU-class network (``model.network: resnet18``) on the cheapest noisy multi-class cell."""
 
 
-def refine_name(variant: str, validation: str) -> str:
+def refine_name(variant: str, refine_variant: str) -> str:
     """The folder name of a ``train --refine`` run.
 
     Args:
         variant: the LiLAW variant (a key of :data:`VARIANTS`).
-        validation: ``--refine-validation`` (``"keep"`` or ``"exclude"``).
+        refine_variant: the refine variant (a key of :data:`benchmarks.audit_grid.REFINE_VARIANTS`).
 
     Returns:
-        ``refine_<variant>`` for ``keep`` (the runs made before ``--refine-validation`` existed kept the
-        flagged validation items), else ``refine_<validation>_<variant>``.
+        ``refine_<variant>`` for the refine defaults (the runs made before the refine options existed),
+        else ``refine_<refine_variant>_<variant>``.
     """
-    return f"refine_{variant}" if validation == "keep" else f"refine_{validation}_{variant}"
+    return f"refine_{variant}" if refine_variant == "default" else f"refine_{refine_variant}_{variant}"
 
 
 def train(cell: Cell, variant: str, refine: bool = False, network: str | None = None,
-          refine_validation: str = "keep") -> Path:
+          refine_variant: str = "default") -> Path:
     """Trains one (cell, variant) through ``lilaw-med train`` once (cached by ``summary.json``;
     ``refine``: ``train --refine --refine-validation REFINE_VALIDATION``, cached by ``refine.json``;
     ``network``: another ``model.network``)."""
-    name = refine_name(variant, refine_validation) if refine else variant
+    name = refine_name(variant, refine_variant) if refine else variant
     rd = run_path(cell, f"{network}_{name}" if network else name)
     if (rd / ("refine.json" if refine else "summary.json")).is_file() and reads_datalist(rd, datalist_of(cell)):
         return rd
@@ -149,7 +150,8 @@ def train(cell: Cell, variant: str, refine: bool = False, network: str | None = 
     for s in sets:
         args += ["--set", s]
     if refine:
-        args += ["--refine", "--refine-validation", refine_validation]
+        validation, flagged = REFINE_VARIANTS[refine_variant]
+        args += ["--refine", "--refine-validation", validation, "--refine-flagged", flagged]
     _run(lilaw(*args, "-o", str(rd)), rd.parent / f"train_{rd.name}.log")
     return rd
 
@@ -286,9 +288,11 @@ def eval_report(variant: str, seeds: int, network: str | None = None) -> dict[st
     return {"rows": out, "markdown": "\n".join(md)}
 
 
-def refine_report(variant: str, seeds: int, validation: str = "keep") -> dict[str, Any]:
+def refine_report(variant: str, seeds: int, refine_variant: str = "default") -> dict[str, Any]:
     """The share of the clean-test AUROC that 40% noise costs CE which ``train --refine`` wins back."""
-    md = [f"`train --refine --refine-validation {validation}` with LiLAW ({variant}) at 40% symmetric noise: "
+    validation, flagged = REFINE_VARIANTS[refine_variant]
+    md = [f"`train --refine --refine-validation {validation} --refine-flagged {flagged}` with LiLAW ({variant}) at 40% "
+          "symmetric noise: "
           "clean-test AUROC (best checkpoint / "
           "final), and the share of CE's noise cost won back, (refined - CE noisy) / (CE clean - CE noisy)",
           "", "| data set | seeds | CE clean | CE 40% | refined | won back (best) | won back (final) |",
@@ -299,7 +303,7 @@ def refine_report(variant: str, seeds: int, validation: str = "keep") -> dict[st
         for seed in range(seeds):
             clean, noisy = Cell(dataset, "none", 0.0, seed), Cell(dataset, "symmetric", 0.4, seed)
             paths = (run_path(clean, "ce") / "summary.json", run_path(noisy, "ce") / "summary.json",
-                     run_path(noisy, refine_name(variant, validation)) / "refine.json")
+                     run_path(noisy, refine_name(variant, refine_variant)) / "refine.json")
             if not all(p.is_file() for p in paths):
                 continue
             info = json.loads(paths[2].read_text(encoding="utf-8"))
@@ -325,8 +329,6 @@ def refine_report(variant: str, seeds: int, validation: str = "keep") -> dict[st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lilaw_med.workflows.refine import DEFAULT_EXCLUDE_VALIDATION  # loads torch: not at import
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--stage", choices=("dev", "eval", "refine", "resnet"), required=True)
     p.add_argument("--seeds", type=int, default=10, help="eval stage: seeds 0..N-1")
@@ -334,10 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="dev stage: the rule's round (1: the schedule; 2: the normalised meta objective)")
     p.add_argument("--variant", default=None, help="eval stage: the LiLAW variant (default: the dev stage's choice)")
     p.add_argument("--report", action="store_true", help="report from the cache, train nothing")
-    p.add_argument("--refine-validation", choices=("keep", "exclude"),
-                   default="exclude" if DEFAULT_EXCLUDE_VALIDATION else "keep",
-                   help="refine stage: what the retraining does with the flagged validation items (default: the "
-                   "library's, %(default)s)")
+    p.add_argument("--refine-variant", choices=tuple(REFINE_VARIANTS), default="default",
+                   help="refine stage: which refine (benchmarks.audit_grid.REFINE_VARIANTS; default: the library's "
+                   "defaults)")
     p.add_argument("--budget", type=float, default=None, help="minutes after which no new run starts")
     args = p.parse_args(argv)
     t0 = time.time()
@@ -390,9 +391,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     train(Cell(dataset, "none", 0.0, seed), "ce")
                     train(Cell(dataset, "symmetric", 0.4, seed), "ce")
                     train(Cell(dataset, "symmetric", 0.4, seed), variant, refine=True,
-                          refine_validation=args.refine_validation)
-        rep = refine_report(variant, seeds, args.refine_validation)
-        atomic_write(out / f"{refine_name(variant, args.refine_validation)}.md", rep["markdown"] + "\n")
+                          refine_variant=args.refine_variant)
+        rep = refine_report(variant, seeds, args.refine_variant)
+        atomic_write(out / f"{refine_name(variant, args.refine_variant)}.md", rep["markdown"] + "\n")
         print(rep["markdown"])
         return 0
     if not args.report:

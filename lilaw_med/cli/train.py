@@ -121,7 +121,11 @@ def _refine(config: Mapping[str, Any], output: Path | None, args: argparse.Names
             "--refine does not run under torchrun; train under torchrun, then run `lilaw-med audit RUN_DIR` "
             "and train again under torchrun with --exclude RUN_DIR/audit/exclude.csv."
         )
-    kwargs = {} if args.refine_validation is None else {"exclude_validation": args.refine_validation == "exclude"}
+    kwargs: dict[str, Any] = {}
+    if args.refine_validation is not None:
+        kwargs["exclude_validation"] = args.refine_validation == "exclude"
+    if args.refine_flagged is not None:
+        kwargs["flagged"] = args.refine_flagged
     return run_refine(config, output, **kwargs)
 
 
@@ -131,8 +135,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     _quiet_engines(args)
     with user_errors():
-        if args.refine_validation is not None and not args.refine:
-            raise UserError("--refine-validation applies to --refine only.")
+        if (args.refine_validation is not None or args.refine_flagged is not None) and not args.refine:
+            raise UserError("--refine-validation and --refine-flagged apply to --refine only.")
         config, output = _train_config(args)
         if args.refine:
             result = _refine(config, output, args)
@@ -279,6 +283,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--refine-validation", choices=("keep", "exclude"), default=None,
                    help="with --refine: keep the validation items the audit flags, or leave them out of the "
                    "retraining's validation split too (default: the library's, see docs/audit.md section 4)")
+    p.add_argument("--refine-flagged", choices=("exclude", "relabel"), default=None,
+                   help="with --refine: leave the flagged training items out of the retraining, or keep them with "
+                   "the audit's predicted class as their label (default: the library's, see docs/audit.md section 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = _add(

@@ -114,7 +114,7 @@ def test_refine_with_the_shipped_audit_excludes_what_its_count_window_flags(tmp_
     cfg = tiny_config(make_image_datalist(tmp_path / "data"), "train.epochs=4", "train.batch_size=4", "optim.lr=0.03")
     result = run_refine(cfg, root, progress=False)  # the shipped audit: count window and all
     summary = json.loads((root / "refine.json").read_text())
-    assert summary["rule"] == {**REFINE_RULE, "exclude_validation": False,
+    assert summary["rule"] == {**REFINE_RULE, "exclude_validation": False, "flagged": "exclude",
                                "audit_options": json.loads(json.dumps(asdict(AuditOptions())))}
     audit = json.loads((root / "audit" / "audit.json").read_text())["summary"]
     train = audit["splits"]["training"]
@@ -147,7 +147,8 @@ def test_refine_can_leave_the_flagged_validation_items_out_too(tmp_path):
 
 
 @pytest.mark.parametrize(("flag", "expected"), [([], {}), (["--refine-validation", "exclude"], {"exclude_validation": True}),
-                                                (["--refine-validation", "keep"], {"exclude_validation": False})])
+                                                (["--refine-validation", "keep"], {"exclude_validation": False}),
+                                                (["--refine-flagged", "relabel"], {"flagged": "relabel"})])
 def test_the_cli_passes_refine_validation(tmp_path, monkeypatch, flag, expected):
     import yaml
 
@@ -167,6 +168,7 @@ def test_the_cli_passes_refine_validation(tmp_path, monkeypatch, flag, expected)
         main(["train", "--config", str(config), "-o", str(tmp_path / "out"), "--refine", *flag])
     assert seen == expected
     assert main(["train", "--config", str(config), "--refine-validation", "keep"]) != 0
+    assert main(["train", "--config", str(config), "--refine-flagged", "relabel"]) != 0
 
 
 def test_refine_says_when_validation_items_cannot_be_left_out(tmp_path, caplog):
@@ -178,3 +180,31 @@ def test_refine_says_when_validation_items_cannot_be_left_out(tmp_path, caplog):
     assert any("validation items cannot be left out" in r.getMessage() for r in caplog.records)
     initial, second = tmp_path / "refine" / "initial" / "datalist.json", tmp_path / "refine" / "refined" / "datalist.json"
     assert _ids(second, "validation") == _ids(initial, "validation")
+
+
+def test_refine_can_relabel_the_flagged_training_items_with_the_predicted_class(tmp_path):
+    root = tmp_path / "refine"
+    cfg = tiny_config(make_image_datalist(tmp_path / "data"), "train.epochs=2")
+    # a review budget of 4 flags exactly four items of each split
+    result = run_refine(cfg, root, audit_options=AuditOptions(review=4), flagged="relabel", progress=False)
+    rows = {it["id"]: it for it in read_audit_rows(root / "audit") if it["split"] == "training" and it["is_label_issue"]}
+    assert len(rows) == 4
+    changed = {i: r["predicted_label"] for i, r in rows.items() if r["predicted_label"] != r["given_label"]}
+    assert changed, "no flagged item is predicted as another class: the relabelling would not be tested"
+    assert result.n_relabelled == len(changed) and result.n_excluded == 0
+    assert {r["id"]: int(r["label"]) for r in read_id_csv(root / "refine_relabel.csv")} == changed
+    second = json.loads((root / "refined" / "datalist.json").read_text())
+    first = json.loads((root / "initial" / "datalist.json").read_text())
+    labels = {it["id"]: it["label"] for it in second["training"]}
+    before = {it["id"]: it["label"] for it in first["training"]}
+    assert set(labels) == set(before)  # every training item is kept
+    assert {i for i in labels if labels[i] != before[i]} == set(changed)
+    assert all(labels[i] == changed[i] for i in changed)
+    summary = json.loads((root / "refine.json").read_text())
+    assert summary["rule"]["flagged"] == "relabel" and summary["n_relabelled"] == len(changed)
+    assert summary["n_excluded"] == 0 and len(second["validation"]) == len(first["validation"])
+
+
+def test_refine_refuses_an_unknown_flagged_action(tmp_path):
+    with pytest.raises(ValueError, match="flagged must be one of"):
+        run_refine(tiny_config(tmp_path / "unused.json"), tmp_path / "refine", flagged="drop")
