@@ -59,23 +59,30 @@ def _wait(condition, timeout: float = 10.0):
     raise AssertionError("timed out waiting for the page")
 
 
-def _reopen(driver, path: Path) -> None:
-    """Closes the page and opens it again in a new tab, once the new tab's localStorage holds what
-    the page wrote (the writes reach the browser's storage asynchronously; a reader takes seconds
-    between actions, a test milliseconds).
+def _reopen(driver, path: Path, tries: int = 5) -> None:
+    """Closes the page and opens it again, once the browser's localStorage holds what the page wrote.
 
-    A new tab, not a reload: headless Chromium, reloading a file:// page (an opaque origin) within
-    milliseconds of its writes, now and then shows the reloaded page an empty localStorage.
+    Headless Chromium, under load, now and then shows a file:// page (an opaque origin) opened
+    within milliseconds of another's writes an empty localStorage, while a blank page beside it
+    already sees them (a reader takes seconds between closing and reopening, a test milliseconds;
+    the page writes nothing when it opens, so the stored state survives). The tab therefore leaves
+    the page for a blank one beside it, waits there until the storage holds the writes, and opens
+    the page again until it sees them too.
     """
     script = "return JSON.stringify(Object.entries(localStorage).sort())"
-    written, old_tab = driver.execute_script(script), driver.current_window_handle
-    driver.switch_to.new_window("tab")
-    _open(driver, path)
-    _wait(lambda: driver.execute_script(script) == written)
-    new_tab = driver.current_window_handle
-    driver.switch_to.window(old_tab)
-    driver.close()
-    driver.switch_to.window(new_tab)
+    written = driver.execute_script(script)
+    probe = path.with_name("_storage_probe.html")
+    probe.write_text("<!doctype html><title>probe</title>", encoding="utf-8")
+    for _ in range(tries):
+        driver.get(probe.as_uri())
+        _wait(lambda: driver.execute_script(script) == written)
+        _open(driver, path)
+        try:
+            _wait(lambda: driver.execute_script(script) == written, timeout=3.0)
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"the reopened page never saw the stored progress in {tries} tries")
 
 
 def _keys(driver, keys: str) -> None:
