@@ -23,6 +23,7 @@ Stages::
     python -m benchmarks.audit_grid --stage grid    # the evaluation grid -> benchmarks/RESULTS.md section
     python -m benchmarks.audit_grid --stage dev --cells breastmnist:symmetric:0.3:0  # one cell
     python -m benchmarks.audit_grid --stage round7 --evaluate   # round 7: the ranking score (rule in audit_selection_rule.md)
+    python -m benchmarks.audit_grid --stage holdout # a third seed of the grid's cells (after rounds 8-9), then --evaluate
     python -m benchmarks.audit_grid --stage refine  # train --refine at 40% (PneumoniaMNIST), then --evaluate
     python -m benchmarks.audit_grid --stage refine_dev --round 10   # --refine-validation keep vs exclude, then --evaluate
     python -m benchmarks.audit_grid --stage refine_dev --round 11   # --refine-flagged exclude vs relabel, then --evaluate
