@@ -132,7 +132,7 @@ def refine_name(variant: str, refine_variant: str) -> str:
 def train(cell: Cell, variant: str, refine: bool = False, network: str | None = None,
           refine_variant: str = "default") -> Path:
     """Trains one (cell, variant) through ``lilaw-med train`` once (cached by ``summary.json``;
-    ``refine``: ``train --refine --refine-validation REFINE_VALIDATION``, cached by ``refine.json``;
+    ``refine``: ``train --refine`` with ``refine_variant``'s flags, cached by ``refine.json``;
     ``network``: another ``model.network``)."""
     name = refine_name(variant, refine_variant) if refine else variant
     rd = run_path(cell, f"{network}_{name}" if network else name)
