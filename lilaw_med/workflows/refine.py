@@ -139,7 +139,8 @@ def run_refine(
     suspects = [row for row in audit.rows if row["is_label_issue"]]
     # an item the network predicts as its given class has no other label to take: relabelling leaves it as it is
     relabelled = [{**row, "label": row["predicted_label"]} for row in suspects if flagged == "relabel"
-                  and row["split"] == "training" and 0 <= row["predicted_label"] != row["given_label"]]
+                  and row["split"] == "training" and row["predicted_label"] >= 0
+                  and row["predicted_label"] != row["given_label"]]
     excluded = [row for row in suspects if (row["split"] == "training" and flagged == "exclude")
                 or (row["split"] == "validation" and exclude_validation)]
     # written as the audit writes its CSV files: a text cell a spreadsheet would run as a formula gets a
